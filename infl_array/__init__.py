@@ -1,0 +1,36 @@
+"""infl_array: influence-function matrices as lazy, cached, sliceable arrays.
+
+>>> import infl_array as ia
+>>> sorted(n for n in ia.__all__ if n[0].isupper())[:3]
+['BlockFunctionError', 'Compression', 'CorruptBlockError']
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from infl_array.array import InfluenceArray, open_array
+from infl_array.errors import (
+    BlockFunctionError,
+    CorruptBlockError,
+    MissingBlockError,
+    NotAStoreError,
+    StaleCacheError,
+)
+from infl_array.protocol import FactorisedInfluence
+from infl_array.store import Compression
+
+open = open_array
+
+__all__ = [
+    "BlockFunctionError",
+    "Compression",
+    "CorruptBlockError",
+    "FactorisedInfluence",
+    "InfluenceArray",
+    "MissingBlockError",
+    "NotAStoreError",
+    "StaleCacheError",
+    "__version__",
+    "open",
+]

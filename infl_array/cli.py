@@ -1,0 +1,109 @@
+"""The ``infl-array`` command: ``demo``, ``info``, ``top`` and ``verify``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+
+import infl_array as ia
+
+
+def _open(store: str) -> ia.InfluenceArray:
+    return ia.open(store)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from infl_array.demo import run
+
+    run(args.store)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    arr = _open(args.store)
+    print(repr(arr))
+    meta = arr.meta.to_json()
+    meta["fingerprints"] = {k: v[:16] + "..." for k, v in meta["fingerprints"].items()}
+    print(json.dumps(meta, indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    arr = _open(args.store)
+    largest = not args.harmful
+    word = "harmful" if args.harmful else "helpful"
+    if args.test is None:
+        values, indices = arr.top_k(args.k, axis=1, largest=largest)
+        rows = range(arr.shape[0])
+    else:
+        if not -arr.shape[0] <= args.test < arr.shape[0]:
+            print(
+                f"error: --test {args.test} is out of range; the store has {arr.shape[0]} "
+                f"test points (0..{arr.shape[0] - 1}).",
+                file=sys.stderr,
+            )
+            return 2
+        i = args.test % arr.shape[0]
+        row = np.asarray(arr[i])
+        cols = np.arange(row.size)
+        order = np.lexsort((cols, -row if largest else row))[: args.k]
+        values, indices = row[order][None, :], order[None, :]
+        rows = range(i, i + 1)
+    for n, i in enumerate(rows):
+        pairs = ", ".join(f"{j}: {v:+.4g}" for j, v in zip(indices[n], values[n], strict=True))
+        print(f"test {i}: most {word} train points {pairs}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    arr = _open(args.store)
+    bad = arr.verify(progress=not args.quiet)
+    n = int(arr.computed.sum())
+    if bad:
+        print(f"{len(bad)} of {n} stored blocks are corrupt: {bad}")
+        print("recompute them with arr.repair() on a store opened with its model or function.")
+        return 1
+    print(f"all {n} stored blocks pass their checksums")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="infl-array", description="Lazy, cached influence-function matrices."
+    )
+    parser.add_argument("--version", action="version", version=ia.__version__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("demo", help="the main job end to end on a small real data set")
+    p.add_argument("store", nargs="?", default="infl-array-demo", help="store directory")
+    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("info", help="describe a store")
+    p.add_argument("store")
+    p.set_defaults(func=cmd_info)
+    p = sub.add_parser("top", help="most helpful (or harmful) train points per test point")
+    p.add_argument("store")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--test", type=int, default=None, help="one test point (default: all)")
+    p.add_argument("--harmful", action="store_true", help="most harmful instead of helpful")
+    p.set_defaults(func=cmd_top)
+    p = sub.add_parser("verify", help="check every stored block's checksum")
+    p.add_argument("store")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_verify)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (LookupError, ValueError, OSError, TypeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

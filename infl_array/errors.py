@@ -1,0 +1,54 @@
+"""Exception types of infl_array.
+
+Every class subclasses a builtin, so ``except LookupError`` or ``except ValueError`` written
+against numpy or zarr keeps working. Messages say what was expected, what arrived, and the fix.
+"""
+
+from __future__ import annotations
+
+
+class MissingBlockError(LookupError):
+    """A block that is not in the store was read, and nothing can compute it.
+
+    Raised when a store opened without a model or block function is asked for a block that
+    was never computed. ``block_coords`` is the ``(i, j)`` block index.
+    """
+
+    def __init__(self, block_coords: tuple[int, int], message: str) -> None:
+        super().__init__(message)
+        self.block_coords = block_coords
+
+
+class StaleCacheError(ValueError):
+    """The store was made from a different model, data or settings than those given to open.
+
+    ``differences`` names what differs (``"model"``, ``"test"``, ``"train"``, ``"backend"``,
+    ``"block_shape"``, ``"dtype"``, ...).
+    """
+
+    def __init__(self, differences: list[str], message: str) -> None:
+        super().__init__(message)
+        self.differences = differences
+
+
+class NotAStoreError(ValueError):
+    """A path or store holds no infl_array store, or its metadata is damaged."""
+
+
+class CorruptBlockError(ValueError):
+    """A stored block's bytes fail their checksum or do not decode.
+
+    ``block_coords`` is the ``(i, j)`` block index; ``arr.repair()`` recomputes it.
+    """
+
+    def __init__(self, block_coords: tuple[int, int], message: str) -> None:
+        super().__init__(message)
+        self.block_coords = block_coords
+
+
+class BlockFunctionError(ValueError):
+    """A block function returned something that cannot be stored (shape, dtype, NaN or inf)."""
+
+    def __init__(self, block_coords: tuple[int, int], message: str) -> None:
+        super().__init__(message)
+        self.block_coords = block_coords

@@ -1,0 +1,41 @@
+"""The factorised-influence protocol: how any backend plugs into an InfluenceArray.
+
+A backend computes influence as an inner product of per-sample factors::
+
+    I[i, j] = test_factors(test[i]) . train_factors(train[j])
+
+``test_factors`` returns, for a batch of test samples, ``(H + lambda*Id)^-1 grad l(z_test)``
+(one row per sample) and ``train_factors`` returns ``grad l(z_train)`` (or, for low-rank
+methods, both in a shared projected basis). Rows are samples; both have the same number of
+columns. The block of the influence matrix for ``rows x cols`` is
+``test_factors(rows) @ train_factors(cols).T``.
+
+``influence_config()`` returns a JSON-able mapping that identifies the backend and its
+settings; the store records it, and opening a store with a backend whose config differs
+raises :class:`~infl_array.errors.StaleCacheError`. ``model_fingerprint()`` (optional) returns
+a string that identifies the parameter values the influence is computed at.
+
+This module imports neither torch nor zarr.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
+
+
+@runtime_checkable
+class FactorisedInfluence(Protocol):
+    """Per-sample test and train factors whose inner product is the influence."""
+
+    def test_factors(self, x: Any, y: Any) -> Any:
+        """``(n, k)`` array or tensor: inverse-Hessian-applied test gradients, one row each."""
+        ...
+
+    def train_factors(self, x: Any, y: Any) -> Any:
+        """``(n, k)`` array or tensor: train gradients (or their projection), one row each."""
+        ...
+
+    def influence_config(self) -> Mapping[str, Any]:
+        """JSON-able settings that identify the backend (class name, hyper-parameters)."""
+        ...

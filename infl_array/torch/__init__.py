@@ -1,0 +1,37 @@
+"""Torch backends of infl_array: influence factors for torch models.
+
+Every backend computes, in pyDVL's "up" convention (positive = helpful),
+``I[i, j] = grad l(z_test_i)^T (H + lambda*Id)^-1 grad l(z_train_j)`` with ``H`` the Hessian
+of the mean training loss over the fit data, through the factorised protocol
+(``test_factors``, ``train_factors``, ``influence_config``, ``model_fingerprint``):
+
+* :class:`DirectInfluence` -- explicit Hessian and a Cholesky/LU solve;
+* :class:`CgInfluence` -- batched conjugate gradient on Hessian-vector products;
+* :class:`LissaInfluence` -- the LiSSA Neumann-series iteration;
+* :class:`ArnoldiInfluence` -- top eigenpairs of the Hessian by Lanczos.
+
+Per-sample gradients and Hessian products use :mod:`torch.func`; data forms are normalised by
+:func:`infl_array.torch.data.as_indexed`.
+"""
+
+from __future__ import annotations
+
+from ._base import ConvergenceWarning, TorchInfluenceBase
+from ._functional import model_fingerprint
+from .arnoldi import ArnoldiInfluence
+from .cg import CgInfluence
+from .data import IndexedData, as_indexed
+from .direct import DirectInfluence
+from .lissa import LissaInfluence
+
+__all__ = [
+    "ArnoldiInfluence",
+    "CgInfluence",
+    "ConvergenceWarning",
+    "DirectInfluence",
+    "IndexedData",
+    "LissaInfluence",
+    "TorchInfluenceBase",
+    "as_indexed",
+    "model_fingerprint",
+]

@@ -1,0 +1,527 @@
+"""Block sources for model-backed influence arrays.
+
+:func:`make_block_source` turns an influence model and two data sets into a
+:class:`ModelBlockSource`, the block function the array layer calls to compute one block of the
+influence matrix::
+
+    source = make_block_source(model, test=test_data, train=train_data)
+    block = source(range(0, 256), range(0, 4096))   # float64 numpy, shape (256, 4096)
+
+Contract
+--------
+* ``source(rows, cols)`` returns a C-contiguous float64 host numpy array of shape
+  ``(len(rows), len(cols))`` equal to ``test_factors(test[rows]) @ train_factors(train[cols]).T``.
+  The product is computed on the device the factors live on (the model's device), in float64,
+  and the result is moved to the CPU. Factors are per sample and the product is taken in
+  float64, so an entry does not depend (beyond float64 rounding) on the block it is computed in.
+* :meth:`ModelBlockSource.fingerprints` returns exactly the keys ``"model"``, ``"backend"``,
+  ``"test"`` and ``"train"``: ``model_fingerprint()`` (or, for a plug-in without it, a sha256 of
+  the canonical config), the canonical JSON (``sort_keys``) of ``influence_config()``, and the
+  data fingerprints of :func:`infl_array.torch.data.as_indexed`.
+* :meth:`ModelBlockSource.describe` returns ``{"kind": "model", "backend": <class name>,
+  "config": influence_config()}`` (JSON-able).
+* :meth:`ModelBlockSource.self_influence` returns the 1-D float64 self-influence
+  ``grad^T (H + lambda Id)^-1 grad`` of ``train[cols]``.
+
+Accepted models
+---------------
+* Any object implementing :class:`~infl_array.protocol.FactorisedInfluence` (the backends of
+  :mod:`infl_array.torch` or a user's plug-in; factors may be torch tensors or numpy arrays;
+  ``model_fingerprint()`` is optional). An object with an ``is_fitted`` attribute that is false
+  is rejected with :class:`ValueError`.
+* A fitted pyDVL ``InfluenceFunctionModel`` (duck-typed, see :mod:`infl_array.torch.pydvl`):
+  its test factors come from ``influence_factors`` and each block from
+  ``influences_from_factors(..., mode=InfluenceMode.Up)``; pyDVL exposes no train factors, so
+  only test factors are memoised for it.
+
+Factor memo
+-----------
+Test factors per test range and train factors per train range are memoised, keyed by
+``(axis, start, stop)`` with axis ``"test"``, ``"train"`` or ``"self"`` (test factors of train
+points, for the self-influence), in an LRU memo bounded by ``factor_budget_bytes`` (default
+1 GiB). A request for a range inside a memoised range is served by slicing it. The memo keeps
+tensors where the backend returned them (the model's device; numpy factors become CPU tensors),
+in the backend's dtype. A factor larger than the whole budget is not kept, and older entries are
+evicted by bytes, so a too-small budget only costs recomputation. :attr:`ModelBlockSource.stats`
+counts factor computations, memo hits and evictions. The memo is not pickled: a source sent to
+a worker process starts with an empty memo. Access is serialised by a lock, so concurrent
+threads compute each factor once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from infl_array.torch.data import IndexedData, as_indexed
+
+__all__ = ["DEFAULT_FACTOR_BUDGET_BYTES", "ModelBlockSource", "make_block_source"]
+
+DEFAULT_FACTOR_BUDGET_BYTES = 1 << 30
+"""Default byte budget of the factor memo (1 GiB)."""
+
+_Key = tuple[str, int, int]
+
+
+def canonical_json(config: Mapping[str, Any], what: str = "influence_config()") -> str:
+    """Canonical JSON of a config: sorted keys, no whitespace; TypeError if not JSON-able."""
+    try:
+        return json.dumps(dict(config), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"{what} must return a JSON-able mapping (str keys; str, int, float, bool, None, "
+            f"lists and dicts of them), got {config!r}: {exc}. Convert tensors and enums to "
+            "plain values."
+        ) from exc
+
+
+def _to_tensor(a: Any, what: str) -> torch.Tensor:
+    """A factor as a 2-D torch tensor (numpy arrays become CPU tensors)."""
+    if isinstance(a, torch.Tensor):
+        t = a.detach()
+    elif isinstance(a, np.ndarray):
+        arr = np.ascontiguousarray(a)
+        t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+    else:
+        raise TypeError(
+            f"{what} returned {type(a).__name__}, expected a torch tensor or numpy array of "
+            "shape (n_samples, k)."
+        )
+    if t.ndim != 2:
+        raise ValueError(
+            f"{what} returned an array of shape {tuple(t.shape)}, expected (n_samples, k): one "
+            "row of factors per sample."
+        )
+    if not (t.is_floating_point() or t.is_complex()):
+        t = t.to(torch.float64)
+    return t
+
+
+class _FactorMemo:
+    """LRU memo of factor tensors keyed by ``(axis, start, stop)``, bounded by bytes."""
+
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget_bytes = budget_bytes
+        self.nbytes = 0
+        self._entries: OrderedDict[_Key, torch.Tensor] = OrderedDict()
+        self.evictions = 0
+
+    def get(self, key: _Key) -> torch.Tensor | None:
+        """The factors for ``key``: an exact entry, or a slice of one covering the range."""
+        hit = self._entries.get(key)
+        if hit is not None:
+            self._entries.move_to_end(key)
+            return hit
+        axis, start, stop = key
+        for (ax, s, e), t in self._entries.items():
+            if ax == axis and s <= start and stop <= e:
+                self._entries.move_to_end((ax, s, e))
+                return t[start - s : stop - s]
+        return None
+
+    def put(self, key: _Key, value: torch.Tensor) -> None:
+        size = value.element_size() * value.numel()
+        if size > self.budget_bytes or key in self._entries:
+            return
+        while self._entries and self.nbytes + size > self.budget_bytes:
+            _, old = self._entries.popitem(last=False)
+            self.nbytes -= old.element_size() * old.numel()
+            self.evictions += 1
+        self._entries[key] = value
+        self.nbytes += size
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.nbytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class _Backend:
+    """What a :class:`ModelBlockSource` needs from a model (internal adapter interface)."""
+
+    name: str
+    has_train_factors: bool = True
+
+    def test_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def train_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def block_from_data(
+        self, test_f: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
+        """Block from test factors and raw train data (backends without train factors)."""
+        raise NotImplementedError
+
+    def self_influence(
+        self, test_f: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
+        """Self-influence from test factors of train data and that data (no train factors)."""
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def model_fingerprint(self) -> str | None:
+        raise NotImplementedError
+
+
+class _ProtocolBackend(_Backend):
+    """Adapter for objects implementing the factorised protocol."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.name = type(model).__name__
+
+    def test_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return _to_tensor(self.model.test_factors(x, y), f"{self.name}.test_factors")
+
+    def train_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return _to_tensor(self.model.train_factors(x, y), f"{self.name}.train_factors")
+
+    def config(self) -> dict[str, Any]:
+        cfg = self.model.influence_config()
+        if not isinstance(cfg, Mapping):
+            raise TypeError(
+                f"{self.name}.influence_config() returned {type(cfg).__name__}, expected a "
+                "JSON-able dict identifying the backend and its settings."
+            )
+        return dict(cfg)
+
+    def model_fingerprint(self) -> str | None:
+        fn = getattr(self.model, "model_fingerprint", None)
+        if fn is None or not callable(fn):
+            return None
+        return str(fn())
+
+
+def _check_fitted(model: object) -> None:
+    fitted = getattr(model, "is_fitted", True)
+    if callable(fitted):
+        fitted = fitted()
+    if not fitted:
+        raise ValueError(
+            f"{type(model).__name__} is not fitted: call .fit(train_data) first, then pass the "
+            "fitted model."
+        )
+
+
+def _as_backend(model: object) -> _Backend:
+    """Wrap ``model`` in the adapter for its kind (protocol or pyDVL)."""
+    from infl_array.torch import pydvl as _pydvl
+
+    if all(callable(getattr(model, m, None)) for m in ("test_factors", "train_factors")) and (
+        callable(getattr(model, "influence_config", None))
+    ):
+        _check_fitted(model)
+        return _ProtocolBackend(model)
+    if _pydvl.is_pydvl_model(model):
+        return _pydvl.PyDVLBackend(model)
+    raise TypeError(
+        f"model must be an influence model: an object implementing the factorised protocol "
+        f"(test_factors, train_factors, influence_config; e.g. infl_array.torch.DirectInfluence, "
+        f"CgInfluence, LissaInfluence, ArnoldiInfluence) or a fitted pyDVL "
+        f"InfluenceFunctionModel; got {type(model).__module__}.{type(model).__qualname__}. "
+        "For a plain block function use InfluenceArray.from_function."
+    )
+
+
+def _check_range(r: object, n: int, what: str) -> range:
+    if not isinstance(r, range):
+        raise TypeError(f"{what} must be a range, got {type(r).__name__}.")
+    if r.step != 1 or r.start < 0 or r.stop > n or r.start > r.stop:
+        raise IndexError(f"{what} must be a contiguous range inside [0, {n}] with step 1, got {r}.")
+    return r
+
+
+class ModelBlockSource:
+    """Block function of a model-backed influence array (see the module docstring).
+
+    Parameters
+    ----------
+    backend : _Backend
+        Adapter around the influence model (built by :func:`make_block_source`).
+    test, train : IndexedData
+        Test and train data.
+    factor_budget_bytes : int
+        Byte budget of the factor memo.
+
+    Attributes
+    ----------
+    n_test, n_train : int
+        Number of test and train points (the matrix shape).
+    stats : dict of str to int
+        ``"test_factors"``, ``"train_factors"``, ``"self_factors"``: factor computations
+        (calls to the backend); ``"hits"``: requests served by the memo; ``"evictions"``.
+    """
+
+    def __init__(
+        self,
+        backend: _Backend,
+        test: IndexedData,
+        train: IndexedData,
+        factor_budget_bytes: int = DEFAULT_FACTOR_BUDGET_BYTES,
+    ) -> None:
+        self._backend = backend
+        self.test = test
+        self.train = train
+        self.n_test = len(test)
+        self.n_train = len(train)
+        self.factor_budget_bytes = factor_budget_bytes
+        self._memo = _FactorMemo(factor_budget_bytes)
+        self._lock = threading.RLock()
+        self._fingerprints: dict[str, str] | None = None
+        self._config: dict[str, Any] | None = None
+        self.stats = {"test_factors": 0, "train_factors": 0, "self_factors": 0, "hits": 0}
+
+    # -- pickling: the memo and the lock stay behind -------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_memo"] = None
+        state["_lock"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._memo = _FactorMemo(self.factor_budget_bytes)
+        self._lock = threading.RLock()
+
+    # -- identity ---------------------------------------------------------------------------
+    @property
+    def backend_name(self) -> str:
+        """Class name of the influence model."""
+        return self._backend.name
+
+    def config(self) -> dict[str, Any]:
+        """The model's ``influence_config()`` (computed once)."""
+        if self._config is None:
+            cfg = self._backend.config()
+            canonical_json(cfg, f"{self.backend_name}.influence_config()")
+            self._config = cfg
+        return dict(self._config)
+
+    def fingerprints(self) -> dict[str, str]:
+        """Fingerprints of ``"model"``, ``"backend"``, ``"test"`` and ``"train"`` (cached).
+
+        Returns
+        -------
+        dict of str to str
+            ``model``: the model's ``model_fingerprint()`` (sha256 of the config's canonical
+            JSON for plug-ins without one); ``backend``: canonical JSON of the config;
+            ``test``/``train``: data fingerprints.
+        """
+        if self._fingerprints is None:
+            backend = canonical_json(self.config(), f"{self.backend_name}.influence_config()")
+            model = self._backend.model_fingerprint()
+            if model is None:
+                model = hashlib.sha256(backend.encode()).hexdigest()
+            self._fingerprints = {
+                "model": model,
+                "backend": backend,
+                "test": self.test.fingerprint(),
+                "train": self.train.fingerprint(),
+            }
+        return dict(self._fingerprints)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able description: ``{"kind": "model", "backend": name, "config": config}``."""
+        return {"kind": "model", "backend": self.backend_name, "config": self.config()}
+
+    def __repr__(self) -> str:
+        return (
+            f"ModelBlockSource(backend={self.backend_name}, n_test={self.n_test}, "
+            f"n_train={self.n_train}, memo={len(self._memo)} entries/{self._memo.nbytes} B)"
+        )
+
+    # -- factors ----------------------------------------------------------------------------
+    def _factor(self, axis: str, r: range) -> torch.Tensor:
+        key = (axis, r.start, r.stop)
+        with self._lock:
+            hit = self._memo.get(key)
+            if hit is not None:
+                self.stats["hits"] += 1
+                return hit
+            data = self.test if axis == "test" else self.train
+            x, y = data.take(r)
+            if axis == "train":
+                f = self._backend.train_factors(x, y)
+                self.stats["train_factors"] += 1
+            else:
+                f = self._backend.test_factors(x, y)
+                self.stats["test_factors" if axis == "test" else "self_factors"] += 1
+            if f.shape[0] != len(r):
+                raise ValueError(
+                    f"{self.backend_name} returned {f.shape[0]} rows of {axis} factors for "
+                    f"{len(r)} samples; factors need one row per sample."
+                )
+            self._memo.put(key, f)
+            return f
+
+    @property
+    def memo_bytes(self) -> int:
+        """Bytes currently held by the factor memo."""
+        return self._memo.nbytes
+
+    @property
+    def memo_evictions(self) -> int:
+        """Number of memo entries evicted so far."""
+        return self._memo.evictions
+
+    def clear_memo(self) -> None:
+        """Drop every memoised factor."""
+        with self._lock:
+            self._memo.clear()
+
+    def prefetch(self, rows: range | None = None, cols: range | None = None) -> None:
+        """Compute and memoise the factors of ``test[rows]`` and ``train[cols]`` now.
+
+        A hint: with a budget too small to keep them, nothing is kept.
+
+        Parameters
+        ----------
+        rows, cols : range or None
+            Test and train ranges (block ranges, as later passed to ``__call__``).
+        """
+        if rows is not None and len(_check_range(rows, self.n_test, "rows")):
+            self._factor("test", rows)
+        if (
+            cols is not None
+            and len(_check_range(cols, self.n_train, "cols"))
+            and self._backend.has_train_factors
+        ):
+            self._factor("train", cols)
+
+    # -- blocks -----------------------------------------------------------------------------
+    def __call__(self, rows: range, cols: range) -> np.ndarray:
+        """Block ``test[rows] x train[cols]`` of the influence matrix.
+
+        Parameters
+        ----------
+        rows, cols : range
+            Contiguous test and train index ranges (step 1).
+
+        Returns
+        -------
+        numpy.ndarray
+            C-contiguous float64 array of shape ``(len(rows), len(cols))``.
+        """
+        rows = _check_range(rows, self.n_test, "rows")
+        cols = _check_range(cols, self.n_train, "cols")
+        if len(rows) == 0 or len(cols) == 0:
+            return np.zeros((len(rows), len(cols)), dtype=np.float64)
+        test_f = self._factor("test", rows)
+        if self._backend.has_train_factors:
+            train_f = self._factor("train", cols)
+            if train_f.shape[1] != test_f.shape[1]:
+                raise ValueError(
+                    f"{self.backend_name}: test factors have {test_f.shape[1]} columns but train "
+                    f"factors have {train_f.shape[1]}; both must live in the same space."
+                )
+            left = test_f.to(torch.float64)
+            right = train_f.to(device=left.device, dtype=torch.float64)
+            block = left @ right.T
+        else:
+            x, y = self.train.take(cols)
+            block = self._backend.block_from_data(test_f, x, y)
+        return self._to_host(block, (len(rows), len(cols)), "block")
+
+    def _to_host(self, t: torch.Tensor, shape: tuple[int, ...], what: str) -> np.ndarray:
+        if tuple(t.shape) != shape:
+            raise ValueError(
+                f"{self.backend_name} produced a {what} of shape {tuple(t.shape)}, expected "
+                f"{shape}."
+            )
+        if t.is_complex():
+            t = t.real
+        out = t.detach().to(device="cpu", dtype=torch.float64).numpy()
+        return np.array(out, dtype=np.float64, order="C", copy=True)
+
+    def self_influence(self, cols: range) -> np.ndarray:
+        """Self-influence ``grad^T (H + lambda Id)^-1 grad`` of ``train[cols]``.
+
+        Parameters
+        ----------
+        cols : range
+            Contiguous train index range.
+
+        Returns
+        -------
+        numpy.ndarray
+            1-D float64 array of length ``len(cols)``.
+        """
+        cols = _check_range(cols, self.n_train, "cols")
+        if len(cols) == 0:
+            return np.zeros(0, dtype=np.float64)
+        left = self._factor("self", cols)
+        if self._backend.has_train_factors:
+            right = self._factor("train", cols)
+            if right.shape != left.shape:
+                raise ValueError(
+                    f"{self.backend_name}: test factors of shape {tuple(left.shape)} and train "
+                    f"factors of shape {tuple(right.shape)} for the same points differ."
+                )
+            left64 = left.to(torch.float64)
+            values = (left64 * right.to(device=left64.device, dtype=torch.float64)).sum(dim=1)
+        else:
+            x, y = self.train.take(cols)
+            values = self._backend.self_influence(left, x, y)
+        return self._to_host(values, (len(cols),), "self-influence vector")
+
+
+def make_block_source(
+    model: object,
+    test: object,
+    train: object,
+    *,
+    factor_budget_bytes: int = DEFAULT_FACTOR_BUDGET_BYTES,
+) -> ModelBlockSource:
+    """Build the block function of a model-backed influence array.
+
+    Parameters
+    ----------
+    model : object
+        A fitted influence model: an object implementing the factorised protocol, or a fitted
+        pyDVL ``InfluenceFunctionModel``.
+    test, train : object
+        Test and train data in any form :func:`~infl_array.torch.data.as_indexed` accepts.
+    factor_budget_bytes : int
+        Byte budget of the factor memo (default 1 GiB); 0 disables memoisation.
+
+    Returns
+    -------
+    ModelBlockSource
+        The block source.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not an influence model, or the data are of an unsupported type.
+    ValueError
+        If the model is not fitted, or a data set is empty.
+    """
+    if (
+        isinstance(factor_budget_bytes, bool)
+        or not isinstance(factor_budget_bytes, (int, np.integer))
+        or factor_budget_bytes < 0
+    ):
+        raise ValueError(
+            f"factor_budget_bytes must be a non-negative integer, got {factor_budget_bytes!r}; "
+            "pass e.g. 1 << 30 (1 GiB)."
+        )
+    backend = _as_backend(model)
+    test_data = as_indexed(test, "test")
+    train_data = as_indexed(train, "train")
+    for data, name in ((test_data, "test"), (train_data, "train")):
+        if len(data) == 0:
+            raise ValueError(f"{name} is empty; influence needs at least one sample.")
+    return ModelBlockSource(backend, test_data, train_data, int(factor_budget_bytes))
