@@ -247,28 +247,34 @@ class InfluenceArray:
         else:
             self._known |= self._store.has_blocks(unknown)
         missing = [b for b in dict.fromkeys(unknown) if b not in self._known]
-        if missing:
-            self._require_source(missing)
-            for coords in missing:
-                self.compute_block(coords)
-        return len(missing)
+        if not missing:
+            return 0
+        self._require_source(missing)
+        from infl_array.executor import compute_blocks
+
+        return compute_blocks(self, missing)
 
     def compute_block(self, coords: BlockCoords) -> None:
         """Compute one block and write it to the store (whether or not it was there)."""
-        if self._fn is None:
-            self._require_source([coords])
+        self._store.write_block(coords, self._block_values(coords))
+        self._mark_computed(coords)
+
+    def _block_values(self, coords: BlockCoords) -> np.ndarray:
+        """The checked values of one block from the model or function (nothing is written)."""
+        self._require_source([coords])
         assert self._fn is not None
         rows, cols = self._store.block_bounds(coords)
-        values = call_block_function(
+        return call_block_function(
             self._fn,
             coords,
             range(rows.start, rows.stop),
             range(cols.start, cols.stop),
             self.dtype,
         )
-        self._store.write_block(coords, values)
+
+    def _mark_computed(self, coords: BlockCoords, by_us: bool = True) -> None:
         self._known.add(coords)
-        self.blocks_computed += 1
+        self.blocks_computed += by_us
 
     def _require_source(self, missing: list[BlockCoords]) -> None:
         if self._fn is not None:

@@ -5,7 +5,10 @@ so a model-backed array computes each test factor once per task. Every block is 
 atomically, so filling may be interrupted at any moment and run by several processes or
 machines at once on the same store: a block is either complete in the store or absent, and a
 later fill computes only what is still absent. Before computing a block a worker checks again
-that no other filler has written it in the meantime.
+that no other filler has written it in the meantime. A fill first removes the temporary files
+that killed writers left behind (only those old enough to have no live writer, see
+:meth:`~infl_array.store.BlockStore.clean_partials`), and refuses a read-only store before
+computing anything.
 """
 
 from __future__ import annotations
@@ -43,23 +46,35 @@ def row_tasks(missing: list[BlockCoords]) -> list[list[BlockCoords]]:
 
 def fill(arr: InfluenceArray, *, progress: bool, workers: int | None, client: Any) -> int:
     """Compute every block missing from ``arr``'s store; returns how many this call computed."""
-    missing = arr.missing_blocks()
     if workers is not None and (not isinstance(workers, int) or workers < 1):
         raise ValueError(f"workers must be None or a positive int; got {workers!r}.")
     if client is not None and workers is not None:
         raise ValueError("pass either workers=N (local processes) or client= (dask), not both.")
+    store = arr._store
+    store.clean_partials()
+    missing = arr.missing_blocks()
     if not missing:
         return 0
+    store.check_writable()
     if client is not None:
         return _fill_dask(arr, missing, client, progress)
     if workers is not None and workers > 1:
         return _fill_processes(arr, missing, workers, progress)
-    return sum(arr.ensure_blocks([c]) for c in progress_bar(missing, progress, "fill"))
+    from infl_array.executor import compute_blocks
+
+    bar = _counter_bar(len(missing), progress)
+    try:
+        return compute_blocks(arr, missing, on_done=lambda _: bar.update(1), recheck=True)
+    finally:
+        bar.close()
 
 
 def compute_task(arr: InfluenceArray, coords: list[BlockCoords]) -> int:
     """Compute those of ``coords`` that are still missing; returns how many it computed."""
-    return arr.ensure_blocks(coords)
+    from infl_array.executor import compute_blocks
+
+    present = arr._store.has_blocks(coords)
+    return compute_blocks(arr, [c for c in coords if c not in present], recheck=True)
 
 
 _WORKER_ARRAY: InfluenceArray | None = None
@@ -86,9 +101,15 @@ def _fill_processes(
         max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(arr,)
     ) as pool:
         futures = {pool.submit(_worker_task, task): len(task) for task in tasks}
-        for future in as_completed(futures):
-            done += future.result()
-            bar.update(futures[future])
+        try:
+            for future in as_completed(futures):
+                done += future.result()
+                bar.update(futures[future])
+        except BaseException:
+            # one task failed (or we were interrupted): start no more, re-raise at once
+            for future in futures:
+                future.cancel()
+            raise
     bar.close()
     arr._refresh_known()
     return done

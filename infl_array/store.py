@@ -9,7 +9,11 @@ Layout (zarr v3, readable with plain zarr)::
 Which blocks are computed is read from the store itself: a block is computed exactly when its
 chunk key exists. Every block is written with one chunk-aligned assignment, which zarr performs
 as one atomic replace (temporary file + rename on a local directory), so a key that exists always
-holds a complete block, whatever crashed and however many processes fill at once. Nothing
+holds a complete block, whatever crashed and however many processes fill at once. (``file://``
+URLs are opened as local directories for the same reason: fsspec's local file system writes in
+place.) A writer killed between creating its temporary file and renaming it leaves a
+``<j>.<uuid4hex>.partial`` file next to the block; such files are never counted as blocks, and
+:meth:`BlockStore.clean_partials` removes them once they are provably abandoned. Nothing
 mutable is shared between writers (no "done" list in a file or in attrs). The fill value is NaN
 and block functions may not return non-finite values, so a computed block is never mistaken for
 an empty one (zarr's ``write_empty_chunks`` is also forced on).
@@ -20,9 +24,11 @@ This module knows zarr and numpy, not torch.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
+import time
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -31,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.abc.store import Store
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec
 
 from infl_array.errors import CorruptBlockError, NotAStoreError
@@ -41,6 +48,10 @@ ATTRS_KEY = "infl_array"
 DIMENSION_NAMES = ("test", "train")
 SUPPORTED_DTYPES = ("float32", "float64")
 _CHUNK_KEY = re.compile(r"^(\d+)/(\d+)$")
+# zarr's LocalStore writes a chunk to "<j>.<uuid4 hex>.partial", then renames it to "<j>"
+_PARTIAL_NAME = re.compile(r"^\d+\.[0-9a-f]+\.partial$")
+PARTIAL_MIN_AGE_S = 3600.0
+"""Temporary block files younger than this (by mtime) may belong to a live writer."""
 
 BlockCoords = tuple[int, int]
 
@@ -222,6 +233,23 @@ def _local_path(store: Any) -> Path | None:
     return None
 
 
+def _zarr_store(store: Any, *, read_only: bool = False) -> Any:
+    """The argument to hand to zarr: ``file://`` URLs become a local directory store.
+
+    zarr opens ``file://`` URLs through fsspec, whose local file system writes a file in place;
+    a writer killed mid-write would leave a truncated block under its final key. zarr's
+    ``LocalStore`` writes a temporary file and renames it, which is atomic.
+    """
+    if isinstance(store, str) and store.startswith("file://"):
+        return zarr.storage.LocalStore(store[len("file://") :], read_only=read_only)
+    return store
+
+
+def _store_read_only(store: Any) -> bool:
+    """Whether ``store`` is a zarr Store object opened read-only."""
+    return isinstance(store, Store) and bool(store.read_only)
+
+
 def _check_local_dir(path: Path, *, creating: bool) -> None:
     if path.exists() and not path.is_dir():
         raise NotAStoreError(
@@ -270,19 +298,25 @@ class BlockStore:
         path = _local_path(store)
         if path is not None:
             _check_local_dir(path, creating=True)
+        if _store_read_only(store):
+            raise PermissionError(
+                errno.EACCES,
+                f"cannot create an infl_array store in {describe_store(store)}: the zarr store "
+                "was opened read-only. Pass a writable store (e.g. LocalStore(path)) or a path.",
+            )
         if not _exists(store):
             return
-        if not overwrite:
-            raise FileExistsError(
-                f"{describe_store(store)} already exists and is not empty. Pass "
-                "overwrite=True to replace it, or reopen the existing store with "
-                "ia.open(store, ...)."
-            )
         if path is not None and not _is_infl_store(store):
             raise FileExistsError(
                 f"{describe_store(store)} exists and is not an infl_array store; refusing "
                 "to overwrite another program's data even with overwrite=True. Choose a new "
                 "or empty directory."
+            )
+        if not overwrite:
+            raise FileExistsError(
+                f"{describe_store(store)} already exists and is not empty. Pass "
+                "overwrite=True to replace it, or reopen the existing store with "
+                "ia.open(store, ...)."
             )
 
     @classmethod
@@ -290,7 +324,7 @@ class BlockStore:
         """Create a new store; ``FileExistsError`` if one exists and ``overwrite`` is false."""
         cls.check_creatable(store, overwrite=overwrite)
         dtype = np.dtype(meta.dtype)
-        group = zarr.open_group(store, mode="w", zarr_format=3)
+        group = zarr.open_group(_zarr_store(store), mode="w", zarr_format=3)
         with _lossy_codec_warning_silenced():
             array = group.create_array(
                 ARRAY_NAME,
@@ -318,9 +352,12 @@ class BlockStore:
             _check_local_dir(path, creating=False)
             if read_only is False and not os.access(path, os.W_OK):
                 read_only = True
+        read_only = read_only or _store_read_only(store)
         try:
             with _lossy_codec_warning_silenced():
-                group = zarr.open_group(store, mode="r" if read_only else "r+")
+                group = zarr.open_group(
+                    _zarr_store(store, read_only=read_only), mode="r" if read_only else "r+"
+                )
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError) as exc:
             raise NotAStoreError(
                 f"{where} is not an infl_array store: no zarr group there. Create one with "
@@ -357,6 +394,13 @@ class BlockStore:
             raise NotAStoreError(
                 f"{where}: array {ARRAY_NAME!r} does not match the recorded shape {meta.shape}. "
                 "The store is damaged; recreate it with overwrite=True."
+            )
+        found = (tuple(array.chunks), str(array.dtype))
+        if found != (meta.block_shape, meta.dtype):
+            raise NotAStoreError(
+                f"{where}: array {ARRAY_NAME!r} has chunks {found[0]} and dtype {found[1]}, but "
+                f"the store records block_shape {meta.block_shape} and dtype {meta.dtype}. Its "
+                "metadata is damaged; recreate the store with overwrite=True."
             )
         return cls(store, group, array, meta)
 
@@ -403,10 +447,32 @@ class BlockStore:
         return {c for c in coords if _sync_exists(store, self._key(c))}
 
     # ------------------------------------------------------------------ writes
+    def check_writable(self, coords: BlockCoords | None = None) -> None:
+        """``PermissionError`` (naming ``coords``, if given) unless blocks may be written."""
+        if not self.read_only:
+            return
+        what = f"block {coords}" if coords is not None else "missing blocks"
+        raise PermissionError(
+            errno.EACCES,
+            f"cannot write {what}: the store {self.where} is read-only (a read-only directory "
+            "or a zarr store opened with read_only=True). Nothing was written. Read the blocks "
+            "already computed with ia.open(store), or copy the store to a writable location "
+            "and open that to compute.",
+        )
+
     def write_block(self, coords: BlockCoords, values: np.ndarray) -> None:
-        """Write one whole block atomically (one chunk-aligned zarr assignment)."""
+        """Write one whole block atomically (one chunk-aligned zarr assignment).
+
+        A failed write (full disk, no permission, ...) raises an ``OSError`` of the same type
+        and errno that names the block, with the original as ``__cause__``; nothing is stored
+        for the block and every other block is untouched.
+        """
+        self.check_writable(coords)
         rows, cols = self.block_bounds(coords)
-        self.array[rows, cols] = values
+        try:
+            self.array[rows, cols] = values
+        except OSError as exc:
+            raise _write_error(exc, coords, self.where) from exc
 
     def delete_block(self, coords: BlockCoords) -> None:
         _sync_delete(self.group.store, self._key(coords))
@@ -461,6 +527,46 @@ class BlockStore:
         return bool(np.isfinite(values).all())
 
     # ------------------------------------------------------------------ housekeeping
+    def clean_partials(self, min_age_s: float = PARTIAL_MIN_AGE_S) -> int:
+        """Remove temporary block files of dead writers; returns how many were removed.
+
+        zarr's local store writes a block to ``<j>.<uuid4 hex>.partial`` next to its final key
+        and renames it into place; a writer killed in between leaves that file behind. Such
+        files are never read as blocks, they only take space. The rule: a ``.partial`` file
+        under this array's chunk directory is removed only when its last modification is at
+        least ``min_age_s`` seconds old (default one hour). A live writer creates, writes (one
+        write call for the whole encoded block) and renames its file within the time it takes
+        to write one block, seconds at most, so an hour-old file has no live writer. Should a
+        writer resume after being suspended for longer (SIGSTOP, a sleeping laptop), its rename
+        fails and that block write raises: the block is absent, never wrong, and a later
+        ``fill()`` computes it. Stores that are not local directories have no such files.
+        Files that vanish or cannot be removed meanwhile are skipped.
+        """
+        if self._local_root is None or self.read_only:
+            return 0
+        base = self._local_root / ARRAY_NAME / "c"
+        cutoff = time.time() - min_age_s
+        removed = 0
+        try:
+            rows = [r for r in os.scandir(base) if r.name.isdigit() and r.is_dir()]
+        except OSError:
+            return 0
+        for row in rows:
+            try:
+                with os.scandir(row.path) as entries:
+                    partials = [e for e in entries if _PARTIAL_NAME.match(e.name)]
+            except OSError:
+                continue
+            for entry in partials:
+                try:
+                    if entry.stat(follow_symlinks=False).st_mtime > cutoff:
+                        continue
+                    os.unlink(entry.path)
+                except OSError:
+                    continue
+                removed += 1
+        return removed
+
     def stored_bytes(self) -> int:
         """Bytes of all block files (local stores; 0 where unknown)."""
         if self._local_root is None:
@@ -471,6 +577,53 @@ class BlockStore:
                 if name.isdigit():
                     total += os.stat(os.path.join(dirpath, name)).st_size
         return total
+
+    # ------------------------------------------------------------------ side arrays
+    def has_array_chunk(self, name: str, coords: tuple[int, ...]) -> bool:
+        """Whether chunk ``coords`` of the group's array ``name`` exists."""
+        parts = [str(c) for c in coords]
+        if self._local_root is not None:
+            return os.path.isfile(self._local_root.joinpath(name, "c", *parts))
+        return _sync_exists(self.group.store, "/".join([name, "c", *parts]))
+
+    def create_side_array(self, name: str, length: int, chunk: int) -> zarr.Array:
+        """A 1-D array beside the matrix (same codecs, NaN fill), e.g. the self-influence."""
+        dtype = np.dtype(self.meta.dtype)
+        with _lossy_codec_warning_silenced():
+            array = self.group.create_array(
+                name,
+                shape=(length,),
+                chunks=(chunk,),
+                dtype=dtype,
+                fill_value=np.nan,
+                filters=self.meta.compression.filters(dtype),
+                serializer=BytesCodec(),
+                compressors=self.meta.compression.compressors(),
+                dimension_names=(DIMENSION_NAMES[1],),
+                chunk_key_encoding={"name": "default", "separator": "/"},
+                overwrite=False,
+            )
+        return array.with_config({"write_empty_chunks": True})
+
+
+def _write_error(exc: OSError, coords: BlockCoords, where: str) -> OSError:
+    """``exc`` restated to name the block and the fix, keeping its type and errno."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno == errno.ENOSPC:
+        fix = "free disk space (or move the store)"
+    elif isinstance(exc, PermissionError):
+        fix = "make the store writable (or copy it to a writable location)"
+    else:
+        fix = "fix the storage problem"
+    message = (
+        f"could not write block {coords} to the store {where}: {reason}. Nothing was stored "
+        "for this block and the blocks already in the store are intact; "
+        f"{fix}, then call arr.fill() again to compute the missing blocks."
+    )
+    try:
+        return type(exc)(exc.errno, message) if exc.errno is not None else type(exc)(message)
+    except Exception:
+        return OSError(exc.errno, message)
 
 
 @contextlib.contextmanager

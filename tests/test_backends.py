@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from typing import Any
 
 import numpy as np
 import pytest
@@ -45,7 +46,7 @@ def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(np.corrcoef(a.flatten().numpy(), b.flatten().numpy())[0, 1])
 
 
-def _make_mlp(seed: int = 0) -> nn.Module:
+def _make_mlp(seed: int = 0) -> nn.Sequential:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
 
@@ -75,7 +76,7 @@ def _reference(model: nn.Module, loss, x, y, x_test, y_test, lam: float):
         for i in range(xs.shape[0]):
             model.zero_grad()
             loss(model(xs[i : i + 1]), ys[i : i + 1]).backward()
-            rows.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]).clone())
+            rows.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]).clone())  # type: ignore[union-attr]
         model.zero_grad()
         return torch.stack(rows)
 
@@ -119,6 +120,7 @@ def test_direct_matches_exact(mlp):
     inf = DirectInfluence(mlp["model"], F.cross_entropy, regularization=mlp["lam"]).fit(
         (mlp["x"], mlp["y"])
     )
+    assert inf.hessian_ is not None
     assert _max_rel_err(inf.hessian_, mlp["H"]) < 1e-10
     assert _max_rel_err(inf.train_factors(mlp["x"], mlp["y"]), mlp["g_train"]) < 1e-10
     assert _max_rel_err(_infl(inf, mlp), mlp["I"]) < 1e-6
@@ -127,15 +129,15 @@ def test_direct_matches_exact(mlp):
 
 
 def test_cg_matches_exact(mlp):
-    inf = CgInfluence(mlp["model"], F.cross_entropy, regularization=mlp["lam"], rtol=1e-8)
+    inf = CgInfluence(mlp["model"], F.cross_entropy, regularization=mlp["lam"])  # rtol=1e-4
     inf.fit((mlp["x"], mlp["y"]))
     assert _max_rel_err(_infl(inf, mlp), mlp["I"]) < 1e-4
 
 
-def test_cg_default_tolerance_matches_exact(mlp):
-    inf = CgInfluence(mlp["model"], F.cross_entropy, regularization=mlp["lam"])
+def test_cg_tight_tolerance_matches_exact(mlp):
+    inf = CgInfluence(mlp["model"], F.cross_entropy, regularization=mlp["lam"], rtol=1e-8)
     inf.fit((mlp["x"], mlp["y"]))
-    assert _max_rel_err(_infl(inf, mlp), mlp["I"]) < 1e-3
+    assert _max_rel_err(_infl(inf, mlp), mlp["I"]) < 1e-6
 
 
 def test_cg_one_data_pass_per_iteration_for_all_columns(mlp, monkeypatch):
@@ -172,6 +174,7 @@ def test_arnoldi_low_rank_matches_truncated_eigendecomposition(mlp):
     top = torch.argsort(evals.abs(), descending=True)[:rank]
     v, mu = evecs[:, top], evals[top]
     expected = (mlp["g_test"] @ v / (mu + lam)) @ (mlp["g_train"] @ v).T
+    assert inf.eigenvalues_ is not None
     assert torch.allclose(inf.eigenvalues_.sort().values, mu.sort().values, rtol=1e-8)
     assert _max_rel_err(_infl(inf, mlp), expected) < 1e-6
     assert inf.test_factors(mlp["xt"], mlp["yt"]).shape == (N_TEST, rank)
@@ -184,13 +187,14 @@ def test_lissa_correlates_with_exact(mlp):
         F.cross_entropy,
         regularization=mlp["lam"],
         scale=1.2 * lmax,
-        maxiter=3000,
-        rtol=1e-7,
+        maxiter=2000,
+        rtol=1e-5,
     )
     inf.fit((mlp["x"], mlp["y"]))
     infl = _infl(inf, mlp)
     assert _pearson(infl, mlp["I"]) >= 0.99
-    assert inf.n_iter_ is not None and inf.n_iter_ < 3000
+    assert _max_rel_err(infl, mlp["I"]) < 1e-2
+    assert inf.n_iter_ is not None and inf.n_iter_ < 2000  # stopped on rtol, no warning
 
 
 def test_lissa_warns_at_maxiter(mlp):
@@ -248,7 +252,7 @@ def test_linear_regression_closed_form(linreg, cls, kwargs, tol):
 @pytest.mark.parametrize("cls", [DirectInfluence, CgInfluence, ArnoldiInfluence])
 def test_ragged_batches_equal_one_batch(mlp, cls):
     """H is the Hessian of the mean over all points, not a mean of ragged batch Hessians."""
-    kwargs = {"rank": 43} if cls is ArnoldiInfluence else {}
+    kwargs: dict[str, Any] = {"rank": 43} if cls is ArnoldiInfluence else {}
     if cls is CgInfluence:
         kwargs = {"rtol": 1e-10, "atol": 0.0}
     ds = TensorDataset(mlp["x"], mlp["y"])
@@ -311,7 +315,7 @@ def test_bad_constructor_args_raise(cls, kwargs, match):
 
 
 def test_bad_model_and_loss_raise():
-    with pytest.raises(TypeError, match="nn.Module"):
+    with pytest.raises(TypeError, match=r"nn\.Module"):
         DirectInfluence(lambda x: x, F.cross_entropy)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="callable"):
         DirectInfluence(_make_mlp(), "cross_entropy")  # type: ignore[arg-type]
@@ -323,9 +327,7 @@ def test_rank_above_n_params_raises(mlp):
         inf.fit((mlp["x"], mlp["y"]))
 
 
-@pytest.mark.parametrize(
-    "cls", [DirectInfluence, CgInfluence, LissaInfluence, ArnoldiInfluence]
-)
+@pytest.mark.parametrize("cls", [DirectInfluence, CgInfluence, LissaInfluence, ArnoldiInfluence])
 def test_factors_before_fit_raise(mlp, cls):
     inf = cls(mlp["model"], F.cross_entropy)
     with pytest.raises(RuntimeError, match=r"call \.fit\(train_data\) first"):
@@ -388,7 +390,7 @@ def test_model_fingerprint_equal_for_equal_model_and_changes_with_values(mlp):
     clone.load_state_dict(mlp["model"].state_dict())
     assert DirectInfluence(clone, F.cross_entropy).model_fingerprint() == fp
     with torch.no_grad():
-        clone[0].weight[0, 0] += 1e-12
+        next(clone.parameters())[0, 0] += 1e-12
     assert DirectInfluence(clone, F.cross_entropy).model_fingerprint() != fp
     assert DirectInfluence(clone.float(), F.cross_entropy).model_fingerprint() != fp
 
@@ -399,6 +401,8 @@ def test_model_fingerprint_is_taken_at_fit(mlp):
     inf = DirectInfluence(model, F.cross_entropy, 0.01).fit((mlp["x"], mlp["y"]))
     fp, before = inf.model_fingerprint(), _infl(inf, mlp)
     with torch.no_grad():
-        model[0].weight.add_(1.0)  # factors and fingerprint stay those of the fitted snapshot
+        next(model.parameters()).add_(
+            1.0
+        )  # factors and fingerprint stay those of the fitted snapshot
     assert inf.model_fingerprint() == fp
     assert torch.equal(_infl(inf, mlp), before)

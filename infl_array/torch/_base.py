@@ -21,7 +21,7 @@ model's parameters. :class:`TorchInfluenceBase` holds what is common:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -34,6 +34,9 @@ __all__ = ["DEFAULT_BATCH_SIZE", "ConvergenceWarning", "TorchInfluenceBase"]
 
 DEFAULT_BATCH_SIZE = 1024
 """Samples per pass when neither ``batch_size`` nor the fit DataLoader gives one."""
+
+
+_B = TypeVar("_B", bound="TorchInfluenceBase")
 
 
 class ConvergenceWarning(UserWarning):
@@ -109,7 +112,7 @@ class TorchInfluenceBase:
         self._model_fingerprint: str | None = None
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, train_data: object) -> TorchInfluenceBase:
+    def fit(self: _B, train_data: object) -> _B:
         """Fit to the training data the model was trained on.
 
         Parameters

@@ -144,7 +144,7 @@ class FlatModel:
         All columns are computed in one vectorised pass: one forward/backward graph of the
         gradient, then ``vmap`` of its vector-Jacobian product over the columns.
         """
-        _, vjp_fn = vjp(lambda th: grad(self.batch_loss)(th, x, y), self.theta)
+        vjp_fn = vjp(lambda th: grad(self.batch_loss)(th, x, y), self.theta)[1]
         (hv,) = vmap(vjp_fn, in_dims=1, out_dims=1)(v)
         return hv
 

@@ -262,7 +262,8 @@ class ModelBlockSource:
         Number of test and train points (the matrix shape).
     stats : dict of str to int
         ``"test_factors"``, ``"train_factors"``, ``"self_factors"``: factor computations
-        (calls to the backend); ``"hits"``: requests served by the memo; ``"evictions"``.
+        (calls to the backend); ``"hits"``: requests served by the memo. See also
+        :attr:`memo_bytes` and :attr:`memo_evictions`.
     """
 
     def __init__(
@@ -381,6 +382,14 @@ class ModelBlockSource:
         """Drop every memoised factor."""
         with self._lock:
             self._memo.clear()
+
+    def test_factor_bytes(self, rows: range) -> int:
+        """Bytes of the test factors of ``test[rows]`` (computed and memoised if needed).
+
+        The executor sizes its tiles with this (see :mod:`infl_array.executor`).
+        """
+        f = self._factor("test", _check_range(rows, self.n_test, "rows"))
+        return int(f.element_size() * f.numel())
 
     def prefetch(self, rows: range | None = None, cols: range | None = None) -> None:
         """Compute and memoise the factors of ``test[rows]`` and ``train[cols]`` now.

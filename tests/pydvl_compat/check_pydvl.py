@@ -104,9 +104,16 @@ def _pydvl_direct(model: nn.Module, loader: DataLoader, reg: float = REG) -> Any
 
 
 def _pydvl_cg(model: nn.Module, loader: DataLoader) -> Any:
-    return PyDVLCg(
-        model, CE, regularization=REG, rtol=1e-10, atol=1e-12, maxiter=200, solve_simultaneously=True
-    ).fit(loader)
+    cg = PyDVLCg(
+        model,
+        CE,
+        regularization=REG,
+        rtol=1e-10,
+        atol=1e-12,
+        maxiter=200,
+        solve_simultaneously=True,
+    )
+    return cg.fit(loader)
 
 
 def test_pydvl_direct_matches_ours(setup: dict[str, Any]) -> None:
@@ -128,7 +135,8 @@ def test_pydvl_direct_matches_ours(setup: dict[str, Any]) -> None:
     np.testing.assert_allclose(src_tt.self_influence(range(N_TRAIN)), np.diag(tt), rtol=1e-10)
     fps = src.fingerprints()
     assert set(fps) == {"model", "backend", "test", "train"}
-    assert json.loads(fps["backend"])["hyperparameters"]["regularization"] == {"": REG}  # one block, named ""
+    # pyDVL keeps one regularization per parameter block; BlockMode.FULL has one, named ""
+    assert json.loads(fps["backend"])["hyperparameters"]["regularization"] == {"": REG}
     # an equal model refitted in new objects has the same fingerprints; another reg does not
     pm2 = _pydvl_direct(_copy(setup["model"]), setup["loader"])
     assert make_block_source(pm2, setup["test"], setup["loader"]).fingerprints() == fps
