@@ -37,7 +37,9 @@ def _touched(full: np.ndarray, key: Any, block_shape: tuple[int, int]) -> set[tu
     rows = np.broadcast_to(np.arange(full.shape[0])[:, None], full.shape)[key]
     cols = np.broadcast_to(np.arange(full.shape[1])[None, :], full.shape)[key]
     rows, cols = np.ravel(rows), np.ravel(cols)
-    return set(zip((rows // block_shape[0]).tolist(), (cols // block_shape[1]).tolist(), strict=True))
+    return set(
+        zip((rows // block_shape[0]).tolist(), (cols // block_shape[1]).tolist(), strict=True)
+    )
 
 
 @settings(max_examples=200, deadline=None)
