@@ -250,6 +250,7 @@ class InfluenceArray:
         if not missing:
             return 0
         self._require_source(missing)
+        self._store.check_writable(missing[0])
         from infl_array.executor import compute_blocks
 
         return compute_blocks(self, missing)
@@ -341,6 +342,8 @@ class InfluenceArray:
         """Recompute exactly the blocks :meth:`verify` reports; returns them."""
         self._check_can_compute("repair")
         bad = self.verify(progress=progress)
+        if bad:
+            self._store.check_writable(bad[0])
         for coords in bad:
             self.compute_block(coords)
         return bad

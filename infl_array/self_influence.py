@@ -19,6 +19,7 @@ from infl_array import indexing
 from infl_array.compute import check_block, to_numpy
 from infl_array.errors import MissingBlockError
 from infl_array.plan import axis_blocks
+from infl_array.store import empty_chunks_kept, keep_empty_chunks
 
 if TYPE_CHECKING:
     from infl_array.array import InfluenceArray
@@ -124,7 +125,8 @@ class SelfInfluenceArray:
             (1, bounds.stop - bounds.start),
             self.dtype,
         )[0]
-        self._array[bounds] = values
+        with empty_chunks_kept():
+            self._array[bounds] = values
         self._known.add(j)
         self.blocks_computed += 1
 
@@ -148,7 +150,7 @@ def _open_or_create(parent: InfluenceArray) -> zarr.Array:
     if ARRAY_NAME in group:
         existing = group[ARRAY_NAME]
         assert isinstance(existing, zarr.Array)
-        return existing.with_config({"write_empty_chunks": True})
+        return keep_empty_chunks(existing)
     if parent._source is None or not hasattr(parent._source, "self_influence"):
         raise MissingBlockError(
             (0, 0),
@@ -161,7 +163,7 @@ def _open_or_create(parent: InfluenceArray) -> zarr.Array:
     except zarr.errors.ContainsArrayError:  # another process created it first
         existing = zarr.open_group(group.store, mode="r+")[ARRAY_NAME]
         assert isinstance(existing, zarr.Array)
-        return existing.with_config({"write_empty_chunks": True})
+        return keep_empty_chunks(existing)
 
 
 def self_influence(arr: InfluenceArray) -> SelfInfluenceArray:

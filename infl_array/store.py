@@ -286,7 +286,7 @@ class BlockStore:
     def __init__(self, store: Any, group: zarr.Group, array: zarr.Array, meta: StoreMeta) -> None:
         self.where = describe_store(store)
         self.group = group
-        self.array = array.with_config({"write_empty_chunks": True})
+        self.array = keep_empty_chunks(array)
         self.meta = meta
         self.read_only = bool(group.store.read_only)
         self._local_root = _local_path(store)
@@ -470,7 +470,8 @@ class BlockStore:
         self.check_writable(coords)
         rows, cols = self.block_bounds(coords)
         try:
-            self.array[rows, cols] = values
+            with empty_chunks_kept():
+                self.array[rows, cols] = values
         except OSError as exc:
             raise _write_error(exc, coords, self.where) from exc
 
@@ -603,7 +604,7 @@ class BlockStore:
                 chunk_key_encoding={"name": "default", "separator": "/"},
                 overwrite=False,
             )
-        return array.with_config({"write_empty_chunks": True})
+        return keep_empty_chunks(array)
 
 
 def _write_error(exc: OSError, coords: BlockCoords, where: str) -> OSError:
@@ -624,6 +625,24 @@ def _write_error(exc: OSError, coords: BlockCoords, where: str) -> OSError:
         return type(exc)(exc.errno, message) if exc.errno is not None else type(exc)(message)
     except Exception:
         return OSError(exc.errno, message)
+
+
+def keep_empty_chunks(array: zarr.Array) -> zarr.Array:
+    """``array`` with zarr's ``write_empty_chunks`` on, so every block write stores a chunk.
+
+    (Belt and braces: the NaN fill value never equals a valid block.) ``Array.with_config``
+    exists from zarr 3.1.6; older 3.1.x (the numpy<2 installs) read the global config at write
+    time, which :func:`empty_chunks_kept` sets around each write.
+    """
+    with_config = getattr(array, "with_config", None)
+    return with_config({"write_empty_chunks": True}) if with_config is not None else array
+
+
+def empty_chunks_kept() -> contextlib.AbstractContextManager[Any]:
+    """Around a write: keep empty chunks on zarr versions without ``Array.with_config``."""
+    if hasattr(zarr.Array, "with_config"):
+        return contextlib.nullcontext()
+    return zarr.config.set({"array.write_empty_chunks": True})
 
 
 @contextlib.contextmanager

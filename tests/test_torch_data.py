@@ -223,3 +223,14 @@ def test_fit_rejects_bad_data_clearly():
     model = nn.Linear(4, 3).double()
     with pytest.raises(TypeError, match=r"train_data is .*IterableDataset"):
         DirectInfluence(model, F.cross_entropy).fit(Stream())
+
+
+def test_read_only_numpy_arrays_are_accepted_without_warnings() -> None:
+    x = np.arange(12, dtype=np.float64).reshape(6, 2)
+    y = np.arange(6) % 2
+    x.flags.writeable = False
+    y.flags.writeable = False
+    data = as_indexed((x, y))
+    bx, by = data.take(range(2, 5))
+    assert torch.equal(bx, torch.as_tensor(x[2:5].copy()))
+    assert torch.equal(by, torch.as_tensor(y[2:5].copy()))

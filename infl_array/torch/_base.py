@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ._functional import FlatModel, LossFn, check_finite, model_fingerprint, nonnegative
-from .data import IndexedData, as_indexed
+from .data import IndexedData, as_indexed, numpy_to_tensor
 
 __all__ = ["DEFAULT_BATCH_SIZE", "ConvergenceWarning", "TorchInfluenceBase"]
 
@@ -166,7 +166,7 @@ class TorchInfluenceBase:
         flat = self._require_fit()
         out = []
         for name, a in (("x", x), ("y", y)):
-            t = torch.from_numpy(np.ascontiguousarray(a)) if isinstance(a, np.ndarray) else a
+            t = numpy_to_tensor(a) if isinstance(a, np.ndarray) else a
             if not isinstance(t, torch.Tensor):
                 raise TypeError(
                     f"{name} must be a torch tensor or numpy array, got {type(a).__name__}."

@@ -274,13 +274,20 @@ class DatasetData(IndexedData):
         return h.hexdigest()
 
 
+def numpy_to_tensor(a: np.ndarray) -> torch.Tensor:
+    """A tensor sharing ``a``'s memory when it may (copied when read-only or not contiguous)."""
+    if not a.flags.writeable:
+        return torch.from_numpy(np.array(a, order="C", copy=True))
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
 def _to_tensor(a: Any, what: str) -> torch.Tensor:
     if isinstance(a, torch.Tensor):
         return a
     if isinstance(a, np.ndarray):
         if a.dtype == object:
             raise TypeError(f"{what} is a numpy array of dtype object; convert it to numbers.")
-        return torch.from_numpy(np.ascontiguousarray(a))
+        return numpy_to_tensor(a)
     raise TypeError(
         f"{what} must be a torch tensor or numpy array, got {type(a).__name__}; "
         "convert it with torch.as_tensor or np.asarray."
