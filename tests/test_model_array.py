@@ -1,0 +1,155 @@
+"""Model-backed arrays end to end: create, values, data forms, reopen, staleness, workers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import infl_array as ia
+from infl_array.torch import CgInfluence, DirectInfluence
+
+
+def _problem(seed: int = 0) -> dict[str, Any]:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(40, 4, generator=gen, dtype=torch.float64)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).long() + (x[:, 2] > 1).long()
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3)
+    ).double()
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(100):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return {"model": model, "train": (x[:30], y[:30]), "test": (x[30:], y[30:])}
+
+
+@pytest.fixture(scope="module")
+def problem() -> dict[str, Any]:
+    return _problem()
+
+
+def _direct(problem: dict[str, Any]) -> DirectInfluence:
+    loss = torch.nn.functional.cross_entropy
+    return DirectInfluence(problem["model"], loss, regularization=0.05).fit(problem["train"])
+
+
+def _reference(problem: dict[str, Any]) -> np.ndarray:
+    infl = _direct(problem)
+    return infl.influences(*problem["test"], *problem["train"]).detach().numpy()
+
+
+@pytest.mark.parametrize("block_shape", [(1, 1), (3, 7), (10, 30), (64, 64)])
+def test_values_equal_the_backend_whatever_the_block_shape(
+    tmp_path: Path, problem: dict[str, Any], block_shape: tuple[int, int]
+) -> None:
+    arr = ia.InfluenceArray.create(
+        tmp_path / "s",
+        _direct(problem),
+        test=problem["test"],
+        train=problem["train"],
+        block_shape=block_shape,
+        dtype="float64",
+    )
+    assert arr.shape == (10, 30)
+    np.testing.assert_allclose(np.asarray(arr), _reference(problem), rtol=1e-10, atol=1e-14)
+
+
+def test_every_data_form_gives_the_same_store(tmp_path: Path, problem: dict[str, Any]) -> None:
+    x, y = problem["test"]
+    forms = {
+        "tensors": (x, y),
+        "numpy": (x.numpy(), y.numpy()),
+        "dataset": TensorDataset(x, y),
+        "loader": DataLoader(TensorDataset(x, y), batch_size=4),
+    }
+    expected = _reference(problem)
+    prints = set()
+    for name, test in forms.items():
+        arr = ia.InfluenceArray.create(
+            tmp_path / name, _direct(problem), test=test, train=problem["train"], dtype="float64"
+        )
+        np.testing.assert_allclose(arr[:, :], expected, rtol=1e-10, atol=1e-14)
+        prints.add(arr.meta.fingerprints["test"])
+    assert len(prints) == 1
+
+
+def test_reopen_with_an_equal_model_computes_nothing(
+    tmp_path: Path, problem: dict[str, Any]
+) -> None:
+    arr = ia.InfluenceArray.create(
+        tmp_path / "s",
+        _direct(problem),
+        test=problem["test"],
+        train=problem["train"],
+        block_shape=(4, 8),
+    )
+    arr.fill(progress=False)
+    again = _problem()  # the same model and data, rebuilt: new objects
+    reopened = ia.open(tmp_path / "s", _direct(again), test=again["test"], train=again["train"])
+    np.testing.assert_array_equal(np.asarray(reopened), np.asarray(arr))
+    assert reopened.blocks_computed == 0
+    assert reopened._source.stats["test_factors"] == 0
+
+
+def test_stale_model_data_and_backend(tmp_path: Path, problem: dict[str, Any]) -> None:
+    ia.InfluenceArray.create(
+        tmp_path / "s", _direct(problem), test=problem["test"], train=problem["train"]
+    )
+    other = _problem(seed=1)
+    with pytest.raises(ia.StaleCacheError, match="model") as info:
+        ia.open(tmp_path / "s", _direct(other), test=problem["test"], train=problem["train"])
+    assert "model" in info.value.differences
+    x, y = problem["train"]
+    changed = (x.clone(), y.clone())
+    changed[0][3, 1] += 1e-3
+    with pytest.raises(ia.StaleCacheError) as info:
+        ia.open(tmp_path / "s", _direct(problem), test=problem["test"], train=changed)
+    assert info.value.differences == ["train"]
+    cg = CgInfluence(problem["model"], torch.nn.functional.cross_entropy, regularization=0.05)
+    with pytest.raises(ia.StaleCacheError, match="backend"):
+        ia.open(
+            tmp_path / "s", cg.fit(problem["train"]), test=problem["test"], train=problem["train"]
+        )
+    with pytest.raises(ia.StaleCacheError, match="computed_by"):
+        ia.open(tmp_path / "s", fn=lambda r, c: np.zeros((len(r), len(c))))
+
+
+def test_create_over_existing_store_computes_nothing(
+    tmp_path: Path, problem: dict[str, Any]
+) -> None:
+    infl = _direct(problem)
+    ia.InfluenceArray.create(tmp_path / "s", infl, test=problem["test"], train=problem["train"])
+    with pytest.raises(FileExistsError):
+        ia.InfluenceArray.create(tmp_path / "s", "not even a model", test=None, train=None)
+
+
+def test_fill_with_process_workers_on_a_model(tmp_path: Path, problem: dict[str, Any]) -> None:
+    arr = ia.InfluenceArray.create(
+        tmp_path / "s",
+        _direct(problem),
+        test=problem["test"],
+        train=problem["train"],
+        block_shape=(3, 10),
+        dtype="float64",
+    )
+    assert arr.fill(progress=False, workers=2) == 4 * 3
+    np.testing.assert_allclose(
+        ia.open(tmp_path / "s")[:, :], _reference(problem), rtol=1e-10, atol=1e-14
+    )
+
+
+def test_open_needs_both_data_sets(tmp_path: Path, problem: dict[str, Any]) -> None:
+    ia.InfluenceArray.create(
+        tmp_path / "s", _direct(problem), test=problem["test"], train=problem["train"]
+    )
+    with pytest.raises(TypeError, match="both data sets"):
+        ia.open(tmp_path / "s", _direct(problem), test=problem["test"])
+    with pytest.raises(TypeError, match="without a model"):
+        ia.open(tmp_path / "s", test=problem["test"], train=problem["train"])
