@@ -228,7 +228,9 @@ def medium_blocks(n_test: int, n_train: int) -> list[tuple[int, int]]:
     return [(100, 100), (256, 4096), (1000, 5000), (n_test, n_train)]
 
 
-def worker_ours(case: str, quick: bool, reps: int, save: str | None) -> dict[str, Any]:
+def worker_ours(
+    case: str, quick: bool, reps: int, save: str | None, reg: float = 0.01
+) -> dict[str, Any]:
     """Our side of ``small`` (CG) or ``medium`` (Direct): fit + create + fill, ``reps`` times."""
     torch = setup_torch()
     import numpy as np
@@ -244,7 +246,7 @@ def worker_ours(case: str, quick: bool, reps: int, save: str | None) -> dict[str
 
     def fit() -> Any:
         if case == "small":
-            return CgInfluence(model, ce, regularization=0.01, **CG_TOL).fit(train_loader)
+            return CgInfluence(model, ce, regularization=reg, **CG_TOL).fit(train_loader)
         return DirectInfluence(model, ce, regularization=0.01).fit(train_loader)
 
     res: dict[str, Any] = {
@@ -272,6 +274,10 @@ def worker_ours(case: str, quick: bool, reps: int, save: str | None) -> dict[str
                     del arr
                     gc.collect()
             res["cg_iters_last_call"] = getattr(infl, "n_iter_", None)
+            if case == "small":
+                ev = torch.linalg.eigvalsh(infl.hessian().double())
+                res["h_eig"] = (float(ev.min()), float(ev.max()))
+            res["reg"] = reg
             # the pieces of the floor, with our backend: all factors at once, one product
             t = Timer()
             tf = infl.test_factors(*test)
@@ -297,7 +303,9 @@ def worker_ours(case: str, quick: bool, reps: int, save: str | None) -> dict[str
     return res
 
 
-def worker_pydvl(case: str, quick: bool, reps: int, skip_slow: bool, save: str) -> dict[str, Any]:
+def worker_pydvl(
+    case: str, quick: bool, reps: int, skip_slow: bool, save: str, reg: float = 0.01
+) -> dict[str, Any]:
     """pyDVL's side: fit, one in-memory call, the sequential calculator (runs in .venv-pydvl)."""
     torch = setup_torch()
     import numpy as np
@@ -314,7 +322,7 @@ def worker_pydvl(case: str, quick: bool, reps: int, skip_slow: bool, save: str) 
 
     def fit(simultaneous: bool = True) -> Any:
         if case == "small":
-            pm = PCg(model, ce, regularization=0.01, solve_simultaneously=simultaneous, **CG_TOL)
+            pm = PCg(model, ce, regularization=reg, solve_simultaneously=simultaneous, **CG_TOL)
             return pm.fit(train_loader)
         return PDirect(model, ce, regularization=0.01).fit(train_loader)
 
@@ -661,7 +669,7 @@ def pydvl_case(case: str, args: argparse.Namespace, d: Path) -> dict[str, Any]:
 
     q = ["--quick"] if args.quick else []
     reps = (5 if case == "small" else 3) if not args.quick else 2
-    r = ["--reps", str(reps)]
+    r = ["--reps", str(reps), "--small-reg", str(args.small_reg)]
     ours = run_worker([f"ours-{case}", *q, *r, "--path", str(d / "ours.npy")], f"{case} ours")
     extra = ["--skip-slow-cg"] if args.skip_slow_cg else []
     theirs = run_worker(
@@ -703,12 +711,19 @@ def drive(args: argparse.Namespace, argv: list[str]) -> int:
     print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), flush=True)
     q = ["--quick"] if args.quick else []
     results: dict[str, Any] = {}
+    if args.merge:
+        results = json.loads(Path(args.merge).read_text())
     t_all = Timer()
     for case in cases:
         if case in ("small", "medium"):
             d = fresh_dir(case + "_cmp")
             try:
-                results[case] = pydvl_case(case, args, d)
+                key = (
+                    case
+                    if case == "medium" or args.small_reg == 0.01
+                    else f"small@{args.small_reg}"
+                )
+                results[key] = pydvl_case(case, args, d)
             finally:
                 shutil.rmtree(d, ignore_errors=True)
         elif case == "memory":
@@ -723,7 +738,7 @@ def drive(args: argparse.Namespace, argv: list[str]) -> int:
             results[case] = mem
         else:
             results[case] = run_worker([case, *q], case)
-        print(json.dumps({case: summary(case, results[case])}, default=str), flush=True)
+        print(json.dumps({case: summary(case, results.get(case, {}))}, default=str), flush=True)
     total = t_all.lap()
     if WORK.exists() and not any(WORK.iterdir()):
         WORK.rmdir()
@@ -750,35 +765,14 @@ def row(case: str, ours: float, theirs: float, target: str, met: bool | None, wh
     return f"| {case} | {fmt_t(ours)} | {fmt_t(theirs)} ({what}) | {ratio:.2f}x | {target} | {m} |"
 
 
-def markdown(info: dict[str, str], flags: list[str], res: dict[str, Any], total: float) -> str:
-    lines = [SECTION, ""]
-    lines.append(f"Command: `python benchmarks/bench_speed.py {' '.join(flags)}`".rstrip())
-    lines.append("")
-    lines.append(
-        "Machine and versions: "
-        + ", ".join(f"{k} {v}" for k, v in info.items())
-        + f"; run {time.strftime('%Y-%m-%d %H:%M')}, {total / 60:.1f} min in all. Each case runs "
-        "in fresh processes: ours in the project's environment, pyDVL in `.venv-pydvl` "
-        "(numpy<2) right after it, on the same seeded model (parameter hashes checked equal) and "
-        "data, float32. The machine is shared: compare the ratios, not the absolute times."
-    )
-    lines.append("")
-    lines.append(
-        "Ratio = theirs (or floor) / ours: above 1 means ours is faster. Times are medians of "
-        "the repetitions stated."
-    )
-    lines.append("")
-    lines.append("| case | ours | theirs / floor | ratio | target | met |")
-    lines.append("|---|---:|---:|---:|---|---|")
-    notes: list[str] = []
-    small, medium = res.get("small"), res.get("medium")
-    if small and "error" not in small:
+def small_block(small: dict[str, Any], lines: list[str], notes: list[str]) -> None:
+    if "error" not in small:
         o, t = small["ours"], small["theirs"]
         blk = str(tuple(o["blocks"][0]))
         ours_total = median([a + b for a, b in zip(o["fit"], o["fill"][blk], strict=True)])
         name = (
-            f"small CG, {o['n_test']} x {o['n_train']}, {o['n_params']} params, "
-            f"blocks {blk}: fit + create + fill"
+            f"small CG (reg {o.get('reg', 0.01)}), {o['n_test']} x {o['n_train']}, "
+            f"{o['n_params']} params, blocks {blk}: fit + create + fill"
         )
         if "seq_one" in t:
             t1 = t["seq_one"][0]
@@ -793,7 +787,9 @@ def markdown(info: dict[str, str], flags: list[str], res: dict[str, Any], total:
         notes.append(
             f"**small** (MLP 20 -> 32 -> 3, {o['n_params']} params, train/test accuracy "
             f"{o['acc'][0]:.2f}/{o['acc'][1]:.2f}; {o['n_train']} train, {o['n_test']} test, "
-            f"loaders of batch {o['batch']}, regularization 0.01; CG on both sides with "
+            f"loaders of batch {o['batch']}, regularization {o.get('reg', 0.01)}; eigenvalues "
+            f"of H in [{o.get('h_eig', ('?', '?'))[0]:.3g}, {o.get('h_eig', ('?', '?'))[1]:.3g}]; "
+            "CG on both sides with "
             "rtol=1e-7, atol=1e-7, maxiter=None (pyDVL's defaults; maxiter is then 10 x n_params "
             f"on both sides); {small['reps']} repetitions each): ours fit "
             f"{fmt_t(median(o['fit']))} + create+fill {fmt_t(median(o['fill'][blk]))}; pyDVL "
@@ -816,8 +812,34 @@ def markdown(info: dict[str, str], flags: list[str], res: dict[str, Any], total:
             + (f" Our warnings: {o['warnings']}." if o["warnings"] else "")
             + (f" pyDVL warnings: {t['warnings']}." if t["warnings"] else "")
         )
-    elif small:
+    else:
         notes.append(f"**small**: {small['error']}")
+
+
+def markdown(info: dict[str, str], flags: list[str], res: dict[str, Any], total: float) -> str:
+    lines = [SECTION, ""]
+    lines.append(f"Command: `python benchmarks/bench_speed.py {' '.join(flags)}`".rstrip())
+    lines.append("")
+    lines.append(
+        "Machine and versions: "
+        + ", ".join(f"{k} {v}" for k, v in info.items())
+        + f"; run {time.strftime('%Y-%m-%d %H:%M')}, {total / 60:.1f} min in all. Each case runs "
+        "in fresh processes: ours in the project's environment, pyDVL in `.venv-pydvl` "
+        "(numpy<2) right after it, on the same seeded model (parameter hashes checked equal) and "
+        "data, float32. The machine is shared: compare the ratios, not the absolute times."
+    )
+    lines.append("")
+    lines.append(
+        "Ratio = theirs (or floor) / ours: above 1 means ours is faster. Times are medians of "
+        "the repetitions stated."
+    )
+    lines.append("")
+    lines.append("| case | ours | theirs / floor | ratio | target | met |")
+    lines.append("|---|---:|---:|---:|---|---|")
+    notes: list[str] = []
+    medium = res.get("medium")
+    for skey in sorted(k for k in res if k.startswith("small")):
+        small_block(res[skey], lines, notes)
     if medium and "error" not in medium:
         o, t = medium["ours"], medium["theirs"]
         fit, pfit = median(o["fit"]), median(t["fit"])
@@ -992,14 +1014,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
     parser.add_argument("--reps", type=int, default=3, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--small-reg", type=float, default=0.1, help="regularization of the small CG case"
+    )
+    parser.add_argument(
+        "--merge", help="results JSON of an earlier run (--json): keep its cases, add these"
+    )
     args = parser.parse_args(argv)
     if args.worker is None:
         return drive(args, argv)
     w = args.worker
     if w.startswith("ours-"):
-        out = worker_ours(w[5:], args.quick, args.reps, args.path)
+        out = worker_ours(w[5:], args.quick, args.reps, args.path, args.small_reg)
     elif w.startswith("pydvl-"):
-        out = worker_pydvl(w[6:], args.quick, args.reps, args.skip_slow_cg, args.path)
+        out = worker_pydvl(
+            w[6:], args.quick, args.reps, args.skip_slow_cg, args.path, args.small_reg
+        )
     elif w == "floor":
         out = worker_floor(args.quick)
     elif w.startswith("memory-"):

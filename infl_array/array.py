@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -67,6 +68,7 @@ class InfluenceArray:
         self._source = source
         self._store_spec = store_spec
         self._known: set[BlockCoords] = set()
+        self._compute_lock = threading.Lock()
         self.blocks_computed = 0
         """Blocks this object computed (and wrote) so far."""
         self.materialize_limit_bytes = _default_materialize_limit()
@@ -253,7 +255,9 @@ class InfluenceArray:
         self._store.check_writable(missing[0])
         from infl_array.executor import compute_blocks
 
-        return compute_blocks(self, missing)
+        # threads of one process (dask's threaded scheduler, say) compute a block once
+        with self._compute_lock:
+            return compute_blocks(self, [b for b in missing if b not in self._known])
 
     def compute_block(self, coords: BlockCoords) -> None:
         """Compute one block and write it to the store (whether or not it was there)."""
@@ -429,7 +433,7 @@ class InfluenceArray:
 
     # ------------------------------------------------------------------ pickling (workers)
     def __getstate__(self) -> dict[str, Any]:
-        if self._store_spec is None or isinstance(self._store_spec, dict):
+        if _is_process_local(self._store_spec):
             raise TypeError(
                 "this InfluenceArray lives in an in-process store and cannot be sent to other "
                 "processes; use a directory path or URL as the store for workers or dask."
@@ -555,6 +559,17 @@ def _check_same(
             "match; open it with the original model, data and settings, or create a new store "
             "(or pass overwrite=True to create(...) to recompute).",
         )
+
+
+def _is_process_local(store: Any) -> bool:
+    """Whether a store lives only in this process (so other processes cannot share it)."""
+    import zarr
+
+    return (
+        store is None
+        or isinstance(store, dict | zarr.storage.MemoryStore)
+        or (isinstance(store, str) and store.startswith("memory://"))
+    )
 
 
 def _short(value: Any) -> str:

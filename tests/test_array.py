@@ -404,3 +404,11 @@ def test_fsspec_memory_url(full: np.ndarray) -> None:
     ro = ia.open(url)
     assert int(ro.computed.sum()) == 2 * 5
     np.testing.assert_array_equal(ro[3:9], full[3:9])
+
+
+@pytest.mark.parametrize("spec", [{}, "memory://infl-local-only"])
+def test_process_workers_refuse_an_in_process_store(spec: object, full: np.ndarray) -> None:
+    arr = ia.InfluenceArray.from_function(spec, block_fn_module_level, shape=(4, 4))
+    with pytest.raises(TypeError, match="in-process store"):
+        arr.fill(progress=False, workers=2)
+    assert not arr.computed.any()

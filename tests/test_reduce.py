@@ -167,3 +167,17 @@ def test_to_dask_is_lazy_and_correct() -> None:
     np.testing.assert_allclose(d.sum(axis=0).compute(), full.sum(axis=0), rtol=1e-5)
     np.testing.assert_array_equal(d.compute(), full)
     assert len(fn.calls) == 9
+
+
+def test_to_dask_threads_compute_each_block_once() -> None:
+    pytest.importorskip("dask.array")
+    import dask
+
+    full = influence_like((16, 16))
+    arr, fn = make(full, (4, 4))
+    d = arr.to_dask()
+    with dask.config.set(scheduler="threads", num_workers=4):
+        # every chunk twice in one graph: a block is still computed once
+        total = (d + d.T).sum().compute()
+    np.testing.assert_allclose(total, 2 * full.sum(), rtol=1e-5)
+    assert len(fn.calls) == len(set(fn.calls)) == 16
