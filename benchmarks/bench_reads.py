@@ -522,8 +522,8 @@ def markdown(
         "heavy-tailed float32 values are close to random, so every lossless codec lands at "
         "1.04-1.16x; bit-shuffle wins what there is (the sign and exponent bits), and decode "
         "speed is far above what a cached read needs. Blosc lz4 with bit-shuffle is within 1% "
-        "of the ratio and encodes about 2x faster; real gains need `Compression(keepbits=...)` "
-        "(BitRound, relative error at most 2^-(keepbits+1)).",
+        "of the ratio and encodes 1-2x as fast (noisy here); real gains need "
+        "`Compression(keepbits=...)` (BitRound, relative error at most 2^-(keepbits+1)).",
     ]
     lines += ["", "### First (computing) read against the repeated (cached) read", ""]
     lines.append(

@@ -36,9 +36,13 @@ class DirectInfluence(TorchInfluenceBase):
 
     Examples
     --------
+    >>> import torch
+    >>> _ = torch.manual_seed(0)
+    >>> x, y = torch.randn(20, 3, dtype=torch.float64), torch.randint(0, 2, (20,))
+    >>> model = torch.nn.Linear(3, 2).double()
     >>> infl = DirectInfluence(model, torch.nn.functional.cross_entropy, 0.01).fit((x, y))
-    ... # doctest: +SKIP
-    >>> I = infl.influences(x_test, y_test, x, y)  # doctest: +SKIP
+    >>> infl.influences(x[:4], y[:4], x, y).shape
+    torch.Size([4, 20])
     """
 
     def __init__(
