@@ -29,13 +29,7 @@ from infl_array.torch import (
 N_TRAIN, N_TEST = 60, 12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: intra-op threads only add overhead (badly so on a loaded 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _max_rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

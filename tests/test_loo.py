@@ -25,12 +25,7 @@ REG = 0.05
 N_TRAIN, N_TEST, N_LOO = 150, 100, 40
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -15,13 +15,7 @@ from infl_array.torch import CgInfluence, DirectInfluence
 from infl_array.torch import data as tdata
 from infl_array.torch.data import as_indexed
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class PairDataset(Dataset):
