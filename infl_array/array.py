@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from infl_array import indexing
+from infl_array.cache import SMALL_READ_BLOCKS, BlockCache, assemble_outer, assemble_points
 from infl_array.compute import BlockFunction, call_block_function
 from infl_array.errors import MissingBlockError, StaleCacheError
 from infl_array.plan import BlockCoords, outer_blocks, point_blocks
@@ -73,6 +74,8 @@ class InfluenceArray:
         """Blocks this object computed (and wrote) so far."""
         self.materialize_limit_bytes = _default_materialize_limit()
         """``np.asarray(arr)`` refuses matrices larger than this (default: half the RAM)."""
+        self.block_cache = BlockCache()
+        """Decoded blocks for small reads (see :mod:`infl_array.cache`); ``max_bytes=0`` off."""
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -153,6 +156,7 @@ class InfluenceArray:
             compression=compression or Compression(),
         )
         block_store = BlockStore.create(store, meta, overwrite=overwrite)
+        source.set_output_dtype(meta.dtype)
         return cls(block_store, source, source=source, store_spec=store)
 
     # ------------------------------------------------------------------ array attributes
@@ -234,9 +238,26 @@ class InfluenceArray:
         return _BlockReader(self)
 
     def read_block(self, coords: BlockCoords) -> np.ndarray:
-        """The values of one block, computing it first if it is missing."""
+        """The values of one block (read-only), computing it first if it is missing.
+
+        Streams (reductions, dask) use this: a block already in the cache is taken from it,
+        others are decoded without filling the cache.
+        """
         self.ensure_blocks([coords])
-        return self._store.read_block(coords)
+        cached = self.block_cache.get(coords)
+        return cached if cached is not None else self._store.read_block(coords)
+
+    def _cached_block(self, coords: BlockCoords) -> np.ndarray:
+        block = self.block_cache.get(coords)
+        if block is None:
+            block = self._store.read_block(coords)
+            self.block_cache.put(coords, block)
+        return block
+
+    def _remember_computed(self, coords: BlockCoords, values: np.ndarray) -> None:
+        """Cache freshly computed values, when they are exactly what the store holds."""
+        if self.meta.compression.keepbits is None:
+            self.block_cache.put(coords, values)
 
     # ------------------------------------------------------------------ blocks
     def ensure_blocks(self, blocks: Iterable[BlockCoords]) -> int:
@@ -261,8 +282,10 @@ class InfluenceArray:
 
     def compute_block(self, coords: BlockCoords) -> None:
         """Compute one block and write it to the store (whether or not it was there)."""
-        self._store.write_block(coords, self._block_values(coords))
+        values = self._block_values(coords)
+        self._store.write_block(coords, values)
         self._mark_computed(coords)
+        self._remember_computed(coords, values)
 
     def _block_values(self, coords: BlockCoords) -> np.ndarray:
         """The checked values of one block from the model or function (nothing is written)."""
@@ -453,15 +476,32 @@ class _BlockReader:
     def __init__(self, arr: InfluenceArray) -> None:
         self._arr = arr
 
+    def _from_cache(self, blocks: list[BlockCoords]) -> bool:
+        cache = self._arr.block_cache
+        if cache.max_bytes <= 0:
+            return False
+        return len(blocks) <= SMALL_READ_BLOCKS or all(b in cache for b in blocks)
+
     def read_outer(self, rows: indexing.AxisSel, cols: indexing.AxisSel) -> np.ndarray:
-        blocks = outer_blocks(rows, cols, self._arr.block_shape)
-        self._arr.ensure_blocks(blocks)
-        return self._arr._store.read_region((rows, cols), blocks)
+        arr = self._arr
+        blocks = outer_blocks(rows, cols, arr.block_shape)
+        arr.ensure_blocks(blocks)
+        if self._from_cache(blocks):
+            shape = (indexing.axis_len(rows), indexing.axis_len(cols))
+            return assemble_outer(
+                rows, cols, shape, blocks, arr._store.block_bounds, arr._cached_block, arr.dtype
+            )
+        return arr._store.read_region((rows, cols), blocks)
 
     def read_points(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        blocks = point_blocks(rows, cols, self._arr.block_shape)
-        self._arr.ensure_blocks(blocks)
-        return self._arr._store.read_coordinates(rows, cols, blocks)
+        arr = self._arr
+        blocks = point_blocks(rows, cols, arr.block_shape)
+        arr.ensure_blocks(blocks)
+        if self._from_cache(blocks):
+            return assemble_points(
+                rows, cols, arr.block_shape, blocks, arr._cached_block, arr.dtype
+            )
+        return arr._store.read_coordinates(rows, cols, blocks)
 
 
 class _OIndex:
@@ -527,6 +567,7 @@ def open_array(
             given[name] = (stored.get(name), value)
         given["shape"] = (list(meta.shape), [source.n_test, source.n_train])
         _check_same(block_store, given, kind_given="model", kind_stored=kind)
+        source.set_output_dtype(meta.dtype)
         return InfluenceArray(block_store, source, source=source, store_spec=store)
     if fn is not None:
         _check_same(block_store, given, kind_given="function", kind_stored=kind)

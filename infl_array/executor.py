@@ -4,7 +4,8 @@ The cost of a model-backed matrix is one inverse-Hessian solve per test point, o
 per train point and one matrix product. A block ``(i, j)`` needs the test factors of block row
 ``i`` and the train factors of block column ``j``; the source memoises both under a byte
 budget. Blocks are therefore computed in *tiles*: a group of block rows whose test factors fit
-in half the budget, against every train block column it needs, column by column::
+in the budget (less room for two train columns), against every train block column it needs,
+column by column::
 
     for tile in tiles:                      # test factors of a tile: computed once, kept
         for j in columns:                   # train factors of column j: once per tile
@@ -22,10 +23,12 @@ the math and memory stays bounded. A block counts as computed once its write has
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import groupby
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from infl_array.plan import BlockCoords
 
@@ -35,59 +38,94 @@ if TYPE_CHECKING:
 MAX_WRITES_IN_FLIGHT = 4
 
 
-def tile_order(
-    blocks: list[BlockCoords], row_bytes: Callable[[int], int] | None, budget: int
-) -> list[BlockCoords]:
-    """``blocks`` in tile order (see the module docstring); row-major without ``row_bytes``.
+def plan_tiles(
+    blocks: list[BlockCoords], row_bytes: Callable[[int], int] | None, capacity: int
+) -> list[list[BlockCoords]]:
+    """``blocks`` cut into tiles, each in column-major order (see the module docstring).
 
     ``row_bytes(i)`` is the size of block row ``i``'s test factors; a tile holds block rows
-    while their total stays within ``budget // 2`` (at least one row per tile).
+    while their total stays within ``capacity`` (at least one row per tile). Without
+    ``row_bytes`` there is one tile, row-major.
 
     Examples
     --------
-    >>> tile_order([(0, 0), (0, 1), (1, 0), (1, 1)], lambda i: 10, budget=40)
-    [(0, 0), (1, 0), (0, 1), (1, 1)]
-    >>> tile_order([(0, 0), (0, 1), (1, 0), (1, 1)], lambda i: 30, budget=40)
-    [(0, 0), (0, 1), (1, 0), (1, 1)]
+    >>> plan_tiles([(0, 0), (0, 1), (1, 0), (1, 1)], lambda i: 10, capacity=20)
+    [[(0, 0), (1, 0), (0, 1), (1, 1)]]
+    >>> plan_tiles([(0, 0), (0, 1), (1, 0), (1, 1)], lambda i: 30, capacity=20)
+    [[(0, 0), (0, 1)], [(1, 0), (1, 1)]]
     """
     ordered = sorted(blocks)
     if row_bytes is None or not ordered:
-        return ordered
+        return [ordered] if ordered else []
     rows = [(i, [j for _, j in group]) for i, group in groupby(ordered, key=lambda c: c[0])]
     tiles: list[list[tuple[int, list[int]]]] = [[]]
     used = 0
     for i, cols in rows:
         size = row_bytes(i)
-        if tiles[-1] and used + size > budget // 2:
+        if tiles[-1] and used + size > capacity:
             tiles.append([])
             used = 0
         tiles[-1].append((i, cols))
         used += size
-    out: list[BlockCoords] = []
+    out: list[list[BlockCoords]] = []
     for tile in tiles:
         wanted = {(i, j) for i, cols in tile for j in cols}
-        for j in sorted({j for _, cols in tile for j in cols}):
-            out.extend((i, j) for i, _ in tile if (i, j) in wanted)
+        columns = sorted({j for _, cols in tile for j in cols})
+        out.append([(i, j) for j in columns for i, _ in tile if (i, j) in wanted])
     return out
 
 
-def _row_bytes(arr: InfluenceArray, first_row: int) -> Callable[[int], int] | None:
-    """Bytes of a block row's test factors (None: the source has no factors to reuse).
+def _row_runs(tile: list[BlockCoords]) -> list[tuple[int, int]]:
+    """Maximal runs ``(first, last)`` of consecutive block rows in a tile."""
+    runs: list[tuple[int, int]] = []
+    for i in sorted({i for i, _ in tile}):
+        if runs and runs[-1][1] == i - 1:
+            runs[-1] = (runs[-1][0], i)
+        else:
+            runs.append((i, i))
+    return runs
 
-    Measured once, on ``first_row`` (whose factors the first tile needs anyway, so they stay
-    memoised), and scaled by the number of test points of each block row.
+
+def _prefetch_tile(arr: InfluenceArray, tile: list[BlockCoords]) -> None:
+    """Compute a tile's test factors in one call per run of rows (one batched solve)."""
+    prefetch = getattr(arr._source, "prefetch", None)
+    if prefetch is None:
+        return
+    n_test, block_rows = arr.shape[0], arr.block_shape[0]
+    for first, last in _row_runs(tile):
+        if last > first:
+            prefetch(rows=range(first * block_rows, min((last + 1) * block_rows, n_test)))
+
+
+def _tile_sizes(arr: InfluenceArray, first_row: int) -> tuple[Callable[[int], int], int] | None:
+    """``(row_bytes, capacity)`` for :func:`plan_tiles` (None: no factors to reuse).
+
+    ``row_bytes(i)`` is the size of block row ``i``'s test factors, from the factor width the
+    source reports for the first row. While a tile is computed the memo holds its test factors
+    and up to two train columns (the current one and the one it replaces), so the test factors
+    of a tile get the budget less two train columns.
     """
-    measure = getattr(arr._source, "test_factor_bytes", None)
+    source = arr._source
+    measure = getattr(source, "test_factor_bytes", None)
     if measure is None:
         return None
-    n_test, block_rows = arr.shape[0], arr.block_shape[0]
+    n_test, (block_rows, block_cols) = arr.shape[0], arr.block_shape
 
     def rows_of(i: int) -> range:
         return range(i * block_rows, min((i + 1) * block_rows, n_test))
 
     first = rows_of(first_row)
     per_sample = int(measure(first)) / len(first)
-    return lambda i: int(per_sample * len(rows_of(i)))
+    budget = int(getattr(source, "factor_budget_bytes", 0))
+    capacity = budget - 2 * int(per_sample * min(block_cols, arr.shape[1]))
+    return (lambda i: int(per_sample * len(rows_of(i)))), capacity
+
+
+def _tile_by_tile(arr: InfluenceArray, tiles: list[list[BlockCoords]]) -> Iterator[BlockCoords]:
+    for tile in tiles:
+        if len(tile) > 1:
+            _prefetch_tile(arr, tile)
+        yield from tile
 
 
 def compute_blocks(
@@ -103,10 +141,10 @@ def compute_blocks(
     """
     if not blocks:
         return 0
-    budget = int(getattr(arr._source, "factor_budget_bytes", 0))
-    row_bytes = _row_bytes(arr, min(blocks)[0]) if len(blocks) > 1 else None
-    order = tile_order(blocks, row_bytes, budget)
+    sizes = _tile_sizes(arr, min(blocks)[0]) if len(blocks) > 1 else None
+    tiles = plan_tiles(blocks, *sizes) if sizes else plan_tiles(blocks, None, 0)
     pending: deque[tuple[BlockCoords, Future[None]]] = deque()
+    values_of: dict[BlockCoords, np.ndarray] = {}
     written = 0
 
     def finish_one() -> None:
@@ -114,19 +152,20 @@ def compute_blocks(
         coords, future = pending.popleft()
         future.result()
         arr._mark_computed(coords)
+        arr._remember_computed(coords, values_of.pop(coords))
         written += 1
         if on_done is not None:
             on_done(coords)
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="infl-array-writer") as writer:
         try:
-            for coords in order:
+            for coords in _tile_by_tile(arr, tiles):
                 if recheck and arr._store.has_blocks([coords]):
                     arr._mark_computed(coords, by_us=False)
                     if on_done is not None:
                         on_done(coords)
                     continue
-                values = arr._block_values(coords)
+                values = values_of[coords] = arr._block_values(coords)
                 pending.append((coords, writer.submit(arr._store.write_block, coords, values)))
                 while len(pending) >= MAX_WRITES_IN_FLIGHT:
                     finish_one()

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -412,3 +413,40 @@ def test_process_workers_refuse_an_in_process_store(spec: object, full: np.ndarr
     with pytest.raises(TypeError, match="in-process store"):
         arr.fill(progress=False, workers=2)
     assert not arr.computed.any()
+
+
+def test_small_repeated_reads_come_from_the_block_cache(store: Path, full: np.ndarray) -> None:
+    arr, _ = make(store, full)
+    first = arr[7, 3:9]
+    decodes: list[tuple[int, int]] = []
+    original = arr._store.read_block
+    arr._store.read_block = lambda c: decodes.append(c) or original(c)  # type: ignore[method-assign]
+    np.testing.assert_array_equal(arr[7, 3:9], first)
+    np.testing.assert_array_equal(arr[[5, 9], 4], full[[5, 9], 4])
+    assert decodes == []  # computed blocks were cached as they were written
+    arr.block_cache.clear()
+    np.testing.assert_array_equal(arr[7, 3:9], first)
+    assert sorted(decodes) == [(1, 0), (1, 1), (1, 2)]
+    arr.block_cache.max_bytes = 0  # off: reads go to zarr
+    decodes.clear()
+    np.testing.assert_array_equal(arr[7, 3:9], first)
+    assert decodes == []
+
+
+def test_block_cache_is_bounded(store: Path, full: np.ndarray) -> None:
+    arr, _ = make(store, full, block_shape=(5, 4))
+    arr.block_cache.max_bytes = 3 * 5 * 4 * 4  # three float32 blocks
+    np.asarray(arr)
+    arr[:, 0]
+    assert arr.block_cache.nbytes <= arr.block_cache.max_bytes
+
+
+def test_lossy_store_reads_the_same_values_first_and_later(store: Path, full: np.ndarray) -> None:
+    arr, _ = make(store, full, compression=ia.Compression(keepbits=6))
+    first = arr[2, :]
+    with warnings.catch_warnings():  # plain zarr warns that BitRound is outside the v3 spec
+        warnings.simplefilter("ignore")
+        stored = zarr.open_array(store / "influence", mode="r")[2, :]
+    np.testing.assert_array_equal(first, stored)
+    np.testing.assert_array_equal(arr[2, :], stored)
+    assert not np.array_equal(first, full[2, :])

@@ -251,10 +251,15 @@ def test_ragged_batches_equal_one_batch(mlp, cls):
         kwargs = {"rtol": 1e-10, "atol": 0.0}
     ds = TensorDataset(mlp["x"], mlp["y"])
     one = cls(mlp["model"], F.cross_entropy, mlp["lam"], **kwargs).fit((mlp["x"], mlp["y"]))
-    ragged = cls(mlp["model"], F.cross_entropy, mlp["lam"], **kwargs).fit(
+    ragged = cls(mlp["model"], F.cross_entropy, mlp["lam"], batch_size=7, **kwargs).fit(
         DataLoader(ds, batch_size=7)  # 60 = 8 * 7 + 4
     )
     assert ragged._pass_size() == 7
+    # without an explicit batch_size, passes are not cut at a small loader batch size
+    default = cls(mlp["model"], F.cross_entropy, mlp["lam"], **kwargs).fit(
+        DataLoader(ds, batch_size=7)
+    )
+    assert default._pass_size() == 1024
     assert _max_rel_err(ragged.hessian(), one.hessian()) < 1e-12
     assert _max_rel_err(_infl(ragged, mlp), _infl(one, mlp)) < 1e-8
 

@@ -153,3 +153,57 @@ def test_open_needs_both_data_sets(tmp_path: Path, problem: dict[str, Any]) -> N
         ia.open(tmp_path / "s", _direct(problem), test=problem["test"])
     with pytest.raises(TypeError, match="without a model"):
         ia.open(tmp_path / "s", test=problem["test"], train=problem["train"])
+
+
+def test_fill_solves_each_tile_once_and_gradients_once(
+    tmp_path: Path, problem: dict[str, Any]
+) -> None:
+    arr = ia.InfluenceArray.create(
+        tmp_path / "s",
+        _direct(problem),
+        test=problem["test"],
+        train=problem["train"],
+        block_shape=(3, 10),
+        dtype="float64",
+    )
+    arr.fill(progress=False)
+    stats = arr._source.stats
+    # 4 block rows x 3 block columns: one batched solve for all test rows, 3 gradient passes
+    assert stats["test_factors"] == 1 and stats["train_factors"] == 3
+    np.testing.assert_allclose(np.asarray(arr), _reference(problem), rtol=1e-10, atol=1e-14)
+
+
+def test_a_small_factor_budget_degrades_to_more_tiles(
+    tmp_path: Path, problem: dict[str, Any]
+) -> None:
+    n_params = _direct(problem).n_params
+    row_bytes = 3 * n_params * 8  # a block row of test factors: 3 points, float64
+    column_bytes = 10 * n_params * 8  # a train block column
+    arr = ia.InfluenceArray.create(
+        tmp_path / "s",
+        _direct(problem),
+        test=problem["test"],
+        train=problem["train"],
+        block_shape=(3, 10),
+        dtype="float64",
+        factor_budget_bytes=2 * column_bytes + 2 * row_bytes,  # tiles of two block rows
+    )
+    arr.fill(progress=False)
+    stats = arr._source.stats
+    assert stats["test_factors"] == 2  # two tiles, one solve each
+    assert stats["train_factors"] == 2 * 3  # gradients once per tile
+    np.testing.assert_allclose(np.asarray(arr), _reference(problem), rtol=1e-10, atol=1e-14)
+
+
+def test_float32_store_of_a_float32_model(tmp_path: Path, problem: dict[str, Any]) -> None:
+    model32 = _problem()["model"].float()
+    x, y = problem["train"]
+    infl = DirectInfluence(model32, torch.nn.functional.cross_entropy, regularization=0.05)
+    infl.fit((x.float(), y))
+    test = (problem["test"][0].float(), problem["test"][1])
+    arr = ia.InfluenceArray.create(
+        tmp_path / "s", infl, test=test, train=(x.float(), y), block_shape=(4, 8)
+    )
+    got = np.asarray(arr)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, _reference(problem), rtol=2e-3, atol=1e-5)

@@ -82,7 +82,8 @@ class TorchInfluenceBase:
         ``lambda >= 0`` added to the Hessian's diagonal.
     batch_size : int or None
         Samples per vectorised pass over data (memory control; does not change results up to
-        rounding). ``None``: the fit DataLoader's batch size, else 1024.
+        rounding). ``None``: the larger of 1024 and the fit DataLoader's batch size (small
+        passes cost mostly fixed overhead; lower it if a pass runs out of memory).
     """
 
     def __init__(
@@ -157,7 +158,7 @@ class TorchInfluenceBase:
         if self.batch_size is not None:
             return self.batch_size
         if self._fit_data is not None and self._fit_data.batch_size is not None:
-            return self._fit_data.batch_size
+            return max(self._fit_data.batch_size, DEFAULT_BATCH_SIZE)
         return DEFAULT_BATCH_SIZE
 
     # ------------------------------------------------------------------ data handling

@@ -9,11 +9,13 @@ influence matrix::
 
 Contract
 --------
-* ``source(rows, cols)`` returns a C-contiguous float64 host numpy array of shape
+* ``source(rows, cols)`` returns a C-contiguous host numpy array of shape
   ``(len(rows), len(cols))`` equal to ``test_factors(test[rows]) @ train_factors(train[cols]).T``.
   The product is computed on the device the factors live on (the model's device), in float64,
   and the result is moved to the CPU. Factors are per sample and the product is taken in
   float64, so an entry does not depend (beyond float64 rounding) on the block it is computed in.
+  Exception: after ``set_output_dtype("float32")`` (a float32 store), float32 factors are
+  multiplied in float32 and the block is float32 (its values are rounded to float32 anyway).
 * :meth:`ModelBlockSource.fingerprints` returns exactly the keys ``"model"``, ``"backend"``,
   ``"test"`` and ``"train"``: ``model_fingerprint()`` (or, for a plug-in without it, a sha256 of
   the canonical config), the canonical JSON (``sort_keys``) of ``influence_config()``, and the
@@ -283,6 +285,7 @@ class ModelBlockSource:
         self._lock = threading.RLock()
         self._fingerprints: dict[str, str] | None = None
         self._config: dict[str, Any] | None = None
+        self._output_float32 = False
         self.stats = {"test_factors": 0, "train_factors": 0, "self_factors": 0, "hits": 0}
 
     # -- pickling: the memo and the lock stay behind -------------------------------------
@@ -383,12 +386,33 @@ class ModelBlockSource:
         with self._lock:
             self._memo.clear()
 
-    def test_factor_bytes(self, rows: range) -> int:
-        """Bytes of the test factors of ``test[rows]`` (computed and memoised if needed).
+    def set_output_dtype(self, dtype: Any) -> None:
+        """The dtype blocks are stored in: float32 storage keeps float32 products.
 
-        The executor sizes its tiles with this (see :mod:`infl_array.executor`).
+        With float64 (the default) every product is taken in float64. With float32, float32
+        factors are multiplied in float32 (twice as fast, and the values are rounded to
+        float32 when stored anyway); float64 factors still multiply in float64.
         """
-        f = self._factor("test", _check_range(rows, self.n_test, "rows"))
+        self._output_float32 = bool(np.dtype(dtype) == np.float32)
+
+    def _product_dtype(self, *factors: torch.Tensor) -> torch.dtype:
+        if self._output_float32 and all(f.dtype == torch.float32 for f in factors):
+            return torch.float32
+        return torch.float64
+
+    def test_factor_bytes(self, rows: range) -> int:
+        """Bytes the test factors of ``test[rows]`` take (the executor sizes tiles with it).
+
+        Test and train factors share their width, so for backends with train factors this
+        costs one gradient (of one train point); otherwise the test factors are computed
+        (and memoised).
+        """
+        rows = _check_range(rows, self.n_test, "rows")
+        if self._backend.has_train_factors:
+            x, y = self.train.take(range(1))
+            one = self._backend.train_factors(x, y)
+            return int(one.element_size() * one.shape[-1] * len(rows))
+        f = self._factor("test", rows)
         return int(f.element_size() * f.numel())
 
     def prefetch(self, rows: range | None = None, cols: range | None = None) -> None:
@@ -422,7 +446,8 @@ class ModelBlockSource:
         Returns
         -------
         numpy.ndarray
-            C-contiguous float64 array of shape ``(len(rows), len(cols))``.
+            C-contiguous array of shape ``(len(rows), len(cols))`` (float64, or float32 after
+            ``set_output_dtype("float32")`` with float32 factors).
         """
         rows = _check_range(rows, self.n_test, "rows")
         cols = _check_range(cols, self.n_train, "cols")
@@ -436,8 +461,9 @@ class ModelBlockSource:
                     f"{self.backend_name}: test factors have {test_f.shape[1]} columns but train "
                     f"factors have {train_f.shape[1]}; both must live in the same space."
                 )
-            left = test_f.to(torch.float64)
-            right = train_f.to(device=left.device, dtype=torch.float64)
+            dtype = self._product_dtype(test_f, train_f)
+            left = test_f.to(dtype)
+            right = train_f.to(device=left.device, dtype=dtype)
             block = left @ right.T
         else:
             x, y = self.train.take(cols)
@@ -452,8 +478,11 @@ class ModelBlockSource:
             )
         if t.is_complex():
             t = t.real
-        out = t.detach().to(device="cpu", dtype=torch.float64).numpy()
-        return np.array(out, dtype=np.float64, order="C", copy=True)
+        out = t.detach().to(device="cpu").numpy()
+        if out.dtype not in (np.float32, np.float64):
+            out = out.astype(np.float64)
+        # a fresh tensor's memory is ours to hand out; copy only what is not C-contiguous
+        return np.ascontiguousarray(out)
 
     def self_influence(self, cols: range) -> np.ndarray:
         """Self-influence ``grad^T (H + lambda Id)^-1 grad`` of ``train[cols]``.
