@@ -133,11 +133,14 @@ def compute_blocks(
     blocks: list[BlockCoords],
     on_done: Callable[[BlockCoords], None] | None = None,
     recheck: bool = False,
+    cache_values: bool = True,
 ) -> int:
     """Compute and store the missing ``blocks``; returns how many this call wrote.
 
     With ``recheck``, each block's existence is checked again just before computing it (one
-    stat), so concurrent fillers of one store skip what another has finished meanwhile.
+    stat), so concurrent fillers of one store skip what another has finished meanwhile. With
+    ``cache_values`` (reads), computed blocks also go to the array's decoded-block cache;
+    ``fill`` does not read them, so it leaves the cache alone.
     """
     if not blocks:
         return 0
@@ -152,7 +155,9 @@ def compute_blocks(
         coords, future = pending.popleft()
         future.result()
         arr._mark_computed(coords)
-        arr._remember_computed(coords, values_of.pop(coords))
+        values = values_of.pop(coords)
+        if cache_values:
+            arr._remember_computed(coords, values)
         written += 1
         if on_done is not None:
             on_done(coords)

@@ -64,7 +64,9 @@ def fill(arr: InfluenceArray, *, progress: bool, workers: int | None, client: An
 
     bar = _counter_bar(len(missing), progress)
     try:
-        return compute_blocks(arr, missing, on_done=lambda _: bar.update(1), recheck=True)
+        return compute_blocks(
+            arr, missing, on_done=lambda _: bar.update(1), recheck=True, cache_values=False
+        )
     finally:
         bar.close()
 
@@ -74,7 +76,8 @@ def compute_task(arr: InfluenceArray, coords: list[BlockCoords]) -> int:
     from infl_array.executor import compute_blocks
 
     present = arr._store.has_blocks(coords)
-    return compute_blocks(arr, [c for c in coords if c not in present], recheck=True)
+    missing = [c for c in coords if c not in present]
+    return compute_blocks(arr, missing, recheck=True, cache_values=False)
 
 
 _WORKER_ARRAY: InfluenceArray | None = None

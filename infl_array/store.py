@@ -33,7 +33,7 @@ import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import zarr
@@ -66,17 +66,26 @@ def library_version() -> str:
 class Compression:
     """How blocks are compressed.
 
-    ``keepbits=None`` (the default) is lossless: blosc-zstd with bit-shuffle. An integer
-    ``keepbits`` (1..22 for float32, 1..51 for float64) first rounds each mantissa to that many
-    bits (numcodecs BitRound), which bounds the relative error of every value by
+    ``keepbits=None`` (the default) is lossless: blosc (``cname``, default lz4 at level 5) with
+    bit-shuffle. On influence-like float32 data (heavy-tailed, nearly random mantissas) every
+    lossless codec measured lands at 1.04-1.16x; lz4 with bit-shuffle is within 1% of zstd's
+    ratio and encodes 2-3x faster, so writing keeps up with computing (benchmarks/RESULTS.md).
+    An integer ``keepbits`` (1..22 for float32, 1..51 for float64) first rounds each mantissa to
+    that many bits (numcodecs BitRound), which bounds the relative error of every value by
     ``2 ** -(keepbits + 1)`` and makes blocks compress much better. A CRC32C checksum is always
     added, so corrupt bytes raise instead of decoding to wrong numbers.
     """
 
     keepbits: int | None = None
-    clevel: int = 3
+    cname: Literal["lz4", "lz4hc", "zstd", "zlib", "blosclz"] = "lz4"
+    clevel: int = 5
 
     def __post_init__(self) -> None:
+        if self.cname not in ("lz4", "lz4hc", "zstd", "zlib", "blosclz"):
+            raise ValueError(
+                f"cname must be one of blosc's compressors lz4, lz4hc, zstd, zlib, blosclz; "
+                f"got {self.cname!r}. The default is cname='lz4'."
+            )
         if self.keepbits is not None and not (
             isinstance(self.keepbits, int) and 1 <= self.keepbits <= 51
         ):
@@ -91,7 +100,7 @@ class Compression:
         return 0.0 if self.keepbits is None else 2.0 ** -(self.keepbits + 1)
 
     def to_json(self) -> dict[str, Any]:
-        return {"keepbits": self.keepbits, "clevel": self.clevel}
+        return {"keepbits": self.keepbits, "cname": self.cname, "clevel": self.clevel}
 
     def filters(self, dtype: np.dtype[Any]) -> list[Any]:
         if self.keepbits is None:
@@ -107,7 +116,10 @@ class Compression:
         return [BitRound(keepbits=self.keepbits)]
 
     def compressors(self) -> list[Any]:
-        return [BloscCodec(cname="zstd", clevel=self.clevel, shuffle="bitshuffle"), Crc32cCodec()]
+        return [
+            BloscCodec(cname=self.cname, clevel=self.clevel, shuffle="bitshuffle"),
+            Crc32cCodec(),
+        ]
 
 
 @dataclass(frozen=True)
@@ -167,7 +179,9 @@ class StoreMeta:
                 computed_by=dict(attrs.get("computed_by", {})),
                 fingerprints={str(k): str(v) for k, v in attrs.get("fingerprints", {}).items()},
                 compression=Compression(
-                    keepbits=comp.get("keepbits"), clevel=int(comp.get("clevel", 3))
+                    keepbits=comp.get("keepbits"),
+                    cname=comp.get("cname", "zstd"),
+                    clevel=int(comp.get("clevel", 3)),
                 ),
                 format_version=version,
                 library_version=str(attrs.get("library_version", "")),

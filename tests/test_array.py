@@ -450,3 +450,11 @@ def test_lossy_store_reads_the_same_values_first_and_later(store: Path, full: np
     np.testing.assert_array_equal(first, stored)
     np.testing.assert_array_equal(arr[2, :], stored)
     assert not np.array_equal(first, full[2, :])
+
+
+def test_compression_choices(store: Path, full: np.ndarray) -> None:
+    arr, _ = make(store, full, compression=ia.Compression(cname="zstd", clevel=3))
+    np.testing.assert_array_equal(np.asarray(arr), full)
+    assert ia.open(store).meta.compression.cname == "zstd"
+    with pytest.raises(ValueError, match="cname"):
+        ia.Compression(cname="brotli")  # type: ignore[arg-type]
