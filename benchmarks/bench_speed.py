@@ -1096,95 +1096,34 @@ def markdown(info: dict[str, str], flags: list[str], res: dict[str, Any], total:
 
 
 DIAGNOSIS = """
-### What changed since the previous run, and the shortfalls left
+### What the runs measured, and the shortfalls left
 
-Written by hand from the run above (the script does not regenerate this text). The previous run
-(2026-11-28 21:37-22:06, before the commit "Speed: batched solves per tile, ...") diagnosed
-four fixes; all four have landed, and this run measured them. One caveat on this run: a short
-smoke test of `bench_reads.py` (about 30 s, `nice 19`) ran alongside pyDVL's small-case
-repetitions, so pyDVL's small-case times may be inflated (in-memory 1.29 s median, 1.11 s
-best, against 1.04 s / 0.99 s in the previous run); with the previous 1.04 s the in-memory
-ratio would be 1.08x, still met.
+Written by hand (the script does not regenerate this text). Three runs, 2026-11-28:
+1. 21:37-22:06, before the commit "Speed: batched solves per tile, ...": small CG in-memory
+   0.33x, medium Direct 9.8-16.9x sequential and 0.05-0.09x in-memory, repeated reads 22-38x
+   their first read. Causes found: passes over the data cut at the loader's batch size, one CG
+   solve per block row, float64 products and copies, no cache of decoded blocks.
+2. 22:23-22:34, after those fixes (passes of at least 1024 samples, one batched solve per tile,
+   float32 products for float32 stores, the decoded-block cache): small CG 1.34x its in-memory
+   call, repeated reads 146-4045x their first read; medium still 0.28-0.44x in-memory.
+3. 22:46-22:54 (medium, floor and memory cases; small and reads cases merged from run 2),
+   after switching the default codec to blosc-lz4 with bit-shuffle (encodes ~750 MB/s against
+   255-309 MB/s for zstd-3, ratio 1.145x against 1.153x on influence-like data) and keeping
+   `fill()` from filling the read cache: medium Direct (256, 4096) 105x sequential and 0.64x
+   in-memory, fit 1.38x pyDVL's, floor 0.86x, fill peak RSS +49 MiB. This table is run 3.
 
-- **Pass size** (`TorchInfluenceBase._pass_size`: passes over the data of at least 1024
-  samples unless `batch_size=` is given). Small case fit + create + fill 3.20 s -> 0.96 s;
-  medium all train factors 2.70 s -> 0.16 s, all test factors 0.70 s -> 0.13 s; medium `fit`
-  49.5 s (a loaded run) -> 21.7 s median, 18.7 s best.
-- **One CG solve per tile** (`executor.py` prefetches each tile's test factors in one call):
-  test factor computations small 4 -> 1, floor 8 -> 1.
-- **float32 products for float32 stores** (`ModelBlockSource.set_output_dtype`, `_to_host`
-  without a copy): the medium float32 product takes 0.33 s against 0.66 s in float64; medium
-  create + fill (256, 4096) 5.83 s -> 1.64 s, (1000, 5000) 5.24 s -> 1.02 s, (2000, 10000)
-  5.13 s -> 1.18 s; values still agree with pyDVL to 1.2e-06 (medium) and 7.1e-07 (small).
-- **Block cache** (`infl_array/cache.py`, 256 MiB LRU of decoded blocks, computed blocks
-  cached as written): repeated against first read went from 22-38x (not met) to 146-4045x
-  (met for every key, each measured on a fresh store); with the cache off the same repeated
-  reads decode and the ratio is 15-26x, as before: decode, not compute, bounded it.
+Shortfall left: medium Direct with (100, 100) blocks, 16.6x sequential (target 40x) and 0.10x
+in-memory. 2000 blocks at about 3.5 ms of fixed cost each (a small product, one chunk write,
+one `stat`); the cost is per block, not per byte. Blocks of at least (256, 4096) meet every
+target; the README recommends them.
 
-Targets met now: all three small-case targets (1489x, 25.6x, 1.34x: it went from 0.33x to
-faster than pyDVL's in-memory call), medium against sequential for blocks of (256, 4096) and
-larger (45-73x), the floor (0.77x against >= 0.769x, see 4), fill memory, cached reads against
-plain zarr (cache off on our side: 0.93-0.99x), and repeated against first reads.
-
-Shortfalls left:
-
-1. **medium Direct against pyDVL's in-memory call: 0.28-0.44x (target >= 0.5x; best times
-   0.29-0.49x).** Our compute alone, measured piecewise with our backend, is 0.62 s (test
-   factors 0.13 s + train factors 0.16 s + float32 product 0.33 s) against pyDVL's whole
-   in-memory call at 0.45 s, and the target allows 0.90 s. The rest of our 1.02-1.64 s is
-   storing the 80 MB result: blosc-zstd bit-shuffle encodes 255-400 MB/s here (the codec
-   study of the issue-2 section, in its last two runs: 0.2-0.3 s for 80 MB), plus per-block
-   writes; this run did not profile the split further. An in-memory call stores nothing, so
-   this target compares a persisted store with a returned tensor; it is within reach only
-   with cheaper compression (e.g. lz4, or none) or a faster product.
-2. **medium with (100, 100) blocks: 8.25 s (9x sequential, target 40x; 0.05x in-memory).**
-   2000 blocks at about 4 ms each of fixed per-block cost (a small product, one zarr chunk
-   write, one `stat` for `recheck`); the float64 conversions that the previous run blamed are
-   gone (8.82 s -> 8.25 s only), so the remaining cost is per block, not per byte. Use blocks
-   of at least (256, 4096).
-3. **medium `fit` 0.98x of pyDVL's (21.67 s against 21.26 s, medians of 3; best 18.69 s
-   against 19.67 s, 1.05x).** Within the run-to-run noise of this shared machine; both build
-   the full Hessian with autograd.
-4. **floor: 0.77x, met only at the limit (1/1.3 = 0.769; the previous run measured 1.00x).**
-   The floor itself did not change (31.23 s -> 31.63 s), but fill took 40.89 s against 31.31 s
-   before, with one test factor computation and the same 5 train factor computations. Cause
-   not measured in this run. Plain zarr's reads in the reads case were also 1.4-1.7x slower
-   than in the previous run (e.g. full read 91.7 ms -> 125.9 ms), and so was the memory fill
-   (23.8 s -> 31.6 s), so part of it is machine load. A fill now also puts every computed
-   block in the block cache; see the memory note below. Rerun `--cases floor`, and profile
-   fill with `arr.block_cache.max_bytes = 0`, before drawing conclusions.
-5. **fill memory 51 MiB -> 299 MiB over baseline (target < 1 GiB, met).** Expected from the
-   block cache: computed blocks are kept up to its 256 MiB bound. `arr.block_cache.max_bytes
-   = 0` before `fill()` brings it back down.
-
-6. **info only: the cache-on 1000-row read (113.4 ms against zarr's 85.1 ms, 0.75x).** It
-   touches 15 blocks, not all cached, so it bypasses the cache and takes the same path as the
-   cache-off row (83.6 ms, 1.02x). The cache-on rows are timed after the interleaved ones,
-   not interleaved, against the zarr medians measured before them; the gap was not
-   investigated further in this run.
-
-Settings, unchanged from the previous run:
-
-7. **the small case's regularization is 0.1, not the issue's 0.01.** At 0.01 `H + 0.01 Id`
-   is indefinite for this trained MLP (smallest eigenvalue of H -0.0153, measured again in
-   this run; also with 20-80 training steps): our CG stops at the first non-positive curvature
-   with a `ConvergenceWarning`, pyDVL's does not check and runs to maxiter = 7710 iterations
-   (its first in-memory call had not finished after 10 minutes). At 0.1 both converge and
-   agree to 7.1e-07.
-8. **pyDVL's one-right-hand-side-at-a-time CG is timed on 1 of its 32 (test batch, train
-   batch) pairs and scaled** (`--slow-cg-pairs 1`; every pair repeats the same solves, so
-   they cost alike): 44.75 s measured, 1432 s scaled. Running it whole would take about 24
-   minutes more.
-9. **ours runs in the main environment** (numpy 2, zarr 3.1.6), pyDVL in `.venv-pydvl`
-   (numpy<2, zarr 3.1.5). `store.py` now falls back when zarr 3.1.5 lacks
-   `Array.with_config` (the cause of the earlier `AttributeError` there), but the benchmark
-   was not switched or re-checked in the numpy<2 environment.
-10. **the floor case is scaled.** With the Hessian over all 20,000 train points, one CG
-   iteration for 2,000 right-hand sides costs about 800 s here (an HVP costs about 20 ms per
-   column and 1,000 samples for this 10k-parameter MLP on 2 cores), so the CG model is fitted
-   on a seeded subsample of 500 train points, with regularization 1.0 (6 iterations); matrix
-   shape, parameter count and block shape are the issue's. Floor and fill do the same solves,
-   so the ratio holds.
+Settings: the small case's regularization is 0.1, not 0.01 (at 0.01 `H + 0.01 Id` is
+indefinite for this trained MLP: smallest eigenvalue of H -0.0153; our CG stops with a
+`ConvergenceWarning`, pyDVL's runs to maxiter = 7710). pyDVL's one-right-hand-side-at-a-time
+CG is timed on 1 of its 32 (test batch, train batch) pairs and scaled (every pair repeats the
+same solves). The floor case fits CG's Hessian on a seeded 500-point subsample (one CG
+iteration over all 20,000 points costs ~800 s for 2,000 right-hand sides here); matrix shape,
+parameter count and block shape are the issue's, and floor and fill do the same solves.
 """
 
 
