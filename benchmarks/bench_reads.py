@@ -600,8 +600,8 @@ def markdown(
         "1.04-1.16x; bit-shuffle wins what there is (the sign and exponent bits). zstd-3 with "
         "bit-shuffle is under 1% smaller but encodes 1.3-2.5x slower across runs here, which "
         "showed on the write path of `fill()` (issue 4), so lz4 is the default "
-        "(`Compression(cname='zstd')` remains); real gains need `Compression(keepbits=...)` (BitRound, relative error at "
-        "most 2^-(keepbits+1)).",
+        "(`Compression(cname='zstd')` remains); real gains need "
+        "`Compression(keepbits=...)` (BitRound, relative error at most 2^-(keepbits+1)).",
     ]
     lines += ["", "### First (computing) read against the repeated read", ""]
     lines.append(
