@@ -40,6 +40,13 @@ def _direct(problem: dict[str, Any]) -> DirectInfluence:
     return DirectInfluence(problem["model"], loss, regularization=0.05).fit(problem["train"])
 
 
+def _create(tmp_path: Path, problem: dict[str, Any], **kwargs: Any) -> Any:
+    """A store at ``tmp_path / "s"`` of the problem's Direct influence."""
+    return ia.InfluenceArray.create(
+        tmp_path / "s", _direct(problem), test=problem["test"], train=problem["train"], **kwargs
+    )
+
+
 def _reference(problem: dict[str, Any]) -> np.ndarray:
     infl = _direct(problem)
     return infl.influences(*problem["test"], *problem["train"]).detach().numpy()
@@ -49,14 +56,7 @@ def _reference(problem: dict[str, Any]) -> np.ndarray:
 def test_values_equal_the_backend_whatever_the_block_shape(
     tmp_path: Path, problem: dict[str, Any], block_shape: tuple[int, int]
 ) -> None:
-    arr = ia.InfluenceArray.create(
-        tmp_path / "s",
-        _direct(problem),
-        test=problem["test"],
-        train=problem["train"],
-        block_shape=block_shape,
-        dtype="float64",
-    )
+    arr = _create(tmp_path, problem, block_shape=block_shape, dtype="float64")
     assert arr.shape == (10, 30)
     np.testing.assert_allclose(np.asarray(arr), _reference(problem), rtol=1e-10, atol=1e-14)
 
@@ -83,11 +83,9 @@ def test_every_data_form_gives_the_same_store(tmp_path: Path, problem: dict[str,
 def test_reopen_with_an_equal_model_computes_nothing(
     tmp_path: Path, problem: dict[str, Any]
 ) -> None:
-    arr = ia.InfluenceArray.create(
-        tmp_path / "s",
-        _direct(problem),
-        test=problem["test"],
-        train=problem["train"],
+    arr = _create(
+        tmp_path,
+        problem,
         block_shape=(4, 8),
     )
     arr.fill(progress=False)
@@ -99,9 +97,7 @@ def test_reopen_with_an_equal_model_computes_nothing(
 
 
 def test_stale_model_data_and_backend(tmp_path: Path, problem: dict[str, Any]) -> None:
-    ia.InfluenceArray.create(
-        tmp_path / "s", _direct(problem), test=problem["test"], train=problem["train"]
-    )
+    _create(tmp_path, problem)
     other = _problem(seed=1)
     with pytest.raises(ia.StaleCacheError, match="model") as info:
         ia.open(tmp_path / "s", _direct(other), test=problem["test"], train=problem["train"])
@@ -131,11 +127,9 @@ def test_create_over_existing_store_computes_nothing(
 
 
 def test_fill_with_process_workers_on_a_model(tmp_path: Path, problem: dict[str, Any]) -> None:
-    arr = ia.InfluenceArray.create(
-        tmp_path / "s",
-        _direct(problem),
-        test=problem["test"],
-        train=problem["train"],
+    arr = _create(
+        tmp_path,
+        problem,
         block_shape=(3, 10),
         dtype="float64",
     )
@@ -146,9 +140,7 @@ def test_fill_with_process_workers_on_a_model(tmp_path: Path, problem: dict[str,
 
 
 def test_open_needs_both_data_sets(tmp_path: Path, problem: dict[str, Any]) -> None:
-    ia.InfluenceArray.create(
-        tmp_path / "s", _direct(problem), test=problem["test"], train=problem["train"]
-    )
+    _create(tmp_path, problem)
     with pytest.raises(TypeError, match="both data sets"):
         ia.open(tmp_path / "s", _direct(problem), test=problem["test"])
     with pytest.raises(TypeError, match="without a model"):
@@ -158,11 +150,9 @@ def test_open_needs_both_data_sets(tmp_path: Path, problem: dict[str, Any]) -> N
 def test_fill_solves_each_tile_once_and_gradients_once(
     tmp_path: Path, problem: dict[str, Any]
 ) -> None:
-    arr = ia.InfluenceArray.create(
-        tmp_path / "s",
-        _direct(problem),
-        test=problem["test"],
-        train=problem["train"],
+    arr = _create(
+        tmp_path,
+        problem,
         block_shape=(3, 10),
         dtype="float64",
     )
@@ -179,11 +169,9 @@ def test_a_small_factor_budget_degrades_to_more_tiles(
     n_params = _direct(problem).n_params
     row_bytes = 3 * n_params * 8  # a block row of test factors: 3 points, float64
     column_bytes = 10 * n_params * 8  # a train block column
-    arr = ia.InfluenceArray.create(
-        tmp_path / "s",
-        _direct(problem),
-        test=problem["test"],
-        train=problem["train"],
+    arr = _create(
+        tmp_path,
+        problem,
         block_shape=(3, 10),
         dtype="float64",
         factor_budget_bytes=2 * column_bytes + 2 * row_bytes,  # tiles of two block rows
