@@ -52,6 +52,8 @@ HERE = Path(__file__).resolve().parent
 if str(HERE.parent) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(HERE.parent))
 
+from results_md import write_section  # noqa: E402
+
 import infl_array as ia  # noqa: E402
 from infl_array import indexing  # noqa: E402
 from infl_array.plan import outer_blocks  # noqa: E402
@@ -632,16 +634,6 @@ def markdown(
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(old):
-        new = pattern.sub(lambda _: text + "\n", old, count=1)
-    else:
-        new = old.rstrip("\n") + "\n\n" + text + "\n"
-    RESULTS.write_text(new.rstrip("\n") + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
@@ -668,7 +660,7 @@ def main(argv: list[str] | None = None) -> int:
             WORK.rmdir()
     text = markdown(info, flags, reads, store, plans, codecs, first)
     if not args.no_write:
-        write_section(text)
+        write_section(SECTION, text, RESULTS)
         print(f"wrote section {SECTION[3:]!r} of {RESULTS}")
     return 0
 

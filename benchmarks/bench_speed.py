@@ -52,6 +52,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from results_md import write_section
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 VENV = ROOT / ".venv-pydvl"
@@ -811,7 +813,7 @@ def drive(args: argparse.Namespace, argv: list[str]) -> int:
         meta = {"_info": info, "_flags": flags, "_total": total}
         Path(args.json).write_text(json.dumps({**results, **meta}, indent=1, default=str))
     if not args.no_write:
-        write_section(text)
+        write_section(SECTION, text, RESULTS)
         print(f"wrote section {SECTION[3:]!r} of {RESULTS}")
     return 0
 
@@ -1125,16 +1127,6 @@ same solves). The floor case fits CG's Hessian on a seeded 500-point subsample (
 iteration over all 20,000 points costs ~800 s for 2,000 right-hand sides here); matrix shape,
 parameter count and block shape are the issue's, and floor and fill do the same solves.
 """
-
-
-def write_section(text: str) -> None:
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(old):
-        new = pattern.sub(lambda _: text + "\n", old, count=1)
-    else:
-        new = old.rstrip("\n") + "\n\n" + text + "\n"
-    RESULTS.write_text(new.rstrip("\n") + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

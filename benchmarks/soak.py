@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from results_md import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -354,17 +355,6 @@ def machine() -> str:
     )
 
 
-def write_section(path: Path, text: str) -> None:
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = old.find(SECTION)
-    if start == -1:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + (old[end + 1 :] if end != -1 else "")
-    path.write_text(new.rstrip("\n") + "\n")
-
-
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "child":
         cmd, store, opts = sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
@@ -457,7 +447,7 @@ def main() -> int:
     print()
     print(text)
     if not args.no_write:
-        write_section(args.results, text)
+        write_section(SECTION, text, args.results)
     return 0 if bad == 0 else 1
 
 

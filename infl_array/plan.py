@@ -9,7 +9,6 @@ O(len(selection)) otherwise.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -55,10 +54,3 @@ def point_blocks(
         return []
     pairs = np.unique(np.stack([rows // block_shape[0], cols // block_shape[1]], axis=1), axis=0)
     return [(int(i), int(j)) for i, j in pairs]
-
-
-def all_blocks(grid_shape: tuple[int, int]) -> Iterator[BlockCoords]:
-    """Every block coordinate of the grid, row-major."""
-    for i in range(grid_shape[0]):
-        for j in range(grid_shape[1]):
-            yield (i, j)

@@ -32,11 +32,10 @@ def normalize_axis(axis: Any, ndim: int = 2) -> int:
     return int(normalize_axis_index(int(axis), ndim))
 
 
-def _blocks(arr: InfluenceArray, axis_major: int) -> list[BlockCoords]:
+def _blocks(arr: InfluenceArray) -> list[BlockCoords]:
+    """Every block, row-major."""
     g0, g1 = arr.grid_shape
-    if axis_major == 0:
-        return [(i, j) for i in range(g0) for j in range(g1)]
-    return [(i, j) for j in range(g1) for i in range(g0)]
+    return [(i, j) for i in range(g0) for j in range(g1)]
 
 
 def reduce(arr: InfluenceArray, op: str, axis: Any = None) -> Any:
@@ -51,7 +50,7 @@ def reduce(arr: InfluenceArray, op: str, axis: Any = None) -> Any:
 def _sum_mean(arr: InfluenceArray, op: str, axis: int | None) -> Any:
     n0, n1 = arr.shape
     out = np.zeros(() if axis is None else (n1 if axis == 0 else n0), dtype=np.float64)
-    for coords in _blocks(arr, 0):
+    for coords in _blocks(arr):
         rows, cols = arr._store.block_bounds(coords)
         block = arr.read_block(coords).astype(np.float64)
         if axis is None:
@@ -73,7 +72,7 @@ def _extreme(arr: InfluenceArray, op: str, axis: int | None) -> Any:
     length = 1 if axis is None else (n1 if axis == 0 else n0)
     best = np.full(length, -np.inf if is_max else np.inf, dtype=np.float64)
     where = np.zeros(length, dtype=np.intp)
-    for coords in _blocks(arr, 0):
+    for coords in _blocks(arr):
         rows, cols = arr._store.block_bounds(coords)
         block = arr.read_block(coords)
         if axis is None:

@@ -489,9 +489,6 @@ class BlockStore:
         except OSError as exc:
             raise _write_error(exc, coords, self.where) from exc
 
-    def delete_block(self, coords: BlockCoords) -> None:
-        _sync_delete(self.group.store, self._key(coords))
-
     # ------------------------------------------------------------------ reads
     def read_block(self, coords: BlockCoords) -> np.ndarray:
         """Decode one block; ``CorruptBlockError`` if its bytes fail the checksum or decode."""
@@ -691,7 +688,3 @@ def _sync_list(store: Any, prefix: str) -> list[str]:
 
 def _sync_exists(store: Any, key: str) -> bool:
     return bool(_sync(store.exists(key)))
-
-
-def _sync_delete(store: Any, key: str) -> None:
-    _sync(store.delete(key))
