@@ -73,8 +73,9 @@ cd "$ROOT"
 report="$VENV/compat_report.json"
 rm -f "$report"
 rc=0
-PYDVL_COMPAT_REPORT="$report" "$VENV/bin/python" -m pytest tests/pydvl_compat/check_pydvl.py \
-    -q -p no:cacheprovider "$@" || rc=$?
+# every tests/pydvl_compat/check_*.py (the main suite collects only test_*.py)
+PYDVL_COMPAT_REPORT="$report" "$VENV/bin/python" -m pytest tests/pydvl_compat \
+    -o 'python_files=check_*.py' -q -p no:cacheprovider "$@" || rc=$?
 t2=$(date +%s)
 if [[ -f "$report" ]]; then
     echo "pydvl_env: max relative differences: $(tr -d '\n' < "$report")"

@@ -44,8 +44,10 @@ def _record(name: str, value: float) -> None:
     REPORT[name] = value
     print(f"{name}: {value:.3e}")
     path = os.environ.get("PYDVL_COMPAT_REPORT")
-    if path:
-        Path(path).write_text(json.dumps(REPORT, indent=1, sort_keys=True))
+    if path:  # several check files share the report: merge into what is there
+        report = json.loads(Path(path).read_text()) if Path(path).exists() else {}
+        report.update(REPORT)
+        Path(path).write_text(json.dumps(report, indent=1, sort_keys=True))
 
 
 def rel_diff(a: np.ndarray, b: np.ndarray) -> float:
