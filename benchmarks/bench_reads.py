@@ -184,7 +184,7 @@ def bench_reads(workdir: Path, quick: bool) -> tuple[list[dict[str, Any]], dict[
     arr = ia.InfluenceArray.from_function(path, t_block, shape=SHAPE, block_shape=BLOCK)
     arr.fill(progress=False)
     fill_s = time.perf_counter() - t0
-    stored = arr._store.stored_bytes()
+    stored = arr.stored_bytes()
     raw = SHAPE[0] * SHAPE[1] * 4
     del arr
     print(
@@ -270,7 +270,7 @@ def bench_reads(workdir: Path, quick: bool) -> tuple[list[dict[str, Any]], dict[
             if not name.startswith("cache on, repeated: full"):  # same values from the cache
                 np.testing.assert_array_equal(np.asarray(fa()), np.asarray(fb()), err_msg=name)
             cache = holder["arr"].block_cache
-            cache_blocks = (len(cache._blocks), cache.nbytes, cache.max_bytes)
+            cache_blocks = (len(cache), cache.nbytes, cache.max_bytes)
             del holder["arr"]
         gc.collect()
         ma, mb = statistics.median(ta), statistics.median(tb)
@@ -464,9 +464,9 @@ def first_vs_cached(
         # a fresh 2 x 2-block slice (512 x 8192) each time: 4 blocks computed on first read
         r0, c0 = 2 * BLOCK[0] * (k % 7), 2 * BLOCK[1] * (k // 7)
         key = (slice(r0, r0 + 2 * BLOCK[0]), slice(c0, c0 + 2 * BLOCK[1]))
-        before = arr.blocks_computed
+        before = arr.stats.blocks_computed
         first.append(timed(lambda key=key: arr[key]))
-        assert arr.blocks_computed - before == 4
+        assert arr.stats.blocks_computed - before == 4
         cached += [timed(lambda key=key: arr[key]) for _ in range(3)]
         # the same repeated read with the block cache off: decode from the store
         arr.block_cache.max_bytes = 0
@@ -475,7 +475,7 @@ def first_vs_cached(
         arr.block_cache.max_bytes = cache_bytes
         block = (range(r0, r0 + BLOCK[0]), range(c0, c0 + BLOCK[1]))
         fn_cost.append(timed(lambda block=block: fn(*block)))
-    assert arr.blocks_computed == 4 * reps
+    assert arr.stats.blocks_computed == 4 * reps
     mf, mc = statistics.median(first), statistics.median(cached)
     md = statistics.median(decoded)
     print(
@@ -608,7 +608,7 @@ def markdown(
     lines += ["", "### First (computing) read against the repeated read", ""]
     lines.append(
         "A 512 x 8192 slice (2 x 2 blocks) of the store, a slice not read before each time: the "
-        "first read computes and writes 4 blocks (checked with `arr.blocks_computed`); the "
+        "first read computes and writes 4 blocks (checked with `arr.stats.blocks_computed`); the "
         "repeated read (3 times) is served by the block cache, which keeps computed blocks as "
         "they are written; then, with the cache off, 3 more repeats decode the 4 chunks. Medians."
     )

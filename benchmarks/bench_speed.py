@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
+import dataclasses
 import gc
 import io
 import json
@@ -270,7 +271,7 @@ def worker_ours(
                     dt, arr = ours_fill(infl, train, test, b, work / "s.zarr")
                     fills[str(b)].append(dt)
                     if r == 0 and b == blocks[0 if case == "small" else 1]:
-                        res["stats"] = dict(arr._source.stats)
+                        res["stats"] = dataclasses.asdict(arr.stats)
                         if save:
                             np.save(save, np.asarray(arr))
                     del arr
@@ -431,7 +432,7 @@ def worker_floor(quick: bool) -> dict[str, Any]:
             log("  floor: fill()")
             dt, arr = ours_fill(cg, train, test, block, work / "floor.zarr")
             res["fill"] = dt
-            res["stats"] = dict(arr._source.stats)
+            res["stats"] = dataclasses.asdict(arr.stats)
             res["rel_fill_vs_floor"] = rel_diff(np.asarray(arr), full.numpy())
             # extra, after the timed part: a float64 product of the same factors
             t = Timer()
@@ -515,7 +516,7 @@ def worker_memory(step: str, path: str, quick: bool) -> dict[str, Any]:
             t = Timer()
             n = arr.fill(progress=False)
             dt = t.lap()
-        stored = arr._store.stored_bytes()
+        stored = arr.stored_bytes()
         return {
             "shape": shape,
             "block": block,
@@ -626,13 +627,13 @@ def worker_reads(quick: bool) -> dict[str, Any]:
             t = Timer()
             arr[key]
             t_first = t.lap()
-            n_blocks = arr.blocks_computed
+            n_blocks = arr.stats.blocks_computed
             again = []
             for _ in range(9):
                 t = Timer()
                 arr[key]
                 again.append(t.lap())
-            assert arr.blocks_computed == n_blocks, "a repeated read computed blocks"
+            assert arr.stats.blocks_computed == n_blocks, "a repeated read computed blocks"
             # the same repeated read with the block cache off (decode from the store)
             arr.block_cache.max_bytes = 0
             arr.block_cache.clear()
@@ -1084,7 +1085,8 @@ def markdown(info: dict[str, str], flags: list[str], res: dict[str, Any], total:
             "of more than 8 blocks that are not all cached bypass it). First vs repeated read: "
             "each key on its own fresh store (deleted and re-created) with a fresh factor memo "
             "and an empty block cache (the first read computes its factors and blocks and writes "
-            "them; blocks computed = `arr.blocks_computed` after it; repeated reads checked to "
+            "them; blocks computed = `arr.stats.blocks_computed` after it; repeated reads checked "
+            "to "
             "compute none), repeated read median of 9, served by the block cache (computed "
             "blocks are cached as they are written); then, with the cache off, median of 9 "
             "decoding reads."

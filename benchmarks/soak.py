@@ -245,7 +245,7 @@ def run_trial(
     import zarr
 
     import infl_array as ia
-    from infl_array.store import BlockStore
+    from infl_array.store import InfluenceStore
 
     full = expected()
     block = rng.choice(BLOCK_SHAPES)
@@ -311,7 +311,9 @@ def run_trial(
     refilled = arr.fill(progress=False)
     refill_exact = refilled == missing and len(fn.calls) == missing
     final_ok = np.array_equal(np.asarray(arr), full) and arr.verify() == []
-    cleaned = BlockStore.open(store).clean_partials(min_age_s=0)  # every writer is dead now
+    cleaned = InfluenceStore.open(store).matrix.clean_partials(
+        min_age_s=0
+    )  # every writer is dead now
     stop.touch()
     reader.wait(timeout=TIMEOUT_S * 3)
     lines = (tdir / "reader.log").read_text().strip().splitlines()

@@ -9,11 +9,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-import infl_array as ia
+from infl_array.array import InfluenceArray, open_array
+from infl_array.version import __version__
 
 
-def _open(store: str) -> ia.InfluenceArray:
-    return ia.open(store)
+def _open(store: str) -> InfluenceArray:
+    return open_array(store)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -75,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="infl-array", description="Lazy, cached influence-function matrices."
     )
-    parser.add_argument("--version", action="version", version=ia.__version__)
+    parser.add_argument("--version", action="version", version=__version__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="the main job end to end on a small real data set")
     p.add_argument("store", nargs="?", default="infl-array-demo", help="store directory")

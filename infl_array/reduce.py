@@ -1,7 +1,8 @@
 """Analysis without materialising: reductions, top-k and dask, streamed block by block.
 
-Each function visits the blocks in row-major order through ``arr.read_block`` (which computes a
-missing block first), keeping only running results: memory is a few blocks plus the output,
+Each function walks the plan of the whole array (:func:`~infl_array.plan.plan_whole`) through
+the engine (:meth:`~infl_array.engine.BlockEngine.iter_blocks`, which first computes the
+missing blocks, tile by tile), keeping only running results: memory is a few blocks plus the output,
 whatever the matrix size. Sums and means accumulate in float64 and are returned in the array's
 dtype, as numpy returns them. Ties in arg-reductions and ``top_k`` go to the lower index.
 """
@@ -9,14 +10,11 @@ dtype, as numpy returns them. Ties in arg-reductions and ``top_k`` go to the low
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from infl_array.plan import BlockCoords
-
-if TYPE_CHECKING:
-    from infl_array.array import InfluenceArray
+from infl_array.engine import BlockEngine
 
 _REDUCTIONS = ("sum", "mean", "min", "max", "argmin", "argmax")
 
@@ -32,27 +30,21 @@ def normalize_axis(axis: Any, ndim: int = 2) -> int:
     return int(normalize_axis_index(int(axis), ndim))
 
 
-def _blocks(arr: InfluenceArray) -> list[BlockCoords]:
-    """Every block, row-major."""
-    g0, g1 = arr.grid_shape
-    return [(i, j) for i in range(g0) for j in range(g1)]
-
-
-def reduce(arr: InfluenceArray, op: str, axis: Any = None) -> Any:
+def reduce(engine: BlockEngine, op: str, axis: Any = None) -> Any:
     """``getattr(np, op)(full, axis=axis)`` computed block by block."""
     assert op in _REDUCTIONS
     ax = None if axis is None else normalize_axis(axis)
     if op in ("sum", "mean"):
-        return _sum_mean(arr, op, ax)
-    return _extreme(arr, op, ax)
+        return _sum_mean(engine, op, ax)
+    return _extreme(engine, op, ax)
 
 
-def _sum_mean(arr: InfluenceArray, op: str, axis: int | None) -> Any:
-    n0, n1 = arr.shape
+def _sum_mean(engine: BlockEngine, op: str, axis: int | None) -> Any:
+    n0, n1 = engine.shape
     out = np.zeros(() if axis is None else (n1 if axis == 0 else n0), dtype=np.float64)
-    for coords in _blocks(arr):
-        rows, cols = arr._store.block_bounds(coords)
-        block = arr.read_block(coords).astype(np.float64)
+    for projection, values in engine.iter_blocks():
+        rows, cols = projection.out_sel
+        block = values.astype(np.float64)
         if axis is None:
             out += block.sum()
         elif axis == 0:
@@ -60,21 +52,20 @@ def _sum_mean(arr: InfluenceArray, op: str, axis: int | None) -> Any:
         else:
             out[rows] += block.sum(axis=1)
     if op == "mean":
-        out = out / (arr.size if axis is None else arr.shape[axis])
-    return out.astype(arr.dtype)[()] if axis is None else out.astype(arr.dtype)
+        out = out / (n0 * n1 if axis is None else engine.shape[axis])
+    return out.astype(engine.dtype)[()] if axis is None else out.astype(engine.dtype)
 
 
-def _extreme(arr: InfluenceArray, op: str, axis: int | None) -> Any:
+def _extreme(engine: BlockEngine, op: str, axis: int | None) -> Any:
     is_max = op.endswith("max")
     better = np.greater if is_max else np.less
     pick = np.argmax if is_max else np.argmin
-    n0, n1 = arr.shape
+    n0, n1 = engine.shape
     length = 1 if axis is None else (n1 if axis == 0 else n0)
     best = np.full(length, -np.inf if is_max else np.inf, dtype=np.float64)
     where = np.zeros(length, dtype=np.intp)
-    for coords in _blocks(arr):
-        rows, cols = arr._store.block_bounds(coords)
-        block = arr.read_block(coords)
+    for projection, block in engine.iter_blocks():
+        rows, cols = projection.out_sel
         if axis is None:
             local = np.unravel_index(int(pick(block)), block.shape)
             value = block[local]
@@ -92,32 +83,33 @@ def _extreme(arr: InfluenceArray, op: str, axis: int | None) -> Any:
         where[target] = np.where(update, positions, where[target])
     if op.startswith("arg"):
         return np.intp(where[0]) if axis is None else where
-    result = best.astype(arr.dtype)
+    result = best.astype(engine.dtype)
     return result[0] if axis is None else result
 
 
-def top_k(arr: InfluenceArray, k: Any, axis: Any = 1, largest: bool = True) -> tuple[Any, Any]:
+def top_k(engine: BlockEngine, k: Any, axis: Any = 1, largest: bool = True) -> tuple[Any, Any]:
     """The ``k`` best values along ``axis`` and their indices; ties go to the lower index."""
     ax = normalize_axis(axis)
-    n = arr.shape[ax]
+    n = engine.shape[ax]
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 0 <= k <= n:
         raise ValueError(
             f"k must be an int in 0..{n} (the length of axis {ax}); got {k!r}. "
             f"Use k <= {n}, or axis={1 - ax} for the other side."
         )
     k = int(k)
-    other = arr.shape[1 - ax]
-    values = np.empty((other, k), dtype=arr.dtype)
+    other = engine.shape[1 - ax]
+    values = np.empty((other, k), dtype=engine.dtype)
     indices = np.empty((other, k), dtype=np.int64)
-    g_outer = arr.grid_shape[1 - ax]
-    g_inner = arr.grid_shape[ax]
+    engine.ensure(engine.all_blocks())  # missing blocks first, tile by tile
+    g_outer = engine.grid_shape[1 - ax]
+    g_inner = engine.grid_shape[ax]
     for outer in range(g_outer):
         best_v: np.ndarray | None = None
         best_i: np.ndarray | None = None
         for inner in range(g_inner):
             coords = (outer, inner) if ax == 1 else (inner, outer)
-            rows, cols = arr._store.block_bounds(coords)
-            block = arr.read_block(coords)
+            rows, cols = engine.grid.block_bounds(coords)
+            block = engine.read_block(coords)
             span = cols if ax == 1 else rows
             block = block if ax == 1 else block.T
             idx = np.broadcast_to(np.arange(span.start, span.stop), block.shape)
@@ -128,7 +120,7 @@ def top_k(arr: InfluenceArray, k: Any, axis: Any = 1, largest: bool = True) -> t
             order = np.lexsort((idx, key), axis=-1)[:, :k]
             best_v = np.take_along_axis(block, order, axis=1)
             best_i = np.take_along_axis(idx, order, axis=1)
-        span_outer = arr._store.block_bounds((outer, 0) if ax == 1 else (0, outer))[1 - ax]
+        span_outer = engine.grid.block_bounds((outer, 0) if ax == 1 else (0, outer))[1 - ax]
         assert best_v is not None and best_i is not None
         values[span_outer] = best_v
         indices[span_outer] = best_i
@@ -137,23 +129,23 @@ def top_k(arr: InfluenceArray, k: Any, axis: Any = 1, largest: bool = True) -> t
     return values, indices
 
 
-def _dask_block(arr: InfluenceArray, block_id: tuple[int, int] | None = None) -> np.ndarray:
+def _dask_block(engine: BlockEngine, block_id: tuple[int, int] | None = None) -> np.ndarray:
     assert block_id is not None
-    return arr.read_block((int(block_id[0]), int(block_id[1])))
+    return engine.read_block((int(block_id[0]), int(block_id[1])))
 
 
-def to_dask(arr: InfluenceArray) -> Any:
+def to_dask(engine: BlockEngine) -> Any:
     """A dask array with one chunk per block; a chunk reads (or computes) its block."""
     import dask.array as da
 
     chunks = tuple(
         tuple(min(b, n - s) for s in range(0, n, b))
-        for n, b in zip(arr.shape, arr.block_shape, strict=True)
+        for n, b in zip(engine.shape, engine.block_shape, strict=True)
     )
     return da.map_blocks(
-        functools.partial(_dask_block, arr),
+        functools.partial(_dask_block, engine),
         chunks=chunks,
-        dtype=arr.dtype,
-        meta=np.empty((0, 0), dtype=arr.dtype),
-        name=f"influence-{id(arr):x}",
+        dtype=engine.dtype,
+        meta=np.empty((0, 0), dtype=engine.dtype),
+        name=f"influence-{id(engine):x}",
     )

@@ -92,8 +92,8 @@ def test_reopen_with_an_equal_model_computes_nothing(
     again = _problem()  # the same model and data, rebuilt: new objects
     reopened = ia.open(tmp_path / "s", _direct(again), test=again["test"], train=again["train"])
     np.testing.assert_array_equal(np.asarray(reopened), np.asarray(arr))
-    assert reopened.blocks_computed == 0
-    assert reopened._source.stats["test_factors"] == 0
+    assert reopened.stats.blocks_computed == 0
+    assert reopened.stats.test_factors == 0
 
 
 def test_stale_model_data_and_backend(tmp_path: Path, problem: dict[str, Any]) -> None:
@@ -157,9 +157,9 @@ def test_fill_solves_each_tile_once_and_gradients_once(
         dtype="float64",
     )
     arr.fill(progress=False)
-    stats = arr._source.stats
+    stats = arr.stats
     # 4 block rows x 3 block columns: one batched solve for all test rows, 3 gradient passes
-    assert stats["test_factors"] == 1 and stats["train_factors"] == 3
+    assert stats.test_factors == 1 and stats.train_factors == 3
     np.testing.assert_allclose(np.asarray(arr), _reference(problem), rtol=1e-10, atol=1e-14)
 
 
@@ -177,9 +177,9 @@ def test_a_small_factor_budget_degrades_to_more_tiles(
         factor_budget_bytes=2 * column_bytes + 2 * row_bytes,  # tiles of two block rows
     )
     arr.fill(progress=False)
-    stats = arr._source.stats
-    assert stats["test_factors"] == 2  # two tiles, one solve each
-    assert stats["train_factors"] == 2 * 3  # gradients once per tile
+    stats = arr.stats
+    assert stats.test_factors == 2  # two tiles, one solve each
+    assert stats.train_factors == 2 * 3  # gradients once per tile
     np.testing.assert_allclose(np.asarray(arr), _reference(problem), rtol=1e-10, atol=1e-14)
 
 

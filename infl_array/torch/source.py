@@ -1,15 +1,15 @@
 """Block sources for model-backed influence arrays.
 
 :func:`make_block_source` turns an influence model and two data sets into a
-:class:`ModelBlockSource`, the block function the array layer calls to compute one block of the
-influence matrix::
+:class:`ModelBlockSource`, the :class:`~infl_array.sources.BlockSource` the engine calls to
+compute one block of the influence matrix::
 
     source = make_block_source(model, test=test_data, train=train_data)
-    block = source(range(0, 256), range(0, 4096))   # float64 numpy, shape (256, 4096)
+    block = source.compute_block(range(0, 256), range(0, 4096))  # numpy, (256, 4096)
 
 Contract
 --------
-* ``source(rows, cols)`` returns a C-contiguous host numpy array of shape
+* ``source.compute_block(rows, cols)`` returns a C-contiguous host numpy array of shape
   ``(len(rows), len(cols))`` equal to ``test_factors(test[rows]) @ train_factors(train[cols]).T``.
   The product is computed on the device the factors live on (the model's device), in float64,
   and the result is moved to the CPU. Factors are per sample and the product is taken in
@@ -22,8 +22,10 @@ Contract
   data fingerprints of :func:`infl_array.torch.data.as_indexed`.
 * :meth:`ModelBlockSource.describe` returns ``{"kind": "model", "backend": <class name>,
   "config": influence_config()}`` (JSON-able).
-* :meth:`ModelBlockSource.self_influence` returns the 1-D float64 self-influence
+* :meth:`ModelBlockSource.compute_diagonal` returns the 1-D float64 self-influence
   ``grad^T (H + lambda Id)^-1 grad`` of ``train[cols]``.
+* Capabilities (:mod:`infl_array.sources`): ``factor_reuse`` (the factor memo below) and
+  ``diagonal`` (the self-influence) are the source itself.
 
 Accepted models
 ---------------
@@ -62,7 +64,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from infl_array.torch.adapters import ModelAdapter, ProtocolAdapter, check_fitted
 from infl_array.torch.data import IndexedData, as_indexed
+from infl_array.torch.pydvl import PyDVLAdapter, is_pydvl_model
 
 __all__ = ["DEFAULT_FACTOR_BUDGET_BYTES", "ModelBlockSource", "make_block_source"]
 
@@ -82,28 +86,6 @@ def canonical_json(config: Mapping[str, Any], what: str = "influence_config()") 
             f"lists and dicts of them), got {config!r}: {exc}. Convert tensors and enums to "
             "plain values."
         ) from exc
-
-
-def _to_tensor(a: Any, what: str) -> torch.Tensor:
-    """A factor as a 2-D torch tensor (numpy arrays become CPU tensors)."""
-    if isinstance(a, torch.Tensor):
-        t = a.detach()
-    elif isinstance(a, np.ndarray):
-        arr = np.ascontiguousarray(a)
-        t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
-    else:
-        raise TypeError(
-            f"{what} returned {type(a).__name__}, expected a torch tensor or numpy array of "
-            "shape (n_samples, k)."
-        )
-    if t.ndim != 2:
-        raise ValueError(
-            f"{what} returned an array of shape {tuple(t.shape)}, expected (n_samples, k): one "
-            "row of factors per sample."
-        )
-    if not (t.is_floating_point() or t.is_complex()):
-        t = t.to(torch.float64)
-    return t
 
 
 class _FactorMemo:
@@ -147,88 +129,15 @@ class _FactorMemo:
         return len(self._entries)
 
 
-class _Backend:
-    """What a :class:`ModelBlockSource` needs from a model (internal adapter interface)."""
-
-    name: str
-    has_train_factors: bool = True
-
-    def test_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def train_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def block_from_data(
-        self, test_f: torch.Tensor, x: torch.Tensor, y: torch.Tensor
-    ) -> torch.Tensor:
-        """Block from test factors and raw train data (backends without train factors)."""
-        raise NotImplementedError
-
-    def self_influence(
-        self, test_f: torch.Tensor, x: torch.Tensor, y: torch.Tensor
-    ) -> torch.Tensor:
-        """Self-influence from test factors of train data and that data (no train factors)."""
-        raise NotImplementedError
-
-    def config(self) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def model_fingerprint(self) -> str | None:
-        raise NotImplementedError
-
-
-class _ProtocolBackend(_Backend):
-    """Adapter for objects implementing the factorised protocol."""
-
-    def __init__(self, model: Any) -> None:
-        self.model = model
-        self.name = type(model).__name__
-
-    def test_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return _to_tensor(self.model.test_factors(x, y), f"{self.name}.test_factors")
-
-    def train_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return _to_tensor(self.model.train_factors(x, y), f"{self.name}.train_factors")
-
-    def config(self) -> dict[str, Any]:
-        cfg = self.model.influence_config()
-        if not isinstance(cfg, Mapping):
-            raise TypeError(
-                f"{self.name}.influence_config() returned {type(cfg).__name__}, expected a "
-                "JSON-able dict identifying the backend and its settings."
-            )
-        return dict(cfg)
-
-    def model_fingerprint(self) -> str | None:
-        fn = getattr(self.model, "model_fingerprint", None)
-        if fn is None or not callable(fn):
-            return None
-        return str(fn())
-
-
-def _check_fitted(model: object) -> None:
-    fitted = getattr(model, "is_fitted", True)
-    if callable(fitted):
-        fitted = fitted()
-    if not fitted:
-        raise ValueError(
-            f"{type(model).__name__} is not fitted: call .fit(train_data) first, then pass the "
-            "fitted model."
-        )
-
-
-def _as_backend(model: object) -> _Backend:
+def as_adapter(model: object) -> ModelAdapter:
     """Wrap ``model`` in the adapter for its kind (protocol or pyDVL)."""
-    from infl_array.torch import pydvl as _pydvl
-
     if all(callable(getattr(model, m, None)) for m in ("test_factors", "train_factors")) and (
         callable(getattr(model, "influence_config", None))
     ):
-        _check_fitted(model)
-        return _ProtocolBackend(model)
-    if _pydvl.is_pydvl_model(model):
-        return _pydvl.PyDVLBackend(model)
+        check_fitted(model)
+        return ProtocolAdapter(model)
+    if is_pydvl_model(model):
+        return PyDVLAdapter(model)
     raise TypeError(
         f"model must be an influence model: an object implementing the factorised protocol "
         f"(test_factors, train_factors, influence_config; e.g. infl_array.torch.DirectInfluence, "
@@ -251,7 +160,7 @@ class ModelBlockSource:
 
     Parameters
     ----------
-    backend : _Backend
+    adapter : ModelAdapter
         Adapter around the influence model (built by :func:`make_block_source`).
     test, train : IndexedData
         Test and train data.
@@ -270,12 +179,12 @@ class ModelBlockSource:
 
     def __init__(
         self,
-        backend: _Backend,
+        adapter: ModelAdapter,
         test: IndexedData,
         train: IndexedData,
         factor_budget_bytes: int = DEFAULT_FACTOR_BUDGET_BYTES,
     ) -> None:
-        self._backend = backend
+        self.adapter = adapter
         self.test = test
         self.train = train
         self.n_test = len(test)
@@ -304,12 +213,12 @@ class ModelBlockSource:
     @property
     def backend_name(self) -> str:
         """Class name of the influence model."""
-        return self._backend.name
+        return self.adapter.name
 
     def config(self) -> dict[str, Any]:
         """The model's ``influence_config()`` (computed once)."""
         if self._config is None:
-            cfg = self._backend.config()
+            cfg = self.adapter.config()
             canonical_json(cfg, f"{self.backend_name}.influence_config()")
             self._config = cfg
         return dict(self._config)
@@ -326,7 +235,7 @@ class ModelBlockSource:
         """
         if self._fingerprints is None:
             backend = canonical_json(self.config(), f"{self.backend_name}.influence_config()")
-            model = self._backend.model_fingerprint()
+            model = self.adapter.model_fingerprint()
             if model is None:
                 model = hashlib.sha256(backend.encode()).hexdigest()
             self._fingerprints = {
@@ -340,6 +249,21 @@ class ModelBlockSource:
     def describe(self) -> dict[str, Any]:
         """JSON-able description: ``{"kind": "model", "backend": name, "config": config}``."""
         return {"kind": "model", "backend": self.backend_name, "config": self.config()}
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(n_test, n_train)``."""
+        return (self.n_test, self.n_train)
+
+    @property
+    def factor_reuse(self) -> ModelBlockSource:
+        """Factors are memoised (:class:`~infl_array.sources.FactorReuse`)."""
+        return self
+
+    @property
+    def diagonal(self) -> ModelBlockSource:
+        """Self-influence is available (:class:`~infl_array.sources.DiagonalSource`)."""
+        return self
 
     def __repr__(self) -> str:
         return (
@@ -358,10 +282,10 @@ class ModelBlockSource:
             data = self.test if axis == "test" else self.train
             x, y = data.take(r)
             if axis == "train":
-                f = self._backend.train_factors(x, y)
+                f = self.adapter.train_factors(x, y)
                 self.stats["train_factors"] += 1
             else:
-                f = self._backend.test_factors(x, y)
+                f = self.adapter.test_factors(x, y)
                 self.stats["test_factors" if axis == "test" else "self_factors"] += 1
             if f.shape[0] != len(r):
                 raise ValueError(
@@ -408,9 +332,9 @@ class ModelBlockSource:
         (and memoised).
         """
         rows = _check_range(rows, self.n_test, "rows")
-        if self._backend.has_train_factors:
+        if self.adapter.has_train_factors:
             x, y = self.train.take(range(1))
-            one = self._backend.train_factors(x, y)
+            one = self.adapter.train_factors(x, y)
             return int(one.element_size() * one.shape[-1] * len(rows))
         f = self._factor("test", rows)
         return int(f.element_size() * f.numel())
@@ -430,12 +354,12 @@ class ModelBlockSource:
         if (
             cols is not None
             and len(_check_range(cols, self.n_train, "cols"))
-            and self._backend.has_train_factors
+            and self.adapter.has_train_factors
         ):
             self._factor("train", cols)
 
     # -- blocks -----------------------------------------------------------------------------
-    def __call__(self, rows: range, cols: range) -> np.ndarray:
+    def compute_block(self, rows: range, cols: range) -> np.ndarray:
         """Block ``test[rows] x train[cols]`` of the influence matrix.
 
         Parameters
@@ -454,7 +378,7 @@ class ModelBlockSource:
         if len(rows) == 0 or len(cols) == 0:
             return np.zeros((len(rows), len(cols)), dtype=np.float64)
         test_f = self._factor("test", rows)
-        if self._backend.has_train_factors:
+        if self.adapter.has_train_factors:
             train_f = self._factor("train", cols)
             if train_f.shape[1] != test_f.shape[1]:
                 raise ValueError(
@@ -467,7 +391,7 @@ class ModelBlockSource:
             block = left @ right.T
         else:
             x, y = self.train.take(cols)
-            block = self._backend.block_from_data(test_f, x, y)
+            block = self.adapter.block_from_data(test_f, x, y)
         return self._to_host(block, (len(rows), len(cols)), "block")
 
     def _to_host(self, t: torch.Tensor, shape: tuple[int, ...], what: str) -> np.ndarray:
@@ -484,7 +408,7 @@ class ModelBlockSource:
         # a fresh tensor's memory is ours to hand out; copy only what is not C-contiguous
         return np.ascontiguousarray(out)
 
-    def self_influence(self, cols: range) -> np.ndarray:
+    def compute_diagonal(self, cols: range) -> np.ndarray:
         """Self-influence ``grad^T (H + lambda Id)^-1 grad`` of ``train[cols]``.
 
         Parameters
@@ -501,7 +425,7 @@ class ModelBlockSource:
         if len(cols) == 0:
             return np.zeros(0, dtype=np.float64)
         left = self._factor("self", cols)
-        if self._backend.has_train_factors:
+        if self.adapter.has_train_factors:
             right = self._factor("train", cols)
             if right.shape != left.shape:
                 raise ValueError(
@@ -512,7 +436,7 @@ class ModelBlockSource:
             values = (left64 * right.to(device=left64.device, dtype=torch.float64)).sum(dim=1)
         else:
             x, y = self.train.take(cols)
-            values = self._backend.self_influence(left, x, y)
+            values = self.adapter.diagonal_from_data(left, x, y)
         return self._to_host(values, (len(cols),), "self-influence vector")
 
 
@@ -556,10 +480,10 @@ def make_block_source(
             f"factor_budget_bytes must be a non-negative integer, got {factor_budget_bytes!r}; "
             "pass e.g. 1 << 30 (1 GiB)."
         )
-    backend = _as_backend(model)
+    adapter = as_adapter(model)
     test_data = as_indexed(test, "test")
     train_data = as_indexed(train, "train")
     for data, name in ((test_data, "test"), (train_data, "train")):
         if len(data) == 0:
             raise ValueError(f"{name} is empty; influence needs at least one sample.")
-    return ModelBlockSource(backend, test_data, train_data, int(factor_budget_bytes))
+    return ModelBlockSource(adapter, test_data, train_data, int(factor_budget_bytes))

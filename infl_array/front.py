@@ -1,0 +1,118 @@
+"""The numpy-like front end shared by every lazily computed array of a store.
+
+:class:`LazyArray` gives an engine (:mod:`infl_array.engine`) numpy's face: ``shape``,
+``dtype``, ``ndim``, ``size``, ``nbytes``, ``len``, numpy-exact indexing
+(:mod:`infl_array.indexing`), ``np.asarray`` with numpy 2's ``__array__(dtype, copy)`` and a
+size limit, and read-only item assignment. :class:`~infl_array.array.InfluenceArray` (2-D) and
+:class:`~infl_array.self_influence.SelfInfluenceArray` (1-D, whose engine sees it as one row)
+both build on it, so both get the same checks.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+from infl_array.cache import BlockCache
+from infl_array.engine import ArrayStats, BlockEngine
+from infl_array.indexing import getitem
+
+
+def default_materialize_limit() -> int:
+    """Half the machine's RAM (8 GiB where it cannot be read)."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")) // 2
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+class LazyArray:
+    """A read-only array whose blocks an engine reads or computes (see the module docstring).
+
+    Parameters
+    ----------
+    engine : BlockEngine
+        The engine of the stored array.
+    shape : tuple of int
+        The array's shape as users see it (the engine's 2-D shape, or its one row's length).
+    """
+
+    __array_priority__ = 10.0
+    _slice_hint = "arr[rows, cols]"
+
+    def __init__(self, engine: BlockEngine, shape: tuple[int, ...]) -> None:
+        self._engine = engine
+        self._shape = shape
+        self.materialize_limit_bytes = default_materialize_limit()
+        """``np.asarray(arr)`` refuses arrays larger than this (default: half the RAM)."""
+
+    # ------------------------------------------------------------------ numpy attributes
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._shape
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return self._engine.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self._shape)
+
+    @property
+    def size(self) -> int:
+        return math.prod(self._shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self._shape[0]
+
+    @property
+    def block_cache(self) -> BlockCache:
+        """Decoded blocks for small and repeated reads (:mod:`infl_array.cache`);
+        ``block_cache.max_bytes = 0`` turns it off."""
+        return self._engine.cache
+
+    @property
+    def stats(self) -> ArrayStats:
+        """What this object computed so far (blocks, factor computations)."""
+        return self._engine.stats()
+
+    # ------------------------------------------------------------------ reading
+    def _engine_key(self, key: Any) -> Any:
+        """``key`` as a key of the engine's 2-D array."""
+        return key
+
+    def __getitem__(self, key: Any) -> Any:
+        engine = self._engine
+        return getitem(engine.shape, self.dtype, self._engine_key(key), engine)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        raise TypeError(
+            f"{type(self).__name__} is read-only: its values are computed, not assigned. "
+            "Copy a slice to numpy first (np.asarray(arr[...])) to modify values."
+        )
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        if copy is False:
+            raise ValueError(
+                f"np.asarray(arr, copy=False) is impossible: a {type(self).__name__} is "
+                "computed and stored compressed, so a numpy array of it is always a new copy. "
+                "Use copy=None (the default) or copy=True."
+            )
+        if self.nbytes > self.materialize_limit_bytes:
+            raise MemoryError(
+                f"refusing to materialise the whole {' x '.join(map(str, self.shape))} array: "
+                f"{self.nbytes / 2**30:.1f} GiB exceeds materialize_limit_bytes "
+                f"({self.materialize_limit_bytes / 2**30:.1f} GiB). Read a slice "
+                f"({self._slice_hint}), use arr.top_k(...) or arr.to_dask(), or raise "
+                "arr.materialize_limit_bytes on purpose."
+            )
+        out = np.asarray(self[...])
+        return out if dtype is None else out.astype(dtype, copy=False)
