@@ -20,7 +20,7 @@ from infl_array.front import LazyArray
 from infl_array.grid import BlockCoords
 from infl_array.indexing import get_oindex
 from infl_array.meta import Compression, StoreMeta, check_shapes
-from infl_array.reduce import reduce, to_dask, top_k
+from infl_array.reduce import to_dask, top_k
 from infl_array.self_influence import SelfInfluenceArray, open_self_influence
 from infl_array.sources import BlockFunction, BlockSource, FunctionSource
 from infl_array.store import InfluenceStore
@@ -245,24 +245,6 @@ class InfluenceArray(LazyArray):
         first, ties broken by the lower index. Streams block by block.
         """
         return top_k(self._engine, k, axis=axis, largest=largest)
-
-    def sum(self, axis: int | None = None) -> Any:
-        return reduce(self._engine, "sum", axis)
-
-    def mean(self, axis: int | None = None) -> Any:
-        return reduce(self._engine, "mean", axis)
-
-    def min(self, axis: int | None = None) -> Any:
-        return reduce(self._engine, "min", axis)
-
-    def max(self, axis: int | None = None) -> Any:
-        return reduce(self._engine, "max", axis)
-
-    def argmin(self, axis: int | None = None) -> Any:
-        return reduce(self._engine, "argmin", axis)
-
-    def argmax(self, axis: int | None = None) -> Any:
-        return reduce(self._engine, "argmax", axis)
 
     def self_influence(self) -> SelfInfluenceArray:
         """Self-influence of each train point (model-backed arrays), lazy and cached."""

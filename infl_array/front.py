@@ -19,6 +19,8 @@ import numpy as np
 from infl_array.cache import BlockCache
 from infl_array.engine import ArrayStats, BlockEngine
 from infl_array.indexing import getitem
+from infl_array.numpy_api import array_function, check_unsupported, finish, refusal
+from infl_array.reduce import normalize_axis, reduce
 
 
 def default_materialize_limit() -> int:
@@ -74,6 +76,11 @@ class LazyArray:
         return self._shape[0]
 
     @property
+    def chunks(self) -> tuple[int, ...]:
+        """The shape of one block (zarr's meaning; ``dask.array.from_array`` aligns to it)."""
+        return self._engine.block_shape if self.ndim == 2 else (self._engine.block_shape[1],)
+
+    @property
     def block_cache(self) -> BlockCache:
         """Decoded blocks for small and repeated reads (:mod:`infl_array.cache`);
         ``block_cache.max_bytes = 0`` turns it off."""
@@ -116,3 +123,162 @@ class LazyArray:
             )
         out = np.asarray(self[...])
         return out if dtype is None else out.astype(dtype, copy=False)
+
+    # ------------------------------------------------------------------ numpy's functions
+    def __array_function__(
+        self, func: Any, types: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        return array_function(self, func, args, kwargs)
+
+    def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        raise refusal(self, f"np.{ufunc.__name__}")
+
+    def _reduce(self, name: str, axis: Any, unsupported: dict[str, Any], **opts: Any) -> Any:
+        check_unsupported(name, unsupported)
+        ax = None if axis is None else normalize_axis(axis, self.ndim)
+        result = reduce(self._engine, name, self._engine_axis(ax), opts.pop("ddof", 0))
+        dtype = opts.pop("dtype", None)
+        if dtype is None and name in ("sum", "mean", "std", "var"):
+            dtype = self.dtype
+        return finish(result, axis=ax, ndim=self.ndim, dtype=dtype, name=name, **opts)
+
+    def _engine_axis(self, axis: int | None) -> int | None:
+        """The engine's axis for a (normalised) axis of this array."""
+        return axis if self.ndim == 2 else None
+
+    def sum(
+        self,
+        axis: Any = None,
+        dtype: Any = None,
+        out: Any = None,
+        keepdims: bool = False,
+        **unsupported: Any,
+    ) -> Any:
+        """numpy's ``sum``, streamed block by block (accumulated in float64)."""
+        return self._reduce("sum", axis, unsupported, dtype=dtype, out=out, keepdims=keepdims)
+
+    def mean(
+        self,
+        axis: Any = None,
+        dtype: Any = None,
+        out: Any = None,
+        keepdims: bool = False,
+        **unsupported: Any,
+    ) -> Any:
+        """numpy's ``mean``, streamed block by block (accumulated in float64)."""
+        return self._reduce("mean", axis, unsupported, dtype=dtype, out=out, keepdims=keepdims)
+
+    def std(
+        self,
+        axis: Any = None,
+        dtype: Any = None,
+        out: Any = None,
+        ddof: int = 0,
+        keepdims: bool = False,
+        **unsupported: Any,
+    ) -> Any:
+        """numpy's ``std``, streamed in one pass (pairwise-merged moments in float64)."""
+        return self._reduce(
+            "std", axis, unsupported, dtype=dtype, out=out, keepdims=keepdims, ddof=ddof
+        )
+
+    def var(
+        self,
+        axis: Any = None,
+        dtype: Any = None,
+        out: Any = None,
+        ddof: int = 0,
+        keepdims: bool = False,
+        **unsupported: Any,
+    ) -> Any:
+        """numpy's ``var``, streamed in one pass (pairwise-merged moments in float64)."""
+        return self._reduce(
+            "var", axis, unsupported, dtype=dtype, out=out, keepdims=keepdims, ddof=ddof
+        )
+
+    def min(
+        self, axis: Any = None, out: Any = None, keepdims: bool = False, **unsupported: Any
+    ) -> Any:
+        """numpy's ``min``, streamed block by block."""
+        return self._reduce("min", axis, unsupported, out=out, keepdims=keepdims)
+
+    def max(
+        self, axis: Any = None, out: Any = None, keepdims: bool = False, **unsupported: Any
+    ) -> Any:
+        """numpy's ``max``, streamed block by block."""
+        return self._reduce("max", axis, unsupported, out=out, keepdims=keepdims)
+
+    def argmin(self, axis: Any = None, out: Any = None, *, keepdims: bool = False) -> Any:
+        """numpy's ``argmin`` (ties: the first), streamed block by block."""
+        return self._reduce("argmin", axis, {}, out=out, keepdims=keepdims)
+
+    def argmax(self, axis: Any = None, out: Any = None, *, keepdims: bool = False) -> Any:
+        """numpy's ``argmax`` (ties: the first), streamed block by block."""
+        return self._reduce("argmax", axis, {}, out=out, keepdims=keepdims)
+
+    # ------------------------------------------------------------------ what is not lazy
+    def astype(self, dtype: Any, *args: Any, **kwargs: Any) -> Any:
+        raise refusal(self, "arr.astype")
+
+    def __bool__(self) -> bool:
+        raise ValueError(
+            f"the truth value of a {type(self).__name__} is ambiguous (as for numpy arrays of "
+            "more than one element); use arr.size, or reduce first: bool(arr.max() > 0)."
+        )
+
+    def _operator(self, symbol: str) -> TypeError:
+        return refusal(self, f"the operator {symbol}")
+
+    def __eq__(self, other: object) -> Any:
+        raise self._operator("==")
+
+    def __ne__(self, other: object) -> Any:
+        raise self._operator("!=")
+
+    __hash__ = object.__hash__
+
+    def __lt__(self, other: Any) -> Any:
+        raise self._operator("<")
+
+    def __le__(self, other: Any) -> Any:
+        raise self._operator("<=")
+
+    def __gt__(self, other: Any) -> Any:
+        raise self._operator(">")
+
+    def __ge__(self, other: Any) -> Any:
+        raise self._operator(">=")
+
+    def __add__(self, other: Any) -> Any:
+        raise self._operator("+")
+
+    __radd__ = __add__
+
+    def __sub__(self, other: Any) -> Any:
+        raise self._operator("-")
+
+    __rsub__ = __sub__
+
+    def __mul__(self, other: Any) -> Any:
+        raise self._operator("*")
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, other: Any) -> Any:
+        raise self._operator("/")
+
+    __rtruediv__ = __truediv__
+
+    def __matmul__(self, other: Any) -> Any:
+        raise self._operator("@")
+
+    __rmatmul__ = __matmul__
+
+    def __pow__(self, other: Any) -> Any:
+        raise self._operator("**")
+
+    def __neg__(self) -> Any:
+        raise self._operator("unary -")
+
+    def __abs__(self) -> Any:
+        raise self._operator("abs()")

@@ -16,7 +16,7 @@ import numpy as np
 
 from infl_array.engine import BlockEngine
 
-_REDUCTIONS = ("sum", "mean", "min", "max", "argmin", "argmax")
+_REDUCTIONS = ("sum", "mean", "min", "max", "argmin", "argmax", "std", "var")
 
 
 def normalize_axis(axis: Any, ndim: int = 2) -> int:
@@ -30,30 +30,55 @@ def normalize_axis(axis: Any, ndim: int = 2) -> int:
     return int(normalize_axis_index(int(axis), ndim))
 
 
-def reduce(engine: BlockEngine, op: str, axis: Any = None) -> Any:
-    """``getattr(np, op)(full, axis=axis)`` computed block by block."""
+def reduce(engine: BlockEngine, op: str, axis: int | None = None, ddof: int = 0) -> Any:
+    """``getattr(np, op)(full, axis=axis)`` computed block by block.
+
+    ``axis`` is already normalised (None, 0 or 1). ``sum``, ``mean``, ``std`` and ``var`` are
+    returned in float64 (the caller casts them); ``min`` and ``max`` in the array's dtype;
+    ``argmin`` and ``argmax`` as ``intp``.
+    """
     assert op in _REDUCTIONS
-    ax = None if axis is None else normalize_axis(axis)
-    if op in ("sum", "mean"):
-        return _sum_mean(engine, op, ax)
-    return _extreme(engine, op, ax)
+    if op in ("sum", "mean", "std", "var"):
+        count, total, m2 = _moments(engine, axis)
+        if op == "sum":
+            return total
+        mean = total / count
+        if op == "mean":
+            return mean
+        with np.errstate(divide="ignore", invalid="ignore"):
+            var = m2 / (count - ddof) if count - ddof > 0 else np.full_like(m2, np.nan)
+        return var if op == "var" else np.sqrt(var)
+    return _extreme(engine, op, axis)
 
 
-def _sum_mean(engine: BlockEngine, op: str, axis: int | None) -> Any:
+def _moments(engine: BlockEngine, axis: int | None) -> tuple[int, Any, Any]:
+    """Count, sum and sum of squared deviations from the mean along ``axis``, in one pass.
+
+    Blocks are merged with Chan et al.'s pairwise update of the sum of squared deviations,
+    in float64, so the variance is accurate even when the mean is large.
+    """
     n0, n1 = engine.shape
-    out = np.zeros(() if axis is None else (n1 if axis == 0 else n0), dtype=np.float64)
+    shape = () if axis is None else (n1 if axis == 0 else n0,)
+    count = np.zeros(shape, dtype=np.float64)
+    total = np.zeros(shape, dtype=np.float64)
+    m2 = np.zeros(shape, dtype=np.float64)
     for projection, values in engine.iter_blocks():
         rows, cols = projection.out_sel
         block = values.astype(np.float64)
-        if axis is None:
-            out += block.sum()
-        elif axis == 0:
-            out[cols] += block.sum(axis=0)
-        else:
-            out[rows] += block.sum(axis=1)
-    if op == "mean":
-        out = out / (n0 * n1 if axis is None else engine.shape[axis])
-    return out.astype(engine.dtype)[()] if axis is None else out.astype(engine.dtype)
+        red = None if axis is None else axis
+        where = () if axis is None else (cols if axis == 0 else rows)
+        n_b = block.size if axis is None else block.shape[axis]
+        s_b = block.sum(axis=red)
+        d = block - (s_b / n_b if axis is None else np.expand_dims(s_b / n_b, axis))
+        m2_b = (d * d).sum(axis=red)
+        n_a, s_a = count[where], total[where]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            delta = np.where(n_a > 0, s_b / n_b - s_a / np.maximum(n_a, 1), 0.0)
+        m2[where] = m2[where] + m2_b + delta * delta * n_a * n_b / (n_a + n_b)
+        count[where] = n_a + n_b
+        total[where] = s_a + s_b
+    n = n0 * n1 if axis is None else engine.shape[axis]
+    return n, total[()] if axis is None else total, m2[()] if axis is None else m2
 
 
 def _extreme(engine: BlockEngine, op: str, axis: int | None) -> Any:

@@ -54,7 +54,7 @@ class ModelAdapter:
     def block_from_data(
         self, test_f: torch.Tensor, x: torch.Tensor, y: torch.Tensor
     ) -> torch.Tensor:
-        """Block from test factors and raw train data (backends without train factors)."""
+        """Block from test factors and raw train data (influence models without train factors)."""
         raise NotImplementedError
 
     def diagonal_from_data(
@@ -88,7 +88,7 @@ class ProtocolAdapter(ModelAdapter):
         if not isinstance(cfg, Mapping):
             raise TypeError(
                 f"{self.name}.influence_config() returned {type(cfg).__name__}, expected a "
-                "JSON-able dict identifying the backend and its settings."
+                "JSON-able dict identifying the influence model and its settings."
             )
         return dict(cfg)
 

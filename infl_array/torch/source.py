@@ -29,10 +29,10 @@ Contract
 
 Accepted models
 ---------------
-* Any object implementing :class:`~infl_array.protocol.FactorisedInfluence` (the backends of
-  :mod:`infl_array.torch` or a user's plug-in; factors may be torch tensors or numpy arrays;
-  ``model_fingerprint()`` is optional). An object with an ``is_fitted`` attribute that is false
-  is rejected with :class:`ValueError`.
+* Any object implementing :class:`~infl_array.protocol.FactorisedInfluence` (the influence
+  models of :mod:`infl_array.torch` or a user's plug-in; factors may be torch tensors or numpy
+  arrays; ``model_fingerprint()`` is optional). An object with an ``is_fitted`` attribute that
+  is false is rejected with :class:`ValueError`.
 * A fitted pyDVL ``InfluenceFunctionModel`` (duck-typed, see :mod:`infl_array.torch.pydvl`):
   its test factors come from ``influence_factors`` and each block from
   ``influences_from_factors(..., mode=InfluenceMode.Up)``; pyDVL exposes no train factors, so
@@ -44,8 +44,8 @@ Test factors per test range and train factors per train range are memoised, keye
 ``(axis, start, stop)`` with axis ``"test"``, ``"train"`` or ``"self"`` (test factors of train
 points, for the self-influence), in an LRU memo bounded by ``factor_budget_bytes`` (default
 1 GiB). A request for a range inside a memoised range is served by slicing it. The memo keeps
-tensors where the backend returned them (the model's device; numpy factors become CPU tensors),
-in the backend's dtype. A factor larger than the whole budget is not kept, and older entries are
+tensors where the influence model returned them (the model's device; numpy factors become CPU
+tensors), in its dtype. A factor larger than the whole budget is not kept, and older entries are
 evicted by bytes, so a too-small budget only costs recomputation. :attr:`ModelBlockSource.stats`
 counts factor computations, memo hits and evictions. The memo is not pickled: a source sent to
 a worker process starts with an empty memo. Access is serialised by a lock, so concurrent
@@ -173,7 +173,7 @@ class ModelBlockSource:
         Number of test and train points (the matrix shape).
     stats : dict of str to int
         ``"test_factors"``, ``"train_factors"``, ``"self_factors"``: factor computations
-        (calls to the backend); ``"hits"``: requests served by the memo. See also
+        (calls to the influence model); ``"hits"``: requests served by the memo. See also
         :attr:`memo_bytes` and :attr:`memo_evictions`.
     """
 
@@ -211,7 +211,7 @@ class ModelBlockSource:
 
     # -- identity ---------------------------------------------------------------------------
     @property
-    def backend_name(self) -> str:
+    def model_name(self) -> str:
         """Class name of the influence model."""
         return self.adapter.name
 
@@ -219,7 +219,7 @@ class ModelBlockSource:
         """The model's ``influence_config()`` (computed once)."""
         if self._config is None:
             cfg = self.adapter.config()
-            canonical_json(cfg, f"{self.backend_name}.influence_config()")
+            canonical_json(cfg, f"{self.model_name}.influence_config()")
             self._config = cfg
         return dict(self._config)
 
@@ -234,7 +234,7 @@ class ModelBlockSource:
             ``test``/``train``: data fingerprints.
         """
         if self._fingerprints is None:
-            backend = canonical_json(self.config(), f"{self.backend_name}.influence_config()")
+            backend = canonical_json(self.config(), f"{self.model_name}.influence_config()")
             model = self.adapter.model_fingerprint()
             if model is None:
                 model = hashlib.sha256(backend.encode()).hexdigest()
@@ -248,7 +248,7 @@ class ModelBlockSource:
 
     def describe(self) -> dict[str, Any]:
         """JSON-able description: ``{"kind": "model", "backend": name, "config": config}``."""
-        return {"kind": "model", "backend": self.backend_name, "config": self.config()}
+        return {"kind": "model", "backend": self.model_name, "config": self.config()}
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -267,7 +267,7 @@ class ModelBlockSource:
 
     def __repr__(self) -> str:
         return (
-            f"ModelBlockSource(backend={self.backend_name}, n_test={self.n_test}, "
+            f"ModelBlockSource(backend={self.model_name}, n_test={self.n_test}, "
             f"n_train={self.n_train}, memo={len(self._memo)} entries/{self._memo.nbytes} B)"
         )
 
@@ -289,7 +289,7 @@ class ModelBlockSource:
                 self.stats["test_factors" if axis == "test" else "self_factors"] += 1
             if f.shape[0] != len(r):
                 raise ValueError(
-                    f"{self.backend_name} returned {f.shape[0]} rows of {axis} factors for "
+                    f"{self.model_name} returned {f.shape[0]} rows of {axis} factors for "
                     f"{len(r)} samples; factors need one row per sample."
                 )
             self._memo.put(key, f)
@@ -327,7 +327,7 @@ class ModelBlockSource:
     def test_factor_bytes(self, rows: range) -> int:
         """Bytes the test factors of ``test[rows]`` take (the executor sizes tiles with it).
 
-        Test and train factors share their width, so for backends with train factors this
+        Test and train factors share their width, so for influence models with train factors this
         costs one gradient (of one train point); otherwise the test factors are computed
         (and memoised).
         """
@@ -382,7 +382,7 @@ class ModelBlockSource:
             train_f = self._factor("train", cols)
             if train_f.shape[1] != test_f.shape[1]:
                 raise ValueError(
-                    f"{self.backend_name}: test factors have {test_f.shape[1]} columns but train "
+                    f"{self.model_name}: test factors have {test_f.shape[1]} columns but train "
                     f"factors have {train_f.shape[1]}; both must live in the same space."
                 )
             dtype = self._product_dtype(test_f, train_f)
@@ -397,8 +397,7 @@ class ModelBlockSource:
     def _to_host(self, t: torch.Tensor, shape: tuple[int, ...], what: str) -> np.ndarray:
         if tuple(t.shape) != shape:
             raise ValueError(
-                f"{self.backend_name} produced a {what} of shape {tuple(t.shape)}, expected "
-                f"{shape}."
+                f"{self.model_name} produced a {what} of shape {tuple(t.shape)}, expected {shape}."
             )
         if t.is_complex():
             t = t.real
@@ -429,7 +428,7 @@ class ModelBlockSource:
             right = self._factor("train", cols)
             if right.shape != left.shape:
                 raise ValueError(
-                    f"{self.backend_name}: test factors of shape {tuple(left.shape)} and train "
+                    f"{self.model_name}: test factors of shape {tuple(left.shape)} and train "
                     f"factors of shape {tuple(right.shape)} for the same points differ."
                 )
             left64 = left.to(torch.float64)
