@@ -222,6 +222,12 @@ class InfluenceArray(LazyArray):
         stored = self.stored_bytes()
         raw = sum(_block_bytes(engine, c) for c in known)
         ratio = f"{raw / stored:.2f}x" if stored else "n/a"
+        if stored and raw < stored:
+            block_bytes = self.block_shape[0] * self.block_shape[1] * self.dtype.itemsize
+            ratio += (
+                f" (blocks of {_fmt_bytes(block_bytes)} are too small to compress: each chunk's "
+                "codec header and checksum outweigh the savings; prefer larger blocks)"
+            )
         by = self.meta.computed_by
         backend = by.get("backend") or by.get("name") or by.get("kind", "?")
         mode = "computes missing blocks" if self.can_compute else "read-only"
@@ -264,7 +270,7 @@ class _OIndex:
 
     def __getitem__(self, key: Any) -> Any:
         arr = self._arr
-        return get_oindex(arr.shape, arr.dtype, key, arr._engine)
+        return get_oindex(arr.shape, arr.dtype, key, arr._engine, arr.materialize_limit_bytes)
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self._arr[key] = value  # raises TypeError: read-only
@@ -339,10 +345,7 @@ def _check_same(
     kind_stored: str,
 ) -> None:
     differ = [name for name, (stored, now) in given.items() if stored != now]
-    details = [
-        f"{name}: store has {_short(given[name][0])}, given {_short(given[name][1])}"
-        for name in differ
-    ]
+    details = [f"{name}: {describe_difference(*given[name])}" for name in differ]
     if kind_given is not None and kind_given != kind_stored:
         differ.insert(0, "computed_by")
         details.insert(
@@ -356,6 +359,58 @@ def _check_same(
             "match; open it with the original model, data and settings, or create a new store "
             "(or pass overwrite=True to create(...) to recompute).",
         )
+
+
+def describe_difference(stored: Any, given: Any) -> str:
+    """How a recorded value and a given one differ, readable even when both are long.
+
+    JSON objects (a backend's settings) name the keys that differ; long strings (fingerprints)
+    show where they part.
+
+    Examples
+    --------
+    >>> describe_difference('{"rtol": 0.0001, "atol": 1e-06}', '{"rtol": 1e-05, "atol": 1e-06}')
+    'store has rtol=0.0001, given rtol=1e-05'
+    >>> describe_difference("ab" * 40, "ab" * 30 + "xx" + "ab" * 9)[:60]
+    "store has '...abababababababab' (80 chars), given '...ababab"
+    """
+    old, new = _as_json_object(stored), _as_json_object(given)
+    if old is not None and new is not None:
+        keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        shown = keys[:6]
+        more = f" (and {len(keys) - 6} more keys)" if len(keys) > 6 else ""
+
+        def side(d: dict[str, Any]) -> str:
+            return ", ".join(f"{k}={_short(d[k]) if k in d else '(absent)'}" for k in shown)
+
+        return f"store has {side(old)}, given {side(new)}{more}"
+    if isinstance(stored, str) and isinstance(given, str) and max(len(stored), len(given)) > 60:
+        at = next(
+            (i for i, (a, b) in enumerate(zip(stored, given, strict=False)) if a != b),
+            min(len(stored), len(given)),
+        )
+
+        def window(text: str) -> str:
+            lo = max(0, at - 12)
+            return repr(("..." if lo else "") + text[lo : at + 4]) + f" ({len(text)} chars)"
+
+        return (
+            f"store has {window(stored)}, given {window(given)}: they differ from character "
+            f"{at + 1}"
+        )
+    return f"store has {_short(stored)}, given {_short(given)}"
+
+
+def _as_json_object(value: Any) -> dict[str, Any] | None:
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, str) and value.startswith("{"):
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            return None
+        return parsed if isinstance(parsed, dict) else None
+    return None
 
 
 def _short(value: Any) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -27,13 +28,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     arr = _open(args.store)
     print(repr(arr))
-    meta = arr.meta.to_json()
-    meta["fingerprints"] = {k: v[:16] + "..." for k, v in meta["fingerprints"].items()}
-    print(json.dumps(meta, indent=2, sort_keys=True))
+    print(json.dumps(arr.meta.to_json(), indent=2, sort_keys=True))
     return 0
 
 
 def cmd_top(args: argparse.Namespace) -> int:
+    if args.k < 1:
+        print(f"error: --k must be at least 1; got {args.k}. Pass e.g. --k 10.", file=sys.stderr)
+        return 2
     arr = _open(args.store)
     largest = not args.harmful
     word = "harmful" if args.harmful else "helpful"
@@ -101,9 +103,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except BrokenPipeError:
+        # the reader went away (``infl-array top S | head``): what it wanted was printed
+        _silence_stdout()
+        return 0
     except (LookupError, ValueError, OSError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so flushing it at exit raises no second BrokenPipeError."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real file descriptor (captured in tests)
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from infl_array.cache import SMALL_READ_BLOCKS, BlockCache, assemble
-from infl_array.errors import MissingBlockError
+from infl_array.errors import MissingBlockError, add_note
 from infl_array.grid import BlockCoords, BlockGrid
 from infl_array.indexing import AxisSel
 from infl_array.plan import (
@@ -49,7 +49,7 @@ from infl_array.plan import (
     plan_whole,
     row_runs,
 )
-from infl_array.progress import progress_bar
+from infl_array.progress import counter_bar, progress_bar
 from infl_array.sources import BlockSource
 from infl_array.store import MATRIX_NAME, InfluenceStore
 from infl_array.validate import checked_block
@@ -59,6 +59,9 @@ LIST_THRESHOLD = 32
 
 MAX_WRITES_IN_FLIGHT = 4
 """Computed blocks waiting for (or in) their write at most."""
+
+READ_PROGRESS_DELAY_S = 2.0
+"""A read that computes blocks shows a progress bar once it has taken this long."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,8 @@ class BlockEngine:
         self.source = source
         self.missing_fix = missing_fix
         self.cache = BlockCache()
+        self.read_progress = True
+        """Whether reads that compute blocks for more than a few seconds show a progress bar."""
         self.blocks_computed = 0
         self._known: set[BlockCoords] = set()
         self._compute_lock = threading.Lock()
@@ -198,7 +203,12 @@ class BlockEngine:
         self.grid.check_writable(missing[0])
         # threads of one process (dask's threaded scheduler, say) compute a block once
         with self._compute_lock:
-            return self.compute([b for b in missing if b not in self._known])
+            todo = [b for b in missing if b not in self._known]
+            bar = counter_bar(len(todo), self.read_progress, "compute", READ_PROGRESS_DELAY_S)
+            try:
+                return self.compute(todo, on_done=lambda _: bar.update(1))
+            finally:
+                bar.close()
 
     # ------------------------------------------------------------------ computing
     def require_source(self, missing: list[BlockCoords]) -> None:
@@ -325,6 +335,15 @@ class BlockEngine:
                             finish_one()
                 while pending:
                     finish_one()
+            except KeyboardInterrupt as exc:
+                kept = written + sum(f.exception() is None for _, f in pending)
+                add_note(
+                    exc,
+                    f"infl_array: interrupted; {kept} of the {len(blocks)} blocks being computed "
+                    "were finished and are kept in the store. Nothing is lost: read again or "
+                    "call arr.fill() to compute only what is still missing.",
+                )
+                raise
             finally:
                 # an error (or an interrupt) stops computing; writes already submitted
                 # complete, and every block they wrote is complete in the store

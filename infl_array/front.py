@@ -87,6 +87,15 @@ class LazyArray:
         return self._engine.cache
 
     @property
+    def read_progress(self) -> bool:
+        """Whether reads that compute blocks for more than a few seconds show a progress bar."""
+        return self._engine.read_progress
+
+    @read_progress.setter
+    def read_progress(self, enabled: bool) -> None:
+        self._engine.read_progress = bool(enabled)
+
+    @property
     def stats(self) -> ArrayStats:
         """What this object computed so far (blocks, factor computations)."""
         return self._engine.stats()
@@ -98,7 +107,8 @@ class LazyArray:
 
     def __getitem__(self, key: Any) -> Any:
         engine = self._engine
-        return getitem(engine.shape, self.dtype, self._engine_key(key), engine)
+        key = self._engine_key(key)
+        return getitem(engine.shape, self.dtype, key, engine, self.materialize_limit_bytes)
 
     def __setitem__(self, key: Any, value: Any) -> None:
         raise TypeError(

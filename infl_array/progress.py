@@ -28,10 +28,14 @@ class _NoBar:
         pass
 
 
-def counter_bar(total: int, enabled: bool, desc: str = "fill") -> Any:
-    """A bar counting ``total`` blocks (``update(n)``, ``close()``); silent when not enabled."""
+def counter_bar(total: int, enabled: bool, desc: str = "fill", delay: float = 0.0) -> Any:
+    """A bar counting ``total`` blocks (``update(n)``, ``close()``); silent when not enabled.
+
+    With ``delay`` (seconds) the bar appears only once that much time has passed, so quick
+    work shows nothing.
+    """
     if not enabled:
         return _NoBar()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="block", file=sys.stderr)
+    return tqdm(total=total, desc=desc, unit="block", file=sys.stderr, delay=delay)

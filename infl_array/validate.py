@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from infl_array.errors import BlockFunctionError
+from infl_array.errors import BlockFunctionError, add_note
 
 BlockCoords = tuple[int, int]
 
@@ -39,12 +39,12 @@ def checked_block(
     try:
         raw = fn(rows, cols)
     except Exception as exc:
-        if hasattr(exc, "add_note"):
-            exc.add_note(
-                f"infl_array: raised by the block function for block {coords} "
-                f"(test rows {rows.start}:{rows.stop}, train cols {cols.start}:{cols.stop}); "
-                "nothing was stored for this block."
-            )
+        add_note(
+            exc,
+            f"infl_array: raised by the block function for block {coords} "
+            f"(test rows {rows.start}:{rows.stop}, train cols {cols.start}:{cols.stop}); "
+            "nothing was stored for this block.",
+        )
         raise
     return check_block(raw, coords, (len(rows), len(cols)), dtype)
 
