@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from infl_array.cache import BlockCache
 from infl_array.engine import ArrayStats, BlockEngine
-from infl_array.indexing import getitem
+from infl_array.indexing import Reader, getitem
 from infl_array.numpy_api import array_function, check_unsupported, finish, refusal
-from infl_array.reduce import normalize_axis, reduce
+from infl_array.reduce import normalize_axis, reduce, top_k
 
 
 def default_materialize_limit() -> int:
@@ -75,6 +76,11 @@ class LazyArray:
     def __len__(self) -> int:
         return self._shape[0]
 
+    def __iter__(self) -> Iterator[Any]:
+        """Rows (elements of a 1-D array) one at a time, as numpy iterates."""
+        for i in range(len(self)):
+            yield self[i]
+
     @property
     def chunks(self) -> tuple[int, ...]:
         """The shape of one block (zarr's meaning; ``dask.array.from_array`` aligns to it)."""
@@ -105,10 +111,19 @@ class LazyArray:
         """``key`` as a key of the engine's 2-D array."""
         return key
 
+    def _reader(self) -> tuple[tuple[int, int], Reader]:
+        """The 2-D array keys index, and what reads it (the engine's array, by default)."""
+        return self._engine.shape, self._engine
+
     def __getitem__(self, key: Any) -> Any:
-        engine = self._engine
+        shape, reader = self._reader()
         key = self._engine_key(key)
-        return getitem(engine.shape, self.dtype, key, engine, self.materialize_limit_bytes)
+        return getitem(shape, self.dtype, key, reader, self.materialize_limit_bytes)
+
+    @property
+    def T(self) -> LazyArray:
+        """The transposed array, lazily: ``arr.T[j]`` reads column ``j`` of ``arr``."""
+        return self if self.ndim == 1 else TransposedArray(self)
 
     def __setitem__(self, key: Any, value: Any) -> None:
         raise TypeError(
@@ -147,10 +162,14 @@ class LazyArray:
         check_unsupported(name, unsupported)
         ax = None if axis is None else normalize_axis(axis, self.ndim)
         result = reduce(self._engine, name, self._engine_axis(ax), opts.pop("ddof", 0))
+        return self._reduce_result(name, result, ax, **opts)
+
+    def _reduce_result(self, name: str, result: Any, axis: int | None, **opts: Any) -> Any:
+        """numpy's ``dtype``, ``keepdims`` and ``out`` applied to a reduction's result."""
         dtype = opts.pop("dtype", None)
         if dtype is None and name in ("sum", "mean", "std", "var"):
             dtype = self.dtype
-        return finish(result, axis=ax, ndim=self.ndim, dtype=dtype, name=name, **opts)
+        return finish(result, axis=axis, ndim=self.ndim, dtype=dtype, name=name, **opts)
 
     def _engine_axis(self, axis: int | None) -> int | None:
         """The engine's axis for a (normalised) axis of this array."""
@@ -292,3 +311,65 @@ class LazyArray:
 
     def __abs__(self) -> Any:
         raise self._operator("abs()")
+
+
+class TransposedArray(LazyArray):
+    """A 2-D lazy array seen transposed: same engine, same blocks, axes swapped.
+
+    Indexing is exact (numpy's rules applied to the transposed shape, the values read from the
+    original array with rows and columns swapped); reductions and ``top_k`` map their axis;
+    ``.T`` gives the original back.
+    """
+
+    def __init__(self, original: LazyArray) -> None:
+        n0, n1 = original.shape
+        super().__init__(original._engine, (n1, n0))
+        self.materialize_limit_bytes = original.materialize_limit_bytes
+        self._original = original
+
+    def _reader(self) -> tuple[tuple[int, int], Reader]:
+        n0, n1 = self._original.shape
+        return (n1, n0), _SwappedReader(self._engine)
+
+    @property
+    def T(self) -> LazyArray:
+        return self._original
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        return tuple(reversed(self._engine.block_shape))
+
+    def _engine_axis(self, axis: int | None) -> int | None:
+        return None if axis is None else 1 - axis
+
+    def _reduce(self, name: str, axis: Any, unsupported: dict[str, Any], **opts: Any) -> Any:
+        if axis is not None or name not in ("argmin", "argmax"):
+            return super()._reduce(name, axis, unsupported, **opts)
+        # the first extreme in the transposed order: the first column of the original that
+        # holds it, and its first row there
+        values = reduce(self._engine, name[3:], 0)
+        rows = reduce(self._engine, name, 0)
+        j = int(np.argmax(values) if name == "argmax" else np.argmin(values))
+        flat = np.intp(j * self.shape[1] + int(rows[j]))
+        return super()._reduce_result(name, flat, None, **opts)
+
+    def top_k(self, k: int, axis: int = 1, largest: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """``top_k`` of the transposed array (see ``InfluenceArray.top_k``)."""
+        values, indices = top_k(self._engine, k, axis=1 - normalize_axis(axis), largest=largest)
+        return values.T.copy(), indices.T.copy()
+
+    def __repr__(self) -> str:
+        return f"{self._original!r}.T"
+
+
+class _SwappedReader:
+    """Reads the transposed array from the engine of the original."""
+
+    def __init__(self, engine: BlockEngine) -> None:
+        self._engine = engine
+
+    def read_outer(self, rows: Any, cols: Any) -> np.ndarray:
+        return np.ascontiguousarray(self._engine.read_outer(cols, rows).T)
+
+    def read_points(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        return self._engine.read_points(cols, rows)

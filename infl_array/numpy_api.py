@@ -5,7 +5,8 @@ ufuncs and operators through ``__array_ufunc__`` (NEP 13). A lazy array answers:
 
 * **streamed reductions**, computed block by block with bounded memory and numpy's signature
   (``axis``, ``dtype``, ``out``, ``keepdims``, ``ddof``): ``np.sum``, ``np.mean``, ``np.min``,
-  ``np.max`` (``np.amin``, ``np.amax``), ``np.argmin``, ``np.argmax``, ``np.std``, ``np.var``;
+  ``np.max`` (``np.amin``, ``np.amax``), ``np.argmin``, ``np.argmax``, ``np.std``, ``np.var``,
+  and their ``np.nan*`` variants (stored values are never NaN, so they are the same);
 * **metadata**: ``np.shape``, ``np.ndim``, ``np.size``, ``np.result_type``;
 * **everything else** (``np.median``, ``np.sort``, ufuncs such as ``np.exp``, arithmetic and
   comparisons) needs the whole array at once. It is never done implicitly: a ``TypeError``
@@ -28,6 +29,9 @@ _REDUCTION_OF: dict[Any, str] = {getattr(np, name): name for name in REDUCTIONS}
 _REDUCTION_OF.update(
     {getattr(np, a): n for a, n in (("amin", "min"), ("amax", "max")) if hasattr(np, a)}
 )
+# stored values are always finite (blocks with NaN or inf are refused), so the nan-variants
+# (which xarray calls by default) are the same reductions
+_REDUCTION_OF.update({getattr(np, "nan" + name): name for name in REDUCTIONS})
 _METADATA: dict[Any, Callable[[Any], Any]] = {
     np.shape: lambda a: a.shape,
     np.ndim: lambda a: a.ndim,

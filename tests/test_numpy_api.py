@@ -139,3 +139,60 @@ def test_dask_from_array_aligns_to_blocks_and_stays_lazy() -> None:
     np.testing.assert_array_equal(lazy[:8, :6].compute(), full[:8, :6])
     assert len(fn.calls) == 1
     np.testing.assert_array_equal(lazy.compute(), full)
+
+
+T_KEYS = [
+    5,
+    -1,
+    (slice(None, None, -2), 3),
+    ([4, 0, 4], slice(1, 8, 3)),
+    (np.array([[1], [7]]), np.array([0, 10])),
+    (Ellipsis, None, 2),
+    (np.arange(9) % 2 == 0,),
+    (slice(2, 5), [True, False] * 5 + [True]),
+]
+
+
+@pytest.mark.parametrize("key", T_KEYS, ids=[str(i) for i in range(len(T_KEYS))])
+def test_transposed_view_indexes_like_numpy(key: Any) -> None:
+    full = influence_like((11, 9), seed=11)
+    arr, _ = make(full)
+    assert arr.T.shape == (9, 11) and arr.T.T is arr and arr.T.chunks == (3, 4)
+    got, expected = arr.T[key], full.T[key]
+    assert np.shape(got) == np.shape(expected)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_transposed_view_reduces_like_numpy() -> None:
+    full = np.random.default_rng(0).integers(0, 3, size=(11, 9)).astype(np.float32)  # ties
+    arr, fn = make(full)
+    for func in (np.sum, np.max, np.argmax, np.argmin, np.std):
+        for axis in (None, 0, 1):
+            _close(func(arr.T, axis=axis), func(full.T, axis=axis), "float32")
+    values, indices = arr.T.top_k(2, axis=1)
+    order = np.lexsort((np.arange(11)[None, :].repeat(9, 0), -full.T), axis=1)[:, :2]
+    np.testing.assert_array_equal(indices, order)
+    np.testing.assert_array_equal(values, np.take_along_axis(full.T, order, axis=1))
+    np.testing.assert_array_equal(np.asarray(arr.T), full.T)
+    assert len(fn.calls) == arr.grid_shape[0] * arr.grid_shape[1]  # each block once
+
+
+def test_iteration_and_pandas() -> None:
+    pd = pytest.importorskip("pandas")
+    full = influence_like((7, 5), seed=12)
+    arr, _ = make(full)
+    np.testing.assert_array_equal(np.stack(list(arr)), full)
+    np.testing.assert_array_equal(pd.DataFrame(arr).to_numpy(), full)
+
+
+def test_xarray_wraps_the_array_lazily() -> None:
+    xr = pytest.importorskip("xarray")
+    full = influence_like((11, 9), seed=13, dtype="float64")
+    arr, fn = make(full)
+    data = xr.DataArray(arr, dims=("test", "train"))
+    np.testing.assert_array_equal(data.isel(test=2).values, full[2])
+    assert len(fn.calls) == 3  # one block row
+    np.testing.assert_allclose(data.mean("test").values, full.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(data.std().values, full.std(), rtol=1e-12)
+    lazy = xr.DataArray(arr.to_dask(), dims=("test", "train"))  # the documented route
+    np.testing.assert_array_equal(lazy.load().values, full)
