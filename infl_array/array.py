@@ -15,6 +15,7 @@ import numpy as np
 
 from infl_array.engine import BlockEngine
 from infl_array.errors import StaleCacheError
+from infl_array.factors import DEFAULT_FACTOR_DISK_BUDGET, FactorStore
 from infl_array.fill import fill_store
 from infl_array.front import LazyArray
 from infl_array.grid import BlockCoords
@@ -97,6 +98,7 @@ class InfluenceArray(LazyArray):
         overwrite: bool = False,
         compression: Compression | None = None,
         factor_budget_bytes: int = 1 << 30,
+        factor_disk_budget_bytes: int = DEFAULT_FACTOR_DISK_BUDGET,
     ) -> InfluenceArray:
         """A new store of the influence of ``train`` on ``test`` under a fitted ``model``.
 
@@ -105,14 +107,18 @@ class InfluenceArray(LazyArray):
         :class:`~infl_array.protocol.FactorisedInfluence`. ``test`` and ``train`` are a
         map-style torch ``Dataset``, a tuple ``(x, y)`` of tensors or arrays, or a
         ``DataLoader`` over a map-style dataset. ``factor_budget_bytes`` bounds the memory
-        used to reuse per-sample factors across blocks. Needs the ``torch`` extra.
+        used to reuse per-sample factors across blocks; ``factor_disk_budget_bytes`` the bytes
+        each side's factors may take in the store (:mod:`infl_array.factors`; 0 keeps them in
+        memory only). Needs the ``torch`` extra.
         """
         _as_pair(block_shape, "block_shape")
         _dtype_name(dtype)
         InfluenceStore.check_creatable(store, overwrite=overwrite)
         source = _model_source(model, test, train, factor_budget_bytes)
         assert source.shape is not None
-        return cls._new(store, source, source.shape, block_shape, dtype, overwrite, compression)
+        arr = cls._new(store, source, source.shape, block_shape, dtype, overwrite, compression)
+        _attach_factor_store(arr._engine, factor_disk_budget_bytes)
+        return arr
 
     @classmethod
     def _new(
@@ -287,6 +293,7 @@ def open_array(
     block_shape: tuple[int, int] | None = None,
     dtype: str | None = None,
     factor_budget_bytes: int = 1 << 30,
+    factor_disk_budget_bytes: int = DEFAULT_FACTOR_DISK_BUDGET,
 ) -> InfluenceArray:
     """Open an existing store.
 
@@ -335,7 +342,16 @@ def open_array(
         source = FunctionSource(fn)
     else:
         _check_same(opened, given, kind_given=None, kind_stored=kind)
-    return InfluenceArray(BlockEngine(opened, opened.matrix, source))
+    engine = BlockEngine(opened, opened.matrix, source)
+    _attach_factor_store(engine, factor_disk_budget_bytes)
+    return InfluenceArray(engine)
+
+
+def _attach_factor_store(engine: BlockEngine, budget_bytes: int) -> None:
+    """Let a source with factors keep them in the store (see :mod:`infl_array.factors`)."""
+    reuse = engine.source.factor_reuse if engine.source is not None else None
+    if reuse is not None:
+        reuse.attach(FactorStore(engine.store, budget_bytes))
 
 
 def _check_same(

@@ -77,6 +77,8 @@ class ArrayStats:
         factors of train points (for the self-influence). 0 for block functions.
     factor_hits : int
         Factor requests served from the source's memo.
+    factor_reads : int
+        Factor blocks read from the store instead of computed.
     """
 
     blocks_computed: int = 0
@@ -84,6 +86,7 @@ class ArrayStats:
     train_factors: int = 0
     self_factors: int = 0
     factor_hits: int = 0
+    factor_reads: int = 0
 
 
 class BlockEngine:
@@ -160,6 +163,7 @@ class BlockEngine:
             train_factors=int(counts.get("train_factors", 0)),
             self_factors=int(counts.get("self_factors", 0)),
             factor_hits=int(counts.get("hits", 0)),
+            factor_reads=int(counts.get("factor_reads", 0)),
         )
 
     # ------------------------------------------------------------------ block state
@@ -269,8 +273,10 @@ class BlockEngine:
         def rows_of(i: int) -> range:
             return range(i * block_rows, min((i + 1) * block_rows, n_test))
 
-        first = rows_of(min(blocks)[0])
-        per_sample = reuse.test_factor_bytes(first) / len(first)
+        (i0, j0), (n_test, n_train) = min(blocks), self.shape
+        first = rows_of(i0)
+        first_cols = range(j0 * block_cols, min((j0 + 1) * block_cols, n_train))
+        per_sample = reuse.test_factor_bytes(first, first_cols) / len(first)
         # the memo holds a tile's test factors and up to two train columns while it is computed
         capacity = reuse.factor_budget_bytes - 2 * int(per_sample * min(block_cols, self.shape[1]))
         return plan_tiles(blocks, lambda i: int(per_sample * len(rows_of(i))), capacity)

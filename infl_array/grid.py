@@ -52,11 +52,11 @@ class BlockGrid:
 
     def __init__(self, array: zarr.Array, where: str, local_root: Path | None) -> None:
         self.array = keep_empty_chunks(array)
-        self.name = array.basename
+        self.name = array.path  # e.g. "influence" or "factors/train"
         self.where = where
         self.read_only = bool(array.store.read_only)
         self._zarr_store = array.store
-        self._dir = None if local_root is None else local_root / self.name / "c"
+        self._dir = None if local_root is None else local_root.joinpath(*self.name.split("/"), "c")
         self.ndim = array.ndim
         if self.ndim == 1:
             self.shape = (1, int(array.shape[0]))

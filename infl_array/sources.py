@@ -14,17 +14,20 @@ probed with ``getattr``:
 
 Two sources implement the contract: :class:`FunctionSource` (a plain block function
 ``fn(rows, cols)``) and :class:`infl_array.torch.source.ModelBlockSource` (an influence model
-and two data sets). This module imports neither torch nor zarr.
+and two data sets). This module imports neither torch nor zarr (the factor store only as a type).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from infl_array.validate import to_numpy
+
+if TYPE_CHECKING:
+    from infl_array.factors import FactorStore
 
 BlockFunction = Callable[[range, range], Any]
 """``fn(rows: range, cols: range) -> array (len(rows), len(cols))``."""
@@ -39,8 +42,16 @@ class FactorReuse(Protocol):
         """Bytes the memo may hold."""
         ...
 
-    def test_factor_bytes(self, rows: range) -> int:
-        """Bytes the test factors of ``test[rows]`` take in the memo."""
+    def test_factor_bytes(self, rows: range, cols: range) -> int:
+        """Bytes the test factors of ``test[rows]`` take in the memo.
+
+        ``cols`` is the first train range the tile needs: a source may measure on factors it
+        must compute anyway.
+        """
+        ...
+
+    def attach(self, factor_store: FactorStore | None) -> None:
+        """Keep factors in ``factor_store`` (by whole blocks), or in memory only (None)."""
         ...
 
     def prefetch(self, rows: range | None = None, cols: range | None = None) -> None:

@@ -6,6 +6,8 @@ Layout (readable with plain zarr)::
     <store>/influence/zarr.json        array (n_test, n_train), dimension names ("test", "train")
     <store>/influence/c/<i>/<j>        block (i, j): compressed, with a CRC32C checksum
     <store>/self_influence/c/<j>       self-influence of train block j (created on first use)
+    <store>/factors/test/c/<i>/0       per-sample test factors of test block i (when stored)
+    <store>/factors/train/c/<j>/0      per-sample train factors of train block j (when stored)
 
 :class:`InfluenceStore` creates and opens the group, checks what it finds (clear errors for
 anything that is not an infl_array store), and hands out each array as a
@@ -20,6 +22,7 @@ This module knows zarr and numpy, not torch.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -34,10 +37,11 @@ from zarr.codecs import BytesCodec
 
 from infl_array.errors import NotAStoreError
 from infl_array.grid import BlockGrid
-from infl_array.meta import StoreMeta
+from infl_array.meta import Compression, StoreMeta
 from infl_array.zarr_compat import lossy_codec_warning_silenced
 
 MATRIX_NAME = "influence"
+FACTORS_GROUP = "factors"
 ATTRS_KEY = "infl_array"
 DIMENSION_NAMES = ("test", "train")
 
@@ -65,8 +69,8 @@ class InfluenceStore:
         self.group = group
         self.meta = meta
         self.read_only = bool(group.store.read_only)
-        self._local_root = _local_path(spec)
-        self.matrix = BlockGrid(matrix, self.where, self._local_root)
+        self.local_root = _local_path(spec)
+        self.matrix = BlockGrid(matrix, self.where, self.local_root)
 
     @property
     def is_process_local(self) -> bool:
@@ -112,7 +116,13 @@ class InfluenceStore:
         cls.check_creatable(store, overwrite=overwrite)
         group = zarr.open_group(_zarr_store(store), mode="w", zarr_format=3)
         array = _create_array(
-            group, MATRIX_NAME, meta.shape, meta.block_shape, meta, overwrite=True
+            group,
+            MATRIX_NAME,
+            meta.shape,
+            meta.block_shape,
+            meta.dtype,
+            meta.compression,
+            overwrite=True,
         )
         # attrs last: a store whose attrs exist is fully created
         group.attrs.update({ATTRS_KEY: meta.to_json()})
@@ -191,21 +201,54 @@ class InfluenceStore:
                 f"{self.where}: {name!r} is not an array; the store is damaged. Recreate it "
                 "with overwrite=True."
             )
-        return BlockGrid(array, self.where, self._local_root)
+        return BlockGrid(array, self.where, self.local_root)
 
     def create_side_grid(self, name: str, length: int, chunk: int) -> BlockGrid:
         """Create the 1-D array ``name`` (same codecs as the matrix, NaN fill) and return it.
 
         When another process created it first, the existing array is returned.
         """
+        return self._create_grid(name, (length,), (chunk,), self.meta.dtype, self.meta.compression)
+
+    def create_factor_grid(
+        self, side: str, n: int, block_len: int, width: int, dtype: Any
+    ) -> BlockGrid:
+        """Create the factor array of ``side`` ("test" or "train"), shape ``(n, width)``.
+
+        One chunk per block of rows (test) or columns (train), lossless (the matrix's codec
+        without rounding: blocks computed from stored factors equal those computed directly).
+        When another process created it first, the existing array is returned.
+        """
+        if FACTORS_GROUP not in self.group:
+            with contextlib.suppress(zarr.errors.ContainsGroupError):
+                self.group.create_group(FACTORS_GROUP)
+        lossless = Compression(
+            cname=self.meta.compression.cname, clevel=self.meta.compression.clevel
+        )
+        return self._create_grid(
+            f"{FACTORS_GROUP}/{side}",
+            (n, width),
+            (block_len, width),
+            np.dtype(dtype).name,
+            lossless,
+        )
+
+    def _create_grid(
+        self,
+        name: str,
+        shape: tuple[int, ...],
+        chunks: tuple[int, ...],
+        dtype: str,
+        compression: Compression,
+    ) -> BlockGrid:
         try:
-            array = _create_array(self.group, name, (length,), (chunk,), self.meta)
+            array = _create_array(self.group, name, shape, chunks, dtype, compression)
         except zarr.errors.ContainsArrayError:
             self.group = zarr.open_group(self.group.store, mode="r+")  # sees the new array
             existing = self.side_grid(name)
             assert existing is not None
             return existing
-        return BlockGrid(array, self.where, self._local_root)
+        return BlockGrid(array, self.where, self.local_root)
 
 
 def _create_array(
@@ -213,23 +256,27 @@ def _create_array(
     name: str,
     shape: tuple[int, ...],
     chunks: tuple[int, ...],
-    meta: StoreMeta,
+    dtype: str,
+    compression: Compression,
     *,
     overwrite: bool = False,
 ) -> zarr.Array:
-    """An array of the store's dtype and codecs, NaN fill, one chunk per block."""
-    dtype = np.dtype(meta.dtype)
+    """An array with the given codecs, NaN fill, one chunk per block."""
+    np_dtype = np.dtype(dtype)
+    names = DIMENSION_NAMES[-len(shape) :] if name in (MATRIX_NAME, "self_influence") else None
+    if name.startswith(FACTORS_GROUP + "/"):
+        names = (name.rsplit("/", 1)[1], "factor")
     with lossy_codec_warning_silenced():
         return group.create_array(
             name,
             shape=shape,
             chunks=chunks,
-            dtype=dtype,
+            dtype=np_dtype,
             fill_value=np.nan,
-            filters=meta.compression.filters(dtype),
+            filters=compression.filters(np_dtype),
             serializer=BytesCodec(),
-            compressors=meta.compression.compressors(),
-            dimension_names=DIMENSION_NAMES[-len(shape) :],
+            compressors=compression.compressors(),
+            dimension_names=names,
             chunk_key_encoding={"name": "default", "separator": "/"},
             overwrite=overwrite,
         )

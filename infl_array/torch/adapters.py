@@ -44,6 +44,22 @@ class ModelAdapter:
 
     name: str
     has_train_factors: bool = True
+    structured: bool = False
+    """Whether blocks come from :meth:`product` of differently shaped factors (not ``a @ b.T``)."""
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's factors live (stored factors are read back to it)."""
+        return torch.device("cpu")
+
+    def product(self, test_f: torch.Tensor, train_f: torch.Tensor) -> torch.Tensor:
+        """The block ``(n_test, n_train)`` of two factor sets: their inner products."""
+        return test_f @ train_f.to(device=test_f.device, dtype=test_f.dtype).T
+
+    def diagonal(self, test_f: torch.Tensor, train_f: torch.Tensor) -> torch.Tensor:
+        """Row-wise products of factor sets of the same points (the self-influence)."""
+        right = train_f.to(device=test_f.device, dtype=test_f.dtype)
+        return (test_f * right).sum(dim=1)
 
     def test_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -71,11 +87,38 @@ class ModelAdapter:
 
 
 class ProtocolAdapter(ModelAdapter):
-    """Adapter for objects implementing the factorised protocol."""
+    """Adapter for objects implementing the factorised protocol.
+
+    Optional members of the model are used when present: ``factor_product(test_f, train_f)``
+    and ``factor_diagonal(test_f, train_f)`` for models whose block is not the plain inner
+    product of their factors (e.g. structured per-layer factors), and ``model`` (the
+    ``nn.Module``) for the device factors live on.
+    """
 
     def __init__(self, model: Any) -> None:
         self.model = model
         self.name = type(model).__name__
+        self._product = getattr(model, "factor_product", None)
+        self._diagonal = getattr(model, "factor_diagonal", None)
+        self.structured = self._product is not None
+
+    @property
+    def device(self) -> torch.device:
+        module = getattr(self.model, "model", None)
+        if isinstance(module, torch.nn.Module):
+            for p in module.parameters():
+                return p.device
+        return torch.device("cpu")
+
+    def product(self, test_f: torch.Tensor, train_f: torch.Tensor) -> torch.Tensor:
+        if self._product is None:
+            return super().product(test_f, train_f)
+        return torch.as_tensor(self._product(test_f, train_f))
+
+    def diagonal(self, test_f: torch.Tensor, train_f: torch.Tensor) -> torch.Tensor:
+        if self._diagonal is None:
+            return super().diagonal(test_f, train_f)
+        return torch.as_tensor(self._diagonal(test_f, train_f))
 
     def test_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return as_factor_tensor(self.model.test_factors(x, y), f"{self.name}.test_factors")

@@ -57,23 +57,23 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
+from infl_array.factors import SIDES as FACTOR_SIDES
+from infl_array.factors import FactorStore
 from infl_array.torch.adapters import ModelAdapter, ProtocolAdapter, check_fitted
 from infl_array.torch.data import IndexedData, as_indexed
+from infl_array.torch.memo import FactorMemo
 from infl_array.torch.pydvl import PyDVLAdapter, is_pydvl_model
 
 __all__ = ["DEFAULT_FACTOR_BUDGET_BYTES", "ModelBlockSource", "make_block_source"]
 
 DEFAULT_FACTOR_BUDGET_BYTES = 1 << 30
 """Default byte budget of the factor memo (1 GiB)."""
-
-_Key = tuple[str, int, int]
 
 
 def canonical_json(config: Mapping[str, Any], what: str = "influence_config()") -> str:
@@ -86,47 +86,6 @@ def canonical_json(config: Mapping[str, Any], what: str = "influence_config()") 
             f"lists and dicts of them), got {config!r}: {exc}. Convert tensors and enums to "
             "plain values."
         ) from exc
-
-
-class _FactorMemo:
-    """LRU memo of factor tensors keyed by ``(axis, start, stop)``, bounded by bytes."""
-
-    def __init__(self, budget_bytes: int) -> None:
-        self.budget_bytes = budget_bytes
-        self.nbytes = 0
-        self._entries: OrderedDict[_Key, torch.Tensor] = OrderedDict()
-        self.evictions = 0
-
-    def get(self, key: _Key) -> torch.Tensor | None:
-        """The factors for ``key``: an exact entry, or a slice of one covering the range."""
-        hit = self._entries.get(key)
-        if hit is not None:
-            self._entries.move_to_end(key)
-            return hit
-        axis, start, stop = key
-        for (ax, s, e), t in self._entries.items():
-            if ax == axis and s <= start and stop <= e:
-                self._entries.move_to_end((ax, s, e))
-                return t[start - s : stop - s]
-        return None
-
-    def put(self, key: _Key, value: torch.Tensor) -> None:
-        size = value.element_size() * value.numel()
-        if size > self.budget_bytes or key in self._entries:
-            return
-        while self._entries and self.nbytes + size > self.budget_bytes:
-            _, old = self._entries.popitem(last=False)
-            self.nbytes -= old.element_size() * old.numel()
-            self.evictions += 1
-        self._entries[key] = value
-        self.nbytes += size
-
-    def clear(self) -> None:
-        self._entries.clear()
-        self.nbytes = 0
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
 
 def as_adapter(model: object) -> ModelAdapter:
@@ -145,6 +104,23 @@ def as_adapter(model: object) -> ModelAdapter:
         f"InfluenceFunctionModel; got {type(model).__module__}.{type(model).__qualname__}. "
         "For a plain block function use InfluenceArray.from_function."
     )
+
+
+def _aligned(r: range, store: FactorStore, axis: str) -> bool:
+    """Whether ``r`` covers whole factor blocks of ``axis``."""
+    length, n = store.block_len(axis), store.n(axis)
+    return r.start % length == 0 and (r.stop % length == 0 or r.stop == n) and len(r) > 0
+
+
+def _runs(blocks: list[int]) -> list[tuple[int, int]]:
+    """Maximal runs ``(first, last)`` of consecutive block indices."""
+    runs: list[tuple[int, int]] = []
+    for b in blocks:
+        if runs and runs[-1][1] == b - 1:
+            runs[-1] = (runs[-1][0], b)
+        else:
+            runs.append((b, b))
+    return runs
 
 
 def _check_range(r: object, n: int, what: str) -> range:
@@ -190,12 +166,19 @@ class ModelBlockSource:
         self.n_test = len(test)
         self.n_train = len(train)
         self.factor_budget_bytes = factor_budget_bytes
-        self._memo = _FactorMemo(factor_budget_bytes)
+        self._memo = FactorMemo(factor_budget_bytes)
         self._lock = threading.RLock()
         self._fingerprints: dict[str, str] | None = None
         self._config: dict[str, Any] | None = None
         self._output_float32 = False
-        self.stats = {"test_factors": 0, "train_factors": 0, "self_factors": 0, "hits": 0}
+        self._factor_store: FactorStore | None = None
+        self.stats = {
+            "test_factors": 0,
+            "train_factors": 0,
+            "self_factors": 0,
+            "hits": 0,
+            "factor_reads": 0,
+        }
 
     # -- pickling: the memo and the lock stay behind -------------------------------------
     def __getstate__(self) -> dict[str, Any]:
@@ -206,7 +189,7 @@ class ModelBlockSource:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._memo = _FactorMemo(self.factor_budget_bytes)
+        self._memo = FactorMemo(self.factor_budget_bytes)
         self._lock = threading.RLock()
 
     # -- identity ---------------------------------------------------------------------------
@@ -272,28 +255,81 @@ class ModelBlockSource:
         )
 
     # -- factors ----------------------------------------------------------------------------
+    def attach(self, factor_store: FactorStore | None) -> None:
+        """Keep factors in ``factor_store`` (one block of samples per chunk), or in memory only.
+
+        With a factor store, factors are requested by whole blocks: each block is taken from
+        the memo, else from the store, else computed (runs of missing blocks in one call, so
+        a tile's test factors are one batched solve) and written to the store when its side
+        is stored there.
+        """
+        self._factor_store = factor_store
+
     def _factor(self, axis: str, r: range) -> torch.Tensor:
-        key = (axis, r.start, r.stop)
         with self._lock:
-            hit = self._memo.get(key)
-            if hit is not None:
-                self.stats["hits"] += 1
-                return hit
-            data = self.test if axis == "test" else self.train
-            x, y = data.take(r)
-            if axis == "train":
-                f = self.adapter.train_factors(x, y)
-                self.stats["train_factors"] += 1
+            store = self._factor_store
+            if store is None or axis not in FACTOR_SIDES or not _aligned(r, store, axis):
+                return self._factor_range(axis, r)
+            return self._factor_blocks(store, axis, r)
+
+    def _factor_range(self, axis: str, r: range) -> torch.Tensor:
+        """Factors of exactly ``r`` (or a slice of a memoised range holding it)."""
+        key = (axis, r.start, r.stop)
+        hit = self._memo.get(key)
+        if hit is not None:
+            self.stats["hits"] += 1
+            return hit
+        f = self._compute_factors(axis, r)
+        self._memo.put(key, f)
+        return f
+
+    def _factor_blocks(self, store: FactorStore, axis: str, r: range) -> torch.Tensor:
+        """Factors of the whole blocks ``r`` covers: memo, store, or computed in runs."""
+        length = store.block_len(axis)
+        blocks = range(r.start // length, -(-r.stop // length))
+        pieces: dict[int, torch.Tensor] = {}
+        for b in blocks:
+            span = store.bounds(axis, b)
+            hit = self._memo.get((axis, span.start, span.stop))
+            if hit is None:
+                stored = store.get(axis, b)
+                if stored is not None:
+                    hit = torch.from_numpy(stored).to(self.adapter.device)
+                    self._memo.put((axis, span.start, span.stop), hit)
+                    self.stats["factor_reads"] += 1
             else:
-                f = self.adapter.test_factors(x, y)
-                self.stats["test_factors" if axis == "test" else "self_factors"] += 1
-            if f.shape[0] != len(r):
-                raise ValueError(
-                    f"{self.model_name} returned {f.shape[0]} rows of {axis} factors for "
-                    f"{len(r)} samples; factors need one row per sample."
-                )
-            self._memo.put(key, f)
-            return f
+                self.stats["hits"] += 1
+            if hit is not None:
+                pieces[b] = hit
+        for first, last in _runs([b for b in blocks if b not in pieces]):
+            span = range(store.bounds(axis, first).start, store.bounds(axis, last).stop)
+            f = self._compute_factors(axis, span)
+            for b in range(first, last + 1):
+                part = store.bounds(axis, b)
+                piece = f[part.start - span.start : part.stop - span.start]
+                pieces[b] = piece
+                self._memo.put((axis, part.start, part.stop), piece)
+                store.put(axis, b, piece.detach().cpu().numpy())
+        if len(blocks) == 1:
+            return pieces[blocks[0]]
+        return torch.cat([pieces[b] for b in blocks])
+
+    def _compute_factors(self, axis: str, r: range) -> torch.Tensor:
+        """Ask the influence model for the factors of ``r`` (counted in :attr:`stats`)."""
+        data = self.test if axis == "test" else self.train
+        x, y = data.take(r)
+        if axis == "train":
+            f = self.adapter.train_factors(x, y)
+            self.stats["train_factors"] += 1
+        else:
+            f = self.adapter.test_factors(x, y)
+            self.stats["test_factors" if axis == "test" else "self_factors"] += 1
+        if f.shape[0] != len(r):
+            raise ValueError(
+                f"{self.model_name} returned {f.shape[0]} rows of {axis} factors for "
+                f"{len(r)} samples; factors need one row per sample."
+            )
+        return f
 
     @property
     def memo_bytes(self) -> int:
@@ -324,17 +360,16 @@ class ModelBlockSource:
             return torch.float32
         return torch.float64
 
-    def test_factor_bytes(self, rows: range) -> int:
-        """Bytes the test factors of ``test[rows]`` take (the executor sizes tiles with it).
+    def test_factor_bytes(self, rows: range, cols: range) -> int:
+        """Bytes the test factors of ``test[rows]`` take (the engine sizes tiles with it).
 
-        Test and train factors share their width, so for influence models with train factors this
-        costs one gradient (of one train point); otherwise the test factors are computed
-        (and memoised).
+        Measured on factors the tile needs anyway, so sizing costs no extra computation: the
+        train factors of ``train[cols]`` when test and train factors share their width (plain
+        products), else the test factors of ``test[rows]``. Either is memoised.
         """
         rows = _check_range(rows, self.n_test, "rows")
-        if self.adapter.has_train_factors:
-            x, y = self.train.take(range(1))
-            one = self.adapter.train_factors(x, y)
+        if self.adapter.has_train_factors and not self.adapter.structured:
+            one = self._factor("train", _check_range(cols, self.n_train, "cols"))
             return int(one.element_size() * one.shape[-1] * len(rows))
         f = self._factor("test", rows)
         return int(f.element_size() * f.numel())
@@ -380,15 +415,13 @@ class ModelBlockSource:
         test_f = self._factor("test", rows)
         if self.adapter.has_train_factors:
             train_f = self._factor("train", cols)
-            if train_f.shape[1] != test_f.shape[1]:
+            if train_f.shape[1] != test_f.shape[1] and not self.adapter.structured:
                 raise ValueError(
                     f"{self.model_name}: test factors have {test_f.shape[1]} columns but train "
                     f"factors have {train_f.shape[1]}; both must live in the same space."
                 )
             dtype = self._product_dtype(test_f, train_f)
-            left = test_f.to(dtype)
-            right = train_f.to(device=left.device, dtype=dtype)
-            block = left @ right.T
+            block = self.adapter.product(test_f.to(dtype), train_f.to(dtype))
         else:
             x, y = self.train.take(cols)
             block = self.adapter.block_from_data(test_f, x, y)
@@ -426,13 +459,12 @@ class ModelBlockSource:
         left = self._factor("self", cols)
         if self.adapter.has_train_factors:
             right = self._factor("train", cols)
-            if right.shape != left.shape:
+            if right.shape != left.shape and not self.adapter.structured:
                 raise ValueError(
                     f"{self.model_name}: test factors of shape {tuple(left.shape)} and train "
                     f"factors of shape {tuple(right.shape)} for the same points differ."
                 )
-            left64 = left.to(torch.float64)
-            values = (left64 * right.to(device=left64.device, dtype=torch.float64)).sum(dim=1)
+            values = self.adapter.diagonal(left.to(torch.float64), right.to(torch.float64))
         else:
             x, y = self.train.take(cols)
             values = self.adapter.diagonal_from_data(left, x, y)
