@@ -123,29 +123,32 @@ def test_direct_matches_exact(mlp):
 
 
 def test_cg_matches_exact(mlp):
-    inf = CgInfluence(mlp["model"], F.cross_entropy, regularization=mlp["lam"])  # rtol=1e-4
+    # defaults rtol=1e-4, atol=1e-6 in pyDVL's meaning: ||r|| < max(1e-8 ||g||, 1e-12)
+    inf = CgInfluence(mlp["model"], F.cross_entropy, regularization=mlp["lam"])
     inf.fit((mlp["x"], mlp["y"]))
-    assert _max_rel_err(_infl(inf, mlp), mlp["I"]) < 1e-4
+    assert _max_rel_err(_infl(inf, mlp), mlp["I"]) < 1e-6
 
 
-def test_cg_tight_tolerance_matches_exact(mlp):
-    inf = CgInfluence(mlp["model"], F.cross_entropy, regularization=mlp["lam"], rtol=1e-8)
+def test_cg_scipy_tolerance_matches_exact(mlp):
+    inf = CgInfluence(
+        mlp["model"], F.cross_entropy, regularization=mlp["lam"], rtol=1e-8, tol_mode="scipy"
+    )
     inf.fit((mlp["x"], mlp["y"]))
     assert _max_rel_err(_infl(inf, mlp), mlp["I"]) < 1e-6
 
 
 def test_cg_one_data_pass_per_iteration_for_all_columns(mlp, monkeypatch):
     """Block CG: each iteration computes H @ P for all active columns in one call."""
-    inf = CgInfluence(mlp["model"], F.cross_entropy, regularization=mlp["lam"], rtol=1e-8)
+    inf = CgInfluence(mlp["model"], F.cross_entropy, regularization=mlp["lam"])
     inf.fit((mlp["x"], mlp["y"]))
     widths: list[int] = []
-    original = inf.hvp
+    original = inf.curvature_matmat
 
-    def counting_hvp(v: torch.Tensor) -> torch.Tensor:
+    def counting(v: torch.Tensor, col_block: torch.Tensor) -> torch.Tensor:
         widths.append(v.shape[1])
-        return original(v)
+        return original(v, col_block)
 
-    monkeypatch.setattr(inf, "hvp", counting_hvp)
+    monkeypatch.setattr(inf, "curvature_matmat", counting)
     inf.test_factors(mlp["xt"], mlp["yt"])
     assert len(widths) == inf.n_iter_
     assert widths[0] == N_TEST  # all right-hand sides in the first product
@@ -228,7 +231,7 @@ def linreg():
     ("cls", "kwargs", "tol"),
     [
         (DirectInfluence, {}, 1e-10),
-        (CgInfluence, {"rtol": 1e-10, "atol": 0.0}, 1e-6),
+        (CgInfluence, {"rtol": 1e-6, "atol": 0.0}, 1e-6),
         (ArnoldiInfluence, {"rank": 4}, 1e-8),
     ],
 )
@@ -248,7 +251,7 @@ def test_ragged_batches_equal_one_batch(mlp, cls):
     """H is the Hessian of the mean over all points, not a mean of ragged batch Hessians."""
     kwargs: dict[str, Any] = {"rank": 43} if cls is ArnoldiInfluence else {}
     if cls is CgInfluence:
-        kwargs = {"rtol": 1e-10, "atol": 0.0}
+        kwargs = {"rtol": 1e-6, "atol": 0.0}
     ds = TensorDataset(mlp["x"], mlp["y"])
     one = cls(mlp["model"], F.cross_entropy, mlp["lam"], **kwargs).fit((mlp["x"], mlp["y"]))
     ragged = cls(mlp["model"], F.cross_entropy, mlp["lam"], batch_size=7, **kwargs).fit(
