@@ -7,8 +7,10 @@ every residual (:class:`~infl_array.torch.cg.CgInfluence`, ``preconditioner=``).
 * :class:`JacobiPreconditioner` (``num_samples_estimator=1``): ``M = diag(d) + lambda*Id`` with
   ``d`` Hutchinson's estimate of the diagonal of ``A``,
   ``d = 1/m sum_i u_i * (A u_i)`` over ``m`` standard normal vectors ``u_i``. Good for
-  diagonally dominant matrices. With few samples the estimate can be poor (even negative), as in
-  pyDVL; raise ``num_samples_estimator`` if CG reports a breakdown.
+  diagonally dominant matrices. The estimate is noisy and can be negative where the true
+  diagonal is positive; CG needs a positive definite preconditioner, so entries of
+  ``d + lambda`` that are not positive are replaced by the mean absolute entry (pyDVL 0.10 uses
+  them as they are, and its CG can then fail). Raising ``num_samples_estimator`` improves it.
 * :class:`NystroemPreconditioner` (``rank``): from a randomised Nystroem approximation
   ``A ~ U diag(s) U^T`` (:func:`~infl_array.torch.lowrank.nystroem_approximation`),
   ``M^-1 = (lambda + s_min) U diag(1/(s + lambda)) U^T + (Id - U U^T)``, with ``s_min`` the
@@ -180,6 +182,8 @@ class JacobiPreconditioner(Preconditioner):
     def _solve(self, rhs: torch.Tensor) -> torch.Tensor:
         assert self._diag is not None
         diag = self._diag if self._reg is None else self._diag + self._reg
+        floor = diag.abs().mean().clamp(min=torch.finfo(diag.dtype).tiny)
+        diag = torch.where(diag > 0, diag, floor)  # keep M positive definite (see module doc)
         return rhs / diag.unsqueeze(1)
 
     def config(self) -> dict[str, Any]:
