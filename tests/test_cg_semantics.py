@@ -181,3 +181,14 @@ def test_pydvl_linear_cg_cases_with_default_arguments(case: str, rtol: float, se
     old = CgInfluence(p["model"], F.mse_loss, p["lam"], tol_mode="scipy", **kwargs).fit(loader)
     old_err = np.abs(old.influences(*p["test"], x_train, y_train).numpy() - p["analytical"]).max()
     assert old_err / np.abs(p["analytical"]).max() > 10 * err
+
+
+def test_indefinite_system_warns_instead_of_returning_garbage_silently():
+    torch.manual_seed(0)
+    x, y = torch.randn(30, 3, dtype=torch.float64), torch.randint(0, 2, (30,))
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()  # untrained
+    h = hessian(model, F.cross_entropy, x, y)
+    assert float(torch.linalg.eigvalsh(h)[0]) + 0.1 < 0  # H + 0.1*Id is indefinite
+    inf = CgInfluence(model, F.cross_entropy, 0.1).fit((x, y))
+    with pytest.warns(ConvergenceWarning, match=r"regularization\*Id is not positive definite"):
+        inf.test_factors(x[:3], y[:3])

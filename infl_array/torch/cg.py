@@ -266,13 +266,12 @@ class CgInfluence(TorchInfluenceBase):
         if not self.warn_on_max_iteration:
             return
         if bool(breakdown.any()):
+            pre = "" if self.preconditioner is None else " or the preconditioner"
             warnings.warn(
                 f"CgInfluence: non-positive curvature met for {int(breakdown.sum())} of "
-                f"{b.shape[1]} systems (regularization={self.regularization}, "
-                f"preconditioner={type(self.preconditioner).__name__}): C + regularization*Id "
-                "or the preconditioner is not positive definite, so those solutions are "
-                "unreliable. Increase regularization, raise the preconditioner's samples or "
-                "rank, or use DirectInfluence.",
+                f"{b.shape[1]} systems (regularization={self.regularization}): C + "
+                f"regularization*Id{pre} is not positive definite, so those solutions are "
+                "unreliable. Increase regularization, or use DirectInfluence.",
                 ConvergenceWarning,
                 stacklevel=4,
             )

@@ -71,7 +71,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning"),
     pytest.mark.filterwarnings("ignore::DeprecationWarning:pydvl"),
     pytest.mark.filterwarnings("ignore::FutureWarning:pydvl"),
-    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.usefixtures("one_torch_thread"),  # tests/conftest.py
 ]
 
 TOL = 1e-6
@@ -79,14 +79,6 @@ N_TRAIN, N_TEST, BATCH = 40, 8, 10
 REPORT: dict[str, float] = {}
 GN = SecondOrderMode.GAUSS_NEWTON
 P_GN = PSecondOrderMode.GAUSS_NEWTON
-
-
-@pytest.fixture(scope="module")
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def record(name: str, value: float) -> float:
@@ -206,6 +198,13 @@ def our_values(model: Any, p: dict[str, Any]) -> np.ndarray:
     return model.influences(*p["test"], *p["train"]).detach().numpy()
 
 
+def check_same(name: str, om: Any, pm: Any, p: dict[str, Any], one_row: bool = False) -> float:
+    """Record ours vs pyDVL's relative difference and assert it is at most TOL."""
+    d = record(name, rel(our_values(om, p), pydvl_values(pm, p, one_row)))
+    assert d <= TOL
+    return d
+
+
 @contextmanager
 def pydvl_point_averaging_fixed() -> Iterator[None]:
     """pyDVL's Gauss-Newton/DataInf operators with ChunkAveraging (equal batches: the mean)."""
@@ -264,11 +263,7 @@ def test_direct(problem: dict[str, Any], structure: str) -> None:
     m, loss = problem["model"], problem["loss"]
     pm = pydvl_models.DirectInfluence(m, loss, 0.1, block_structure=pb).fit(problem["loader"])
     om = ours.DirectInfluence(m, loss, 0.1, block_structure=ob).fit(problem["loader"])
-    d = record(
-        f"direct {structure} {problem['name']}",
-        rel(our_values(om, problem), pydvl_values(pm, problem)),
-    )
-    assert d <= TOL
+    check_same(f"direct {structure} {problem['name']}", om, pm, problem)
 
 
 def test_direct_regularization_dict(problem: dict[str, Any]) -> None:
@@ -283,11 +278,7 @@ def test_direct_regularization_dict(problem: dict[str, Any]) -> None:
     ).fit(problem["loader"])
     om = ours.DirectInfluence(m, loss, reg, block_structure=BlockMode.PARAMETER_WISE)
     om.fit(problem["loader"])
-    d = record(
-        f"direct regularization dict {problem['name']}",
-        rel(our_values(om, problem), pydvl_values(pm, problem)),
-    )
-    assert d <= TOL
+    check_same(f"direct regularization dict {problem['name']}", om, pm, problem)
 
 
 # ------------------------------------------------------------------ CG
@@ -329,11 +320,8 @@ def test_cg_preconditioner(problem: dict[str, Any], kind: str, simultaneous: boo
     pm = pydvl_models.CgInfluence(
         m, loss, 0.1, preconditioner=make[1](), solve_simultaneously=simultaneous
     ).fit(problem["loader"])
-    d = record(
-        f"cg {kind} preconditioner simultaneous={simultaneous} {name}",
-        rel(our_values(om, problem), pydvl_values(pm, problem, one_row=not simultaneous)),
-    )
-    assert d <= TOL
+    label = f"cg {kind} preconditioner simultaneous={simultaneous} {name}"
+    check_same(label, om, pm, problem, one_row=not simultaneous)
 
 
 @pytest.mark.parametrize("structure", ["full", "layer_wise"])
@@ -347,11 +335,7 @@ def test_cg_gauss_newton(problem: dict[str, Any], structure: str) -> None:
     pm = pydvl_models.CgInfluence(
         m, loss, 0.1, solve_simultaneously=True, block_structure=pb, second_order_mode=P_GN
     ).fit(problem["loader"])
-    d = record(
-        f"cg gauss-newton {structure} {name}",
-        rel(our_values(om, problem), pydvl_values(pm, problem, True)),
-    )
-    assert d <= TOL
+    check_same(f"cg gauss-newton {structure} {name}", om, pm, problem, one_row=True)
 
 
 def test_direct_gauss_newton(problem: dict[str, Any]) -> None:
@@ -361,11 +345,7 @@ def test_direct_gauss_newton(problem: dict[str, Any]) -> None:
     pm = pydvl_models.CgInfluence(
         m, loss, 0.1, rtol=1e-7, atol=1e-9, solve_simultaneously=True, second_order_mode=P_GN
     ).fit(problem["loader"])
-    d = record(
-        f"direct gauss-newton vs pyDVL cg {name}",
-        rel(our_values(om, problem), pydvl_values(pm, problem, True)),
-    )
-    assert d <= TOL
+    check_same(f"direct gauss-newton vs pyDVL cg {name}", om, pm, problem, one_row=True)
 
 
 def test_ragged_batches(mlp: dict[str, Any]) -> None:
@@ -409,10 +389,7 @@ def test_lissa(problem: dict[str, Any], structure: str, mode: str) -> None:
         m, loss, 0.1, block_structure=pb, second_order_mode=PSecondOrderMode(mode), **kwargs
     )
     pm.fit(problem["full_loader"])
-    d = record(
-        f"lissa {mode} {structure} {name}", rel(our_values(om, problem), pydvl_values(pm, problem))
-    )
-    assert d <= TOL
+    check_same(f"lissa {mode} {structure} {name}", om, pm, problem)
 
 
 # ------------------------------------------------------------------ Arnoldi
@@ -448,11 +425,7 @@ def test_arnoldi(problem: dict[str, Any], structure: str, mode: str, woodbury: b
             use_woodbury=woodbury,
         )
         pm.fit(problem["loader"])
-    d = record(
-        f"arnoldi {mode} {structure} woodbury={woodbury} {name}",
-        rel(our_values(om, problem), pydvl_values(pm, problem)),
-    )
-    assert d <= TOL
+    check_same(f"arnoldi {mode} {structure} woodbury={woodbury} {name}", om, pm, problem)
 
 
 # ------------------------------------------------------------------ Nystroem
@@ -482,11 +455,7 @@ def test_nystroem_same_sketch(problem: dict[str, Any], structure: str, mode: str
             m, loss, 0.1, rank=4, block_structure=ob, second_order_mode=SecondOrderMode(mode)
         )
         om.fit(problem["loader"])
-    d = record(
-        f"nystroem {mode} {structure} {name}",
-        rel(our_values(om, problem), pydvl_values(pm, problem)),
-    )
-    assert d <= TOL
+    check_same(f"nystroem {mode} {structure} {name}", om, pm, problem)
 
 
 # ------------------------------------------------------------------ DataInf
@@ -499,10 +468,7 @@ def test_inverse_harmonic_mean(problem: dict[str, Any], structure: str) -> None:
     om = ours.InverseHarmonicMeanInfluence(m, loss, 0.1, block_structure=ob).fit(problem["loader"])
     pm = pydvl_models.InverseHarmonicMeanInfluence(m, loss, 0.1, block_structure=pb)
     pm.fit(problem["loader"])
-    d = record(
-        f"datainf {structure} {name}", rel(our_values(om, problem), pydvl_values(pm, problem, True))
-    )
-    assert d <= TOL
+    check_same(f"datainf {structure} {name}", om, pm, problem, one_row=True)
 
 
 # ------------------------------------------------------------------ linear model: closed form
