@@ -30,6 +30,7 @@ from infl_array.torch import (
     ArnoldiInfluence,
     BlockMode,
     CgInfluence,
+    ConvergenceWarning,
     DirectInfluence,
     InverseHarmonicMeanInfluence,
     JacobiPreconditioner,
@@ -610,3 +611,10 @@ def test_rank_above_n_params_raises_and_small_blocks_keep_all(mlp):
     inf.fit(mlp["train"])
     assert [lr.vectors.shape[1] for lr in inf.low_rank_] == [20, 5, 15, 3]
     assert rel(_values(inf, mlp), _exact(mlp, "parameter_wise")) < 1e-8
+
+
+def test_arnoldi_not_converging_warns_with_the_fix(mlp):
+    with pytest.warns(ConvergenceWarning, match="ARPACK did not converge.*Increase max_iter"):
+        ArnoldiInfluence(mlp["model"], mlp["loss"], LAM, rank=6, max_iter=1, tol=0).fit(
+            mlp["train"]
+        )

@@ -235,6 +235,12 @@ class ArnoldiInfluence(TorchInfluenceBase):
         """Top-``k`` eigenpairs of block ``b`` by ``eigsh``, checked for missed copies."""
         flat = self._require_fit()
         vals, vecs = self._eigsh(b, size, k, None, 0)
+        if vals.size == 0:
+            raise RuntimeError(
+                f"ArnoldiInfluence: ARPACK found no eigenpair of block {self._blocks.names[b]!r} "
+                f"(max_iter={self.max_iter}, tol={self.tol}); increase max_iter or "
+                "krylov_dimension, or loosen tol."
+            )
         delta = max(10 * self.tol, 1e-8)
         verified = False
         for round_ in range(1, self.rank + 1):
