@@ -19,25 +19,21 @@ The cost of a model-backed matrix is one inverse-Hessian solve per test point, o
 per train point and one matrix product. Blocks are computed in tiles
 (:func:`~infl_array.plan.plan_tiles`), so each test factor is computed once and each train
 factor once per tile, when the source memoises factors (its ``factor_reuse`` capability).
-Writing overlaps computing: checked blocks go to a writer thread (compression and the atomic
-chunk write release the GIL), with at most :data:`MAX_WRITES_IN_FLIGHT` blocks in flight, so
-memory stays bounded. A block counts as computed once its write has finished; threads of one
-process compute a block once.
+Writing overlaps computing, and fills share their work with other fillers of the store
+(:mod:`infl_array.work`); threads of one process compute a block once.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from infl_array.cache import SMALL_READ_BLOCKS, BlockCache, assemble
-from infl_array.errors import MissingBlockError, add_note
+from infl_array.errors import MissingBlockError
 from infl_array.grid import BlockCoords, BlockGrid
 from infl_array.indexing import AxisSel
 from infl_array.plan import (
@@ -53,12 +49,10 @@ from infl_array.progress import counter_bar, progress_bar
 from infl_array.sources import BlockSource
 from infl_array.store import MATRIX_NAME, InfluenceStore
 from infl_array.validate import checked_block
+from infl_array.work import compute_blocks
 
 LIST_THRESHOLD = 32
 """Above this many unknown blocks one listing of the store is cheaper than one check each."""
-
-MAX_WRITES_IN_FLIGHT = 4
-"""Computed blocks waiting for (or in) their write at most."""
 
 READ_PROGRESS_DELAY_S = 2.0
 """A read that computes blocks shows a progress bar once it has taken this long."""
@@ -256,9 +250,9 @@ class BlockEngine:
         values = self.block_values(coords)
         self.grid.write_block(coords, values)
         self.mark_computed(coords)
-        self._remember(coords, values)
+        self.remember(coords, values)
 
-    def _remember(self, coords: BlockCoords, values: np.ndarray) -> None:
+    def remember(self, coords: BlockCoords, values: np.ndarray) -> None:
         """Cache freshly computed values, when they are exactly what the store holds."""
         if self.store.meta.compression.keepbits is None:
             self.cache.put(coords, values)
@@ -281,7 +275,7 @@ class BlockEngine:
         capacity = reuse.factor_budget_bytes - 2 * int(per_sample * min(block_cols, self.shape[1]))
         return plan_tiles(blocks, lambda i: int(per_sample * len(rows_of(i))), capacity)
 
-    def _prefetch(self, tile: list[BlockCoords]) -> None:
+    def prefetch(self, tile: list[BlockCoords]) -> None:
         """Compute a tile's test factors in one call per run of block rows (one batched solve)."""
         reuse = self.source.factor_reuse if self.source is not None else None
         if reuse is None or len(tile) <= 1:
@@ -295,68 +289,17 @@ class BlockEngine:
         self,
         blocks: list[BlockCoords],
         on_done: Callable[[BlockCoords], None] | None = None,
-        recheck: bool = False,
+        share: bool = False,
         cache_values: bool = True,
     ) -> int:
         """Compute and store ``blocks``, tile by tile; returns how many this call wrote.
 
-        With ``recheck``, each block's existence is checked again just before computing it (one
-        stat), so concurrent fillers of one store skip what another finished meanwhile. With
-        ``cache_values`` (reads), computed blocks also go to the decoded-block cache; ``fill``
-        does not read them, so it leaves the cache alone. ``on_done(coords)`` is called for
-        every block that is in the store afterwards (written or found).
+        See :func:`infl_array.work.compute_blocks`: with ``share`` (fills) the work is shared
+        with other fillers of the store through claims; ``cache_values`` (reads) puts computed
+        blocks in the decoded-block cache; ``on_done(coords)`` is called for every block in the
+        store afterwards.
         """
-        if not blocks:
-            return 0
-        pending: deque[tuple[BlockCoords, Future[None]]] = deque()
-        values_of: dict[BlockCoords, np.ndarray] = {}
-        written = 0
-
-        def finish_one() -> None:
-            nonlocal written
-            coords, future = pending.popleft()
-            future.result()
-            self.mark_computed(coords)
-            values = values_of.pop(coords)
-            if cache_values:
-                self._remember(coords, values)
-            written += 1
-            if on_done is not None:
-                on_done(coords)
-
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="infl-array-writer") as writer:
-            try:
-                for tile in self.tiles(blocks):
-                    self._prefetch(tile)
-                    for coords in tile:
-                        if recheck and self.grid.has_blocks([coords]):
-                            self.mark_computed(coords, by_us=False)
-                            if on_done is not None:
-                                on_done(coords)
-                            continue
-                        values = values_of[coords] = self.block_values(coords)
-                        future = writer.submit(self.grid.write_block, coords, values)
-                        pending.append((coords, future))
-                        while len(pending) >= MAX_WRITES_IN_FLIGHT:
-                            finish_one()
-                while pending:
-                    finish_one()
-            except KeyboardInterrupt as exc:
-                kept = written + sum(f.exception() is None for _, f in pending)
-                add_note(
-                    exc,
-                    f"infl_array: interrupted; {kept} of the {len(blocks)} blocks being computed "
-                    "were finished and are kept in the store. Nothing is lost: read again or "
-                    "call arr.fill() to compute only what is still missing.",
-                )
-                raise
-            finally:
-                # an error (or an interrupt) stops computing; writes already submitted
-                # complete, and every block they wrote is complete in the store
-                for coords, future in pending:
-                    if future.exception() is None:
-                        self.mark_computed(coords)
-        return written
+        return compute_blocks(self, blocks, on_done, share=share, cache_values=cache_values)
 
     # ------------------------------------------------------------------ reading
     def _from_cache(self, blocks: list[BlockCoords]) -> bool:

@@ -41,7 +41,7 @@ def fill_store(engine: BlockEngine, *, progress: bool, workers: int | None, clie
     bar = counter_bar(len(missing), progress)
     try:
         return engine.compute(
-            missing, on_done=lambda _: bar.update(1), recheck=True, cache_values=False
+            missing, on_done=lambda _: bar.update(1), share=True, cache_values=False
         )
     finally:
         bar.close()
@@ -51,7 +51,7 @@ def compute_task(engine: BlockEngine, blocks: list[BlockCoords]) -> int:
     """Compute those of ``blocks`` that are still missing; returns how many it wrote."""
     present = engine.grid.has_blocks(blocks)
     missing = [c for c in blocks if c not in present]
-    return engine.compute(missing, recheck=True, cache_values=False)
+    return engine.compute(missing, share=True, cache_values=False)
 
 
 _WORKER_ENGINE: BlockEngine | None = None

@@ -55,7 +55,7 @@ class BlockGrid:
         self.name = array.path  # e.g. "influence" or "factors/train"
         self.where = where
         self.read_only = bool(array.store.read_only)
-        self._zarr_store = array.store
+        self.zarr_store = array.store
         self._dir = None if local_root is None else local_root.joinpath(*self.name.split("/"), "c")
         self.ndim = array.ndim
         if self.ndim == 1:
@@ -92,7 +92,7 @@ class BlockGrid:
         else:
             prefix = f"{self.name}/c/"
             pattern = re.compile(r"^(\d+)$" if self.ndim == 1 else r"^(\d+)/(\d+)$")
-            for key in list_prefix(self._zarr_store, prefix):
+            for key in list_prefix(self.zarr_store, prefix):
                 m = pattern.match(key[len(prefix) :])
                 if m:
                     ij = (0, int(m.group(1))) if self.ndim == 1 else (int(m[1]), int(m[2]))
@@ -110,7 +110,7 @@ class BlockGrid:
         return {
             c
             for c in coords
-            if key_exists(self._zarr_store, prefix + "/".join(self._chunk_parts(c)))
+            if key_exists(self.zarr_store, prefix + "/".join(self._chunk_parts(c)))
         }
 
     # ------------------------------------------------------------------ writes
