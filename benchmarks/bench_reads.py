@@ -128,7 +128,7 @@ def read_cases(path: str, quick: bool) -> list[Case]:
     off = [Case(n, partial(k, a), zr, r, t) for n, k, zr, r, t in reads]
     asarray = Case("full read `np.asarray(arr)`", lambda: np.asarray(a), lambda: z[:, :], big, 1.3)
     off.insert(1, asarray)
-    for c in off[2:]:  # same values on both sides, once (the full reads: compared at the end)
+    for c in off[2:]:  # same values on both sides, once (all but the two full reads)
         np.testing.assert_array_equal(np.asarray(c.ours()), np.asarray(c.zarr()), err_msg=c.name)
     # the warm-up read fills the cache (reads of more than 8 blocks bypass it unless all their
     # blocks are cached), the timed ones repeat it
