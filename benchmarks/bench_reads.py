@@ -40,7 +40,7 @@ from typing import Any
 
 import numcodecs
 import numpy as np
-import report
+import results_md
 import zarr
 from harness import (
     FirstRead,
@@ -55,7 +55,7 @@ from harness import (
 )
 from reads_data import BLOCK, SHAPE, cheap_block, matmul_factory, t_block
 from reads_micro import bench_codecs, bench_planning, codecs_markdown, planning_markdown
-from report import fmt_t, table
+from results_md import fmt_t, table
 
 import infl_array as ia
 
@@ -163,7 +163,7 @@ def measure(case: Case) -> dict[str, Any]:
         "ratio_min": min(ta) / min(tb),
         "ratio_cpu": median(ca) / median(cb),
         "target": target,
-        "met": report.yes_no(None if case.target is None else ratio <= case.target),
+        "met": results_md.yes_no(None if case.target is None else ratio <= case.target),
         "reps": case.reps,
         "spread": (min(ta), max(ta), min(tb), max(tb)),
         "cache": cache,
@@ -348,7 +348,7 @@ def reads_machine_info() -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
-    report.add_output_args(parser)
+    results_md.add_output_args(parser)
     args = parser.parse_args(argv)
     info = reads_machine_info()
     log("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
@@ -363,11 +363,13 @@ def main(argv: list[str] | None = None) -> int:
         log("4. first (computing) read against cached read")
         first = bench_first_vs_cached(workdir, args.quick)
     flags = ["--quick"] if args.quick else []
-    lines = report.section_head(SECTION, report.command("bench_reads.py", flags), info, t.lap())
+    lines = results_md.section_head(
+        SECTION, results_md.command("bench_reads.py", flags), info, t.lap()
+    )
     for part in (reads_markdown(reads, store), planning_markdown(plans), codecs_markdown(codecs)):
         lines += ["", *part]
     lines += ["", *first_markdown(first), ""]
-    report.publish(SECTION, "\n".join(lines), args)
+    results_md.publish(SECTION, "\n".join(lines), args)
     return 0
 
 

@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import report
+import results_md
 from harness import (
     ROOT,
     VENV_PY,
@@ -212,12 +212,12 @@ def drive(args: argparse.Namespace, argv: list[str]) -> int:
         shown = {k: v for k, v in results[key].items() if not str(k).startswith("profile")}
         print(json.dumps({key: shown}, default=str), flush=True)
     total = t_all.lap()
-    flags = report.shown_args(argv)
-    text = markdown(info, report.command("bench_speed.py", flags), results, total)
+    flags = results_md.shown_args(argv)
+    text = markdown(info, results_md.command("bench_speed.py", flags), results, total)
     if args.json:
         meta = {"_info": info, "_flags": flags, "_total": total}
         Path(args.json).write_text(json.dumps({**results, **meta}, indent=1, default=str))
-    report.publish(SECTION, text, args)
+    results_md.publish(SECTION, text, args)
     return 0
 
 
@@ -228,7 +228,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--skip-slow-cg", action="store_true", help="skip pyDVL's one-at-a-time CG (~5 min)"
     )
     parser.add_argument("--cases", default=",".join(ALL_CASES), help="comma-separated subset")
-    report.add_output_args(parser)
+    results_md.add_output_args(parser)
     parser.add_argument("--json", help="also write the raw results to this file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)

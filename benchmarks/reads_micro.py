@@ -20,7 +20,7 @@ import numpy as np
 from harness import log, median, timed
 from numcodecs import CRC32C, BitRound, Blosc, Zstd
 from reads_data import BLOCK, lowrank_block, t_block
-from report import fmt_t, table, yes_no
+from results_md import fmt_t, table, yes_no
 
 from infl_array import indexing
 from infl_array.plan import plan_outer

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import report
+import results_md
 from harness import ROOT, Timer, machine_info, scratch_dir
 from soak_procs import SHAPE, TIMEOUT_S, block_sel, expected, grid_of, values
 
@@ -285,8 +285,8 @@ def soak_markdown(args: argparse.Namespace, totals: dict[str, int], wall: float)
     flags += ["--seed", args.seed]
     info = machine_info(("numpy", "zarr", "dask", "infl_array"))
     bad = sum(totals[k] for k in FAILURES)
-    lines = report.section_head(
-        SECTION, report.command("soak.py", [str(f) for f in flags]), info, wall
+    lines = results_md.section_head(
+        SECTION, results_md.command("soak.py", [str(f) for f in flags]), info, wall
     )
     lines += [
         "",
@@ -299,7 +299,9 @@ def soak_markdown(args: argparse.Namespace, totals: dict[str, int], wall: float)
         "is checked (decode, checksum, values), a new `fill()` must compute exactly the "
         "missing blocks, and the final matrix is compared.",
         "",
-        *report.table(["measure", "value"], [(k.replace("_", " "), v) for k, v in totals.items()]),
+        *results_md.table(
+            ["measure", "value"], [(k.replace("_", " "), v) for k, v in totals.items()]
+        ),
         "",
         f"Blocks lost or wrong: **{totals['blocks_lost'] + totals['blocks_wrong']}** "
         f"(target 0); all checks {'passed' if bad == 0 else 'FAILED'}.",
@@ -314,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fillers", type=int, default=3)
     parser.add_argument("--delay", type=float, default=0.005, help="seconds per block")
     parser.add_argument("--seed", type=int, default=0)
-    report.add_output_args(parser)
+    results_md.add_output_args(parser)
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
     t = Timer()
@@ -331,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     totals = totals_of(results)
-    report.publish(SECTION, soak_markdown(args, totals, t.lap()), args)
+    results_md.publish(SECTION, soak_markdown(args, totals, t.lap()), args)
     return 0 if sum(totals[k] for k in FAILURES) == 0 else 1
 
 

@@ -30,7 +30,7 @@ from harness import (
     repeat,
     scratch_dir,
 )
-from report import fmt_t
+from results_md import fmt_t
 from speed_models import caught_warnings, make_problem, ours_fill, rel_diff, setup_torch
 
 

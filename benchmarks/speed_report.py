@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from harness import median
-from report import fmt_mb, fmt_t, section_head, table, yes_no
+from results_md import fmt_mb, fmt_t, section_head, table, yes_no
 
 SECTION = "## Speed (issue 4)"
 Part = tuple[list[list[str]], list[str]]
