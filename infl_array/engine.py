@@ -25,8 +25,9 @@ Writing overlaps computing, and fills share their work with other fillers of the
 
 from __future__ import annotations
 
+import dataclasses
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,7 +61,7 @@ READ_PROGRESS_DELAY_S = 2.0
 
 @dataclass(frozen=True)
 class ArrayStats:
-    """Work done for an array by this process (a snapshot).
+    """Work done for an array by this process and the workers of its fills (a snapshot).
 
     Attributes
     ----------
@@ -118,8 +119,11 @@ class BlockEngine:
         self.read_progress = True
         """Whether reads that compute blocks for more than a few seconds show a progress bar."""
         self.blocks_computed = 0
+        self._worker_counts: dict[str, int] = {}
         self._known: set[BlockCoords] = set()
         self._compute_lock = threading.Lock()
+        self.task_lock = threading.Lock()
+        """Held by a fill task running on this engine (tasks of one worker run one at a time)."""
 
     # ------------------------------------------------------------------ geometry
     @property
@@ -149,9 +153,9 @@ class BlockEngine:
         return [(i, j) for i in range(g0) for j in range(g1)]
 
     def stats(self) -> ArrayStats:
-        """What this engine (and its source) computed so far."""
-        counts = self.source.stats if self.source is not None else {}
-        return ArrayStats(
+        """What this engine, its source and its fills' workers computed so far."""
+        counts = dict(self.source.stats) if self.source is not None else {}
+        local = ArrayStats(
             blocks_computed=self.blocks_computed,
             test_factors=int(counts.get("test_factors", 0)),
             train_factors=int(counts.get("train_factors", 0)),
@@ -159,6 +163,14 @@ class BlockEngine:
             factor_hits=int(counts.get("hits", 0)),
             factor_reads=int(counts.get("factor_reads", 0)),
         )
+        return ArrayStats(
+            **{k: v + self._worker_counts.get(k, 0) for k, v in dataclasses.asdict(local).items()}
+        )
+
+    def add_worker_stats(self, counts: Mapping[str, int]) -> None:
+        """Add what a fill's worker computed (fields of :class:`ArrayStats`)."""
+        for key, value in counts.items():
+            self._worker_counts[key] = self._worker_counts.get(key, 0) + int(value)
 
     # ------------------------------------------------------------------ block state
     def refresh(self) -> set[BlockCoords]:

@@ -1,26 +1,66 @@
 """Filling a store: compute every missing block, here, in local processes or on dask.
 
-Work is cut into tasks of whole block rows (:func:`~infl_array.plan.row_tasks`: one test block
-against the train blocks it lacks), so a model-backed array computes each test factor once per
-task. Every block is written atomically, so filling may be interrupted at any moment and run by
-several processes or machines at once on the same store: a block is either complete in the
-store or absent, and a later fill computes only what is still absent. Before computing a block
-a worker checks again that no other filler has written it in the meantime. A fill first removes
-the temporary files that killed writers left behind (only those old enough to have no live
-writer, see :meth:`~infl_array.grid.BlockGrid.clean_partials`), and refuses a read-only store
-before computing anything.
+In this process, the missing blocks are computed in tiles (:mod:`infl_array.work`); factors
+come from the memo or the store, so each is computed once. Across workers (``workers=N``
+processes, or a dask ``client``) the fill is planned as tasks (:func:`plan_fill`) so that each
+factor is still computed once per fill, whatever the number of workers:
+
+1. *Factors first* (sources with factors kept in the store, :mod:`infl_array.factors`): this
+   process computes one train and one test factor block (which fixes which sides the store
+   keeps), then the remaining factor blocks the missing blocks need are split into tasks, each
+   block in exactly one task: train blocks in groups, test blocks in contiguous runs (one
+   batched solve each). Workers store them.
+2. *Blocks*: the missing blocks in groups of whole block columns (each train block in one
+   task; its test factors are read from the store), or of whole block rows when only the train
+   side is kept, or of block rows for plain block functions.
+
+Every task shares its work with other fillers through claims (:mod:`infl_array.claims`), so
+several ``fill()`` calls on one store (processes or machines) split the blocks between them,
+and a block is either complete in the store or absent whatever is killed. A fill first removes
+temporary files that killed writers left behind (only those old enough to have no live writer,
+see :meth:`~infl_array.grid.BlockGrid.clean_partials`), and refuses a read-only store before
+computing anything.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from typing import Any
 
 from infl_array.engine import BlockEngine
+from infl_array.errors import add_note
 from infl_array.grid import BlockCoords
 from infl_array.plan import row_tasks
 from infl_array.progress import counter_bar
+
+TASKS_PER_WORKER = 4
+"""Block tasks per worker: enough to balance uneven tasks, few enough to keep factor reads low."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """One unit of a fill: factor blocks of one side, or a group of matrix blocks.
+
+    Attributes
+    ----------
+    kind : str
+        ``"train"`` or ``"test"`` (factor blocks), or ``"blocks"``.
+    items : tuple
+        Factor block indices, or block coordinates.
+    """
+
+    kind: str
+    items: tuple[Any, ...]
+
+    @property
+    def n_blocks(self) -> int:
+        """Matrix blocks the task completes (for progress)."""
+        return len(self.items) if self.kind == "blocks" else 0
 
 
 def fill_store(engine: BlockEngine, *, progress: bool, workers: int | None, client: Any) -> int:
@@ -34,24 +74,109 @@ def fill_store(engine: BlockEngine, *, progress: bool, workers: int | None, clie
     if not missing:
         return 0
     engine.grid.check_writable()
+    if client is None and (workers is None or workers == 1):
+        bar = counter_bar(len(missing), progress)
+        try:
+            return engine.compute(
+                missing, on_done=lambda _: bar.update(1), share=True, cache_values=False
+            )
+        finally:
+            bar.close()
+    n_workers = workers or max(1, len(client.scheduler_info()["workers"]))
+    tasks = plan_fill(engine, missing, n_workers)
     if client is not None:
-        return _fill_dask(engine, missing, client, progress)
-    if workers is not None and workers > 1:
-        return _fill_processes(engine, missing, workers, progress)
-    bar = counter_bar(len(missing), progress)
-    try:
-        return engine.compute(
-            missing, on_done=lambda _: bar.update(1), share=True, cache_values=False
-        )
-    finally:
-        bar.close()
+        from infl_array.dask_fill import run_on_dask
+
+        done = run_on_dask(engine, tasks, client, len(missing), progress)
+    else:
+        assert workers is not None
+        done = _run_on_processes(engine, tasks, workers, len(missing), progress)
+    engine.refresh()
+    return done
 
 
-def compute_task(engine: BlockEngine, blocks: list[BlockCoords]) -> int:
-    """Compute those of ``blocks`` that are still missing; returns how many it wrote."""
-    present = engine.grid.has_blocks(blocks)
-    missing = [c for c in blocks if c not in present]
-    return engine.compute(missing, share=True, cache_values=False)
+def plan_fill(engine: BlockEngine, missing: list[BlockCoords], workers: int) -> list[list[Task]]:
+    """The tasks of a fill across ``workers``, in phases (see the module docstring).
+
+    Each phase's tasks may run in any order and at once; a phase starts when the previous one
+    is done. Factor blocks already in the store are left out.
+    """
+    reuse = engine.source.factor_reuse if engine.source is not None else None
+    store = reuse.factor_store if reuse is not None else None
+    if reuse is None or store is None:
+        return [[Task("blocks", tuple(t)) for t in row_tasks(missing)]]
+    rows = sorted({i for i, _ in missing})
+    cols = sorted({j for _, j in missing})
+    # one block of each side here: it fixes which sides the store keeps (and is needed anyway)
+    reuse.prefetch(rows=store.bounds("test", rows[0]), cols=store.bounds("train", cols[0]))
+    factor_tasks = []
+    if store.exists("train"):
+        todo = [j for j in cols if j not in store.present("train")]
+        factor_tasks += [Task("train", tuple(g)) for g in _split(todo, workers * 2)]
+    if store.exists("test"):
+        todo = [i for i in rows if i not in store.present("test")]
+        factor_tasks += [Task("test", tuple(g)) for g in _split(todo, workers)]
+    by_rows = store.exists("train") and not store.exists("test")
+    axis = 0 if by_rows else 1
+    groups = _split(rows if by_rows else cols, workers * TASKS_PER_WORKER)
+    block_tasks = [
+        Task("blocks", tuple(c for c in missing if c[axis] in set(g))) for g in groups if g
+    ]
+    return [t for t in ([factor_tasks] if factor_tasks else []) + [block_tasks] if t]
+
+
+def _split(items: list[int], n: int) -> list[list[int]]:
+    """``items`` in at most ``n`` contiguous groups of nearly equal size."""
+    n = max(1, min(n, len(items)))
+    size, extra = divmod(len(items), n)
+    out, start = [], 0
+    for k in range(n):
+        stop = start + size + (k < extra)
+        if stop > start:
+            out.append(items[start:stop])
+        start = stop
+    return out
+
+
+def run_task(engine: BlockEngine, task: Task) -> dict[str, int]:
+    """Do one task on ``engine`` (in a worker); returns what it computed (counts).
+
+    Tasks on one engine run one at a time (a dask worker's threads share it), so the counts
+    are the task's own; the model's computations use the threads themselves.
+    """
+    with engine.task_lock:
+        return _run_task(engine, task)
+
+
+def _run_task(engine: BlockEngine, task: Task) -> dict[str, int]:
+    before = dataclasses.asdict(engine.stats())
+    if task.kind == "blocks":
+        present = engine.grid.has_blocks(task.items)
+        todo = [c for c in task.items if c not in present]
+        engine.compute(todo, share=True, cache_values=False)
+    else:
+        reuse = engine.source.factor_reuse if engine.source is not None else None
+        store = reuse.factor_store if reuse is not None else None
+        assert reuse is not None and store is not None
+        for first, last in _contiguous(list(task.items)):
+            span = range(store.bounds(task.kind, first).start, store.bounds(task.kind, last).stop)
+            if task.kind == "test":
+                reuse.prefetch(rows=span)
+            else:
+                for b in range(first, last + 1):  # one train block at a time: bounded memory
+                    reuse.prefetch(cols=store.bounds("train", b))
+    after = dataclasses.asdict(engine.stats())
+    return {k: int(after[k] - before[k]) for k in after}
+
+
+def _contiguous(items: list[int]) -> Iterable[tuple[int, int]]:
+    start = prev = items[0]
+    for b in items[1:]:
+        if b != prev + 1:
+            yield start, prev
+            start = b
+        prev = b
+    yield start, prev
 
 
 _WORKER_ENGINE: BlockEngine | None = None
@@ -62,48 +187,73 @@ def _init_worker(engine: BlockEngine) -> None:
     _WORKER_ENGINE = engine
 
 
-def _worker_task(blocks: list[BlockCoords]) -> int:
+def _worker_task(task: Task) -> dict[str, int]:
     assert _WORKER_ENGINE is not None
-    return compute_task(_WORKER_ENGINE, blocks)
+    return run_task(_WORKER_ENGINE, task)
 
 
-def _fill_processes(
-    engine: BlockEngine, missing: list[BlockCoords], workers: int, progress: bool
+def run_phases(
+    phases: list[list[Task]],
+    submit: Callable[[Task], Any],
+    completed: Callable[[list[Any]], Iterable[Any]],
+    result: Callable[[Any], dict[str, int]],
+    on_task: Callable[[Task, dict[str, int]], None],
+) -> None:
+    """Run ``phases`` of tasks through an executor's ``submit``/``completed``/``result``."""
+    for phase in phases:
+        futures = {}
+        for task in phase:
+            futures[submit(task)] = task
+        for future in completed(list(futures)):
+            on_task(futures[future], result(future))
+
+
+class FillProgress:
+    """Counts what the workers of a fill did: blocks for the bar, factor work for stats."""
+
+    def __init__(self, engine: BlockEngine, total: int, progress: bool) -> None:
+        self.engine, self.bar = engine, counter_bar(total, progress)
+        self.written = 0
+
+    def on_task(self, task: Task, counts: dict[str, int]) -> None:
+        self.written += counts.get("blocks_computed", 0)
+        self.engine.add_worker_stats(counts)
+        self.bar.update(task.n_blocks)
+
+    def kept_note(self, exc: BaseException, what: str) -> None:
+        add_note(
+            exc,
+            f"infl_array: {what}; the {self.written} blocks this fill finished are kept in the "
+            f"store ({len(self.engine.refresh())} of {len(self.engine.all_blocks())} in all). "
+            "Nothing is lost: call fill() again to compute only what is still missing.",
+        )
+
+
+def _run_on_processes(
+    engine: BlockEngine, phases: list[list[Task]], workers: int, total: int, progress: bool
 ) -> int:
-    tasks = row_tasks(missing)
+    state = FillProgress(engine, total, progress)
     context = multiprocessing.get_context("spawn")
-    done = 0
-    bar = counter_bar(len(missing), progress)
     with ProcessPoolExecutor(
         max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(engine,)
     ) as pool:
-        futures = {pool.submit(_worker_task, task): len(task) for task in tasks}
+        submitted: list[Any] = []
+
+        def submit(task: Task) -> Any:
+            submitted.append(pool.submit(_worker_task, task))
+            return submitted[-1]
+
         try:
-            for future in as_completed(futures):
-                done += future.result()
-                bar.update(futures[future])
-        except BaseException:
-            # one task failed (or we were interrupted): start no more, re-raise at once
-            for future in futures:
-                future.cancel()
+            run_phases(phases, submit, as_completed, lambda f: f.result(), state.on_task)
+        except BrokenProcessPool as exc:
+            state.kept_note(exc, "a worker process died (killed, or out of memory)")
             raise
-    bar.close()
-    engine.refresh()
-    return done
-
-
-def _fill_dask(engine: BlockEngine, missing: list[BlockCoords], client: Any, progress: bool) -> int:
-    from distributed import as_completed as dask_as_completed
-
-    tasks = row_tasks(missing)
-    [engine_future] = client.scatter([engine], broadcast=True)
-    futures = client.map(compute_task, [engine_future] * len(tasks), tasks, pure=False)
-    sizes = {f.key: len(t) for f, t in zip(futures, tasks, strict=True)}
-    bar = counter_bar(len(missing), progress)
-    done = 0
-    for future in dask_as_completed(futures):
-        done += future.result()
-        bar.update(sizes[future.key])
-    bar.close()
-    engine.refresh()
-    return done
+        except BaseException as exc:
+            # one task failed (or we were interrupted): start no more, re-raise at once
+            for future in submitted:
+                future.cancel()
+            state.kept_note(exc, "the fill stopped")
+            raise
+        finally:
+            state.bar.close()
+    return state.written
