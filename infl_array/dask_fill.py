@@ -22,7 +22,7 @@ import pickle
 from typing import Any
 
 from infl_array.engine import BlockEngine
-from infl_array.fill import FillProgress, Task, run_phases, run_task
+from infl_array.fill_tasks import FillProgress, Task, run_phases, run_task
 
 RETRIES = 3
 """Times a task is retried after its worker died."""

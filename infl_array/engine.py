@@ -10,8 +10,8 @@ Known blocks
 ------------
 A block is computed exactly when its chunk exists in the store. What has been seen in the store
 is remembered (a block once there stays there), so only blocks not yet seen are looked up
-again: one existence check each, or one listing of the store when more than
-:data:`LIST_THRESHOLD` are unknown.
+again: one existence check each, or, when more than :data:`LIST_THRESHOLD` are unknown, one
+listing of each block row they are in (of the whole array when they span most rows).
 
 Computing
 ---------
@@ -203,7 +203,9 @@ class BlockEngine:
         if not unknown:
             return 0
         if len(unknown) > LIST_THRESHOLD:
-            self._known |= self.grid.list_computed()
+            rows = {i for i, _ in unknown}
+            few = len(rows) <= max(1, self.grid_shape[0] // 2)
+            self._known |= self.grid.list_computed(rows if few else None)
         else:
             self._known |= self.grid.has_blocks(unknown)
         missing = [b for b in dict.fromkeys(unknown) if b not in self._known]
@@ -395,13 +397,18 @@ class BlockEngine:
             )
         return {
             "spec": self.store.spec,
+            "storage_options": self.store.storage_options,
             "grid": self.grid.name,
             "source": self.source,
             "missing_fix": self.missing_fix,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        store = InfluenceStore.open(state["spec"], read_only=state["source"] is None)
+        store = InfluenceStore.open(
+            state["spec"],
+            read_only=state["source"] is None,
+            storage_options=state["storage_options"],
+        )
         grid = store.matrix if state["grid"] == MATRIX_NAME else store.side_grid(state["grid"])
         if grid is None:
             raise FileNotFoundError(

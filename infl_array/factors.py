@@ -187,7 +187,12 @@ class FactorStore:
             self._claims.close()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"spec": self.store.spec, "budget_bytes": self.budget_bytes}
+        return {
+            "spec": self.store.spec,
+            "storage_options": self.store.storage_options,
+            "budget_bytes": self.budget_bytes,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(InfluenceStore.open(state["spec"]), state["budget_bytes"])  # type: ignore[misc]
+        store = InfluenceStore.open(state["spec"], storage_options=state["storage_options"])
+        self.__init__(store, state["budget_bytes"])  # type: ignore[misc]

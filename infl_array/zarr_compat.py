@@ -96,5 +96,9 @@ def delete_key(store: Any, key: str) -> None:
 
 
 def size_under(store: Any, prefix: str) -> int:
-    """Bytes stored under ``prefix`` (one listing)."""
+    """Bytes stored under ``prefix``: one listing with sizes on fsspec stores (S3, GCS, ...),
+    zarr's listing and sizing elsewhere."""
+    fs, root = getattr(store, "fs", None), getattr(store, "path", None)
+    if fs is not None and root is not None and hasattr(fs, "_du"):
+        return int(_sync(fs._du(f"{root.rstrip('/')}/{prefix}", total=True)))
     return int(_sync(store.getsize_prefix(prefix)))
