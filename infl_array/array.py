@@ -61,6 +61,7 @@ class InfluenceArray(LazyArray):
         dtype: str = "float32",
         overwrite: bool = False,
         compression: Compression | None = None,
+        storage_options: dict[str, Any] | None = None,
     ) -> InfluenceArray:
         """A new store whose blocks ``fn(rows: range, cols: range)`` computes on demand.
 
@@ -79,10 +80,13 @@ class InfluenceArray(LazyArray):
             Replace an existing infl_array store; otherwise ``FileExistsError``.
         compression
             :class:`~infl_array.meta.Compression`; lossless by default.
+        storage_options
+            fsspec options of a URL store, e.g. ``{"endpoint_url": ..., "key": ...}``.
         """
         source = FunctionSource(fn)
+        shape = _as_pair(shape, "shape")
         return cls._new(
-            store, source, _as_pair(shape, "shape"), block_shape, dtype, overwrite, compression
+            store, source, shape, block_shape, dtype, overwrite, compression, storage_options
         )
 
     @classmethod
@@ -99,6 +103,7 @@ class InfluenceArray(LazyArray):
         compression: Compression | None = None,
         factor_budget_bytes: int = 1 << 30,
         factor_disk_budget_bytes: int = DEFAULT_FACTOR_DISK_BUDGET,
+        storage_options: dict[str, Any] | None = None,
     ) -> InfluenceArray:
         """A new store of the influence of ``train`` on ``test`` under a fitted ``model``.
 
@@ -109,14 +114,24 @@ class InfluenceArray(LazyArray):
         ``DataLoader`` over a map-style dataset. ``factor_budget_bytes`` bounds the memory
         used to reuse per-sample factors across blocks; ``factor_disk_budget_bytes`` the bytes
         each side's factors may take in the store (:mod:`infl_array.factors`; 0 keeps them in
-        memory only). Needs the ``torch`` extra.
+        memory only); ``storage_options`` the fsspec options of a URL store. Needs the
+        ``torch`` extra.
         """
         _as_pair(block_shape, "block_shape")
         _dtype_name(dtype)
-        InfluenceStore.check_creatable(store, overwrite=overwrite)
+        InfluenceStore.check_creatable(store, overwrite=overwrite, storage_options=storage_options)
         source = _model_source(model, test, train, factor_budget_bytes)
         assert source.shape is not None
-        arr = cls._new(store, source, source.shape, block_shape, dtype, overwrite, compression)
+        arr = cls._new(
+            store,
+            source,
+            source.shape,
+            block_shape,
+            dtype,
+            overwrite,
+            compression,
+            storage_options,
+        )
         _attach_factor_store(arr._engine, factor_disk_budget_bytes)
         return arr
 
@@ -130,6 +145,7 @@ class InfluenceArray(LazyArray):
         dtype: str,
         overwrite: bool,
         compression: Compression | None,
+        storage_options: dict[str, Any] | None,
     ) -> InfluenceArray:
         meta = StoreMeta(
             shape=shape,
@@ -139,7 +155,9 @@ class InfluenceArray(LazyArray):
             fingerprints=source.fingerprints(),
             compression=compression or Compression(),
         )
-        opened = InfluenceStore.create(store, meta, overwrite=overwrite)
+        opened = InfluenceStore.create(
+            store, meta, overwrite=overwrite, storage_options=storage_options
+        )
         source.set_output_dtype(np.dtype(meta.dtype))
         return cls(BlockEngine(opened, opened.matrix, source))
 
@@ -294,6 +312,7 @@ def open_array(
     dtype: str | None = None,
     factor_budget_bytes: int = 1 << 30,
     factor_disk_budget_bytes: int = DEFAULT_FACTOR_DISK_BUDGET,
+    storage_options: dict[str, Any] | None = None,
 ) -> InfluenceArray:
     """Open an existing store.
 
@@ -302,6 +321,7 @@ def open_array(
     or ``ia.open(store, fn=fn)`` can compute missing blocks. Whatever is given must match what
     the store was created with (model parameters, data, backend settings, ``block_shape``,
     ``dtype``), else :class:`~infl_array.errors.StaleCacheError` names what differs.
+    ``storage_options`` are the fsspec options of a URL store (credentials, endpoint).
     """
     if model is not None and fn is not None:
         raise TypeError(
@@ -320,7 +340,7 @@ def open_array(
     if fn is not None and not callable(fn):
         raise TypeError(f"fn must be callable as fn(rows, cols); got {type(fn).__name__}.")
     computing = model is not None or fn is not None
-    opened = InfluenceStore.open(store, read_only=not computing)
+    opened = InfluenceStore.open(store, read_only=not computing, storage_options=storage_options)
     meta = opened.meta
     given: dict[str, tuple[Any, Any]] = {}
     if block_shape is not None:

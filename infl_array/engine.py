@@ -10,8 +10,8 @@ Known blocks
 ------------
 A block is computed exactly when its chunk exists in the store. What has been seen in the store
 is remembered (a block once there stays there), so only blocks not yet seen are looked up
-again: one existence check each, or one listing of the store when more than
-:data:`LIST_THRESHOLD` are unknown.
+again: one existence check each, or, when more than :data:`LIST_THRESHOLD` are unknown, one
+listing of each block row they are in (of the whole array when they span most rows).
 
 Computing
 ---------
@@ -19,25 +19,22 @@ The cost of a model-backed matrix is one inverse-Hessian solve per test point, o
 per train point and one matrix product. Blocks are computed in tiles
 (:func:`~infl_array.plan.plan_tiles`), so each test factor is computed once and each train
 factor once per tile, when the source memoises factors (its ``factor_reuse`` capability).
-Writing overlaps computing: checked blocks go to a writer thread (compression and the atomic
-chunk write release the GIL), with at most :data:`MAX_WRITES_IN_FLIGHT` blocks in flight, so
-memory stays bounded. A block counts as computed once its write has finished; threads of one
-process compute a block once.
+Writing overlaps computing, and fills share their work with other fillers of the store
+(:mod:`infl_array.work`); threads of one process compute a block once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from infl_array.cache import SMALL_READ_BLOCKS, BlockCache, assemble
-from infl_array.errors import MissingBlockError, add_note
+from infl_array.errors import MissingBlockError
 from infl_array.grid import BlockCoords, BlockGrid
 from infl_array.indexing import AxisSel
 from infl_array.plan import (
@@ -53,12 +50,10 @@ from infl_array.progress import counter_bar, progress_bar
 from infl_array.sources import BlockSource
 from infl_array.store import MATRIX_NAME, InfluenceStore
 from infl_array.validate import checked_block
+from infl_array.work import compute_blocks
 
 LIST_THRESHOLD = 32
 """Above this many unknown blocks one listing of the store is cheaper than one check each."""
-
-MAX_WRITES_IN_FLIGHT = 4
-"""Computed blocks waiting for (or in) their write at most."""
 
 READ_PROGRESS_DELAY_S = 2.0
 """A read that computes blocks shows a progress bar once it has taken this long."""
@@ -66,7 +61,7 @@ READ_PROGRESS_DELAY_S = 2.0
 
 @dataclass(frozen=True)
 class ArrayStats:
-    """Work done for an array by this process (a snapshot).
+    """Work done for an array by this process and the workers of its fills (a snapshot).
 
     Attributes
     ----------
@@ -124,8 +119,11 @@ class BlockEngine:
         self.read_progress = True
         """Whether reads that compute blocks for more than a few seconds show a progress bar."""
         self.blocks_computed = 0
+        self._worker_counts: dict[str, int] = {}
         self._known: set[BlockCoords] = set()
         self._compute_lock = threading.Lock()
+        self.task_lock = threading.Lock()
+        """Held by a fill task running on this engine (tasks of one worker run one at a time)."""
 
     # ------------------------------------------------------------------ geometry
     @property
@@ -155,9 +153,9 @@ class BlockEngine:
         return [(i, j) for i in range(g0) for j in range(g1)]
 
     def stats(self) -> ArrayStats:
-        """What this engine (and its source) computed so far."""
-        counts = self.source.stats if self.source is not None else {}
-        return ArrayStats(
+        """What this engine, its source and its fills' workers computed so far."""
+        counts = dict(self.source.stats) if self.source is not None else {}
+        local = ArrayStats(
             blocks_computed=self.blocks_computed,
             test_factors=int(counts.get("test_factors", 0)),
             train_factors=int(counts.get("train_factors", 0)),
@@ -165,6 +163,14 @@ class BlockEngine:
             factor_hits=int(counts.get("hits", 0)),
             factor_reads=int(counts.get("factor_reads", 0)),
         )
+        return ArrayStats(
+            **{k: v + self._worker_counts.get(k, 0) for k, v in dataclasses.asdict(local).items()}
+        )
+
+    def add_worker_stats(self, counts: Mapping[str, int]) -> None:
+        """Add what a fill's worker computed (fields of :class:`ArrayStats`)."""
+        for key, value in counts.items():
+            self._worker_counts[key] = self._worker_counts.get(key, 0) + int(value)
 
     # ------------------------------------------------------------------ block state
     def refresh(self) -> set[BlockCoords]:
@@ -197,7 +203,9 @@ class BlockEngine:
         if not unknown:
             return 0
         if len(unknown) > LIST_THRESHOLD:
-            self._known |= self.grid.list_computed()
+            rows = {i for i, _ in unknown}
+            few = len(rows) <= max(1, self.grid_shape[0] // 2)
+            self._known |= self.grid.list_computed(rows if few else None)
         else:
             self._known |= self.grid.has_blocks(unknown)
         missing = [b for b in dict.fromkeys(unknown) if b not in self._known]
@@ -256,9 +264,9 @@ class BlockEngine:
         values = self.block_values(coords)
         self.grid.write_block(coords, values)
         self.mark_computed(coords)
-        self._remember(coords, values)
+        self.remember(coords, values)
 
-    def _remember(self, coords: BlockCoords, values: np.ndarray) -> None:
+    def remember(self, coords: BlockCoords, values: np.ndarray) -> None:
         """Cache freshly computed values, when they are exactly what the store holds."""
         if self.store.meta.compression.keepbits is None:
             self.cache.put(coords, values)
@@ -281,7 +289,7 @@ class BlockEngine:
         capacity = reuse.factor_budget_bytes - 2 * int(per_sample * min(block_cols, self.shape[1]))
         return plan_tiles(blocks, lambda i: int(per_sample * len(rows_of(i))), capacity)
 
-    def _prefetch(self, tile: list[BlockCoords]) -> None:
+    def prefetch(self, tile: list[BlockCoords]) -> None:
         """Compute a tile's test factors in one call per run of block rows (one batched solve)."""
         reuse = self.source.factor_reuse if self.source is not None else None
         if reuse is None or len(tile) <= 1:
@@ -295,68 +303,17 @@ class BlockEngine:
         self,
         blocks: list[BlockCoords],
         on_done: Callable[[BlockCoords], None] | None = None,
-        recheck: bool = False,
+        share: bool = False,
         cache_values: bool = True,
     ) -> int:
         """Compute and store ``blocks``, tile by tile; returns how many this call wrote.
 
-        With ``recheck``, each block's existence is checked again just before computing it (one
-        stat), so concurrent fillers of one store skip what another finished meanwhile. With
-        ``cache_values`` (reads), computed blocks also go to the decoded-block cache; ``fill``
-        does not read them, so it leaves the cache alone. ``on_done(coords)`` is called for
-        every block that is in the store afterwards (written or found).
+        See :func:`infl_array.work.compute_blocks`: with ``share`` (fills) the work is shared
+        with other fillers of the store through claims; ``cache_values`` (reads) puts computed
+        blocks in the decoded-block cache; ``on_done(coords)`` is called for every block in the
+        store afterwards.
         """
-        if not blocks:
-            return 0
-        pending: deque[tuple[BlockCoords, Future[None]]] = deque()
-        values_of: dict[BlockCoords, np.ndarray] = {}
-        written = 0
-
-        def finish_one() -> None:
-            nonlocal written
-            coords, future = pending.popleft()
-            future.result()
-            self.mark_computed(coords)
-            values = values_of.pop(coords)
-            if cache_values:
-                self._remember(coords, values)
-            written += 1
-            if on_done is not None:
-                on_done(coords)
-
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="infl-array-writer") as writer:
-            try:
-                for tile in self.tiles(blocks):
-                    self._prefetch(tile)
-                    for coords in tile:
-                        if recheck and self.grid.has_blocks([coords]):
-                            self.mark_computed(coords, by_us=False)
-                            if on_done is not None:
-                                on_done(coords)
-                            continue
-                        values = values_of[coords] = self.block_values(coords)
-                        future = writer.submit(self.grid.write_block, coords, values)
-                        pending.append((coords, future))
-                        while len(pending) >= MAX_WRITES_IN_FLIGHT:
-                            finish_one()
-                while pending:
-                    finish_one()
-            except KeyboardInterrupt as exc:
-                kept = written + sum(f.exception() is None for _, f in pending)
-                add_note(
-                    exc,
-                    f"infl_array: interrupted; {kept} of the {len(blocks)} blocks being computed "
-                    "were finished and are kept in the store. Nothing is lost: read again or "
-                    "call arr.fill() to compute only what is still missing.",
-                )
-                raise
-            finally:
-                # an error (or an interrupt) stops computing; writes already submitted
-                # complete, and every block they wrote is complete in the store
-                for coords, future in pending:
-                    if future.exception() is None:
-                        self.mark_computed(coords)
-        return written
+        return compute_blocks(self, blocks, on_done, share=share, cache_values=cache_values)
 
     # ------------------------------------------------------------------ reading
     def _from_cache(self, blocks: list[BlockCoords]) -> bool:
@@ -440,13 +397,18 @@ class BlockEngine:
             )
         return {
             "spec": self.store.spec,
+            "storage_options": self.store.storage_options,
             "grid": self.grid.name,
             "source": self.source,
             "missing_fix": self.missing_fix,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        store = InfluenceStore.open(state["spec"], read_only=state["source"] is None)
+        store = InfluenceStore.open(
+            state["spec"],
+            read_only=state["source"] is None,
+            storage_options=state["storage_options"],
+        )
         grid = store.matrix if state["grid"] == MATRIX_NAME else store.side_grid(state["grid"])
         if grid is None:
             raise FileNotFoundError(

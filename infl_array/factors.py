@@ -16,6 +16,8 @@ exists is always used. The decision depends only on sizes, so every process fill
 decides alike. Stored factors are what lets workers on other processes or machines compute
 each factor once per fill (one process computes a factor block, all others read it), a
 resumed fill skip the factors it already has, and a new test set reuse the train side.
+Processes computing a stored side claim its blocks first (:mod:`infl_array.claims`): a block
+another live process is computing is waited for and read, not computed again.
 
 This module knows numpy and zarr (through :mod:`infl_array.store`), not torch.
 """
@@ -24,10 +26,12 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 from typing import Any
 
 import numpy as np
 
+from infl_array.claims import ClaimBook
 from infl_array.errors import CorruptBlockError
 from infl_array.grid import BlockGrid
 from infl_array.store import FACTORS_GROUP, InfluenceStore
@@ -64,6 +68,7 @@ class FactorStore:
         self.budget_bytes = int(budget_bytes)
         self._grids: dict[str, BlockGrid | None] = {}
         self._lock = threading.Lock()
+        self._claims: ClaimBook | None = None
 
     # ------------------------------------------------------------------ geometry
     def block_len(self, side: str) -> int:
@@ -103,6 +108,10 @@ class FactorStore:
         except OSError:
             return 0
 
+    def exists(self, side: str) -> bool:
+        """Whether factors of ``side`` are kept in the store (its array exists)."""
+        return self._grid(side) is not None
+
     def present(self, side: str) -> set[int]:
         """Factor blocks of ``side`` in the store (one listing)."""
         grid = self._grid(side)
@@ -141,13 +150,49 @@ class FactorStore:
         grid.write_block((b, 0), np.ascontiguousarray(values))
         return True
 
+    # ------------------------------------------------------------------ sharing with processes
+    def claim(self, side: str, b: int) -> bool:
+        """Claim factor block ``b`` of ``side`` (see :mod:`infl_array.claims`)."""
+        if self._claims is None:
+            matrix = self.store.matrix
+            self._claims = ClaimBook(matrix.zarr_store, f"{matrix.name}/claims/")
+        return self._claims.try_claim(f"factors.{side}.{b}")
+
+    def release(self, side: str, b: int) -> None:
+        """Release the claim on factor block ``b`` of ``side``."""
+        if self._claims is not None:
+            self._claims.release(f"factors.{side}.{b}")
+
+    def wait(self, side: str, b: int) -> np.ndarray | None:
+        """Factor block ``b`` once another process has stored it; None when that process is
+        gone (its claim expired) and the block must be computed here."""
+        pause = 0.02
+        while True:
+            found = self.get(side, b)
+            if found is not None:
+                return found
+            if self.claim(side, b):
+                return None
+            time.sleep(pause)
+            pause = min(2 * pause, 1.0)
+
     def stored_bytes(self) -> int:
         """Bytes the stored factors take (local stores; 0 where unknown)."""
         return sum(g.stored_bytes() for g in (self._grid(s) for s in SIDES) if g is not None)
 
     # ------------------------------------------------------------------ pickling (workers)
+    def close(self) -> None:
+        """Release the claims this process holds."""
+        if self._claims is not None:
+            self._claims.close()
+
     def __getstate__(self) -> dict[str, Any]:
-        return {"spec": self.store.spec, "budget_bytes": self.budget_bytes}
+        return {
+            "spec": self.store.spec,
+            "storage_options": self.store.storage_options,
+            "budget_bytes": self.budget_bytes,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(InfluenceStore.open(state["spec"]), state["budget_bytes"])  # type: ignore[misc]
+        store = InfluenceStore.open(state["spec"], storage_options=state["storage_options"])
+        self.__init__(store, state["budget_bytes"])  # type: ignore[misc]

@@ -1,25 +1,37 @@
 """Filling a store: compute every missing block, here, in local processes or on dask.
 
-Work is cut into tasks of whole block rows (:func:`~infl_array.plan.row_tasks`: one test block
-against the train blocks it lacks), so a model-backed array computes each test factor once per
-task. Every block is written atomically, so filling may be interrupted at any moment and run by
-several processes or machines at once on the same store: a block is either complete in the
-store or absent, and a later fill computes only what is still absent. Before computing a block
-a worker checks again that no other filler has written it in the meantime. A fill first removes
-the temporary files that killed writers left behind (only those old enough to have no live
-writer, see :meth:`~infl_array.grid.BlockGrid.clean_partials`), and refuses a read-only store
-before computing anything.
+In this process, the missing blocks are computed in tiles (:mod:`infl_array.work`); factors
+come from the memo or the store, so each is computed once. Across workers (``workers=N``
+processes, or a dask ``client``) the fill is planned as tasks (:func:`plan_fill`) so that each
+factor is still computed once per fill, whatever the number of workers:
+
+1. *Factors first* (sources with factors kept in the store, :mod:`infl_array.factors`): this
+   process computes one train and one test factor block (which fixes which sides the store
+   keeps), then the remaining factor blocks the missing blocks need are split into tasks, each
+   block in exactly one task: train blocks in groups, test blocks in contiguous runs (one
+   batched solve each). Workers store them.
+2. *Blocks*: the missing blocks in groups of whole block columns (each train block in one
+   task; its test factors are read from the store), or of whole block rows when only the train
+   side is kept, or of block rows for plain block functions.
+
+Every task shares its work with other fillers through claims (:mod:`infl_array.claims`), so
+several ``fill()`` calls on one store (processes or machines) split the blocks between them,
+and a block is either complete in the store or absent whatever is killed. A fill first removes
+temporary files that killed writers left behind (only those old enough to have no live writer,
+see :meth:`~infl_array.grid.BlockGrid.clean_partials`), and refuses a read-only store before
+computing anything.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+from infl_array.dask_fill import run_on_dask
 from infl_array.engine import BlockEngine
-from infl_array.grid import BlockCoords
-from infl_array.plan import row_tasks
+from infl_array.fill_tasks import FillProgress, Task, plan_fill, run_phases, run_task
 from infl_array.progress import counter_bar
 
 
@@ -34,24 +46,23 @@ def fill_store(engine: BlockEngine, *, progress: bool, workers: int | None, clie
     if not missing:
         return 0
     engine.grid.check_writable()
+    if client is None and (workers is None or workers == 1):
+        bar = counter_bar(len(missing), progress)
+        try:
+            return engine.compute(
+                missing, on_done=lambda _: bar.update(1), share=True, cache_values=False
+            )
+        finally:
+            bar.close()
+    n_workers = workers or max(1, len(client.scheduler_info()["workers"]))
+    tasks = plan_fill(engine, missing, n_workers)
     if client is not None:
-        return _fill_dask(engine, missing, client, progress)
-    if workers is not None and workers > 1:
-        return _fill_processes(engine, missing, workers, progress)
-    bar = counter_bar(len(missing), progress)
-    try:
-        return engine.compute(
-            missing, on_done=lambda _: bar.update(1), recheck=True, cache_values=False
-        )
-    finally:
-        bar.close()
-
-
-def compute_task(engine: BlockEngine, blocks: list[BlockCoords]) -> int:
-    """Compute those of ``blocks`` that are still missing; returns how many it wrote."""
-    present = engine.grid.has_blocks(blocks)
-    missing = [c for c in blocks if c not in present]
-    return engine.compute(missing, recheck=True, cache_values=False)
+        done = run_on_dask(engine, tasks, client, len(missing), progress)
+    else:
+        assert workers is not None
+        done = _run_on_processes(engine, tasks, workers, len(missing), progress)
+    engine.refresh()
+    return done
 
 
 _WORKER_ENGINE: BlockEngine | None = None
@@ -62,48 +73,36 @@ def _init_worker(engine: BlockEngine) -> None:
     _WORKER_ENGINE = engine
 
 
-def _worker_task(blocks: list[BlockCoords]) -> int:
+def _worker_task(task: Task) -> dict[str, int]:
     assert _WORKER_ENGINE is not None
-    return compute_task(_WORKER_ENGINE, blocks)
+    return run_task(_WORKER_ENGINE, task)
 
 
-def _fill_processes(
-    engine: BlockEngine, missing: list[BlockCoords], workers: int, progress: bool
+def _run_on_processes(
+    engine: BlockEngine, phases: list[list[Task]], workers: int, total: int, progress: bool
 ) -> int:
-    tasks = row_tasks(missing)
+    state = FillProgress(engine, total, progress)
     context = multiprocessing.get_context("spawn")
-    done = 0
-    bar = counter_bar(len(missing), progress)
     with ProcessPoolExecutor(
         max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(engine,)
     ) as pool:
-        futures = {pool.submit(_worker_task, task): len(task) for task in tasks}
+        submitted: list[Any] = []
+
+        def submit(task: Task) -> Any:
+            submitted.append(pool.submit(_worker_task, task))
+            return submitted[-1]
+
         try:
-            for future in as_completed(futures):
-                done += future.result()
-                bar.update(futures[future])
-        except BaseException:
-            # one task failed (or we were interrupted): start no more, re-raise at once
-            for future in futures:
-                future.cancel()
+            run_phases(phases, submit, as_completed, lambda f: f.result(), state.on_task)
+        except BrokenProcessPool as exc:
+            state.kept_note(exc, "a worker process died (killed, or out of memory)")
             raise
-    bar.close()
-    engine.refresh()
-    return done
-
-
-def _fill_dask(engine: BlockEngine, missing: list[BlockCoords], client: Any, progress: bool) -> int:
-    from distributed import as_completed as dask_as_completed
-
-    tasks = row_tasks(missing)
-    [engine_future] = client.scatter([engine], broadcast=True)
-    futures = client.map(compute_task, [engine_future] * len(tasks), tasks, pure=False)
-    sizes = {f.key: len(t) for f, t in zip(futures, tasks, strict=True)}
-    bar = counter_bar(len(missing), progress)
-    done = 0
-    for future in dask_as_completed(futures):
-        done += future.result()
-        bar.update(sizes[future.key])
-    bar.close()
-    engine.refresh()
-    return done
+        except BaseException as exc:
+            # one task failed (or we were interrupted): start no more, re-raise at once
+            for future in submitted:
+                future.cancel()
+            state.kept_note(exc, "the fill stopped")
+            raise
+        finally:
+            state.bar.close()
+    return state.written

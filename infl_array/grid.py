@@ -27,12 +27,19 @@ import numpy as np
 import zarr
 
 from infl_array.errors import CorruptBlockError
-from infl_array.zarr_compat import empty_chunks_kept, keep_empty_chunks, key_exists, list_prefix
+from infl_array.zarr_compat import (
+    empty_chunks_kept,
+    keep_empty_chunks,
+    key_exists,
+    list_prefix,
+    size_under,
+)
 
 BlockCoords = tuple[int, int]
 
 # zarr's LocalStore writes a chunk to "<j>.<uuid4 hex>.partial", then renames it to "<j>"
 _PARTIAL_NAME = re.compile(r"^\d+\.[0-9a-f]+\.partial$")
+_CLAIM_PARTIAL_NAME = re.compile(r"^[0-9a-z_.]+\.[0-9a-f]{32}\.partial$")
 PARTIAL_MIN_AGE_S = 3600.0
 """Temporary block files younger than this (by mtime) may belong to a live writer."""
 
@@ -55,7 +62,7 @@ class BlockGrid:
         self.name = array.path  # e.g. "influence" or "factors/train"
         self.where = where
         self.read_only = bool(array.store.read_only)
-        self._zarr_store = array.store
+        self.zarr_store = array.store
         self._dir = None if local_root is None else local_root.joinpath(*self.name.split("/"), "c")
         self.ndim = array.ndim
         if self.ndim == 1:
@@ -84,19 +91,25 @@ class BlockGrid:
         return (cols,) if self.ndim == 1 else (rows, cols)
 
     # ------------------------------------------------------------------ which blocks exist
-    def list_computed(self) -> set[BlockCoords]:
-        """Every block whose chunk exists (temporary files of killed writers are ignored)."""
+    def list_computed(self, rows: Iterable[int] | None = None) -> set[BlockCoords]:
+        """Every block whose chunk exists (temporary files of killed writers are ignored).
+
+        With ``rows``, only those block rows are listed (one listing each: on an object store,
+        reading a few rows of a large store does not list all of it).
+        """
         found: set[BlockCoords] = set()
         if self._dir is not None:
-            found = _list_local(self._dir, self.ndim)
+            found = _list_local(self._dir, self.ndim, None if rows is None else set(rows))
         else:
-            prefix = f"{self.name}/c/"
+            base = f"{self.name}/c/"
             pattern = re.compile(r"^(\d+)$" if self.ndim == 1 else r"^(\d+)/(\d+)$")
-            for key in list_prefix(self._zarr_store, prefix):
-                m = pattern.match(key[len(prefix) :])
-                if m:
-                    ij = (0, int(m.group(1))) if self.ndim == 1 else (int(m[1]), int(m[2]))
-                    found.add(ij)
+            prefixes = [base] if rows is None or self.ndim == 1 else [f"{base}{i}/" for i in rows]
+            for prefix in prefixes:
+                for key in list_prefix(self.zarr_store, prefix):
+                    m = pattern.match(key[len(base) :])
+                    if m:
+                        ij = (0, int(m.group(1))) if self.ndim == 1 else (int(m[1]), int(m[2]))
+                        found.add(ij)
         g0, g1 = self.grid_shape
         return {c for c in found if c[0] < g0 and c[1] < g1}
 
@@ -110,7 +123,7 @@ class BlockGrid:
         return {
             c
             for c in coords
-            if key_exists(self._zarr_store, prefix + "/".join(self._chunk_parts(c)))
+            if key_exists(self.zarr_store, prefix + "/".join(self._chunk_parts(c)))
         }
 
     # ------------------------------------------------------------------ writes
@@ -210,16 +223,19 @@ class BlockGrid:
         writer resume after being suspended for longer (SIGSTOP, a sleeping laptop), its rename
         fails and that block write raises: the block is absent, never wrong, and a later
         ``fill()`` computes it. Stores that are not local directories have no such files.
+        Claim objects (:mod:`infl_array.claims`) are written the same way and cleaned alike.
         Files that vanish or cannot be removed meanwhile are skipped.
         """
         if self._dir is None or self.read_only:
             return 0
         cutoff = time.time() - min_age_s
         removed = 0
-        for folder in _chunk_folders(self._dir, self.ndim):
+        claims = str(self._dir.parent / "claims")  # claim objects are written the same way
+        for folder in [*_chunk_folders(self._dir, self.ndim), claims]:
+            pattern = _CLAIM_PARTIAL_NAME if folder == claims else _PARTIAL_NAME
             try:
                 with os.scandir(folder) as entries:
-                    partials = [e for e in entries if _PARTIAL_NAME.match(e.name)]
+                    partials = [e for e in entries if pattern.match(e.name)]
             except OSError:
                 continue
             for entry in partials:
@@ -233,9 +249,9 @@ class BlockGrid:
         return removed
 
     def stored_bytes(self) -> int:
-        """Bytes of all block files (local stores; 0 where unknown)."""
+        """Bytes of all stored blocks (a walk of a local directory, one listing elsewhere)."""
         if self._dir is None:
-            return 0
+            return size_under(self.zarr_store, f"{self.name}/c/")
         total = 0
         for dirpath, _, files in os.walk(self._dir):
             for name in files:
@@ -254,9 +270,13 @@ def _chunk_folders(base: Path, ndim: int) -> list[str]:
         return []
 
 
-def _list_local(base: Path, ndim: int) -> set[BlockCoords]:
+def _list_local(base: Path, ndim: int, rows: set[int] | None = None) -> set[BlockCoords]:
     found: set[BlockCoords] = set()
-    for folder in _chunk_folders(base, ndim):
+    if rows is not None and ndim == 2:
+        folders = [str(base / str(i)) for i in sorted(rows)]
+    else:
+        folders = _chunk_folders(base, ndim)
+    for folder in folders:
         i = 0 if ndim == 1 else int(os.path.basename(folder))
         try:
             with os.scandir(folder) as entries:

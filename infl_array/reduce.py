@@ -9,7 +9,7 @@ dtype, as numpy returns them. Ties in arg-reductions and ``top_k`` go to the low
 
 from __future__ import annotations
 
-import functools
+import uuid
 from typing import Any
 
 import numpy as np
@@ -154,23 +154,30 @@ def top_k(engine: BlockEngine, k: Any, axis: Any = 1, largest: bool = True) -> t
     return values, indices
 
 
-def _dask_block(engine: BlockEngine, block_id: tuple[int, int] | None = None) -> np.ndarray:
-    assert block_id is not None
-    return engine.read_block((int(block_id[0]), int(block_id[1])))
+def _dask_block(engine: BlockEngine, coords: tuple[int, int]) -> np.ndarray:
+    return engine.read_block(coords)
 
 
 def to_dask(engine: BlockEngine) -> Any:
-    """A dask array with one chunk per block; a chunk reads (or computes) its block."""
+    """A dask array with one chunk per block; a chunk reads (or computes) its block.
+
+    The engine (model, data, store address) is one node of the graph that every chunk task
+    depends on, so a distributed scheduler ships it to each worker once, where its tasks share
+    one factor memo and decoded-block cache; the graph holds it once, not once per task.
+    """
     import dask.array as da
+    from dask.highlevelgraph import HighLevelGraph
 
     chunks = tuple(
         tuple(min(b, n - s) for s in range(0, n, b))
         for n, b in zip(engine.shape, engine.block_shape, strict=True)
     )
-    return da.map_blocks(
-        functools.partial(_dask_block, engine),
-        chunks=chunks,
-        dtype=engine.dtype,
-        meta=np.empty((0, 0), dtype=engine.dtype),
-        name=f"influence-{id(engine):x}",
-    )
+    name = f"influence-{uuid.uuid4().hex}"
+    engine_key = f"{name}-engine"
+    layer: dict[Any, Any] = {engine_key: engine}
+    g0, g1 = engine.grid_shape
+    for i in range(g0):
+        for j in range(g1):
+            layer[(name, i, j)] = (_dask_block, engine_key, (i, j))
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=())
+    return da.Array(graph, name, chunks, meta=np.empty((0, 0), dtype=engine.dtype))

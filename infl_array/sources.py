@@ -54,6 +54,11 @@ class FactorReuse(Protocol):
         """Keep factors in ``factor_store`` (by whole blocks), or in memory only (None)."""
         ...
 
+    @property
+    def factor_store(self) -> FactorStore | None:
+        """The attached factor store, or None."""
+        ...
+
     def prefetch(self, rows: range | None = None, cols: range | None = None) -> None:
         """Compute and memoise the factors of ``test[rows]`` and ``train[cols]`` now (a hint)."""
         ...

@@ -53,6 +53,8 @@ class InfluenceStore:
     ----------
     spec : object
         The store argument it was opened with (path, URL or zarr Store): workers reopen it.
+    storage_options : dict or None
+        fsspec options of a URL store (credentials, endpoint), passed on to workers.
     where : str
         How messages name the store.
     meta : StoreMeta
@@ -63,8 +65,16 @@ class InfluenceStore:
         Whether nothing may be written.
     """
 
-    def __init__(self, spec: Any, group: zarr.Group, matrix: zarr.Array, meta: StoreMeta) -> None:
+    def __init__(
+        self,
+        spec: Any,
+        group: zarr.Group,
+        matrix: zarr.Array,
+        meta: StoreMeta,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
         self.spec = spec
+        self.storage_options = dict(storage_options) if storage_options else None
         self.where = describe_store(spec)
         self.group = group
         self.meta = meta
@@ -84,8 +94,11 @@ class InfluenceStore:
 
     # ------------------------------------------------------------------ create / open
     @staticmethod
-    def check_creatable(store: Any, *, overwrite: bool) -> None:
+    def check_creatable(
+        store: Any, *, overwrite: bool, storage_options: Mapping[str, Any] | None = None
+    ) -> None:
         """Raise unless a new store may be created at ``store`` (before any computation)."""
+        store = _zarr_store(store, storage_options=storage_options)
         path = _local_path(store)
         if path is not None:
             _check_local_dir(path, creating=True)
@@ -111,10 +124,18 @@ class InfluenceStore:
             )
 
     @classmethod
-    def create(cls, store: Any, meta: StoreMeta, *, overwrite: bool = False) -> InfluenceStore:
+    def create(
+        cls,
+        store: Any,
+        meta: StoreMeta,
+        *,
+        overwrite: bool = False,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> InfluenceStore:
         """Create a new store; ``FileExistsError`` if one exists and ``overwrite`` is false."""
-        cls.check_creatable(store, overwrite=overwrite)
-        group = zarr.open_group(_zarr_store(store), mode="w", zarr_format=3)
+        cls.check_creatable(store, overwrite=overwrite, storage_options=storage_options)
+        zstore = _zarr_store(store, storage_options=storage_options)
+        group = zarr.open_group(zstore, mode="w", zarr_format=3)
         array = _create_array(
             group,
             MATRIX_NAME,
@@ -126,10 +147,17 @@ class InfluenceStore:
         )
         # attrs last: a store whose attrs exist is fully created
         group.attrs.update({ATTRS_KEY: meta.to_json()})
-        return cls(store, group, array, StoreMeta.from_json(meta.to_json(), describe_store(store)))
+        recorded = StoreMeta.from_json(meta.to_json(), describe_store(store))
+        return cls(store, group, array, recorded, storage_options)
 
     @classmethod
-    def open(cls, store: Any, *, read_only: bool = False) -> InfluenceStore:
+    def open(
+        cls,
+        store: Any,
+        *,
+        read_only: bool = False,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> InfluenceStore:
         """Open an existing store; clear errors for anything that is not one."""
         where = describe_store(store)
         path = _local_path(store)
@@ -140,9 +168,8 @@ class InfluenceStore:
         read_only = read_only or _store_read_only(store)
         try:
             with lossy_codec_warning_silenced():
-                group = zarr.open_group(
-                    _zarr_store(store, read_only=read_only), mode="r" if read_only else "r+"
-                )
+                zstore = _zarr_store(store, read_only=read_only, storage_options=storage_options)
+                group = zarr.open_group(zstore, mode="r" if read_only else "r+")
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError) as exc:
             raise NotAStoreError(
                 f"{where} is not an infl_array store: no zarr group there. Create one with "
@@ -187,7 +214,7 @@ class InfluenceStore:
                 f"the store records block_shape {meta.block_shape} and dtype {meta.dtype}. Its "
                 "metadata is damaged; recreate the store with overwrite=True."
             )
-        return cls(store, group, array, meta)
+        return cls(store, group, array, meta, storage_options)
 
     # ------------------------------------------------------------------ arrays beside the matrix
     def side_grid(self, name: str) -> BlockGrid | None:
@@ -283,9 +310,19 @@ def _create_array(
 
 
 def describe_store(store: Any) -> str:
-    """A short human name for a store argument, for messages."""
+    """A short human name for a store argument, for messages: its path or URL when it has one.
+
+    Examples
+    --------
+    >>> describe_store("s3://bucket/run1.zarr")
+    "'s3://bucket/run1.zarr'"
+    """
     if isinstance(store, str | os.PathLike):
         return repr(os.fspath(store))
+    fs, path = getattr(store, "fs", None), getattr(store, "path", None)
+    if fs is not None and path is not None:
+        protocol = fs.protocol[0] if isinstance(fs.protocol, tuple | list) else fs.protocol
+        return repr(f"{protocol}://{path}")
     root = getattr(store, "root", None)
     return f"{type(store).__name__}({root})" if root is not None else type(store).__name__
 
@@ -305,15 +342,28 @@ def _local_path(store: Any) -> Path | None:
     return None
 
 
-def _zarr_store(store: Any, *, read_only: bool = False) -> Any:
-    """The argument to hand to zarr: ``file://`` URLs become a local directory store.
+def _zarr_store(
+    store: Any, *, read_only: bool = False, storage_options: Mapping[str, Any] | None = None
+) -> Any:
+    """The argument to hand to zarr.
 
-    zarr opens ``file://`` URLs through fsspec, whose local file system writes a file in place;
-    a writer killed mid-write would leave a truncated block under its final key. zarr's
-    ``LocalStore`` writes a temporary file and renames it, which is atomic.
+    ``file://`` URLs become a local directory store: zarr opens them through fsspec, whose
+    local file system writes a file in place, so a writer killed mid-write would leave a
+    truncated block under its final key; zarr's ``LocalStore`` writes a temporary file and
+    renames it, which is atomic. Other URLs with ``storage_options`` become an fsspec store
+    built with those options.
     """
+    if storage_options and not _is_url(store):
+        raise TypeError(
+            f"storage_options apply to URL stores (s3://, gs://, ...); got them with "
+            f"{describe_store(store)}. Pass a URL, or leave storage_options out."
+        )
     if isinstance(store, str) and store.startswith("file://"):
         return zarr.storage.LocalStore(store[len("file://") :], read_only=read_only)
+    if storage_options:
+        return zarr.storage.FsspecStore.from_url(
+            store, storage_options=dict(storage_options), read_only=read_only
+        )
     return store
 
 

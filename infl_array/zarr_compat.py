@@ -4,8 +4,10 @@
   (``write_empty_chunks`` on), set per array on zarr >= 3.1.6 and around each write before.
 * :func:`lossy_codec_warning_silenced`: BitRound is a numcodecs codec outside the zarr v3 spec;
   using it is documented, so zarr's warning about it is not shown.
-* :func:`list_prefix` / :func:`key_exists`: zarr stores are asynchronous; these run one store
-  call to completion (the one place that reaches into zarr's private ``sync`` runtime).
+* :func:`list_prefix`, :func:`key_exists`, :func:`read_key`, :func:`write_key`,
+  :func:`write_key_if_absent`, :func:`delete_key`, :func:`size_under`: zarr stores are
+  asynchronous; these run one store call to completion (the one place that reaches into zarr's
+  private ``sync`` runtime and buffer prototype).
 """
 
 from __future__ import annotations
@@ -62,3 +64,41 @@ def list_prefix(store: Any, prefix: str) -> list[str]:
 def key_exists(store: Any, key: str) -> bool:
     """Whether ``key`` exists in ``store``."""
     return bool(_sync(store.exists(key)))
+
+
+def _buffer(data: bytes) -> Any:
+    from zarr.core.buffer import default_buffer_prototype
+
+    return default_buffer_prototype().buffer.from_bytes(data)
+
+
+def read_key(store: Any, key: str) -> bytes | None:
+    """The bytes stored under ``key``, or None when there are none."""
+    from zarr.core.buffer import default_buffer_prototype
+
+    found = _sync(store.get(key, default_buffer_prototype()))
+    return None if found is None else bytes(found.to_bytes())
+
+
+def write_key(store: Any, key: str, data: bytes) -> None:
+    """Store ``data`` under ``key`` (replacing what is there)."""
+    _sync(store.set(key, _buffer(data)))
+
+
+def write_key_if_absent(store: Any, key: str, data: bytes) -> None:
+    """Store ``data`` under ``key`` unless the key exists (atomic on local directories)."""
+    _sync(store.set_if_not_exists(key, _buffer(data)))
+
+
+def delete_key(store: Any, key: str) -> None:
+    """Remove ``key`` (nothing happens when it is absent)."""
+    _sync(store.delete(key))
+
+
+def size_under(store: Any, prefix: str) -> int:
+    """Bytes stored under ``prefix``: one listing with sizes on fsspec stores (S3, GCS, ...),
+    zarr's listing and sizing elsewhere."""
+    fs, root = getattr(store, "fs", None), getattr(store, "path", None)
+    if fs is not None and root is not None and hasattr(fs, "_du"):
+        return int(_sync(fs._du(f"{root.rstrip('/')}/{prefix}", total=True)))
+    return int(_sync(store.getsize_prefix(prefix)))

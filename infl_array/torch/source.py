@@ -112,6 +112,10 @@ def _aligned(r: range, store: FactorStore, axis: str) -> bool:
     return r.start % length == 0 and (r.stop % length == 0 or r.stop == n) and len(r) > 0
 
 
+def _ends(r: range) -> tuple[int, int]:
+    return r.start, r.stop
+
+
 def _runs(blocks: list[int]) -> list[tuple[int, int]]:
     """Maximal runs ``(first, last)`` of consecutive block indices."""
     runs: list[tuple[int, int]] = []
@@ -265,6 +269,11 @@ class ModelBlockSource:
         """
         self._factor_store = factor_store
 
+    @property
+    def factor_store(self) -> FactorStore | None:
+        """The factor store attached with :meth:`attach` (None: factors in memory only)."""
+        return self._factor_store
+
     def _factor(self, axis: str, r: range) -> torch.Tensor:
         with self._lock:
             store = self._factor_store
@@ -301,18 +310,43 @@ class ModelBlockSource:
                 self.stats["hits"] += 1
             if hit is not None:
                 pieces[b] = hit
-        for first, last in _runs([b for b in blocks if b not in pieces]):
-            span = range(store.bounds(axis, first).start, store.bounds(axis, last).stop)
-            f = self._compute_factors(axis, span)
-            for b in range(first, last + 1):
-                part = store.bounds(axis, b)
-                piece = f[part.start - span.start : part.stop - span.start]
-                pieces[b] = piece
-                self._memo.put((axis, part.start, part.stop), piece)
-                store.put(axis, b, piece.detach().cpu().numpy())
+        missing = [b for b in blocks if b not in pieces]
+        shared = store.exists(axis)  # once a side is stored, processes claim its blocks
+        mine = [b for b in missing if not shared or store.claim(axis, b)]
+        try:
+            for first, last in _runs(mine):
+                self._compute_blocks(store, axis, first, last, pieces)
+        finally:
+            for b in mine:
+                store.release(axis, b)
+        for b in missing:
+            if b not in pieces:  # claimed by another process: read what it stores
+                found = store.wait(axis, b)
+                if found is None:  # that process is gone: compute it here
+                    try:
+                        self._compute_blocks(store, axis, b, b, pieces)
+                    finally:
+                        store.release(axis, b)
+                else:
+                    pieces[b] = torch.from_numpy(found).to(self.adapter.device)
+                    self._memo.put((axis, *_ends(store.bounds(axis, b))), pieces[b])
+                    self.stats["factor_reads"] += 1
         if len(blocks) == 1:
             return pieces[blocks[0]]
         return torch.cat([pieces[b] for b in blocks])
+
+    def _compute_blocks(
+        self, store: FactorStore, axis: str, first: int, last: int, pieces: dict[int, torch.Tensor]
+    ) -> None:
+        """Compute factor blocks ``first..last`` in one call; memoise and store each."""
+        span = range(store.bounds(axis, first).start, store.bounds(axis, last).stop)
+        f = self._compute_factors(axis, span)
+        for b in range(first, last + 1):
+            part = store.bounds(axis, b)
+            piece = f[part.start - span.start : part.stop - span.start]
+            pieces[b] = piece
+            self._memo.put((axis, part.start, part.stop), piece)
+            store.put(axis, b, piece.detach().cpu().numpy())
 
     def _compute_factors(self, axis: str, r: range) -> torch.Tensor:
         """Ask the influence model for the factors of ``r`` (counted in :attr:`stats`)."""
