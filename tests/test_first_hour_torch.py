@@ -95,8 +95,8 @@ def test_training_mode_refused_through_create(tmp_path: Path, layer: nn.Module) 
     inf = DirectInfluence(model, F.cross_entropy, 0.1).fit(train)
     model.train()  # switched back after fit, e.g. to continue training
     with pytest.raises(ValueError, match=r"evaluation mode.*model\.eval\(\)"):
-        arr = ia.InfluenceArray.create(tmp_path / "s", inf, test=test, train=train)
-        arr[0]
+        ia.InfluenceArray.create(tmp_path / "s", inf, test=test, train=train)
+    assert not (tmp_path / "s").exists()  # refused before anything was written
     assert all(not m.training for m in model.eval().modules())
 
 
@@ -175,13 +175,40 @@ def test_bad_data_refused_at_fit(trained) -> None:
         CgInfluence(trained["model"], F.cross_entropy, 0.1).fit((x, y[:, None]))
 
 
-def test_bad_test_data_through_create_is_clear(tmp_path: Path, fitted, trained) -> None:
-    x, y = trained["test"]
-    with pytest.raises(ValueError, match=r"expects 13 features per sample"):
-        arr = ia.InfluenceArray.create(
-            tmp_path / "s", fitted, test=(x[:, :12], y), train=trained["train"]
-        )
-        arr[0]
+@pytest.mark.parametrize(
+    ("kind", "error", "match"),
+    [
+        ("features", ValueError, r"expects 13 features per sample; test has 12"),
+        ("labels (n, 1)", ValueError, r"y of shape \(n, 1\).*Pass y\.squeeze\(-1\)"),
+        ("uint8 images", TypeError, r"x has dtype torch\.uint8.*x\.float\(\) / 255"),
+    ],
+)
+def test_bad_data_refused_by_create_and_open_before_writing(
+    tmp_path: Path, fitted, trained, kind, error, match
+) -> None:
+    bad, store = _bad(kind), tmp_path / "s"
+    with pytest.raises(error, match=match):
+        ia.InfluenceArray.create(store, fitted, test=bad, train=trained["train"])
+    assert not store.exists()  # nothing was written
+    with pytest.raises(error, match=match.replace("test", "train")):
+        ia.InfluenceArray.create(store, fitted, test=trained["test"], train=bad)
+    assert not store.exists()
+    arr = ia.InfluenceArray.create(store, fitted, test=trained["test"], train=trained["train"])
+    before = sorted(p.relative_to(store) for p in store.rglob("*"))
+    with pytest.raises(error, match=match):
+        ia.open(store, fitted, test=bad, train=trained["train"])
+    assert sorted(p.relative_to(store) for p in store.rglob("*")) == before
+    assert arr.computed.sum() == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.uint8])
+def test_integer_labels_of_any_width_through_create(tmp_path: Path, fitted, trained, dtype):
+    (xt, yt), (x, y) = trained["test"], trained["train"]
+    got = ia.InfluenceArray.create(
+        tmp_path / "s", fitted, test=(xt, yt.to(dtype)), train=(x.numpy(), y.to(dtype).numpy())
+    )
+    ref = ia.InfluenceArray.create(tmp_path / "r", fitted, test=(xt, yt), train=(x, y))
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(ref))
 
 
 @pytest.mark.parametrize(
