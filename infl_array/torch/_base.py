@@ -25,14 +25,13 @@ Gauss-Newton matrix ``1/N sum_i g_i g_i^T`` (``SecondOrderMode.GAUSS_NEWTON``).
   (:class:`~infl_array.torch.deferred.DeferredBuild`): a store whose blocks are all computed is
   read with a freshly fitted model without paying for it. Warnings and errors of that part (an
   indefinite curvature, a singular system) surface there, not at ``fit``. A backend is pickled
-  as it stands (a worker sent an unprepared one prepares it itself);
+  as it stands (a source sent to workers prepares it first: :mod:`~infl_array.torch.source`);
 * passes over the fit data weight each batch's mean quantity by ``n_batch / n``, so ragged
   batches give exactly the curvature of the mean over all points. Backends offering
   ``hessian_average="batch"`` can instead weight every batch of the fit DataLoader equally,
-  which is what pyDVL's ``HessianOperator`` (used by its CG, Arnoldi and Nystroem models) does;
-* :meth:`TorchInfluenceBase.curvature_matmat` multiplies the block-diagonal curvature with a
-  block of vectors in ONE data pass, each column living in one block (a vector of block ``b`` is
-  placed in the full parameter space, multiplied, and read back on block ``b``'s rows);
+  as pyDVL's ``HessianOperator`` does; ``curvature_matmat`` multiplies the block-diagonal
+  curvature with a block of vectors in ONE data pass, each column in one block (these passes
+  live in :mod:`~infl_array.torch.curvature`);
 * ``test_factors`` computes per-sample gradients (the selected parameters, in block order) and
   applies the subclass' ``_solve``; ``train_factors`` applies ``_project`` (the identity except
   for low-rank methods);
@@ -42,7 +41,6 @@ Gauss-Newton matrix ``1/N sum_i g_i g_i^T`` (``SecondOrderMode.GAUSS_NEWTON``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import torch
@@ -61,6 +59,7 @@ from .blocks import (
     resolve_blocks,
 )
 from .checks import check_sample, model_inputs, require_eval_mode
+from .curvature import CurvatureMixin
 from .data import IndexedData, as_indexed
 from .deferred import DeferredBuild
 from .diagnostics import Diagnostics
@@ -74,7 +73,7 @@ DEFAULT_BATCH_SIZE = 1024
 _B = TypeVar("_B", bound="TorchInfluenceBase")
 
 
-class TorchInfluenceBase(DeferredBuild):
+class TorchInfluenceBase(CurvatureMixin, DeferredBuild):
     """Base class of the torch backends (see the module docstring).
 
     Parameters
@@ -286,115 +285,6 @@ class TorchInfluenceBase(DeferredBuild):
         """``x``, ``y`` as tensors on the model's device (floats in the model dtype, integer
         targets as int64; :func:`~infl_array.torch.checks.model_inputs`)."""
         return model_inputs(self._require_fit(), x, y)
-
-    def _fit_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, float]]:
-        """Yield ``(x, y, weight)`` for all fit data, on the model's device.
-
-        ``weight`` is ``n_batch / n`` (mean over samples) or, with ``hessian_average="batch"``,
-        ``1 / n_batches`` over the fit DataLoader's own batches.
-        """
-        self._require_fit()
-        assert self._fit_data is not None
-        n = len(self._fit_data)
-        if self._hessian_average == "batch":
-            size = self._fit_data.batch_size or n
-            n_batches = -(-n // size)
-            for xb, yb in self._fit_data.batches(size):
-                x, y = self._prepare(xb, yb)
-                yield x, y, 1.0 / n_batches
-            return
-        for xb, yb in self._fit_data.batches(self.pass_size):
-            x, y = self._prepare(xb, yb)
-            yield x, y, x.shape[0] / n
-
-    def _mean_over_fit(
-        self, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    ) -> torch.Tensor:
-        """Sum over fit batches of ``fn(x_b, y_b) * weight_b`` (see :meth:`_fit_batches`)."""
-        total: torch.Tensor | None = None
-        for x, y, w in self._fit_batches():
-            part = fn(x, y) * w
-            total = part if total is None else total + part
-        assert total is not None  # fit data is never empty
-        return total
-
-    # ------------------------------------------------------------------ curvature
-    def _batch_matmat(self, e: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Curvature of one batch (its mean loss) times ``e`` (full flat parameter space)."""
-        flat = self._require_fit()
-        if self.second_order_mode is SecondOrderMode.HESSIAN:
-            return flat.batch_hvp(e, x, y)
-        g = flat.per_sample_grads(x, y)
-        return g.T @ (g @ e) / x.shape[0]
-
-    def curvature_matmat(self, v: torch.Tensor, col_block: torch.Tensor) -> torch.Tensor:
-        """Block-diagonal curvature times ``v``, all columns in one pass over the fit data.
-
-        Parameters
-        ----------
-        v : torch.Tensor
-            ``(n_params, m)`` in the selected (block-ordered) parameter space; column ``j`` must
-            be zero outside block ``col_block[j]``.
-        col_block : torch.Tensor
-            ``(m,)`` block number of each column.
-
-        Returns
-        -------
-        torch.Tensor
-            ``(n_params, m)``: column ``j`` is ``C_bb v_j`` on block ``b = col_block[j]``'s rows
-            and zero elsewhere.
-        """
-        blocks = self._blocks
-        flat = self._require_fit()
-        if blocks.is_identity:
-            return self._mean_over_fit(lambda x, y: self._batch_matmat(v, x, y))
-        index = blocks.index.to(flat.device)
-        e = torch.zeros((flat.n_params, v.shape[1]), dtype=v.dtype, device=v.device)
-        e.index_add_(0, index, v)
-        out = self._mean_over_fit(lambda x, y: self._batch_matmat(e, x, y))[index]
-        if len(blocks.sizes) > 1:
-            out = out * (blocks.row_block(v.device)[:, None] == col_block[None, :])
-        return out
-
-    def block_matmat(self, block: int, v: torch.Tensor) -> torch.Tensor:
-        """``C_bb @ v`` for ``v`` of shape ``(size of block b, m)`` (one data pass)."""
-        sl = self._blocks.slices[block]
-        if self._blocks.is_identity:
-            return self.curvature_matmat(v, torch.zeros(v.shape[1], dtype=torch.long))
-        full = torch.zeros((self.n_params, v.shape[1]), dtype=v.dtype, device=v.device)
-        full[sl] = v
-        cols = torch.full((v.shape[1],), block, dtype=torch.long, device=v.device)
-        return self.curvature_matmat(full, cols)[sl]
-
-    def curvature_blocks(self) -> list[torch.Tensor]:
-        """Explicit diagonal blocks ``C_bb`` of the curvature (no regularization), in order."""
-        flat = self._require_fit()
-        blocks = self._blocks
-        if self.second_order_mode is SecondOrderMode.GAUSS_NEWTON:
-
-            def batch_gn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-                g = self._select(flat.per_sample_grads(x, y))
-                return blocks.gram(g) / x.shape[0]
-
-            full = self._mean_over_fit(batch_gn)
-        elif blocks.is_identity:
-            full = self._mean_over_fit(flat.batch_hessian)
-        else:
-            eye = torch.eye(blocks.size, dtype=flat.dtype, device=flat.device)
-            full = self.curvature_matmat(eye, blocks.row_block(flat.device))
-            full = (full + full.T) / 2
-        check_finite(full, "the curvature matrix")
-        return [full[sl, sl] for sl in blocks.slices]
-
-    def hessian(self) -> torch.Tensor:
-        """Explicit Hessian of the mean fit loss over the selected parameters (no blocks, no
-        regularization), ``(n_params, n_params)``."""
-        flat = self._require_fit()
-        h = check_finite(self._mean_over_fit(flat.batch_hessian), "the Hessian")
-        if self._blocks.is_identity:
-            return h
-        index = self._blocks.index.to(flat.device)
-        return h[index][:, index]
 
     def _select(self, grads: torch.Tensor) -> torch.Tensor:
         """Gradients over all trainable parameters -> the selected ones, in block order."""
