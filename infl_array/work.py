@@ -174,6 +174,14 @@ def _claim(claims: ClaimBook, grid: BlockGrid, coords: BlockCoords) -> str:
     return "present" if grid.has_blocks([coords]) else "mine"
 
 
+def _settle(run: _Run, claims: ClaimBook, coords: BlockCoords, present: set[BlockCoords]) -> str:
+    """Claim a block not listed as ``present``; a block found stored is marked done."""
+    state = "present" if coords in present else _claim(claims, run.worker.grid, coords)
+    if state == "present":
+        run.done(coords, by_us=False)
+    return state
+
+
 def _shared_tile(run: _Run, claims: ClaimBook, tile: list[BlockCoords]) -> list[BlockCoords]:
     """Compute the blocks of a tile this filler can claim, column by column; returns the rest."""
     grid, deferred, prefetched = run.worker.grid, [], False
@@ -182,12 +190,10 @@ def _shared_tile(run: _Run, claims: ClaimBook, tile: list[BlockCoords]) -> list[
         present = grid.has_blocks(blocks)
         mine = []
         for coords in blocks:
-            state = "present" if coords in present else _claim(claims, grid, coords)
-            if state == "present":
-                run.done(coords, by_us=False)
-            elif state == "mine":
+            state = _settle(run, claims, coords, present)
+            if state == "mine":
                 mine.append(coords)
-            else:
+            elif state == "held":
                 deferred.append(coords)
         if mine and not prefetched:
             run.worker.prefetch(tile)
@@ -204,12 +210,10 @@ def _finish_deferred(run: _Run, claims: ClaimBook, deferred: list[BlockCoords]) 
         present = run.worker.grid.has_blocks(deferred)
         still = []
         for coords in deferred:
-            state = "present" if coords in present else _claim(claims, run.worker.grid, coords)
-            if state == "present":
-                run.done(coords, by_us=False)
-            elif state == "mine":
+            state = _settle(run, claims, coords, present)
+            if state == "mine":
                 run.compute(coords)
-            else:
+            elif state == "held":
                 still.append(coords)
         run.finish_all()
         deferred = still
