@@ -343,7 +343,11 @@ def test_lazy_fit_defers_the_work_and_gives_identical_values(trained, i) -> None
 
 
 def test_prepare_runs_once_across_threads(trained, monkeypatch) -> None:
-    inf = DirectInfluence(trained["model"], F.cross_entropy, 0.1).fit(trained["train"])
+    # a private copy of the model: prepare() runs the build under its lock, and nothing else
+    # touches the module while the threads run
+    model = _mlp(0)
+    model.load_state_dict(trained["model"].state_dict())
+    inf = DirectInfluence(model.eval(), F.cross_entropy, 0.1).fit(trained["train"])
     calls = []
     original = inf.curvature_blocks
 
@@ -352,18 +356,21 @@ def test_prepare_runs_once_across_threads(trained, monkeypatch) -> None:
         return original()
 
     monkeypatch.setattr(inf, "curvature_blocks", counting)
-    results: list[torch.Tensor] = []
-    threads = [
-        threading.Thread(target=lambda: results.append(inf.test_factors(*trained["test"])))
-        for _ in range(4)
-    ]
+    start = threading.Barrier(4)
+
+    def prepare() -> None:
+        start.wait()
+        inf.prepare()
+
+    threads = [threading.Thread(target=prepare) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert len(calls) == 1 and len(results) == 4
-    assert all(torch.equal(r, results[0]) for r in results)
+    assert len(calls) == 1 and inf.is_prepared
     assert inf.prepare() is inf and len(calls) == 1
+    ref = DirectInfluence(trained["model"], F.cross_entropy, 0.1).fit(trained["train"])
+    assert torch.equal(inf.test_factors(*trained["test"]), ref.test_factors(*trained["test"]))
 
 
 def test_prepare_before_fit_raises_and_pickling_keeps_laziness(trained) -> None:
