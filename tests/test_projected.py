@@ -161,8 +161,8 @@ def test_config(setup: dict[str, Any]) -> None:
     json.dumps(cfg)
     assert cfg["backend"] == "ProjectedInfluence" and cfg["preconditioner"] == "fisher"
     assert cfg["projection_dim"] == 64 and cfg["seed"] == 0
-    assert sum(a * b for a, b in cfg["projection_shapes"]) == infl.width == 62
-    assert infl.test_factor_width == infl.train_factor_width == 62
+    assert sum(a * b for a, b in cfg["projection_shapes"]) == infl.width == 64
+    assert infl.test_factor_width == infl.train_factor_width == 64
 
 
 @pytest.mark.parametrize(

@@ -26,8 +26,9 @@ How ``projection_dim`` is split among layers
 Equal shares by water-filling (:func:`split_width`): every layer gets the same width,
 except that a layer never gets more than its number of parameters ``d_out * width_in``; what
 small layers leave is shared equally by the others. A layer's share ``w`` becomes
-``k_out x k_in`` (:func:`factor_width`) with both sides compressed by about the same ratio
-(``k_out / k_in ~ d_out / width_in``), ``k_out * k_in <= w``. The total width
+``k_out x k_in`` (:func:`factor_width`, ``k_out * k_in <= w``) with equal sides
+``k ~ sqrt(w)`` as in LoGra, except that a side narrower than that is kept whole and the other
+side gets the rest (the 10 outputs of a classifier's last layer are not projected). The total width
 (:attr:`ProjectedInfluence.width`) is therefore at most ``projection_dim`` (a few columns
 less from rounding), and at least one column per layer is needed.
 
@@ -107,21 +108,30 @@ def split_width(sizes: Sequence[int], total: int) -> list[int]:
 
 
 def factor_width(width: int, d_out: int, d_in: int) -> tuple[int, int]:
-    """``(k_out, k_in)`` with ``k_out * k_in <= width``, both sides compressed alike.
+    """``(k_out, k_in)`` with ``k_out * k_in <= width``, sides as equal as the share allows.
+
+    The narrower side gets the largest ``k <= min(d, isqrt(width))`` whose product with the
+    wider side's ``min(d_wide, width // k)`` uses at least 95% of the best possible product.
+    A narrow side is thus kept whole (the output side of a classifier's last layer).
 
     Examples
     --------
     >>> factor_width(100, 64, 16)
-    (20, 5)
+    (10, 10)
+    >>> factor_width(682, 10, 4097)
+    (10, 68)
     >>> factor_width(10_000, 64, 16)
     (64, 16)
     """
     if width >= d_out * d_in:
         return d_out, d_in
-    k_out = min(d_out, max(1, round(math.sqrt(width * d_out / d_in))))
-    k_in = min(d_in, max(1, width // k_out))
-    k_out = min(d_out, max(1, width // k_in))
-    return k_out, k_in
+    narrow, wide = sorted((d_out, d_in))
+    options = [
+        (k, min(wide, width // k)) for k in range(1, min(narrow, max(1, math.isqrt(width))) + 1)
+    ]
+    best = max(k * w for k, w in options)
+    k_narrow, k_wide = max(o for o in options if o[0] * o[1] >= 0.95 * best)
+    return (k_narrow, k_wide) if d_out <= d_in else (k_wide, k_narrow)
 
 
 def _projection(d: int, k: int, gen: torch.Generator) -> torch.Tensor | None:
