@@ -255,7 +255,10 @@ def matrix_time(name: str, r: dict) -> tuple[float | None, float | None, str]:
         return (
             t.get("fit"),
             t.get("fill"),
-            f"in memory {fmt(t.get('memory'))}; width {r.get('width')}",
+            f"in memory {fmt(t.get('memory'))}; width {r.get('width')}; with_test (new "
+            f"test set, filled) {fmt(t.get('with_test'))} s = "
+            f"{100 * t.get('with_test', 0) / max(t.get('fill', 1), 1e-9):.0f}% of the fill, "
+            f"{r.get('with_test_train_factors')} train factor computations",
         )
     if name == "ekfac":
         note = f"rows run {r.get('rows')}; factor widths {r.get('widths')}"
@@ -311,6 +314,12 @@ def targets(size: str, res: dict) -> list[str]:
         out.append(
             "- ProjectedInfluence peak RSS: "
             f"{res['projected']['peak_rss_mib'] / 1024:.2f} GiB (target < 4 GiB at 1e7)"
+        )
+    t = res.get("projected", {}).get("times", {})
+    if "with_test" in t and "fill" in t:
+        out.append(
+            f"- ProjectedInfluence with_test (new test set, filled) / first fill: "
+            f"{100 * t['with_test'] / t['fill']:.0f}% (target <= 10%)"
         )
     return [*out, ""]
 

@@ -10,7 +10,9 @@ batch, out`` (and ``store`` for ``projected``). Each writes its timings and peak
   ``(n_test, dim) @ (dim, n_train)`` product.
 * ``projected``: ``ProjectedInfluence(projection_dim=dim)`` fit; the full matrix through
   ``InfluenceArray.create(...).fill()`` into a float32 store (blocks 256 x 4096); the full
-  matrix in memory (``test_factors``, ``train_factors``, one product).
+  matrix in memory (``test_factors``, ``train_factors``, one product); ``arr.with_test`` on
+  ``n_test`` new test points, filled (``with_test``; its count of train factor computations,
+  0 when every train factor block was read from the first store).
 * ``ekfac``: ``EkfacInfluence(update_diagonal=True)`` fit, then the first ``rows`` test rows
   against all train points: test factors, train factors in chunks of ``batch`` and
   ``factor_product``, each timed, so the full matrix can be extrapolated
@@ -29,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from large_common import Timer, load, worker_args, write_result
+from large_common import Timer, load, make_data, worker_args, write_result
 
 import infl_array as ia
 from infl_array.torch import EkfacInfluence, ProjectedInfluence
@@ -71,10 +73,19 @@ def projected(args: dict, model: torch.nn.Module, data: dict) -> tuple[dict, np.
     with timer("memory"):
         full = infl.test_factors(*test) @ infl.train_factors(*train).T
     stored = np.asarray(arr[: args["rows"]])
+    new = make_data(1, args["n_test"], seed=1)
+    other = store.with_name(store.name + "-new-test")
+    shutil.rmtree(other, ignore_errors=True)
+    with timer("with_test"):
+        again = arr.with_test((new["x_test"], new["y_test"]), other)
+        again.fill(progress=False)
+    recomputed = again.stats.train_factors
     shutil.rmtree(store, ignore_errors=True)
+    shutil.rmtree(other, ignore_errors=True)
     rows = full[: args["rows"]].numpy()
     diff = float(np.abs(stored - rows).max() / np.abs(rows).max())
-    return {"times": timer.times, "width": infl.width, "store_vs_memory": diff}, rows
+    result = {"width": infl.width, "store_vs_memory": diff, "with_test_train_factors": recomputed}
+    return {"times": timer.times, **result}, rows
 
 
 def ekfac(args: dict, model: torch.nn.Module, data: dict) -> tuple[dict, np.ndarray]:

@@ -146,7 +146,7 @@ class EkfacInfluence(LayerwiseInfluence):
     @property
     def hessian_regularization(self) -> float:
         """pyDVL's name for :attr:`regularization`."""
-        return self.regularization
+        return self.lam
 
     def _settings(self) -> dict[str, Any]:
         return {"update_diagonal": self.update_diagonal, **super()._settings()}
@@ -189,7 +189,7 @@ class EkfacInfluence(LayerwiseInfluence):
             for i, rec in enumerate(records):
                 width = rec.spec.n_params
                 for rows, m in self._sample_matrices(i, rec):
-                    solved = self.curvature[i].solve(m, self.regularization)
+                    solved = self.curvature[i].solve(m, self.lam)
                     block[rows, offset : offset + width] = solved.flatten(1)
                 offset += width
 

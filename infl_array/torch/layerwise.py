@@ -27,7 +27,7 @@ pseudo-gradients of softmax outputs (:func:`~infl_array.torch.layers.pydvl_objec
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -115,7 +115,14 @@ class LayerwiseInfluence(TorchInfluenceBase):
                 "pyDVL's positional update_diagonal is a keyword here "
                 "(EkfacInfluence(model, update_diagonal=True))."
             )
+        if isinstance(regularization, Mapping):
+            raise TypeError(
+                f"{type(self).__name__} takes one float regularization for all layers, got "
+                f"{regularization!r}; per-block values are for the full-parameter backends."
+            )
         super().__init__(model, loss, regularization, batch_size)
+        self.lam = float(self._block_reg[0]) if self._block_reg else 0.0
+        """The regularization as a float (per-layer backends take one value)."""
         self.layers, self.excluded_parameters = find_layers(model)
         self.fisher_type = resolve_fisher_type(fisher_type, loss)
         self.memory_budget = positive_int(memory_budget, "memory_budget")
@@ -238,7 +245,7 @@ class LayerwiseInfluence(TorchInfluenceBase):
         for c in curv:
             assert c.eigenvalues is not None
             check_finite(c.eigenvalues, f"the curvature eigenvalues of layer {c.name!r}")
-            c.check_invertible(self.regularization)
+            c.check_invertible(self.lam)
         return curv
 
     # ------------------------------------------------------------------ helpers

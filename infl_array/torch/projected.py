@@ -325,7 +325,7 @@ class ProjectedInfluence(LayerwiseInfluence):
             total.addmm_(phi.T, phi)
             n += phi.shape[0]
         fisher = total.to(torch.float64) / n
-        fisher.diagonal().add_(self.regularization)
+        fisher.diagonal().add_(self.lam)
         chol, info = torch.linalg.cholesky_ex(fisher)
         if int(info) != 0:
             raise ValueError(
@@ -367,7 +367,7 @@ class ProjectedInfluence(LayerwiseInfluence):
         out, offset = torch.empty_like(phi), 0
         for c, (k_out, k_in) in zip(self.curvature, self.projection_shapes, strict=True):
             m = phi[:, offset : offset + k_out * k_in].reshape(-1, k_out, k_in)
-            out[:, offset : offset + k_out * k_in] = c.solve(m, self.regularization).flatten(1)
+            out[:, offset : offset + k_out * k_in] = c.solve(m, self.lam).flatten(1)
             offset += k_out * k_in
         return out
 
