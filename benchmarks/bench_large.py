@@ -258,7 +258,8 @@ def matrix_time(name: str, r: dict) -> tuple[float | None, float | None, str]:
             f"in memory {fmt(t.get('memory'))}; width {r.get('width')}; with_test (new "
             f"test set, filled) {fmt(t.get('with_test'))} s = "
             f"{100 * t.get('with_test', 0) / max(t.get('fill', 1), 1e-9):.0f}% of the fill, "
-            f"{r.get('with_test_train_factors')} train factor computations",
+            f"{r.get('with_test_train_factors')} train factor computations; bf16 train factors "
+            f"would give {bf16_note(r.get('bf16'))}",
         )
     if name == "ekfac":
         note = f"rows run {r.get('rows')}; factor widths {r.get('widths')}"
@@ -275,6 +276,15 @@ def matrix_time(name: str, r: dict) -> tuple[float | None, float | None, str]:
             f"EK-FAC: {str(r.get('ekfac'))[:90]}",
         )
     return None, None, ""
+
+
+def bf16_note(b: dict | None) -> str:
+    if not b:
+        return "n/a"
+    return (
+        f"max rel. error {b['max_rel_err']:.1e}, Spearman vs float32 {b['spearman_mean']:.4f} "
+        f"(min {b['spearman_min']:.4f})"
+    )
 
 
 def row(name: str, r: dict, a: argparse.Namespace) -> str:

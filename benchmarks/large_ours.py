@@ -12,7 +12,8 @@ batch, out`` (and ``store`` for ``projected``). Each writes its timings and peak
   ``InfluenceArray.create(...).fill()`` into a float32 store (blocks 256 x 4096); the full
   matrix in memory (``test_factors``, ``train_factors``, one product); ``arr.with_test`` on
   ``n_test`` new test points, filled (``with_test``; its count of train factor computations,
-  0 when every train factor block was read from the first store).
+  0 when every train factor block was read from the first store); what bfloat16 train
+  factors would cost (``bf16``: max error relative to the largest value, per-row Spearman).
 * ``ekfac``: ``EkfacInfluence(update_diagonal=True)`` fit, then the first ``rows`` test rows
   against all train points: test factors, train factors in chunks of ``batch`` and
   ``factor_product``, each timed, so the full matrix can be extrapolated
@@ -31,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from large_common import Timer, load, make_data, worker_args, write_result
+from large_common import Timer, load, make_data, spearman_rows, worker_args, write_result
 
 import infl_array as ia
 from infl_array.torch import EkfacInfluence, ProjectedInfluence
@@ -71,7 +72,9 @@ def projected(args: dict, model: torch.nn.Module, data: dict) -> tuple[dict, np.
         )
         arr.fill(progress=False)
     with timer("memory"):
-        full = infl.test_factors(*test) @ infl.train_factors(*train).T
+        test_f, train_f = infl.test_factors(*test), infl.train_factors(*train)
+        full = test_f @ train_f.T
+    bf16 = bf16_cost(test_f, train_f, full, args["rows"])
     stored = np.asarray(arr[: args["rows"]])
     new = make_data(1, args["n_test"], seed=1)
     other = store.with_name(store.name + "-new-test")
@@ -84,8 +87,17 @@ def projected(args: dict, model: torch.nn.Module, data: dict) -> tuple[dict, np.
     shutil.rmtree(other, ignore_errors=True)
     rows = full[: args["rows"]].numpy()
     diff = float(np.abs(stored - rows).max() / np.abs(rows).max())
-    result = {"width": infl.width, "store_vs_memory": diff, "with_test_train_factors": recomputed}
+    result = {"bf16": bf16, "width": infl.width, "store_vs_memory": diff}
+    result["with_test_train_factors"] = recomputed
     return {"times": timer.times, **result}, rows
+
+
+def bf16_cost(test_f: torch.Tensor, train_f: torch.Tensor, full: torch.Tensor, rows: int) -> dict:
+    """What storing the train factors in bfloat16 would cost: error and rank agreement."""
+    lossy = test_f @ train_f.to(torch.bfloat16).to(train_f.dtype).T
+    rho = spearman_rows(lossy[:rows].numpy(), full[:rows].numpy())  # float64: JSON-able
+    err = float((lossy - full).abs().max() / full.abs().max())
+    return {"max_rel_err": err, "spearman_mean": rho.mean(), "spearman_min": rho.min()}
 
 
 def ekfac(args: dict, model: torch.nn.Module, data: dict) -> tuple[dict, np.ndarray]:

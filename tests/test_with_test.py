@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import zarr
 from test_ekfac import REG, conv_model, data, trained
 
 import infl_array as ia
@@ -89,3 +91,17 @@ def test_errors(setup: dict[str, Any], tmp_path: Path) -> None:
     x, y = setup["other"]
     with pytest.raises(ValueError, match="test is empty"):
         arr.with_test((x[:0], y[:0]), tmp_path / "b")
+
+
+def test_float32_model_stores_float32_factors(setup: dict[str, Any], tmp_path: Path) -> None:
+    model = copy.deepcopy(setup["model"]).float()
+    train, test = ((x.float(), y) for x, y in (setup["train"], setup["test"]))
+    infl = ProjectedInfluence(model, CE, REG, projection_dim=64).fit(train)
+    arr = ia.InfluenceArray.create(tmp_path / "a", infl, test=test, train=train, block_shape=BLOCK)
+    arr.fill(progress=False)
+    factors = zarr.open_group(tmp_path / "a", mode="r")["factors"]
+    assert factors["train"].dtype == factors["test"].dtype == np.float32
+    assert factors["train"].shape == (20, infl.width)
+    expected = infl.test_factors(*test) @ infl.train_factors(*train).T
+    scale = float(expected.abs().max())  # float32 rounding, relative to the largest value
+    np.testing.assert_allclose(arr[:], expected.numpy(), rtol=0, atol=1e-5 * scale)
