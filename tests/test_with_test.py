@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -105,3 +106,12 @@ def test_float32_model_stores_float32_factors(setup: dict[str, Any], tmp_path: P
     expected = infl.test_factors(*test) @ infl.train_factors(*train).T
     scale = float(expected.abs().max())  # float32 rounding, relative to the largest value
     np.testing.assert_allclose(arr[:], expected.numpy(), rtol=0, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("backend", ["projected", "ekfac"])
+def test_fitted_backend_pickles_for_fill_workers(setup: dict[str, Any], backend: str) -> None:
+    infl = backends(setup["model"], setup["train"])[backend]
+    again = pickle.loads(pickle.dumps(infl))
+    x, y = setup["other"]
+    torch.testing.assert_close(again.test_factors(x, y), infl.test_factors(x, y), rtol=0, atol=0)
+    torch.testing.assert_close(again.train_factors(x, y), infl.train_factors(x, y), rtol=0, atol=0)

@@ -140,9 +140,7 @@ class LayerwiseInfluence(TorchInfluenceBase):
 
     def _fit(self) -> None:
         self._fitted = False
-        flat = self._require_fit()
-        theta = flat.theta.detach().requires_grad_(True)
-        self._params = {**flat.unflatten(theta), **flat.const}
+        self._params = self._parameters()
         assert self._fit_data is not None
         x, y = self._prepare(*self._fit_data.take(range(min(2, len(self._fit_data)))))
         with torch.no_grad():
@@ -150,6 +148,21 @@ class LayerwiseInfluence(TorchInfluenceBase):
             check_mean_reduction(self.loss, self._forward(x), y)
         self._fit_layers()
         self._fitted = True
+
+    def _parameters(self) -> dict[str, torch.Tensor]:
+        """The snapshotted parameters, those of the layers as views of one leaf needing grad."""
+        flat = self._require_fit()
+        theta = flat.theta.detach().requires_grad_(True)
+        return {**flat.unflatten(theta), **flat.const}
+
+    # -- pickling (fill workers): the views of the leaf are rebuilt, not sent ------------------
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_params": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self._flat is not None and self._fitted:
+            self._params = self._parameters()
 
     def _fit_layers(self) -> None:
         """Subclass hook: fit what the backend needs from the fit data."""
