@@ -213,7 +213,7 @@ def fmt(x: float | None, unit: str = "") -> str:
 
 def report(info: dict, results: dict, a: argparse.Namespace, elapsed: float) -> str:
     lines = [
-        SECTION,
+        a.section,
         "",
         f"`python benchmarks/bench_large.py{' --quick' if a.quick else ''}"
         f" --sizes {','.join(results)}` on {platform.machine()}, {a.threads} torch threads, "
@@ -347,6 +347,7 @@ def main() -> None:
     p.add_argument("--peers", default="kronfluence,trak,pydvl")
     p.add_argument("--timeout", type=float, default=3600)
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--section", default=SECTION, help="RESULTS.md section head to (re)write")
     p.add_argument("--json", default=None, help="also write the raw results here")
     a = p.parse_args()
     a.n_train = a.n_train or (1000 if a.quick else 10_000)
@@ -372,7 +373,7 @@ def main() -> None:
             json.dumps({"info": info, "results": results}, indent=1, default=str)
         )
     if not a.no_write:
-        write_section(SECTION, text)
+        write_section(a.section, text)
 
 
 if __name__ == "__main__":
