@@ -375,11 +375,6 @@ class ModelBlockSource:
         """Number of memo entries evicted so far."""
         return self._memo.evictions
 
-    def clear_memo(self) -> None:
-        """Drop every memoised factor."""
-        with self._lock:
-            self._memo.clear()
-
     def set_output_dtype(self, dtype: Any) -> None:
         """The dtype blocks are stored in: float32 storage keeps float32 products.
 
