@@ -56,6 +56,8 @@ VENV = {
     "pydvl": ROOT / ".venv-pydvl" / "bin" / "python",
 }
 EPOCHS = {"1e5": 3, "1e6": 2, "1e7": 1}
+KEEP: set[str] = set()
+"""Methods whose last results (``_work/large/<method>-<size>.json``) are kept (``--keep``)."""
 
 
 def prepare(sizes: list[str], n_train: int, n_test: int) -> dict[str, dict[str, float]]:
@@ -94,6 +96,9 @@ def prepare(sizes: list[str], n_train: int, n_test: int) -> dict[str, dict[str, 
 def run(name: str, python: Path | str, script: str, args: dict[str, Any], timeout: float):
     """Run one worker; its JSON result with ``scores`` (or ``error``)."""
     out = WORK / f"{name}.json"
+    if name.split("-")[0] in KEEP and out.exists():
+        print(f"    {name}: the last run's result, kept (--keep)", flush=True)
+        return {**read_result(out), "kept": True}
     out.unlink(missing_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(args["threads"]), "PYTHONPATH": str(ROOT)}
     cmd = [
@@ -113,11 +118,16 @@ def run(name: str, python: Path | str, script: str, args: dict[str, Any], timeou
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         print(f"    failed: {' | '.join(tail)}", flush=True)
         return {"error": " | ".join(tail)[-300:]}
+    result = {**read_result(out), "wall_s": wall}
+    print(f"    done in {wall:.0f} s: {result.get('times')}", flush=True)
+    return result
+
+
+def read_result(out: Path) -> dict[str, Any]:
+    """A worker's JSON result with its ``scores`` (None where it wrote none)."""
     result = json.loads(out.read_text())
-    result["wall_s"] = wall
     npy = out.with_suffix(".npy")
     result["scores"] = np.load(npy) if npy.exists() else None
-    print(f"    done in {wall:.0f} s: {result.get('times')}", flush=True)
     return result
 
 
@@ -291,6 +301,8 @@ def row(name: str, r: dict, a: argparse.Namespace) -> str:
     if "error" in r:
         return f"| {name} | | | | | | failed: {r['error'][:150]} |"
     fit, matrix, note = matrix_time(name, r)
+    if r.get("kept"):
+        note += " (result of the previous run, kept)"
     run_rows = max(np.atleast_1d(r.get("rows", a.n_test)))
     star = "*" if name in ("ekfac", "kronfluence") and run_rows < a.n_test else ""
     total = None if matrix is None else (fit or 0) + matrix
@@ -349,7 +361,14 @@ def main() -> None:
     p.add_argument("--no-write", action="store_true")
     p.add_argument("--section", default=SECTION, help="RESULTS.md section head to (re)write")
     p.add_argument("--json", default=None, help="also write the raw results here")
+    p.add_argument(
+        "--keep",
+        default="",
+        help="comma-separated methods (floor,projected,ekfac,kronfluence,trak,pydvl) whose "
+        "results of the last run with the same sizes and options are kept, not rerun",
+    )
     a = p.parse_args()
+    KEEP.update(m for m in a.keep.split(",") if m)
     a.n_train = a.n_train or (1000 if a.quick else 10_000)
     a.n_test = a.n_test or (100 if a.quick else 1000)
     sizes = (a.sizes or ("1e5,1e6" if a.quick else "1e5,1e6,1e7")).split(",")

@@ -188,8 +188,10 @@ class EkfacInfluence(LayerwiseInfluence):
             offset = 0
             for i, rec in enumerate(records):
                 width = rec.spec.n_params
-                for rows, m in self._sample_matrices(i, rec):
-                    solved = self.curvature[i].solve(m, self.lam)
+                curv = self.curvature[i]
+                for rows in self._row_chunks(i, rec):
+                    rotated = curv.rotate(*self._working(i, rec, rows))
+                    solved = curv.solve_rotated(rotated, self.lam)
                     block[rows, offset : offset + width] = solved.flatten(1)
                 offset += width
 
