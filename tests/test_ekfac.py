@@ -170,24 +170,33 @@ def test_factor_layout(setup: dict[str, Any]) -> None:
     infl = EkfacInfluence(model, regularization=REG).fit(train)
     # conv layers (16 and 4 positions) are full; the Linear layers (one position) compact
     assert infl.test_factor_width == 3 * 19 + 2 * 12 + 4 * 9 + 3 * 5
-    assert infl.train_factor_width == 3 * 19 + 2 * 12 + (4 + 8) + (3 + 4)
+    assert infl.train_factor_width == 3 * 19 + 2 * 12 + (4 + 9) + (3 + 5)
     train_f = infl.train_factors(*train)
     assert train_f.shape == (40, infl.train_factor_width)
-    # compact columns hold the output gradient then the input of the layer
+    # compact columns hold Q_G^T g then Q_A^T (a, 1): rotated back, their outer product is
+    # the gradient
     grads = reference_grads(model, *train)
-    g, a = train_f[:, 81:85], train_f[:, 85:93]
-    torch.testing.assert_close(
-        (g[:, :, None] * torch.cat([a, torch.ones(40, 1, dtype=a.dtype)], 1)[:, None]).flatten(1),
-        grads[2],
-    )
+    c = infl.curvature[2]
+    assert c.q_g is not None and c.q_a is not None
+    g, a = train_f[:, 81:85] @ c.q_g.T, train_f[:, 85:94] @ c.q_a.T
+    torch.testing.assert_close((g[:, :, None] * a[:, None]).flatten(1), grads[2])
     torch.testing.assert_close(train_f[:, :57], grads[0])
-    # test factors are the preconditioned gradients, layer after layer
+    # test factors are the preconditioned gradients, layer after layer; a compact layer's in
+    # its eigenbasis
     test_f = infl.test_factors(*test)
+    rotated = test_f[:, 81:117].reshape(-1, 4, 9)
+    plain_test = test_f.clone()
+    plain_test[:, 81:117] = (c.q_g @ rotated @ c.q_a.T).flatten(1)
+    c = infl.curvature[3]
+    assert c.q_g is not None and c.q_a is not None
+    rotated = test_f[:, 117:].reshape(-1, 3, 5)
+    plain_test[:, 117:] = (c.q_g @ rotated @ c.q_a.T).flatten(1)
     plain = torch.cat(grads, dim=1)
-    torch.testing.assert_close(test_f @ plain.T, infl.factor_product(test_f, train_f))
+    expected = plain_test @ plain.T
+    torch.testing.assert_close(expected, infl.factor_product(test_f, train_f))
     # stored factors may come back as float32: the product promotes
     mixed = infl.factor_product(test_f, train_f.float())
-    assert mixed.dtype == torch.float64 and rel(mixed, test_f @ plain.T) < 1e-6
+    assert mixed.dtype == torch.float64 and rel(mixed, expected) < 1e-6
 
 
 def test_kronecker_inverse_matches_explicit() -> None:
@@ -246,7 +255,7 @@ def test_sequence_layers_store_full_gradients() -> None:
     assert infl.fisher_type == "empirical"  # not cross entropy
     assert infl.train_factor_width == infl.test_factor_width == 4 * 4 + 2 * 5
     flat = EkfacInfluence(model, F.mse_loss, 0.1).fit((x[:, 0], t[:, 0]))
-    assert flat.train_factor_width == (4 + 3) + (2 + 4)
+    assert flat.train_factor_width == (4 + 4) + (2 + 5)
     with pytest.raises(ValueError, match=r"saw one position per sample at fit.*5 positions"):
         flat.train_factors(x, t)
 
@@ -320,7 +329,7 @@ def test_unfitted_and_bad_factors(setup: dict[str, Any]) -> None:
     infl.fit(setup["train"])
     assert infl.is_fitted
     test_f = infl.test_factors(*setup["test"])
-    with pytest.raises(ValueError, match=r"train factors must be a tensor of shape \(n, 100\)"):
+    with pytest.raises(ValueError, match=r"train factors must be a tensor of shape \(n, 102\)"):
         infl.factor_product(test_f, test_f)
     with pytest.raises(ValueError, match="pairs rows"):
         infl.factor_diagonal(test_f, infl.train_factors(*setup["train"]))

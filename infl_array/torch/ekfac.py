@@ -11,12 +11,16 @@ Factors (the engine's interface)
 --------------------------------
 * ``test_factors(x, y)``: ``(n, test_factor_width)``, the preconditioned per-sample
   gradients ``(H_l + lambda*Id)^-1 grad_l`` of every layer, each a ``(d_out, width_in)``
-  matrix flattened row-major (``test_factor_width`` = the included parameters).
+  matrix flattened row-major (``test_factor_width`` = the included parameters). For a
+  *compact* layer (below) the matrix is kept in the layer's Kronecker eigenbasis,
+  ``(Q_G^T grad_l Q_A) / (Lambda + lambda)``: rotating it back would cost
+  ``d_out * width_in * (d_out + width_in)`` per sample, the dominant cost of wide Linear layers.
 * ``train_factors(x, y)``: ``(n, train_factor_width)``, the most compact exact form of each
-  layer's per-sample gradient: for a layer that saw one position per sample at ``fit`` (a
-  Linear layer on flat features), its output gradient ``g`` then its input ``a``
-  (``d_out + d_in`` numbers: the gradient is ``g (a, 1)^T``); otherwise (convolutions, Linear
-  layers on sequences) the gradient matrix itself, flattened.
+  layer's per-sample gradient: for a compact layer, one that saw one position per sample at
+  ``fit`` (a Linear layer on flat features), its output gradient and its input (with a 1 for
+  the bias) rotated into the eigenbasis, ``Q_G^T g`` then ``Q_A^T (a, 1)``
+  (``d_out + width_in`` numbers: the rotated gradient is their outer product); otherwise
+  (convolutions, Linear layers on sequences) the gradient matrix itself, flattened.
 * Layout: layers in the order of ``layers`` in both factor sets.
 * ``factor_product(test_f, train_f)``: the ``(n_test, n_train)`` block; ``factor_diagonal``:
   the row-wise pairs (self-influence). ``influences`` is ``factor_product`` of both factors.
@@ -154,14 +158,14 @@ class EkfacInfluence(LayerwiseInfluence):
     def _fit_layers(self) -> None:
         self.curvature = self._fit_kronecker(correct=self.update_diagonal)
         self._compact = [
-            c.max_positions == 1 and spec.d_in + spec.d_out < spec.n_params
+            c.max_positions == 1 and spec.width_in + spec.d_out < spec.n_params
             for c, spec in zip(self.curvature, self.layers, strict=True)
         ]
 
     # ------------------------------------------------------------------ layout
     def _train_width(self, i: int) -> int:
         spec = self.layers[i]
-        return spec.d_out + spec.d_in if self._compact[i] else spec.n_params
+        return spec.d_out + spec.width_in if self._compact[i] else spec.n_params
 
     @property
     def test_factor_width(self) -> int:
@@ -171,13 +175,15 @@ class EkfacInfluence(LayerwiseInfluence):
 
     @property
     def train_factor_width(self) -> int:
-        """Columns of :meth:`train_factors` (compact layers take ``d_in + d_out``)."""
+        """Columns of :meth:`train_factors` (compact layers take ``d_out + width_in``)."""
         self._require_fitted()
         return sum(self._train_width(i) for i in range(len(self.layers)))
 
     # ------------------------------------------------------------------ factors
     def test_factors(self, x: Any, y: Any) -> torch.Tensor:
         """``(H_l + lambda*Id)^-1 grad_l l(z)`` of every layer, ``(n, test_factor_width)``.
+
+        Compact layers' columns are in their eigenbasis (see the module docstring).
 
         ``x``, ``y``: a batch of test inputs and targets (tensors or numpy arrays). The rows
         are on the model's device, in its dtype.
@@ -191,7 +197,10 @@ class EkfacInfluence(LayerwiseInfluence):
                 curv = self.curvature[i]
                 for rows in self._row_chunks(i, rec):
                     rotated = curv.rotate(*self._working(i, rec, rows))
-                    solved = curv.solve_rotated(rotated, self.lam)
+                    if self._compact[i]:
+                        solved = curv.precondition_rotated(rotated, self.lam)
+                    else:
+                        solved = curv.solve_rotated(rotated, self.lam)
                     block[rows, offset : offset + width] = solved.flatten(1)
                 offset += width
 
@@ -212,9 +221,12 @@ class EkfacInfluence(LayerwiseInfluence):
                 spec = rec.spec
                 if self._compact[i]:
                     self._check_one_position(rec)
-                    block[:, offset : offset + spec.d_out] = rec.grads[0].reshape(-1, spec.d_out)
-                    a = rec.inputs[0].reshape(-1, spec.d_in)
-                    block[:, offset + spec.d_out : offset + spec.d_out + spec.d_in] = a
+                    curv = self.curvature[i]
+                    assert curv.q_g is not None and curv.q_a is not None
+                    acts, grads = self._working(i, rec, slice(None))
+                    block[:, offset : offset + spec.d_out] = grads[:, 0] @ curv.q_g
+                    end = offset + spec.d_out + spec.width_in
+                    block[:, offset + spec.d_out : end] = acts[:, 0] @ curv.q_a
                 else:
                     for rows in self._row_chunks(i, rec, (spec.d_out, spec.width_in)):
                         m = rec.per_sample_grads(rows).flatten(1)
@@ -261,19 +273,16 @@ class EkfacInfluence(LayerwiseInfluence):
             r_off += width
 
     def _split_compact(self, i: int, train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """A compact layer's train columns as ``g`` ``(n, d_out)`` and ``(a, 1)``."""
-        spec = self.layers[i]
-        g, a = train[:, : spec.d_out], train[:, spec.d_out :]
-        if spec.has_bias:
-            a = torch.cat([a, a.new_ones((a.shape[0], 1))], dim=1)
-        return g, a
+        """A compact layer's train columns: ``Q_G^T g`` ``(n, d_out)``, ``Q_A^T (a, 1)``."""
+        d_out = self.layers[i].d_out
+        return train[:, :d_out], train[:, d_out:]
 
     def factor_product(self, test_f: torch.Tensor, train_f: torch.Tensor) -> torch.Tensor:
         """The influence block of test factors against train factors, ``(n_test, n_train)``.
 
-        A compact layer's train gradients ``g (a, 1)^T`` are formed in chunks of train rows
-        that fit the memory budget; the block costs ``n_test * n_train * n_params``
-        multiply-adds, as a product of full gradients would.
+        A compact layer's rotated train gradients (outer products of its two parts) are formed
+        in chunks of train rows that fit the memory budget; the block costs
+        ``n_test * n_train * n_params`` multiply-adds, as a product of full gradients would.
 
         Parameters
         ----------

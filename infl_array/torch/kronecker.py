@@ -163,7 +163,12 @@ class KroneckerCurvature:
     def solve_rotated(self, rotated: torch.Tensor, regularization: float) -> torch.Tensor:
         """``(H_layer + lambda*Id)^-1 M``, ``(n, d_out, d_in)``, from ``Q_G^T M Q_A``."""
         assert self.q_a is not None and self.q_g is not None and self.eigenvalues is not None
-        return self.q_g @ (rotated / (self.eigenvalues + regularization)) @ self.q_a.T
+        return self.q_g @ self.precondition_rotated(rotated, regularization) @ self.q_a.T
+
+    def precondition_rotated(self, rotated: torch.Tensor, regularization: float) -> torch.Tensor:
+        """``Q_G^T (H_layer + lambda*Id)^-1 M Q_A`` from ``Q_G^T M Q_A`` (stays rotated)."""
+        assert self.eigenvalues is not None
+        return rotated / (self.eigenvalues + regularization)
 
     def solve(self, m: torch.Tensor, regularization: float) -> torch.Tensor:
         """``(H_layer + lambda*Id)^-1 m`` for per-sample gradients ``m``, ``(n, d_out, d_in)``."""
