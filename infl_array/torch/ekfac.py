@@ -104,8 +104,8 @@ class EkfacInfluence(LayerwiseInfluence):
     >>> model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(),
     ...                             torch.nn.Linear(5, 3)).double()
     >>> infl = EkfacInfluence(model, regularization=0.01, update_diagonal=True).fit((x, y))
-    >>> infl.test_factor_width, infl.train_factor_width   # 25 + 18; (5 + 4) + (3 + 5)
-    (43, 17)
+    >>> infl.test_factor_width, infl.train_factor_width   # 25 + 18; (5 + 5) + (3 + 6)
+    (43, 19)
     >>> infl.influences(x[:2], y[:2], x, y).shape
     torch.Size([2, 30])
     """
