@@ -190,7 +190,7 @@ def bench_size(size: str, a: argparse.Namespace) -> dict[str, Any]:
                 t[f"scores_{r1}"], t[f"scores_{r2}"], r1, r2, a.n_test
             )
         res["kronfluence"] = k
-    if "trak" in a.peers and (size == "1e5" or a.quick):
+    if "trak" in a.peers and size in a.trak_sizes:
         res["trak"] = run(
             f"trak-{size}",
             VENV["trak"],
@@ -237,7 +237,8 @@ def report(info: dict, results: dict, a: argparse.Namespace, elapsed: float) -> 
         "`*`: extrapolated linearly in the number of test rows from the rows run, train side "
         "once, see the script). Spearman: mean (min) over rows of the per-row rank correlation "
         "with `EkfacInfluence` on the rows it ran. The machine is shared (load from other work), "
-        "so absolute times are noisy; ratios are taken within one run.",
+        "so absolute times are noisy; ratios are taken within one run."
+        + (f" {a.note}" if a.note else ""),
         "",
     ]
     for size, res in results.items():
@@ -361,6 +362,8 @@ def main() -> None:
     p.add_argument("--no-write", action="store_true")
     p.add_argument("--section", default=SECTION, help="RESULTS.md section head to (re)write")
     p.add_argument("--json", default=None, help="also write the raw results here")
+    p.add_argument("--trak-sizes", default="1e5", help="sizes TRAK runs at (slow on CPU)")
+    p.add_argument("--note", default="", help="a sentence added to the section's header")
     p.add_argument(
         "--keep",
         default="",
@@ -369,6 +372,7 @@ def main() -> None:
     )
     a = p.parse_args()
     KEEP.update(m for m in a.keep.split(",") if m)
+    a.trak_sizes = a.trak_sizes.split(",")
     a.n_train = a.n_train or (1000 if a.quick else 10_000)
     a.n_test = a.n_test or (100 if a.quick else 1000)
     sizes = (a.sizes or ("1e5,1e6" if a.quick else "1e5,1e6,1e7")).split(",")
