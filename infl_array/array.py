@@ -23,6 +23,7 @@ from infl_array.indexing import get_oindex
 from infl_array.meta import Compression, StoreMeta, check_shapes
 from infl_array.notes import format_notes, read_notes
 from infl_array.reduce import to_dask, top_k
+from infl_array.retest import new_test_source, share_train_factors
 from infl_array.self_influence import SelfInfluenceArray, open_self_influence
 from infl_array.sources import BlockFunction, BlockSource, FunctionSource
 from infl_array.store import MATRIX_NAME, InfluenceStore
@@ -161,6 +162,36 @@ class InfluenceArray(LazyArray):
         )
         source.set_output_dtype(np.dtype(meta.dtype))
         return cls(BlockEngine(opened, opened.matrix, source))
+
+    def with_test(
+        self,
+        test_data: Any,
+        store: Any,
+        *,
+        overwrite: bool = False,
+        storage_options: dict[str, Any] | None = None,
+    ) -> InfluenceArray:
+        """A new array of ``test_data`` against this array's model and train data, in ``store``.
+
+        It reuses the train factors stored with this array and does no train-side work where
+        they are stored (:mod:`infl_array.retest`); block shape, dtype and compression are
+        this array's.
+        """
+        source = new_test_source(self._engine, test_data, store)
+        assert source.shape is not None
+        meta = self.meta
+        new = InfluenceArray._new(
+            store,
+            source,
+            source.shape,
+            meta.block_shape,
+            meta.dtype,
+            overwrite,
+            meta.compression,
+            storage_options,
+        )
+        share_train_factors(self._engine, new._engine)
+        return new
 
     # ------------------------------------------------------------------ array attributes
     @property

@@ -208,3 +208,69 @@ class FactorStore:
     def __setstate__(self, state: dict[str, Any]) -> None:
         store = InfluenceStore.open(state["spec"], storage_options=state["storage_options"])
         self.__init__(store, state["budget_bytes"])  # type: ignore[misc]
+
+
+class SharedTrainFactors(FactorStore):
+    """A store's factors whose train side lives in another store's :class:`FactorStore`.
+
+    Made by :meth:`infl_array.InfluenceArray.with_test`: the new array keeps its test factors
+    in its own store and reads (and, where missing, writes) the train factors of the array it
+    came from, so a new test set costs no train-side work wherever the train side is stored.
+    Both arrays have the same train data and train block length.
+    """
+
+    def __init__(
+        self,
+        store: InfluenceStore,
+        train_from: FactorStore,
+        budget_bytes: int = DEFAULT_FACTOR_DISK_BUDGET,
+    ) -> None:
+        super().__init__(store, budget_bytes)
+        self.train_from = train_from
+
+    def is_stored(self, side: str, width: int, itemsize: int) -> bool:
+        if side == "train":
+            return self.train_from.is_stored(side, width, itemsize)
+        return super().is_stored(side, width, itemsize)
+
+    def exists(self, side: str) -> bool:
+        return self.train_from.exists(side) if side == "train" else super().exists(side)
+
+    def present(self, side: str) -> set[int]:
+        return self.train_from.present(side) if side == "train" else super().present(side)
+
+    def get(self, side: str, b: int) -> np.ndarray | None:
+        return self.train_from.get(side, b) if side == "train" else super().get(side, b)
+
+    def put(self, side: str, b: int, values: np.ndarray) -> bool:
+        if side == "train":
+            return self.train_from.put(side, b, values)
+        return super().put(side, b, values)
+
+    def claim(self, side: str, b: int) -> bool:
+        return self.train_from.claim(side, b) if side == "train" else super().claim(side, b)
+
+    def release(self, side: str, b: int) -> None:
+        if side == "train":
+            self.train_from.release(side, b)
+        else:
+            super().release(side, b)
+
+    def wait(self, side: str, b: int) -> np.ndarray | None:
+        return self.train_from.wait(side, b) if side == "train" else super().wait(side, b)
+
+    def stored_bytes(self) -> int:
+        """Bytes of this store's own factors (the shared train side is counted where it is)."""
+        grid = self._grid("test")
+        return 0 if grid is None else grid.stored_bytes()
+
+    def close(self) -> None:
+        super().close()
+        self.train_from.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "train_from": self.train_from}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        store = InfluenceStore.open(state["spec"], storage_options=state["storage_options"])
+        self.__init__(store, state["train_from"], state["budget_bytes"])  # type: ignore[misc]

@@ -79,7 +79,7 @@ class InfluenceStore:
         self.group = group
         self.meta = meta
         self.read_only = bool(group.store.read_only)
-        self.local_root = _local_path(spec)
+        self.local_root = local_path(spec)
         self.matrix = BlockGrid(matrix, self.where, self.local_root)
 
     @property
@@ -99,7 +99,7 @@ class InfluenceStore:
     ) -> None:
         """Raise unless a new store may be created at ``store`` (before any computation)."""
         store = _zarr_store(store, storage_options=storage_options)
-        path = _local_path(store)
+        path = local_path(store)
         if path is not None:
             _check_local_dir(path, creating=True)
         if _store_read_only(store):
@@ -160,7 +160,7 @@ class InfluenceStore:
     ) -> InfluenceStore:
         """Open an existing store; clear errors for anything that is not one."""
         where = describe_store(store)
-        path = _local_path(store)
+        path = local_path(store)
         if path is not None:
             _check_local_dir(path, creating=False)
             if read_only is False and not os.access(path, os.W_OK):
@@ -331,7 +331,7 @@ def _is_url(store: Any) -> bool:
     return isinstance(store, str) and "://" in store
 
 
-def _local_path(store: Any) -> Path | None:
+def local_path(store: Any) -> Path | None:
     """The directory of a local store argument, or None for remote/in-memory stores."""
     if isinstance(store, os.PathLike) or (isinstance(store, str) and not _is_url(store)):
         return Path(os.fspath(store))
@@ -392,7 +392,7 @@ def _check_local_dir(path: Path, *, creating: bool) -> None:
 
 def _exists(store: Any) -> bool:
     """Whether the store argument already holds anything (a zarr node or other files)."""
-    path = _local_path(store)
+    path = local_path(store)
     if path is not None:
         return path.is_dir() and any(path.iterdir())
     try:

@@ -118,7 +118,7 @@ def test_fill_with_dask_client(store: Path) -> None:
         store, block_fn_module_level, shape=(9, 10), block_shape=(4, 4)
     )
     with distributed.Client(
-        processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None
+        processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0"
     ) as client:
         assert arr.fill(progress=False, client=client) == 9
     np.testing.assert_array_equal(ia.open(store)[:, :], block_fn_module_level(range(9), range(10)))

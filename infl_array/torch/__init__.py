@@ -8,7 +8,14 @@ of the mean training loss over the fit data, through the factorised protocol
 * :class:`DirectInfluence` -- explicit Hessian and a Cholesky/LU solve;
 * :class:`CgInfluence` -- batched conjugate gradient on Hessian-vector products;
 * :class:`LissaInfluence` -- the LiSSA Neumann-series iteration;
-* :class:`ArnoldiInfluence` -- top eigenpairs of the Hessian by Lanczos.
+* :class:`ArnoldiInfluence` -- top eigenpairs of the Hessian by Lanczos;
+* :class:`EkfacInfluence` -- (E)K-FAC curvature per ``nn.Linear``/``nn.Conv2d`` layer;
+* :class:`ProjectedInfluence` -- per-layer Kronecker-structured random projections of the
+  gradients, preconditioned in the projected space.
+
+The last two are per-layer backends (:mod:`infl_array.torch.layers`): they capture each
+layer's inputs and output gradients in one forward and backward pass per batch and never form
+a per-sample gradient of all parameters; parameters outside those layers are left out.
 
 Per-sample gradients and Hessian products use :mod:`torch.func`; data forms are normalised by
 :func:`infl_array.torch.data.as_indexed`.
@@ -25,9 +32,12 @@ from .data import IndexedData, as_indexed
 from .datainf import InverseHarmonicMeanInfluence
 from .diagnostics import ConvergenceWarning, IndefiniteHessianWarning
 from .direct import DirectInfluence
+from .ekfac import EkfacInfluence
+from .layers import MemoryBudgetError
 from .lissa import LissaInfluence
 from .nystroem import NystroemSketchInfluence
 from .preconditioner import JacobiPreconditioner, NystroemPreconditioner, Preconditioner
+from .projected import ProjectedInfluence
 
 __all__ = [
     "ArnoldiInfluence",
@@ -35,11 +45,14 @@ __all__ = [
     "CgInfluence",
     "ConvergenceWarning",
     "DirectInfluence",
+    "EkfacInfluence",
     "IndefiniteHessianWarning",
     "IndexedData",
     "InverseHarmonicMeanInfluence",
     "JacobiPreconditioner",
     "LissaInfluence",
+    "MemoryBudgetError",
+    "ProjectedInfluence",
     "NystroemPreconditioner",
     "NystroemSketchInfluence",
     "Preconditioner",
