@@ -12,7 +12,8 @@ What it measures, side by side in one run on this machine:
    test sample's factors were computed (the model is wrapped in a protocol object that logs
    every factor call, in every process), wall time and CPU utilisation (CPU seconds of this
    process and every process it started, over wall time x cores; other load on a shared
-   machine is not counted, and is reported as the load at start).
+   machine is not counted, and is reported as the load at start). Then ``to_dask()`` of a fresh
+   store computed on the same kind of cluster (each chunk task reads or computes its block).
 2. Concurrent fillers: 1 and 4 processes fill one store (100 blocks of a CPU-bound block
    function, BLAS on one thread each) started together: duplicated block computations and wall.
 3. S3: the store operations a fill makes per block, and a fresh handle's reads of one block
@@ -39,7 +40,7 @@ from scaleout_parts import concurrent_fillers, fill_mode, s3_operations
 from speed_models import make_problem, setup_torch
 
 SECTION = "## Scale-out (issue 11)"
-MODES = ("here", "workers=2", "cluster")
+MODES = ("here", "workers=2", "cluster", "to_dask")
 
 
 def problem(quick: bool) -> dict[str, Any]:
@@ -111,7 +112,7 @@ def markdown(modes: list[dict[str, Any]], fillers: list[dict[str, Any]],
          f"{modes[0]['wall_s'] / m['wall_s']:.2f}x")
         for m in modes
     ]  # fmt: skip
-    head = ("fill", "train x", "test x", "blocks", "processes computing", "wall", "CPU util",
+    head = ("fill", "train x", "test x", "blocks stored", "processes computing", "wall", "CPU util",
             "speed-up")  # fmt: skip
     out += results_md.table(head, rows, "lrrrrrrr")
     equal = all(m["train_x"] == 1.0 and m["test_x"] == 1.0 for m in modes)

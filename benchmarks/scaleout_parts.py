@@ -68,7 +68,8 @@ def cpu_busy() -> float:
 
 
 def fill_mode(prob: dict[str, Any], backend: Any, mode: str, path: Path) -> dict[str, Any]:
-    """One fill of a fresh store in ``mode`` (here, workers=2, cluster); what it computed."""
+    """One fill of a fresh store in ``mode`` (here, workers=2, cluster, or computing
+    ``to_dask()`` on the cluster); what it computed."""
     import infl_array as ia
 
     log = path.with_suffix(".log")
@@ -77,11 +78,11 @@ def fill_mode(prob: dict[str, Any], backend: Any, mode: str, path: Path) -> dict
         str(path), model, test=prob["test"], train=prob["train"], block_shape=prob["block"]
     )
     client = cluster = None
-    if mode == "cluster":
+    if mode in ("cluster", "to_dask"):
         from distributed import Client, LocalCluster
 
         cluster = LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
         )
         client = Client(cluster)
     try:
@@ -90,6 +91,9 @@ def fill_mode(prob: dict[str, Any], backend: Any, mode: str, path: Path) -> dict
             arr.fill(progress=False)
         elif mode == "workers=2":
             arr.fill(progress=False, workers=2)
+        elif mode == "to_dask":
+            assert client is not None
+            client.compute(arr.to_dask()).result()  # every block computed and stored on touch
         else:
             arr.fill(progress=False, client=client)
         wall = t.lap()
@@ -99,14 +103,13 @@ def fill_mode(prob: dict[str, Any], backend: Any, mode: str, path: Path) -> dict
             client.close()
             cluster.close()
     per_side, procs = samples_computed(log)
-    stats = arr.stats
     return {
         "mode": mode,
         "wall_s": wall,
         "cpu_util": busy / (wall * (os.cpu_count() or 1)),
         "train_x": per_side["train"] / prob["n_train"],
         "test_x": per_side["test"] / prob["n_test"],
-        "blocks": stats.blocks_computed,
+        "blocks": int(ia.open(str(path)).computed.sum()),
         "procs": procs,
         "bytes": arr.stored_bytes(),
     }
