@@ -1,0 +1,141 @@
+"""Tables and target checks of the attribution-quality benchmark (``benchmarks/quality.py``)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+SECTION = "## Attribution quality (issue 12)"
+SAME_METHOD_TOLERANCE = 0.02
+# the peer method that is "the same method" as each of ours
+COUNTERPARTS = {
+    "Direct": ["pyDVL Direct"],
+    "CG": ["pyDVL CG"],
+    "LiSSA": ["pyDVL LiSSA"],
+    "Arnoldi": ["pyDVL Arnoldi"],
+    "EK-FAC": ["pyDVL EK-FAC", "Kronfluence EK-FAC"],
+    "K-FAC": ["pyDVL K-FAC", "Kronfluence K-FAC"],
+    "Nystroem": ["pyDVL Nystroem"],
+    "DataInf": ["pyDVL DataInf"],
+}
+
+
+def row_correlation(scores: np.ndarray, reference: np.ndarray) -> float:
+    """Mean over test points of the Pearson correlation of a score row with the reference's."""
+    a = scores - scores.mean(1, keepdims=True)
+    b = reference - reference.mean(1, keepdims=True)
+    den = np.sqrt((a * a).sum(1) * (b * b).sum(1))
+    ok = den > 0
+    return float(((a * b).sum(1)[ok] / den[ok]).mean()) if ok.any() else float("nan")
+
+
+def _seconds(s: float) -> str:
+    return f"{s:.1f} s" if s < 100 else f"{s:.0f} s"
+
+
+def case_table(result: dict[str, Any]) -> str:
+    """The markdown table of one case."""
+    lines = [
+        "| method | LDS (+- sd) | LOO Pearson | LOO Spearman | detection AUC | fit + matrix "
+        "| fit + self-influence | corr. with our Direct |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in result["rows"].items():
+        if "skipped" in row:
+            lines.append(f"| {name} | {row['skipped']} |  |  |  |  |  |  |")
+            continue
+        corr = row.get("corr_direct")
+        lines.append(
+            f"| {name} | {row['lds']:.3f} +- {row['lds_spread']:.3f} | {row['loo_pearson']:.3f} "
+            f"| {row['loo_spearman']:.3f} | {row['auc']:.3f} | {_seconds(row['seconds'])} "
+            f"| {_seconds(row['self_seconds'])} | {'' if corr is None else f'{corr:.3f}'} |"
+        )
+    return "\n".join(lines)
+
+
+def _describe(result: dict[str, Any]) -> str:
+    meta, s = result["meta"], result["settings"]
+    case = meta["case"]
+    clean, noisy = meta["clean"], meta["noisy"]
+    lo, hi = clean["hessian_eig_min_max"]
+    return (
+        f"**{case['name']}** ({case['kind']}, {meta['n_params']} parameters, "
+        f"{case['n_train']} train / {case['n_test']} test digits; clean model train/test "
+        f"accuracy {clean['train_accuracy']:.3f}/{clean['test_accuracy']:.3f}, noisy model "
+        f"{noisy['train_accuracy']:.3f}/{noisy['test_accuracy']:.3f}; weight decay "
+        f"{case['weight_decay']:g}, regularization {s['regularization']:g}, eigenvalues of H "
+        f"(clean) in [{lo:.3g}, {hi:.3g}]; influence in {s['dtype']}): "
+        f"{result['n_subsets']} subsets, {result['n_loo']} leave-one-out points, detection on "
+        f"{result['n_detect']} points ({result['n_flipped']} flipped); data, models and "
+        f"retraining {result['prepare_seconds']:.0f} s in this run (cached ones are not "
+        f"retrained)."
+    )
+
+
+def _best(rows: dict[str, Any], prefix: str, key: str) -> tuple[str, float] | None:
+    cand = [
+        (n, r[key])
+        for n, r in rows.items()
+        if "skipped" not in r
+        and (n.startswith(prefix) if prefix == "ours " else not n.startswith("ours "))
+    ]
+    return max(cand, key=lambda c: c[1]) if cand else None
+
+
+def targets(results: list[dict[str, Any]]) -> str:
+    """The issue's targets, checked on each case, as markdown bullet lines."""
+    lines = []
+    for result in results:
+        rows, case = result["rows"], result["case"]
+        for key, what in (("lds", "LDS"), ("auc", "detection AUC")):
+            ours, peer = _best(rows, "ours ", key), _best(rows, "peer", key)
+            if ours is None or peer is None:
+                continue
+            met = "met" if ours[1] >= peer[1] else "**not met**"
+            lines.append(
+                f"- {case}: best {what} of ours {ours[1]:.3f} ({ours[0]}) vs best peer "
+                f"{peer[1]:.3f} ({peer[0]}): {met}"
+            )
+        for label, names in COUNTERPARTS.items():
+            mine = rows.get(f"ours {label}")
+            for name in names:
+                theirs = rows.get(name)
+                if not mine or not theirs or "skipped" in mine or "skipped" in theirs:
+                    continue
+                diff = mine["lds"] - theirs["lds"]
+                ok = "within" if abs(diff) <= SAME_METHOD_TOLERANCE else "**outside**"
+                lines.append(
+                    f"- {case}: ours {label} LDS {mine['lds']:.3f} vs {name} {theirs['lds']:.3f}:"
+                    f" difference {diff:+.3f}, {ok} {SAME_METHOD_TOLERANCE}"
+                )
+    return "\n".join(lines)
+
+
+def section(results: list[dict[str, Any]], command: str, machine: str, wall: float) -> str:
+    """The whole RESULTS.md section."""
+    parts = [
+        SECTION,
+        "",
+        f"Command: `nice -n 10 {command}`  ",
+        f"Machine: {machine}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; wall time "
+        f"{wall / 60:.1f} min (methods whose results were cached from an earlier run with the "
+        "same settings and code are not rerun).",
+        "",
+        "LDS: Spearman correlation over the retrained subsets between the sum of a subset's "
+        "scores and the retrained model's output (log p of the true class), mean over the test "
+        "points; +- the standard deviation over 200 bootstrap resamples of the subsets. LOO: "
+        "correlation over the removed points between minus the summed scores and the change "
+        "of the summed test output when the point is removed. Detection AUC: flipped labels "
+        "ranked by self-influence on the noisy model, largest first. Times: wall time of one "
+        "fresh process on 1 thread (fit + full matrix; fit on the noisy model + "
+        "self-influence), on a machine shared with other jobs: compare within a run. "
+        "`corr. with our Direct`: mean over test points of the Pearson correlation of a score "
+        "row with our Direct's (how close a method is to the exact inverse).",
+        "",
+    ]
+    for result in results:
+        parts += [_describe(result), "", case_table(result), ""]
+    parts += ["### Targets", "", targets(results), ""]
+    return "\n".join(parts)
