@@ -207,8 +207,9 @@ def retrain_outputs(case: Case, n_subsets: int, log: Any = print) -> dict[str, n
     clean = qm.load_model(folder, case.kind, "clean")
     full = qm.outputs(clean, x_te, y_te)
     masks = t["subsets"].numpy()[:n_subsets]
+    loo_dir = folder / f"loo-tol{case.grad_tol:g}"
     (folder / "retrain").mkdir(exist_ok=True)
-    (folder / "loo").mkdir(exist_ok=True)
+    loo_dir.mkdir(exist_ok=True)
     todo = [s for s in range(n_subsets) if not (folder / "retrain" / f"subset_{s}.npy").exists()]
     start = time.perf_counter()
     for k, s in enumerate(todo):
@@ -223,18 +224,18 @@ def retrain_outputs(case: Case, n_subsets: int, log: Any = print) -> dict[str, n
     loo_idx = t["loo_indices"].numpy()
     state = clean.state_dict()
     for k, j in enumerate(loo_idx):
-        path = folder / "loo" / f"loo_{j}.npy"
+        path = loo_dir / f"loo_{j}.npy"
         if path.exists():
             continue
         keep = torch.from_numpy(np.arange(case.n_train) != j)
         model = qm.make_model(case.kind)
         model.load_state_dict(state)
-        qm.train(model, x_tr[keep], y_tr[keep], case.weight_decay, case.grad_tol / 10)
+        qm.train(model, x_tr[keep], y_tr[keep], case.weight_decay, case.grad_tol)
         _save_atomic(path, qm.outputs(model.eval(), x_te, y_te))
         if (k + 1) % 10 == 0:
             log(f"  {case.name}: leave-one-out {k + 1}/{len(loo_idx)}")
     outputs = np.stack([np.load(folder / "retrain" / f"subset_{s}.npy") for s in range(n_subsets)])
-    loo = np.stack([np.load(folder / "loo" / f"loo_{j}.npy") for j in loo_idx], axis=1)
+    loo = np.stack([np.load(loo_dir / f"loo_{j}.npy") for j in loo_idx], axis=1)
     return {
         "subsets": masks,
         "outputs": outputs,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -266,3 +268,9 @@ DETECT_BAD = [
 def test_detection_auc_bad_input(what, values, mask, exc, match):
     with pytest.raises(exc, match=re.compile(match)):
         detection_auc(values, np.asarray(mask))
+
+
+def test_importing_quality_does_not_import_torch():
+    code = "import sys, infl_array.quality; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
