@@ -7,8 +7,6 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from infl_array.array import InfluenceArray, open_array
 from infl_array.errors import (
     BlockFunctionError,
@@ -17,8 +15,9 @@ from infl_array.errors import (
     NotAStoreError,
     StaleCacheError,
 )
+from infl_array.meta import Compression
 from infl_array.protocol import FactorisedInfluence
-from infl_array.store import Compression
+from infl_array.version import __version__
 
 open = open_array
 

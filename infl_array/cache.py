@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from infl_array.plan import BlockCoords
+from infl_array.plan import BlockCoords, ReadPlan
 
 DEFAULT_CACHE_BYTES = 256 << 20
 """Default bound of an array's decoded-block cache (256 MiB)."""
@@ -31,20 +31,31 @@ SMALL_READ_BLOCKS = 8
 
 
 class BlockCache:
-    """LRU cache of decoded blocks, bounded by ``max_bytes`` (0 disables it). Thread-safe."""
+    """LRU cache of decoded blocks, bounded by ``max_bytes`` (0 disables it). Thread-safe.
+
+    ``hits`` and ``misses`` count lookups (:meth:`get`) that found, or did not find, a block.
+    """
 
     def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         self.max_bytes = max_bytes
         self.nbytes = 0
+        self.hits = 0
+        self.misses = 0
         self._blocks: OrderedDict[BlockCoords, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, coords: BlockCoords) -> np.ndarray | None:
         with self._lock:
             block = self._blocks.get(coords)
-            if block is not None:
+            if block is None:
+                self.misses += 1
+            else:
+                self.hits += 1
                 self._blocks.move_to_end(coords)
             return block
+
+    def __len__(self) -> int:
+        return len(self._blocks)
 
     def __contains__(self, coords: object) -> bool:
         return coords in self._blocks
@@ -69,56 +80,16 @@ class BlockCache:
             self.nbytes = 0
 
 
-def _axis_part(sel: Any, lo: int, hi: int) -> tuple[slice, Any]:
-    """Where the selected indices inside ``[lo, hi)`` go in the output, and their local index.
-
-    ``sel`` is a normalised per-axis selection (positive-step slice or sorted unique array).
-    Returns ``(output positions, local indices into the block)``; output positions are
-    contiguous because the selection is ascending.
-    """
-    if isinstance(sel, slice):
-        start, stop, step = sel.start, sel.stop, sel.step
-        k_lo = max(0, -(-(lo - start) // step))
-        k_hi = max(k_lo, -(-(min(hi, stop) - start) // step))
-        first = start + k_lo * step - lo
-        return slice(k_lo, k_hi), slice(first, first + (k_hi - k_lo) * step, step)
-    a = int(np.searchsorted(sel, lo)), int(np.searchsorted(sel, hi))
-    return slice(*a), sel[a[0] : a[1]] - lo
-
-
-def assemble_outer(
-    rows: Any,
-    cols: Any,
-    shape: tuple[int, int],
-    blocks: list[BlockCoords],
-    bounds: Callable[[BlockCoords], tuple[slice, slice]],
-    get_block: Callable[[BlockCoords], np.ndarray],
-    dtype: np.dtype[Any],
-) -> np.ndarray:
-    """``full[rows][:, cols]`` assembled from whole blocks (the outer selection's blocks)."""
-    out = np.empty(shape, dtype=dtype)
-    for coords in blocks:
-        row_span, col_span = bounds(coords)
-        out_r, loc_r = _axis_part(rows, row_span.start, row_span.stop)
-        out_c, loc_c = _axis_part(cols, col_span.start, col_span.stop)
-        if out_r.stop > out_r.start and out_c.stop > out_c.start:
-            out[out_r, out_c] = get_block(coords)[loc_r][:, loc_c]
-    return out
-
-
-def assemble_points(
-    rows: np.ndarray,
-    cols: np.ndarray,
-    block_shape: tuple[int, int],
-    blocks: list[BlockCoords],
-    get_block: Callable[[BlockCoords], np.ndarray],
-    dtype: np.dtype[Any],
-) -> np.ndarray:
-    """``full[rows, cols]`` for 1-D point coordinates, assembled from whole blocks."""
-    out = np.empty(rows.shape, dtype=dtype)
-    bi, bj = rows // block_shape[0], cols // block_shape[1]
-    for i, j in blocks:
-        mask = (bi == i) & (bj == j)
-        block = get_block((i, j))
-        out[mask] = block[rows[mask] - i * block_shape[0], cols[mask] - j * block_shape[1]]
+def assemble(plan: ReadPlan, get_block: Callable[[BlockCoords], np.ndarray], dtype: Any) -> Any:
+    """The result of a read, assembled from whole decoded blocks along its plan."""
+    out = np.empty(plan.out_shape, dtype=dtype)
+    for p in plan.projections:
+        block = get_block(p.coords)
+        rows, cols = p.block_sel
+        if len(p.out_sel) == 1:  # points
+            out[p.out_sel[0]] = block[rows, cols]
+        elif p.is_whole:
+            out[p.out_sel] = block
+        else:
+            out[p.out_sel] = block[rows][:, cols]
     return out

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
 import numpy as np
 
-import infl_array as ia
+from infl_array.array import InfluenceArray, open_array
+from infl_array.version import __version__
 
 
-def _open(store: str) -> ia.InfluenceArray:
-    return ia.open(store)
+def _open(store: str) -> InfluenceArray:
+    return open_array(store)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -26,13 +28,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     arr = _open(args.store)
     print(repr(arr))
-    meta = arr.meta.to_json()
-    meta["fingerprints"] = {k: v[:16] + "..." for k, v in meta["fingerprints"].items()}
-    print(json.dumps(meta, indent=2, sort_keys=True))
+    print(json.dumps(arr.meta.to_json(), indent=2, sort_keys=True))
     return 0
 
 
 def cmd_top(args: argparse.Namespace) -> int:
+    if args.k < 1:
+        print(f"error: --k must be at least 1; got {args.k}. Pass e.g. --k 10.", file=sys.stderr)
+        return 2
     arr = _open(args.store)
     largest = not args.harmful
     word = "harmful" if args.harmful else "helpful"
@@ -75,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="infl-array", description="Lazy, cached influence-function matrices."
     )
-    parser.add_argument("--version", action="version", version=ia.__version__)
+    parser.add_argument("--version", action="version", version=__version__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="the main job end to end on a small real data set")
     p.add_argument("store", nargs="?", default="infl-array-demo", help="store directory")
@@ -100,9 +103,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except BrokenPipeError:
+        # the reader went away (``infl-array top S | head``): what it wanted was printed
+        _silence_stdout()
+        return 0
     except (LookupError, ValueError, OSError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so flushing it at exit raises no second BrokenPipeError."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real file descriptor (captured in tests)
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

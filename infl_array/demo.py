@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-import infl_array as ia
+from infl_array.array import InfluenceArray, open_array
 
 MODEL_FILE = "demo_model.pt"
 FLIP_FRACTION = 0.05
@@ -71,6 +71,15 @@ def train_model(data: dict[str, Any], seed: int = 0) -> Any:
     return model
 
 
+def _flip_note(j: int, data: dict[str, Any], test_label: int, title: str) -> str:
+    """Why a train image with a flipped label shows up where it does."""
+    note = f"  <- label flipped (true {data['y_train_true'][j]})"
+    if title == "most helpful" and data["y_train"][j] == test_label:
+        # its wrong label is this test image's label: it pulls the model toward that label
+        note += "; its wrong label is this test image's label, which it reinforces"
+    return note
+
+
 def run(store: str | Path, k: int = 5, show: int = 3) -> dict[str, Any]:
     """Build (or reuse) the demo store and print the most helpful / harmful train points."""
     import torch
@@ -95,9 +104,9 @@ def run(store: str | Path, k: int = 5, show: int = 3) -> dict[str, Any]:
         model, torch.nn.functional.cross_entropy, regularization=REGULARIZATION
     ).fit(train)
     if reuse:
-        arr = ia.open(store, influence, test=test, train=train)
+        arr = open_array(store, influence, test=test, train=train)
     else:
-        arr = ia.InfluenceArray.create(
+        arr = InfluenceArray.create(
             store, influence, test=test, train=train, block_shape=BLOCK_SHAPE
         )
         torch.save(model.state_dict(), model_path)
@@ -123,13 +132,11 @@ def run(store: str | Path, k: int = 5, show: int = 3) -> dict[str, Any]:
         ):
             print(f"  {title} train images:")
             for value, j in zip(values, idx, strict=True):
-                note = (
-                    f"  <- label flipped (true {data['y_train_true'][j]})" if j in flipped else ""
-                )
+                note = _flip_note(j, data, int(data["y_test"][i]), title) if j in flipped else ""
                 print(f"    #{j:<5d} label {data['y_train'][j]}  influence {value:+.4g}{note}")
     harmful_flipped = np.isin(harmful_i, data["flipped"]).mean()
     helpful_same = (data["y_train"][helpful_i] == data["y_test"][:, None]).mean()
-    computed = arr.blocks_computed
+    computed = arr.stats.blocks_computed
     print(
         f"\nacross all {arr.shape[0]} test images: {100 * helpful_same:.0f}% of the {k} most "
         f"helpful train images share the test label; {100 * harmful_flipped:.0f}% of the {k} "

@@ -7,6 +7,12 @@ against numpy or zarr keeps working. Messages say what was expected, what arrive
 from __future__ import annotations
 
 
+def add_note(exc: BaseException, note: str) -> None:
+    """Attach ``note`` to ``exc`` (shown under its traceback; Python >= 3.11)."""
+    if hasattr(exc, "add_note"):
+        exc.add_note(note)
+
+
 class MissingBlockError(LookupError):
     """A block that is not in the store was read, and nothing can compute it.
 

@@ -1,155 +1,108 @@
 """Filling a store: compute every missing block, here, in local processes or on dask.
 
-Work is cut into tasks of whole block rows (one test block against the train blocks it lacks),
-so a model-backed array computes each test factor once per task. Every block is written
-atomically, so filling may be interrupted at any moment and run by several processes or
-machines at once on the same store: a block is either complete in the store or absent, and a
-later fill computes only what is still absent. Before computing a block a worker checks again
-that no other filler has written it in the meantime. A fill first removes the temporary files
-that killed writers left behind (only those old enough to have no live writer, see
-:meth:`~infl_array.store.BlockStore.clean_partials`), and refuses a read-only store before
+In this process, the missing blocks are computed in tiles (:mod:`infl_array.work`); factors
+come from the memo or the store, so each is computed once. Across workers (``workers=N``
+processes, or a dask ``client``) the fill is planned as tasks (:func:`plan_fill`) so that each
+factor is still computed once per fill, whatever the number of workers:
+
+1. *Factors first* (sources with factors kept in the store, :mod:`infl_array.factors`): this
+   process computes one train and one test factor block (which fixes which sides the store
+   keeps), then the remaining factor blocks the missing blocks need are split into tasks, each
+   block in exactly one task: train blocks in groups, test blocks in contiguous runs (one
+   batched solve each). Workers store them.
+2. *Blocks*: the missing blocks in groups of whole block columns (each train block in one
+   task; its test factors are read from the store), or of whole block rows when only the train
+   side is kept, or of block rows for plain block functions.
+
+Every task shares its work with other fillers through claims (:mod:`infl_array.claims`), so
+several ``fill()`` calls on one store (processes or machines) split the blocks between them,
+and a block is either complete in the store or absent whatever is killed. A fill first removes
+temporary files that killed writers left behind (only those old enough to have no live writer,
+see :meth:`~infl_array.grid.BlockGrid.clean_partials`), and refuses a read-only store before
 computing anything.
 """
 
 from __future__ import annotations
 
 import multiprocessing
-import sys
-from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from itertools import groupby
-from typing import TYPE_CHECKING, Any, TypeVar
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
 
-from infl_array.plan import BlockCoords
-
-if TYPE_CHECKING:
-    from infl_array.array import InfluenceArray
-
-T = TypeVar("T")
+from infl_array.dask_fill import run_on_dask
+from infl_array.engine import BlockEngine
+from infl_array.fill_tasks import FillProgress, Task, plan_fill, run_phases, run_task
+from infl_array.progress import counter_bar
 
 
-def progress_bar(
-    items: Iterable[T], enabled: bool, desc: str, total: int | None = None
-) -> Iterator[T]:
-    """``items`` wrapped in a tqdm bar on stderr when ``enabled``."""
-    if not enabled:
-        return iter(items)
-    from tqdm.auto import tqdm
-
-    return iter(tqdm(items, desc=desc, total=total, unit="block", file=sys.stderr))
-
-
-def row_tasks(missing: list[BlockCoords]) -> list[list[BlockCoords]]:
-    """The missing blocks grouped by block row, row-major."""
-    return [list(group) for _, group in groupby(sorted(missing), key=lambda c: c[0])]
-
-
-def fill(arr: InfluenceArray, *, progress: bool, workers: int | None, client: Any) -> int:
-    """Compute every block missing from ``arr``'s store; returns how many this call computed."""
+def fill_store(engine: BlockEngine, *, progress: bool, workers: int | None, client: Any) -> int:
+    """Compute every block missing from ``engine``'s array; returns how many this call wrote."""
     if workers is not None and (not isinstance(workers, int) or workers < 1):
         raise ValueError(f"workers must be None or a positive int; got {workers!r}.")
     if client is not None and workers is not None:
         raise ValueError("pass either workers=N (local processes) or client= (dask), not both.")
-    store = arr._store
-    store.clean_partials()
-    missing = arr.missing_blocks()
+    engine.grid.clean_partials()
+    missing = engine.missing()
     if not missing:
         return 0
-    store.check_writable()
-    if client is not None:
-        return _fill_dask(arr, missing, client, progress)
-    if workers is not None and workers > 1:
-        return _fill_processes(arr, missing, workers, progress)
-    from infl_array.executor import compute_blocks
-
-    bar = _counter_bar(len(missing), progress)
-    try:
-        return compute_blocks(
-            arr, missing, on_done=lambda _: bar.update(1), recheck=True, cache_values=False
-        )
-    finally:
-        bar.close()
-
-
-def compute_task(arr: InfluenceArray, coords: list[BlockCoords]) -> int:
-    """Compute those of ``coords`` that are still missing; returns how many it computed."""
-    from infl_array.executor import compute_blocks
-
-    present = arr._store.has_blocks(coords)
-    missing = [c for c in coords if c not in present]
-    return compute_blocks(arr, missing, recheck=True, cache_values=False)
-
-
-_WORKER_ARRAY: InfluenceArray | None = None
-
-
-def _init_worker(arr: InfluenceArray) -> None:
-    global _WORKER_ARRAY
-    _WORKER_ARRAY = arr
-
-
-def _worker_task(coords: list[BlockCoords]) -> int:
-    assert _WORKER_ARRAY is not None
-    return compute_task(_WORKER_ARRAY, coords)
-
-
-def _fill_processes(
-    arr: InfluenceArray, missing: list[BlockCoords], workers: int, progress: bool
-) -> int:
-    tasks = row_tasks(missing)
-    context = multiprocessing.get_context("spawn")
-    done = 0
-    bar = _counter_bar(len(missing), progress)
-    with ProcessPoolExecutor(
-        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(arr,)
-    ) as pool:
-        futures = {pool.submit(_worker_task, task): len(task) for task in tasks}
+    engine.grid.check_writable()
+    if client is None and (workers is None or workers == 1):
+        bar = counter_bar(len(missing), progress)
         try:
-            for future in as_completed(futures):
-                done += future.result()
-                bar.update(futures[future])
-        except BaseException:
-            # one task failed (or we were interrupted): start no more, re-raise at once
-            for future in futures:
-                future.cancel()
+            return engine.compute(
+                missing, on_done=lambda _: bar.update(1), share=True, cache_values=False
+            )
+        finally:
+            bar.close()
+    n_workers = workers or max(1, len(client.scheduler_info()["workers"]))
+    tasks = plan_fill(engine, missing, n_workers)
+    if client is not None:
+        done = run_on_dask(engine, tasks, client, len(missing), progress)
+    else:
+        assert workers is not None
+        done = _run_on_processes(engine, tasks, workers, len(missing), progress)
+    engine.refresh()
+    return done
+
+
+_WORKER_ENGINE: BlockEngine | None = None
+
+
+def _init_worker(engine: BlockEngine) -> None:
+    global _WORKER_ENGINE
+    _WORKER_ENGINE = engine
+
+
+def _worker_task(task: Task) -> dict[str, int]:
+    assert _WORKER_ENGINE is not None
+    return run_task(_WORKER_ENGINE, task)
+
+
+def _run_on_processes(
+    engine: BlockEngine, phases: list[list[Task]], workers: int, total: int, progress: bool
+) -> int:
+    state = FillProgress(engine, total, progress)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(engine,)
+    ) as pool:
+        submitted: list[Any] = []
+
+        def submit(task: Task) -> Any:
+            submitted.append(pool.submit(_worker_task, task))
+            return submitted[-1]
+
+        try:
+            run_phases(phases, submit, as_completed, lambda f: f.result(), state.on_task)
+        except BrokenProcessPool as exc:
+            state.kept_note(exc, "a worker process died (killed, or out of memory)")
             raise
-    bar.close()
-    arr._refresh_known()
-    return done
-
-
-def _dask_task(arr: InfluenceArray, coords: list[BlockCoords]) -> int:
-    return compute_task(arr, coords)
-
-
-def _fill_dask(arr: InfluenceArray, missing: list[BlockCoords], client: Any, progress: bool) -> int:
-    from distributed import as_completed as dask_as_completed
-
-    tasks = row_tasks(missing)
-    [arr_future] = client.scatter([arr], broadcast=True)
-    futures = client.map(_dask_task, [arr_future] * len(tasks), tasks, pure=False)
-    sizes = {f.key: len(t) for f, t in zip(futures, tasks, strict=True)}
-    bar = _counter_bar(len(missing), progress)
-    done = 0
-    for future in dask_as_completed(futures):
-        done += future.result()
-        bar.update(sizes[future.key])
-    bar.close()
-    arr._refresh_known()
-    return done
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _counter_bar(total: int, enabled: bool) -> Any:
-    if not enabled:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="fill", unit="block", file=sys.stderr)
+        except BaseException as exc:
+            # one task failed (or we were interrupted): start no more, re-raise at once
+            for future in submitted:
+                future.cancel()
+            state.kept_note(exc, "the fill stopped")
+            raise
+        finally:
+            state.bar.close()
+    return state.written

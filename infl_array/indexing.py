@@ -202,8 +202,96 @@ def _check_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return values if values.dtype == dtype else values.astype(dtype)
 
 
+def check_result_size(
+    out_shape: tuple[int, ...] | int, dtype: np.dtype, max_bytes: int | None
+) -> None:
+    """``MemoryError`` when a result (a shape, or a number of values) would exceed ``max_bytes``.
+
+    Examples
+    --------
+    >>> check_result_size((3, 4), np.dtype("float32"), 1 << 20)
+    >>> check_result_size(10**6, np.dtype("float32"), 1 << 20)
+    Traceback (most recent call last):
+    ...
+    MemoryError: refusing to read a result of 1,000,000 values (4.0 MB), more than ...
+    """
+    if max_bytes is None:
+        return
+    size = out_shape if isinstance(out_shape, int) else math.prod(out_shape)
+    nbytes = size * np.dtype(dtype).itemsize
+    if nbytes > max_bytes:
+        what = f"shape {out_shape}" if isinstance(out_shape, tuple) else f"{size:,} values"
+        raise MemoryError(
+            f"refusing to read a result of {what} ({_fmt_bytes(nbytes)}), more than "
+            f"materialize_limit_bytes ({_fmt_bytes(max_bytes)}), so it could never be "
+            "returned; nothing was computed. Read a smaller slice, stream with arr.top_k(...), "
+            "the reductions (np.sum(arr, axis=...)) or arr.fill(), use arr.to_dask(), or raise "
+            "arr.materialize_limit_bytes on purpose."
+        )
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def _has_arrays(key: object) -> bool:
+    return any(
+        isinstance(e, list | np.ndarray) for e in (key if isinstance(key, tuple) else (key,))
+    )
+
+
+def result_size(key: object, n: tuple[int, int]) -> int | None:
+    """The number of elements ``full[key]`` has, without building it (None if unsure).
+
+    Validating a key on numpy's zero-strided proxy costs time and memory proportional to the
+    result when the key holds index arrays, so a huge read is sized from the key first:
+    slices and remaining axes contribute their lengths, index arrays and masks the broadcast
+    of their shapes. Keys it cannot read are left to numpy's validation.
+
+    Examples
+    --------
+    >>> result_size((np.arange(3)[:, None], slice(None, None, 2)), (10, 9))
+    15
+    >>> result_size((None, np.ones(4, bool)), (4, 10))
+    40
+    """
+    try:
+        elems = [_read_as_numpy(e) for e in (key if isinstance(key, tuple) else (key,))]
+        free = 2 - sum(_consumed(e) for e in elems)
+        lengths: list[int] = []
+        advanced: list[tuple[int, ...]] = []
+        axis = 0
+        for e in elems:
+            if e is Ellipsis:
+                lengths += list(n[axis : axis + free])
+                axis += free
+            elif isinstance(e, slice):
+                lengths.append(len(range(*e.indices(n[axis]))))
+                axis += 1
+            elif isinstance(e, int):
+                axis += 1
+            elif isinstance(e, np.ndarray) and e.dtype == bool:
+                advanced.append((int(np.count_nonzero(e)),) if e.ndim else (int(e),))
+                axis += e.ndim
+            elif isinstance(e, np.ndarray):
+                advanced.append(e.shape)
+                axis += 1
+        lengths += list(n[axis:])
+        return math.prod(lengths) * math.prod(np.broadcast_shapes(*advanced))
+    except Exception:
+        return None
+
+
 def getitem(
-    shape: tuple[int, int], dtype: np.dtype, key: object, reader: Reader
+    shape: tuple[int, int],
+    dtype: np.dtype,
+    key: object,
+    reader: Reader,
+    max_bytes: int | None = None,
 ) -> np.ndarray | np.generic:
     """Return ``full[key]`` exactly as numpy would, reading only what is needed.
 
@@ -218,6 +306,8 @@ def getitem(
         integer arrays or lists of any shape, boolean masks, and tuples mixing them.
     reader : Reader
         Source of the values.
+    max_bytes : int or None
+        Refuse (``MemoryError``, before anything is read) a result larger than this.
 
     Returns
     -------
@@ -229,12 +319,19 @@ def getitem(
     ------
     IndexError, TypeError, ValueError
         Whatever numpy raises for ``full[key]``; nothing is read then.
+    MemoryError
+        The result would exceed ``max_bytes``; nothing is read then.
     """
     dtype = np.dtype(dtype)
     n = (int(shape[0]), int(shape[1]))
     any_key: Any = key
+    if max_bytes is not None and _has_arrays(key):  # numpy's check below costs O(result)
+        size = result_size(key, n)
+        if size is not None:
+            check_result_size(size, dtype, max_bytes)
     probe = np.broadcast_to(np.zeros((), dtype=bool), n)[any_key]  # raises like full[key]
     out_shape = np.shape(probe)
+    check_result_size(out_shape, dtype, max_bytes)
     if math.prod(out_shape) == 0:
         return np.empty(out_shape, dtype=dtype)
 
@@ -364,7 +461,11 @@ def _oindex_axis(item: Any, n: int) -> tuple[_Axis, int | None]:
 
 
 def get_oindex(
-    shape: tuple[int, int], dtype: np.dtype, key: object, reader: Reader
+    shape: tuple[int, int],
+    dtype: np.dtype,
+    key: object,
+    reader: Reader,
+    max_bytes: int | None = None,
 ) -> np.ndarray | np.generic:
     """Return the outer (orthogonal) selection ``key``, as zarr's ``oindex`` does.
 
@@ -381,6 +482,8 @@ def get_oindex(
         boolean mask of the axis's length.
     reader : Reader
         Source of the values.
+    max_bytes : int or None
+        Refuse (``MemoryError``, before anything is read) a result larger than this.
 
     Returns
     -------
@@ -412,6 +515,7 @@ def get_oindex(
     ax0, len0 = _oindex_axis(items[0], n[0])
     ax1, len1 = _oindex_axis(items[1], n[1])
     out_shape = tuple(size for size in (len0, len1) if size is not None)
+    check_result_size(out_shape, dtype, max_bytes)
     if math.prod(out_shape) == 0:
         return np.empty(out_shape, dtype=dtype)
     sub = _check_dtype(reader.read_outer(_compact(ax0.sel), _compact(ax1.sel)), dtype)

@@ -1,6 +1,7 @@
-"""The factorised-influence protocol: how any backend plugs into an InfluenceArray.
+"""The factorised-influence protocol: how any influence model plugs into an InfluenceArray.
 
-A backend computes influence as an inner product of per-sample factors::
+An influence model (a "backend": the classes of :mod:`infl_array.torch`, or a user's own)
+computes influence as an inner product of per-sample factors::
 
     I[i, j] = test_factors(test[i]) . train_factors(train[j])
 
@@ -11,7 +12,7 @@ columns. The block of the influence matrix for ``rows x cols`` is
 ``test_factors(rows) @ train_factors(cols).T``.
 
 ``influence_config()`` returns a JSON-able mapping that identifies the backend and its
-settings; the store records it, and opening a store with a backend whose config differs
+settings; the store records it, and opening a store with a model whose config differs
 raises :class:`~infl_array.errors.StaleCacheError`. ``model_fingerprint()`` (optional) returns
 a string that identifies the parameter values the influence is computed at.
 
@@ -37,5 +38,5 @@ class FactorisedInfluence(Protocol):
         ...
 
     def influence_config(self) -> Mapping[str, Any]:
-        """JSON-able settings that identify the backend (class name, hyper-parameters)."""
+        """JSON-able settings that identify the influence model (class, hyper-parameters)."""
         ...

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 
@@ -28,3 +30,52 @@ def influence_like(shape: tuple[int, int], seed: int = 0, dtype: str = "float32"
 def block_fn_module_level(rows: range, cols: range) -> np.ndarray:
     """A picklable block function (for process workers): ``100 * row + col``."""
     return np.add.outer(np.arange(rows.start, rows.stop) * 100.0, np.arange(cols.start, cols.stop))
+
+
+class LoggedFactors:
+    """A factorised influence model whose every factor call is appended to a log file.
+
+    The data's first feature is the sample index, so a call's line names the index range it
+    computed: ``"<kind> <start> <stop> <pid>"``. Factors are a fixed function of the features,
+    so blocks are reproducible in any process.
+    """
+
+    def __init__(self, log: str, width: int = 4, delay: float = 0.0) -> None:
+        self.log, self.width, self.delay = log, width, delay
+
+    def _factors(self, kind: str, x: Any) -> np.ndarray:
+        import os
+        import time
+
+        x = np.asarray(x, dtype=np.float64)
+        with open(self.log, "a") as f:
+            f.write(f"{kind} {int(x[0, 0])} {int(x[-1, 0]) + 1} {os.getpid()}\n")
+        time.sleep(self.delay)
+        scale = np.arange(1, self.width + 1)
+        return np.sin(np.outer(x[:, 0] + x[:, 1], scale) + (kind == "test"))
+
+    def test_factors(self, x: Any, y: Any) -> np.ndarray:
+        return self._factors("test", x)
+
+    def train_factors(self, x: Any, y: Any) -> np.ndarray:
+        return self._factors("train", x)
+
+    def influence_config(self) -> dict[str, Any]:
+        return {"model": "LoggedFactors", "width": self.width}
+
+
+def indexed_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(x, y)`` whose first feature is the sample index (see :class:`LoggedFactors`)."""
+    rng = np.random.default_rng(seed)
+    x = np.stack([np.arange(n, dtype=np.float64), rng.standard_normal(n)], axis=1)
+    return x, np.zeros(n, dtype=np.int64)
+
+
+def logged_calls(log: str) -> list[tuple[str, int, int, int]]:
+    """The factor calls :class:`LoggedFactors` logged: ``(kind, start, stop, pid)``."""
+    out = []
+    with open(log) as f:
+        for line in f:
+            kind, start, stop, pid = line.split()
+            out.append((kind, int(start), int(stop), int(pid)))
+    return out

@@ -418,19 +418,20 @@ def test_process_workers_refuse_an_in_process_store(spec: object, full: np.ndarr
 def test_small_repeated_reads_come_from_the_block_cache(store: Path, full: np.ndarray) -> None:
     arr, _ = make(store, full)
     first = arr[7, 3:9]
-    decodes: list[tuple[int, int]] = []
-    original = arr._store.read_block
-    arr._store.read_block = lambda c: decodes.append(c) or original(c)  # type: ignore[method-assign]
+    cache = arr.block_cache
+    misses = cache.misses
     np.testing.assert_array_equal(arr[7, 3:9], first)
     np.testing.assert_array_equal(arr[[5, 9], 4], full[[5, 9], 4])
-    assert decodes == []  # computed blocks were cached as they were written
-    arr.block_cache.clear()
+    assert cache.misses == misses  # computed blocks were cached as they were written
+    cache.clear()
     np.testing.assert_array_equal(arr[7, 3:9], first)
-    assert sorted(decodes) == [(1, 0), (1, 1), (1, 2)]
-    arr.block_cache.max_bytes = 0  # off: reads go to zarr
-    decodes.clear()
+    assert cache.misses == misses + 3  # blocks (1, 0), (1, 1), (1, 2) decoded once each
     np.testing.assert_array_equal(arr[7, 3:9], first)
-    assert decodes == []
+    assert cache.misses == misses + 3
+    cache.max_bytes = 0  # off: reads go to zarr, the cache is not consulted
+    hits = cache.hits
+    np.testing.assert_array_equal(arr[7, 3:9], first)
+    assert (cache.hits, cache.misses) == (hits, misses + 3)
 
 
 def test_block_cache_is_bounded(store: Path, full: np.ndarray) -> None:

@@ -32,7 +32,8 @@ from helpers import CountingFn
 from zarr.storage import LocalStore
 
 import infl_array as ia
-from infl_array.store import PARTIAL_MIN_AGE_S, BlockStore
+from infl_array.grid import PARTIAL_MIN_AGE_S
+from infl_array.store import InfluenceStore
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -146,7 +147,7 @@ CHILD_SOURCE = textwrap.dedent(
             for b in blocks[: len(blocks) // 2]:
                 arr.read_block(b)
         arr.fill(progress=False, workers=opts.get("workers"))
-        print(json.dumps({"computed": arr.blocks_computed}))
+        print(json.dumps({"computed": arr.stats.blocks_computed}))
 
 
     def read(store, opts):
@@ -252,7 +253,12 @@ def chunk_files(store: Path) -> list[Path]:
 
 
 def partial_files(store: Path) -> list[Path]:
-    return sorted(store.rglob("*.partial"))
+    """Temporary files of block writes (a claim written meanwhile may leave one too)."""
+    return sorted(p for p in store.rglob("*.partial") if "/c/" in p.as_posix())
+
+
+def claim_partials(store: Path) -> list[Path]:
+    return sorted((store / "influence" / "claims").glob("*.partial"))
 
 
 def snapshot(store: Path) -> dict[str, bytes]:
@@ -372,8 +378,9 @@ def test_sigkill_inside_a_block_write(
     refill_computes_exactly(spec, missing)
     assert partial_files(store) == [partial]
     # once no writer can be alive it is removed
-    assert BlockStore.open(store).clean_partials(min_age_s=0) == 1
-    assert partial_files(store) == []
+    claims = claim_partials(store)  # the fill may have been writing a claim when it died
+    assert InfluenceStore.open(store).matrix.clean_partials(min_age_s=0) == 1 + len(claims)
+    assert partial_files(store) == [] and claim_partials(store) == []
     np.testing.assert_array_equal(np.asarray(ia.open(spec)), EXPECTED)
 
 
@@ -436,10 +443,12 @@ def test_clean_partials_removes_only_abandoned_files(tmp_path: Path) -> None:
     old = row3 / f"4.{'b' * 32}.partial"
     older_meta = store / f"zarr.json.{'c' * 32}.partial"  # not a block file: not ours to judge
     foreign = row3 / "notes.partial"
-    for p in (fresh, old, older_meta, foreign):
+    (store / "influence" / "claims").mkdir(exist_ok=True)
+    old_claim = store / "influence" / "claims" / f"factors.train.3.{'d' * 32}.partial"
+    for p in (fresh, old, older_meta, foreign, old_claim):
         p.write_bytes(b"half a block")
     long_ago = time.time() - PARTIAL_MIN_AGE_S - 60
-    for p in (old, older_meta, foreign):
+    for p in (old, older_meta, foreign, old_claim):
         os.utime(p, (long_ago, long_ago))
     before = arr.computed.copy()
     assert before.sum() == GRID[1] and not before[3, 4]
@@ -448,11 +457,13 @@ def test_clean_partials_removes_only_abandoned_files(tmp_path: Path) -> None:
     reopened = ia.open(store, fn=fn)
     assert reopened.fill(progress=False) == N_BLOCKS - GRID[1]
     assert len(fn.calls) == N_BLOCKS - GRID[1]
-    assert fresh.exists() and not old.exists()
+    assert fresh.exists() and not old.exists() and not old_claim.exists()
     assert older_meta.exists() and foreign.exists()
-    assert BlockStore.open(store).clean_partials() == 0  # the fresh one is still too young
-    assert BlockStore.open(store, read_only=True).clean_partials(min_age_s=0) == 0
-    assert BlockStore.open(store).clean_partials(min_age_s=0) == 1
+    assert (
+        InfluenceStore.open(store).matrix.clean_partials() == 0
+    )  # the fresh one is still too young
+    assert InfluenceStore.open(store, read_only=True).matrix.clean_partials(min_age_s=0) == 0
+    assert InfluenceStore.open(store).matrix.clean_partials(min_age_s=0) == 1
     assert not fresh.exists()
     np.testing.assert_array_equal(np.asarray(ia.open(store)), EXPECTED)
 
@@ -461,7 +472,7 @@ def test_partial_files_are_never_counted(tmp_path: Path) -> None:
     store = tmp_path / "store"
     arr = new_store(store)
     arr[0, 0]
-    stored = BlockStore.open(store).stored_bytes()
+    stored = ia.open(store).stored_bytes()
     for i, j in [(0, 1), (2, 3), (7, 5)]:
         d = store / "influence" / "c" / str(i)
         d.mkdir(parents=True, exist_ok=True)
@@ -469,7 +480,7 @@ def test_partial_files_are_never_counted(tmp_path: Path) -> None:
     ro = ia.open(store)
     assert np.argwhere(ro.computed).tolist() == [[0, 0]]
     assert ro.missing_blocks() == [b for b in np.ndindex(GRID) if b != (0, 0)]
-    assert BlockStore.open(store).stored_bytes() == stored
+    assert ia.open(store).stored_bytes() == stored
     assert ro.verify() == []
     assert "1/48" in repr(ro)
     with pytest.raises(ia.MissingBlockError, match=r"\(2, 3\)"):

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import zarr
 from torch.utils.data import DataLoader, TensorDataset
 
 import infl_array as ia
@@ -92,8 +93,8 @@ def test_reopen_with_an_equal_model_computes_nothing(
     again = _problem()  # the same model and data, rebuilt: new objects
     reopened = ia.open(tmp_path / "s", _direct(again), test=again["test"], train=again["train"])
     np.testing.assert_array_equal(np.asarray(reopened), np.asarray(arr))
-    assert reopened.blocks_computed == 0
-    assert reopened._source.stats["test_factors"] == 0
+    assert reopened.stats.blocks_computed == 0
+    assert reopened.stats.test_factors == 0
 
 
 def test_stale_model_data_and_backend(tmp_path: Path, problem: dict[str, Any]) -> None:
@@ -157,14 +158,15 @@ def test_fill_solves_each_tile_once_and_gradients_once(
         dtype="float64",
     )
     arr.fill(progress=False)
-    stats = arr._source.stats
+    stats = arr.stats
     # 4 block rows x 3 block columns: one batched solve for all test rows, 3 gradient passes
-    assert stats["test_factors"] == 1 and stats["train_factors"] == 3
+    assert stats.test_factors == 1 and stats.train_factors == 3
     np.testing.assert_allclose(np.asarray(arr), _reference(problem), rtol=1e-10, atol=1e-14)
 
 
+@pytest.mark.parametrize("stored", [True, False])
 def test_a_small_factor_budget_degrades_to_more_tiles(
-    tmp_path: Path, problem: dict[str, Any]
+    tmp_path: Path, problem: dict[str, Any], stored: bool
 ) -> None:
     n_params = _direct(problem).n_params
     row_bytes = 3 * n_params * 8  # a block row of test factors: 3 points, float64
@@ -175,12 +177,34 @@ def test_a_small_factor_budget_degrades_to_more_tiles(
         block_shape=(3, 10),
         dtype="float64",
         factor_budget_bytes=2 * column_bytes + 2 * row_bytes,  # tiles of two block rows
+        factor_disk_budget_bytes=(1 << 30) if stored else 0,
     )
     arr.fill(progress=False)
-    stats = arr._source.stats
-    assert stats["test_factors"] == 2  # two tiles, one solve each
-    assert stats["train_factors"] == 2 * 3  # gradients once per tile
+    stats = arr.stats
+    assert stats.test_factors == 2  # two tiles, one solve each
+    if stored:  # the second tile reads the train factors the first one stored
+        assert (stats.train_factors, stats.factor_reads) == (3, 3)
+    else:  # kept in memory only: gradients once per tile
+        assert (stats.train_factors, stats.factor_reads) == (2 * 3, 0)
     np.testing.assert_allclose(np.asarray(arr), _reference(problem), rtol=1e-10, atol=1e-14)
+
+
+def test_stored_factors_make_a_resumed_fill_compute_no_factor_twice(
+    tmp_path: Path, problem: dict[str, Any]
+) -> None:
+    arr = _create(tmp_path, problem, block_shape=(3, 10), dtype="float64")
+    arr[:3]  # block row 0: its test factors and every train block
+    reopened = ia.open(
+        tmp_path / "s", _direct(problem), test=problem["test"], train=problem["train"]
+    )
+    reopened.fill(progress=False)
+    stats = reopened.stats
+    assert stats.train_factors == 0 and stats.factor_reads == 3  # the three train blocks
+    assert stats.test_factors == 1  # block rows 1-3 in one solve; row 0 was not needed
+    np.testing.assert_allclose(np.asarray(reopened), _reference(problem), rtol=1e-10, atol=1e-14)
+    factors = zarr.open_group(tmp_path / "s", mode="r")["factors"]
+    n_params = _direct(problem).n_params
+    assert factors["train"].shape == (30, n_params) and factors["test"].shape == (10, n_params)
 
 
 def test_float32_store_of_a_float32_model(tmp_path: Path, problem: dict[str, Any]) -> None:

@@ -34,7 +34,7 @@ def test_self_influence_is_the_diagonal_and_cached(setup: Any) -> None:
     assert si.shape == (50,) and si.ndim == 1 and len(si) == 50 and si.dtype == np.float64
     value = si[3]
     assert isinstance(value, np.float64)
-    assert si.blocks_computed == 1  # only the block holding train point 3
+    assert si.stats.blocks_computed == 1  # only the block holding train point 3
     diag = np.diag(np.asarray(arr))
     np.testing.assert_allclose(np.asarray(si), diag, rtol=1e-10)
     assert (diag > 0).all()
@@ -67,7 +67,7 @@ def test_self_influence_bad_keys(setup: Any, key: Any, error: type) -> None:
     si = ia.InfluenceArray.create(store, influence, test=data, train=data).self_influence()
     with pytest.raises(error):
         si[key]
-    assert si.blocks_computed == 0
+    assert si.stats.blocks_computed == 0
 
 
 def test_self_influence_needs_the_model(setup: Any) -> None:

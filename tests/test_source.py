@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from infl_array.torch.pydvl import PyDVLBackend, is_pydvl_model, module_fingerprint
+from infl_array.torch.pydvl import PyDVLAdapter, is_pydvl_model, module_fingerprint
 from infl_array.torch.source import ModelBlockSource, make_block_source
 
 torch.set_default_dtype(torch.float64)
@@ -128,7 +128,7 @@ def assemble(src: ModelBlockSource, br: int, bc: int) -> np.ndarray:
         for c in range(0, src.n_train, bc):
             rows = range(r, min(r + br, src.n_test))
             cols = range(c, min(c + bc, src.n_train))
-            out[r : rows.stop, c : cols.stop] = src(rows, cols)
+            out[r : rows.stop, c : cols.stop] = src.compute_block(rows, cols)
     return out
 
 
@@ -139,7 +139,7 @@ def test_block_equals_factor_product_and_double_loop(lsq: Any) -> None:
     model, test, train = lsq
     src = make_block_source(model, test, train)
     assert (src.n_test, src.n_train) == (11, 23)
-    block = src(range(2, 9), range(5, 20))
+    block = src.compute_block(range(2, 9), range(5, 20))
     assert block.dtype == np.float64 and block.flags.c_contiguous
     assert block.shape == (7, 15)
     expect = (model.test_factors(*test) @ model.train_factors(*train).T).numpy()
@@ -164,20 +164,20 @@ def test_partitions_give_identical_values(lsq: Any) -> None:
 
 def test_empty_ranges_and_bad_ranges(lsq: Any) -> None:
     src = make_block_source(*lsq)
-    assert src(range(3, 3), range(0, 5)).shape == (0, 5)
+    assert src.compute_block(range(3, 3), range(0, 5)).shape == (0, 5)
     with pytest.raises(IndexError):
-        src(range(0, 12), range(0, 5))
+        src.compute_block(range(0, 12), range(0, 5))
     with pytest.raises(IndexError):
-        src(range(0, 4, 2), range(0, 5))
+        src.compute_block(range(0, 4, 2), range(0, 5))
     with pytest.raises(TypeError):
-        src([0, 1], range(0, 5))  # type: ignore[arg-type]
+        src.compute_block([0, 1], range(0, 5))  # type: ignore[arg-type]
 
 
 def test_self_influence_is_diagonal(lsq: Any) -> None:
     model, _, train = lsq
     src = make_block_source(model, train, train)
     full = assemble(src, 5, 5)
-    got = np.concatenate([src.self_influence(range(s, min(s + 6, 23))) for s in range(0, 23, 6)])
+    got = np.concatenate([src.compute_diagonal(range(s, min(s + 6, 23))) for s in range(0, 23, 6)])
     assert got.dtype == np.float64 and got.shape == (23,)
     np.testing.assert_allclose(got, np.diag(full), rtol=1e-13)
     assert (got > 0).all()  # g^T A^-1 g with A positive definite
@@ -191,7 +191,7 @@ def test_numpy_plugin_without_fingerprint() -> None:
     y = rng.normal(size=9).astype(np.float32)
     plugin = NumpyPlugin(a)
     src = make_block_source(plugin, (x[:5], y[:5]), (x, y))
-    block = src(range(0, 5), range(0, 9))
+    block = src.compute_block(range(0, 5), range(0, 9))
     expect = plugin.test_factors(x[:5], y[:5]) @ plugin.train_factors(x, y).T
     np.testing.assert_allclose(block, expect, rtol=1e-6)
     fps = src.fingerprints()
@@ -201,7 +201,7 @@ def test_numpy_plugin_without_fingerprint() -> None:
     desc = src.describe()
     assert desc["kind"] == "model" and desc["backend"] == "NumpyPlugin"
     assert json.loads(json.dumps(desc)) == desc
-    si = src.self_influence(range(0, 9))
+    si = src.compute_diagonal(range(0, 9))
     np.testing.assert_allclose(
         si, np.einsum("ij,ij->i", plugin.test_factors(x, y), plugin.train_factors(x, y)), rtol=1e-6
     )
@@ -221,13 +221,13 @@ def test_memo_computes_each_factor_once(lsq: Any) -> None:
     np.testing.assert_array_equal(first, second)
     assert src.stats["test_factors"] == 3 and src.stats["train_factors"] == 5
     # a range inside a memoised one is served by slicing
-    src(range(1, 3), range(6, 9))
+    src.compute_block(range(1, 3), range(6, 9))
     assert len(counting.test_calls) == 3 and len(counting.train_calls) == 5
     # prefetch computes now, later reads reuse
     src2 = make_block_source(Counting(model), test, train)
     src2.prefetch(rows=range(0, 4), cols=range(0, 5))
     assert src2.stats["test_factors"] == 1 and src2.stats["train_factors"] == 1
-    src2(range(0, 4), range(0, 5))
+    src2.compute_block(range(0, 4), range(0, 5))
     assert src2.stats["test_factors"] == 1 and src2.stats["train_factors"] == 1
 
 
@@ -249,10 +249,10 @@ def test_memo_budget_too_small_recomputes(lsq: Any) -> None:
 
 def test_pickle_drops_memo(lsq: Any) -> None:
     src = make_block_source(*lsq)
-    block = src(range(0, 4), range(0, 5))
+    block = src.compute_block(range(0, 4), range(0, 5))
     clone = pickle.loads(pickle.dumps(src))
     assert clone.memo_bytes == 0
-    np.testing.assert_array_equal(clone(range(0, 4), range(0, 5)), block)
+    np.testing.assert_array_equal(clone.compute_block(range(0, 4), range(0, 5)), block)
 
 
 def test_bad_budget(lsq: Any) -> None:
@@ -318,7 +318,7 @@ def test_errors() -> None:
 
     src = make_block_source(WrongRows(torch.ones(3)).fit(*train), train, train)
     with pytest.raises(ValueError, match="one row per sample"):
-        src(range(0, 3), range(0, 3))
+        src.compute_block(range(0, 3), range(0, 3))
 
 
 # ---------------------------------------------------------------------------------- pyDVL-like
@@ -329,13 +329,13 @@ def test_duck_typed_pydvl_model(lsq: Any) -> None:
     fake = FakePyDVL(model)
     assert is_pydvl_model(fake) and not is_pydvl_model(model)
     src = make_block_source(fake, test, train)
-    assert isinstance(src._backend, PyDVLBackend)
+    assert isinstance(src.adapter, PyDVLAdapter)
     ref = assemble(make_block_source(model, test, train), 11, 23)
     np.testing.assert_allclose(assemble(src, 4, 10), ref, rtol=1e-13)
     assert src.stats["test_factors"] == 3
     src_self = make_block_source(fake, train, train)
     full = assemble(src_self, 23, 23)
-    np.testing.assert_allclose(src_self.self_influence(range(0, 23)), np.diag(full), rtol=1e-13)
+    np.testing.assert_allclose(src_self.compute_diagonal(range(0, 23)), np.diag(full), rtol=1e-13)
     fp = src.fingerprints()
     assert fp["model"] == module_fingerprint(fake.model)
     cfg = json.loads(fp["backend"])
@@ -415,7 +415,7 @@ def test_direct_influence_backend() -> None:
     # self-influence is the diagonal of the train x train matrix
     src_tt = make_block_source(infl, train, train)
     np.testing.assert_allclose(
-        src_tt.self_influence(range(0, 20)), np.diag(assemble(src_tt, 6, 6)), rtol=1e-10
+        src_tt.compute_diagonal(range(0, 20)), np.diag(assemble(src_tt, 6, 6)), rtol=1e-10
     )
 
     with pytest.raises(ValueError, match=r"call \.fit\(train_data\) first"):

@@ -135,7 +135,7 @@ def test_large_tensor_fingerprint_samples_rows(monkeypatch):
     n = 1000
     x, y = _arrays(n=n)
     fp = as_indexed((x, y)).fingerprint()
-    sampled = set(tdata._sample_indices(n).tolist())
+    sampled = set(tdata.sample_indices(n).tolist())
     assert {0, n - 1} <= sampled and 60 <= len(sampled) <= 66
     unsampled = next(i for i in range(n) if i not in sampled)
     x2 = x.copy()

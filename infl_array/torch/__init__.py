@@ -19,18 +19,29 @@ from __future__ import annotations
 from ._base import ConvergenceWarning, TorchInfluenceBase
 from ._functional import model_fingerprint
 from .arnoldi import ArnoldiInfluence
+from .blocks import BlockMode, SecondOrderMode
 from .cg import CgInfluence
 from .data import IndexedData, as_indexed
+from .datainf import InverseHarmonicMeanInfluence
 from .direct import DirectInfluence
 from .lissa import LissaInfluence
+from .nystroem import NystroemSketchInfluence
+from .preconditioner import JacobiPreconditioner, NystroemPreconditioner, Preconditioner
 
 __all__ = [
     "ArnoldiInfluence",
+    "BlockMode",
     "CgInfluence",
     "ConvergenceWarning",
     "DirectInfluence",
     "IndexedData",
+    "InverseHarmonicMeanInfluence",
+    "JacobiPreconditioner",
     "LissaInfluence",
+    "NystroemPreconditioner",
+    "NystroemSketchInfluence",
+    "Preconditioner",
+    "SecondOrderMode",
     "TorchInfluenceBase",
     "as_indexed",
     "model_fingerprint",

@@ -2,18 +2,28 @@
 
 Every backend computes, in pyDVL's "up" convention,
 
-    ``I[i, j] = grad l(z_test_i)^T (H + lambda*Id)^-1 grad l(z_train_j)``
+    ``I[i, j] = sum_b g_b(z_test_i)^T (C_bb + lambda_b*Id)^-1 g_b(z_train_j)``
 
-where ``H`` is the Hessian of the MEAN training loss over all data given to ``fit`` at the
-model's parameters. :class:`TorchInfluenceBase` holds what is common:
+where the parameters are grouped into ordered blocks ``b`` (:mod:`~infl_array.torch.blocks`;
+one block with every trainable parameter by default), ``g_b`` is the loss gradient restricted to
+block ``b`` and ``C`` is the curvature over the data given to ``fit`` at the model's parameters:
+the Hessian of the MEAN training loss (``SecondOrderMode.HESSIAN``, the default) or pyDVL's
+Gauss-Newton matrix ``1/N sum_i g_i g_i^T`` (``SecondOrderMode.GAUSS_NEWTON``).
+:class:`TorchInfluenceBase` holds what is common:
 
 * ``fit`` normalises the data (:func:`~infl_array.torch.data.as_indexed`), snapshots the
-  parameters (:class:`~infl_array.torch._functional.FlatModel`), fingerprints model and data,
-  then calls the subclass hook ``_fit``;
-* passes over the fit data weight each batch's mean-loss quantity by ``n_batch / n`` so ragged
-  batches give exactly the Hessian of the mean over all points;
-* ``test_factors`` computes per-sample gradients and applies the subclass' ``_solve``;
-  ``train_factors`` applies ``_project`` (the identity except for low-rank methods);
+  parameters (:class:`~infl_array.torch._functional.FlatModel`), resolves the blocks,
+  fingerprints model and data, then calls the subclass hook ``_fit``;
+* passes over the fit data weight each batch's mean quantity by ``n_batch / n``, so ragged
+  batches give exactly the curvature of the mean over all points. Backends offering
+  ``hessian_average="batch"`` can instead weight every batch of the fit DataLoader equally,
+  which is what pyDVL's ``HessianOperator`` (used by its CG, Arnoldi and Nystroem models) does;
+* :meth:`TorchInfluenceBase.curvature_matmat` multiplies the block-diagonal curvature with a
+  block of vectors in ONE data pass, each column living in one block (a vector of block ``b`` is
+  placed in the full parameter space, multiplied, and read back on block ``b``'s rows);
+* ``test_factors`` computes per-sample gradients (the selected parameters, in block order) and
+  applies the subclass' ``_solve``; ``train_factors`` applies ``_project`` (the identity except
+  for low-rank methods);
 * ``influence_config`` and ``model_fingerprint`` identify backend, settings, loss, fit data and
   parameters for caching.
 """
@@ -27,7 +37,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._functional import FlatModel, LossFn, check_finite, model_fingerprint, nonnegative
+from ._functional import FlatModel, LossFn, check_finite, model_fingerprint
+from .blocks import (
+    BlockMode,
+    BlockStructure,
+    ParameterBlocks,
+    SecondOrderMode,
+    block_regularization,
+    block_structure_config,
+    parse_block_structure,
+    parse_second_order_mode,
+    resolve_blocks,
+)
 from .data import IndexedData, as_indexed, numpy_to_tensor
 
 __all__ = ["DEFAULT_BATCH_SIZE", "ConvergenceWarning", "TorchInfluenceBase"]
@@ -35,6 +56,7 @@ __all__ = ["DEFAULT_BATCH_SIZE", "ConvergenceWarning", "TorchInfluenceBase"]
 DEFAULT_BATCH_SIZE = 1024
 """Samples per pass when neither ``batch_size`` nor the fit DataLoader gives one."""
 
+HESSIAN_AVERAGES = ("sample", "batch")
 
 _B = TypeVar("_B", bound="TorchInfluenceBase")
 
@@ -59,6 +81,25 @@ def optional_positive_int(value: object, name: str) -> int | None:
     return int(value)
 
 
+def optional_seed(value: object) -> int | None:
+    """Validate a seed: an integer, or ``None`` for torch's global generator."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ValueError(
+            f"seed must be an integer or None (torch's global generator), got {value!r}."
+        )
+    return value
+
+
+def parse_hessian_average(value: object) -> str:
+    """Validate ``hessian_average``: ``"sample"`` or ``"batch"``."""
+    if value not in HESSIAN_AVERAGES:
+        raise ValueError(
+            f"hessian_average must be 'sample' (the mean loss over all points) or 'batch' "
+            f"(pyDVL's equal weighting of the fit DataLoader's batches), got {value!r}."
+        )
+    return str(value)
+
+
 def _loss_name(loss: object) -> str:
     qual = getattr(loss, "__qualname__", None)
     if qual is None:
@@ -78,20 +119,31 @@ class TorchInfluenceBase:
         The trained model. Its trainable parameters are snapshotted at ``fit``.
     loss : callable
         ``loss(outputs, targets)`` reducing by mean, e.g. ``torch.nn.functional.cross_entropy``.
-    regularization : float
-        ``lambda >= 0`` added to the Hessian's diagonal.
+    regularization : float, None or dict
+        ``lambda >= 0`` added to the curvature's diagonal; ``None`` means 0; a dict
+        ``{block name: value or None}`` (keys a subset of the block names) sets it per block.
     batch_size : int or None
         Samples per vectorised pass over data (memory control; does not change results up to
         rounding). ``None``: the larger of 1024 and the fit DataLoader's batch size (small
         passes cost mostly fixed overhead; lower it if a pass runs out of memory).
+    block_structure : BlockMode or mapping
+        Parameter blocks of the block-diagonal curvature (see :mod:`~infl_array.torch.blocks`).
+    second_order_mode : SecondOrderMode
+        ``HESSIAN`` or ``GAUSS_NEWTON``.
+    positive_regularization : bool
+        Require ``lambda_b > 0`` for every block (subclasses that divide by it).
     """
 
     def __init__(
         self,
         model: nn.Module,
         loss: LossFn,
-        regularization: float = 0.0,
+        regularization: Any = None,
         batch_size: int | None = None,
+        *,
+        block_structure: BlockStructure = BlockMode.FULL,
+        second_order_mode: SecondOrderMode = SecondOrderMode.HESSIAN,
+        positive_regularization: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
@@ -105,8 +157,15 @@ class TorchInfluenceBase:
             )
         self.model = model
         self.loss = loss
-        self.regularization = nonnegative(regularization, "regularization")
+        self.block_structure = parse_block_structure(block_structure)
+        self.second_order_mode = parse_second_order_mode(second_order_mode)
+        self._blocks: ParameterBlocks = resolve_blocks(model, self.block_structure)
+        self._positive_reg = positive_regularization
+        self.regularization, self._block_reg = block_regularization(
+            regularization, self._blocks.names, positive=positive_regularization
+        )
         self.batch_size = optional_positive_int(batch_size, "batch_size")
+        self._hessian_average = "sample"
         self._flat: FlatModel | None = None
         self._fit_data: IndexedData | None = None
         self._fit_fingerprint: str | None = None
@@ -127,6 +186,7 @@ class TorchInfluenceBase:
         """
         data = as_indexed(train_data, "train_data")
         self._flat = FlatModel(self.model, self.loss)
+        self._blocks = resolve_blocks(self.model, self.block_structure)
         self._fit_data = data
         self._fit_fingerprint = data.fingerprint()
         self._model_fingerprint = model_fingerprint(self.model)
@@ -140,8 +200,13 @@ class TorchInfluenceBase:
 
     @property
     def n_params(self) -> int:
-        """Number of trainable parameters (after :meth:`fit`)."""
-        return self._require_fit().n_params
+        """Number of parameter entries the influence is taken over (all blocks)."""
+        return self._blocks.size
+
+    @property
+    def block_names(self) -> list[str]:
+        """Names of the parameter blocks, in order (``[""]`` for ``BlockMode.FULL``)."""
+        return list(self._blocks.names)
 
     def _fit(self) -> None:
         """Subclass hook run at the end of :meth:`fit`."""
@@ -182,10 +247,21 @@ class TorchInfluenceBase:
         return out[0], out[1]
 
     def _fit_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, float]]:
-        """Yield ``(x, y, n_batch / n)`` for all fit data, on the model's device."""
+        """Yield ``(x, y, weight)`` for all fit data, on the model's device.
+
+        ``weight`` is ``n_batch / n`` (mean over samples) or, with ``hessian_average="batch"``,
+        ``1 / n_batches`` over the fit DataLoader's own batches.
+        """
         self._require_fit()
         assert self._fit_data is not None
         n = len(self._fit_data)
+        if self._hessian_average == "batch":
+            size = self._fit_data.batch_size or n
+            n_batches = -(-n // size)
+            for xb, yb in self._fit_data.batches(size):
+                x, y = self._prepare(xb, yb)
+                yield x, y, 1.0 / n_batches
+            return
         for xb, yb in self._fit_data.batches(self._pass_size()):
             x, y = self._prepare(xb, yb)
             yield x, y, x.shape[0] / n
@@ -193,7 +269,7 @@ class TorchInfluenceBase:
     def _mean_over_fit(
         self, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     ) -> torch.Tensor:
-        """Sum over fit batches of ``fn(x_b, y_b) * n_b / n`` (exact mean over all points)."""
+        """Sum over fit batches of ``fn(x_b, y_b) * weight_b`` (see :meth:`_fit_batches`)."""
         total: torch.Tensor | None = None
         for x, y, w in self._fit_batches():
             part = fn(x, y) * w
@@ -201,32 +277,138 @@ class TorchInfluenceBase:
         assert total is not None  # fit data is never empty
         return total
 
+    # ------------------------------------------------------------------ curvature
+    def _batch_matmat(self, e: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Curvature of one batch (its mean loss) times ``e`` (full flat parameter space)."""
+        flat = self._require_fit()
+        if self.second_order_mode is SecondOrderMode.HESSIAN:
+            return flat.batch_hvp(e, x, y)
+        g = flat.per_sample_grads(x, y)
+        return g.T @ (g @ e) / x.shape[0]
+
+    def curvature_matmat(self, v: torch.Tensor, col_block: torch.Tensor) -> torch.Tensor:
+        """Block-diagonal curvature times ``v``, all columns in one pass over the fit data.
+
+        Parameters
+        ----------
+        v : torch.Tensor
+            ``(n_params, m)`` in the selected (block-ordered) parameter space; column ``j`` must
+            be zero outside block ``col_block[j]``.
+        col_block : torch.Tensor
+            ``(m,)`` block number of each column.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(n_params, m)``: column ``j`` is ``C_bb v_j`` on block ``b = col_block[j]``'s rows
+            and zero elsewhere.
+        """
+        blocks = self._blocks
+        flat = self._require_fit()
+        if blocks.is_identity:
+            return self._mean_over_fit(lambda x, y: self._batch_matmat(v, x, y))
+        index = blocks.index.to(flat.device)
+        e = torch.zeros((flat.n_params, v.shape[1]), dtype=v.dtype, device=v.device)
+        e.index_add_(0, index, v)
+        out = self._mean_over_fit(lambda x, y: self._batch_matmat(e, x, y))[index]
+        if len(blocks.sizes) > 1:
+            out = out * (blocks.row_block(v.device)[:, None] == col_block[None, :])
+        return out
+
+    def block_matmat(self, block: int, v: torch.Tensor) -> torch.Tensor:
+        """``C_bb @ v`` for ``v`` of shape ``(size of block b, m)`` (one data pass)."""
+        sl = self._blocks.slices[block]
+        if self._blocks.is_identity:
+            return self.curvature_matmat(v, torch.zeros(v.shape[1], dtype=torch.long))
+        full = torch.zeros((self.n_params, v.shape[1]), dtype=v.dtype, device=v.device)
+        full[sl] = v
+        cols = torch.full((v.shape[1],), block, dtype=torch.long, device=v.device)
+        return self.curvature_matmat(full, cols)[sl]
+
+    def curvature_blocks(self) -> list[torch.Tensor]:
+        """Explicit diagonal blocks ``C_bb`` of the curvature (no regularization), in order."""
+        flat = self._require_fit()
+        blocks = self._blocks
+        if self.second_order_mode is SecondOrderMode.GAUSS_NEWTON:
+
+            def batch_gn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+                g = self._select(flat.per_sample_grads(x, y))
+                return self._gn_blocks(g) / x.shape[0]
+
+            full = self._mean_over_fit(batch_gn)
+        elif blocks.is_identity:
+            full = self._mean_over_fit(flat.batch_hessian)
+        else:
+            eye = torch.eye(blocks.size, dtype=flat.dtype, device=flat.device)
+            full = self.curvature_matmat(eye, blocks.row_block(flat.device))
+            full = (full + full.T) / 2
+        check_finite(full, "the curvature matrix")
+        return [full[sl, sl] for sl in blocks.slices]
+
+    def _gn_blocks(self, g: torch.Tensor) -> torch.Tensor:
+        """Block-diagonal part of ``g^T g`` (zero off the diagonal blocks), selected space."""
+        out = torch.zeros((g.shape[1], g.shape[1]), dtype=g.dtype, device=g.device)
+        for sl in self._blocks.slices:
+            out[sl, sl] = g[:, sl].T @ g[:, sl]
+        return out
+
     def hessian(self) -> torch.Tensor:
-        """Explicit Hessian of the mean fit loss, ``(n_params, n_params)`` (no regularization)."""
+        """Explicit Hessian of the mean fit loss over the selected parameters (no blocks, no
+        regularization), ``(n_params, n_params)``."""
         flat = self._require_fit()
-        return check_finite(self._mean_over_fit(flat.batch_hessian), "the Hessian")
+        h = check_finite(self._mean_over_fit(flat.batch_hessian), "the Hessian")
+        if self._blocks.is_identity:
+            return h
+        index = self._blocks.index.to(flat.device)
+        return h[index][:, index]
 
-    def hvp(self, v: torch.Tensor) -> torch.Tensor:
-        """``H @ v`` for ``v`` of shape ``(n_params, m)``, all columns in one data pass."""
-        flat = self._require_fit()
-        return self._mean_over_fit(lambda x, y: flat.batch_hvp(v, x, y))
-
-    def reg_hvp(self, v: torch.Tensor) -> torch.Tensor:
-        """``(H + lambda*Id) @ v`` for ``v`` of shape ``(n_params, m)``."""
-        return self.hvp(v) + self.regularization * v
+    def _select(self, grads: torch.Tensor) -> torch.Tensor:
+        """Gradients over all trainable parameters -> the selected ones, in block order."""
+        if self._blocks.is_identity:
+            return grads
+        return grads[:, self._blocks.index.to(grads.device)]
 
     def per_sample_grads(self, x: Any, y: Any) -> torch.Tensor:
-        """Per-sample loss gradients, ``(n, n_params)``, on the model's device."""
+        """Per-sample loss gradients over the selected parameters in block order,
+        ``(n, n_params)``, on the model's device."""
         flat = self._require_fit()
         xt, yt = self._prepare(x, y)
         n = xt.shape[0]
         if n == 0:
-            return torch.zeros((0, flat.n_params), dtype=flat.dtype, device=flat.device)
+            return torch.zeros((0, self.n_params), dtype=flat.dtype, device=flat.device)
         size = self._pass_size()
         parts = [
             flat.per_sample_grads(xt[s : s + size], yt[s : s + size]) for s in range(0, n, size)
         ]
-        return check_finite(torch.cat(parts), "per-sample gradients")
+        return check_finite(self._select(torch.cat(parts)), "per-sample gradients")
+
+    def _split_columns(self, grads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(n, n_params)`` gradients -> one column per (block, sample), zero off its block.
+
+        Returns ``(columns, col_block)`` with columns ``(n_params, n_blocks * n)`` ordered block
+        by block; :meth:`_merge_columns` undoes it.
+        """
+        blocks = self._blocks
+        n = grads.shape[0]
+        if len(blocks.sizes) == 1:
+            return grads.T.clone(), torch.zeros(n, dtype=torch.long, device=grads.device)
+        cols = torch.zeros(
+            (blocks.size, n * len(blocks.sizes)), dtype=grads.dtype, device=grads.device
+        )
+        for b, sl in enumerate(blocks.slices):
+            cols[sl, b * n : (b + 1) * n] = grads[:, sl].T
+        col_block = torch.arange(len(blocks.sizes), device=grads.device).repeat_interleave(n)
+        return cols, col_block
+
+    def _merge_columns(self, cols: torch.Tensor, n: int) -> torch.Tensor:
+        """Inverse of :meth:`_split_columns`: ``(n, n_params)`` rows."""
+        n_blocks = len(self._blocks.sizes)
+        return cols.reshape(cols.shape[0], n_blocks, n).sum(1).T
+
+    def _column_regularization(self, col_block: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``lambda`` of each column's block, ``(m,)``."""
+        reg = torch.tensor(self._block_reg, dtype=dtype, device=col_block.device)
+        return reg[col_block]
 
     # ------------------------------------------------------------------ protocol
     def _solve(self, grads: torch.Tensor) -> torch.Tensor:
@@ -238,7 +420,7 @@ class TorchInfluenceBase:
         return grads
 
     def test_factors(self, x: Any, y: Any) -> torch.Tensor:
-        """``(H + lambda*Id)^-1 grad l(z)`` for each test sample, shape ``(n, k)``.
+        """``(C + lambda*Id)^-1 grad l(z)`` (block by block) for each test sample, ``(n, k)``.
 
         Parameters
         ----------
@@ -287,12 +469,15 @@ class TorchInfluenceBase:
         Returns
         -------
         dict
-            ``{"backend", "regularization", <settings>, "loss", "fit_data"}``; ``fit_data`` is
-            the fit data's fingerprint, or ``None`` before :meth:`fit`.
+            ``{"backend", "regularization", "block_structure", "second_order_mode",
+            <settings>, "loss", "fit_data"}``; ``fit_data`` is the fit data's fingerprint, or
+            ``None`` before :meth:`fit`.
         """
         return {
             "backend": type(self).__name__,
             "regularization": self.regularization,
+            "block_structure": block_structure_config(self.block_structure),
+            "second_order_mode": self.second_order_mode.value,
             **self._settings(),
             "loss": _loss_name(self.loss),
             "fit_data": self._fit_fingerprint,

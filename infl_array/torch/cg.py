@@ -1,30 +1,53 @@
-"""Conjugate-gradient influence: Hessian-vector products, all right-hand sides together.
+"""Conjugate-gradient influence: curvature-vector products, all right-hand sides together.
 
-For a batch of test gradients ``B = [g_1 ... g_m]`` (columns) the systems
-``(H + lambda*Id) x_j = g_j`` are solved by conjugate gradient run on all columns at once:
-each iteration makes ONE pass over the fit data computing ``(H + lambda*Id) P`` for the whole
-block of search directions ``P`` (``vmap`` over ``jvp`` of ``grad``), then updates every
-column with its own step sizes (``alpha_j = r_j^T r_j / p_j^T A p_j``,
-``beta_j = r_j'^T r_j' / r_j^T r_j``). Column ``j`` stops when
-``||r_j|| <= max(rtol * ||g_j||, atol)`` (scipy's criterion); converged columns drop out of the
-products. Reaching ``maxiter`` first emits :class:`~infl_array.torch._base.ConvergenceWarning`.
+For a batch of test gradients the systems ``(C_bb + lambda_b*Id) x = g_b`` (one per sample and
+parameter block ``b``; one block by default) are solved by (preconditioned) conjugate gradient
+run on all of them at once: each iteration makes ONE pass over the fit data computing the
+curvature times the whole block of search directions, then updates every system with its own
+step sizes (``alpha = r^T z / p^T A p``, ``beta = r'^T z' / r^T z``, ``z = M^-1 r``). This is
+mathematically one-at-a-time CG for every right-hand side, computed together.
+
+Stopping rule (``tol_mode="pydvl"``, the default, pyDVL 0.10's ``CgOperator``): a system stops
+when ``||r|| < max(rtol**2 * ||g||, atol**2)``, so the defaults ``rtol=1e-4, atol=1e-6`` mean a
+residual below ``1e-8 ||g||`` (about 1e-9 relative error on well-conditioned problems), exactly
+as in pyDVL; ``g`` is the right-hand side (the test gradient restricted to its block).
+``tol_mode="scipy"`` reads ``rtol, atol`` as :func:`scipy.sparse.linalg.cg` does:
+``||r|| <= max(rtol * ||g||, atol)``. A system also stops after ``maxiter`` iterations (``None``:
+10 times its block's size); reaching it emits
+:class:`~infl_array.torch._base.ConvergenceWarning`, as does non-positive curvature (``C +
+lambda*Id`` or the preconditioner not positive definite).
 """
 
 from __future__ import annotations
 
 import warnings
+from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from ._base import ConvergenceWarning, TorchInfluenceBase, optional_positive_int
+from ._base import (
+    ConvergenceWarning,
+    TorchInfluenceBase,
+    optional_positive_int,
+    parse_hessian_average,
+)
 from ._functional import LossFn, nonnegative
+from .blocks import BlockMode, BlockStructure, SecondOrderMode
+from .preconditioner import Preconditioner
 
 __all__ = ["CgInfluence"]
 
+TOL_MODES = ("pydvl", "scipy")
+
 
 class CgInfluence(TorchInfluenceBase):
-    """Influence via batched conjugate gradient on Hessian-vector products.
+    """Influence via batched (preconditioned) conjugate gradient on curvature products.
+
+    Arguments follow pyDVL 0.10's ``CgInfluence`` (names, order, defaults and meaning); the
+    keyword-only ones after them are ours.
 
     Parameters
     ----------
@@ -32,109 +55,244 @@ class CgInfluence(TorchInfluenceBase):
         The trained model.
     loss : callable
         ``loss(outputs, targets)`` reducing by mean.
-    regularization : float
-        ``lambda >= 0`` added to the Hessian's diagonal. CG needs ``H + lambda*Id`` positive
-        definite; for non-convex models pass a regularization large enough for that.
+    regularization : float, None or dict
+        ``lambda >= 0`` added to the curvature's diagonal (``None``: 0; a dict sets it per block,
+        see :mod:`~infl_array.torch.blocks`). CG needs ``C + lambda*Id`` positive definite.
     rtol, atol : float
-        Stop a column when ``||r|| <= max(rtol * ||g||, atol)``.
+        Tolerances; with ``tol_mode="pydvl"`` a system stops when
+        ``||r|| < max(rtol**2 * ||g||, atol**2)`` (pyDVL's meaning, see the module docstring).
     maxiter : int or None
-        Maximum iterations; ``None`` means ``10 * n_params``.
+        Maximum iterations per system; ``None`` means 10 times its block's size.
+    progress : bool
+        Show a progress bar of the iterations.
+    precompute_grad : bool
+        Accepted for pyDVL compatibility; no effect (pyDVL 0.10 does not use it either).
+    preconditioner : Preconditioner or None
+        :class:`~infl_array.torch.preconditioner.JacobiPreconditioner` or
+        :class:`~infl_array.torch.preconditioner.NystroemPreconditioner`; a fitted copy is made
+        per block at ``fit`` (the object passed stays unfitted).
+    solve_simultaneously : bool
+        Accepted for pyDVL compatibility. pyDVL then runs block CG (one shared Krylov space);
+        here every right-hand side is always solved together with its own step sizes, which
+        gives the same solutions (to the tolerance) either way.
+    warn_on_max_iteration : bool
+        Emit :class:`~infl_array.torch._base.ConvergenceWarning` when a system stops at
+        ``maxiter`` or meets non-positive curvature.
+    block_structure : BlockMode or mapping
+        Parameter blocks of a block-diagonal curvature (:mod:`~infl_array.torch.blocks`).
+    second_order_mode : SecondOrderMode
+        ``HESSIAN`` or ``GAUSS_NEWTON``.
+    tol_mode : {"pydvl", "scipy"}
+        How ``rtol`` and ``atol`` are read (see the module docstring).
+    hessian_average : {"sample", "batch"}
+        ``"sample"``: the curvature of the mean loss over all points; ``"batch"``: every batch of
+        the fit DataLoader weighted equally, as pyDVL's ``HessianOperator`` does (differs when
+        the last batch is smaller).
     batch_size : int or None
         Samples per pass over the data (see :class:`~infl_array.torch._base.TorchInfluenceBase`).
-    warn_on_max_iteration : bool
-        Emit :class:`~infl_array.torch._base.ConvergenceWarning` when stopping at ``maxiter``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> _ = torch.manual_seed(0)
+    >>> x, y = torch.randn(20, 3, dtype=torch.float64), torch.randint(0, 2, (20,))
+    >>> model = torch.nn.Linear(3, 2).double()
+    >>> cg = CgInfluence(model, torch.nn.functional.cross_entropy, 0.1).fit((x, y))
+    >>> cg.test_factors(x[:4], y[:4]).shape
+    torch.Size([4, 8])
     """
 
     def __init__(
         self,
         model: nn.Module,
         loss: LossFn,
-        regularization: float = 0.0,
+        regularization: Any = None,
         rtol: float = 1e-4,
         atol: float = 1e-6,
         maxiter: int | None = None,
-        batch_size: int | None = None,
+        progress: bool = False,
+        precompute_grad: bool = False,
+        preconditioner: Preconditioner | None = None,
+        solve_simultaneously: bool = False,
         warn_on_max_iteration: bool = True,
+        block_structure: BlockStructure = BlockMode.FULL,
+        second_order_mode: SecondOrderMode = SecondOrderMode.HESSIAN,
+        *,
+        tol_mode: str = "pydvl",
+        hessian_average: str = "sample",
+        batch_size: int | None = None,
     ) -> None:
-        super().__init__(model, loss, regularization, batch_size)
+        super().__init__(
+            model,
+            loss,
+            regularization,
+            batch_size,
+            block_structure=block_structure,
+            second_order_mode=second_order_mode,
+        )
         self.rtol = nonnegative(rtol, "rtol")
         self.atol = nonnegative(atol, "atol")
         if self.rtol == 0 and self.atol == 0:
             raise ValueError("rtol and atol are both 0, so CG could never stop; pass rtol=1e-4.")
+        if tol_mode not in TOL_MODES:
+            raise ValueError(
+                f"tol_mode must be 'pydvl' (||r|| < max(rtol**2*||g||, atol**2)) or 'scipy' "
+                f"(||r|| <= max(rtol*||g||, atol)), got {tol_mode!r}."
+            )
+        self.tol_mode = tol_mode
         self.maxiter = optional_positive_int(maxiter, "maxiter")
+        if preconditioner is not None and not isinstance(preconditioner, Preconditioner):
+            raise TypeError(
+                f"preconditioner must be an infl_array.torch JacobiPreconditioner or "
+                f"NystroemPreconditioner (or None), got {type(preconditioner).__name__}."
+            )
+        self.preconditioner = preconditioner
+        self.progress = bool(progress)
+        self.precompute_grad = bool(precompute_grad)
+        self.solve_simultaneously = bool(solve_simultaneously)
         self.warn_on_max_iteration = bool(warn_on_max_iteration)
+        self._hessian_average = parse_hessian_average(hessian_average)
+        self._fitted_preconditioners: list[Preconditioner] = []
         self.n_iter_: int | None = None
 
     def _settings(self) -> dict[str, object]:
-        return {"rtol": self.rtol, "atol": self.atol, "maxiter": self.maxiter}
+        pre = None if self.preconditioner is None else self.preconditioner.config()
+        return {
+            "rtol": self.rtol,
+            "atol": self.atol,
+            "maxiter": self.maxiter,
+            "tol_mode": self.tol_mode,
+            "preconditioner": pre,
+            "hessian_average": self._hessian_average,
+        }
+
+    def _fit(self) -> None:
+        flat = self._require_fit()
+        self._fitted_preconditioners = []
+        if self.preconditioner is None:
+            return
+        for b, (size, reg) in enumerate(zip(self._blocks.sizes, self._block_reg, strict=True)):
+            self._fitted_preconditioners.append(
+                self.preconditioner.fitted_copy(
+                    partial(self.block_matmat, b),
+                    size,
+                    reg,
+                    dtype=flat.dtype,
+                    device=flat.device,
+                )
+            )
+
+    def _precondition(self, r: torch.Tensor, col_block: torch.Tensor) -> torch.Tensor:
+        if not self._fitted_preconditioners:
+            return r
+        if len(self._fitted_preconditioners) == 1:
+            return self._fitted_preconditioners[0].solve(r)
+        z = torch.zeros_like(r)
+        for b, (sl, pre) in enumerate(
+            zip(self._blocks.slices, self._fitted_preconditioners, strict=True)
+        ):
+            cols = (col_block == b).nonzero().squeeze(1)
+            if cols.numel():
+                z[sl, cols] = pre.solve(r[sl][:, cols])
+        return z
+
+    def _tolerance(self, bnorm: torch.Tensor) -> torch.Tensor:
+        if self.tol_mode == "pydvl":
+            return torch.clamp(self.rtol**2 * bnorm, min=self.atol**2)
+        return torch.clamp(self.rtol * bnorm, min=self.atol)
+
+    def _unconverged(self, res: torch.Tensor, tol: torch.Tensor) -> torch.Tensor:
+        if self.tol_mode == "pydvl":
+            return (res >= tol) & (res > 0)
+        return res > tol
 
     def _solve(self, grads: torch.Tensor) -> torch.Tensor:
-        b = grads.T  # (p, m)
-        maxiter = self.maxiter if self.maxiter is not None else 10 * b.shape[0]
+        b, col_block = self._split_columns(grads)  # (p, m): one column per (block, sample)
+        sizes = torch.tensor(self._blocks.sizes, device=b.device)
+        maxiter = (
+            10 * sizes[col_block]
+            if self.maxiter is None
+            else torch.full_like(col_block, self.maxiter)
+        )
+        lam = self._column_regularization(col_block, b.dtype)
         x = torch.zeros_like(b)
         r = b.clone()
-        p = r.clone()
-        rs = (r * r).sum(0)
-        tol = torch.clamp(self.rtol * torch.linalg.vector_norm(b, dim=0), min=self.atol)
-        active = rs.sqrt() > tol
+        z = self._precondition(r, col_block)
+        p = z.clone()
+        rz = (r * z).sum(0)
+        tol = self._tolerance(torch.linalg.vector_norm(b, dim=0))
+        active = self._unconverged(torch.linalg.vector_norm(r, dim=0), tol)
+        iters = torch.zeros_like(col_block)
         breakdown = torch.zeros_like(active)
-        it = 0
-        while bool(active.any()) and it < maxiter:
+        bar = tqdm(total=int(maxiter.max()), disable=not self.progress, desc="Conjugate gradient")
+        while bool(active.any()):
             cols = active.nonzero().squeeze(1)
             p_a = p[:, cols]
-            ap = self.reg_hvp(p_a)
+            ap = self.curvature_matmat(p_a, col_block[cols]) + lam[cols] * p_a
             curv = (p_a * ap).sum(0)
-            bad = curv <= 0
-            if bool(bad.any()):  # H + lambda*Id not positive definite along p: stop those
+            bad = (curv <= 0) | (rz[cols] <= 0)
+            if bool(bad.any()):  # C + lambda*Id (or M) not positive definite here: stop those
                 breakdown[cols[bad]] = True
                 active[cols[bad]] = False
                 keep = ~bad
                 cols, p_a, ap, curv = cols[keep], p_a[:, keep], ap[:, keep], curv[keep]
-            alpha = rs[cols] / curv
+            alpha = rz[cols] / curv
             x[:, cols] += alpha * p_a
             r_a = r[:, cols] - alpha * ap
-            rs_new = (r_a * r_a).sum(0)
+            z_a = self._precondition(r_a, col_block[cols])
+            rz_new = (r_a * z_a).sum(0)
+            p[:, cols] = z_a + (rz_new / rz[cols]) * p_a
             r[:, cols] = r_a
-            p[:, cols] = r_a + (rs_new / rs[cols]) * p_a
-            rs[cols] = rs_new
-            active[cols] = rs_new.sqrt() > tol[cols]
-            it += 1
-        self.n_iter_ = it
-        self._warn(b, r, tol, active, breakdown)
-        return x.T
+            rz[cols] = rz_new
+            iters[cols] += 1
+            active[cols] = self._unconverged(torch.linalg.vector_norm(r_a, dim=0), tol[cols]) & (
+                iters[cols] < maxiter[cols]
+            )
+            bar.update(1)
+        bar.close()
+        self.n_iter_ = int(iters.max()) if iters.numel() else 0
+        unconverged = self._unconverged(torch.linalg.vector_norm(r, dim=0), tol) & ~breakdown
+        self._warn(b, r, unconverged, breakdown, maxiter)
+        return self._merge_columns(x, grads.shape[0])
 
     def _warn(
         self,
         b: torch.Tensor,
         r: torch.Tensor,
-        tol: torch.Tensor,
-        active: torch.Tensor,
+        unconverged: torch.Tensor,
         breakdown: torch.Tensor,
+        maxiter: torch.Tensor,
     ) -> None:
         if not self.warn_on_max_iteration:
             return
         if bool(breakdown.any()):
+            pre = "" if self.preconditioner is None else " or the preconditioner"
             warnings.warn(
-                f"CgInfluence: H + regularization*Id is not positive definite (non-positive "
-                f"curvature met for {int(breakdown.sum())} of {b.shape[1]} right-hand sides, "
-                f"regularization={self.regularization}); their solutions are unreliable. "
-                "Increase regularization or use DirectInfluence.",
+                f"CgInfluence: non-positive curvature met for {int(breakdown.sum())} of "
+                f"{b.shape[1]} systems (regularization={self.regularization}): C + "
+                f"regularization*Id{pre} is not positive definite, so those solutions are "
+                "unreliable. Increase regularization, or use DirectInfluence.",
                 ConvergenceWarning,
                 stacklevel=4,
             )
-        if bool(active.any()):
+        if bool(unconverged.any()):
             res = torch.linalg.vector_norm(r, dim=0)
             bnorm = torch.linalg.vector_norm(b, dim=0).clamp(min=torch.finfo(b.dtype).tiny)
-            worst_rel = float((res / bnorm)[active].max())
-            worst_abs = float(res[active].max())
-            maxiter = self.maxiter if self.maxiter is not None else 10 * b.shape[0]
+            worst_rel = float((res / bnorm)[unconverged].max())
+            worst_abs = float(res[unconverged].max())
+            rule = (
+                "||residual|| < max(rtol**2*||g||, atol**2)"
+                if self.tol_mode == "pydvl"
+                else "||residual|| <= max(rtol*||g||, atol)"
+            )
             warnings.warn(
-                f"CgInfluence: conjugate gradient stopped at maxiter={maxiter} with "
-                f"{int(active.sum())} of {b.shape[1]} right-hand sides not meeting the "
-                f"tolerance ||residual|| <= max(rtol*||g||, atol) (rtol={self.rtol}, "
-                f"atol={self.atol}): worst relative residual {worst_rel:.3g}, absolute "
-                f"{worst_abs:.3g}. Increase maxiter, loosen rtol/atol, or increase "
-                "regularization to improve the conditioning.",
+                f"CgInfluence: conjugate gradient stopped at maxiter="
+                f"{int(maxiter[unconverged].max())} with {int(unconverged.sum())} of "
+                f"{b.shape[1]} systems not meeting the tolerance {rule} (rtol={self.rtol}, "
+                f"atol={self.atol}, tol_mode={self.tol_mode!r}): worst relative residual "
+                f"{worst_rel:.3g}, absolute {worst_abs:.3g}. Increase maxiter, loosen "
+                "rtol/atol, add a preconditioner, or increase regularization to improve the "
+                "conditioning.",
                 ConvergenceWarning,
                 stacklevel=4,
             )

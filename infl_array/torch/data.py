@@ -71,7 +71,7 @@ def tensor_bytes(t: torch.Tensor) -> bytes:
     return flat.view(torch.uint8).numpy().tobytes()
 
 
-def _sample_indices(n: int, k: int = SAMPLE_ROWS) -> np.ndarray:
+def sample_indices(n: int, k: int = SAMPLE_ROWS) -> np.ndarray:
     """First, last and about ``k`` evenly spaced indices of ``range(n)``, sorted and unique."""
     if n <= k + 2:
         return np.arange(n)
@@ -178,7 +178,7 @@ class TensorData(IndexedData):
         total = sum(t.element_size() * t.numel() for t in (self.x, self.y))
         full = total < FULL_HASH_LIMIT_BYTES
         h.update(f"tensors;n={len(self)};full={full}".encode())
-        rows = None if full else torch.from_numpy(_sample_indices(len(self)))
+        rows = None if full else torch.from_numpy(sample_indices(len(self)))
         for t in (self.x, self.y):
             h.update(f";{t.dtype};{tuple(t.shape)};".encode())
             h.update(tensor_bytes(t if rows is None else t[rows]))
@@ -268,7 +268,7 @@ class DatasetData(IndexedData):
         h = hashlib.sha256()
         cls = type(self.dataset)
         h.update(f"dataset;{cls.__module__}.{cls.__qualname__};n={len(self)}".encode())
-        for i in _sample_indices(len(self)).tolist():
+        for i in sample_indices(len(self)).tolist():
             h.update(f";{i};".encode())
             _serialise(self.dataset[i], h)
         return h.hexdigest()

@@ -1,27 +1,33 @@
-"""Direct influence: explicit Hessian and a dense factorisation.
+"""Direct influence: explicit curvature blocks and a dense factorisation.
 
-At ``fit`` the Hessian of the mean training loss over the flattened trainable parameters is
-built with ``torch.func`` (``jacrev`` of ``grad``, the same matrix as
-:func:`torch.func.hessian`), batch by batch, each batch's mean-loss Hessian weighted
-by ``n_batch / n`` (so ragged batches give exactly the Hessian of the mean over all points).
-``A = H + lambda*Id`` is factorised once: Cholesky when ``A`` is positive definite, LU
-otherwise. Test factors are ``A^-1 grad l(z_test)``; train factors the plain gradients.
-Memory is ``O(n_params^2)``: for small and medium models.
+At ``fit`` the curvature of the mean training loss over the selected parameters is built
+explicitly, block by block (:meth:`~infl_array.torch._base.TorchInfluenceBase.curvature_blocks`):
+the Hessian with ``torch.func`` (``jacrev`` of ``grad``, batch by batch, each batch's mean-loss
+Hessian weighted by ``n_batch / n``, so ragged batches give exactly the Hessian of the mean over
+all points), or pyDVL's Gauss-Newton matrix ``1/N sum_i g_i g_i^T``. Each
+``A_b = C_bb + lambda_b*Id`` is factorised once: Cholesky when positive definite, LU otherwise.
+Test factors are ``A_b^-1 g_b(z_test)`` concatenated over blocks; train factors the plain
+gradients. Memory is ``O(sum_b size_b^2)``: for small and medium models (or blocks).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
 
 from ._base import TorchInfluenceBase
 from ._functional import LossFn
+from .blocks import BlockMode, BlockStructure, SecondOrderMode
 
 __all__ = ["DirectInfluence"]
 
 
 class DirectInfluence(TorchInfluenceBase):
-    """Influence via the explicit (regularised) Hessian.
+    """Influence via the explicit (regularised) curvature.
+
+    Arguments follow pyDVL 0.10's ``DirectInfluence``; ``batch_size`` is ours.
 
     Parameters
     ----------
@@ -29,8 +35,13 @@ class DirectInfluence(TorchInfluenceBase):
         The trained model.
     loss : callable
         ``loss(outputs, targets)`` reducing by mean.
-    regularization : float
-        ``lambda >= 0`` added to the Hessian's diagonal.
+    regularization : float, None or dict
+        ``lambda >= 0`` added to the curvature's diagonal (``None``: 0; a dict sets it per block,
+        see :mod:`~infl_array.torch.blocks`).
+    block_structure : BlockMode or mapping
+        Parameter blocks of a block-diagonal curvature.
+    second_order_mode : SecondOrderMode
+        ``HESSIAN`` or ``GAUSS_NEWTON``.
     batch_size : int or None
         Samples per pass over the data (see :class:`~infl_array.torch._base.TorchInfluenceBase`).
 
@@ -49,34 +60,49 @@ class DirectInfluence(TorchInfluenceBase):
         self,
         model: nn.Module,
         loss: LossFn,
-        regularization: float = 0.0,
+        regularization: Any = None,
+        block_structure: BlockStructure = BlockMode.FULL,
+        second_order_mode: SecondOrderMode = SecondOrderMode.HESSIAN,
+        *,
         batch_size: int | None = None,
     ) -> None:
-        super().__init__(model, loss, regularization, batch_size)
+        super().__init__(
+            model,
+            loss,
+            regularization,
+            batch_size,
+            block_structure=block_structure,
+            second_order_mode=second_order_mode,
+        )
         self.hessian_: torch.Tensor | None = None
-        self._chol: torch.Tensor | None = None
-        self._lu: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._factors: list[tuple[str, tuple[torch.Tensor, ...]]] = []
 
     def _fit(self) -> None:
-        h = self.hessian()
-        a = h + self.regularization * torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
-        self.hessian_ = h
-        self._chol, self._lu = None, None
-        chol, info = torch.linalg.cholesky_ex(a)
-        if int(info) == 0:
-            self._chol = chol
-            return
-        lu, pivots, info = torch.linalg.lu_factor_ex(a)
-        if int(info) != 0:
-            raise ValueError(
-                f"H + regularization*Id is singular (regularization={self.regularization}); "
-                "pass a larger regularization (e.g. 1e-3 times the Hessian's scale)."
-            )
-        self._lu = (lu, pivots)
+        mats = self.curvature_blocks()
+        self.hessian_ = torch.block_diag(*mats)
+        self._factors = []
+        for name, h, reg in zip(self._blocks.names, mats, self._block_reg, strict=True):
+            a = h + reg * torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+            chol, info = torch.linalg.cholesky_ex(a)
+            if int(info) == 0:
+                self._factors.append(("chol", (chol,)))
+                continue
+            lu, pivots, info = torch.linalg.lu_factor_ex(a)
+            if int(info) != 0:
+                where = f" of block {name!r}" if len(mats) > 1 else ""
+                raise ValueError(
+                    f"the curvature{where} plus regularization*Id is singular "
+                    f"(regularization={reg}); pass a larger regularization (e.g. 1e-3 times "
+                    "the curvature's scale)."
+                )
+            self._factors.append(("lu", (lu, pivots)))
 
     def _solve(self, grads: torch.Tensor) -> torch.Tensor:
-        rhs = grads.T
-        if self._chol is not None:
-            return torch.cholesky_solve(rhs, self._chol).T
-        assert self._lu is not None
-        return torch.linalg.lu_solve(self._lu[0], self._lu[1], rhs).T
+        parts = []
+        for sl, (kind, f) in zip(self._blocks.slices, self._factors, strict=True):
+            rhs = grads[:, sl].T
+            if kind == "chol":
+                parts.append(torch.cholesky_solve(rhs, f[0]).T)
+            else:
+                parts.append(torch.linalg.lu_solve(f[0], f[1], rhs).T)
+        return torch.cat(parts, dim=1)

@@ -1,30 +1,41 @@
 """LiSSA influence: the Neumann-series fixed-point iteration on Hessian-vector products.
 
-For test gradients ``G`` (columns) it iterates, all columns together,
+For test gradients ``g`` (one column per sample and parameter block ``b``; one block by
+default) it iterates, all columns together,
 
-    ``h <- g + (1 - dampen) h - (H + lambda*Id) h / scale``,   ``h_0 = 0``,
+    ``h <- g + (1 - dampen) h - (C_bb + lambda_b*Id) h / scale``,   ``h_0 = 0``,
 
-and returns ``h / scale``, which converges to ``(H + lambda*Id)^-1 g`` when ``dampen = 0`` and
-``scale`` exceeds the largest eigenvalue of ``H + lambda*Id`` (and to the solution of a damped
-system otherwise). ``H`` is the Hessian of the mean loss over all fit data (each iteration is
-one pass over the data for the whole block, ``vmap`` over ``jvp`` of ``grad``). Iteration stops
+and returns ``h / scale``, which converges to ``(C_bb + lambda_b*Id)^-1 g`` when ``dampen = 0``
+and ``scale`` exceeds the largest eigenvalue of ``C + lambda*Id`` (and to the solution of a
+damped system otherwise). ``C`` is the Hessian of the mean loss over all fit data, or pyDVL's
+Gauss-Newton matrix (each iteration is one pass over the data for all columns). Iteration stops
 when the relative change ``max_j ||h_j' - h_j|| / ||h_j'||`` falls below ``rtol``; reaching
 ``maxiter`` first emits :class:`~infl_array.torch._base.ConvergenceWarning`.
 
-The rate is ``1 - (mu_min + lambda) / scale`` (``mu_min`` the smallest eigenvalue of ``H``),
+The rate is ``1 - (mu_min + lambda) / scale`` (``mu_min`` the smallest eigenvalue of ``C``),
 so small eigenvalues need many iterations; the relative-change criterion can stop early when
 progress is slow.
+
+Differences from pyDVL 0.10's ``LissaOperator``, on purpose: pyDVL uses one random mini-batch
+per iteration (a stochastic estimate of the Hessian, which never converges below the batch
+noise unless the batch is the whole data), starts from ``h_0 = g`` and stops when the largest
+ELEMENT-wise relative change is below ``rtol``. Here every iteration uses the whole fit data,
+so the iteration is deterministic and converges to the exact solve; with a full-batch loader
+both converge to the same solution.
 """
 
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ._base import ConvergenceWarning, TorchInfluenceBase, positive_int
 from ._functional import LossFn, nonnegative
+from .blocks import BlockMode, BlockStructure, SecondOrderMode
 
 __all__ = ["LissaInfluence"]
 
@@ -32,14 +43,18 @@ __all__ = ["LissaInfluence"]
 class LissaInfluence(TorchInfluenceBase):
     """Influence via the LiSSA iteration.
 
+    Arguments follow pyDVL 0.10's ``LissaInfluence`` (names, order, defaults); ``batch_size`` is
+    ours.
+
     Parameters
     ----------
     model : torch.nn.Module
         The trained model.
     loss : callable
         ``loss(outputs, targets)`` reducing by mean.
-    regularization : float
-        ``lambda >= 0`` added to the Hessian's diagonal.
+    regularization : float, None or dict
+        ``lambda >= 0`` added to the curvature's diagonal (``None``: 0; a dict sets it per block,
+        see :mod:`~infl_array.torch.blocks`).
     maxiter : int
         Maximum number of iterations.
     dampen : float
@@ -48,25 +63,42 @@ class LissaInfluence(TorchInfluenceBase):
         ``> 0``; must exceed the largest eigenvalue of ``H + lambda*Id`` for convergence.
     rtol : float
         Stop when the relative change of every column is below ``rtol``.
-    batch_size : int or None
-        Samples per pass over the data (see :class:`~infl_array.torch._base.TorchInfluenceBase`).
+    progress : bool
+        Show a progress bar of the iterations.
     warn_on_max_iteration : bool
         Emit :class:`~infl_array.torch._base.ConvergenceWarning` when stopping at ``maxiter``.
+    block_structure : BlockMode or mapping
+        Parameter blocks of a block-diagonal curvature.
+    second_order_mode : SecondOrderMode
+        ``HESSIAN`` or ``GAUSS_NEWTON``.
+    batch_size : int or None
+        Samples per pass over the data (see :class:`~infl_array.torch._base.TorchInfluenceBase`).
     """
 
     def __init__(
         self,
         model: nn.Module,
         loss: LossFn,
-        regularization: float = 0.0,
+        regularization: Any = None,
         maxiter: int = 1000,
         dampen: float = 0.0,
         scale: float = 10.0,
         rtol: float = 1e-4,
-        batch_size: int | None = None,
+        progress: bool = False,
         warn_on_max_iteration: bool = True,
+        block_structure: BlockStructure = BlockMode.FULL,
+        second_order_mode: SecondOrderMode = SecondOrderMode.HESSIAN,
+        *,
+        batch_size: int | None = None,
     ) -> None:
-        super().__init__(model, loss, regularization, batch_size)
+        super().__init__(
+            model,
+            loss,
+            regularization,
+            batch_size,
+            block_structure=block_structure,
+            second_order_mode=second_order_mode,
+        )
         self.maxiter = positive_int(maxiter, "maxiter")
         self.dampen = nonnegative(dampen, "dampen")
         if self.dampen >= 1:
@@ -77,6 +109,7 @@ class LissaInfluence(TorchInfluenceBase):
                 "scale must be > 0 (larger than the largest Hessian eigenvalue), got 0."
             )
         self.rtol = nonnegative(rtol, "rtol")
+        self.progress = bool(progress)
         self.warn_on_max_iteration = bool(warn_on_max_iteration)
         self.n_iter_: int | None = None
 
@@ -89,18 +122,22 @@ class LissaInfluence(TorchInfluenceBase):
         }
 
     def _solve(self, grads: torch.Tensor) -> torch.Tensor:
-        g = grads.T  # (p, m)
+        g, col_block = self._split_columns(grads)  # (p, m): one column per (block, sample)
+        lam = self._column_regularization(col_block, g.dtype)
         h = torch.zeros_like(g)
         tiny = torch.finfo(g.dtype).tiny
         change = float("inf")
         it = 0
+        bar = tqdm(total=self.maxiter, disable=not self.progress, desc="LiSSA")
         while it < self.maxiter:
-            h_new = g + (1.0 - self.dampen) * h - self.reg_hvp(h) / self.scale
+            ch = self.curvature_matmat(h, col_block) + lam * h
+            h_new = g + (1.0 - self.dampen) * h - ch / self.scale
             diff = torch.linalg.vector_norm(h_new - h, dim=0)
             norm = torch.linalg.vector_norm(h_new, dim=0).clamp(min=tiny)
             change = float((diff / norm).max())
             h = h_new
             it += 1
+            bar.update(1)
             if not torch.isfinite(h).all():
                 raise FloatingPointError(
                     f"LissaInfluence diverged after {it} iterations (scale={self.scale}); "
@@ -108,6 +145,7 @@ class LissaInfluence(TorchInfluenceBase):
                 )
             if change < self.rtol:
                 break
+        bar.close()
         self.n_iter_ = it
         if change >= self.rtol and self.warn_on_max_iteration:
             warnings.warn(
@@ -117,4 +155,4 @@ class LissaInfluence(TorchInfluenceBase):
                 ConvergenceWarning,
                 stacklevel=3,
             )
-        return (h / self.scale).T
+        return self._merge_columns(h / self.scale, grads.shape[0])

@@ -4,7 +4,7 @@ pyDVL is not imported by this module: a model is recognised by duck typing
 (:func:`is_pydvl_model`: it has ``influence_factors``, ``influences_from_factors`` and
 ``is_fitted``), and ``InfluenceMode`` is imported only when a block is computed.
 
-Contract (what :class:`PyDVLBackend` gives :class:`~infl_array.torch.source.ModelBlockSource`)
+Contract (what :class:`PyDVLAdapter` gives :class:`~infl_array.torch.source.ModelBlockSource`)
 --------------------------------------------------------------------------------------------
 * test factors: ``model.influence_factors(x, y)`` (pyDVL's ``(H + lambda Id)^-1 grad``);
 * a block: ``model.influences_from_factors(test_factors, x_train, y_train,
@@ -34,10 +34,10 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from infl_array.torch.adapters import ModelAdapter
 from infl_array.torch.data import as_indexed, tensor_bytes
-from infl_array.torch.source import _Backend
 
-__all__ = ["SELF_INFLUENCE_CHUNK", "PyDVLBackend", "is_pydvl_model", "module_fingerprint"]
+__all__ = ["SELF_INFLUENCE_CHUNK", "PyDVLAdapter", "is_pydvl_model", "module_fingerprint"]
 
 SELF_INFLUENCE_CHUNK = 128
 """Train points per ``influences_from_factors`` call when computing self-influence."""
@@ -161,7 +161,7 @@ def _up_mode() -> Any:
         return "up"
 
 
-class PyDVLBackend(_Backend):
+class PyDVLAdapter(ModelAdapter):
     """:class:`~infl_array.torch.source.ModelBlockSource` adapter for a fitted pyDVL model.
 
     Parameters
@@ -205,7 +205,7 @@ class PyDVLBackend(_Backend):
         out = self.model.influences_from_factors(test_f, x, y, mode=_up_mode())
         return out.detach()
 
-    def self_influence(
+    def diagonal_from_data(
         self, test_f: torch.Tensor, x: torch.Tensor, y: torch.Tensor
     ) -> torch.Tensor:
         x, y = self._device(x, y)

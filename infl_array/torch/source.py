@@ -1,15 +1,15 @@
 """Block sources for model-backed influence arrays.
 
 :func:`make_block_source` turns an influence model and two data sets into a
-:class:`ModelBlockSource`, the block function the array layer calls to compute one block of the
-influence matrix::
+:class:`ModelBlockSource`, the :class:`~infl_array.sources.BlockSource` the engine calls to
+compute one block of the influence matrix::
 
     source = make_block_source(model, test=test_data, train=train_data)
-    block = source(range(0, 256), range(0, 4096))   # float64 numpy, shape (256, 4096)
+    block = source.compute_block(range(0, 256), range(0, 4096))  # numpy, (256, 4096)
 
 Contract
 --------
-* ``source(rows, cols)`` returns a C-contiguous host numpy array of shape
+* ``source.compute_block(rows, cols)`` returns a C-contiguous host numpy array of shape
   ``(len(rows), len(cols))`` equal to ``test_factors(test[rows]) @ train_factors(train[cols]).T``.
   The product is computed on the device the factors live on (the model's device), in float64,
   and the result is moved to the CPU. Factors are per sample and the product is taken in
@@ -22,15 +22,17 @@ Contract
   data fingerprints of :func:`infl_array.torch.data.as_indexed`.
 * :meth:`ModelBlockSource.describe` returns ``{"kind": "model", "backend": <class name>,
   "config": influence_config()}`` (JSON-able).
-* :meth:`ModelBlockSource.self_influence` returns the 1-D float64 self-influence
+* :meth:`ModelBlockSource.compute_diagonal` returns the 1-D float64 self-influence
   ``grad^T (H + lambda Id)^-1 grad`` of ``train[cols]``.
+* Capabilities (:mod:`infl_array.sources`): ``factor_reuse`` (the factor memo below) and
+  ``diagonal`` (the self-influence) are the source itself.
 
 Accepted models
 ---------------
-* Any object implementing :class:`~infl_array.protocol.FactorisedInfluence` (the backends of
-  :mod:`infl_array.torch` or a user's plug-in; factors may be torch tensors or numpy arrays;
-  ``model_fingerprint()`` is optional). An object with an ``is_fitted`` attribute that is false
-  is rejected with :class:`ValueError`.
+* Any object implementing :class:`~infl_array.protocol.FactorisedInfluence` (the influence
+  models of :mod:`infl_array.torch` or a user's plug-in; factors may be torch tensors or numpy
+  arrays; ``model_fingerprint()`` is optional). An object with an ``is_fitted`` attribute that
+  is false is rejected with :class:`ValueError`.
 * A fitted pyDVL ``InfluenceFunctionModel`` (duck-typed, see :mod:`infl_array.torch.pydvl`):
   its test factors come from ``influence_factors`` and each block from
   ``influences_from_factors(..., mode=InfluenceMode.Up)``; pyDVL exposes no train factors, so
@@ -42,8 +44,8 @@ Test factors per test range and train factors per train range are memoised, keye
 ``(axis, start, stop)`` with axis ``"test"``, ``"train"`` or ``"self"`` (test factors of train
 points, for the self-influence), in an LRU memo bounded by ``factor_budget_bytes`` (default
 1 GiB). A request for a range inside a memoised range is served by slicing it. The memo keeps
-tensors where the backend returned them (the model's device; numpy factors become CPU tensors),
-in the backend's dtype. A factor larger than the whole budget is not kept, and older entries are
+tensors where the influence model returned them (the model's device; numpy factors become CPU
+tensors), in its dtype. A factor larger than the whole budget is not kept, and older entries are
 evicted by bytes, so a too-small budget only costs recomputation. :attr:`ModelBlockSource.stats`
 counts factor computations, memo hits and evictions. The memo is not pickled: a source sent to
 a worker process starts with an empty memo. Access is serialised by a lock, so concurrent
@@ -55,21 +57,23 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
+from infl_array.factors import SIDES as FACTOR_SIDES
+from infl_array.factors import FactorStore
+from infl_array.torch.adapters import ModelAdapter, ProtocolAdapter, check_fitted
 from infl_array.torch.data import IndexedData, as_indexed
+from infl_array.torch.memo import FactorMemo
+from infl_array.torch.pydvl import PyDVLAdapter, is_pydvl_model
 
 __all__ = ["DEFAULT_FACTOR_BUDGET_BYTES", "ModelBlockSource", "make_block_source"]
 
 DEFAULT_FACTOR_BUDGET_BYTES = 1 << 30
 """Default byte budget of the factor memo (1 GiB)."""
-
-_Key = tuple[str, int, int]
 
 
 def canonical_json(config: Mapping[str, Any], what: str = "influence_config()") -> str:
@@ -84,151 +88,15 @@ def canonical_json(config: Mapping[str, Any], what: str = "influence_config()") 
         ) from exc
 
 
-def _to_tensor(a: Any, what: str) -> torch.Tensor:
-    """A factor as a 2-D torch tensor (numpy arrays become CPU tensors)."""
-    if isinstance(a, torch.Tensor):
-        t = a.detach()
-    elif isinstance(a, np.ndarray):
-        arr = np.ascontiguousarray(a)
-        t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
-    else:
-        raise TypeError(
-            f"{what} returned {type(a).__name__}, expected a torch tensor or numpy array of "
-            "shape (n_samples, k)."
-        )
-    if t.ndim != 2:
-        raise ValueError(
-            f"{what} returned an array of shape {tuple(t.shape)}, expected (n_samples, k): one "
-            "row of factors per sample."
-        )
-    if not (t.is_floating_point() or t.is_complex()):
-        t = t.to(torch.float64)
-    return t
-
-
-class _FactorMemo:
-    """LRU memo of factor tensors keyed by ``(axis, start, stop)``, bounded by bytes."""
-
-    def __init__(self, budget_bytes: int) -> None:
-        self.budget_bytes = budget_bytes
-        self.nbytes = 0
-        self._entries: OrderedDict[_Key, torch.Tensor] = OrderedDict()
-        self.evictions = 0
-
-    def get(self, key: _Key) -> torch.Tensor | None:
-        """The factors for ``key``: an exact entry, or a slice of one covering the range."""
-        hit = self._entries.get(key)
-        if hit is not None:
-            self._entries.move_to_end(key)
-            return hit
-        axis, start, stop = key
-        for (ax, s, e), t in self._entries.items():
-            if ax == axis and s <= start and stop <= e:
-                self._entries.move_to_end((ax, s, e))
-                return t[start - s : stop - s]
-        return None
-
-    def put(self, key: _Key, value: torch.Tensor) -> None:
-        size = value.element_size() * value.numel()
-        if size > self.budget_bytes or key in self._entries:
-            return
-        while self._entries and self.nbytes + size > self.budget_bytes:
-            _, old = self._entries.popitem(last=False)
-            self.nbytes -= old.element_size() * old.numel()
-            self.evictions += 1
-        self._entries[key] = value
-        self.nbytes += size
-
-    def clear(self) -> None:
-        self._entries.clear()
-        self.nbytes = 0
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-
-class _Backend:
-    """What a :class:`ModelBlockSource` needs from a model (internal adapter interface)."""
-
-    name: str
-    has_train_factors: bool = True
-
-    def test_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def train_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def block_from_data(
-        self, test_f: torch.Tensor, x: torch.Tensor, y: torch.Tensor
-    ) -> torch.Tensor:
-        """Block from test factors and raw train data (backends without train factors)."""
-        raise NotImplementedError
-
-    def self_influence(
-        self, test_f: torch.Tensor, x: torch.Tensor, y: torch.Tensor
-    ) -> torch.Tensor:
-        """Self-influence from test factors of train data and that data (no train factors)."""
-        raise NotImplementedError
-
-    def config(self) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def model_fingerprint(self) -> str | None:
-        raise NotImplementedError
-
-
-class _ProtocolBackend(_Backend):
-    """Adapter for objects implementing the factorised protocol."""
-
-    def __init__(self, model: Any) -> None:
-        self.model = model
-        self.name = type(model).__name__
-
-    def test_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return _to_tensor(self.model.test_factors(x, y), f"{self.name}.test_factors")
-
-    def train_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return _to_tensor(self.model.train_factors(x, y), f"{self.name}.train_factors")
-
-    def config(self) -> dict[str, Any]:
-        cfg = self.model.influence_config()
-        if not isinstance(cfg, Mapping):
-            raise TypeError(
-                f"{self.name}.influence_config() returned {type(cfg).__name__}, expected a "
-                "JSON-able dict identifying the backend and its settings."
-            )
-        return dict(cfg)
-
-    def model_fingerprint(self) -> str | None:
-        fn = getattr(self.model, "model_fingerprint", None)
-        if fn is None or not callable(fn):
-            return None
-        return str(fn())
-
-
-def _check_fitted(model: object) -> None:
-    fitted = getattr(model, "is_fitted", True)
-    if callable(fitted):
-        fitted = fitted()
-    if not fitted:
-        raise ValueError(
-            f"{type(model).__name__} is not fitted: call .fit(train_data) first, then pass the "
-            "fitted model."
-        )
-
-
-def _as_backend(model: object) -> _Backend:
+def as_adapter(model: object) -> ModelAdapter:
     """Wrap ``model`` in the adapter for its kind (protocol or pyDVL)."""
-    from infl_array.torch import pydvl as _pydvl
-
     if all(callable(getattr(model, m, None)) for m in ("test_factors", "train_factors")) and (
         callable(getattr(model, "influence_config", None))
     ):
-        _check_fitted(model)
-        return _ProtocolBackend(model)
-    if _pydvl.is_pydvl_model(model):
-        return _pydvl.PyDVLBackend(model)
+        check_fitted(model)
+        return ProtocolAdapter(model)
+    if is_pydvl_model(model):
+        return PyDVLAdapter(model)
     raise TypeError(
         f"model must be an influence model: an object implementing the factorised protocol "
         f"(test_factors, train_factors, influence_config; e.g. infl_array.torch.DirectInfluence, "
@@ -236,6 +104,27 @@ def _as_backend(model: object) -> _Backend:
         f"InfluenceFunctionModel; got {type(model).__module__}.{type(model).__qualname__}. "
         "For a plain block function use InfluenceArray.from_function."
     )
+
+
+def _aligned(r: range, store: FactorStore, axis: str) -> bool:
+    """Whether ``r`` covers whole factor blocks of ``axis``."""
+    length, n = store.block_len(axis), store.n(axis)
+    return r.start % length == 0 and (r.stop % length == 0 or r.stop == n) and len(r) > 0
+
+
+def _ends(r: range) -> tuple[int, int]:
+    return r.start, r.stop
+
+
+def _runs(blocks: list[int]) -> list[tuple[int, int]]:
+    """Maximal runs ``(first, last)`` of consecutive block indices."""
+    runs: list[tuple[int, int]] = []
+    for b in blocks:
+        if runs and runs[-1][1] == b - 1:
+            runs[-1] = (runs[-1][0], b)
+        else:
+            runs.append((b, b))
+    return runs
 
 
 def _check_range(r: object, n: int, what: str) -> range:
@@ -251,7 +140,7 @@ class ModelBlockSource:
 
     Parameters
     ----------
-    backend : _Backend
+    adapter : ModelAdapter
         Adapter around the influence model (built by :func:`make_block_source`).
     test, train : IndexedData
         Test and train data.
@@ -264,29 +153,36 @@ class ModelBlockSource:
         Number of test and train points (the matrix shape).
     stats : dict of str to int
         ``"test_factors"``, ``"train_factors"``, ``"self_factors"``: factor computations
-        (calls to the backend); ``"hits"``: requests served by the memo. See also
+        (calls to the influence model); ``"hits"``: requests served by the memo. See also
         :attr:`memo_bytes` and :attr:`memo_evictions`.
     """
 
     def __init__(
         self,
-        backend: _Backend,
+        adapter: ModelAdapter,
         test: IndexedData,
         train: IndexedData,
         factor_budget_bytes: int = DEFAULT_FACTOR_BUDGET_BYTES,
     ) -> None:
-        self._backend = backend
+        self.adapter = adapter
         self.test = test
         self.train = train
         self.n_test = len(test)
         self.n_train = len(train)
         self.factor_budget_bytes = factor_budget_bytes
-        self._memo = _FactorMemo(factor_budget_bytes)
+        self._memo = FactorMemo(factor_budget_bytes)
         self._lock = threading.RLock()
         self._fingerprints: dict[str, str] | None = None
         self._config: dict[str, Any] | None = None
         self._output_float32 = False
-        self.stats = {"test_factors": 0, "train_factors": 0, "self_factors": 0, "hits": 0}
+        self._factor_store: FactorStore | None = None
+        self.stats = {
+            "test_factors": 0,
+            "train_factors": 0,
+            "self_factors": 0,
+            "hits": 0,
+            "factor_reads": 0,
+        }
 
     # -- pickling: the memo and the lock stay behind -------------------------------------
     def __getstate__(self) -> dict[str, Any]:
@@ -297,20 +193,20 @@ class ModelBlockSource:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._memo = _FactorMemo(self.factor_budget_bytes)
+        self._memo = FactorMemo(self.factor_budget_bytes)
         self._lock = threading.RLock()
 
     # -- identity ---------------------------------------------------------------------------
     @property
-    def backend_name(self) -> str:
+    def model_name(self) -> str:
         """Class name of the influence model."""
-        return self._backend.name
+        return self.adapter.name
 
     def config(self) -> dict[str, Any]:
         """The model's ``influence_config()`` (computed once)."""
         if self._config is None:
-            cfg = self._backend.config()
-            canonical_json(cfg, f"{self.backend_name}.influence_config()")
+            cfg = self.adapter.config()
+            canonical_json(cfg, f"{self.model_name}.influence_config()")
             self._config = cfg
         return dict(self._config)
 
@@ -325,8 +221,8 @@ class ModelBlockSource:
             ``test``/``train``: data fingerprints.
         """
         if self._fingerprints is None:
-            backend = canonical_json(self.config(), f"{self.backend_name}.influence_config()")
-            model = self._backend.model_fingerprint()
+            backend = canonical_json(self.config(), f"{self.model_name}.influence_config()")
+            model = self.adapter.model_fingerprint()
             if model is None:
                 model = hashlib.sha256(backend.encode()).hexdigest()
             self._fingerprints = {
@@ -339,37 +235,135 @@ class ModelBlockSource:
 
     def describe(self) -> dict[str, Any]:
         """JSON-able description: ``{"kind": "model", "backend": name, "config": config}``."""
-        return {"kind": "model", "backend": self.backend_name, "config": self.config()}
+        return {"kind": "model", "backend": self.model_name, "config": self.config()}
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(n_test, n_train)``."""
+        return (self.n_test, self.n_train)
+
+    @property
+    def factor_reuse(self) -> ModelBlockSource:
+        """Factors are memoised (:class:`~infl_array.sources.FactorReuse`)."""
+        return self
+
+    @property
+    def diagonal(self) -> ModelBlockSource:
+        """Self-influence is available (:class:`~infl_array.sources.DiagonalSource`)."""
+        return self
 
     def __repr__(self) -> str:
         return (
-            f"ModelBlockSource(backend={self.backend_name}, n_test={self.n_test}, "
+            f"ModelBlockSource(backend={self.model_name}, n_test={self.n_test}, "
             f"n_train={self.n_train}, memo={len(self._memo)} entries/{self._memo.nbytes} B)"
         )
 
     # -- factors ----------------------------------------------------------------------------
+    def attach(self, factor_store: FactorStore | None) -> None:
+        """Keep factors in ``factor_store`` (one block of samples per chunk), or in memory only.
+
+        With a factor store, factors are requested by whole blocks: each block is taken from
+        the memo, else from the store, else computed (runs of missing blocks in one call, so
+        a tile's test factors are one batched solve) and written to the store when its side
+        is stored there.
+        """
+        self._factor_store = factor_store
+
+    @property
+    def factor_store(self) -> FactorStore | None:
+        """The factor store attached with :meth:`attach` (None: factors in memory only)."""
+        return self._factor_store
+
     def _factor(self, axis: str, r: range) -> torch.Tensor:
-        key = (axis, r.start, r.stop)
         with self._lock:
-            hit = self._memo.get(key)
-            if hit is not None:
-                self.stats["hits"] += 1
-                return hit
-            data = self.test if axis == "test" else self.train
-            x, y = data.take(r)
-            if axis == "train":
-                f = self._backend.train_factors(x, y)
-                self.stats["train_factors"] += 1
+            store = self._factor_store
+            if store is None or axis not in FACTOR_SIDES or not _aligned(r, store, axis):
+                return self._factor_range(axis, r)
+            return self._factor_blocks(store, axis, r)
+
+    def _factor_range(self, axis: str, r: range) -> torch.Tensor:
+        """Factors of exactly ``r`` (or a slice of a memoised range holding it)."""
+        key = (axis, r.start, r.stop)
+        hit = self._memo.get(key)
+        if hit is not None:
+            self.stats["hits"] += 1
+            return hit
+        f = self._compute_factors(axis, r)
+        self._memo.put(key, f)
+        return f
+
+    def _factor_blocks(self, store: FactorStore, axis: str, r: range) -> torch.Tensor:
+        """Factors of the whole blocks ``r`` covers: memo, store, or computed in runs."""
+        length = store.block_len(axis)
+        blocks = range(r.start // length, -(-r.stop // length))
+        pieces: dict[int, torch.Tensor] = {}
+        for b in blocks:
+            span = store.bounds(axis, b)
+            hit = self._memo.get((axis, span.start, span.stop))
+            if hit is None:
+                stored = store.get(axis, b)
+                if stored is not None:
+                    hit = torch.from_numpy(stored).to(self.adapter.device)
+                    self._memo.put((axis, span.start, span.stop), hit)
+                    self.stats["factor_reads"] += 1
             else:
-                f = self._backend.test_factors(x, y)
-                self.stats["test_factors" if axis == "test" else "self_factors"] += 1
-            if f.shape[0] != len(r):
-                raise ValueError(
-                    f"{self.backend_name} returned {f.shape[0]} rows of {axis} factors for "
-                    f"{len(r)} samples; factors need one row per sample."
-                )
-            self._memo.put(key, f)
-            return f
+                self.stats["hits"] += 1
+            if hit is not None:
+                pieces[b] = hit
+        missing = [b for b in blocks if b not in pieces]
+        shared = store.exists(axis)  # once a side is stored, processes claim its blocks
+        mine = [b for b in missing if not shared or store.claim(axis, b)]
+        try:
+            for first, last in _runs(mine):
+                self._compute_blocks(store, axis, first, last, pieces)
+        finally:
+            for b in mine:
+                store.release(axis, b)
+        for b in missing:
+            if b not in pieces:  # claimed by another process: read what it stores
+                found = store.wait(axis, b)
+                if found is None:  # that process is gone: compute it here
+                    try:
+                        self._compute_blocks(store, axis, b, b, pieces)
+                    finally:
+                        store.release(axis, b)
+                else:
+                    pieces[b] = torch.from_numpy(found).to(self.adapter.device)
+                    self._memo.put((axis, *_ends(store.bounds(axis, b))), pieces[b])
+                    self.stats["factor_reads"] += 1
+        if len(blocks) == 1:
+            return pieces[blocks[0]]
+        return torch.cat([pieces[b] for b in blocks])
+
+    def _compute_blocks(
+        self, store: FactorStore, axis: str, first: int, last: int, pieces: dict[int, torch.Tensor]
+    ) -> None:
+        """Compute factor blocks ``first..last`` in one call; memoise and store each."""
+        span = range(store.bounds(axis, first).start, store.bounds(axis, last).stop)
+        f = self._compute_factors(axis, span)
+        for b in range(first, last + 1):
+            part = store.bounds(axis, b)
+            piece = f[part.start - span.start : part.stop - span.start]
+            pieces[b] = piece
+            self._memo.put((axis, part.start, part.stop), piece)
+            store.put(axis, b, piece.detach().cpu().numpy())
+
+    def _compute_factors(self, axis: str, r: range) -> torch.Tensor:
+        """Ask the influence model for the factors of ``r`` (counted in :attr:`stats`)."""
+        data = self.test if axis == "test" else self.train
+        x, y = data.take(r)
+        if axis == "train":
+            f = self.adapter.train_factors(x, y)
+            self.stats["train_factors"] += 1
+        else:
+            f = self.adapter.test_factors(x, y)
+            self.stats["test_factors" if axis == "test" else "self_factors"] += 1
+        if f.shape[0] != len(r):
+            raise ValueError(
+                f"{self.model_name} returned {f.shape[0]} rows of {axis} factors for "
+                f"{len(r)} samples; factors need one row per sample."
+            )
+        return f
 
     @property
     def memo_bytes(self) -> int:
@@ -400,17 +394,16 @@ class ModelBlockSource:
             return torch.float32
         return torch.float64
 
-    def test_factor_bytes(self, rows: range) -> int:
-        """Bytes the test factors of ``test[rows]`` take (the executor sizes tiles with it).
+    def test_factor_bytes(self, rows: range, cols: range) -> int:
+        """Bytes the test factors of ``test[rows]`` take (the engine sizes tiles with it).
 
-        Test and train factors share their width, so for backends with train factors this
-        costs one gradient (of one train point); otherwise the test factors are computed
-        (and memoised).
+        Measured on factors the tile needs anyway, so sizing costs no extra computation: the
+        train factors of ``train[cols]`` when test and train factors share their width (plain
+        products), else the test factors of ``test[rows]``. Either is memoised.
         """
         rows = _check_range(rows, self.n_test, "rows")
-        if self._backend.has_train_factors:
-            x, y = self.train.take(range(1))
-            one = self._backend.train_factors(x, y)
+        if self.adapter.has_train_factors and not self.adapter.structured:
+            one = self._factor("train", _check_range(cols, self.n_train, "cols"))
             return int(one.element_size() * one.shape[-1] * len(rows))
         f = self._factor("test", rows)
         return int(f.element_size() * f.numel())
@@ -430,12 +423,12 @@ class ModelBlockSource:
         if (
             cols is not None
             and len(_check_range(cols, self.n_train, "cols"))
-            and self._backend.has_train_factors
+            and self.adapter.has_train_factors
         ):
             self._factor("train", cols)
 
     # -- blocks -----------------------------------------------------------------------------
-    def __call__(self, rows: range, cols: range) -> np.ndarray:
+    def compute_block(self, rows: range, cols: range) -> np.ndarray:
         """Block ``test[rows] x train[cols]`` of the influence matrix.
 
         Parameters
@@ -454,27 +447,24 @@ class ModelBlockSource:
         if len(rows) == 0 or len(cols) == 0:
             return np.zeros((len(rows), len(cols)), dtype=np.float64)
         test_f = self._factor("test", rows)
-        if self._backend.has_train_factors:
+        if self.adapter.has_train_factors:
             train_f = self._factor("train", cols)
-            if train_f.shape[1] != test_f.shape[1]:
+            if train_f.shape[1] != test_f.shape[1] and not self.adapter.structured:
                 raise ValueError(
-                    f"{self.backend_name}: test factors have {test_f.shape[1]} columns but train "
+                    f"{self.model_name}: test factors have {test_f.shape[1]} columns but train "
                     f"factors have {train_f.shape[1]}; both must live in the same space."
                 )
             dtype = self._product_dtype(test_f, train_f)
-            left = test_f.to(dtype)
-            right = train_f.to(device=left.device, dtype=dtype)
-            block = left @ right.T
+            block = self.adapter.product(test_f.to(dtype), train_f.to(dtype))
         else:
             x, y = self.train.take(cols)
-            block = self._backend.block_from_data(test_f, x, y)
+            block = self.adapter.block_from_data(test_f, x, y)
         return self._to_host(block, (len(rows), len(cols)), "block")
 
     def _to_host(self, t: torch.Tensor, shape: tuple[int, ...], what: str) -> np.ndarray:
         if tuple(t.shape) != shape:
             raise ValueError(
-                f"{self.backend_name} produced a {what} of shape {tuple(t.shape)}, expected "
-                f"{shape}."
+                f"{self.model_name} produced a {what} of shape {tuple(t.shape)}, expected {shape}."
             )
         if t.is_complex():
             t = t.real
@@ -484,7 +474,7 @@ class ModelBlockSource:
         # a fresh tensor's memory is ours to hand out; copy only what is not C-contiguous
         return np.ascontiguousarray(out)
 
-    def self_influence(self, cols: range) -> np.ndarray:
+    def compute_diagonal(self, cols: range) -> np.ndarray:
         """Self-influence ``grad^T (H + lambda Id)^-1 grad`` of ``train[cols]``.
 
         Parameters
@@ -501,18 +491,17 @@ class ModelBlockSource:
         if len(cols) == 0:
             return np.zeros(0, dtype=np.float64)
         left = self._factor("self", cols)
-        if self._backend.has_train_factors:
+        if self.adapter.has_train_factors:
             right = self._factor("train", cols)
-            if right.shape != left.shape:
+            if right.shape != left.shape and not self.adapter.structured:
                 raise ValueError(
-                    f"{self.backend_name}: test factors of shape {tuple(left.shape)} and train "
+                    f"{self.model_name}: test factors of shape {tuple(left.shape)} and train "
                     f"factors of shape {tuple(right.shape)} for the same points differ."
                 )
-            left64 = left.to(torch.float64)
-            values = (left64 * right.to(device=left64.device, dtype=torch.float64)).sum(dim=1)
+            values = self.adapter.diagonal(left.to(torch.float64), right.to(torch.float64))
         else:
             x, y = self.train.take(cols)
-            values = self._backend.self_influence(left, x, y)
+            values = self.adapter.diagonal_from_data(left, x, y)
         return self._to_host(values, (len(cols),), "self-influence vector")
 
 
@@ -556,10 +545,10 @@ def make_block_source(
             f"factor_budget_bytes must be a non-negative integer, got {factor_budget_bytes!r}; "
             "pass e.g. 1 << 30 (1 GiB)."
         )
-    backend = _as_backend(model)
+    adapter = as_adapter(model)
     test_data = as_indexed(test, "test")
     train_data = as_indexed(train, "train")
     for data, name in ((test_data, "test"), (train_data, "train")):
         if len(data) == 0:
             raise ValueError(f"{name} is empty; influence needs at least one sample.")
-    return ModelBlockSource(backend, test_data, train_data, int(factor_budget_bytes))
+    return ModelBlockSource(adapter, test_data, train_data, int(factor_budget_bytes))

@@ -1,6 +1,7 @@
-"""Turning a block function's output into a block that may be stored.
+"""Checking what a source computed before it may be stored.
 
-A block function ``fn(rows: range, cols: range)`` returns the influence values of the test
+A source's ``compute_block(rows: range, cols: range)`` (for a plain block function, the
+function itself) returns the influence values of the test
 points ``rows`` against the train points ``cols``. Before anything is written its result is
 checked: a 2-D array (numpy, torch or anything with ``__array__``) of exactly
 ``(len(rows), len(cols))``, of a real numeric dtype that casts to the store's dtype, and
@@ -15,9 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from infl_array.errors import BlockFunctionError
+from infl_array.errors import BlockFunctionError, add_note
 
-BlockFunction = Callable[[range, range], Any]
 BlockCoords = tuple[int, int]
 
 
@@ -28,19 +28,23 @@ def to_numpy(values: Any) -> np.ndarray:
     return np.asarray(values)
 
 
-def call_block_function(
-    fn: BlockFunction, coords: BlockCoords, rows: range, cols: range, dtype: np.dtype[Any]
+def checked_block(
+    fn: Callable[[range, range], Any],
+    coords: BlockCoords,
+    rows: range,
+    cols: range,
+    dtype: np.dtype[Any],
 ) -> np.ndarray:
-    """Call ``fn`` for one block and return its checked values as a C-contiguous ``dtype`` array."""
+    """Call ``fn(rows, cols)`` for one block; its checked values, C-contiguous ``dtype``."""
     try:
         raw = fn(rows, cols)
     except Exception as exc:
-        if hasattr(exc, "add_note"):
-            exc.add_note(
-                f"infl_array: raised by the block function for block {coords} "
-                f"(test rows {rows.start}:{rows.stop}, train cols {cols.start}:{cols.stop}); "
-                "nothing was stored for this block."
-            )
+        add_note(
+            exc,
+            f"infl_array: raised by the block function for block {coords} "
+            f"(test rows {rows.start}:{rows.stop}, train cols {cols.start}:{cols.stop}); "
+            "nothing was stored for this block.",
+        )
         raise
     return check_block(raw, coords, (len(rows), len(cols)), dtype)
 

@@ -1,0 +1,104 @@
+"""The few places where infl_array depends on zarr's version or its asynchronous store API.
+
+* :func:`keep_empty_chunks` / :func:`empty_chunks_kept`: every block write must store a chunk
+  (``write_empty_chunks`` on), set per array on zarr >= 3.1.6 and around each write before.
+* :func:`lossy_codec_warning_silenced`: BitRound is a numcodecs codec outside the zarr v3 spec;
+  using it is documented, so zarr's warning about it is not shown.
+* :func:`list_prefix`, :func:`key_exists`, :func:`read_key`, :func:`write_key`,
+  :func:`write_key_if_absent`, :func:`delete_key`, :func:`size_under`: zarr stores are
+  asynchronous; these run one store call to completion (the one place that reaches into zarr's
+  private ``sync`` runtime and buffer prototype).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import zarr
+
+
+def keep_empty_chunks(array: zarr.Array) -> zarr.Array:
+    """``array`` with zarr's ``write_empty_chunks`` on, so every block write stores a chunk.
+
+    (Belt and braces: the NaN fill value never equals a valid block.) ``Array.with_config``
+    exists from zarr 3.1.6; older 3.1.x (the numpy<2 installs) read the global config at write
+    time, which :func:`empty_chunks_kept` sets around each write.
+    """
+    with_config = getattr(array, "with_config", None)
+    return with_config({"write_empty_chunks": True}) if with_config is not None else array
+
+
+def empty_chunks_kept() -> contextlib.AbstractContextManager[Any]:
+    """Around a write: keep empty chunks on zarr versions without ``Array.with_config``."""
+    if hasattr(zarr.Array, "with_config"):
+        return contextlib.nullcontext()
+    return zarr.config.set({"array.write_empty_chunks": True})
+
+
+@contextlib.contextmanager
+def lossy_codec_warning_silenced() -> Iterator[None]:
+    """BitRound is a numcodecs codec, outside the zarr v3 spec: documented, so not warned."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr")
+        yield
+
+
+def _sync(coro: Any) -> Any:
+    from zarr.core.sync import sync  # zarr's private runtime: used here only
+
+    return sync(coro)
+
+
+def list_prefix(store: Any, prefix: str) -> list[str]:
+    """Every key of ``store`` under ``prefix``."""
+
+    async def collect() -> list[str]:
+        return [key async for key in store.list_prefix(prefix)]
+
+    return list(_sync(collect()))
+
+
+def key_exists(store: Any, key: str) -> bool:
+    """Whether ``key`` exists in ``store``."""
+    return bool(_sync(store.exists(key)))
+
+
+def _buffer(data: bytes) -> Any:
+    from zarr.core.buffer import default_buffer_prototype
+
+    return default_buffer_prototype().buffer.from_bytes(data)
+
+
+def read_key(store: Any, key: str) -> bytes | None:
+    """The bytes stored under ``key``, or None when there are none."""
+    from zarr.core.buffer import default_buffer_prototype
+
+    found = _sync(store.get(key, default_buffer_prototype()))
+    return None if found is None else bytes(found.to_bytes())
+
+
+def write_key(store: Any, key: str, data: bytes) -> None:
+    """Store ``data`` under ``key`` (replacing what is there)."""
+    _sync(store.set(key, _buffer(data)))
+
+
+def write_key_if_absent(store: Any, key: str, data: bytes) -> None:
+    """Store ``data`` under ``key`` unless the key exists (atomic on local directories)."""
+    _sync(store.set_if_not_exists(key, _buffer(data)))
+
+
+def delete_key(store: Any, key: str) -> None:
+    """Remove ``key`` (nothing happens when it is absent)."""
+    _sync(store.delete(key))
+
+
+def size_under(store: Any, prefix: str) -> int:
+    """Bytes stored under ``prefix``: one listing with sizes on fsspec stores (S3, GCS, ...),
+    zarr's listing and sizing elsewhere."""
+    fs, root = getattr(store, "fs", None), getattr(store, "path", None)
+    if fs is not None and root is not None and hasattr(fs, "_du"):
+        return int(_sync(fs._du(f"{root.rstrip('/')}/{prefix}", total=True)))
+    return int(_sync(store.getsize_prefix(prefix)))
