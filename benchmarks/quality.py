@@ -1,7 +1,7 @@
 """Attribution quality against retraining, side by side with pyDVL, Kronfluence and TRAK.
 
     nice -n 10 python benchmarks/quality.py [--quick] [--cases logreg,mlp,cnn]
-        [--methods SPEC] [--budget 600] [--fresh] [--no-write]
+        [--subsets 100] [--methods SPEC] [--budget 600] [--fresh] [--no-write]
 
 For each case (``quality_cases.CASES``: L2 softmax regression, a tanh MLP and a small CNN on
 scikit-learn's digits) it trains the models, retrains on ``alpha = 0.5`` subsets and without
@@ -107,9 +107,11 @@ def settings_for(case: qc.Case, meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def _source_hash() -> str:
+    """Hash of the package's code that computes attributions (the scoring modules left out)."""
     h = hashlib.sha256()
     for path in sorted((ROOT / "infl_array").rglob("*.py")):
-        h.update(path.read_bytes())
+        if not path.name.startswith("quality"):
+            h.update(path.read_bytes())
     return h.hexdigest()[:10]
 
 
@@ -229,7 +231,7 @@ def score(result: dict[str, Any], data: dict[str, np.ndarray]) -> dict[str, Any]
 def run_case(case: qc.Case, args: argparse.Namespace, log: Any) -> dict[str, Any]:
     t0 = time.perf_counter()
     meta = qc.prepare_models(case)
-    n_subsets = N_SUBSETS_QUICK if args.quick else qc.N_SUBSETS_MAX
+    n_subsets = N_SUBSETS_QUICK if args.quick else args.subsets
     data = qc.retrain_outputs(case, n_subsets, log)
     prep_s = time.perf_counter() - t0
     settings = settings_for(case, meta)
@@ -271,11 +273,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="20 subsets; no RESULTS.md")
     parser.add_argument("--cases", default=",".join(qc.CASES))
+    parser.add_argument(
+        "--subsets",
+        type=int,
+        default=qc.N_SUBSETS_MAX,
+        help=f"retrained subsets per case for LDS (3 to {qc.N_SUBSETS_MAX}; the first ones)",
+    )
     parser.add_argument("--methods", default=None)
     parser.add_argument("--budget", type=float, default=600.0, help="seconds per method")
     parser.add_argument("--fresh", action="store_true", help="recompute cached method results")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
+    if not 3 <= args.subsets <= qc.N_SUBSETS_MAX:
+        raise SystemExit(f"--subsets must be in [3, {qc.N_SUBSETS_MAX}], got {args.subsets}")
     unknown = [c for c in args.cases.split(",") if c not in qc.CASES]
     if unknown:
         raise SystemExit(f"--cases: unknown {unknown}; known: {', '.join(qc.CASES)}")

@@ -169,10 +169,10 @@ def notes(results: list[dict[str, Any]]) -> str:
   1.2 x the top eigenvalue of H + lambda Id (rounded up), `dampen=0`: a series truncated
   after {s.get("lissa_maxiter")} terms leaves directions with eigenvalues below about
   scale/{s.get("lissa_maxiter")} under-inverted, which costs it LDS against the exact
-  methods on both sides. CG: `rtol=1e-4, atol=1e-6` on both sides (pyDVL reads them squared,
-  so its solves are tighter; both are far below what changes LDS); pyDVL solves all
-  right-hand sides together (`solve_simultaneously=True`). pyDVL is fitted on one full-batch
-  DataLoader, so its batch-averaged Hessian is the Hessian of the mean loss, as ours.
+  methods on both sides. CG: `rtol=1e-4, atol=1e-6` on both sides, with the same stopping rule
+  (`||r|| < max(rtol**2 ||g||, atol**2)`, pyDVL's, ours by default); pyDVL solves all
+  right-hand sides together (`solve_simultaneously=True`), as ours does. pyDVL is fitted on
+  one full-batch DataLoader, so its batch-averaged Hessian is the Hessian of the mean loss, as ours.
 - pyDVL's EK-FAC and K-FAC (`update_diagonal=True`/`False`) run in float32 (pyDVL 0.10
   allocates its Kronecker blocks in float32) and only on `nn.Linear` layers (not on the CNN).
   Its output-gradient covariance weights every class by sqrt(p) (a deterministic true-Fisher

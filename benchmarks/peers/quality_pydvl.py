@@ -9,8 +9,8 @@ mode=InfluenceMode.Up)`` (positive = helpful, infl_array's convention). Self-inf
 against the same points. Settings (regularization, ranks, LiSSA's scale and maxiter) come from
 the main script, the same as infl_array's; CG solves all right-hand sides together
 (``solve_simultaneously=True``, as ours does; its default solves one at a time, about 10x
-slower here) and keeps pyDVL's tolerances (``rtol=1e-4, atol=1e-6``, the same numbers as ours,
-but pyDVL's CG stops at ``max(rtol**2 * ||b||, atol**2)``, a tighter criterion). LiSSA keeps
+slower here) and keeps pyDVL's tolerances (``rtol=1e-4, atol=1e-6``, the same numbers and the same
+stopping rule as ours: ``||r|| < max(rtol**2 * ||b||, atol**2)``). LiSSA keeps
 ``dampen=0`` and ``rtol=1e-4``. ``EkfacInfluence`` supports only ``nn.Linear`` layers in
 pyDVL 0.10 (skipped on the CNN) and allocates its Kronecker blocks in float32, so it runs in
 float32 (model and data cast).
