@@ -1,7 +1,7 @@
 """Attribution quality against retraining, side by side with pyDVL, Kronfluence and TRAK.
 
     nice -n 10 python benchmarks/quality.py [--quick] [--cases logreg,mlp,cnn]
-        [--subsets 100] [--methods SPEC] [--budget 600] [--fresh] [--no-write]
+        [--subsets 100|case=N,...] [--methods SPEC] [--budget 600] [--fresh] [--no-write]
 
 For each case (``quality_cases.CASES``: L2 softmax regression, a tanh MLP and a small CNN on
 scikit-learn's digits) it trains the models, retrains on ``alpha = 0.5`` subsets and without
@@ -137,6 +137,26 @@ def select(methods: list[tuple[str, str]], spec: str | None) -> list[tuple[str, 
     return chosen
 
 
+def subsets_per_case(spec: str) -> dict[str, int]:
+    """``--subsets``: ``"60"`` (every case) or ``"logreg=100,mlp=60"`` (the rest: the maximum)."""
+    out = dict.fromkeys(qc.CASES, qc.N_SUBSETS_MAX)
+    try:
+        if "=" not in spec:
+            out = dict.fromkeys(qc.CASES, int(spec))
+        else:
+            for item in spec.split(","):
+                name, n = item.split("=")
+                if name not in qc.CASES:
+                    raise SystemExit(f"--subsets: unknown case {name!r}; known: {list(qc.CASES)}")
+                out[name] = int(n)
+    except ValueError:
+        raise SystemExit(f"--subsets: expected N or case=N,..., got {spec!r}") from None
+    bad = {k: v for k, v in out.items() if not 3 <= v <= qc.N_SUBSETS_MAX}
+    if bad:
+        raise SystemExit(f"--subsets must lie in [3, {qc.N_SUBSETS_MAX}], got {bad}")
+    return out
+
+
 def ensure_env(peer: str, log: Any) -> bool:
     python, _, build, _ = PEERS[peer]
     if python.exists():
@@ -231,7 +251,7 @@ def score(result: dict[str, Any], data: dict[str, np.ndarray]) -> dict[str, Any]
 def run_case(case: qc.Case, args: argparse.Namespace, log: Any) -> dict[str, Any]:
     t0 = time.perf_counter()
     meta = qc.prepare_models(case)
-    n_subsets = N_SUBSETS_QUICK if args.quick else args.subsets
+    n_subsets = N_SUBSETS_QUICK if args.quick else args.subsets[case.name]
     data = qc.retrain_outputs(case, n_subsets, log)
     prep_s = time.perf_counter() - t0
     settings = settings_for(case, meta)
@@ -275,17 +295,15 @@ def main() -> None:
     parser.add_argument("--cases", default=",".join(qc.CASES))
     parser.add_argument(
         "--subsets",
-        type=int,
-        default=qc.N_SUBSETS_MAX,
-        help=f"retrained subsets per case for LDS (3 to {qc.N_SUBSETS_MAX}; the first ones)",
+        default=str(qc.N_SUBSETS_MAX),
+        help="retrained subsets for LDS (the first ones): N for every case, or case=N,...",
     )
     parser.add_argument("--methods", default=None)
     parser.add_argument("--budget", type=float, default=600.0, help="seconds per method")
     parser.add_argument("--fresh", action="store_true", help="recompute cached method results")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    if not 3 <= args.subsets <= qc.N_SUBSETS_MAX:
-        raise SystemExit(f"--subsets must be in [3, {qc.N_SUBSETS_MAX}], got {args.subsets}")
+    args.subsets = subsets_per_case(args.subsets)
     unknown = [c for c in args.cases.split(",") if c not in qc.CASES]
     if unknown:
         raise SystemExit(f"--cases: unknown {unknown}; known: {', '.join(qc.CASES)}")
@@ -305,7 +323,10 @@ def main() -> None:
     wall = time.perf_counter() - start
     (qc.WORK / "results.json").write_text(json.dumps(results, indent=1, default=float))
     command = "python benchmarks/quality.py " + " ".join(sys.argv[1:])
-    machine = f"nproc {os.cpu_count()}, {platform.machine()}, Python {platform.python_version()}"
+    machine = (
+        f"nproc {os.cpu_count()}, {platform.machine()}, Python {platform.python_version()}, "
+        f"load average now {os.getloadavg()[0]:.1f}"
+    )
     text = report.section(results, command.strip(), machine, wall)
     log(report.targets(results))
     if args.quick or args.no_write:

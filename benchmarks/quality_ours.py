@@ -83,6 +83,7 @@ def _create(backend: Any, tmp: str, name: str, test: Any, train: Any) -> ia.Infl
 
 def _method(cls: type, settings: Settings) -> common.Method:
     def make(model: torch.nn.Module, s: dict[str, Any]) -> Any:
+        torch.manual_seed(0)  # Nystroem's sketch: the same draw as pyDVL's worker makes
         return cls(model, F.cross_entropy, regularization=s["regularization"], **settings(s))
 
     def compute(
