@@ -189,6 +189,16 @@ def test_loo_correlation_matches_scipy(problem):
     assert per == LooCorrelation(pytest.approx(np.mean(p)), pytest.approx(np.mean(s)), N_TEST)
 
 
+def test_loo_correlation_by_hand():
+    # predicted changes -scores[0, [0, 1, 2]] = (-3, -1, 2) against measured (-1, 0, 1):
+    # centred (-7/3, -1/3, 8/3) and (-1, 0, 1): Pearson 5 / sqrt(114/9 * 2) = 15 / sqrt(228)
+    scores = np.array([[3.0, 1.0, -2.0, 0.5]])
+    r = loo_correlation(scores, [[-1.0, 0.0, 1.0]], [0, 1, 2])
+    assert r.pearson == pytest.approx(15 / np.sqrt(228), abs=1e-14)
+    assert r.spearman == pytest.approx(1.0, abs=1e-14)
+    assert r.n_test_used == 1
+
+
 def test_loo_sign_convention():
     # removing a helpful point (positive score) lowers the output: deltas of opposite sign
     scores = np.array([[3.0, 1.0, -2.0, 0.5]])
