@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# pyDVL compatibility check, in its own virtual environment.
+# pyDVL compatibility check, in its own virtual environment, built with the README's recipe
+# ("Using pyDVL side by side") command for command.
 #
 # pyDVL 0.10.0 pins numpy<2, so it cannot live in the main environment (numpy 2). This script
-# creates (idempotently) a venv at .venv-pydvl in the repository root, installs torch==2.13.0
-# FIRST (the local CPU wheel; a constraints file pins it for every later install so that pip
-# never pulls another, multi-GB CUDA build), then numpy<2, pyDVL 0.10.0 with what its influence
-# module needs, this project (editable, with its dependencies) and pytest, and runs
-# tests/pydvl_compat/check_pydvl.py there. The main suite never collects that file (its name
-# does not match test_*.py).
+# creates (idempotently) a venv at .venv-pydvl in the repository root and runs there, from the
+# repository root, exactly the README's two commands:
+#     pip install torch==2.13.0
+#     pip install "numpy<2" "pyDeprecate<0.4" "pydvl[influence]==0.10.0" -e ".[torch]"
+# under a constraints file that pins torch==2.13.0 (the local CPU wheel; pip never pulls another,
+# multi-GB CUDA build), then pytest and hypothesis for the checks, and runs every
+# tests/pydvl_compat/check_*.py there. The main suite never collects those files (their names do
+# not match test_*.py).
 #
 # Usage: bash .ci/pydvl_env.sh [extra pytest args]
 # Environment: PYTHON (interpreter for the venv, default python3.11 or python3),
@@ -19,20 +22,19 @@ VENV="${PYDVL_VENV:-$ROOT/.venv-pydvl}"
 PY="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 STAMP="$VENV/.infl_array_ready"
 
-# What is installed. torch: the local CPU wheel, never another build. pyDeprecate>=0.12 (newer
-# than pyDVL 0.10) warns with a FutureWarning when pyDVL is imported; 0.3.x is pyDVL 0.10's era.
-CONSTRAINTS=("torch==2.13.0" "numpy<2" "pyDeprecate<0.4")
-# pyDVL 0.10's own requirements and its influence extra, less cvxpy and matplotlib (only
-# pydvl.value and plotting use them; pydvl.influence imports neither).
-PYDVL_DEPS=("more-itertools>=9.0.0" "pandas>=1.3" "scikit-learn>=1.3" "scipy>=1.7.0"
-    "joblib>=1.4.0" cloudpickle psutil tqdm typing-extensions "numcodecs<0.16.0"
-    "pyDeprecate>=0.3.2" "dask>=2023.5.0" "distributed>=2023.5.0" "zarr>=3,<4")
-PYDVL="pydvl==0.10.0"
+# torch: the local CPU wheel, never another build, for every install below.
+CONSTRAINTS=("torch==2.13.0")
+# The README's recipe, after torch: numpy<2 makes the resolver pick zarr 3.1.5 (zarr 3.1.6 needs
+# numpy>=2); the influence extra brings dask and distributed; pyDeprecate>=0.12 (newer than
+# pyDVL 0.10) warns with FutureWarnings when pyDVL is imported.
+RECIPE=("numpy<2" "pyDeprecate<0.4" "pydvl[influence]==0.10.0" -e ".[torch]")
+TOOLS=(pytest hypothesis)
 
 # When any of this or the project's metadata changes, the installs are redone.
-want_stamp="$({ declare -p CONSTRAINTS PYDVL_DEPS PYDVL; cat "$ROOT/pyproject.toml"; } \
+want_stamp="$({ declare -p CONSTRAINTS RECIPE TOOLS; cat "$ROOT/pyproject.toml"; } \
     | sha256sum | cut -d' ' -f1)"
 
+cd "$ROOT"
 t0=$(date +%s)
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want_stamp" ]] \
     && "$VENV/bin/python" -c "import torch, numpy, pydvl, pytest, hypothesis" 2>/dev/null; then
@@ -48,17 +50,15 @@ else
         "$VPY" -m pip install --disable-pip-version-check -q -c "$cons" "$@" 2>&1 \
             | { grep -v "^WARNING: Location '.*' is ignored" || true; }
     }
-    step() { local s=$SECONDS; pip_install "$@"; echo "pydvl_env:   $* ($((SECONDS - s)) s)"; }
-    # 1. torch first, from the local CPU wheel.
+    step() { local s=$SECONDS; pip_install "$@"; echo "pydvl_env:   pip install $* ($((SECONDS - s)) s)"; }
+    # the README's recipe, command for command
     step "torch==2.13.0"
-    # 2. numpy<2, then pyDVL and the project, all under the constraints (torch stays 2.13.0).
-    step "numpy<2"
-    # pyDVL's requirements (see PYDVL_DEPS), then pyDVL itself without dependencies.
-    step "${PYDVL_DEPS[@]}"
-    step --no-deps "$PYDVL"
-    step -e "$ROOT" pytest hypothesis
+    step "${RECIPE[@]}"
+    # test tooling for the checks (not part of the recipe)
+    step "${TOOLS[@]}"
     "$VPY" - <<'PYEOF'
 import numpy, torch
+import zarr, distributed, pydvl.influence.torch  # what the recipe promises
 assert numpy.__version__.startswith("1."), numpy.__version__
 assert torch.__version__.startswith("2.13.0"), torch.__version__
 PYEOF
@@ -69,7 +69,6 @@ echo "pydvl_env: environment ready in $((t1 - t0)) s"
 
 "$VENV/bin/python" -c "import numpy, torch, pydvl, zarr, infl_array; print('pydvl_env: numpy', numpy.__version__, '| torch', torch.__version__, '| pydvl', pydvl.__version__, '| zarr', zarr.__version__)"
 
-cd "$ROOT"
 report="$VENV/compat_report.json"
 rm -f "$report"
 rc=0

@@ -21,10 +21,11 @@ from infl_array.front import LazyArray
 from infl_array.grid import BlockCoords
 from infl_array.indexing import get_oindex
 from infl_array.meta import Compression, StoreMeta, check_shapes
+from infl_array.notes import format_notes, read_notes
 from infl_array.reduce import to_dask, top_k
 from infl_array.self_influence import SelfInfluenceArray, open_self_influence
 from infl_array.sources import BlockFunction, BlockSource, FunctionSource
-from infl_array.store import InfluenceStore
+from infl_array.store import MATRIX_NAME, InfluenceStore
 
 DEFAULT_BLOCK_SHAPE = (256, 4096)
 
@@ -255,13 +256,24 @@ class InfluenceArray(LazyArray):
         by = self.meta.computed_by
         backend = by.get("backend") or by.get("name") or by.get("kind", "?")
         mode = "computes missing blocks" if self.can_compute else "read-only"
+        notes = self.notes
         return (
             f"InfluenceArray(shape={self.shape}, dtype={self.dtype}, "
             f"block_shape={self.block_shape}, blocks computed {len(known)}/{n_blocks} "
             f"({100 * len(known) / n_blocks:.1f}%), stored {_fmt_bytes(stored)}, "
             f"compression ratio {ratio}, backend={backend}, {mode}, "
             f"store={engine.store.where})"
-        )
+        ) + (f"\nnotes on how its values were computed:\n{format_notes(notes)}" if notes else "")
+
+    @property
+    def notes(self) -> dict[str, str]:
+        """What computing the stored values found, ``{key: message}`` (:mod:`infl_array.notes`).
+
+        E.g. ``"not_positive_definite"`` when a torch backend's ``H + lambda*Id`` was indefinite
+        (its values solve an indefinite system). Empty when all was well. Read from the store,
+        so a store opened without a model shows what its computation found.
+        """
+        return read_notes(self._engine.store.matrix.zarr_store, MATRIX_NAME)
 
     # ------------------------------------------------------------------ analysis
     def to_dask(self) -> Any:

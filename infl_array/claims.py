@@ -72,11 +72,6 @@ class ClaimBook:
         except ValueError:
             return {}  # being written right now: someone holds it
 
-    def holder(self, name: str) -> str | None:
-        """The live owner of ``name``'s claim, or None when it is free or expired."""
-        found = self._read(name)
-        return None if found is None or _is_stale(found) else str(found.get("owner", "?"))
-
     def try_claim(self, name: str) -> bool:
         """Claim ``name``; True when this filler now owns it (also when it already did)."""
         if name in self._held:

@@ -28,7 +28,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     arr = _open(args.store)
     print(repr(arr))
-    print(json.dumps(arr.meta.to_json(), indent=2, sort_keys=True))
+    print(json.dumps({**arr.meta.to_json(), "notes": arr.notes}, indent=2, sort_keys=True))
     return 0
 
 

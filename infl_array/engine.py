@@ -37,6 +37,7 @@ from infl_array.cache import SMALL_READ_BLOCKS, BlockCache, assemble
 from infl_array.errors import MissingBlockError
 from infl_array.grid import BlockCoords, BlockGrid
 from infl_array.indexing import AxisSel
+from infl_array.notes import write_notes
 from infl_array.plan import (
     BlockProjection,
     ReadPlan,
@@ -122,6 +123,7 @@ class BlockEngine:
         self._worker_counts: dict[str, int] = {}
         self._known: set[BlockCoords] = set()
         self._compute_lock = threading.Lock()
+        self._noted: dict[str, str] = {}
         self.task_lock = threading.Lock()
         """Held by a fill task running on this engine (tasks of one worker run one at a time)."""
 
@@ -265,6 +267,7 @@ class BlockEngine:
         self.grid.write_block(coords, values)
         self.mark_computed(coords)
         self.remember(coords, values)
+        self.record_notes()
 
     def remember(self, coords: BlockCoords, values: np.ndarray) -> None:
         """Cache freshly computed values, when they are exactly what the store holds."""
@@ -313,7 +316,17 @@ class BlockEngine:
         blocks in the decoded-block cache; ``on_done(coords)`` is called for every block in the
         store afterwards.
         """
-        return compute_blocks(self, blocks, on_done, share=share, cache_values=cache_values)
+        done = compute_blocks(self, blocks, on_done, share=share, cache_values=cache_values)
+        self.record_notes()
+        return done
+
+    def record_notes(self) -> None:
+        """Record the source's new or changed notes in the store (:mod:`infl_array.notes`)."""
+        found = self.source.notes() if self.source is not None else {}
+        new = {k: v for k, v in found.items() if self._noted.get(k) != v}
+        if new:
+            write_notes(self.store.matrix.zarr_store, MATRIX_NAME, new)
+            self._noted.update(new)
 
     # ------------------------------------------------------------------ reading
     def _from_cache(self, blocks: list[BlockCoords]) -> bool:

@@ -152,11 +152,23 @@ class FactorStore:
 
     # ------------------------------------------------------------------ sharing with processes
     def claim(self, side: str, b: int) -> bool:
-        """Claim factor block ``b`` of ``side`` (see :mod:`infl_array.claims`)."""
+        """Claim factor block ``b`` of ``side`` (see :mod:`infl_array.claims`).
+
+        False when another process holds it or has stored it meanwhile (then :meth:`get` or
+        :meth:`wait` reads it).
+        """
         if self._claims is None:
             matrix = self.store.matrix
             self._claims = ClaimBook(matrix.zarr_store, f"{matrix.name}/claims/")
-        return self._claims.try_claim(f"factors.{side}.{b}")
+        name = f"factors.{side}.{b}"
+        if not self._claims.try_claim(name):
+            return False
+        grid = self._grid(side)
+        if grid is not None and grid.has_blocks([(b, 0)]):
+            # stored (and released) by another process since we looked: read it instead
+            self._claims.release(name)
+            return False
+        return True
 
     def release(self, side: str, b: int) -> None:
         """Release the claim on factor block ``b`` of ``side``."""

@@ -32,6 +32,15 @@ def default_materialize_limit() -> int:
         return 8 << 30
 
 
+def _refused(symbol: str) -> Any:
+    """An operator method that raises: the operator would need every value at once."""
+
+    def method(self: Any, *other: Any) -> Any:
+        raise refusal(self, f"the operator {symbol}")
+
+    return method
+
+
 class LazyArray:
     """A read-only array whose blocks an engine reads or computes (see the module docstring).
 
@@ -255,62 +264,20 @@ class LazyArray:
             "more than one element); use arr.size, or reduce first: bool(arr.max() > 0)."
         )
 
-    def _operator(self, symbol: str) -> TypeError:
-        return refusal(self, f"the operator {symbol}")
-
-    def __eq__(self, other: object) -> Any:
-        raise self._operator("==")
-
-    def __ne__(self, other: object) -> Any:
-        raise self._operator("!=")
-
+    # comparisons and arithmetic would need every value: refused, naming the lazy routes
+    __eq__ = _refused("==")
+    __ne__ = _refused("!=")
     __hash__ = object.__hash__
-
-    def __lt__(self, other: Any) -> Any:
-        raise self._operator("<")
-
-    def __le__(self, other: Any) -> Any:
-        raise self._operator("<=")
-
-    def __gt__(self, other: Any) -> Any:
-        raise self._operator(">")
-
-    def __ge__(self, other: Any) -> Any:
-        raise self._operator(">=")
-
-    def __add__(self, other: Any) -> Any:
-        raise self._operator("+")
-
-    __radd__ = __add__
-
-    def __sub__(self, other: Any) -> Any:
-        raise self._operator("-")
-
-    __rsub__ = __sub__
-
-    def __mul__(self, other: Any) -> Any:
-        raise self._operator("*")
-
-    __rmul__ = __mul__
-
-    def __truediv__(self, other: Any) -> Any:
-        raise self._operator("/")
-
-    __rtruediv__ = __truediv__
-
-    def __matmul__(self, other: Any) -> Any:
-        raise self._operator("@")
-
-    __rmatmul__ = __matmul__
-
-    def __pow__(self, other: Any) -> Any:
-        raise self._operator("**")
-
-    def __neg__(self) -> Any:
-        raise self._operator("unary -")
-
-    def __abs__(self) -> Any:
-        raise self._operator("abs()")
+    __lt__, __le__ = _refused("<"), _refused("<=")
+    __gt__, __ge__ = _refused(">"), _refused(">=")
+    __add__ = __radd__ = _refused("+")
+    __sub__ = __rsub__ = _refused("-")
+    __mul__ = __rmul__ = _refused("*")
+    __truediv__ = __rtruediv__ = _refused("/")
+    __matmul__ = __rmatmul__ = _refused("@")
+    __pow__ = _refused("**")
+    __neg__ = _refused("unary -")
+    __abs__ = _refused("abs()")
 
 
 class TransposedArray(LazyArray):

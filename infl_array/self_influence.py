@@ -63,5 +63,7 @@ def open_self_influence(matrix: BlockEngine) -> SelfInfluenceArray:
             )
         n_train, block_cols = matrix.shape[1], matrix.block_shape[1]
         grid = store.create_side_grid(ARRAY_NAME, n_train, block_cols)
-    source = None if diagonal is None else DiagonalBlocks(diagonal, grid.shape[1])
+    source = None
+    if diagonal is not None and matrix.source is not None:
+        source = DiagonalBlocks(diagonal, grid.shape[1], matrix.source)
     return SelfInfluenceArray(BlockEngine(store, grid, source, missing_fix=_MISSING_FIX))

@@ -118,6 +118,16 @@ class BlockSource(Protocol):
         """Counters of work done (e.g. factor computations); empty when there are none."""
         ...
 
+    def notes(self) -> dict[str, str]:
+        """What computing found that a reader should know, ``{key: message}`` (JSON-able).
+
+        E.g. ``{"not_positive_definite": "..."}`` from a torch backend whose regularised
+        curvature is indefinite. Empty when all is well; asking computes nothing. The engine
+        records new or changed notes in the store after computing blocks
+        (:mod:`infl_array.notes`).
+        """
+        ...
+
 
 class PlainSource:
     """Base of sources with no optional capability and nothing to fingerprint or count."""
@@ -138,6 +148,10 @@ class PlainSource:
 
     @property
     def stats(self) -> Mapping[str, int]:
+        return {}
+
+    def notes(self) -> dict[str, str]:
+        """Nothing to report."""
         return {}
 
 
@@ -172,11 +186,18 @@ class FunctionSource(PlainSource):
 
 
 class DiagonalBlocks(PlainSource):
-    """The self-influence capability of a source as the blocks of a ``(1, n_train)`` array."""
+    """The self-influence capability of a source as the blocks of a ``(1, n_train)`` array.
 
-    def __init__(self, diagonal: DiagonalSource, n_train: int) -> None:
+    ``of`` is the source the capability belongs to: its notes are this source's notes.
+    """
+
+    def __init__(self, diagonal: DiagonalSource, n_train: int, of: BlockSource) -> None:
         self.source = diagonal
         self.n_train = n_train
+        self.of = of
+
+    def notes(self) -> dict[str, str]:
+        return self.of.notes()
 
     @property
     def shape(self) -> tuple[int, int]:

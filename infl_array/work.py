@@ -159,12 +159,27 @@ def compute_blocks(
     return run.written
 
 
-def _claim(claims: ClaimBook, grid: BlockGrid, coords: BlockCoords) -> bool:
-    """Claim a block; a failed claim write (full disk, no permission) names the block."""
+def _claim(claims: ClaimBook, grid: BlockGrid, coords: BlockCoords) -> str:
+    """Claim a block: ``"mine"``, ``"held"`` (another filler's) or ``"present"`` (stored).
+
+    A block another filler wrote (and released) between our listing and our claim is found by
+    one more look after claiming. A failed claim write (full disk, no permission) names the
+    block.
+    """
     try:
-        return claims.try_claim(claim_name(coords))
+        if not claims.try_claim(claim_name(coords)):
+            return "held"
     except OSError as exc:
         raise write_error(exc, coords, grid.where) from exc
+    return "present" if grid.has_blocks([coords]) else "mine"
+
+
+def _settle(run: _Run, claims: ClaimBook, coords: BlockCoords, present: set[BlockCoords]) -> str:
+    """Claim a block not listed as ``present``; a block found stored is marked done."""
+    state = "present" if coords in present else _claim(claims, run.worker.grid, coords)
+    if state == "present":
+        run.done(coords, by_us=False)
+    return state
 
 
 def _shared_tile(run: _Run, claims: ClaimBook, tile: list[BlockCoords]) -> list[BlockCoords]:
@@ -175,11 +190,10 @@ def _shared_tile(run: _Run, claims: ClaimBook, tile: list[BlockCoords]) -> list[
         present = grid.has_blocks(blocks)
         mine = []
         for coords in blocks:
-            if coords in present:
-                run.done(coords, by_us=False)
-            elif _claim(claims, grid, coords):
+            state = _settle(run, claims, coords, present)
+            if state == "mine":
                 mine.append(coords)
-            else:
+            elif state == "held":
                 deferred.append(coords)
         if mine and not prefetched:
             run.worker.prefetch(tile)
@@ -196,11 +210,10 @@ def _finish_deferred(run: _Run, claims: ClaimBook, deferred: list[BlockCoords]) 
         present = run.worker.grid.has_blocks(deferred)
         still = []
         for coords in deferred:
-            if coords in present:
-                run.done(coords, by_us=False)
-            elif _claim(claims, run.worker.grid, coords):
+            state = _settle(run, claims, coords, present)
+            if state == "mine":
                 run.compute(coords)
-            else:
+            elif state == "held":
                 still.append(coords)
         run.finish_all()
         deferred = still

@@ -79,3 +79,50 @@ def logged_calls(log: str) -> list[tuple[str, int, int, int]]:
             kind, start, stop, pid = line.split()
             out.append((kind, int(start), int(stop), int(pid)))
     return out
+
+
+class SlowLoggedFn:
+    """A picklable block function ``1000 * row + col`` that sleeps and logs each block it computes.
+
+    Each call appends ``"<row start> <col start> <pid>"`` to ``log`` (one short append: whole
+    lines even from several processes). With ``kill_once`` set to a path, the first call in
+    any process that creates that file kills its own process (SIGKILL), as an out-of-memory
+    kill would; ``fail_at`` names a block (row start, col start) whose computation raises.
+    """
+
+    def __init__(
+        self,
+        log: str,
+        delay: float = 0.0,
+        kill_once: str | None = None,
+        fail_at: tuple[int, int] | None = None,
+    ) -> None:
+        self.log, self.delay, self.kill_once, self.fail_at = log, delay, kill_once, fail_at
+
+    def __call__(self, rows: range, cols: range) -> np.ndarray:
+        import os
+        import signal
+        import time
+
+        if self.kill_once is not None:
+            try:
+                os.close(os.open(self.kill_once, os.O_CREAT | os.O_EXCL))
+                os.kill(os.getpid(), signal.SIGKILL)
+            except FileExistsError:
+                pass
+        if self.fail_at == (rows.start, cols.start):
+            raise ValueError(f"block at {self.fail_at} fails on purpose")
+        time.sleep(self.delay)
+        with open(self.log, "a") as f:
+            f.write(f"{rows.start} {cols.start} {os.getpid()}\n")
+        row_part = np.arange(rows.start, rows.stop) * 1000.0
+        return np.add.outer(row_part, np.arange(cols.start, cols.stop))
+
+
+def logged_blocks(log: str) -> list[tuple[int, int, int]]:
+    """The blocks :class:`SlowLoggedFn` computed: ``(row start, col start, pid)``."""
+    try:
+        with open(log) as f:
+            return [(int(a), int(b), int(c)) for a, b, c in (line.split() for line in f)]
+    except FileNotFoundError:
+        return []

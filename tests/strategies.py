@@ -9,7 +9,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 
-def _matrix(n0: int, n1: int, dtype: Any = np.float32) -> np.ndarray:
+def numbered_matrix(n0: int, n1: int, dtype: Any = np.float32) -> np.ndarray:
     """A matrix whose every value is distinct."""
     return np.arange(n0 * n1, dtype=dtype).reshape(n0, n1)
 
@@ -62,7 +62,7 @@ _bad_item = st.sampled_from([1.0, "a", np.float64(1.0), [1.5], np.array([0.5]), 
 
 
 @st.composite
-def _item(draw: st.DrawFn, n0: int, n1: int) -> Any:
+def index_item(draw: st.DrawFn, n0: int, n1: int) -> Any:
     m = max(n0, n1)
     return draw(
         st.one_of(
@@ -81,12 +81,12 @@ def _item(draw: st.DrawFn, n0: int, n1: int) -> Any:
 
 
 @st.composite
-def _case(draw: st.DrawFn) -> tuple[np.ndarray, Any]:
+def index_case(draw: st.DrawFn) -> tuple[np.ndarray, Any]:
     small = st.integers(1, 6)
     n0 = draw(small | st.integers(0, 40))
     n1 = draw(small | st.integers(0, 40))
-    full = _matrix(n0, n1, draw(st.sampled_from([np.float32, np.float64])))
-    items = draw(st.lists(_item(n0, n1), min_size=0, max_size=4))
+    full = numbered_matrix(n0, n1, draw(st.sampled_from([np.float32, np.float64])))
+    items = draw(st.lists(index_item(n0, n1), min_size=0, max_size=4))
     key = items[0] if len(items) == 1 and draw(st.booleans()) else tuple(items)
     return full, key
 
@@ -112,13 +112,13 @@ def _axis_item(draw: st.DrawFn, n: int, base: tuple[int, ...]) -> Any:
 
 
 @st.composite
-def _structured_case(draw: st.DrawFn) -> tuple[np.ndarray, Any]:
+def structured_case(draw: st.DrawFn) -> tuple[np.ndarray, Any]:
     """Mostly valid keys: one item per axis (or a 2-D mask), plus None, bools and ``...``."""
     n0, n1 = (
         draw(st.integers(0, 40) | st.integers(1, 5)),
         draw(st.integers(0, 40) | st.integers(1, 5)),
     )
-    full = _matrix(n0, n1, draw(st.sampled_from([np.float32, np.float64])))
+    full = numbered_matrix(n0, n1, draw(st.sampled_from([np.float32, np.float64])))
     base = draw(hnp.array_shapes(min_dims=1, max_dims=2, min_side=1, max_side=4))
     if draw(st.integers(0, 5)) == 0:
         items: list[Any] = [draw(hnp.arrays(np.bool_, (n0, n1)))]

@@ -13,7 +13,7 @@ import numpy as np
 from helpers import CountingFn
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import _item, _structured_case
+from strategies import index_item, structured_case
 
 import infl_array as ia
 
@@ -23,11 +23,11 @@ _block_len = st.sampled_from([1, 2, 3, 5, 7, 11, 13, 64])
 @st.composite
 def _array_case(draw: st.DrawFn) -> tuple[np.ndarray, tuple[int, int], Any]:
     if draw(st.booleans()):
-        full, key = draw(_structured_case().filter(lambda case: 0 not in case[0].shape))
+        full, key = draw(structured_case().filter(lambda case: 0 not in case[0].shape))
     else:
         n0, n1 = draw(st.integers(1, 25)), draw(st.integers(1, 25))
         full = np.arange(n0 * n1, dtype=np.float32).reshape(n0, n1) - 7.5
-        key = draw(st.lists(_item(n0, n1), max_size=3).map(tuple))
+        key = draw(st.lists(index_item(n0, n1), max_size=3).map(tuple))
     block_shape = (draw(_block_len), draw(_block_len))
     return full, block_shape, key
 

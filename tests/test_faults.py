@@ -866,6 +866,8 @@ def test_materialising_too_much_is_refused(tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.asarray(arr), EXPECTED)
 
 
+# an untrained network: H + 0.1*Id is indefinite (solved exactly all the same)
+@pytest.mark.filterwarnings("ignore::infl_array.torch.IndefiniteHessianWarning")
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 def test_changed_model_or_data_is_refused(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")

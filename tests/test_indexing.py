@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from strategies import _case, _matrix, _structured_case
+from strategies import index_case, numbered_matrix, structured_case
 
 from infl_array.indexing import AxisSel, axis_len, get_oindex, getitem
 
@@ -91,14 +91,14 @@ def _check_getitem(full: np.ndarray, key: Any) -> FakeReader:
 
 
 @settings(max_examples=250, deadline=None)
-@given(_case())
+@given(index_case())
 def test_getitem_matches_numpy(case: tuple[np.ndarray, Any]) -> None:
     full, key = case
     _check_getitem(full, key)
 
 
 @settings(max_examples=300, deadline=None)
-@given(_structured_case())
+@given(structured_case())
 def test_getitem_matches_numpy_structured(case: tuple[np.ndarray, Any]) -> None:
     full, key = case
     _check_getitem(full, key)
@@ -108,7 +108,7 @@ def test_getitem_matches_numpy_structured(case: tuple[np.ndarray, Any]) -> None:
 # Hand-picked keys
 # ----------------------------------------------------------------------------------------------
 
-_F = _matrix(5, 7)
+_F = numbered_matrix(5, 7)
 
 
 def _ids(cases: list[Any]) -> list[str]:
@@ -205,7 +205,7 @@ def test_bad_keys_raise_like_numpy(key: Any, exc: type[Exception]) -> None:
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_two_ints_give_numpy_scalar(dtype: Any) -> None:
-    full = _matrix(4, 3, dtype)
+    full = numbered_matrix(4, 3, dtype)
     for key in [(1, 2), (-1, -1), (np.int32(0), np.array(2))]:
         got = getitem(full.shape, np.dtype(dtype), key, FakeReader(full))
         assert isinstance(got, np.generic) and not isinstance(got, np.ndarray)
@@ -214,7 +214,7 @@ def test_two_ints_give_numpy_scalar(dtype: Any) -> None:
 
 
 def test_pointwise_reads_only_points() -> None:
-    full = _matrix(40, 40)
+    full = numbered_matrix(40, 40)
     for key in [
         ([0, 39, 17], [39, 0, 17]),
         ([[0], [39]], [0, 39]),
@@ -229,7 +229,7 @@ def test_pointwise_reads_only_points() -> None:
 
 
 def test_outer_reads_regular_selections_as_slices() -> None:
-    full = _matrix(30, 30)
+    full = numbered_matrix(30, 30)
     reader = _check_getitem(full, ([9, 3, 6, 3], slice(None, None, -4)))
     ((rows, cols),) = reader.outer_calls
     assert rows == slice(3, 10, 3)
@@ -320,7 +320,7 @@ def _oindex_item(draw: st.DrawFn, n: int) -> Any:
 @st.composite
 def _oindex_case(draw: st.DrawFn) -> tuple[np.ndarray, tuple[Any, ...]]:
     n0, n1 = draw(st.integers(0, 12)), draw(st.integers(0, 12))
-    full = _matrix(n0, n1, draw(st.sampled_from([np.float32, np.float64])))
+    full = numbered_matrix(n0, n1, draw(st.sampled_from([np.float32, np.float64])))
     return full, (draw(_oindex_item(n0)), draw(_oindex_item(n1)))
 
 
@@ -337,7 +337,7 @@ def test_oindex_matches_ix(case: tuple[np.ndarray, tuple[Any, ...]]) -> None:
 
 
 def test_oindex_short_keys_and_ellipsis() -> None:
-    full = _matrix(5, 6)
+    full = numbered_matrix(5, 6)
     cases: list[tuple[Any, Any]] = [
         (2, full[2]),
         ([3, 0], full[[3, 0]]),
@@ -377,7 +377,7 @@ BAD_OINDEX_KEYS: list[tuple[Any, type[Exception]]] = [
 
 @pytest.mark.parametrize(("key", "exc"), BAD_OINDEX_KEYS, ids=_ids(BAD_OINDEX_KEYS))
 def test_bad_oindex_keys(key: Any, exc: type[Exception]) -> None:
-    full = _matrix(5, 6)
+    full = numbered_matrix(5, 6)
     reader = FakeReader(full)
     with pytest.raises(exc):
         get_oindex(full.shape, full.dtype, key, reader)

@@ -616,5 +616,6 @@ def test_rank_above_n_params_raises_and_small_blocks_keep_all(mlp):
 def test_arnoldi_not_converging_warns_with_the_fix(mlp):
     with pytest.warns(ConvergenceWarning, match="ARPACK did not converge.*Increase max_iter"):
         ArnoldiInfluence(mlp["model"], mlp["loss"], LAM, rank=6, max_iter=1, tol=0).fit(
-            mlp["train"]
+            mlp["train"],
+            lazy=False,  # the eigenpairs are computed on first use otherwise
         )

@@ -16,13 +16,14 @@ Per-sample gradients and Hessian products use :mod:`torch.func`; data forms are 
 
 from __future__ import annotations
 
-from ._base import ConvergenceWarning, TorchInfluenceBase
+from ._base import TorchInfluenceBase
 from ._functional import model_fingerprint
 from .arnoldi import ArnoldiInfluence
 from .blocks import BlockMode, SecondOrderMode
 from .cg import CgInfluence
 from .data import IndexedData, as_indexed
 from .datainf import InverseHarmonicMeanInfluence
+from .diagnostics import ConvergenceWarning, IndefiniteHessianWarning
 from .direct import DirectInfluence
 from .lissa import LissaInfluence
 from .nystroem import NystroemSketchInfluence
@@ -34,6 +35,7 @@ __all__ = [
     "CgInfluence",
     "ConvergenceWarning",
     "DirectInfluence",
+    "IndefiniteHessianWarning",
     "IndexedData",
     "InverseHarmonicMeanInfluence",
     "JacobiPreconditioner",

@@ -11,16 +11,27 @@ the Hessian of the MEAN training loss (``SecondOrderMode.HESSIAN``, the default)
 Gauss-Newton matrix ``1/N sum_i g_i g_i^T`` (``SecondOrderMode.GAUSS_NEWTON``).
 :class:`TorchInfluenceBase` holds what is common:
 
-* ``fit`` normalises the data (:func:`~infl_array.torch.data.as_indexed`), snapshots the
-  parameters (:class:`~infl_array.torch._functional.FlatModel`), resolves the blocks,
-  fingerprints model and data, then calls the subclass hook ``_fit``;
+* ``fit`` is cheap: it refuses a model in training mode
+  (:func:`~infl_array.torch.checks.require_eval_mode`), normalises the data
+  (:func:`~infl_array.torch.data.as_indexed`), checks its first samples through the model and
+  the loss (:meth:`TorchInfluenceBase.check_data`), snapshots the parameters
+  (:class:`~infl_array.torch._functional.FlatModel`), resolves the blocks, fingerprints model and
+  data (all that ``influence_config`` and ``model_fingerprint`` need), then calls the subclass
+  hook ``_fit`` (cheap work only, e.g. random draws);
+* the expensive part (the subclass hook ``_build``: Hessian and its factorisation, eigenpairs,
+  sketch products, preconditioners) runs once, thread-safely, on the first call that needs it
+  (``test_factors``, ``influences``, low-rank ``train_factors``, fitted attributes), or at once
+  with ``prepare()`` or ``fit(data, lazy=False)``
+  (:class:`~infl_array.torch.deferred.DeferredBuild`): a store whose blocks are all computed is
+  read with a freshly fitted model without paying for it. Warnings and errors of that part (an
+  indefinite curvature, a singular system) surface there, not at ``fit``. A backend is pickled
+  as it stands (a source sent to workers prepares it first: :mod:`~infl_array.torch.source`);
 * passes over the fit data weight each batch's mean quantity by ``n_batch / n``, so ragged
   batches give exactly the curvature of the mean over all points. Backends offering
   ``hessian_average="batch"`` can instead weight every batch of the fit DataLoader equally,
-  which is what pyDVL's ``HessianOperator`` (used by its CG, Arnoldi and Nystroem models) does;
-* :meth:`TorchInfluenceBase.curvature_matmat` multiplies the block-diagonal curvature with a
-  block of vectors in ONE data pass, each column living in one block (a vector of block ``b`` is
-  placed in the full parameter space, multiplied, and read back on block ``b``'s rows);
+  as pyDVL's ``HessianOperator`` does; ``curvature_matmat`` multiplies the block-diagonal
+  curvature with a block of vectors in ONE data pass, each column in one block (these passes
+  live in :mod:`~infl_array.torch.curvature`);
 * ``test_factors`` computes per-sample gradients (the selected parameters, in block order) and
   applies the subclass' ``_solve``; ``train_factors`` applies ``_project`` (the identity except
   for low-rank methods);
@@ -30,10 +41,8 @@ Gauss-Newton matrix ``1/N sum_i g_i g_i^T`` (``SecondOrderMode.GAUSS_NEWTON``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -49,68 +58,22 @@ from .blocks import (
     parse_second_order_mode,
     resolve_blocks,
 )
-from .data import IndexedData, as_indexed, numpy_to_tensor
+from .checks import check_sample, model_inputs, require_eval_mode
+from .curvature import CurvatureMixin
+from .data import IndexedData, as_indexed
+from .deferred import DeferredBuild
+from .diagnostics import Diagnostics
+from .options import loss_name, optional_positive_int
 
-__all__ = ["DEFAULT_BATCH_SIZE", "ConvergenceWarning", "TorchInfluenceBase"]
+__all__ = ["DEFAULT_BATCH_SIZE", "TorchInfluenceBase"]
 
 DEFAULT_BATCH_SIZE = 1024
 """Samples per pass when neither ``batch_size`` nor the fit DataLoader gives one."""
 
-HESSIAN_AVERAGES = ("sample", "batch")
-
 _B = TypeVar("_B", bound="TorchInfluenceBase")
 
 
-class ConvergenceWarning(UserWarning):
-    """An iterative solver stopped before meeting its tolerance."""
-
-
-def positive_int(value: object, name: str) -> int:
-    """Validate a positive integer."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    return int(value)
-
-
-def optional_positive_int(value: object, name: str) -> int | None:
-    """Validate a positive integer or ``None``."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer or None, got {value!r}.")
-    return int(value)
-
-
-def optional_seed(value: object) -> int | None:
-    """Validate a seed: an integer, or ``None`` for torch's global generator."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ValueError(
-            f"seed must be an integer or None (torch's global generator), got {value!r}."
-        )
-    return value
-
-
-def parse_hessian_average(value: object) -> str:
-    """Validate ``hessian_average``: ``"sample"`` or ``"batch"``."""
-    if value not in HESSIAN_AVERAGES:
-        raise ValueError(
-            f"hessian_average must be 'sample' (the mean loss over all points) or 'batch' "
-            f"(pyDVL's equal weighting of the fit DataLoader's batches), got {value!r}."
-        )
-    return str(value)
-
-
-def _loss_name(loss: object) -> str:
-    qual = getattr(loss, "__qualname__", None)
-    if qual is None:
-        qual = type(loss).__qualname__
-        module = type(loss).__module__
-    else:
-        module = getattr(loss, "__module__", None) or type(loss).__module__
-    return f"{module}.{qual}"
-
-
-class TorchInfluenceBase:
+class TorchInfluenceBase(CurvatureMixin, DeferredBuild):
     """Base class of the torch backends (see the module docstring).
 
     Parameters
@@ -132,6 +95,14 @@ class TorchInfluenceBase:
         ``HESSIAN`` or ``GAUSS_NEWTON``.
     positive_regularization : bool
         Require ``lambda_b > 0`` for every block (subclasses that divide by it).
+
+    Notes
+    -----
+    Models in training mode are refused: :meth:`fit` (and :meth:`check_data`, and every
+    gradient pass) raises :class:`ValueError` naming the dropout and normalisation modules in
+    training mode; call ``model.eval()`` first (the model is never switched silently, it is
+    the caller's). :meth:`fit` is lazy (see the module docstring): :attr:`is_fitted` is True
+    after it, :attr:`is_prepared` once the expensive part has run.
     """
 
     def __init__(
@@ -170,33 +141,113 @@ class TorchInfluenceBase:
         self._fit_data: IndexedData | None = None
         self._fit_fingerprint: str | None = None
         self._model_fingerprint: str | None = None
+        self._diagnostics = Diagnostics()
+        self.reset_build()
 
     # ------------------------------------------------------------------ fitting
-    def fit(self: _B, train_data: object) -> _B:
+    def fit(self: _B, train_data: object, *, lazy: bool = True) -> _B:
         """Fit to the training data the model was trained on.
+
+        Cheap by default: the data are checked and fingerprinted and the parameters
+        snapshotted; the curvature work runs on first use (see :meth:`prepare`).
 
         Parameters
         ----------
         train_data : tuple, Dataset or DataLoader
             Any form accepted by :func:`~infl_array.torch.data.as_indexed`.
+        lazy : bool
+            ``False`` runs the expensive part now (:meth:`prepare`), so that its warnings and
+            errors surface here.
 
         Returns
         -------
         self
+
+        Raises
+        ------
+        ValueError
+            For a model in training mode, or data the model or loss cannot take (see
+            :meth:`check_data`).
         """
         data = as_indexed(train_data, "train_data")
-        self._flat = FlatModel(self.model, self.loss)
-        self._blocks = resolve_blocks(self.model, self.block_structure)
-        self._fit_data = data
-        self._fit_fingerprint = data.fingerprint()
-        self._model_fingerprint = model_fingerprint(self.model)
-        self._fit()
+        require_eval_mode(self.model, type(self).__name__)
+        flat = FlatModel(self.model, self.loss)
+        self._check_sample(flat, *data.take(range(min(2, len(data)))), "train")
+        blocks = resolve_blocks(self.model, self.block_structure)
+        with self._build_lock:
+            self._flat, self._blocks, self._fit_data = flat, blocks, data
+            self._fit_fingerprint = data.fingerprint()
+            self._model_fingerprint = model_fingerprint(self.model)
+            self.reset_build()
+            self._diagnostics.clear()
+            try:
+                self._fit()
+            except BaseException:
+                self._flat = self._fit_data = None
+                self._fit_fingerprint = self._model_fingerprint = None
+                raise
+        if not lazy:
+            self.prepare()
         return self
+
+    def _check_buildable(self) -> None:
+        self._require_fit()
+        require_eval_mode(self.model, type(self).__name__)
 
     @property
     def is_fitted(self) -> bool:
         """Whether :meth:`fit` has been called."""
         return self._flat is not None
+
+    def _fitted_state(self, name: str, unfitted: Any) -> Any:
+        """Attribute ``name`` of the built state (prepared first); ``unfitted`` before fit."""
+        if not self.is_fitted:
+            return unfitted
+        self.prepare()
+        return getattr(self, name)
+
+    def diagnostics(self) -> dict[str, str]:
+        """What the solves found so far: JSON-able ``{key: message}``, empty when all is well.
+
+        Keys are ``"not_positive_definite"`` and ``"not_converged"`` (see
+        :mod:`~infl_array.torch.diagnostics`); each message says what was found, with numbers,
+        and the fix. Cumulative since the last :meth:`fit`; asking never computes anything
+        (before the curvature work has run it is empty).
+        """
+        return self._diagnostics.as_dict()
+
+    def check_data(self, x: Any, y: Any, what: str = "train") -> None:
+        """Check that ``(x, y)`` suit the model and the loss, on their first samples.
+
+        Cheap: the first two samples go through the model and the loss (without gradients),
+        the first one through a per-sample gradient; nothing else is computed or stored.
+
+        Parameters
+        ----------
+        x, y : torch.Tensor or numpy.ndarray
+            Inputs and targets (or a leading slice of them), same first dimension.
+        what : str
+            The data's name in messages (``"train"``, ``"test"``).
+
+        Raises
+        ------
+        ValueError
+            For a model in training mode, x the model cannot take (e.g. "the model's first
+            layer expects 13 features per sample; test has 12"), targets the loss cannot take
+            (the message names the conversion that works, e.g. ``y.squeeze(-1)``), a loss that
+            does not reduce by mean, or a gradient that fails under ``torch.func.vmap``.
+        TypeError
+            For x or y that are not tensors or arrays, or x of a dtype the model cannot take.
+        """
+        require_eval_mode(self.model, type(self).__name__)
+        flat = self._flat if self._flat is not None else FlatModel(self.model, self.loss)
+        self._check_sample(flat, x, y, what)
+
+    def _check_sample(self, flat: FlatModel, x: Any, y: Any, what: str) -> None:
+        xs, ys = model_inputs(flat, x, y, limit=2)
+        if xs.shape[0] == 0:
+            raise ValueError(f"{what} data is empty; influence needs at least one sample.")
+        check_sample(flat, loss_name(self.loss), xs, ys, what, type(self).__name__)
 
     @property
     def n_params(self) -> int:
@@ -209,7 +260,7 @@ class TorchInfluenceBase:
         return list(self._blocks.names)
 
     def _fit(self) -> None:
-        """Subclass hook run at the end of :meth:`fit`."""
+        """Subclass hook run at the end of :meth:`fit` (cheap work only)."""
 
     def _require_fit(self) -> FlatModel:
         if self._flat is None or self._fit_data is None:
@@ -219,7 +270,10 @@ class TorchInfluenceBase:
             )
         return self._flat
 
-    def _pass_size(self) -> int:
+    @property
+    def pass_size(self) -> int:
+        """Samples per vectorised pass: ``batch_size``, else the larger of the fit
+        DataLoader's batch size and :data:`DEFAULT_BATCH_SIZE`."""
         if self.batch_size is not None:
             return self.batch_size
         if self._fit_data is not None and self._fit_data.batch_size is not None:
@@ -228,139 +282,9 @@ class TorchInfluenceBase:
 
     # ------------------------------------------------------------------ data handling
     def _prepare(self, x: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """Convert ``x``, ``y`` to tensors on the model's device; floats to the model dtype."""
-        flat = self._require_fit()
-        out = []
-        for name, a in (("x", x), ("y", y)):
-            t = numpy_to_tensor(a) if isinstance(a, np.ndarray) else a
-            if not isinstance(t, torch.Tensor):
-                raise TypeError(
-                    f"{name} must be a torch tensor or numpy array, got {type(a).__name__}."
-                )
-            dtype = flat.dtype if t.is_floating_point() else t.dtype
-            out.append(t.to(device=flat.device, dtype=dtype))
-        if out[0].ndim == 0 or out[1].ndim == 0 or out[0].shape[0] != out[1].shape[0]:
-            raise ValueError(
-                f"x and y need the same leading sample dimension, got shapes "
-                f"{tuple(out[0].shape)} and {tuple(out[1].shape)}."
-            )
-        return out[0], out[1]
-
-    def _fit_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, float]]:
-        """Yield ``(x, y, weight)`` for all fit data, on the model's device.
-
-        ``weight`` is ``n_batch / n`` (mean over samples) or, with ``hessian_average="batch"``,
-        ``1 / n_batches`` over the fit DataLoader's own batches.
-        """
-        self._require_fit()
-        assert self._fit_data is not None
-        n = len(self._fit_data)
-        if self._hessian_average == "batch":
-            size = self._fit_data.batch_size or n
-            n_batches = -(-n // size)
-            for xb, yb in self._fit_data.batches(size):
-                x, y = self._prepare(xb, yb)
-                yield x, y, 1.0 / n_batches
-            return
-        for xb, yb in self._fit_data.batches(self._pass_size()):
-            x, y = self._prepare(xb, yb)
-            yield x, y, x.shape[0] / n
-
-    def _mean_over_fit(
-        self, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    ) -> torch.Tensor:
-        """Sum over fit batches of ``fn(x_b, y_b) * weight_b`` (see :meth:`_fit_batches`)."""
-        total: torch.Tensor | None = None
-        for x, y, w in self._fit_batches():
-            part = fn(x, y) * w
-            total = part if total is None else total + part
-        assert total is not None  # fit data is never empty
-        return total
-
-    # ------------------------------------------------------------------ curvature
-    def _batch_matmat(self, e: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Curvature of one batch (its mean loss) times ``e`` (full flat parameter space)."""
-        flat = self._require_fit()
-        if self.second_order_mode is SecondOrderMode.HESSIAN:
-            return flat.batch_hvp(e, x, y)
-        g = flat.per_sample_grads(x, y)
-        return g.T @ (g @ e) / x.shape[0]
-
-    def curvature_matmat(self, v: torch.Tensor, col_block: torch.Tensor) -> torch.Tensor:
-        """Block-diagonal curvature times ``v``, all columns in one pass over the fit data.
-
-        Parameters
-        ----------
-        v : torch.Tensor
-            ``(n_params, m)`` in the selected (block-ordered) parameter space; column ``j`` must
-            be zero outside block ``col_block[j]``.
-        col_block : torch.Tensor
-            ``(m,)`` block number of each column.
-
-        Returns
-        -------
-        torch.Tensor
-            ``(n_params, m)``: column ``j`` is ``C_bb v_j`` on block ``b = col_block[j]``'s rows
-            and zero elsewhere.
-        """
-        blocks = self._blocks
-        flat = self._require_fit()
-        if blocks.is_identity:
-            return self._mean_over_fit(lambda x, y: self._batch_matmat(v, x, y))
-        index = blocks.index.to(flat.device)
-        e = torch.zeros((flat.n_params, v.shape[1]), dtype=v.dtype, device=v.device)
-        e.index_add_(0, index, v)
-        out = self._mean_over_fit(lambda x, y: self._batch_matmat(e, x, y))[index]
-        if len(blocks.sizes) > 1:
-            out = out * (blocks.row_block(v.device)[:, None] == col_block[None, :])
-        return out
-
-    def block_matmat(self, block: int, v: torch.Tensor) -> torch.Tensor:
-        """``C_bb @ v`` for ``v`` of shape ``(size of block b, m)`` (one data pass)."""
-        sl = self._blocks.slices[block]
-        if self._blocks.is_identity:
-            return self.curvature_matmat(v, torch.zeros(v.shape[1], dtype=torch.long))
-        full = torch.zeros((self.n_params, v.shape[1]), dtype=v.dtype, device=v.device)
-        full[sl] = v
-        cols = torch.full((v.shape[1],), block, dtype=torch.long, device=v.device)
-        return self.curvature_matmat(full, cols)[sl]
-
-    def curvature_blocks(self) -> list[torch.Tensor]:
-        """Explicit diagonal blocks ``C_bb`` of the curvature (no regularization), in order."""
-        flat = self._require_fit()
-        blocks = self._blocks
-        if self.second_order_mode is SecondOrderMode.GAUSS_NEWTON:
-
-            def batch_gn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-                g = self._select(flat.per_sample_grads(x, y))
-                return self._gn_blocks(g) / x.shape[0]
-
-            full = self._mean_over_fit(batch_gn)
-        elif blocks.is_identity:
-            full = self._mean_over_fit(flat.batch_hessian)
-        else:
-            eye = torch.eye(blocks.size, dtype=flat.dtype, device=flat.device)
-            full = self.curvature_matmat(eye, blocks.row_block(flat.device))
-            full = (full + full.T) / 2
-        check_finite(full, "the curvature matrix")
-        return [full[sl, sl] for sl in blocks.slices]
-
-    def _gn_blocks(self, g: torch.Tensor) -> torch.Tensor:
-        """Block-diagonal part of ``g^T g`` (zero off the diagonal blocks), selected space."""
-        out = torch.zeros((g.shape[1], g.shape[1]), dtype=g.dtype, device=g.device)
-        for sl in self._blocks.slices:
-            out[sl, sl] = g[:, sl].T @ g[:, sl]
-        return out
-
-    def hessian(self) -> torch.Tensor:
-        """Explicit Hessian of the mean fit loss over the selected parameters (no blocks, no
-        regularization), ``(n_params, n_params)``."""
-        flat = self._require_fit()
-        h = check_finite(self._mean_over_fit(flat.batch_hessian), "the Hessian")
-        if self._blocks.is_identity:
-            return h
-        index = self._blocks.index.to(flat.device)
-        return h[index][:, index]
+        """``x``, ``y`` as tensors on the model's device (floats in the model dtype, integer
+        targets as int64; :func:`~infl_array.torch.checks.model_inputs`)."""
+        return model_inputs(self._require_fit(), x, y)
 
     def _select(self, grads: torch.Tensor) -> torch.Tensor:
         """Gradients over all trainable parameters -> the selected ones, in block order."""
@@ -372,38 +296,20 @@ class TorchInfluenceBase:
         """Per-sample loss gradients over the selected parameters in block order,
         ``(n, n_params)``, on the model's device."""
         flat = self._require_fit()
+        require_eval_mode(self.model, type(self).__name__)
         xt, yt = self._prepare(x, y)
         n = xt.shape[0]
         if n == 0:
             return torch.zeros((0, self.n_params), dtype=flat.dtype, device=flat.device)
-        size = self._pass_size()
-        parts = [
-            flat.per_sample_grads(xt[s : s + size], yt[s : s + size]) for s in range(0, n, size)
-        ]
+        size = self.pass_size
+        try:
+            parts = [
+                flat.per_sample_grads(xt[s : s + size], yt[s : s + size]) for s in range(0, n, size)
+            ]
+        except Exception:
+            self._check_sample(flat, xt, yt, "input")  # a clear error when it finds the cause
+            raise
         return check_finite(self._select(torch.cat(parts)), "per-sample gradients")
-
-    def _split_columns(self, grads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(n, n_params)`` gradients -> one column per (block, sample), zero off its block.
-
-        Returns ``(columns, col_block)`` with columns ``(n_params, n_blocks * n)`` ordered block
-        by block; :meth:`_merge_columns` undoes it.
-        """
-        blocks = self._blocks
-        n = grads.shape[0]
-        if len(blocks.sizes) == 1:
-            return grads.T.clone(), torch.zeros(n, dtype=torch.long, device=grads.device)
-        cols = torch.zeros(
-            (blocks.size, n * len(blocks.sizes)), dtype=grads.dtype, device=grads.device
-        )
-        for b, sl in enumerate(blocks.slices):
-            cols[sl, b * n : (b + 1) * n] = grads[:, sl].T
-        col_block = torch.arange(len(blocks.sizes), device=grads.device).repeat_interleave(n)
-        return cols, col_block
-
-    def _merge_columns(self, cols: torch.Tensor, n: int) -> torch.Tensor:
-        """Inverse of :meth:`_split_columns`: ``(n, n_params)`` rows."""
-        n_blocks = len(self._blocks.sizes)
-        return cols.reshape(cols.shape[0], n_blocks, n).sum(1).T
 
     def _column_regularization(self, col_block: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """``lambda`` of each column's block, ``(m,)``."""
@@ -433,6 +339,7 @@ class TorchInfluenceBase:
             One row per sample, on the model's device, in the model's dtype.
         """
         grads = self.per_sample_grads(x, y)
+        self.prepare()
         if grads.shape[0] == 0:
             return self._project(grads)
         return check_finite(self._solve(grads), "test factors")
@@ -479,7 +386,7 @@ class TorchInfluenceBase:
             "block_structure": block_structure_config(self.block_structure),
             "second_order_mode": self.second_order_mode.value,
             **self._settings(),
-            "loss": _loss_name(self.loss),
+            "loss": loss_name(self.loss),
             "fit_data": self._fit_fingerprint,
         }
 

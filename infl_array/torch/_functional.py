@@ -120,6 +120,10 @@ class FlatModel:
         parts = torch.split(theta, self.numels)
         return {n: t.reshape(s) for n, t, s in zip(self.names, parts, self.shapes, strict=True)}
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Model outputs for the batch ``x`` at the snapshot parameters."""
+        return functional_call(self.model, (self.unflatten(self.theta), self.const), (x,))
+
     def batch_loss(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean loss of the batch ``(x, y)`` at parameters ``theta`` (a scalar)."""
         out = functional_call(self.model, (self.unflatten(theta), self.const), (x,))

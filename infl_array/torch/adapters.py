@@ -85,6 +85,16 @@ class ModelAdapter:
     def model_fingerprint(self) -> str | None:
         raise NotImplementedError
 
+    def check_data(self, x: Any, y: Any, what: str) -> None:
+        """Refuse data the model cannot take (first samples), before anything is computed."""
+
+    def notes(self) -> dict[str, str]:
+        """What the model's solves found (``{key: message}``); empty when all is well."""
+        return {}
+
+    def prepare(self) -> None:
+        """Run the model's deferred fitting work now (before it is sent to workers)."""
+
 
 class ProtocolAdapter(ModelAdapter):
     """Adapter for objects implementing the factorised protocol.
@@ -92,7 +102,12 @@ class ProtocolAdapter(ModelAdapter):
     Optional members of the model are used when present: ``factor_product(test_f, train_f)``
     and ``factor_diagonal(test_f, train_f)`` for models whose block is not the plain inner
     product of their factors (e.g. structured per-layer factors), and ``model`` (the
-    ``nn.Module``) for the device factors live on.
+    ``nn.Module``) for the device factors live on, ``check_data(x, y, what=...)`` (refuses
+    data the model or loss cannot take, on the first samples: called by ``create`` and ``open``
+    before anything is written) and ``diagnostics()`` (``{key: message}`` of what the solves
+    found, recorded in the store as notes: :mod:`infl_array.notes`) and ``prepare()`` (runs
+    deferred fitting work once: called before the model is sent to worker processes, so that
+    they do not each repeat it).
     """
 
     def __init__(self, model: Any) -> None:
@@ -101,6 +116,9 @@ class ProtocolAdapter(ModelAdapter):
         self._product = getattr(model, "factor_product", None)
         self._diagonal = getattr(model, "factor_diagonal", None)
         self.structured = self._product is not None
+        self._check = getattr(model, "check_data", None)
+        self._diagnostics = getattr(model, "diagnostics", None)
+        self._prepare = getattr(model, "prepare", None)
 
     @property
     def device(self) -> torch.device:
@@ -140,6 +158,20 @@ class ProtocolAdapter(ModelAdapter):
         if fn is None or not callable(fn):
             return None
         return str(fn())
+
+    def check_data(self, x: Any, y: Any, what: str) -> None:
+        if callable(self._check):
+            self._check(x, y, what=what)
+
+    def prepare(self) -> None:
+        if callable(self._prepare):
+            self._prepare()
+
+    def notes(self) -> dict[str, str]:
+        if not callable(self._diagnostics):
+            return {}
+        found = self._diagnostics()
+        return {str(k): str(v) for k, v in found.items()} if isinstance(found, Mapping) else {}
 
 
 def check_fitted(model: object) -> None:

@@ -1,6 +1,7 @@
 """Arnoldi (Lanczos) influence: low-rank eigendecomposition of the curvature, block by block.
 
-At ``fit`` the top-``rank`` eigenpairs (largest magnitude) of every curvature block ``C_bb``
+On first use after ``fit`` (the fit itself is cheap, see :mod:`~infl_array.torch._base`), the
+top-``rank`` eigenpairs (largest magnitude) of every curvature block ``C_bb``
 (the Hessian of the mean fit loss, or pyDVL's Gauss-Newton matrix) are computed with implicitly
 restarted Lanczos (:func:`scipy.sparse.linalg.eigsh`, with pyDVL's ``krylov_dimension`` (scipy's
 ``ncv``), ``tol`` and ``max_iter`` (scipy's ``maxiter``)) on a
@@ -15,9 +16,11 @@ the first ``eigsh`` the operator is therefore deflated (``P C P`` with ``P`` pro
 eigenvectors found) and ``eigsh`` is run on it: any eigenvalue larger in magnitude than the
 smallest kept one (by more than ``max(10 * tol, 1e-8)`` relative) is a missed copy; those are
 added and the check repeats until it finds none (at most ``rank`` rounds; otherwise a
-:class:`~infl_array.torch._base.ConvergenceWarning` says what to change). A final Rayleigh-Ritz
-step on all vectors found gives the eigenpairs kept. The check costs one extra ``eigsh`` per
-block when nothing was missed.
+:class:`~infl_array.torch.diagnostics.ConvergenceWarning` says what to change). A final
+Rayleigh-Ritz step on all vectors found gives the eigenpairs kept. The check costs one extra
+``eigsh`` per block when nothing was missed. Kept eigenvalues with ``mu + lambda <= 0`` (an
+indefinite curvature) emit :class:`~infl_array.torch.diagnostics.IndefiniteHessianWarning` and
+are recorded in ``diagnostics()``.
 
 With ``C_bb ~ V diag(mu) V^T`` the factors are (pyDVL's ``LowRankOperator``)
 
@@ -29,7 +32,6 @@ With ``C_bb ~ V diag(mu) V^T`` the factors are (pyDVL's ``LowRankOperator``)
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
@@ -37,16 +39,18 @@ import torch
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 from torch import nn
 
-from ._base import (
-    ConvergenceWarning,
-    TorchInfluenceBase,
-    optional_positive_int,
-    parse_hessian_average,
-    positive_int,
-)
+from ._base import TorchInfluenceBase
 from ._functional import LossFn, nonnegative
 from .blocks import BlockMode, BlockStructure, SecondOrderMode
+from .diagnostics import (
+    NOT_CONVERGED,
+    NOT_POSITIVE_DEFINITE,
+    ConvergenceWarning,
+    IndefiniteHessianWarning,
+    rounding_level,
+)
 from .lowrank import LowRank
+from .options import optional_positive_int, parse_hessian_average, positive_int
 
 __all__ = ["ArnoldiInfluence"]
 
@@ -140,7 +144,7 @@ class ArnoldiInfluence(TorchInfluenceBase):
             raise ValueError(f"seed must be an integer, got {seed!r}.")
         self.seed = seed
         self._hessian_average = parse_hessian_average(hessian_average)
-        self.low_rank_: list[LowRank] = []
+        self._low_rank: list[LowRank] = []
 
     def _settings(self) -> dict[str, object]:
         return {
@@ -154,6 +158,11 @@ class ArnoldiInfluence(TorchInfluenceBase):
         }
 
     @property
+    def low_rank_(self) -> list[LowRank]:
+        """The kept eigenpairs of every block (``[]`` before fit; computed on first use)."""
+        return list(self._fitted_state("_low_rank", []))
+
+    @property
     def eigenvalues_(self) -> torch.Tensor | None:
         """Kept eigenvalues of all blocks, concatenated in block order (``None`` before fit)."""
         return torch.cat([lr.eigenvalues for lr in self.low_rank_]) if self.low_rank_ else None
@@ -164,13 +173,16 @@ class ArnoldiInfluence(TorchInfluenceBase):
         return torch.block_diag(*[lr.vectors for lr in self.low_rank_]) if self.low_rank_ else None
 
     def _fit(self) -> None:
-        flat = self._require_fit()
         if self.rank > self.n_params:
             raise ValueError(
                 f"rank={self.rank} exceeds the number of parameters ({self.n_params}); "
                 f"pass rank <= {self.n_params}."
             )
-        self.low_rank_ = []
+
+    def _build(self) -> None:
+        flat = self._require_fit()
+        low_rank: list[LowRank] = []
+        indefinite: list[str] = []
         for b, (name, size, reg) in enumerate(
             zip(self._blocks.names, self._blocks.sizes, self._block_reg, strict=True)
         ):
@@ -191,7 +203,25 @@ class ArnoldiInfluence(TorchInfluenceBase):
                         f"an eigenvalue{where} plus regularization is ~0 (regularization="
                         f"{reg}); increase regularization or lower rank."
                     )
-            self.low_rank_.append(LowRank(evals, evecs))
+            lowest = float(evals.min()) + reg
+            if lowest < -rounding_level(evals + reg, size):
+                where = f" of block {name!r}" if len(self._blocks.sizes) > 1 else ""
+                indefinite.append(
+                    f"smallest kept eigenvalue{where} plus regularization {lowest:.3g}"
+                )
+            low_rank.append(LowRank(evals, evecs))
+        self._low_rank = low_rank
+        if indefinite:
+            self._diagnostics.note(
+                NOT_POSITIVE_DEFINITE,
+                f"ArnoldiInfluence: the kept eigenpairs of C + regularization*Id are not all "
+                f"positive: {'; '.join(indefinite)} (regularization={self.regularization}). "
+                "Influence values invert negative curvature and are unreliable (the model is "
+                "not at a minimum of the training loss). Increase regularization, or use "
+                "second_order_mode=SecondOrderMode.GAUSS_NEWTON (positive semi-definite).",
+                IndefiniteHessianWarning,
+                stacklevel=4,
+            )
 
     def _numpy_operator(self, b: int, size: int, deflate: np.ndarray | None) -> LinearOperator:
         flat = self._require_fit()
@@ -221,13 +251,14 @@ class ArnoldiInfluence(TorchInfluenceBase):
         try:
             return eigsh(op, k=k, which="LM", ncv=ncv, v0=v0, tol=self.tol, maxiter=self.max_iter)
         except ArpackNoConvergence as err:
-            warnings.warn(
+            self._diagnostics.note(
+                NOT_CONVERGED,
                 f"ArnoldiInfluence: ARPACK did not converge (rank={self.rank}, krylov_dimension="
                 f"{self.krylov_dimension}, tol={self.tol}, max_iter={self.max_iter}); using the "
                 f"{len(err.eigenvalues)} eigenpairs that did. Increase max_iter or "
                 "krylov_dimension, or loosen tol.",
                 ConvergenceWarning,
-                stacklevel=5,
+                stacklevel=6,
             )
             return err.eigenvalues, err.eigenvectors
 
@@ -261,13 +292,14 @@ class ArnoldiInfluence(TorchInfluenceBase):
             mat = self.block_matmat(b, eye)
             return torch.linalg.eigh((mat + mat.T) / 2)
         if not verified:
-            warnings.warn(
+            self._diagnostics.note(
+                NOT_CONVERGED,
                 f"ArnoldiInfluence: after {self.rank} deflation rounds block "
                 f"{self._blocks.names[b]!r} still shows eigenvalues larger than the smallest "
                 f"kept one (repeated or clustered eigenvalues); the rank-{k} truncation may be "
                 "inexact. Increase krylov_dimension, lower tol, or use DirectInfluence.",
                 ConvergenceWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
         # Rayleigh-Ritz on everything found: refined eigenpairs within that space
         q = torch.as_tensor(np.linalg.qr(vecs)[0]).to(device=flat.device, dtype=flat.dtype)
@@ -276,7 +308,6 @@ class ArnoldiInfluence(TorchInfluenceBase):
         return mu, q @ w
 
     def _solve(self, grads: torch.Tensor) -> torch.Tensor:
-        self._require_fit()
         parts = []
         for sl, lr, reg in zip(self._blocks.slices, self.low_rank_, self._block_reg, strict=True):
             g = grads[:, sl]
@@ -286,7 +317,6 @@ class ArnoldiInfluence(TorchInfluenceBase):
         return torch.cat(parts, dim=1)
 
     def _project(self, grads: torch.Tensor) -> torch.Tensor:
-        self._require_fit()
         if self.use_woodbury:
             return grads
         pairs = zip(self._blocks.slices, self.low_rank_, strict=True)

@@ -169,6 +169,32 @@ class ParameterBlocks:
             start += s
         return out
 
+    def split_columns(self, grads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(n, size)`` gradients -> one column per (block, sample), zero off its block.
+
+        Returns ``(columns, col_block)``: columns ``(size, n_blocks * n)`` ordered block by
+        block and the block number of each; :meth:`merge_columns` undoes it.
+        """
+        n = grads.shape[0]
+        if len(self.sizes) == 1:
+            return grads.T.clone(), torch.zeros(n, dtype=torch.long, device=grads.device)
+        cols = torch.zeros((self.size, n * len(self.sizes)), dtype=grads.dtype, device=grads.device)
+        for b, sl in enumerate(self.slices):
+            cols[sl, b * n : (b + 1) * n] = grads[:, sl].T
+        col_block = torch.arange(len(self.sizes), device=grads.device).repeat_interleave(n)
+        return cols, col_block
+
+    def merge_columns(self, cols: torch.Tensor, n: int) -> torch.Tensor:
+        """Inverse of :meth:`split_columns`: ``(n, size)`` rows."""
+        return cols.reshape(cols.shape[0], len(self.sizes), n).sum(1).T
+
+    def gram(self, g: torch.Tensor) -> torch.Tensor:
+        """Block-diagonal part of ``g^T g`` (zero off the diagonal blocks), ``(size, size)``."""
+        out = torch.zeros((g.shape[1], g.shape[1]), dtype=g.dtype, device=g.device)
+        for sl in self.slices:
+            out[sl, sl] = g[:, sl].T @ g[:, sl]
+        return out
+
     def row_block(self, device: torch.device | None = None) -> torch.Tensor:
         """``(n_selected,)`` block number of each selected entry."""
         return torch.repeat_interleave(

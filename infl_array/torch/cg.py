@@ -14,13 +14,12 @@ as in pyDVL; ``g`` is the right-hand side (the test gradient restricted to its b
 ``tol_mode="scipy"`` reads ``rtol, atol`` as :func:`scipy.sparse.linalg.cg` does:
 ``||r|| <= max(rtol * ||g||, atol)``. A system also stops after ``maxiter`` iterations (``None``:
 10 times its block's size); reaching it emits
-:class:`~infl_array.torch._base.ConvergenceWarning`, as does non-positive curvature (``C +
+:class:`~infl_array.torch.diagnostics.ConvergenceWarning`, as does non-positive curvature (``C +
 lambda*Id`` or the preconditioner not positive definite).
 """
 
 from __future__ import annotations
 
-import warnings
 from functools import partial
 from typing import Any
 
@@ -28,14 +27,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._base import (
-    ConvergenceWarning,
-    TorchInfluenceBase,
-    optional_positive_int,
-    parse_hessian_average,
-)
+from ._base import TorchInfluenceBase
 from ._functional import LossFn, nonnegative
 from .blocks import BlockMode, BlockStructure, SecondOrderMode
+from .diagnostics import NOT_CONVERGED, NOT_POSITIVE_DEFINITE, ConvergenceWarning
+from .options import optional_positive_int, parse_hessian_average
 from .preconditioner import Preconditioner
 
 __all__ = ["CgInfluence"]
@@ -76,7 +72,7 @@ class CgInfluence(TorchInfluenceBase):
         here every right-hand side is always solved together with its own step sizes, which
         gives the same solutions (to the tolerance) either way.
     warn_on_max_iteration : bool
-        Emit :class:`~infl_array.torch._base.ConvergenceWarning` when a system stops at
+        Emit :class:`~infl_array.torch.diagnostics.ConvergenceWarning` when a system stops at
         ``maxiter`` or meets non-positive curvature.
     block_structure : BlockMode or mapping
         Parameter blocks of a block-diagonal curvature (:mod:`~infl_array.torch.blocks`).
@@ -167,20 +163,19 @@ class CgInfluence(TorchInfluenceBase):
         }
 
     def _fit(self) -> None:
+        """Draw the preconditioners' random vectors (their products wait for ``_build``)."""
         flat = self._require_fit()
         self._fitted_preconditioners = []
         if self.preconditioner is None:
             return
-        for b, (size, reg) in enumerate(zip(self._blocks.sizes, self._block_reg, strict=True)):
+        for size, reg in zip(self._blocks.sizes, self._block_reg, strict=True):
             self._fitted_preconditioners.append(
-                self.preconditioner.fitted_copy(
-                    partial(self.block_matmat, b),
-                    size,
-                    reg,
-                    dtype=flat.dtype,
-                    device=flat.device,
-                )
+                self.preconditioner.drawn_copy(size, reg, dtype=flat.dtype, device=flat.device)
             )
+
+    def _build(self) -> None:
+        for b, pre in enumerate(self._fitted_preconditioners):
+            pre.complete(partial(self.block_matmat, b))
 
     def _precondition(self, r: torch.Tensor, col_block: torch.Tensor) -> torch.Tensor:
         if not self._fitted_preconditioners:
@@ -207,7 +202,7 @@ class CgInfluence(TorchInfluenceBase):
         return res > tol
 
     def _solve(self, grads: torch.Tensor) -> torch.Tensor:
-        b, col_block = self._split_columns(grads)  # (p, m): one column per (block, sample)
+        b, col_block = self._blocks.split_columns(grads)  # (p, m): one column per (block, sample)
         sizes = torch.tensor(self._blocks.sizes, device=b.device)
         maxiter = (
             10 * sizes[col_block]
@@ -253,7 +248,7 @@ class CgInfluence(TorchInfluenceBase):
         self.n_iter_ = int(iters.max()) if iters.numel() else 0
         unconverged = self._unconverged(torch.linalg.vector_norm(r, dim=0), tol) & ~breakdown
         self._warn(b, r, unconverged, breakdown, maxiter)
-        return self._merge_columns(x, grads.shape[0])
+        return self._blocks.merge_columns(x, grads.shape[0])
 
     def _warn(
         self,
@@ -263,36 +258,52 @@ class CgInfluence(TorchInfluenceBase):
         breakdown: torch.Tensor,
         maxiter: torch.Tensor,
     ) -> None:
-        if not self.warn_on_max_iteration:
-            return
+        category = ConvergenceWarning if self.warn_on_max_iteration else None
+        m = b.shape[1]
         if bool(breakdown.any()):
             pre = "" if self.preconditioner is None else " or the preconditioner"
-            warnings.warn(
-                f"CgInfluence: non-positive curvature met for {int(breakdown.sum())} of "
-                f"{b.shape[1]} systems (regularization={self.regularization}): C + "
-                f"regularization*Id{pre} is not positive definite, so those solutions are "
-                "unreliable. Increase regularization, or use DirectInfluence.",
-                ConvergenceWarning,
+            n_bad = int(breakdown.sum())
+            bad, total, _ = self._diagnostics.add_counts(NOT_POSITIVE_DEFINITE, n_bad, m)
+            self._diagnostics.note(
+                NOT_POSITIVE_DEFINITE,
+                f"CgInfluence met non-positive curvature in {bad} of {total} systems solved "
+                f"(regularization={self.regularization}): C + regularization*Id{pre} is not "
+                "positive definite, so those values are unreliable; increase regularization.",
+                category,
+                f"CgInfluence: non-positive curvature met for {n_bad} of {m} "
+                f"systems (regularization={self.regularization}): C + regularization*Id{pre} "
+                "is not positive definite, so those solutions are unreliable. Increase "
+                "regularization, or use DirectInfluence.",
                 stacklevel=4,
             )
-        if bool(unconverged.any()):
-            res = torch.linalg.vector_norm(r, dim=0)
-            bnorm = torch.linalg.vector_norm(b, dim=0).clamp(min=torch.finfo(b.dtype).tiny)
-            worst_rel = float((res / bnorm)[unconverged].max())
-            worst_abs = float(res[unconverged].max())
-            rule = (
-                "||residual|| < max(rtol**2*||g||, atol**2)"
-                if self.tol_mode == "pydvl"
-                else "||residual|| <= max(rtol*||g||, atol)"
-            )
-            warnings.warn(
-                f"CgInfluence: conjugate gradient stopped at maxiter="
-                f"{int(maxiter[unconverged].max())} with {int(unconverged.sum())} of "
-                f"{b.shape[1]} systems not meeting the tolerance {rule} (rtol={self.rtol}, "
-                f"atol={self.atol}, tol_mode={self.tol_mode!r}): worst relative residual "
-                f"{worst_rel:.3g}, absolute {worst_abs:.3g}. Increase maxiter, loosen "
-                "rtol/atol, add a preconditioner, or increase regularization to improve the "
-                "conditioning.",
-                ConvergenceWarning,
-                stacklevel=4,
-            )
+        else:
+            self._diagnostics.add_counts(NOT_POSITIVE_DEFINITE, 0, m)
+        n_bad = int(unconverged.sum())
+        if not n_bad:
+            self._diagnostics.add_counts(NOT_CONVERGED, 0, m)
+            return
+        res = torch.linalg.vector_norm(r, dim=0)
+        bnorm = torch.linalg.vector_norm(b, dim=0).clamp(min=torch.finfo(b.dtype).tiny)
+        worst_rel = float((res / bnorm)[unconverged].max())
+        worst_abs = float(res[unconverged].max())
+        bad, total, worst = self._diagnostics.add_counts(NOT_CONVERGED, n_bad, m, worst_rel)
+        rule = (
+            "||residual|| < max(rtol**2*||g||, atol**2)"
+            if self.tol_mode == "pydvl"
+            else "||residual|| <= max(rtol*||g||, atol)"
+        )
+        limit = int(maxiter[unconverged].max())
+        self._diagnostics.note(
+            NOT_CONVERGED,
+            f"CgInfluence stopped at maxiter={limit} before its tolerance {rule} (rtol="
+            f"{self.rtol}, atol={self.atol}) in {bad} of {total} systems solved; worst "
+            f"relative residual {worst:.3g}. Increase maxiter or regularization, or add a "
+            "preconditioner.",
+            category,
+            f"CgInfluence: conjugate gradient stopped at maxiter={limit} with {n_bad} of {m} "
+            f"systems not meeting the tolerance {rule} (rtol={self.rtol}, atol={self.atol}, "
+            f"tol_mode={self.tol_mode!r}): worst relative residual {worst_rel:.3g}, absolute "
+            f"{worst_abs:.3g}. Increase maxiter, loosen rtol/atol, add a preconditioner, or "
+            "increase regularization to improve the conditioning.",
+            stacklevel=4,
+        )

@@ -8,6 +8,15 @@ all points), or pyDVL's Gauss-Newton matrix ``1/N sum_i g_i g_i^T``. Each
 ``A_b = C_bb + lambda_b*Id`` is factorised once: Cholesky when positive definite, LU otherwise.
 Test factors are ``A_b^-1 g_b(z_test)`` concatenated over blocks; train factors the plain
 gradients. Memory is ``O(sum_b size_b^2)``: for small and medium models (or blocks).
+
+The curvature and its factorisation are built on first use (``test_factors``, ``influences``,
+``hessian_``), not at ``fit`` (see :mod:`~infl_array.torch._base`); reading train factors never
+builds them. An ``A_b`` that is not positive definite (the model is not at a minimum of the
+training loss, e.g. trained briefly or with Adam, and ``lambda_b`` is too small to make up for
+it) is still solved (LU), but the values solve an indefinite system: an
+:class:`~infl_array.torch.diagnostics.IndefiniteHessianWarning` gives its smallest eigenvalue and
+the regularization that would make it positive definite, and ``diagnostics()`` keeps it under
+``"not_positive_definite"``.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from torch import nn
 from ._base import TorchInfluenceBase
 from ._functional import LossFn
 from .blocks import BlockMode, BlockStructure, SecondOrderMode
+from .diagnostics import NOT_POSITIVE_DEFINITE, IndefiniteHessianWarning, rounding_level
 
 __all__ = ["DirectInfluence"]
 
@@ -74,28 +84,56 @@ class DirectInfluence(TorchInfluenceBase):
             block_structure=block_structure,
             second_order_mode=second_order_mode,
         )
-        self.hessian_: torch.Tensor | None = None
+        self._hessian: torch.Tensor | None = None
         self._factors: list[tuple[str, tuple[torch.Tensor, ...]]] = []
 
-    def _fit(self) -> None:
+    @property
+    def hessian_(self) -> torch.Tensor | None:
+        """The explicit block-diagonal curvature (no regularization), ``(n_params, n_params)``;
+        ``None`` before fit (built on first access after a lazy fit)."""
+        hessian: torch.Tensor | None = self._fitted_state("_hessian", None)
+        return hessian
+
+    def _build(self) -> None:
         mats = self.curvature_blocks()
-        self.hessian_ = torch.block_diag(*mats)
-        self._factors = []
+        self._hessian = torch.block_diag(*mats)
+        factors: list[tuple[str, tuple[torch.Tensor, ...]]] = []
+        indefinite: list[str] = []
         for name, h, reg in zip(self._blocks.names, mats, self._block_reg, strict=True):
             a = h + reg * torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
             chol, info = torch.linalg.cholesky_ex(a)
             if int(info) == 0:
-                self._factors.append(("chol", (chol,)))
+                factors.append(("chol", (chol,)))
                 continue
+            where = f" of block {name!r}" if len(mats) > 1 else ""
             lu, pivots, info = torch.linalg.lu_factor_ex(a)
             if int(info) != 0:
-                where = f" of block {name!r}" if len(mats) > 1 else ""
                 raise ValueError(
                     f"the curvature{where} plus regularization*Id is singular "
                     f"(regularization={reg}); pass a larger regularization (e.g. 1e-3 times "
                     "the curvature's scale)."
                 )
-            self._factors.append(("lu", (lu, pivots)))
+            factors.append(("lu", (lu, pivots)))
+            evals = torch.linalg.eigvalsh(a)
+            lowest = float(evals[0])
+            if lowest >= -rounding_level(evals):  # singular to working precision, not indefinite
+                continue
+            indefinite.append(
+                f"smallest eigenvalue{where} {lowest:.3g} at regularization {reg:g} (needs "
+                f"regularization > {reg - lowest:.3g})"
+            )
+        self._factors = factors
+        if indefinite:
+            self._diagnostics.note(
+                NOT_POSITIVE_DEFINITE,
+                f"DirectInfluence: C + regularization*Id is not positive definite: "
+                f"{'; '.join(indefinite)}. Influence values solve an indefinite system and are "
+                "unreliable (the model is not at a minimum of the training loss). Increase "
+                "regularization, or use second_order_mode=SecondOrderMode.GAUSS_NEWTON "
+                "(positive semi-definite).",
+                IndefiniteHessianWarning,
+                stacklevel=4,
+            )
 
     def _solve(self, grads: torch.Tensor) -> torch.Tensor:
         parts = []

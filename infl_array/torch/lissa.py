@@ -10,7 +10,7 @@ and ``scale`` exceeds the largest eigenvalue of ``C + lambda*Id`` (and to the so
 damped system otherwise). ``C`` is the Hessian of the mean loss over all fit data, or pyDVL's
 Gauss-Newton matrix (each iteration is one pass over the data for all columns). Iteration stops
 when the relative change ``max_j ||h_j' - h_j|| / ||h_j'||`` falls below ``rtol``; reaching
-``maxiter`` first emits :class:`~infl_array.torch._base.ConvergenceWarning`.
+``maxiter`` first emits :class:`~infl_array.torch.diagnostics.ConvergenceWarning`.
 
 The rate is ``1 - (mu_min + lambda) / scale`` (``mu_min`` the smallest eigenvalue of ``C``),
 so small eigenvalues need many iterations; the relative-change criterion can stop early when
@@ -26,16 +26,17 @@ both converge to the same solution.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._base import ConvergenceWarning, TorchInfluenceBase, positive_int
+from ._base import TorchInfluenceBase
 from ._functional import LossFn, nonnegative
 from .blocks import BlockMode, BlockStructure, SecondOrderMode
+from .diagnostics import NOT_CONVERGED, ConvergenceWarning
+from .options import positive_int
 
 __all__ = ["LissaInfluence"]
 
@@ -66,7 +67,7 @@ class LissaInfluence(TorchInfluenceBase):
     progress : bool
         Show a progress bar of the iterations.
     warn_on_max_iteration : bool
-        Emit :class:`~infl_array.torch._base.ConvergenceWarning` when stopping at ``maxiter``.
+        Emit :class:`~infl_array.torch.diagnostics.ConvergenceWarning` when stopping at ``maxiter``.
     block_structure : BlockMode or mapping
         Parameter blocks of a block-diagonal curvature.
     second_order_mode : SecondOrderMode
@@ -122,7 +123,7 @@ class LissaInfluence(TorchInfluenceBase):
         }
 
     def _solve(self, grads: torch.Tensor) -> torch.Tensor:
-        g, col_block = self._split_columns(grads)  # (p, m): one column per (block, sample)
+        g, col_block = self._blocks.split_columns(grads)  # (p, m): one column per (block, sample)
         lam = self._column_regularization(col_block, g.dtype)
         h = torch.zeros_like(g)
         tiny = torch.finfo(g.dtype).tiny
@@ -147,12 +148,13 @@ class LissaInfluence(TorchInfluenceBase):
                 break
         bar.close()
         self.n_iter_ = it
-        if change >= self.rtol and self.warn_on_max_iteration:
-            warnings.warn(
+        if change >= self.rtol:
+            self._diagnostics.note(
+                NOT_CONVERGED,
                 f"LissaInfluence stopped at maxiter={self.maxiter} with relative change "
                 f"{change:.3g} >= rtol={self.rtol}. Increase maxiter, loosen rtol, or check "
                 "that scale exceeds the largest eigenvalue of H + regularization*Id.",
-                ConvergenceWarning,
+                ConvergenceWarning if self.warn_on_max_iteration else None,
                 stacklevel=3,
             )
-        return self._merge_columns(h / self.scale, grads.shape[0])
+        return self._blocks.merge_columns(h / self.scale, grads.shape[0])

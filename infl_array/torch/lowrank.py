@@ -10,8 +10,9 @@ by :class:`LowRank`. Two inverse actions on a gradient ``g`` are used (pyDVL's
   = U diag(1/(s + lambda) - 1/lambda) U^T g + g / lambda``, exact for the low-rank matrix plus
   ``lambda*Id`` (NystroemSketchInfluence, ArnoldiInfluence with ``use_woodbury=True``).
 
-:func:`nystroem_approximation` is pyDVL 0.10's randomised Nystroem approximation
-(``randomized_nystroem_approximation``) step for step: ``Omega`` is the Q factor of a standard
+:func:`nystroem_sketch` and :func:`nystroem_from_sketch` are pyDVL 0.10's randomised Nystroem
+approximation (``randomized_nystroem_approximation``) step for step, cut into its random draw
+and its products: ``Omega`` is the Q factor of a standard
 normal ``(p, k)`` matrix, ``Y = C Omega + nu Omega`` with the stabilising shift
 ``nu = sqrt(p) * eps(dtype) * ||C Omega||_F``, ``L = chol(Omega^T Y)``, ``U s' V^T = svd(Y L^-T)``
 and ``s = max(s'^2 - nu, 0)``, so ``U diag(s) U^T = (C Omega)(Omega^T C Omega)^+ (C Omega)^T``
@@ -31,7 +32,13 @@ import torch
 
 from .data import tensor_bytes
 
-__all__ = ["LowRank", "gaussian_matrix", "make_generator", "nystroem_approximation"]
+__all__ = [
+    "LowRank",
+    "gaussian_matrix",
+    "make_generator",
+    "nystroem_from_sketch",
+    "nystroem_sketch",
+]
 
 MatMat = Callable[[torch.Tensor], torch.Tensor]
 
@@ -76,34 +83,53 @@ def gaussian_matrix(
     return torch.randn(rows, cols, device=device, dtype=dtype, generator=generator)
 
 
-def nystroem_approximation(
-    matmat: MatMat,
+def nystroem_sketch(
     size: int,
     rank: int,
     *,
     dtype: torch.dtype,
     device: torch.device,
     generator: torch.Generator | None,
-) -> tuple[LowRank, str]:
-    """Randomised Nystroem approximation of a symmetric positive semi-definite operator.
+) -> tuple[torch.Tensor, str]:
+    """The random part of the Nystroem approximation: ``Omega`` and its sha256 digest.
+
+    Cheap (no operator product), so backends draw it at ``fit`` and defer the products
+    (:func:`nystroem_from_sketch`).
 
     Parameters
     ----------
-    matmat : callable
-        ``V (size, m) -> C V``.
     size, rank : int
-        Operator size and sketch width (at most ``size`` columns are used).
+        Operator size and sketch width.
     dtype, device, generator
         Of the random sketch (see :func:`gaussian_matrix`).
 
     Returns
     -------
-    (LowRank, str)
-        The approximation and a sha256 digest of the sketch ``Omega`` (identifies the draw).
+    (torch.Tensor, str)
+        ``Omega``, the Q factor of a standard normal ``(size, rank)`` matrix (pyDVL's draw;
+        at most ``size`` columns), and a digest identifying the draw.
     """
     omega = gaussian_matrix(size, rank, dtype=dtype, device=device, generator=generator)
     omega, _ = torch.linalg.qr(omega)
-    digest = hashlib.sha256(tensor_bytes(omega)).hexdigest()
+    return omega, hashlib.sha256(tensor_bytes(omega)).hexdigest()
+
+
+def nystroem_from_sketch(matmat: MatMat, omega: torch.Tensor) -> LowRank:
+    """Randomised Nystroem approximation of a symmetric positive semi-definite operator.
+
+    Parameters
+    ----------
+    matmat : callable
+        ``V (size, m) -> C V`` (one call, with ``Omega``).
+    omega : torch.Tensor
+        The sketch of :func:`nystroem_sketch`.
+
+    Returns
+    -------
+    LowRank
+        ``U diag(s) U^T ~ C`` (see the module docstring).
+    """
+    size, dtype = omega.shape[0], omega.dtype
     sketch = matmat(omega)
     shift = math.sqrt(size) * torch.finfo(dtype).eps * torch.linalg.norm(sketch)
     sketch = sketch + shift * omega
@@ -116,4 +142,4 @@ def nystroem_approximation(
         chol = torch.linalg.cholesky((evecs * evals) @ evecs.T)
     b = torch.linalg.solve_triangular(chol.T, sketch, upper=True, left=False)
     u, s, _ = torch.linalg.svd(b, full_matrices=False)
-    return LowRank(torch.clamp(s**2 - shift, min=0), u), digest
+    return LowRank(torch.clamp(s**2 - shift, min=0), u)

@@ -45,9 +45,5 @@ class FactorMemo:
         self._entries[key] = value
         self.nbytes += size
 
-    def clear(self) -> None:
-        self._entries.clear()
-        self.nbytes = 0
-
     def __len__(self) -> int:
         return len(self._entries)

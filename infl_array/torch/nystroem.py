@@ -1,10 +1,11 @@
 """Nystroem-sketch influence: a randomised low-rank curvature inverted by Woodbury.
 
-At ``fit`` every curvature block ``C_bb`` (the Hessian of the mean fit loss, or pyDVL's
+Every curvature block ``C_bb`` (the Hessian of the mean fit loss, or pyDVL's
 Gauss-Newton matrix) gets a randomised Nystroem approximation
 ``C_nys = (C Omega)(Omega^T C Omega)^+ (C Omega)^T = U diag(s) U^T`` of width ``rank``
-(:func:`~infl_array.torch.lowrank.nystroem_approximation`, pyDVL 0.10's algorithm step for
-step: one data pass with ``rank`` columns per block). Test factors are
+(:mod:`~infl_array.torch.lowrank`, pyDVL 0.10's algorithm step for step: one data pass with
+``rank`` columns per block). The sketches are drawn at ``fit``; the data pass runs on first use.
+Test factors are
 
     ``(C_nys + lambda*Id)^-1 g = U diag(1/(s + lambda) - 1/lambda) U^T g + g / lambda``
 
@@ -26,10 +27,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._base import TorchInfluenceBase, optional_seed, parse_hessian_average, positive_int
+from ._base import TorchInfluenceBase
 from ._functional import LossFn
 from .blocks import BlockMode, BlockStructure, SecondOrderMode
-from .lowrank import LowRank, make_generator, nystroem_approximation
+from .lowrank import LowRank, make_generator, nystroem_from_sketch, nystroem_sketch
+from .options import optional_seed, parse_hessian_average, positive_int
 
 __all__ = ["NystroemSketchInfluence"]
 
@@ -98,7 +100,8 @@ class NystroemSketchInfluence(TorchInfluenceBase):
         self.rank = positive_int(rank, "rank")
         self.seed = optional_seed(seed)
         self._hessian_average = parse_hessian_average(hessian_average)
-        self.low_rank_: list[LowRank] = []
+        self._low_rank: list[LowRank] = []
+        self._omegas: list[torch.Tensor] = []
         self._sketch: str | None = None
 
     def _settings(self) -> dict[str, object]:
@@ -109,30 +112,38 @@ class NystroemSketchInfluence(TorchInfluenceBase):
             "sketch": self._sketch,
         }
 
+    @property
+    def low_rank_(self) -> list[LowRank]:
+        """The approximation of every block (``[]`` before fit; computed on first use)."""
+        return list(self._fitted_state("_low_rank", []))
+
     def _fit(self) -> None:
+        """Draw the sketch of every block now (cheap; the products wait for ``_build``)."""
         flat = self._require_fit()
         gen = make_generator(self.seed, flat.device)
         digest = hashlib.sha256()
-        self.low_rank_ = []
-        for b, size in enumerate(self._blocks.sizes):
-            low_rank, sketch = nystroem_approximation(
-                partial(self.block_matmat, b),
-                size,
-                self.rank,
-                dtype=flat.dtype,
-                device=flat.device,
-                generator=gen,
+        self._omegas = []
+        for size in self._blocks.sizes:
+            omega, sketch = nystroem_sketch(
+                size, self.rank, dtype=flat.dtype, device=flat.device, generator=gen
             )
-            self.low_rank_.append(low_rank)
+            self._omegas.append(omega)
             digest.update(sketch.encode())
         self._sketch = digest.hexdigest()
+
+    def _build(self) -> None:
+        self._low_rank = [
+            nystroem_from_sketch(partial(self.block_matmat, b), omega)
+            for b, omega in enumerate(self._omegas)
+        ]
+        self._omegas = []
 
     def _solve(self, grads: torch.Tensor) -> torch.Tensor:
         return torch.cat(
             [
                 lr.woodbury_solve(grads[:, sl], reg)
                 for sl, lr, reg in zip(
-                    self._blocks.slices, self.low_rank_, self._block_reg, strict=True
+                    self._blocks.slices, self._low_rank, self._block_reg, strict=True
                 )
             ],
             dim=1,

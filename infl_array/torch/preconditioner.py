@@ -12,7 +12,7 @@ every residual (:class:`~infl_array.torch.cg.CgInfluence`, ``preconditioner=``).
   ``d + lambda`` that are not positive are replaced by the mean absolute entry (pyDVL 0.10 uses
   them as they are, and its CG can then fail). Raising ``num_samples_estimator`` improves it.
 * :class:`NystroemPreconditioner` (``rank``): from a randomised Nystroem approximation
-  ``A ~ U diag(s) U^T`` (:func:`~infl_array.torch.lowrank.nystroem_approximation`),
+  ``A ~ U diag(s) U^T`` (:func:`~infl_array.torch.lowrank.nystroem_from_sketch`),
   ``M^-1 = (lambda + s_min) U diag(1/(s + lambda)) U^T + (Id - U U^T)``, with ``s_min`` the
   smallest kept eigenvalue.
 
@@ -21,7 +21,11 @@ Both draw their random vectors from torch's global generator, as pyDVL does (see
 converges to its tolerance whatever the draw; only the number of iterations changes.
 
 A preconditioner is fitted per parameter block: :meth:`Preconditioner.fit` receives the block's
-(unregularised) matrix product and regularization and returns the fitted object.
+(unregularised) matrix product and regularization and returns the fitted object. Fitting has
+two parts, usable apart: :meth:`Preconditioner.draw` draws the random vectors (cheap; CG does
+it at ``fit``, so a seeded global generator gives the same draw as pyDVL) and
+:meth:`Preconditioner.complete` makes the products with the matrix (CG defers it to its first
+solve).
 """
 
 from __future__ import annotations
@@ -33,9 +37,15 @@ from typing import Any, TypeVar
 
 import torch
 
-from ._base import optional_seed, positive_int
 from ._functional import nonnegative
-from .lowrank import LowRank, gaussian_matrix, make_generator, nystroem_approximation
+from .lowrank import (
+    LowRank,
+    gaussian_matrix,
+    make_generator,
+    nystroem_from_sketch,
+    nystroem_sketch,
+)
+from .options import optional_seed, positive_int
 
 __all__ = ["JacobiPreconditioner", "NystroemPreconditioner", "Preconditioner"]
 
@@ -67,7 +77,7 @@ class Preconditioner(ABC):
         dtype: torch.dtype = torch.float64,
         device: torch.device | str = "cpu",
     ) -> _P:
-        """Fit to ``A + regularization*Id``.
+        """Fit to ``A + regularization*Id``: :meth:`draw`, then :meth:`complete`.
 
         Parameters
         ----------
@@ -84,32 +94,58 @@ class Preconditioner(ABC):
         -------
         self
         """
+        return self.draw(size, regularization, dtype=dtype, device=device).complete(matmat)
+
+    def draw(
+        self: _P,
+        size: int,
+        regularization: float | None = None,
+        *,
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str = "cpu",
+    ) -> _P:
+        """The random (cheap) part of :meth:`fit`: draw the random vectors, no product with
+        ``A`` yet (arguments as in :meth:`fit`). Returns ``self``."""
         reg = None if regularization is None else nonnegative(regularization, "regularization")
-        self._fit(matmat, positive_int(size, "size"), reg, dtype, torch.device(device))
+        self._draw(positive_int(size, "size"), dtype, torch.device(device))
         self._reg = reg
         return self
 
-    def fitted_copy(
+    def complete(self: _P, matmat: Callable[[torch.Tensor], torch.Tensor]) -> _P:
+        """The products with ``A`` (the expensive part of :meth:`fit`), after :meth:`draw`.
+
+        Returns ``self``, fitted.
+        """
+        if not self.is_drawn:
+            raise RuntimeError(
+                f"{type(self).__name__}.complete needs its random draw: call "
+                ".draw(size, regularization) first, or .fit(matmat, size, regularization)."
+            )
+        self._complete(matmat)
+        return self
+
+    def drawn_copy(
         self: _P,
-        matmat: Callable[[torch.Tensor], torch.Tensor],
         size: int,
         regularization: float | None,
         *,
         dtype: torch.dtype,
         device: torch.device,
     ) -> _P:
-        """A fitted copy (``self`` stays an unfitted template, as pyDVL's ``copy.copy``)."""
-        return copy.copy(self).fit(matmat, size, regularization, dtype=dtype, device=device)
+        """A drawn copy, to :meth:`complete` later (``self`` stays an unfitted template, as
+        pyDVL's ``copy.copy``)."""
+        return copy.copy(self).draw(size, regularization, dtype=dtype, device=device)
+
+    @property
+    @abstractmethod
+    def is_drawn(self) -> bool:
+        """Whether :meth:`draw` has run and :meth:`complete` has not."""
 
     @abstractmethod
-    def _fit(
-        self,
-        matmat: Callable[[torch.Tensor], torch.Tensor],
-        size: int,
-        regularization: float | None,
-        dtype: torch.dtype,
-        device: torch.device,
-    ) -> None: ...
+    def _draw(self, size: int, dtype: torch.dtype, device: torch.device) -> None: ...
+
+    @abstractmethod
+    def _complete(self, matmat: Callable[[torch.Tensor], torch.Tensor]) -> None: ...
 
     def solve(self, rhs: torch.Tensor) -> torch.Tensor:
         """``M^-1 rhs`` for ``rhs`` of shape ``(size,)`` or ``(size, m)`` (columns).
@@ -159,25 +195,28 @@ class JacobiPreconditioner(Preconditioner):
         self.num_samples_estimator = positive_int(num_samples_estimator, "num_samples_estimator")
         self.seed = optional_seed(seed)
         self._diag: torch.Tensor | None = None
+        self._probes: torch.Tensor | None = None
 
     @property
     def is_fitted(self) -> bool:
         return self._diag is not None
 
-    def _fit(
-        self,
-        matmat: Callable[[torch.Tensor], torch.Tensor],
-        size: int,
-        regularization: float | None,
-        dtype: torch.dtype,
-        device: torch.device,
-    ) -> None:
+    @property
+    def is_drawn(self) -> bool:
+        return self._probes is not None
+
+    def _draw(self, size: int, dtype: torch.dtype, device: torch.device) -> None:
         gen = make_generator(self.seed, device)
         # drawn as pyDVL draws them (num_samples, size), used as columns
-        u = gaussian_matrix(
+        self._probes = gaussian_matrix(
             self.num_samples_estimator, size, dtype=dtype, device=device, generator=gen
         ).T
+
+    def _complete(self, matmat: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        u = self._probes
+        assert u is not None
         self._diag = (u * matmat(u)).sum(1) / self.num_samples_estimator
+        self._probes = None
 
     def _solve(self, rhs: torch.Tensor) -> torch.Tensor:
         assert self._diag is not None
@@ -217,6 +256,7 @@ class NystroemPreconditioner(Preconditioner):
         self.rank = positive_int(rank, "rank")
         self.seed = optional_seed(seed)
         self._low_rank: LowRank | None = None
+        self._omega: torch.Tensor | None = None
 
     @property
     def is_fitted(self) -> bool:
@@ -227,18 +267,18 @@ class NystroemPreconditioner(Preconditioner):
         """The fitted approximation ``U diag(s) U^T``."""
         return self._low_rank
 
-    def _fit(
-        self,
-        matmat: Callable[[torch.Tensor], torch.Tensor],
-        size: int,
-        regularization: float | None,
-        dtype: torch.dtype,
-        device: torch.device,
-    ) -> None:
+    @property
+    def is_drawn(self) -> bool:
+        return self._omega is not None
+
+    def _draw(self, size: int, dtype: torch.dtype, device: torch.device) -> None:
         gen = make_generator(self.seed, device)
-        self._low_rank, _ = nystroem_approximation(
-            matmat, size, self.rank, dtype=dtype, device=device, generator=gen
-        )
+        self._omega, _ = nystroem_sketch(size, self.rank, dtype=dtype, device=device, generator=gen)
+
+    def _complete(self, matmat: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        assert self._omega is not None
+        self._low_rank = nystroem_from_sketch(matmat, self._omega)
+        self._omega = None
 
     def _solve(self, rhs: torch.Tensor) -> torch.Tensor:
         assert self._low_rank is not None

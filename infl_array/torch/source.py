@@ -186,6 +186,9 @@ class ModelBlockSource:
 
     # -- pickling: the memo and the lock stay behind -------------------------------------
     def __getstate__(self) -> dict[str, Any]:
+        # sent to workers (fills only send a source when blocks are missing): the model's
+        # deferred fitting work runs once here, not once per worker
+        self.adapter.prepare()
         state = self.__dict__.copy()
         state["_memo"] = None
         state["_lock"] = None
@@ -232,6 +235,10 @@ class ModelBlockSource:
                 "train": self.train.fingerprint(),
             }
         return dict(self._fingerprints)
+
+    def notes(self) -> dict[str, str]:
+        """What the influence model's solves found so far (its ``diagnostics()``)."""
+        return self.adapter.notes()
 
     def describe(self) -> dict[str, Any]:
         """JSON-able description: ``{"kind": "model", "backend": name, "config": config}``."""
@@ -374,11 +381,6 @@ class ModelBlockSource:
     def memo_evictions(self) -> int:
         """Number of memo entries evicted so far."""
         return self._memo.evictions
-
-    def clear_memo(self) -> None:
-        """Drop every memoised factor."""
-        with self._lock:
-            self._memo.clear()
 
     def set_output_dtype(self, dtype: Any) -> None:
         """The dtype blocks are stored in: float32 storage keeps float32 products.
@@ -551,4 +553,5 @@ def make_block_source(
     for data, name in ((test_data, "test"), (train_data, "train")):
         if len(data) == 0:
             raise ValueError(f"{name} is empty; influence needs at least one sample.")
+        adapter.check_data(*data.take(range(min(2, len(data)))), name)
     return ModelBlockSource(adapter, test_data, train_data, int(factor_budget_bytes))
