@@ -62,7 +62,11 @@ def worker_floor(quick: bool) -> dict[str, Any]:
         "arch": f"{d_in} -> {hidden} -> 3",
     }
     with scratch_dir("bench_speed_floor") as work, caught_warnings() as w:
-        cg = CgInfluence(model, torch.nn.functional.cross_entropy, **settings).fit(fit_data)
+        cg = (
+            CgInfluence(model, torch.nn.functional.cross_entropy, **settings)
+            .fit(fit_data)
+            .prepare()
+        )
         log("  floor: the floor (all test factors, all train factors, one product)")
         t = Timer()
         tf = cg.test_factors(*test)
@@ -235,7 +239,7 @@ def worker_reads(quick: bool) -> dict[str, Any]:
     model, train, test = prob["model"], prob["train"], prob["test"]
     ce = torch.nn.functional.cross_entropy
     block = (256, 4096)
-    infl = DirectInfluence(model, ce, regularization=0.01).fit(train)
+    infl = DirectInfluence(model, ce, regularization=0.01).fit(train).prepare()
     res: dict[str, Any] = {"n_train": n_train, "n_test": n_test, "block": block}
     with scratch_dir("bench_speed_reads") as work:
         path = str(work / "reads.zarr")

@@ -46,8 +46,8 @@ def worker_ours(
 
     def fit() -> Any:
         if case == "small":
-            return CgInfluence(model, ce, regularization=reg, **CG_TOL).fit(train_loader)
-        return DirectInfluence(model, ce, regularization=0.01).fit(train_loader)
+            return CgInfluence(model, ce, regularization=reg, **CG_TOL).fit(train_loader).prepare()
+        return DirectInfluence(model, ce, regularization=0.01).fit(train_loader).prepare()
 
     res: dict[str, Any] = {
         k: prob[k] for k in ("n_train", "n_test", "batch", "n_params", "acc")
