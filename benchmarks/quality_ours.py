@@ -49,6 +49,11 @@ OURS: list[tuple[str, str, Settings]] = [
     ("Arnoldi", "ArnoldiInfluence", lambda s: {"rank": s["rank"]}),
     ("EK-FAC", "EkfacInfluence", lambda s: {"update_diagonal": True}),
     ("K-FAC", "EkfacInfluence", lambda s: {"update_diagonal": False}),
+    (
+        "EK-FAC empirical",
+        "EkfacInfluence",
+        lambda s: {"update_diagonal": True, "fisher_type": "empirical"},
+    ),
     ("Projected", "ProjectedInfluence", lambda s: {"projection_dim": s["projection_dim"]}),
     ("Nystroem", "NystroemSketchInfluence", lambda s: {"rank": s["rank"]}),
     ("DataInf", "InverseHarmonicMeanInfluence", lambda s: {}),
