@@ -20,8 +20,9 @@ the standard deviation over 200 bootstrap resamples of the subsets), leave-one-o
 Spearman correlation (changes of the total test output, ``N_LOO`` points), detection AUC of
 the 10% flipped labels by self-influence on a separate noisy model, and wall time (fit +
 full matrix; fit + self-influence). Results (scores included) are cached per case, method and
-settings; ``--fresh`` recomputes them. The table goes into the section "Attribution quality
-(issue 12)" of ``benchmarks/RESULTS.md``.
+settings (ours also per version of ``infl_array``'s code, in ``scores-*``; the peers' in
+``peers-*``, which our code does not affect); ``--fresh`` recomputes them. The table goes
+into the section "Attribution quality (issue 12)" of ``benchmarks/RESULTS.md``.
 
 ``--methods`` is a comma-separated list of ``peer:label`` (``ours:CG``), ``label`` (that label
 in every peer: ``CG``) or ``peer`` (all of it: ``pyDVL``); default: everything.
@@ -72,7 +73,7 @@ PEERS: dict[str, tuple[Path, Path, str, list[str]]] = {
         ROOT / ".venv-kronfluence/bin/python",
         HERE / "peers/quality_kronfluence.py",
         "bash benchmarks/peer_envs.sh kronfluence",
-        ["EK-FAC", "K-FAC"],
+        ["EK-FAC", "K-FAC", "EK-FAC empirical"],
     ),
     "TRAK": (
         ROOT / ".venv-trak/bin/python",
@@ -113,6 +114,20 @@ def _source_hash() -> str:
         if not path.name.startswith("quality"):
             h.update(path.read_bytes())
     return h.hexdigest()[:10]
+
+
+def result_folders(case: qc.Case, settings: dict[str, Any], fresh: bool) -> dict[str, Path]:
+    """Where method results are cached: ours keyed by the settings and our code, the peers by
+    the settings alone (their results do not depend on our code). ``fresh`` empties both."""
+    folders = {}
+    for kind, parts in (("ours", [settings, _source_hash()]), ("peers", [settings])):
+        key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:10]
+        folders[kind] = case.folder() / f"{'scores' if kind == 'ours' else 'peers'}-{key}"
+        folders[kind].mkdir(exist_ok=True)
+        if fresh:
+            for f in folders[kind].iterdir():
+                f.unlink()
+    return folders
 
 
 def all_methods(log: Any) -> list[tuple[str, str]]:
@@ -255,16 +270,10 @@ def run_case(case: qc.Case, args: argparse.Namespace, log: Any) -> dict[str, Any
     data = qc.retrain_outputs(case, n_subsets, log)
     prep_s = time.perf_counter() - t0
     settings = settings_for(case, meta)
-    key = hashlib.sha256(
-        json.dumps([settings, _source_hash()], sort_keys=True).encode()
-    ).hexdigest()[:10]
-    out = case.folder() / f"scores-{key}"
-    out.mkdir(exist_ok=True)
-    if args.fresh:
-        for f in out.iterdir():
-            f.unlink()
+    folders = result_folders(case, settings, args.fresh)
     rows = {}
     for peer, label in select(all_methods(log), args.methods):
+        out = folders["ours" if peer == "ours" else "peers"]
         result = run_method(case, settings, peer, label, out, args.budget, log)
         rows[f"{peer} {label}"] = score(result, data)
         if "skipped" in rows[f"{peer} {label}"]:

@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
 import quality_common as common
 
 Settings = Callable[[dict[str, Any]], dict[str, Any]]
+GN = "gauss_newton"
 
 # label, infl_array.torch class, settings -> keyword arguments beyond (model, loss,
 # regularization=); the settings are the run's (benchmarks/quality.py: rank, LiSSA's scale...),
@@ -49,9 +50,23 @@ OURS: list[tuple[str, str, Settings]] = [
     ("Arnoldi", "ArnoldiInfluence", lambda s: {"rank": s["rank"]}),
     ("EK-FAC", "EkfacInfluence", lambda s: {"update_diagonal": True}),
     ("K-FAC", "EkfacInfluence", lambda s: {"update_diagonal": False}),
+    (
+        "EK-FAC empirical",
+        "EkfacInfluence",
+        lambda s: {"update_diagonal": True, "fisher_type": "empirical"},
+    ),
     ("Projected", "ProjectedInfluence", lambda s: {"projection_dim": s["projection_dim"]}),
     ("Nystroem", "NystroemSketchInfluence", lambda s: {"rank": s["rank"]}),
     ("DataInf", "InverseHarmonicMeanInfluence", lambda s: {}),
+    # the same with the Gauss-Newton matrix of the loss in place of its Hessian (as TRAK's
+    # curvature is positive semi-definite), at the same regularization
+    ("Direct GN", "DirectInfluence", lambda s: {"second_order_mode": GN}),
+    ("CG GN", "CgInfluence", lambda s: {"second_order_mode": GN}),
+    (
+        "Nystroem GN",
+        "NystroemSketchInfluence",
+        lambda s: {"rank": s["rank"], "second_order_mode": GN},
+    ),
 ]
 
 

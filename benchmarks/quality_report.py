@@ -17,6 +17,7 @@ COUNTERPARTS = {
     "Arnoldi": ["pyDVL Arnoldi"],
     "EK-FAC": ["pyDVL EK-FAC", "Kronfluence EK-FAC"],
     "K-FAC": ["pyDVL K-FAC", "Kronfluence K-FAC"],
+    "EK-FAC empirical": ["Kronfluence EK-FAC empirical"],
     "Nystroem": ["pyDVL Nystroem"],
     "DataInf": ["pyDVL DataInf"],
 }
@@ -183,15 +184,33 @@ def notes(results: list[dict[str, Any]]) -> str:
   Its output-gradient covariance weights every class by sqrt(p) (a deterministic true-Fisher
   estimate); Kronfluence draws one label per example from the model (a Monte-Carlo true
   Fisher), a noisier estimate of the same matrix on a train set this small, hence its lower
-  LDS than pyDVL's with the same damping.
+  LDS than pyDVL's with the same damping. Ours (`EkfacInfluence`, default
+  `fisher_type="auto"`: pyDVL's sqrt(p)-weighted pseudo-gradients, in float64) gives pyDVL's
+  values on the Linear models; Kronfluence's differ by its sampled labels only: with the true
+  labels on both sides (`EK-FAC empirical`: ours `fisher_type="empirical"`, Kronfluence's
+  `use_empirical_fisher=True`) the two agree on every case, the CNN included. K-FAC on the
+  CNN also differs in the eigenvalue scale of convolutions (ours `s_G s_A / T` with `T`
+  positions per sample, Kronfluence's `s_G s_A` of position-averaged factors; see
+  `infl_array/torch/ekfac.py`).
+- Projected (`ProjectedInfluence`): `projection_dim={s.get("projection_dim")}`, fewer than
+  the parameters of every case, so the gradients are really projected (at `projection_dim`
+  >= the parameters it equals our EK-FAC exactly, and 4096 would be that here); EK-FAC
+  preconditioner in the projected space, seed 0.
 - TRAK: one checkpoint (the same trained model), its margin output and `1 - p` weights, a
   Gauss-Newton matrix in a random projection (BasicProjector, normal, CPU); `TRAK undamped`
   is its default `lambda_reg = 0`, which on one checkpoint is noise.
 - CNN (float32 influence): LiSSA (100 terms) ran over the time budget on both sides; our CG
   took about 5x pyDVL's time there for the same values (not investigated yet). TRAK's LDS is
-  above our best by 0.017, about one bootstrap sd: it uses a Gauss-Newton matrix of the
+  above our best (Nystroem, about one bootstrap sd): it uses a Gauss-Newton matrix of the
   margin in a random projection, a positive semi-definite curvature that ignores the negative
-  eigenvalues of this non-convex model's Hessian; none of our backends computes that.
+  eigenvalues of this non-convex model's Hessian. Our per-layer backends (EK-FAC, K-FAC,
+  Projected) do not close the gap either: their curvature is block-diagonal over layers (no
+  cross-layer terms) and built from a Fisher, not the margin's Gauss-Newton matrix.
+- `GN` rows (ours only): Direct, CG and Nystroem with `second_order_mode=GAUSS_NEWTON` at the
+  same regularization as the Hessian rows. That mode is pyDVL's: the mean of the per-sample
+  loss-gradient outer products (an empirical Fisher with the true labels), not TRAK's
+  `J^T diag(p(1-p)) J` of the margin; it scored below the Hessian on every case (CNN 0.40
+  against 0.51), so it does not close the gap to TRAK either.
 - Mislabelled digits are easy to find: the loss of a flipped point alone nearly separates it,
   so almost every method's detection AUC is above 0.99 and the differences in the third
   decimal are within one standard error.

@@ -3,7 +3,8 @@
 Kronfluence tracks every ``nn.Linear`` and ``nn.Conv2d`` (all the parameters of our models).
 The task: the train loss is the summed cross-entropy (Kronfluence's requirement; with
 ``sample=True`` labels drawn from the model's predictive distribution, so the factors estimate
-the true Fisher, Kronfluence's default, which for cross-entropy is the Gauss-Newton matrix);
+the true Fisher, Kronfluence's default, which for cross-entropy is the Gauss-Newton matrix;
+``EK-FAC empirical``: ``use_empirical_fisher=True``, the true labels, no sampling);
 the measurement is the summed cross-entropy of the query (test) points, so a score is
 ``grad l(test)^T (F + lambda*Id)^-1 grad l(train)`` with ``F`` the Kronecker-factored Fisher
 of the MEAN loss (Kronfluence divides its covariances by the number of examples) and
@@ -50,10 +51,13 @@ class Classification(Task):
         return F.cross_entropy(model(x), y, reduction="sum")
 
 
-def _args(strategy: str, s: dict[str, Any]) -> tuple[FactorArguments, ScoreArguments]:
+def _args(
+    strategy: str, s: dict[str, Any], empirical: bool
+) -> tuple[FactorArguments, ScoreArguments]:
     dtype = getattr(torch, s["dtype"])
     factor_args = FactorArguments(
         strategy=strategy,
+        use_empirical_fisher=empirical,
         activation_covariance_dtype=dtype,
         gradient_covariance_dtype=dtype,
         per_sample_gradient_dtype=dtype,
@@ -80,11 +84,11 @@ def _analyzer(model: torch.nn.Module, tmp: str) -> Analyzer:
     )
 
 
-def _method(strategy: str) -> common.Method:
+def _method(strategy: str, empirical: bool = False) -> common.Method:
     def compute(
         model: torch.nn.Module, train: common.Data, test: common.Data, s: dict[str, Any]
     ) -> tuple[np.ndarray, float, float]:
-        factor_args, score_args = _args(strategy, s)
+        factor_args, score_args = _args(strategy, s, empirical)
         train_ds, test_ds = TensorDataset(*train), TensorDataset(*test)
         with tempfile.TemporaryDirectory() as tmp:
             analyzer = _analyzer(model, tmp)
@@ -118,7 +122,7 @@ def _method(strategy: str) -> common.Method:
     def self_compute(
         model: torch.nn.Module, train: common.Data, detect: np.ndarray, s: dict[str, Any]
     ) -> tuple[np.ndarray, float]:
-        factor_args, score_args = _args(strategy, s)
+        factor_args, score_args = _args(strategy, s, empirical)
         train_ds = TensorDataset(*train)
 
         def run() -> Any:
@@ -150,4 +154,11 @@ def _method(strategy: str) -> common.Method:
 
 
 if __name__ == "__main__":
-    common.main("Kronfluence", {"EK-FAC": _method("ekfac"), "K-FAC": _method("kfac")})
+    common.main(
+        "Kronfluence",
+        {
+            "EK-FAC": _method("ekfac"),
+            "K-FAC": _method("kfac"),
+            "EK-FAC empirical": _method("ekfac", empirical=True),
+        },
+    )
