@@ -12,7 +12,8 @@ method in its own process (peak RSS per process), all with the same torch thread
 * ``EkfacInfluence(update_diagonal=True)``: fit and the first rows of the matrix, each part
   timed; the full matrix is extrapolated where it is too large to run here;
 * Kronfluence 1.0.1 EK-FAC pairwise scores (``.venv-kronfluence``), extrapolated from two
-  query sizes where needed; TRAK 0.3.2 at the same width (``.venv-trak``); pyDVL 0.10's
+  query sizes where needed; TRAK 0.3.2 at the same width and
+  damping (``lambda_reg = n_train * reg``, ``.venv-trak``); pyDVL 0.10's
   ``EkfacInfluence`` (refuses Conv2d) and ``CgInfluence`` on a few rows (``.venv-pydvl``).
 
 All curvature uses the empirical Fisher (true labels) and the same absolute damping ``--reg``.
@@ -55,7 +56,7 @@ VENV = {
     "trak": ROOT / ".venv-trak" / "bin" / "python",
     "pydvl": ROOT / ".venv-pydvl" / "bin" / "python",
 }
-EPOCHS = {"1e5": 3, "1e6": 2, "1e7": 1}
+EPOCHS = {"1e5": 3, "1e6": 2, "1e7": 3}
 KEEP: set[str] = set()
 """Methods whose last results (``_work/large/<method>-<size>.json``) are kept (``--keep``)."""
 
@@ -186,8 +187,10 @@ def bench_size(size: str, a: argparse.Namespace) -> dict[str, Any]:
         )
         if "times" in k:
             t = k["times"]
-            k["times"]["extrapolated_matrix"] = extrapolate(
-                t[f"scores_{r1}"], t[f"scores_{r2}"], r1, r2, a.n_test
+            ran = sorted(int(key.split("_")[1]) for key in t if key.startswith("scores_"))
+            lo, hi = ran[0], ran[-1]  # a kept result may have run other rows than r1, r2
+            t["extrapolated_matrix"] = extrapolate(
+                t[f"scores_{lo}"], t[f"scores_{hi}"], lo, hi, a.n_test
             )
         res["kronfluence"] = k
     if "trak" in a.peers and size in a.trak_sizes:
@@ -195,7 +198,7 @@ def bench_size(size: str, a: argparse.Namespace) -> dict[str, Any]:
             f"trak-{size}",
             VENV["trak"],
             "peers/trak_scores.py",
-            {**common, "rows": a.n_test, "dim": a.dim, "batch": 100},
+            {**common, "rows": a.n_test, "dim": a.dim, "reg": a.reg, "batch": 100},
             a.timeout,
         )
     if "pydvl" in a.peers and (size == "1e5" or a.quick):

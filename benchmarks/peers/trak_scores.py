@@ -1,9 +1,13 @@
 """TRAK (traker 0.3.2) scores on a ladder CNN at a given projection width (runs in .venv-trak).
 
 Usage: ``.venv-trak/bin/python benchmarks/peers/trak_scores.py '<json>'`` with keys
-``size, n_train, n_test, rows, dim, threads, batch, out``. One checkpoint, the
+``size, n_train, n_test, rows, dim, reg, threads, batch, out``. One checkpoint, the
 ``image_classification`` task (margin output function), CPU (TRAK's ``BasicProjector`` with a
-normal JL matrix; its CUDA projector needs a GPU), float32. Featurizes all train points
+normal JL matrix; its CUDA projector needs a GPU), float32. ``lambda_reg = n_train * reg``: the
+others' absolute damping ``reg`` in TRAK's scale (its ``X^T X`` sums over the train points and
+its features ``P^T g / sqrt(n_params)`` keep ``P^T P / n_params`` near the identity). TRAK's
+default ``lambda_reg = 0`` inverts a singular ``X^T X`` whenever ``n_train < dim`` (rank at
+most ``n_train``), and its scores are then noise. Featurizes all train points
 (``featurize``, including ``finalize_features``), then scores the first ``rows`` test points
 (``score``). Writes timings and peak RSS to ``out`` and the ``(rows, n_train)`` scores next to it.
 """
@@ -41,6 +45,7 @@ def main() -> None:
             device="cpu",
             proj_dim=args["dim"],
             use_half_precision=False,
+            lambda_reg=len(x) * args["reg"],
         )
         with timer("featurize"):
             traker.load_checkpoint(model.state_dict(), model_id=0)
