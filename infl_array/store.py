@@ -159,6 +159,7 @@ class InfluenceStore:
         storage_options: Mapping[str, Any] | None = None,
     ) -> InfluenceStore:
         """Open an existing store; clear errors for anything that is not one."""
+        _check_storage_options(storage_options)
         where = describe_store(store)
         path = local_path(store)
         if path is not None:
@@ -342,6 +343,14 @@ def local_path(store: Any) -> Path | None:
     return None
 
 
+def _check_storage_options(storage_options: Any) -> None:
+    if storage_options is not None and not isinstance(storage_options, Mapping):
+        raise TypeError(
+            "storage_options must be a dict of fsspec options (e.g. {'endpoint_url': ...}); "
+            f"got {type(storage_options).__name__} {storage_options!r}."
+        )
+
+
 def _zarr_store(
     store: Any, *, read_only: bool = False, storage_options: Mapping[str, Any] | None = None
 ) -> Any:
@@ -353,6 +362,7 @@ def _zarr_store(
     renames it, which is atomic. Other URLs with ``storage_options`` become an fsspec store
     built with those options.
     """
+    _check_storage_options(storage_options)
     if storage_options and not _is_url(store):
         raise TypeError(
             f"storage_options apply to URL stores (s3://, gs://, ...); got them with "

@@ -285,3 +285,19 @@ def test_s3_store_with_storage_options(tmp_path: Path, s3_server: dict[str, Any]
     # a fresh handle reading a few rows computes nothing and reads the right blocks
     np.testing.assert_array_equal(ia.open(url, storage_options=s3_server)[5:15, ::7],
                                   expected[5:15, ::7])  # fmt: skip
+
+
+def test_storage_options_bad_input_is_named(tmp_path: Path) -> None:
+    fn = SlowLoggedFn(str(tmp_path / "log"))
+    with pytest.raises(TypeError, match="storage_options must be a dict"):
+        ia.open("memory://infl/bad", storage_options="anon")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="storage_options must be a dict"):
+        ia.InfluenceArray.from_function(
+            "memory://infl/bad", fn, shape=(4, 4), block_shape=(2, 2),
+            storage_options=[("anon", True)],  # type: ignore[arg-type]
+        )  # fmt: skip
+    with pytest.raises(TypeError, match="apply to URL stores"):
+        ia.InfluenceArray.from_function(
+            tmp_path / "local", fn, shape=(4, 4), block_shape=(2, 2), storage_options={"anon": 1}
+        )
+    assert not (tmp_path / "local").exists()
