@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -193,9 +194,11 @@ def s3_operations(path: Path, n_rows: int, block: tuple[int, int]) -> dict[str, 
     import infl_array as ia
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    with socket.socket() as probe:  # a free port (moto does not say which port=0 chose)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
-    port = server._server.server_port  # moto gives no public accessor
     opts = {"endpoint_url": f"http://127.0.0.1:{port}", "key": "k", "secret": "s"}
     s3fs.S3FileSystem(**opts).mkdir("bench")
     counts: Counter[str] = Counter()
