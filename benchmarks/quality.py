@@ -50,6 +50,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
 import quality_cases as qc  # noqa: E402
+import quality_damping as damping  # noqa: E402
 import quality_report as report  # noqa: E402
 
 from infl_array.quality import detection_auc, lds_bootstrap, loo_correlation  # noqa: E402
@@ -91,16 +92,20 @@ def lissa_scale(top_eigenvalue: float) -> float:
     return float(np.ceil(raw / step) * step)
 
 
-def settings_for(case: qc.Case, meta: dict[str, Any]) -> dict[str, Any]:
-    """What every method of a case gets (ours and the peers alike)."""
+def settings_for(
+    case: qc.Case, meta: dict[str, Any], regularization: float | None = None
+) -> dict[str, Any]:
+    """What every method of a case gets (ours and the peers alike); ``regularization``
+    replaces the case's damping (the damping sweep)."""
     top = max(meta[w]["hessian_eig_min_max"][1] for w in ("clean", "noisy"))
     n_params = meta["n_params"]
+    reg = case.regularization if regularization is None else regularization
     return {
-        "regularization": case.regularization,
+        "regularization": reg,
         "dtype": case.dtype,
         "rank": RANK,
         "lissa_maxiter": LISSA_MAXITER,
-        "lissa_scale": lissa_scale(top + case.regularization),
+        "lissa_scale": lissa_scale(top + reg),
         "projection_dim": PROJECTION_DIM,
         # TRAK's X^T X is singular when the projection is wider than the gradient
         "trak_proj_dim": int(min(2048, 2 ** int(np.log2(n_params)))),
@@ -285,8 +290,20 @@ def run_case(case: qc.Case, args: argparse.Namespace, log: Any) -> dict[str, Any
         if direct is not None and "scores" in row:
             row["corr_direct"] = report.row_correlation(row["scores"], direct)
         row.pop("scores", None)
+    sweep = None
+    if case.name in args.sweep:
+
+        def run_at(s: dict[str, Any], peer: str, label: str) -> dict[str, Any]:
+            out = result_folders(case, s, fresh=False)["ours" if peer == "ours" else "peers"]
+            return run_method(case, s, peer, label, out, args.budget, log)
+
+        def with_damping(d: float) -> dict[str, Any]:
+            return settings_for(case, meta, regularization=d)
+
+        sweep = damping.sweep_case(settings, data, run_at, with_damping, log)
     return {
         "case": case.name,
+        "sweep": sweep,
         "meta": meta,
         "settings": settings,
         "n_subsets": n_subsets,
@@ -311,8 +328,17 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=600.0, help="seconds per method")
     parser.add_argument("--fresh", action="store_true", help="recompute cached method results")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument(
+        "--sweep",
+        default=",".join(qc.CASES),
+        help="cases whose fast methods also run over a grid of dampings ('' for none)",
+    )
     args = parser.parse_args()
     args.subsets = subsets_per_case(args.subsets)
+    args.sweep = [c for c in args.sweep.split(",") if c]
+    unknown_sweep = [c for c in args.sweep if c not in qc.CASES]
+    if unknown_sweep:
+        raise SystemExit(f"--sweep: unknown {unknown_sweep}; known: {', '.join(qc.CASES)}")
     unknown = [c for c in args.cases.split(",") if c not in qc.CASES]
     if unknown:
         raise SystemExit(f"--cases: unknown {unknown}; known: {', '.join(qc.CASES)}")

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import numpy as np
+import quality_damping as damping
 
 SECTION = "## Attribution quality (issue 12)"
 SAME_METHOD_TOLERANCE = 0.02
@@ -124,6 +125,8 @@ def targets(results: list[dict[str, Any]]) -> str:
                     f"- {case}: ours {label} LDS {mine['lds']:.3f} vs {name} {theirs['lds']:.3f}:"
                     f" difference {diff:+.3f}, {ok} {SAME_METHOD_TOLERANCE}"
                 )
+        if result.get("sweep"):
+            lines.append(damping.sweep_target(case, result["sweep"]))
     return "\n".join(lines)
 
 
@@ -153,6 +156,16 @@ def section(results: list[dict[str, Any]], command: str, machine: str, wall: flo
     ]
     for result in results:
         parts += [_describe(result), "", case_table(result), ""]
+        if result.get("sweep"):
+            parts += [
+                f"Damping sweep ({result['case']}): LDS at each damping (all test points; bold: "
+                "the best), the damping chosen on each half of the test points, and the "
+                "held-out LDS (each half scored at the damping chosen on the other; see "
+                "`benchmarks/quality_damping.py`).",
+                "",
+                damping.sweep_table(result["sweep"]),
+                "",
+            ]
     parts += ["### Targets", "", targets(results), "", notes(results), ""]
     return "\n".join(parts)
 
