@@ -21,8 +21,8 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.utils.data import DataLoader, TensorDataset
 
-from infl_array.torch import EkfacInfluence, MemoryBudgetError
-from infl_array.torch.kronecker import KroneckerCurvature
+from infl_array.torch import EkfacInfluence, MemoryBudgetError, kronecker
+from infl_array.torch.kronecker import KroneckerCurvature, eigh
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -346,3 +346,25 @@ def test_values_are_helpful_positive(setup: dict[str, Any]) -> None:
     model, train = setup["model"], setup["train"]
     infl = EkfacInfluence(model, CE, REG, update_diagonal=True).fit(train)
     assert np.all(infl.influences(*train, *train).diagonal().numpy() > 0)
+
+
+@pytest.mark.parametrize("serial_max", [None, 4])
+def test_eigh_is_torch_eigh_and_keeps_the_thread_count(
+    serial_max: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The factor eigensolver: torch's decomposition, the caller's thread count restored, on
+    one thread (default limit) or on the caller's threads (order above the limit)."""
+    if serial_max is not None:
+        monkeypatch.setattr(kronecker, "SERIAL_EIGH_MAX", serial_max)
+    order = 5
+    torch.manual_seed(0)
+    x = torch.randn(order + 3, order, dtype=torch.float64)
+    m = x.T @ x
+    torch.set_num_threads(2)  # the fixture restores the count it found
+    values, vectors = eigh(m)
+    assert torch.get_num_threads() == 2
+    torch.testing.assert_close(values, torch.linalg.eigh(m)[0])
+    torch.testing.assert_close(vectors * values @ vectors.T, m)
+    with pytest.raises(RuntimeError):  # an error inside leaves the count as it was
+        eigh(torch.ones(order, order + 1, dtype=torch.float64))
+    assert torch.get_num_threads() == 2

@@ -14,6 +14,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from infl_array.torch import EkfacInfluence, MemoryBudgetError
+from infl_array.torch._functional import check_finite
 from infl_array.torch.layers import (
     LayerSpec,
     capture,
@@ -123,6 +124,29 @@ def test_capture_records_positions_and_calls() -> None:
     torch.testing.assert_close(
         by_name["c3"].projected_activations(proj), by_name["c3"].activations() @ proj.T
     )
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.Conv2d(2, 3, (2, 3), stride=(2, 1), padding=(1, 0), dilation=(1, 2), bias=False),
+        nn.Conv2d(2, 2, 3, padding="same", padding_mode="reflect", dilation=2),
+        nn.Conv2d(2, 3, (3, 1), padding=(1, 2), padding_mode="circular", stride=3),
+    ],
+)
+def test_conv_activations_are_unfold_patches(conv: nn.Conv2d) -> None:
+    """The strided-view patches equal F.unfold's columns exactly, then the bias's 1."""
+    torch.manual_seed(0)
+    spec = find_layers(conv.double())[0][0]
+    x = torch.randn(3, conv.in_channels, 7, 9, dtype=torch.float64)
+    xp, pad = spec._padded(x)
+    cols = F.unfold(xp, conv.kernel_size, conv.dilation, pad, conv.stride).transpose(1, 2)
+    acts = spec.activations(x)
+    assert acts.shape == (*cols.shape[:2], spec.width_in)
+    assert torch.equal(acts[..., : spec.d_in], cols)
+    if spec.has_bias:
+        assert torch.equal(acts[..., spec.d_in], torch.ones(cols.shape[:2], dtype=x.dtype))
 
 
 def test_capture_at_given_parameters() -> None:
@@ -280,3 +304,22 @@ def test_memory_budget_helpers() -> None:
     ]
     with pytest.raises(MemoryBudgetError, match="for one sample"):
         list(sample_chunks(10, 100, 50, "the gradients"))
+
+
+@pytest.mark.parametrize(
+    ("values", "bad"),
+    [
+        ([1.0, -2.0, 3.0], 0),
+        ([3e38, 3e38, -1.0], 0),  # the sum overflows, the entries are finite
+        ([1.0, float("nan"), 2.0], 1),
+        ([float("inf"), 1.0, float("-inf")], 2),  # inf - inf: a NaN sum
+        ([float("-inf"), 1.0, 2.0], 1),
+    ],
+)
+def test_check_finite(values: list[float], bad: int) -> None:
+    t = torch.tensor(values, dtype=torch.float32).repeat(4, 1)
+    if bad:
+        with pytest.raises(FloatingPointError, match=f"{4 * bad} non-finite"):
+            check_finite(t, "the block")
+    else:
+        assert check_finite(t, "the block") is t
