@@ -8,11 +8,10 @@ Hessian), so one shared value can favour one method over another. Here each meth
 ``lambda`` (the same grid for everyone, peers given it in their own scale as in the main
 tables), and its damping is chosen on held-out test points:
 
-* the test points are split in two halves (even and odd positions);
-* on each half, the damping with the best mean LDS on that half is chosen, and the method is
-  scored by its LDS on the *other* half at that damping (two-fold cross-fitting);
-* the held-out LDS is the mean of the two (every test point is scored once, by a damping that
-  was not chosen on it), so picking the best of five dampings does not inflate it.
+:func:`infl_array.quality.held_out_choice`: the damping chosen on the even test positions is
+scored on the odd ones and the other way round; the held-out LDS is the mean of the two (every
+test point is scored by a damping that was not chosen on it), so picking the best of five
+dampings does not inflate it.
 
 Runs go through ``benchmarks/quality.py``'s ``run_method`` (fresh processes, same workers,
 cached per settings, so the damping that equals the case's reuses the main table's runs).
@@ -25,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from infl_array.quality import lds_per_test
+from infl_array.quality import held_out_choice
 
 GRID_FACTORS = (0.1, 0.3, 1.0, 3.0, 10.0)
 """Dampings of the sweep, as multiples of the case's ``regularization``."""
@@ -44,38 +43,6 @@ SWEEP_METHODS = [
 
 Run = Callable[[dict[str, Any], str, str], dict[str, Any]]
 """``run(settings, peer, label) -> result`` (``scores`` or ``skipped``)."""
-
-
-def halves(n_test: int) -> tuple[np.ndarray, np.ndarray]:
-    """Even and odd test positions: the two folds of the damping choice."""
-    idx = np.arange(n_test)
-    return idx[0::2], idx[1::2]
-
-
-def held_out_choice(per_test: dict[float, np.ndarray]) -> dict[str, Any]:
-    """The cross-fitted choice of damping from each damping's per-test-point LDS.
-
-    Parameters
-    ----------
-    per_test : dict
-        ``damping -> (n_test,)`` LDS of each test point (NaN where undefined).
-
-    Returns
-    -------
-    dict
-        ``chosen``: the damping chosen on each half (first, second); ``held_out``: the mean of
-        the LDS of each half at the damping chosen on the other; ``best_all``: the damping
-        with the best LDS on all test points (for reading the table, not for comparing).
-    """
-    n_test = len(next(iter(per_test.values())))
-    folds = halves(n_test)
-    chosen, scored = [], []
-    for fit, score in (folds, folds[::-1]):
-        best = max(per_test, key=lambda d: np.nanmean(per_test[d][fit]))
-        chosen.append(best)
-        scored.append(float(np.nanmean(per_test[best][score])))
-    best_all = max(per_test, key=lambda d: np.nanmean(per_test[d]))
-    return {"chosen": chosen, "held_out": float(np.mean(scored)), "best_all": best_all}
 
 
 def sweep_case(
@@ -101,25 +68,22 @@ def sweep_case(
     dampings = [float(f"{base['regularization'] * f:.3g}") for f in GRID_FACTORS]
     rows: dict[str, Any] = {}
     for peer, label in SWEEP_METHODS:
-        per_test: dict[float, np.ndarray] = {}
+        scores: dict[float, np.ndarray] = {}
         notes = {}
         for damping in dampings:
             result = run(with_settings(damping), peer, label)
             if "skipped" in result:
                 notes[damping] = str(result["skipped"])
-                continue
-            per_test[damping] = lds_per_test(result["scores"], data["subsets"], data["outputs"])
-        row: dict[str, Any] = {
-            "lds": {d: float(np.nanmean(v)) for d, v in per_test.items()},
-            "skipped": notes,
-        }
-        if per_test:
-            row.update(held_out_choice(per_test))
+            else:
+                scores[damping] = result["scores"]
+        row: dict[str, Any] = {"lds": {}, "skipped": notes}
+        if scores:
+            choice = held_out_choice(scores, data["subsets"], data["outputs"])
+            row.update(lds=choice.lds, chosen=list(choice.chosen), held_out=choice.held_out)
+            row["best_all"] = max(choice.lds, key=choice.lds.__getitem__)
         rows[f"{peer} {label}"] = row
-        log(
-            f"  sweep {peer} {label}: "
-            + ", ".join(f"{d:g}: {v:.3f}" for d, v in row["lds"].items())
-        )
+        done = ", ".join(f"{d:g}: {v:.3f}" for d, v in row["lds"].items())
+        log(f"  sweep {peer} {label}: {done}")
     return {"dampings": dampings, "rows": rows}
 
 

@@ -20,6 +20,9 @@ an output where lower is better (the loss itself), negate it first.
   Spearman rank correlation over subsets between ``g_i`` and ``f_i``; :func:`lds` is its mean
   over test points (:func:`lds_per_test` gives each, :func:`lds_bootstrap` the spread over
   resampled subsets).
+* :func:`held_out_choice`: picks among candidate attributions (the same method at several
+  dampings, say) by LDS without the optimism of picking on the points that score it: chosen on
+  one half of the test points, scored on the other, and the other way round.
 * :func:`loo_correlation`: removing train point ``j`` changes output ``f_i`` by about
   ``-scores[i, j] / n_train`` (removing a helpful point makes the model worse), so the
   prediction of each leave-one-out change is ``-scores[i, j]``; Pearson and Spearman
@@ -34,6 +37,7 @@ results say how many were used); when none is defined a ``ValueError`` is raised
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,8 +56,10 @@ from infl_array.quality_stats import (
 )
 
 __all__ = [
+    "HeldOutChoice",
     "LooCorrelation",
     "detection_auc",
+    "held_out_choice",
     "lds",
     "lds_bootstrap",
     "lds_per_test",
@@ -218,6 +224,92 @@ def lds_bootstrap(
         finite = per[np.isfinite(per)]
         boots[b] = finite.mean() if finite.size else np.nan
     return value, float(np.nanstd(boots, ddof=1))
+
+
+@dataclass(frozen=True)
+class HeldOutChoice:
+    """The result of :func:`held_out_choice`.
+
+    Attributes
+    ----------
+    chosen : tuple
+        The candidate chosen on the even test positions, then the one chosen on the odd ones.
+    held_out : float
+        Mean of the LDS of each half at the candidate chosen on the other half: an estimate of
+        the LDS of the selection procedure, not inflated by the choice.
+    lds : dict
+        Each candidate's LDS on all test points (for reading, not for choosing).
+    """
+
+    chosen: tuple[Hashable, Hashable]
+    held_out: float
+    lds: dict[Hashable, float]
+
+
+def held_out_choice(
+    candidates: Mapping[Hashable, Any], subsets: Any, outputs: Any
+) -> HeldOutChoice:
+    """Choose among candidate attributions by LDS on held-out test points (two-fold).
+
+    Picking the best of several dampings (or methods) by their LDS on the same test points
+    overstates what the pick achieves. Here the test points are split into the even and odd
+    positions; the candidate with the best mean LDS on one half is scored on the other half,
+    and the two held-out scores are averaged, so every test point is scored by a choice that
+    was not made on it.
+
+    Parameters
+    ----------
+    candidates : mapping
+        ``key -> scores``, each ``(n_test, n_train)`` as for :func:`lds` (the same shape);
+        keys are, for example, the dampings.
+    subsets, outputs
+        As for :func:`lds`; at least 2 test points.
+
+    Returns
+    -------
+    HeldOutChoice
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> truth = rng.normal(size=(6, 30))
+    >>> masks = rng.random((40, 30)) < 0.5
+    >>> outputs = masks @ truth.T
+    >>> noisy = {0.1: truth + 3 * rng.normal(size=truth.shape), 1.0: truth}
+    >>> choice = held_out_choice(noisy, masks, outputs)
+    >>> choice.chosen, round(choice.held_out, 3)
+    ((1.0, 1.0), 1.0)
+    """
+    if not isinstance(candidates, Mapping) or not candidates:
+        raise ValueError(
+            "candidates must be a non-empty mapping key -> scores (for example "
+            f"{{damping: scores}}), got {type(candidates).__name__}."
+        )
+    per_test = {key: lds_per_test(s, subsets, outputs) for key, s in candidates.items()}
+    sizes = {len(v) for v in per_test.values()}
+    if len(sizes) != 1 or min(sizes) < 2:
+        raise ValueError(
+            "every candidate must score the same test points, at least 2 of them; got "
+            f"{sorted(sizes)} test points; pass score matrices of one shape."
+        )
+    positions = np.arange(sizes.pop())
+    folds = (positions[0::2], positions[1::2])
+    chosen, scored = [], []
+    for fit, held in (folds, folds[::-1]):
+        best = max(per_test, key=lambda k: _nanmean(per_test[k][fit]))
+        chosen.append(best)
+        scored.append(_nanmean(per_test[best][held]))
+    return HeldOutChoice(
+        chosen=(chosen[0], chosen[1]),
+        held_out=float(np.mean(scored)),
+        lds={k: defined_mean(v, "LDS") for k, v in per_test.items()},
+    )
+
+
+def _nanmean(values: np.ndarray) -> float:
+    """Mean of the defined values; -inf when none is (never chosen, never scores)."""
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else -np.inf
 
 
 # ---------------------------------------------------------------------------------- LOO

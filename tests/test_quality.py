@@ -14,6 +14,7 @@ import infl_array as ia
 from infl_array.quality import (
     LooCorrelation,
     detection_auc,
+    held_out_choice,
     lds,
     lds_bootstrap,
     lds_per_test,
@@ -284,3 +285,49 @@ def test_importing_quality_does_not_import_torch():
     code = "import sys, infl_array.quality; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# ------------------------------------------------------------------------ held-out choice
+def _retrained(truth: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    masks = rng.random((40, truth.shape[1])) < 0.5
+    return masks, masks @ truth.T
+
+
+def test_held_out_choice_picks_the_candidate_that_predicts_retraining() -> None:
+    rng = np.random.default_rng(0)
+    truth = rng.normal(size=(8, 30))
+    masks, outputs = _retrained(truth, 1)
+    noisy = truth + 3 * rng.normal(size=truth.shape)
+    choice = held_out_choice({0.1: noisy, 1.0: truth}, masks, outputs)
+    assert choice.chosen == (1.0, 1.0)
+    assert choice.held_out == pytest.approx(1.0)
+    assert choice.lds[1.0] == pytest.approx(1.0)
+    assert choice.lds[0.1] == pytest.approx(lds(noisy, masks, outputs))
+
+
+def test_held_out_choice_is_not_inflated_by_choosing() -> None:
+    # each candidate is right on one half of the test points only: choosing on one half and
+    # scoring on the other must not credit either with its good half
+    rng = np.random.default_rng(2)
+    truth = rng.normal(size=(10, 30))
+    masks, outputs = _retrained(truth, 3)
+    even, odd = truth.copy(), truth.copy()
+    even[1::2] = rng.normal(size=even[1::2].shape)
+    odd[0::2] = rng.normal(size=odd[0::2].shape)
+    choice = held_out_choice({"even": even, "odd": odd}, masks, outputs)
+    assert choice.chosen == ("even", "odd")
+    best_in_sample = max(choice.lds.values())
+    assert best_in_sample > 0.5
+    assert choice.held_out < best_in_sample - 0.3
+
+
+def test_held_out_choice_refuses_bad_candidates() -> None:
+    masks, outputs = _retrained(np.ones((4, 10)), 0)
+    with pytest.raises(ValueError, match="non-empty mapping"):
+        held_out_choice({}, masks, outputs)
+    with pytest.raises(ValueError, match="non-empty mapping"):
+        held_out_choice([np.ones((4, 10))], masks, outputs)  # type: ignore[arg-type]
+    one_point_masks, one_point_outputs = _retrained(np.ones((1, 10)), 0)
+    with pytest.raises(ValueError, match="at least 2"):
+        held_out_choice({0: np.arange(10.0)[None]}, one_point_masks, one_point_outputs)
