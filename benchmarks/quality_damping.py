@@ -80,7 +80,6 @@ def sweep_case(
         if scores:
             choice = held_out_choice(scores, data["subsets"], data["outputs"])
             row.update(lds=choice.lds, chosen=list(choice.chosen), held_out=choice.held_out)
-            row["best_all"] = max(choice.lds, key=choice.lds.__getitem__)
         rows[f"{peer} {label}"] = row
         done = ", ".join(f"{d:g}: {v:.3f}" for d, v in row["lds"].items())
         log(f"  sweep {peer} {label}: {done}")
@@ -96,11 +95,12 @@ def sweep_table(sweep: dict[str, Any]) -> str:
         "|---|" + "---:|" * (len(dampings) + 2),
     ]
     for name, row in sweep["rows"].items():
+        best = max(row["lds"], key=row["lds"].__getitem__, default=None)
         cells = []
         for d in dampings:
             if d in row["lds"]:
                 value = f"{row['lds'][d]:.3f}"
-                cells.append(f"**{value}**" if d == row.get("best_all") else value)
+                cells.append(f"**{value}**" if d == best else value)
             else:
                 cells.append("skipped")
         if "held_out" in row:
