@@ -113,7 +113,13 @@ def run(name: str, python: Path | str, script: str, args: dict[str, Any], timeou
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
+        error = f"timed out after {timeout:.0f} s"
+        if out.exists():  # a worker that writes its timings as it goes: what it finished
+            partial = read_result(out)
+            done = ", ".join(f"{k} {v:.0f} s" for k, v in partial["times"].items())
+            error += f" (finished: {done})"
+            return {**partial, "error": error}
+        return {"error": error}
     wall = time.perf_counter() - start
     if proc.returncode != 0 or not out.exists():
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
@@ -132,11 +138,22 @@ def read_result(out: Path) -> dict[str, Any]:
     return result
 
 
-def rows_for(size: str, n_test: int, quick: bool) -> tuple[int, int]:
-    """EK-FAC / Kronfluence query rows (two sizes for extrapolation) where the whole is too big."""
+QUERY_BATCH = 64  # Kronfluence's per_device_query_batch_size: test points per train pass
+
+
+def rows_for(size: str, n_test: int, quick: bool) -> int:
+    """EkfacInfluence's test rows where the whole is too big (its script extrapolates)."""
     if quick or size == "1e5":
-        return n_test, n_test
-    return (50, 100) if size == "1e6" else (10, 20)
+        return n_test
+    return 100 if size == "1e6" else 20
+
+
+def kronfluence_rows(size: str, n_test: int, quick: bool) -> list[int]:
+    """Kronfluence's query rows: all, else whole query batches (each one pass over the train
+    data), so that extrapolating linearly in rows counts passes, neither more nor fewer."""
+    if quick or size == "1e5" or n_test <= 2 * QUERY_BATCH:
+        return [n_test]
+    return [QUERY_BATCH] if size == "1e7" else [QUERY_BATCH, 2 * QUERY_BATCH]
 
 
 def extrapolate(t1: float, t2: float, r1: int, r2: int, n: int) -> float:
@@ -148,7 +165,7 @@ def extrapolate(t1: float, t2: float, r1: int, r2: int, n: int) -> float:
 
 def bench_size(size: str, a: argparse.Namespace) -> dict[str, Any]:
     common = {"size": size, "n_train": a.n_train, "n_test": a.n_test, "threads": a.threads}
-    r1, r2 = rows_for(size, a.n_test, a.quick)
+    r2 = rows_for(size, a.n_test, a.quick)
     res: dict[str, Any] = {}
     res["floor"] = run(
         f"floor-{size}",
@@ -178,14 +195,15 @@ def bench_size(size: str, a: argparse.Namespace) -> dict[str, Any]:
             "peers/kronfluence_ekfac.py",
             {
                 **common,
-                "rows": sorted({r1, r2}),
+                "rows": kronfluence_rows(size, a.n_test, a.quick),
                 "damping": a.reg,
                 "empirical": True,
                 "batch": 32 if size == "1e7" else 128,
+                "query_batch": QUERY_BATCH,
             },
             a.timeout,
         )
-        if "times" in k:
+        if "times" in k and "error" not in k:
             t = k["times"]
             ran = sorted(int(key.split("_")[1]) for key in t if key.startswith("scores_"))
             lo, hi = ran[0], ran[-1]  # a kept result may have run other rows than r1, r2

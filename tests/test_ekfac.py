@@ -199,6 +199,29 @@ def test_factor_layout(setup: dict[str, Any]) -> None:
     assert mixed.dtype == torch.float64 and rel(mixed, expected) < 1e-6
 
 
+@pytest.mark.parametrize("budget", [10**8, 400, 192])
+def test_compact_product_both_orientations_in_chunks(budget: int) -> None:
+    # Linear(3, 10): d_out 10 > width_in 4 (contracts over g); Linear(10, 3): width_in 11 >
+    # d_out 3 (contracts over a); small budgets split the train rows into chunks of 1-2
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(3, 10), nn.Tanh(), nn.Linear(10, 3)).double()
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(30, 3, generator=g, dtype=torch.float64)
+    train = (x, (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long())
+    test = (train[0][:6], train[1][:6])
+    infl = EkfacInfluence(
+        model, CE, REG, update_diagonal=True, fisher_type="empirical", memory_budget=10**8
+    ).fit(train)
+    assert infl.train_factor_width == (10 + 4) + (3 + 11)
+    test_f, train_f = infl.test_factors(*test), infl.train_factors(*train)
+    infl.memory_budget = budget
+    expected = reference_influence(model, train, test, "empirical", True)
+    assert rel(infl.factor_product(test_f, train_f), expected) < 1e-10
+    infl.memory_budget = 6 * 4 * 8 - 1  # one train row of layer 0: 6 test rows x 4 (shorter side)
+    with pytest.raises(MemoryBudgetError, match=r"one train row of layer '0' against 6 test rows"):
+        infl.factor_product(test_f, train_f)
+
+
 def test_kronecker_inverse_matches_explicit() -> None:
     gen = torch.Generator().manual_seed(3)
     acts = torch.randn(9, 4, 5, generator=gen, dtype=torch.float64)  # 9 samples, 4 positions

@@ -1,10 +1,13 @@
 """Kronfluence 1.0.1 EK-FAC pairwise scores on a ladder CNN (runs in .venv-kronfluence).
 
 Usage: ``.venv-kronfluence/bin/python benchmarks/peers/kronfluence_ekfac.py '<json>'`` with
-keys ``size, n_train, n_test, rows, damping, empirical, threads, batch, out``. Fits all EK-FAC
-factors on the train data (timed as ``fit``), then, for each ``r`` in the list ``rows``, the
-pairwise scores of the first ``r`` test points against all train points (``scores_<r>``; two
-sizes let the driver extrapolate linearly in the number of test points). ``damping`` is
+keys ``size, n_train, n_test, rows, damping, empirical, threads, batch, query_batch, out``.
+Fits all EK-FAC factors on the train data (timed as ``fit``), then, for each ``r`` in the list
+``rows``, the pairwise scores of the first ``r`` test points against all train points
+(``scores_<r>``), ``query_batch`` test points per pass over the train data (Kronfluence's
+``per_device_query_batch_size``): the driver extrapolates linearly in the number of test points,
+so ``rows`` are whole passes. The timings so far are written after every phase, so a run cut
+off by the driver's timeout still reports its fit. ``damping`` is
 Kronfluence's absolute ``damping_factor`` (None: its heuristic 0.1 x mean eigenvalue);
 ``empirical`` uses the true labels for the curvature (``use_empirical_fisher``), else sampled
 labels (its default).
@@ -69,6 +72,7 @@ def main() -> None:
                 factor_args=factor_args,
                 overwrite_output_dir=True,
             )
+        write_result(args["out"], {"times": timer.times, "rows": [], "partial": True}, None)
         for r in args["rows"]:
             query = TensorDataset(data["x_test"][:r], data["y_test"][:r])
             with timer(f"scores_{r}"):
@@ -77,12 +81,14 @@ def main() -> None:
                     "ekfac",
                     query,
                     train,
-                    per_device_query_batch_size=min(r, 64),
+                    per_device_query_batch_size=min(r, args.get("query_batch", 64)),
                     per_device_train_batch_size=args["batch"],
                     dataloader_kwargs=loader,
                     score_args=ScoreArguments(damping_factor=args["damping"]),
                     overwrite_output_dir=True,
                 )
+            done = [q for q in args["rows"] if f"scores_{q}" in timer.times]
+            write_result(args["out"], {"times": timer.times, "rows": done, "partial": True}, None)
         scores = analyzer.load_pairwise_scores(f"pairs_{r}")["all_modules"].numpy()
     write_result(args["out"], {"times": timer.times, "rows": args["rows"]}, scores)
 

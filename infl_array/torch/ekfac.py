@@ -280,9 +280,11 @@ class EkfacInfluence(LayerwiseInfluence):
     def factor_product(self, test_f: torch.Tensor, train_f: torch.Tensor) -> torch.Tensor:
         """The influence block of test factors against train factors, ``(n_test, n_train)``.
 
-        A compact layer's rotated train gradients (outer products of its two parts) are formed
-        in chunks of train rows that fit the memory budget; the block costs
-        ``n_test * n_train * n_params`` multiply-adds, as a product of full gradients would.
+        A compact layer's rotated train gradients ``g a^T`` are never formed: the test columns,
+        as ``(n_test, d_out, width_in)`` matrices, are multiplied by the train rows' longer
+        part in one matrix product, then contracted with the other part (see
+        :meth:`_compact_product`). The block costs ``n_test * n_train * n_params``
+        multiply-adds, as a product of full gradients would, at matrix-product speed.
 
         Parameters
         ----------
@@ -302,14 +304,36 @@ class EkfacInfluence(LayerwiseInfluence):
             if not self._compact[i]:
                 out.addmm_(test, train.T)
                 continue
-            g, a = self._split_compact(i, train)
-            per_row = 2 * test.shape[1] * test.element_size()
-            check_budget(per_row, self.memory_budget, "one train gradient", "raise memory_budget.")
-            step = max(1, self.memory_budget // per_row)
-            for c in range(0, g.shape[0], step):
-                grads = (g[c : c + step, :, None] * a[c : c + step, None, :]).flatten(1)
-                out[:, c : c + step].addmm_(test, grads.T)
+            self._compact_product(i, test, train, out)
         return out
+
+    def _compact_product(
+        self, i: int, test: torch.Tensor, train: torch.Tensor, out: torch.Tensor
+    ) -> None:
+        """Add a compact layer's influences to ``out``: ``sum_oi T[t,o,i] g[r,o] a[r,i]``.
+
+        The contraction over the longer side (``a``'s ``width_in`` or ``g``'s ``d_out``) is a
+        matrix product whose intermediate, ``(n_test, shorter side, train chunk)``, is kept
+        within the memory budget by chunking the train rows.
+        """
+        g, a = self._split_compact(i, train)
+        d_out, width_in = g.shape[1], a.shape[1]
+        t = test.reshape(test.shape[0], d_out, width_in)
+        if width_in >= d_out:
+            long, short = a, g  # (n_test, d_out, c) = T @ a^T, then . g
+        else:
+            long, short, t = g, a, t.transpose(1, 2)  # (n_test, width_in, c) = T^T @ g^T, . a
+        per_row = t.shape[0] * t.shape[1] * test.element_size()
+        check_budget(
+            per_row,
+            self.memory_budget,
+            f"one train row of layer {self.layers[i].name!r} against {t.shape[0]} test rows",
+            "raise memory_budget or pass fewer test rows at a time.",
+        )
+        step = max(1, self.memory_budget // per_row)
+        for c in range(0, g.shape[0], step):
+            partial = torch.matmul(t, long[c : c + step].T)  # (n_test, short, chunk)
+            out[:, c : c + step] += torch.einsum("tsc,cs->tc", partial, short[c : c + step])
 
     def factor_diagonal(self, test_f: torch.Tensor, train_f: torch.Tensor) -> torch.Tensor:
         """Row-wise influences of ``test_f[k]`` against ``train_f[k]`` (self-influence), ``(n,)``.
