@@ -41,7 +41,7 @@ GN = "gauss_newton"
 # the same as the peers get. Add a backend: one line.
 OURS: list[tuple[str, str, Settings]] = [
     ("Direct", "DirectInfluence", lambda s: {}),
-    ("CG", "CgInfluence", lambda s: {}),
+    ("CG", "CgInfluence", lambda s: {"solve_simultaneously": True}),  # block CG, as pyDVL's
     (
         "LiSSA",
         "LissaInfluence",
@@ -61,7 +61,7 @@ OURS: list[tuple[str, str, Settings]] = [
     # the same with the Gauss-Newton matrix of the loss in place of its Hessian (as TRAK's
     # curvature is positive semi-definite), at the same regularization
     ("Direct GN", "DirectInfluence", lambda s: {"second_order_mode": GN}),
-    ("CG GN", "CgInfluence", lambda s: {"second_order_mode": GN}),
+    ("CG GN", "CgInfluence", lambda s: {"solve_simultaneously": True, "second_order_mode": GN}),
     (
         "Nystroem GN",
         "NystroemSketchInfluence",

@@ -62,9 +62,18 @@ def _residuals(p: dict[str, Any], factors: torch.Tensor, structure: Any) -> list
 
 @pytest.mark.parametrize(("rtol", "atol"), [(1e-4, 1e-6), (1e-3, 1e-7), (1e-5, 1e-2)])
 @pytest.mark.parametrize("structure", ["full", "layer_wise"])
-def test_pydvl_rule_every_system_stops_below_its_tolerance(mlp, rtol, atol, structure):
+@pytest.mark.parametrize("simultaneous", [False, True], ids=["per-column", "block-cg"])
+def test_pydvl_rule_every_system_stops_below_its_tolerance(
+    mlp, rtol, atol, structure, simultaneous
+):
     inf = CgInfluence(
-        mlp["model"], F.cross_entropy, LAM, rtol, atol, block_structure=BlockMode(structure)
+        mlp["model"],
+        F.cross_entropy,
+        LAM,
+        rtol,
+        atol,
+        solve_simultaneously=simultaneous,
+        block_structure=BlockMode(structure),
     ).fit(mlp["train"])
     factors = inf.test_factors(*mlp["test"])
     for res, bnorm in _residuals(mlp, factors, structure):
@@ -79,10 +88,51 @@ def test_pydvl_rule_every_system_stops_below_its_tolerance(mlp, rtol, atol, stru
         rtol,
         atol,
         maxiter=inf.n_iter_ - 1,
+        solve_simultaneously=simultaneous,
         block_structure=BlockMode(structure),
     ).fit(mlp["train"])
     with pytest.warns(ConvergenceWarning, match=r"\|\|residual\|\| < max\(rtol\*\*2\*\|\|g\|\|"):
         short.test_factors(*mlp["test"])
+
+
+@pytest.mark.parametrize("structure", ["full", "layer_wise"])
+@pytest.mark.parametrize("preconditioned", [False, True])
+def test_block_cg_shares_its_krylov_space(mlp, structure, preconditioned):
+    # 60 right-hand sides: more than the 43 parameters, so block CG's first directions span
+    # the whole space; per-column CG needs its usual iterations for each
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(60, 4, dtype=torch.float64, generator=gen)
+    y = torch.randint(0, 3, (60,), generator=gen)
+    solved = {}
+    for sim in (False, True):
+        pre = NystroemPreconditioner(10) if preconditioned else None
+        inf = CgInfluence(
+            mlp["model"],
+            F.cross_entropy,
+            LAM,
+            preconditioner=pre,
+            solve_simultaneously=sim,
+            block_structure=BlockMode(structure),
+        ).fit(mlp["train"])
+        solved[sim] = (inf.test_factors(x, y), inf.n_iter_)
+    g = grads(mlp["model"], F.cross_entropy, x, y)
+    exact = torch.zeros_like(g)
+    for idx in block_slices(mlp["model"], structure):
+        exact[:, idx] = torch.linalg.solve(mlp["A"][idx][:, idx], g[:, idx].T).T
+    for factors, _ in solved.values():
+        assert float((factors - exact).norm() / exact.norm()) < 1e-7
+    (_, per_column), (_, block) = solved[False], solved[True]
+    assert block is not None and per_column is not None
+    assert block <= 3 < per_column
+
+
+def test_block_cg_with_fewer_right_hand_sides_than_parameters(mlp):
+    inf = CgInfluence(mlp["model"], F.cross_entropy, LAM, solve_simultaneously=True)
+    factors = inf.fit(mlp["train"]).test_factors(*mlp["test"])
+    exact = torch.linalg.solve(mlp["A"], mlp["g_test"].T).T
+    assert float((factors - exact).norm() / exact.norm()) < 1e-7
+    single = inf.test_factors(mlp["test"][0][:1], mlp["test"][1][:1])  # one column: plain CG
+    assert float((single - exact[:1]).norm() / exact[:1].norm()) < 1e-7
 
 
 def test_scipy_rule_and_its_lower_accuracy(mlp):
@@ -189,6 +239,7 @@ def test_indefinite_system_warns_instead_of_returning_garbage_silently():
     model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()  # untrained
     h = hessian(model, F.cross_entropy, x, y)
     assert float(torch.linalg.eigvalsh(h)[0]) + 0.1 < 0  # H + 0.1*Id is indefinite
-    inf = CgInfluence(model, F.cross_entropy, 0.1).fit((x, y))
-    with pytest.warns(ConvergenceWarning, match=r"regularization\*Id is not positive definite"):
-        inf.test_factors(x[:3], y[:3])
+    for simultaneous in (False, True):
+        inf = CgInfluence(model, F.cross_entropy, 0.1, solve_simultaneously=simultaneous)
+        with pytest.warns(ConvergenceWarning, match=r"regularization\*Id is not positive definite"):
+            inf.fit((x, y)).test_factors(x[:3], y[:3])
