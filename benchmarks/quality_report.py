@@ -148,7 +148,7 @@ def section(results: list[dict[str, Any]], command: str, machine: str, wall: flo
         "ranked by self-influence on the noisy model, largest first. Times: wall time of one "
         "fresh process on 1 thread (fit + full matrix; fit on the noisy model + "
         "self-influence), measured when the method first ran (results are cached), on a "
-        "machine shared with other jobs (load average 5-10 on 2 cores during these runs): "
+        "machine shared with other jobs (load average 3-10 on 2 cores in these runs): "
         "compare them within a factor of 2 only. "
         "`corr. with our Direct`: mean over test points of the Pearson correlation of a score "
         "row with our Direct's (how close a method is to the exact inverse).",
@@ -189,8 +189,8 @@ def notes(results: list[dict[str, Any]]) -> str:
   directions with eigenvalues below about scale/{s.get("lissa_maxiter")} under-inverted,
   which costs it LDS against the exact methods on both sides. CG: `rtol=1e-4, atol=1e-6` on
   both sides, with the same stopping rule (`||r|| < max(rtol**2 ||g||, atol**2)`, pyDVL's,
-  ours by default); pyDVL solves all right-hand sides together
-  (`solve_simultaneously=True`), as ours does. pyDVL is fitted on one full-batch DataLoader,
+  ours by default); both run block CG over all right-hand sides (`solve_simultaneously=True`:
+  one shared Krylov space). pyDVL is fitted on one full-batch DataLoader,
   so its batch-averaged Hessian is the Hessian of the mean loss, as ours.
 - pyDVL's EK-FAC and K-FAC (`update_diagonal=True`/`False`) run in float32 (pyDVL 0.10
   allocates its Kronecker blocks in float32) and only on `nn.Linear` layers (not on the CNN).
@@ -212,13 +212,22 @@ def notes(results: list[dict[str, Any]]) -> str:
 - TRAK: one checkpoint (the same trained model), its margin output and `1 - p` weights, a
   Gauss-Newton matrix in a random projection (BasicProjector, normal, CPU); `TRAK undamped`
   is its default `lambda_reg = 0`, which on one checkpoint is noise.
-- CNN (float32 influence): LiSSA (100 terms) ran over the time budget on both sides; our CG
-  took about 5x pyDVL's time there for the same values (not investigated yet). TRAK's LDS is
-  above our best (Nystroem, about one bootstrap sd): it uses a Gauss-Newton matrix of the
-  margin in a random projection, a positive semi-definite curvature that ignores the negative
-  eigenvalues of this non-convex model's Hessian. Our per-layer backends (EK-FAC, K-FAC,
-  Projected) do not close the gap either: their curvature is block-diagonal over layers (no
-  cross-layer terms) and built from a Fisher, not the margin's Gauss-Newton matrix.
+- CNN (float32 influence): LiSSA (100 terms) ran over the time budget on both sides. At the
+  shared damping TRAK's LDS is above our best (Nystroem, about one bootstrap sd): it uses a
+  Gauss-Newton matrix of the margin in a random projection, a positive semi-definite
+  curvature that ignores the negative eigenvalues of this non-convex model's Hessian. Our
+  per-layer backends (EK-FAC, K-FAC, Projected) do not close that gap either: their curvature
+  is block-diagonal over layers (no cross-layer terms) and built from a Fisher, not the
+  margin's Gauss-Newton matrix.
+- Damping: the case's one damping was chosen for the iterative solvers' condition number,
+  not for LDS. The sweep tables run the fast methods of every library at 0.1x to 10x of it
+  (each peer in its own scale, as above) and score each at the damping chosen on held-out
+  test points (`infl_array.quality.held_out_choice`: chosen on the even test points, scored
+  on the odd ones, and the other way round), so the choice does not flatter itself. On the
+  CNN the exact inverse (ours Direct, equal to pyDVL's) gains most at the grid's lowest
+  damping (the Hessian's smallest eigenvalue is about -0.003, so lower values approach a
+  singular matrix), while TRAK is best at the shared one; the target line "each method at
+  its held-out damping" compares the methods so.
 - `GN` rows (ours only): Direct, CG and Nystroem with `second_order_mode=GAUSS_NEWTON` at the
   same regularization as the Hessian rows. That mode is pyDVL's: the mean of the per-sample
   loss-gradient outer products (an empirical Fisher with the true labels), not TRAK's
