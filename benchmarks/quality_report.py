@@ -212,10 +212,13 @@ def notes(results: list[dict[str, Any]]) -> str:
 - TRAK: one checkpoint (the same trained model), its margin output and `1 - p` weights, a
   Gauss-Newton matrix in a random projection (BasicProjector, normal, CPU); `TRAK undamped`
   is its default `lambda_reg = 0`, which on one checkpoint is noise.
-- CNN (float32 influence): LiSSA (100 terms) ran over the time budget on both sides. At the
-  shared damping TRAK's LDS is above our best (Nystroem, about one bootstrap sd): it uses a
-  Gauss-Newton matrix of the margin in a random projection, a positive semi-definite
-  curvature that ignores the negative eigenvalues of this non-convex model's Hessian. Our
+- CNN (float32 influence): LiSSA (100 terms) ran over the time budget on both sides; with a
+  900 s budget (`--cases cnn --methods ours:LiSSA,pyDVL:LiSSA --budget 900 --no-write`,
+  2026-12-02) both gave LDS 0.461 (ours 93 s fit + matrix and 243 s fit + self-influence,
+  pyDVL's 91 s and 254 s; detection AUC 1.000). At the shared damping TRAK's LDS is above
+  our best (Nystroem, about one bootstrap sd): it uses a Gauss-Newton matrix of the margin in
+  a random projection, a positive semi-definite curvature that ignores the negative
+  eigenvalues of this non-convex model's Hessian. Our
   per-layer backends (EK-FAC, K-FAC, Projected) do not close that gap either: their curvature
   is block-diagonal over layers (no cross-layer terms) and built from a Fisher, not the
   margin's Gauss-Newton matrix.
