@@ -26,6 +26,7 @@ lambda*Id`` or the preconditioner not positive definite).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -211,8 +212,6 @@ class CgInfluence(TorchInfluenceBase):
         return res > tol
 
     def _solve(self, grads: torch.Tensor) -> torch.Tensor:
-        if self.solve_simultaneously:
-            return self._solve_block(grads)
         b, col_block = self._blocks.split_columns(grads)  # (p, m): one column per (block, sample)
         sizes = torch.tensor(self._blocks.sizes, device=b.device)
         maxiter = (
@@ -220,17 +219,42 @@ class CgInfluence(TorchInfluenceBase):
             if self.maxiter is None
             else torch.full_like(col_block, self.maxiter)
         )
-        lam = self._column_regularization(col_block, b.dtype)
-        x = torch.zeros_like(b)
-        r = b.clone()
+        tol = self._tolerance(torch.linalg.vector_norm(b, dim=0))
+        sys = _Systems(
+            b=b,
+            col_block=col_block,
+            maxiter=maxiter,
+            tol=tol,
+            x=torch.zeros_like(b),
+            r=b.clone(),
+            active=self._unconverged(torch.linalg.vector_norm(b, dim=0), tol),
+            iters=torch.zeros_like(col_block),
+        )
+        desc = "Block CG" if self.solve_simultaneously else "Conjugate gradient"
+        bar = tqdm(total=int(maxiter.max()), disable=not self.progress, desc=desc)
+        (self._iterate_block if self.solve_simultaneously else self._iterate_columns)(sys, bar)
+        bar.close()
+        self.n_iter_ = int(sys.iters.max()) if sys.iters.numel() else 0
+        res = torch.linalg.vector_norm(sys.r, dim=0)
+        unconverged = self._unconverged(res, tol) & ~sys.breakdown
+        self._warn(b, sys.r, unconverged, sys.breakdown, maxiter)
+        return self._blocks.merge_columns(sys.x, grads.shape[0])
+
+    def _step_done(self, sys: _Systems, cols: torch.Tensor) -> None:
+        """Count an iteration of ``cols`` and deactivate those converged or at ``maxiter``."""
+        sys.iters[cols] += 1
+        res = torch.linalg.vector_norm(sys.r[:, cols], dim=0)
+        sys.active[cols] = self._unconverged(res, sys.tol[cols]) & (
+            sys.iters[cols] < sys.maxiter[cols]
+        )
+
+    def _iterate_columns(self, sys: _Systems, bar: Any) -> None:
+        """Every system its own CG (own step sizes), all advanced together."""
+        col_block, x, r, active = sys.col_block, sys.x, sys.r, sys.active
+        lam = self._column_regularization(col_block, sys.b.dtype)
         z = self._precondition(r, col_block)
         p = z.clone()
         rz = (r * z).sum(0)
-        tol = self._tolerance(torch.linalg.vector_norm(b, dim=0))
-        active = self._unconverged(torch.linalg.vector_norm(r, dim=0), tol)
-        iters = torch.zeros_like(col_block)
-        breakdown = torch.zeros_like(active)
-        bar = tqdm(total=int(maxiter.max()), disable=not self.progress, desc="Conjugate gradient")
         while bool(active.any()):
             cols = active.nonzero().squeeze(1)
             p_a = p[:, cols]
@@ -238,7 +262,7 @@ class CgInfluence(TorchInfluenceBase):
             curv = (p_a * ap).sum(0)
             bad = (curv <= 0) | (rz[cols] <= 0)
             if bool(bad.any()):  # C + lambda*Id (or M) not positive definite here: stop those
-                breakdown[cols[bad]] = True
+                sys.breakdown[cols[bad]] = True
                 active[cols[bad]] = False
                 keep = ~bad
                 cols, p_a, ap, curv = cols[keep], p_a[:, keep], ap[:, keep], curv[keep]
@@ -250,44 +274,23 @@ class CgInfluence(TorchInfluenceBase):
             p[:, cols] = z_a + (rz_new / rz[cols]) * p_a
             r[:, cols] = r_a
             rz[cols] = rz_new
-            iters[cols] += 1
-            active[cols] = self._unconverged(torch.linalg.vector_norm(r_a, dim=0), tol[cols]) & (
-                iters[cols] < maxiter[cols]
-            )
+            self._step_done(sys, cols)
             bar.update(1)
-        bar.close()
-        self.n_iter_ = int(iters.max()) if iters.numel() else 0
-        unconverged = self._unconverged(torch.linalg.vector_norm(r, dim=0), tol) & ~breakdown
-        self._warn(b, r, unconverged, breakdown, maxiter)
-        return self._blocks.merge_columns(x, grads.shape[0])
 
-    def _solve_block(self, grads: torch.Tensor) -> torch.Tensor:
+    def _iterate_block(self, sys: _Systems, bar: Any) -> None:
         """Block CG: one shared Krylov space per parameter block (see the module docstring)."""
-        b, col_block = self._blocks.split_columns(grads)
-        sizes = torch.tensor(self._blocks.sizes, device=b.device)
-        maxiter = (
-            10 * sizes[col_block]
-            if self.maxiter is None
-            else torch.full_like(col_block, self.maxiter)
-        )
-        x = torch.zeros_like(b)
-        r = b.clone()
-        tol = self._tolerance(torch.linalg.vector_norm(b, dim=0))
-        active = self._unconverged(torch.linalg.vector_norm(r, dim=0), tol)
-        iters = torch.zeros_like(col_block)
-        breakdown = torch.zeros_like(active)
+        col_block, x, r, active = sys.col_block, sys.x, sys.r, sys.active
         directions: dict[int, torch.Tensor] = {}  # parameter block -> orthonormal P (p, k)
         for g in torch.unique(col_block[active]).tolist():
             cols = (active & (col_block == g)).nonzero().squeeze(1)
             directions[g] = _orthonormal(self._precondition(r[:, cols], col_block[cols]))
-        bar = tqdm(total=int(maxiter.max()), disable=not self.progress, desc="Block CG")
         while directions:
             groups = list(directions)
             p_all = torch.cat([directions[g] for g in groups], dim=1)
             dir_block = torch.cat(
-                [torch.full((directions[g].shape[1],), g, device=b.device) for g in groups]
+                [torch.full((directions[g].shape[1],), g, device=r.device) for g in groups]
             )
-            lam = self._column_regularization(dir_block, b.dtype)
+            lam = self._column_regularization(dir_block, r.dtype)
             q_all = self.curvature_matmat(p_all, dir_block) + lam * p_all
             start = 0
             for g in groups:
@@ -298,16 +301,13 @@ class CgInfluence(TorchInfluenceBase):
                 ptq = p_g.T @ q_g
                 chol, info = torch.linalg.cholesky_ex((ptq + ptq.T) / 2)
                 if int(info) != 0:  # C + lambda*Id (or M) not positive definite: stop the block
-                    breakdown[cols] = True
+                    sys.breakdown[cols] = True
                     active[cols] = False
                     continue
                 alpha = torch.cholesky_solve(p_g.T @ r[:, cols], chol)
                 x[:, cols] += p_g @ alpha
                 r[:, cols] -= q_g @ alpha
-                iters[cols] += 1
-                active[cols] = self._unconverged(
-                    torch.linalg.vector_norm(r[:, cols], dim=0), tol[cols]
-                ) & (iters[cols] < maxiter[cols])
+                self._step_done(sys, cols)
                 cols = cols[active[cols]]
                 if not cols.numel():
                     continue
@@ -315,16 +315,11 @@ class CgInfluence(TorchInfluenceBase):
                 beta = -torch.cholesky_solve(q_g.T @ z, chol)
                 p_new = _orthonormal(z + p_g @ beta)
                 if p_new.shape[1] == 0:  # no new direction while residuals remain: M is singular
-                    breakdown[cols] = True
+                    sys.breakdown[cols] = True
                     active[cols] = False
                     continue
                 directions[g] = p_new
             bar.update(1)
-        bar.close()
-        self.n_iter_ = int(iters.max()) if iters.numel() else 0
-        unconverged = self._unconverged(torch.linalg.vector_norm(r, dim=0), tol) & ~breakdown
-        self._warn(b, r, unconverged, breakdown, maxiter)
-        return self._blocks.merge_columns(x, grads.shape[0])
 
     def _warn(
         self,
@@ -383,6 +378,24 @@ class CgInfluence(TorchInfluenceBase):
             "increase regularization to improve the conditioning.",
             stacklevel=4,
         )
+
+
+@dataclass
+class _Systems:
+    """The systems of one solve, ``(p, m)`` columns, updated in place by the iterations."""
+
+    b: torch.Tensor
+    col_block: torch.Tensor
+    maxiter: torch.Tensor
+    tol: torch.Tensor
+    x: torch.Tensor
+    r: torch.Tensor
+    active: torch.Tensor
+    iters: torch.Tensor
+    breakdown: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.breakdown = torch.zeros_like(self.active)
 
 
 def _orthonormal(z: torch.Tensor) -> torch.Tensor:
