@@ -13,7 +13,9 @@ batch, out`` (and ``store`` for ``projected``). Each writes its timings and peak
   matrix in memory (``test_factors``, ``train_factors``, one product); ``arr.with_test`` on
   ``n_test`` new test points, filled (``with_test``; its count of train factor computations,
   0 when every train factor block was read from the first store); what bfloat16 train
-  factors would cost (``bf16``: max error relative to the largest value, per-row Spearman).
+  factors would cost (``bf16``: max error relative to the largest value, per-row Spearman);
+  then fit and fill again with ``reuse_fit_gradients=False`` (``no_reuse``: the fill passes
+  over the train data itself instead of taking the projected gradients the fit computed).
 * ``ekfac``: ``EkfacInfluence(update_diagonal=True)`` fit, then the first ``rows`` test rows
   against all train points: test factors, train factors in chunks of ``batch`` and
   ``factor_product``, each timed, so the full matrix can be extrapolated
@@ -83,13 +85,40 @@ def projected(args: dict, model: torch.nn.Module, data: dict) -> tuple[dict, np.
         again = arr.with_test((new["x_test"], new["y_test"]), other)
         again.fill(progress=False)
     recomputed = again.stats.train_factors
+    hits = infl.fit_rows.hits if infl.fit_rows is not None else 0
     shutil.rmtree(store, ignore_errors=True)
     shutil.rmtree(other, ignore_errors=True)
+    no_reuse = without_fit_rows(args, model, train, test, store)
     rows = full[: args["rows"]].numpy()
     diff = float(np.abs(stored - rows).max() / np.abs(rows).max())
     result = {"bf16": bf16, "width": infl.width, "store_vs_memory": diff}
     result["with_test_train_factors"] = recomputed
-    return {"times": timer.times, **result}, rows
+    result["fit_rows_hits"] = hits
+    return {"times": timer.times, "no_reuse": no_reuse, **result}, rows
+
+
+def without_fit_rows(args: dict, model: torch.nn.Module, train: tuple, test: tuple, store: Path):
+    """Fit and fill again with ``reuse_fit_gradients=False``: the fill computes its train side."""
+    timer = Timer()
+    infl = ProjectedInfluence(
+        model,
+        CE,
+        args["reg"],
+        args["dim"],
+        "ekfac",
+        fisher_type="empirical",
+        batch_size=256,
+        reuse_fit_gradients=False,
+    )
+    with timer("fit"):
+        infl.fit(train)
+    with timer("fill"):
+        arr = ia.InfluenceArray.create(
+            store, infl, test=test, train=train, block_shape=(256, 4096), dtype="float32"
+        )
+        arr.fill(progress=False)
+    shutil.rmtree(store, ignore_errors=True)
+    return timer.times
 
 
 def bf16_cost(test_f: torch.Tensor, train_f: torch.Tensor, full: torch.Tensor, rows: int) -> dict:

@@ -124,17 +124,18 @@ def test_split_and_factor_widths() -> None:
         assert k_out * k_in >= min(w, d_out * d_in) // 2
 
 
+def small_store(setup: dict[str, Any], infl: ProjectedInfluence, path: Path) -> ia.InfluenceArray:
+    """A float64 store of the setup's test x train points, blocks of 4 x 16."""
+    test, train = setup["test"], setup["train"]
+    return ia.InfluenceArray.create(
+        path, infl, test=test, train=train, block_shape=(4, 16), dtype="float64"
+    )
+
+
 def test_through_influence_array(setup: dict[str, Any], tmp_path: Path) -> None:
     infl = ProjectedInfluence(setup["model"], CE, REG, projection_dim=64).fit(setup["train"])
     expected = (infl.test_factors(*setup["test"]) @ infl.train_factors(*setup["train"]).T).numpy()
-    arr = ia.InfluenceArray.create(
-        tmp_path / "s",
-        infl,
-        test=setup["test"],
-        train=setup["train"],
-        block_shape=(4, 16),
-        dtype="float64",
-    )
+    arr = small_store(setup, infl, tmp_path / "s")
     values = np.asarray(arr)
     np.testing.assert_allclose(values, expected, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(
@@ -240,3 +241,96 @@ def test_sequence_model() -> None:
         infl.test_factors(x[:3], t[:3]) @ infl.train_factors(x, t).T,
         full.influences(x[:3], t[:3], x, t),
     )
+
+
+def count_passes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Batch sizes of the capture passes ProjectedInfluence runs from now on."""
+    sizes: list[int] = []
+    original = ProjectedInfluence._records
+
+    def counting(self: ProjectedInfluence, x: torch.Tensor, y: torch.Tensor, kind: str = "loss"):
+        sizes.append(int(x.shape[0]))
+        return original(self, x, y, kind)
+
+    monkeypatch.setattr(ProjectedInfluence, "_records", counting)
+    return sizes
+
+
+@pytest.mark.parametrize("preconditioner", ["ekfac", "kfac", "fisher"])
+def test_train_factors_from_the_fit(
+    setup: dict[str, Any], monkeypatch: pytest.MonkeyPatch, preconditioner: str
+) -> None:
+    """The fit's projected gradients are the train factors: no pass, the same values."""
+    kw: dict[str, Any] = {"projection_dim": 64, "preconditioner": preconditioner}
+    kw["fisher_type"] = "empirical"
+    fresh = ProjectedInfluence(setup["model"], CE, REG, **kw, reuse_fit_gradients=False)
+    expected = fresh.fit(setup["train"]).train_factors(*setup["train"])
+    reference = fresh.train_factors(*setup["test"])
+    assert fresh.fit_rows is None
+    infl = ProjectedInfluence(setup["model"], CE, REG, **kw).fit(setup["train"])
+    assert infl.fit_rows is not None and len(infl.fit_rows) == 40
+    passes = count_passes(monkeypatch)
+    got = infl.train_factors(*setup["train"])
+    assert passes == [] and infl.fit_rows.hits == 40
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)
+    # the same samples in another order and as numpy arrays: found by content
+    x, y = setup["train"]
+    perm = torch.randperm(40, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(infl.train_factors(x[perm].numpy(), y[perm].numpy()), got[perm])
+    # fit samples mixed with new ones: one pass, over the new samples only
+    tx, ty = setup["test"]
+    mixed = infl.train_factors(torch.cat([x[:3], tx, x[30:]]), torch.cat([y[:3], ty, y[30:]]))
+    assert passes == [7]
+    torch.testing.assert_close(mixed[:3], expected[:3], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(mixed[10:], expected[30:], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(mixed[3:10], reference, rtol=1e-12, atol=1e-14)
+    # test factors are not taken from the fit (they are preconditioned)
+    infl.test_factors(x[:5], y[:5])
+    assert passes == [7, 5]
+
+
+def test_fill_runs_no_train_pass(
+    setup: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A fill after the fit passes over the test data only; values as without reuse."""
+    kw: dict[str, Any] = {"projection_dim": 64, "fisher_type": "empirical"}
+    infl = ProjectedInfluence(setup["model"], CE, REG, **kw).fit(setup["train"])
+    fresh = ProjectedInfluence(setup["model"], CE, REG, **kw, reuse_fit_gradients=False)
+    fresh.fit(setup["train"])
+    expected = (fresh.test_factors(*setup["test"]) @ fresh.train_factors(*setup["train"]).T).numpy()
+    passes = count_passes(monkeypatch)
+    arr = small_store(setup, infl, tmp_path / "s")
+    arr.fill(progress=False)
+    assert sum(passes) == 7  # the 7 test points, once
+    assert arr.stats.train_factors == 3  # one computation per train block, all from the fit
+    assert infl.fit_rows is not None and infl.fit_rows.hits == 40
+    np.testing.assert_allclose(arr[:], expected, rtol=1e-10, atol=1e-12)
+
+
+def test_fit_rows_kept_only_where_they_are_train_factors(setup: dict[str, Any]) -> None:
+    def rows(**kw: Any) -> Any:
+        kw = {"projection_dim": 64, **kw}
+        return ProjectedInfluence(setup["model"], CE, REG, **kw).fit(setup["train"]).fit_rows
+
+    # pyDVL's curvature (the default for cross-entropy) fits on pseudo-gradients
+    assert rows() is None and rows(preconditioner="kfac") is None
+    assert rows(preconditioner="identity") is None  # no fit pass
+    assert rows(preconditioner="fisher") is not None  # fits on loss gradients
+    # more than a quarter of memory_budget: not kept, computed as before
+    assert rows(fisher_type="empirical", memory_budget=4 * 40 * 64 * 8 - 1) is None
+    assert rows(fisher_type="empirical", memory_budget=4 * 40 * 64 * 8) is not None
+    with pytest.raises(TypeError, match="reuse_fit_gradients must be a bool"):
+        ProjectedInfluence(setup["model"], CE, REG, reuse_fit_gradients=1)  # type: ignore[arg-type]
+
+
+def test_fit_rows_with_duplicate_samples(setup: dict[str, Any]) -> None:
+    x, y = setup["train"]
+    twice = (torch.cat([x, x[:10]]), torch.cat([y, y[:10]]))
+    kw: dict[str, Any] = {"projection_dim": 64, "fisher_type": "empirical"}
+    infl = ProjectedInfluence(setup["model"], CE, REG, **kw).fit(twice)
+    assert infl.fit_rows is not None and len(infl.fit_rows) == 40
+    got = infl.train_factors(*twice)
+    torch.testing.assert_close(got[40:], got[:10], rtol=0, atol=0)
+    # a refit starts afresh
+    infl.fit((x[:20], y[:20]))
+    assert len(infl.fit_rows) == 20

@@ -60,6 +60,9 @@ DEFAULT_MEMORY_BUDGET = 4 << 30
 FISHER_TYPES = ("auto", "empirical", "pydvl")
 """Accepted values of ``fisher_type``."""
 
+SampleHook = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], object]
+"""``hook(x, y, gradients)``: a fit batch and its per-sample working-space gradients."""
+
 
 def resolve_fisher_type(fisher_type: object, loss: object) -> str:
     """``"empirical"`` or ``"pydvl"`` for a ``fisher_type`` argument (see the module docstring)."""
@@ -191,12 +194,14 @@ class LayerwiseInfluence(TorchInfluenceBase):
         check_deterministic(self.model)
         return capture(self.model, self.layers, x, self._objective(kind, y), self._params)
 
-    def _fit_records(self, kind: str, desc: str) -> Iterator[list[LayerRecord]]:
-        """Records of every fit batch, in order."""
+    def _fit_records(
+        self, kind: str, desc: str
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[LayerRecord]]]:
+        """Every fit batch ``(x, y)`` (on the model's device) with its records, in order."""
         assert self._fit_data is not None
         n_batches = -(-len(self._fit_data) // self.pass_size)
         for x, y, _ in tqdm(self._fit_batches(), desc, n_batches, disable=not self.progress):
-            yield self._records(x, y, kind)
+            yield x, y, self._records(x, y, kind)
 
     # ------------------------------------------------------------------ working space
     def _dims(self, i: int) -> tuple[int, int]:
@@ -224,8 +229,41 @@ class LayerwiseInfluence(TorchInfluenceBase):
             acts, grads = self._working(i, rec, rows)
             yield rows, grads.transpose(1, 2) @ acts
 
-    def _fit_kronecker(self, correct: bool) -> list[KroneckerCurvature]:
-        """Per-layer K-FAC (``correct=False``) or EK-FAC curvature from the fit data."""
+    def _fit_pass(
+        self,
+        desc: str,
+        use: Callable[[int, torch.Tensor, torch.Tensor], None],
+        keep: SampleHook | None = None,
+    ) -> None:
+        """One curvature pass over the fit data: ``use(i, acts, grads)`` on each layer's working
+        tensors, chunk by chunk; with ``keep``, also ``keep(x, y, gradients)`` per batch (see
+        :meth:`_fit_kronecker`)."""
+        dims = [self._dims(i) for i in range(len(self.layers))]
+        width = sum(d_out * d_in for d_out, d_in in dims)
+        for x, y, records in self._fit_records("curvature", desc):
+            out = None if keep is None else self._empty(records[0].n, width, "fit gradients")
+            offset = 0
+            for i, rec in enumerate(records):
+                for rows in self._row_chunks(i, rec):
+                    acts, grads = self._working(i, rec, rows)
+                    use(i, acts, grads)
+                    if out is not None:
+                        m = grads.transpose(1, 2) @ acts
+                        out[rows, offset : offset + m[0].numel()] = m.flatten(1)
+                offset += dims[i][0] * dims[i][1]
+            if keep is not None and out is not None:
+                keep(x, y, out)
+
+    def _fit_kronecker(
+        self, correct: bool, keep: SampleHook | None = None
+    ) -> list[KroneckerCurvature]:
+        """Per-layer K-FAC (``correct=False``) or EK-FAC curvature from the fit data.
+
+        With ``keep``, the last pass over the fit data (the covariance pass for K-FAC, the
+        eigenvalue pass for EK-FAC) also forms each batch's per-sample working-space gradients
+        (layers concatenated, each flattened row-major, as :meth:`_sample_matrices`) from the
+        working tensors it has anyway, and calls ``keep(x, y, gradients)``.
+        """
         like = self._require_fit().theta
         held = sum(
             KroneckerCurvature.nbytes(*self._dims(i), like.element_size())
@@ -242,18 +280,18 @@ class LayerwiseInfluence(TorchInfluenceBase):
             KroneckerCurvature(*self._dims(i), like, spec.name)
             for i, spec in enumerate(self.layers)
         ]
-        for records in self._fit_records("curvature", "K-FAC factors"):
-            for i, rec in enumerate(records):
-                for rows in self._row_chunks(i, rec):
-                    curv[i].add_covariances(*self._working(i, rec, rows))
+
+        def covariances(i: int, acts: torch.Tensor, grads: torch.Tensor) -> None:
+            curv[i].add_covariances(acts, grads)
+
+        def moments(i: int, acts: torch.Tensor, grads: torch.Tensor) -> None:
+            curv[i].add_eigenvalue_moments(acts, grads, self.memory_budget)
+
+        self._fit_pass("K-FAC factors", covariances, None if correct else keep)
         for c in curv:
             c.eigendecompose()
         if correct:
-            for records in self._fit_records("curvature", "EK-FAC eigenvalues"):
-                for i, rec in enumerate(records):
-                    for rows in self._row_chunks(i, rec):
-                        acts, grads = self._working(i, rec, rows)
-                        curv[i].add_eigenvalue_moments(acts, grads, self.memory_budget)
+            self._fit_pass("EK-FAC eigenvalues", moments, keep)
             for c in curv:
                 c.finish_correction()
         for c in curv:

@@ -48,6 +48,17 @@ Preconditioners (in the projected space)
 
 Factors: ``train_factors`` are the projected gradients, ``test_factors`` the preconditioned
 ones, both ``(n, width)``: every block is the plain product ``test_f @ train_f.T``.
+
+Train factors from the fit
+--------------------------
+A fit pass that takes the projected per-sample loss gradients of the fit data computes the
+train factors of those samples: the EK-FAC eigenvalue pass and the K-FAC covariance pass with
+``fisher_type="empirical"``, the projected Fisher's pass always. With
+``reuse_fit_gradients=True`` (the default) they are kept (:mod:`~infl_array.torch.fitrows`,
+at most a quarter of ``memory_budget``), and ``train_factors`` returns the kept row of every
+sample it is asked about that was fitted on: when the train data are the fit data, the train
+side of a whole fill costs no forward or backward pass. ``fisher_type="pydvl"`` fits on
+pseudo-gradients, not loss gradients, so nothing is kept there.
 """
 
 from __future__ import annotations
@@ -61,6 +72,7 @@ import torch
 from torch import nn
 
 from ._functional import LossFn
+from .fitrows import FitRows, sample_keys
 from .kronecker import KroneckerCurvature
 from .layers import LayerRecord, check_budget
 from .layerwise import DEFAULT_MEMORY_BUDGET, LayerwiseInfluence
@@ -169,11 +181,17 @@ class ProjectedInfluence(LayerwiseInfluence):
         Bytes that fitted state, per-sample temporaries and returned factors may take.
     progress : bool
         Show progress bars over the fit passes.
+    reuse_fit_gradients : bool
+        Keep the projected gradients a fit pass computes of the fit samples and return them
+        from :meth:`train_factors` (see "Train factors from the fit" in the module docstring).
 
     Attributes
     ----------
     projection_shapes : list of tuple of int
         ``(k_out, k_in)`` of each layer, in the order of :attr:`layers`.
+    fit_rows : FitRows or None
+        The projected gradients kept from the fit (None when none are kept); ``fit_rows.hits``
+        counts the rows :meth:`train_factors` took from it.
 
     Examples
     --------
@@ -203,6 +221,7 @@ class ProjectedInfluence(LayerwiseInfluence):
         batch_size: int | None = None,
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
         progress: bool = False,
+        reuse_fit_gradients: bool = True,
     ) -> None:
         super().__init__(
             model,
@@ -219,6 +238,10 @@ class ProjectedInfluence(LayerwiseInfluence):
             )
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {seed!r}.")
+        if not isinstance(reuse_fit_gradients, bool):
+            raise TypeError(f"reuse_fit_gradients must be a bool, got {reuse_fit_gradients!r}.")
+        self.reuse_fit_gradients = reuse_fit_gradients
+        self.fit_rows: FitRows | None = None
         n_layers = len(self.layers)
         if (
             isinstance(projection_dim, bool)
@@ -311,17 +334,41 @@ class ProjectedInfluence(LayerwiseInfluence):
                 )
             )
         self.curvature, self._fisher_chol = [], None
+        self.fit_rows = self._new_fit_rows()
         if self.preconditioner in ("ekfac", "kfac"):
-            self.curvature = self._fit_kronecker(correct=self.preconditioner == "ekfac")
+            self.curvature = self._fit_kronecker(
+                correct=self.preconditioner == "ekfac",
+                keep=self._keep_fit_rows if self.fit_rows is not None else None,
+            )
         elif self.preconditioner == "fisher":
             self._fit_fisher()
+
+    def _new_fit_rows(self) -> FitRows | None:
+        """Where the fit keeps its projected gradients, or None when it keeps none."""
+        flat = self._require_fit()
+        assert self._fit_data is not None
+        takes_loss_grads = self.preconditioner == "fisher" or (
+            self.preconditioner in ("ekfac", "kfac") and self.fisher_type == "empirical"
+        )
+        n = len(self._fit_data)
+        if not (self.reuse_fit_gradients and takes_loss_grads):
+            return None
+        if n * self.width * flat.theta.element_size() > self.memory_budget // 4:
+            return None
+        return FitRows(n, self.width, flat.theta)
+
+    def _keep_fit_rows(self, x: torch.Tensor, y: torch.Tensor, phi: torch.Tensor) -> None:
+        """Keep the projected gradients ``phi`` of the fit batch ``(x, y)`` in :attr:`fit_rows`."""
+        if self.fit_rows is not None:
+            self.fit_rows.add(sample_keys(x, y), phi)
 
     def _fit_fisher(self) -> None:
         flat = self._require_fit()
         total = torch.zeros((self.width, self.width), dtype=flat.dtype, device=flat.device)
         n = 0
-        for records in self._fit_records("loss", "projected Fisher"):
+        for x, y, records in self._fit_records("loss", "projected Fisher"):
             phi = self._project_records(records)
+            self._keep_fit_rows(x, y, phi)
             total.addmm_(phi.T, phi)
             n += phi.shape[0]
         fisher = total.to(torch.float64) / n
@@ -376,5 +423,27 @@ class ProjectedInfluence(LayerwiseInfluence):
         return self._projected_factors(x, y, precondition=True)
 
     def train_factors(self, x: Any, y: Any) -> torch.Tensor:
-        """Projected per-sample gradients of the batch ``(x, y)``, ``(n, width)``."""
-        return self._projected_factors(x, y, precondition=False)
+        """Projected per-sample gradients of the batch ``(x, y)``, ``(n, width)``.
+
+        Rows of fit samples come from :attr:`fit_rows` where the fit kept them; only the other
+        samples are passed through the model.
+        """
+        rows = self.fit_rows
+        if rows is None or not rows.active:
+            return self._projected_factors(x, y, precondition=False)
+        self._require_fitted()
+        xt, yt = self._prepare(x, y)
+        found, kept = rows.take(sample_keys(xt, yt))
+        if kept is None:
+            return self._projected_factors(xt, yt, precondition=False)
+        if len(found) == xt.shape[0]:
+            return kept
+        out = self._empty(xt.shape[0], self.width, "projected factors")
+        hit = torch.zeros(xt.shape[0], dtype=torch.bool)
+        hit[found] = True
+        out[hit.to(out.device)] = kept
+        miss = (~hit).nonzero().squeeze(1).to(xt.device)
+        out[~hit.to(out.device)] = self._projected_factors(
+            xt.index_select(0, miss), yt.index_select(0, miss), precondition=False
+        )
+        return out
