@@ -8,7 +8,9 @@ method in its own process (peak RSS per process), all with the same torch thread
 * the floor (``large_ours.py floor``): one forward+backward pass over all train and test points
   plus the ``n_test x n_train x 4096`` product;
 * ``ProjectedInfluence(projection_dim=4096, "ekfac")``: fit, the matrix filled into a float32
-  store (``InfluenceArray.create(...).fill()``) and in memory;
+  store (``InfluenceArray.create(...).fill()``; its train factors are the projected gradients
+  the fit kept) and in memory, ``with_test`` on a new test set, and fit + fill again with
+  ``reuse_fit_gradients=False`` (the fill passes over the train points itself);
 * ``EkfacInfluence(update_diagonal=True)``: fit and the first rows of the matrix, each part
   timed; the full matrix is extrapolated where it is too large to run here;
 * Kronfluence 1.0.1 EK-FAC pairwise scores (``.venv-kronfluence``), extrapolated from two
