@@ -73,14 +73,19 @@ class FitRows:
         """Keep ``rows[k]`` as the row of the sample ``keys[k]``."""
         if self._rows is None:
             return
-        for key, row in zip(keys, rows, strict=True):
-            if key in self._index:
-                continue
-            if len(self._index) == self._rows.shape[0]:
-                self.drop()
-                return
-            self._rows[len(self._index)] = row
-            self._index[key] = len(self._index)
+        if len(keys) != rows.shape[0]:
+            raise ValueError(f"{len(keys)} sample keys for {rows.shape[0]} rows")
+        start, fresh = len(self._index), list[int]()
+        for k, key in enumerate(keys):
+            if key not in self._index:
+                self._index[key] = start + len(fresh)
+                fresh.append(k)
+        if len(self._index) > self._rows.shape[0]:
+            self.drop()
+            return
+        if fresh:
+            where = torch.tensor(fresh, device=rows.device)
+            self._rows[start : start + len(fresh)] = rows.index_select(0, where)
 
     def drop(self) -> None:
         """Release the rows; nothing is kept any more."""
