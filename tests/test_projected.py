@@ -339,14 +339,14 @@ def test_fit_rows_with_duplicate_samples(setup: dict[str, Any]) -> None:
 def test_fit_rows_by_content() -> None:
     from infl_array.torch.fitrows import FitRows, sample_keys
 
-    x = torch.arange(12.0).reshape(4, 3)
+    x = torch.arange(12, dtype=torch.float32).reshape(4, 3)
     y = torch.tensor([0, 1, 0, 1])
     keys = sample_keys(x, y)
     assert len(set(keys)) == 4 and all(len(k) == 16 for k in keys)
     assert sample_keys(x.double(), y) != keys  # the dtype is part of a sample's bytes
     assert sample_keys(x, y + 1)[0] != keys[0]
-    rows = FitRows(4, 2, torch.zeros(1))
-    values = torch.arange(8.0).reshape(4, 2)
+    rows = FitRows(4, 2, torch.zeros(1, dtype=torch.float32))
+    values = torch.arange(8, dtype=torch.float32).reshape(4, 2)
     rows.add(keys[:2] + keys[:1], values[[0, 1, 0]])  # a sample twice in one batch: kept once
     rows.add(keys[2:], values[2:])
     assert len(rows) == 4 and rows.nbytes == 4 * 2 * 4

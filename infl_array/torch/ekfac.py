@@ -54,6 +54,7 @@ Conventions, compared with pyDVL 0.10 and Kronfluence 1.0.1
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -65,6 +66,7 @@ from ._functional import LossFn, nonnegative
 from .kronecker import KroneckerCurvature
 from .layers import LayerRecord, check_budget
 from .layerwise import DEFAULT_MEMORY_BUDGET, LayerwiseInfluence
+from .underflow import needs_normalizing, normalized_rows
 
 __all__ = ["EkfacInfluence"]
 
@@ -146,6 +148,7 @@ class EkfacInfluence(LayerwiseInfluence):
         self.update_diagonal = update_diagonal
         self.curvature: list[KroneckerCurvature] = []
         self._compact: list[bool] = []
+        self._normalized = _NormalizedTest()
 
     @property
     def hessian_regularization(self) -> float:
@@ -156,6 +159,7 @@ class EkfacInfluence(LayerwiseInfluence):
         return {"update_diagonal": self.update_diagonal, **super()._settings()}
 
     def _fit_layers(self) -> None:
+        self._normalized.clear()
         self.curvature = self._fit_kronecker(correct=self.update_diagonal)
         self._compact = [
             c.max_positions == 1 and spec.width_in + spec.d_out < spec.n_params
@@ -304,26 +308,39 @@ class EkfacInfluence(LayerwiseInfluence):
             if not self._compact[i]:
                 out.addmm_(test, train.T)
                 continue
-            self._compact_product(i, test, train, out)
+            self._compact_product(i, self._normalized.get(self, test_f, i, test), train, out)
         return out
 
     def _compact_product(
-        self, i: int, test: torch.Tensor, train: torch.Tensor, out: torch.Tensor
+        self,
+        i: int,
+        test: tuple[torch.Tensor, torch.Tensor | None],
+        train: torch.Tensor,
+        out: torch.Tensor,
     ) -> None:
         """Add a compact layer's influences to ``out``: ``sum_oi T[t,o,i] g[r,o] a[r,i]``.
 
         The contraction over the longer side (``a``'s ``width_in`` or ``g``'s ``d_out``) is a
         matrix product whose intermediate, ``(n_test, shorter side, train chunk)``, is kept
-        within the memory budget by chunking the train rows.
+        within the memory budget by chunking the train rows. ``test`` is the layer's test
+        columns and their row scales (None: not normalized); with scales, the train parts
+        are normalized too and the scales applied to the result, so that no product
+        underflows into subnormal numbers (:mod:`~infl_array.torch.underflow`).
         """
+        test_cols, test_scale = test
         g, a = self._split_compact(i, train)
+        scale = None
+        if test_scale is not None:
+            (g, g_scale), (a, a_scale) = normalized_rows(g), normalized_rows(a)
+            # float64: the scales' product can be below float32's range where the result is not
+            scale = test_scale.double()[:, None] * (g_scale.double() * a_scale.double())[None, :]
         d_out, width_in = g.shape[1], a.shape[1]
-        t = test.reshape(test.shape[0], d_out, width_in)
+        t = test_cols.reshape(test_cols.shape[0], d_out, width_in)
         if width_in >= d_out:
             long, short = a, g  # (n_test, d_out, c) = T @ a^T, then . g
         else:
             long, short, t = g, a, t.transpose(1, 2)  # (n_test, width_in, c) = T^T @ g^T, . a
-        per_row = t.shape[0] * t.shape[1] * test.element_size()
+        per_row = t.shape[0] * t.shape[1] * t.element_size()
         check_budget(
             per_row,
             self.memory_budget,
@@ -334,7 +351,10 @@ class EkfacInfluence(LayerwiseInfluence):
         for c in range(0, g.shape[0], step):
             partial = torch.matmul(t, long[c : c + step].T)  # (n_test, short, chunk)
             # multiply in place and sum: einsum("tsc,cs->tc") took as long as the matmul here
-            out[:, c : c + step] += partial.mul_(short[c : c + step].T).sum(1)
+            part = partial.mul_(short[c : c + step].T).sum(1)
+            if scale is not None:
+                part = part.double().mul_(scale[:, c : c + step]).to(out.dtype)
+            out[:, c : c + step] += part
 
     def factor_diagonal(self, test_f: torch.Tensor, train_f: torch.Tensor) -> torch.Tensor:
         """Row-wise influences of ``test_f[k]`` against ``train_f[k]`` (self-influence), ``(n,)``.
@@ -373,3 +393,46 @@ class EkfacInfluence(LayerwiseInfluence):
         return self.factor_product(
             self.test_factors(x_test, y_test), self.train_factors(x_train, y_train)
         )
+
+
+class _NormalizedTest:
+    """The compact layers' test columns of the last test factors, normalized once.
+
+    ``factor_product`` is called with the same test factors for every train block of a tile;
+    their normalization (:func:`~infl_array.torch.underflow.normalized_rows`, one pass over
+    the columns) is kept for the last test factors seen (held by reference, so that their
+    identity cannot be reused; an in-place change is seen through their version counter).
+    Columns whose normalized copy would take more than half of ``memory_budget`` are used as
+    they are.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._of: torch.Tensor | None = None
+        self._version = -1
+        self._layers: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+    def get(
+        self, model: EkfacInfluence, test_f: torch.Tensor, i: int, cols: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Layer ``i``'s test columns ``cols`` (of ``test_f``), normalized where it pays."""
+        if not needs_normalizing(cols):
+            return cols, None
+        if cols.numel() * cols.element_size() > model.memory_budget // 2:
+            return cols, None
+        with self._lock:
+            if self._of is not test_f or self._version != test_f._version:
+                self._of, self._version, self._layers = test_f, test_f._version, {}
+            if i not in self._layers:
+                self._layers[i] = normalized_rows(cols)
+            return self._layers[i]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._of, self._version, self._layers = None, -1, {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()  # type: ignore[misc]
