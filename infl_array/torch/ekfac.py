@@ -66,6 +66,7 @@ from ._functional import LossFn, nonnegative
 from .kronecker import KroneckerCurvature
 from .layers import LayerRecord, check_budget
 from .layerwise import DEFAULT_MEMORY_BUDGET, LayerwiseInfluence
+from .subnormal import flush_subnormals
 from .underflow import needs_normalizing, normalized_rows
 
 __all__ = ["EkfacInfluence"]
@@ -281,6 +282,7 @@ class EkfacInfluence(LayerwiseInfluence):
         d_out = self.layers[i].d_out
         return train[:, :d_out], train[:, d_out:]
 
+    @flush_subnormals
     def factor_product(self, test_f: torch.Tensor, train_f: torch.Tensor) -> torch.Tensor:
         """The influence block of test factors against train factors, ``(n_test, n_train)``.
 
@@ -356,6 +358,7 @@ class EkfacInfluence(LayerwiseInfluence):
                 part = part.double().mul_(scale[:, c : c + step]).to(out.dtype)
             out[:, c : c + step] += part
 
+    @flush_subnormals
     def factor_diagonal(self, test_f: torch.Tensor, train_f: torch.Tensor) -> torch.Tensor:
         """Row-wise influences of ``test_f[k]`` against ``train_f[k]`` (self-influence), ``(n,)``.
 

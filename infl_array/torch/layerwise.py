@@ -51,6 +51,7 @@ from .layers import (
     sample_chunks,
 )
 from .options import positive_int
+from .subnormal import flush_subnormals
 
 __all__ = ["DEFAULT_MEMORY_BUDGET", "FISHER_TYPES", "LayerwiseInfluence"]
 
@@ -142,6 +143,7 @@ class LayerwiseInfluence(TorchInfluenceBase):
         """Whether :meth:`fit` has completed."""
         return self._fitted and self._flat is not None
 
+    @flush_subnormals
     def _fit(self) -> None:
         self._fitted = False
         self._params = self._parameters()
@@ -319,6 +321,7 @@ class LayerwiseInfluence(TorchInfluenceBase):
                 "the model was trained on."
             )
 
+    @flush_subnormals
     def _per_batch(
         self,
         x: Any,
