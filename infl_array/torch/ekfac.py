@@ -159,6 +159,7 @@ class EkfacInfluence(LayerwiseInfluence):
     def _settings(self) -> dict[str, Any]:
         return {"update_diagonal": self.update_diagonal, **super()._settings()}
 
+    @flush_subnormals
     def _fit_layers(self) -> None:
         self._normalized.clear()
         self.curvature = self._fit_kronecker(correct=self.update_diagonal)
@@ -185,6 +186,7 @@ class EkfacInfluence(LayerwiseInfluence):
         return sum(self._train_width(i) for i in range(len(self.layers)))
 
     # ------------------------------------------------------------------ factors
+    @flush_subnormals
     def test_factors(self, x: Any, y: Any) -> torch.Tensor:
         """``(H_l + lambda*Id)^-1 grad_l l(z)`` of every layer, ``(n, test_factor_width)``.
 
@@ -211,6 +213,7 @@ class EkfacInfluence(LayerwiseInfluence):
 
         return self._per_batch(x, y, self.test_factor_width, "EK-FAC test factors", fill)
 
+    @flush_subnormals
     def train_factors(self, x: Any, y: Any) -> torch.Tensor:
         """Per-sample gradients in compact form, ``(n, train_factor_width)``.
 

@@ -51,7 +51,6 @@ from .layers import (
     sample_chunks,
 )
 from .options import positive_int
-from .subnormal import flush_subnormals
 
 __all__ = ["DEFAULT_MEMORY_BUDGET", "FISHER_TYPES", "LayerwiseInfluence"]
 
@@ -143,7 +142,6 @@ class LayerwiseInfluence(TorchInfluenceBase):
         """Whether :meth:`fit` has completed."""
         return self._fitted and self._flat is not None
 
-    @flush_subnormals
     def _fit(self) -> None:
         self._fitted = False
         self._params = self._parameters()
@@ -321,7 +319,6 @@ class LayerwiseInfluence(TorchInfluenceBase):
                 "the model was trained on."
             )
 
-    @flush_subnormals
     def _per_batch(
         self,
         x: Any,

@@ -1,4 +1,4 @@
-"""CPU work of the per-layer backends with subnormal numbers flushed to zero, on every thread.
+"""EkfacInfluence's CPU work with subnormal numbers flushed to zero, on every thread.
 
 The gradients of a confident model are tiny, and float32 arithmetic whose results fall below
 ``2**-126`` (subnormal numbers) takes a microcode assist per operation on x86 unless the
@@ -17,6 +17,10 @@ inherit them. Values that would be subnormal become 0: below ``2**-126`` (float3
 (CUDA), and calls already in a helper thread, run where they are called. A keyboard interrupt
 stops the caller's wait at once; the helper finishes the call it is running in the
 background.
+
+Only ``EkfacInfluence`` uses it (its fit, factors and products work on full-size per-layer
+gradients). ``ProjectedInfluence`` does not: its projected gradients gained nothing, and its fit
+ran 8% slower in flush mode (5.2 s against 4.8 s on 3,000 points of the 1e6 CNN).
 """
 
 from __future__ import annotations
