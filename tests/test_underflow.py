@@ -120,3 +120,13 @@ def test_test_side_normalized_once_per_test_factors(
     before = calls.count(n_test)
     small.factor_product(test_f, train_f[:1])
     assert calls.count(n_test) == before
+
+
+def test_pickled_model_starts_without_the_cache(single: dict[str, Any]) -> None:
+    import pickle
+
+    infl, test_f, train_f = single["infl"], single["test"], single["train"]
+    expected = infl.factor_product(test_f, train_f)  # fills the cache
+    copy = pickle.loads(pickle.dumps(infl))  # as sent to fill workers
+    assert copy._normalized._of is None
+    torch.testing.assert_close(copy.factor_product(test_f, train_f), expected, rtol=0, atol=0)

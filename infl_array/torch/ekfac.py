@@ -437,8 +437,5 @@ class _NormalizedTest:
         with self._lock:
             self._of, self._version, self._layers = None, -1, {}
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__()  # type: ignore[misc]
+    def __reduce__(self) -> tuple[type[_NormalizedTest], tuple[()]]:
+        return (_NormalizedTest, ())  # workers start empty: no tensors, no lock
