@@ -221,7 +221,7 @@ def bench_size(size: str, a: argparse.Namespace) -> dict[str, Any]:
             {**common, "rows": a.n_test, "dim": a.dim, "reg": a.reg, "batch": 100},
             a.timeout,
         )
-    if "pydvl" in a.peers and (size == "1e5" or a.quick):
+    if "pydvl" in a.peers and (size in a.pydvl_sizes or a.quick):
         res["pydvl"] = run(
             f"pydvl-{size}",
             VENV["pydvl"],
@@ -398,6 +398,7 @@ def main() -> None:
     p.add_argument("--section", default=SECTION, help="RESULTS.md section head to (re)write")
     p.add_argument("--json", default=None, help="also write the raw results here")
     p.add_argument("--trak-sizes", default="1e5", help="sizes TRAK runs at (slow on CPU)")
+    p.add_argument("--pydvl-sizes", default="1e5", help="sizes pyDVL's CG runs at")
     p.add_argument("--note", default="", help="a sentence added to the section's header")
     p.add_argument(
         "--keep",
@@ -408,6 +409,7 @@ def main() -> None:
     a = p.parse_args()
     KEEP.update(m for m in a.keep.split(",") if m)
     a.trak_sizes = a.trak_sizes.split(",")
+    a.pydvl_sizes = a.pydvl_sizes.split(",")
     a.n_train = a.n_train or (1000 if a.quick else 10_000)
     a.n_test = a.n_test or (100 if a.quick else 1000)
     sizes = (a.sizes or ("1e5,1e6" if a.quick else "1e5,1e6,1e7")).split(",")
