@@ -319,6 +319,13 @@ def test_fit_rows_kept_only_where_they_are_train_factors(setup: dict[str, Any]) 
     # more than a quarter of memory_budget: not kept, computed as before
     assert rows(fisher_type="empirical", memory_budget=4 * 40 * 64 * 8 - 1) is None
     assert rows(fisher_type="empirical", memory_budget=4 * 40 * 64 * 8) is not None
+    # rows taken from the fit are held to the budget as computed rows are
+    kw: dict[str, Any] = {"projection_dim": 64, "fisher_type": "empirical"}
+    infl = ProjectedInfluence(setup["model"], CE, REG, memory_budget=4 * 40 * 64 * 8, **kw)
+    x, y = setup["train"]
+    infl.fit((x, y))
+    with pytest.raises(MemoryBudgetError, match="projected factors of 400 samples"):
+        infl.train_factors(x.repeat(10, 1, 1, 1), y.repeat(10))
     with pytest.raises(TypeError, match="reuse_fit_gradients must be a bool"):
         ProjectedInfluence(setup["model"], CE, REG, reuse_fit_gradients=1)  # type: ignore[arg-type]
 

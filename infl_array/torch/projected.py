@@ -433,6 +433,12 @@ class ProjectedInfluence(LayerwiseInfluence):
             return self._projected_factors(x, y, precondition=False)
         self._require_fitted()
         xt, yt = self._prepare(x, y)
+        check_budget(  # as for rows computed here
+            xt.shape[0] * self.width * self._itemsize,
+            self.memory_budget,
+            f"projected factors of {xt.shape[0]} samples ({xt.shape[0]} x {self.width})",
+            "pass fewer samples per call (a smaller block), or raise memory_budget.",
+        )
         found, kept = rows.take(sample_keys(xt, yt))
         if kept is None:
             return self._projected_factors(xt, yt, precondition=False)
