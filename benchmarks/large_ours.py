@@ -61,18 +61,8 @@ def floor(args: dict, model: torch.nn.Module, data: dict) -> tuple[dict, None]:
 def projected(args: dict, model: torch.nn.Module, data: dict) -> tuple[dict, np.ndarray]:
     timer = Timer()
     train, test = (data["x_train"], data["y_train"]), (data["x_test"], data["y_test"])
-    infl = ProjectedInfluence(
-        model, CE, args["reg"], args["dim"], "ekfac", fisher_type="empirical", batch_size=256
-    )
-    with timer("fit"):
-        infl.fit(train)
     store = Path(args["store"])
-    shutil.rmtree(store, ignore_errors=True)
-    with timer("fill"):
-        arr = ia.InfluenceArray.create(
-            store, infl, test=test, train=train, block_shape=(256, 4096), dtype="float32"
-        )
-        arr.fill(progress=False)
+    infl, arr = fit_and_fill(args, model, train, test, store, timer)
     with timer("memory"):
         test_f, train_f = infl.test_factors(*test), infl.train_factors(*train)
         full = test_f @ train_f.T
@@ -97,9 +87,16 @@ def projected(args: dict, model: torch.nn.Module, data: dict) -> tuple[dict, np.
     return {"times": timer.times, "no_reuse": no_reuse, **result}, rows
 
 
-def without_fit_rows(args: dict, model: torch.nn.Module, train: tuple, test: tuple, store: Path):
-    """Fit and fill again with ``reuse_fit_gradients=False``: the fill computes its train side."""
-    timer = Timer()
+def fit_and_fill(
+    args: dict,
+    model: torch.nn.Module,
+    train: tuple,
+    test: tuple,
+    store: Path,
+    timer: Timer,
+    reuse_fit_gradients: bool = True,
+) -> tuple[ProjectedInfluence, ia.InfluenceArray]:
+    """``ProjectedInfluence`` fitted (``fit``) and its matrix filled into ``store`` (``fill``)."""
     infl = ProjectedInfluence(
         model,
         CE,
@@ -108,15 +105,23 @@ def without_fit_rows(args: dict, model: torch.nn.Module, train: tuple, test: tup
         "ekfac",
         fisher_type="empirical",
         batch_size=256,
-        reuse_fit_gradients=False,
+        reuse_fit_gradients=reuse_fit_gradients,
     )
     with timer("fit"):
         infl.fit(train)
+    shutil.rmtree(store, ignore_errors=True)
     with timer("fill"):
         arr = ia.InfluenceArray.create(
             store, infl, test=test, train=train, block_shape=(256, 4096), dtype="float32"
         )
         arr.fill(progress=False)
+    return infl, arr
+
+
+def without_fit_rows(args: dict, model: torch.nn.Module, train: tuple, test: tuple, store: Path):
+    """Fit and fill again with ``reuse_fit_gradients=False``: the fill computes its train side."""
+    timer = Timer()
+    fit_and_fill(args, model, train, test, store, timer, reuse_fit_gradients=False)
     shutil.rmtree(store, ignore_errors=True)
     return timer.times
 

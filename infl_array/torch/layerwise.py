@@ -223,11 +223,31 @@ class LayerwiseInfluence(TorchInfluenceBase):
         what = f"the per-sample gradients of layer {self.layers[i].name!r} ({d_out} x {d_in})"
         return sample_chunks(rec.n, per, self.memory_budget, what)
 
-    def _sample_matrices(self, i: int, rec: LayerRecord) -> Iterator[tuple[slice, torch.Tensor]]:
-        """``(rows, M)`` with ``M`` the per-sample working-space gradients ``(n, d_out, d_in)``."""
-        for rows in self._row_chunks(i, rec):
-            acts, grads = self._working(i, rec, rows)
-            yield rows, grads.transpose(1, 2) @ acts
+    def _working_gradients(
+        self,
+        records: list[LayerRecord],
+        what: str,
+        use: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+        form: bool = True,
+    ) -> torch.Tensor | None:
+        """The per-sample working-space gradients of a captured batch, ``(n, width)``: each
+        layer's ``(d_out, d_in)`` matrix flattened row-major, layers in order (None when not
+        ``form``). ``use(i, acts, grads)`` sees each layer's working tensors on the way, chunk
+        by chunk (``what`` names the result in a budget error)."""
+        dims = [self._dims(i) for i in range(len(records))]
+        width = sum(d_out * d_in for d_out, d_in in dims)
+        out = self._empty(records[0].n, width, what) if form else None
+        offset = 0
+        for i, rec in enumerate(records):
+            for rows in self._row_chunks(i, rec):
+                acts, grads = self._working(i, rec, rows)
+                if use is not None:
+                    use(i, acts, grads)
+                if out is not None:
+                    m = grads.transpose(1, 2) @ acts
+                    out[rows, offset : offset + m[0].numel()] = m.flatten(1)
+            offset += dims[i][0] * dims[i][1]
+        return out
 
     def _fit_pass(
         self,
@@ -238,19 +258,8 @@ class LayerwiseInfluence(TorchInfluenceBase):
         """One curvature pass over the fit data: ``use(i, acts, grads)`` on each layer's working
         tensors, chunk by chunk; with ``keep``, also ``keep(x, y, gradients)`` per batch (see
         :meth:`_fit_kronecker`)."""
-        dims = [self._dims(i) for i in range(len(self.layers))]
-        width = sum(d_out * d_in for d_out, d_in in dims)
         for x, y, records in self._fit_records("curvature", desc):
-            out = None if keep is None else self._empty(records[0].n, width, "fit gradients")
-            offset = 0
-            for i, rec in enumerate(records):
-                for rows in self._row_chunks(i, rec):
-                    acts, grads = self._working(i, rec, rows)
-                    use(i, acts, grads)
-                    if out is not None:
-                        m = grads.transpose(1, 2) @ acts
-                        out[rows, offset : offset + m[0].numel()] = m.flatten(1)
-                offset += dims[i][0] * dims[i][1]
+            out = self._working_gradients(records, "fit gradients", use, form=keep is not None)
             if keep is not None and out is not None:
                 keep(x, y, out)
 
@@ -261,8 +270,8 @@ class LayerwiseInfluence(TorchInfluenceBase):
 
         With ``keep``, the last pass over the fit data (the covariance pass for K-FAC, the
         eigenvalue pass for EK-FAC) also forms each batch's per-sample working-space gradients
-        (layers concatenated, each flattened row-major, as :meth:`_sample_matrices`) from the
-        working tensors it has anyway, and calls ``keep(x, y, gradients)``.
+        (:meth:`_working_gradients`) from the working tensors it has anyway, and calls
+        ``keep(x, y, gradients)``.
         """
         like = self._require_fit().theta
         held = sum(

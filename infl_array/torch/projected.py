@@ -386,13 +386,8 @@ class ProjectedInfluence(LayerwiseInfluence):
     # ------------------------------------------------------------------ factors
     def _project_records(self, records: list[LayerRecord]) -> torch.Tensor:
         """Projected per-sample gradients of one captured batch, ``(n, width)``."""
-        out = self._empty(records[0].n, self.width, "projected gradients")
-        offset = 0
-        for i, rec in enumerate(records):
-            k_out, k_in = self.projection_shapes[i]
-            for rows, m in self._sample_matrices(i, rec):
-                out[rows, offset : offset + k_out * k_in] = m.flatten(1)
-            offset += k_out * k_in
+        out = self._working_gradients(records, "projected gradients")
+        assert out is not None
         return out
 
     def _projected_factors(self, x: Any, y: Any, precondition: bool) -> torch.Tensor:
