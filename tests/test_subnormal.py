@@ -23,6 +23,7 @@ class Owner:
         return {
             "thread": threading.current_thread().name,
             "ident": threading.get_ident(),
+            "helper": threading.current_thread(),
             "grad": torch.is_grad_enabled(),
             "flushing": flushing(),
             "product": float(tiny[0]),
@@ -60,6 +61,11 @@ def test_runs_in_a_flushing_helper_thread() -> None:
     t.join()
     assert idents[0] == idents[1] == got["ident"] != threading.get_ident()
     assert other[0]["thread"].startswith("infl-array-ftz") and other[0]["ident"] != idents[0]
+    # helpers are daemon threads (an interrupted program does not wait for them), and one
+    # whose caller has ended stops
+    assert got["helper"].daemon
+    other[0]["helper"].join(timeout=10)
+    assert not other[0]["helper"].is_alive() and got["helper"].is_alive()
 
 
 def test_other_devices_run_where_called() -> None:

@@ -16,7 +16,7 @@ inherit them. Values that would be subnormal become 0: below ``2**-126`` (float3
 ``2**-1022`` (float64), far below the rounding of any sum they enter. Work on another device
 (CUDA), and calls already in a helper thread, run where they are called. A keyboard interrupt
 stops the caller's wait at once; the helper finishes the call it is running in the
-background.
+background, and, being a daemon thread, does not keep an exiting program waiting.
 
 Only ``EkfacInfluence`` uses it (its fit, factors and products work on full-size per-layer
 gradients). ``ProjectedInfluence`` does not: its projected gradients gained nothing, and its fit
@@ -26,9 +26,10 @@ ran 8% slower in flush mode (5.2 s against 4.8 s on 3,000 points of the 1e6 CNN)
 from __future__ import annotations
 
 import functools
+import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any, TypeVar
 
 import torch
@@ -40,9 +41,25 @@ F = TypeVar("F", bound=Callable[..., Any])
 _local = threading.local()
 
 
-def _start_helper() -> None:
+def _serve(
+    jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]], caller: threading.Thread
+) -> None:
+    """A helper thread: flush-to-zero on, then run the calls it is given while its caller
+    lives."""
     _local.helper = True
     _local.flushing = torch.set_flush_denormal(True)  # False where the CPU cannot
+    while True:
+        try:
+            call, future = jobs.get(timeout=1.0)
+        except queue.Empty:
+            if caller.is_alive():
+                continue
+            return
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(call())
+            except BaseException as exc:  # handed to the caller, who raises it
+                future.set_exception(exc)
 
 
 def flushing() -> bool:
@@ -50,13 +67,21 @@ def flushing() -> bool:
     return bool(getattr(_local, "flushing", False))
 
 
-def _helper() -> ThreadPoolExecutor:
-    """The calling thread's helper thread (started on first use)."""
-    pool = getattr(_local, "pool", None)
-    if pool is None:
-        pool = ThreadPoolExecutor(1, "infl-array-ftz", initializer=_start_helper)
-        _local.pool = pool
-    return pool
+def _submit(call: Callable[[], Any]) -> Future[Any]:
+    """Run ``call`` in the calling thread's helper (a daemon thread, started on first use: an
+    interrupted program exits without waiting for the call it is running)."""
+    jobs = getattr(_local, "jobs", None)
+    if jobs is None:
+        jobs = queue.SimpleQueue()
+        caller = threading.current_thread()
+        helper = threading.Thread(
+            target=_serve, args=(jobs, caller), name="infl-array-ftz", daemon=True
+        )
+        helper.start()
+        _local.jobs = jobs
+    future: Future[Any] = Future()
+    jobs.put((call, future))
+    return future
 
 
 def _on_cpu(owner: Any) -> bool:
@@ -80,6 +105,6 @@ def flush_subnormals(method: F) -> F:
             with torch.set_grad_enabled(grad):
                 return method(self, *args, **kwargs)
 
-        return _helper().submit(call).result()
+        return _submit(call).result()
 
     return wrapper  # type: ignore[return-value]
