@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from infl_array.display.html import ArraySummary, array_html
 from infl_array.engine import BlockEngine
 from infl_array.factors import DEFAULT_FACTOR_DISK_BUDGET, FactorStore
 from infl_array.fill import fill_store
@@ -270,7 +271,8 @@ class InfluenceArray(LazyArray):
             )
 
     # ------------------------------------------------------------------ description
-    def __repr__(self) -> str:
+    def _described(self) -> dict[str, str]:
+        """What ``repr`` and the notebook's view show, as text."""
         engine = self._engine
         known = engine.refresh()
         n_blocks = self.grid_shape[0] * self.grid_shape[1]
@@ -284,16 +286,37 @@ class InfluenceArray(LazyArray):
                 "codec header and checksum outweigh the savings; prefer larger blocks)"
             )
         by = self.meta.computed_by
-        backend = by.get("backend") or by.get("name") or by.get("kind", "?")
-        mode = "computes missing blocks" if self.can_compute else "read-only"
+        return {
+            "blocks computed": f"{len(known)}/{n_blocks} ({100 * len(known) / n_blocks:.1f}%)",
+            "stored": _fmt_bytes(stored),
+            "compression ratio": ratio,
+            "backend": str(by.get("backend") or by.get("name") or by.get("kind", "?")),
+            "mode": "computes missing blocks" if self.can_compute else "read-only",
+            "store": engine.store.where,
+        }
+
+    def __repr__(self) -> str:
+        d = self._described()
         notes = self.notes
         return (
             f"InfluenceArray(shape={self.shape}, dtype={self.dtype}, "
-            f"block_shape={self.block_shape}, blocks computed {len(known)}/{n_blocks} "
-            f"({100 * len(known) / n_blocks:.1f}%), stored {_fmt_bytes(stored)}, "
-            f"compression ratio {ratio}, backend={backend}, {mode}, "
-            f"store={engine.store.where})"
+            f"block_shape={self.block_shape}, blocks computed {d['blocks computed']}, "
+            f"stored {d['stored']}, compression ratio {d['compression ratio']}, "
+            f"backend={d['backend']}, {d['mode']}, store={d['store']})"
         ) + (f"\nnotes on how its values were computed:\n{format_notes(notes)}" if notes else "")
+
+    def _repr_html_(self) -> str:
+        """The notebook's view: :func:`infl_array.display.html.array_html` of these facts."""
+        d = self._described()
+        facts: tuple[tuple[str, str], ...] = (
+            ("shape", str(self.shape)),
+            ("dtype", str(self.dtype)),
+        )
+        facts += (("block shape", f"{self.block_shape}, grid {self.grid_shape}"),)
+        facts += tuple(
+            (k, d[k]) for k in ("stored", "compression ratio", "backend", "mode", "store")
+        )
+        return array_html(ArraySummary("InfluenceArray", facts, self.computed, self.notes))
 
     @property
     def notes(self) -> dict[str, str]:

@@ -4,8 +4,9 @@ Hand-written digits (1,797 8x8 images, 10 classes) are split into train and test
 train labels are flipped on purpose. A softmax regression is trained on the noisy labels, and
 the influence of every train image on every test image is computed with ``DirectInfluence``
 into a store. For a few test images the demo shows the most helpful and the most harmful train
-images; harmful ones are very often the flipped labels. Run it twice: the second run reads the
-store and computes nothing.
+images; harmful ones are very often the flipped labels. It writes the same as a picture,
+``demo_influence.png`` in the store's directory (:mod:`infl_array.demo_picture`). Run it
+twice: the second run reads the store and computes nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from infl_array.array import InfluenceArray, open_array
+from infl_array.demo_picture import write_picture
 
 MODEL_FILE = "demo_model.pt"
 FLIP_FRACTION = 0.05
@@ -134,6 +136,7 @@ def run(store: str | Path, k: int = 5, show: int = 3) -> dict[str, Any]:
             for value, j in zip(values, idx, strict=True):
                 note = _flip_note(j, data, int(data["y_test"][i]), title) if j in flipped else ""
                 print(f"    #{j:<5d} label {data['y_train'][j]}  influence {value:+.4g}{note}")
+    picture = write_picture(store, arr, data, predicted, picks, k)
     harmful_flipped = np.isin(harmful_i, data["flipped"]).mean()
     helpful_same = (data["y_train"][helpful_i] == data["y_test"][:, None]).mean()
     computed = arr.stats.blocks_computed
@@ -147,9 +150,13 @@ def run(store: str | Path, k: int = 5, show: int = 3) -> dict[str, Any]:
         f"({already} were there at start) in {time.perf_counter() - t0:.1f} s; "
         f"run again to reuse them, or try: infl-array top {store} --k 5 --test 0"
     )
+    if picture is not None:
+        print(f"the picture of these test images and their train images: {picture}")
     return {
         "computed": computed,
         "read": n_blocks - computed,
         "harmful_flipped": float(harmful_flipped),
         "helpful_same_label": float(helpful_same),
+        "picture": picture,
+        "shown": picks,
     }
