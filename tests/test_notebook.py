@@ -1,7 +1,9 @@
-"""The notebook's view of an array: its facts, a bounded map of blocks, and a real browser."""
+"""In a notebook: an array's HTML view (facts, a bounded map of blocks, rendered by a real
+browser) and progress bars that render there (tqdm.auto)."""
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -132,3 +134,28 @@ def test_repr_html_renders_in_a_headless_browser(
     # the table of facts is left of the map: dark text pixels there
     left = grey[:, : done_px[:, 1].min()]
     assert (left < 0.3).sum() > 200
+
+
+def test_progress_bars_come_from_tqdm_auto() -> None:
+    """tqdm.auto draws a widget in a notebook and text elsewhere; plain tqdm only text."""
+    from tqdm.auto import tqdm
+
+    from infl_array.progress import counter_bar
+
+    bar = counter_bar(3, enabled=True, desc="fill")
+    assert isinstance(bar, tqdm)
+    bar.close()
+    plain = []
+    for path in Path(ia.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
+            plain += [
+                f"{path.name}: {n}" for n in names if n.startswith("tqdm") and n != "tqdm.auto"
+            ]
+    assert not plain, plain
