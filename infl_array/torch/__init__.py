@@ -23,21 +23,25 @@ Per-sample gradients and Hessian products use :mod:`torch.func`; data forms are 
 
 from __future__ import annotations
 
-from ._base import TorchInfluenceBase
-from ._functional import model_fingerprint
-from .arnoldi import ArnoldiInfluence
-from .blocks import BlockMode, SecondOrderMode
-from .cg import CgInfluence
-from .data import IndexedData, as_indexed
-from .datainf import InverseHarmonicMeanInfluence
-from .diagnostics import ConvergenceWarning, IndefiniteHessianWarning
-from .direct import DirectInfluence
-from .ekfac import EkfacInfluence
-from .layers import MemoryBudgetError
-from .lissa import LissaInfluence
-from .nystroem import NystroemSketchInfluence
-from .preconditioner import JacobiPreconditioner, NystroemPreconditioner, Preconditioner
-from .projected import ProjectedInfluence
+from infl_array.torch._base import TorchInfluenceBase
+from infl_array.torch._functional import model_fingerprint
+from infl_array.torch.arnoldi import ArnoldiInfluence
+from infl_array.torch.blocks import BlockMode, SecondOrderMode
+from infl_array.torch.cg import CgInfluence
+from infl_array.torch.data import IndexedData, as_indexed
+from infl_array.torch.datainf import InverseHarmonicMeanInfluence
+from infl_array.torch.diagnostics import ConvergenceWarning, IndefiniteHessianWarning
+from infl_array.torch.direct import DirectInfluence
+from infl_array.torch.ekfac import EkfacInfluence
+from infl_array.torch.layers import MemoryBudgetError
+from infl_array.torch.lissa import LissaInfluence
+from infl_array.torch.nystroem import NystroemSketchInfluence
+from infl_array.torch.preconditioner import (
+    JacobiPreconditioner,
+    NystroemPreconditioner,
+    Preconditioner,
+)
+from infl_array.torch.projected import ProjectedInfluence
 
 __all__ = [
     "ArnoldiInfluence",

@@ -46,8 +46,8 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from ._functional import FlatModel, LossFn, check_finite, model_fingerprint
-from .blocks import (
+from infl_array.torch._functional import FlatModel, LossFn, check_finite, model_fingerprint
+from infl_array.torch.blocks import (
     BlockMode,
     BlockStructure,
     ParameterBlocks,
@@ -58,12 +58,12 @@ from .blocks import (
     parse_second_order_mode,
     resolve_blocks,
 )
-from .checks import check_sample, model_inputs, require_eval_mode
-from .curvature import CurvatureMixin
-from .data import IndexedData, as_indexed
-from .deferred import DeferredBuild
-from .diagnostics import Diagnostics
-from .options import loss_name, optional_positive_int
+from infl_array.torch.checks import check_sample, model_inputs, require_eval_mode
+from infl_array.torch.curvature import CurvatureMixin
+from infl_array.torch.data import IndexedData, as_indexed
+from infl_array.torch.deferred import DeferredBuild
+from infl_array.torch.diagnostics import Diagnostics
+from infl_array.torch.options import loss_name, optional_positive_int
 
 __all__ = ["DEFAULT_BATCH_SIZE", "TorchInfluenceBase"]
 

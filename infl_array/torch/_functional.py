@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, jacrev, vjp, vmap
 
-from .data import tensor_bytes
+from infl_array.torch.data import tensor_bytes
 
 __all__ = ["FlatModel", "LossFn", "model_fingerprint"]
 

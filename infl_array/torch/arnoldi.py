@@ -39,18 +39,18 @@ import torch
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 from torch import nn
 
-from ._base import TorchInfluenceBase
-from ._functional import LossFn, nonnegative
-from .blocks import BlockMode, BlockStructure, SecondOrderMode
-from .diagnostics import (
+from infl_array.torch._base import TorchInfluenceBase
+from infl_array.torch._functional import LossFn, nonnegative
+from infl_array.torch.blocks import BlockMode, BlockStructure, SecondOrderMode
+from infl_array.torch.diagnostics import (
     NOT_CONVERGED,
     NOT_POSITIVE_DEFINITE,
     ConvergenceWarning,
     IndefiniteHessianWarning,
     rounding_level,
 )
-from .lowrank import LowRank
-from .options import optional_positive_int, parse_hessian_average, positive_int
+from infl_array.torch.lowrank import LowRank
+from infl_array.torch.options import optional_positive_int, parse_hessian_average, positive_int
 
 __all__ = ["ArnoldiInfluence"]
 

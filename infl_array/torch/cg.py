@@ -34,12 +34,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._base import TorchInfluenceBase
-from ._functional import LossFn, nonnegative
-from .blocks import BlockMode, BlockStructure, SecondOrderMode
-from .diagnostics import NOT_CONVERGED, NOT_POSITIVE_DEFINITE, ConvergenceWarning
-from .options import optional_positive_int, parse_hessian_average
-from .preconditioner import Preconditioner
+from infl_array.torch._base import TorchInfluenceBase
+from infl_array.torch._functional import LossFn, nonnegative
+from infl_array.torch.blocks import BlockMode, BlockStructure, SecondOrderMode
+from infl_array.torch.diagnostics import NOT_CONVERGED, NOT_POSITIVE_DEFINITE, ConvergenceWarning
+from infl_array.torch.options import optional_positive_int, parse_hessian_average
+from infl_array.torch.preconditioner import Preconditioner
 
 __all__ = ["CgInfluence"]
 

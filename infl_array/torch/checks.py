@@ -37,8 +37,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._functional import FlatModel, LossFn
-from .data import numpy_to_tensor
+from infl_array.torch._functional import FlatModel, LossFn
+from infl_array.torch.data import numpy_to_tensor
 
 __all__ = [
     "MODE_DEPENDENT",

@@ -16,9 +16,9 @@ from typing import Any, Protocol
 
 import torch
 
-from ._functional import FlatModel, check_finite
-from .blocks import ParameterBlocks, SecondOrderMode
-from .data import IndexedData
+from infl_array.torch._functional import FlatModel, check_finite
+from infl_array.torch.blocks import ParameterBlocks, SecondOrderMode
+from infl_array.torch.data import IndexedData
 
 __all__ = ["CurvatureMixin"]
 

@@ -25,9 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._base import TorchInfluenceBase
-from ._functional import LossFn
-from .blocks import BlockMode, BlockStructure, SecondOrderMode
+from infl_array.torch._base import TorchInfluenceBase
+from infl_array.torch._functional import LossFn
+from infl_array.torch.blocks import BlockMode, BlockStructure, SecondOrderMode
 
 __all__ = ["InverseHarmonicMeanInfluence"]
 

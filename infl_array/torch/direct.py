@@ -26,10 +26,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._base import TorchInfluenceBase
-from ._functional import LossFn
-from .blocks import BlockMode, BlockStructure, SecondOrderMode
-from .diagnostics import NOT_POSITIVE_DEFINITE, IndefiniteHessianWarning, rounding_level
+from infl_array.torch._base import TorchInfluenceBase
+from infl_array.torch._functional import LossFn
+from infl_array.torch.blocks import BlockMode, BlockStructure, SecondOrderMode
+from infl_array.torch.diagnostics import (
+    NOT_POSITIVE_DEFINITE,
+    IndefiniteHessianWarning,
+    rounding_level,
+)
 
 __all__ = ["DirectInfluence"]
 

@@ -62,12 +62,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._functional import LossFn, nonnegative
-from .kronecker import KroneckerCurvature
-from .layers import LayerRecord, check_budget
-from .layerwise import DEFAULT_MEMORY_BUDGET, LayerwiseInfluence
-from .subnormal import flush_subnormals
-from .underflow import needs_normalizing, normalized_rows
+from infl_array.torch._functional import LossFn, nonnegative
+from infl_array.torch.kronecker import KroneckerCurvature
+from infl_array.torch.layers import LayerRecord, check_budget
+from infl_array.torch.layerwise import DEFAULT_MEMORY_BUDGET, LayerwiseInfluence
+from infl_array.torch.subnormal import flush_subnormals
+from infl_array.torch.underflow import needs_normalizing, normalized_rows
 
 __all__ = ["EkfacInfluence"]
 

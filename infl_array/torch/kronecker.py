@@ -27,7 +27,7 @@ import threading
 
 import torch
 
-from .layers import sample_chunks
+from infl_array.torch.layers import sample_chunks
 
 __all__ = ["KroneckerCurvature", "eigh"]
 

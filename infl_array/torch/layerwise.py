@@ -35,10 +35,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._base import TorchInfluenceBase
-from ._functional import LossFn, check_finite
-from .kronecker import KroneckerCurvature
-from .layers import (
+from infl_array.torch._base import TorchInfluenceBase
+from infl_array.torch._functional import LossFn, check_finite
+from infl_array.torch.kronecker import KroneckerCurvature
+from infl_array.torch.layers import (
     LayerRecord,
     Objective,
     capture,
@@ -50,7 +50,7 @@ from .layers import (
     pydvl_objective,
     sample_chunks,
 )
-from .options import positive_int
+from infl_array.torch.options import positive_int
 
 __all__ = ["DEFAULT_MEMORY_BUDGET", "FISHER_TYPES", "LayerwiseInfluence"]
 

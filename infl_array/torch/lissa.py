@@ -32,11 +32,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._base import TorchInfluenceBase
-from ._functional import LossFn, nonnegative
-from .blocks import BlockMode, BlockStructure, SecondOrderMode
-from .diagnostics import NOT_CONVERGED, ConvergenceWarning
-from .options import positive_int
+from infl_array.torch._base import TorchInfluenceBase
+from infl_array.torch._functional import LossFn, nonnegative
+from infl_array.torch.blocks import BlockMode, BlockStructure, SecondOrderMode
+from infl_array.torch.diagnostics import NOT_CONVERGED, ConvergenceWarning
+from infl_array.torch.options import positive_int
 
 __all__ = ["LissaInfluence"]
 

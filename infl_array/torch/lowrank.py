@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .data import tensor_bytes
+from infl_array.torch.data import tensor_bytes
 
 __all__ = [
     "LowRank",

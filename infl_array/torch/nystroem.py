@@ -27,11 +27,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._base import TorchInfluenceBase
-from ._functional import LossFn
-from .blocks import BlockMode, BlockStructure, SecondOrderMode
-from .lowrank import LowRank, make_generator, nystroem_from_sketch, nystroem_sketch
-from .options import optional_seed, parse_hessian_average, positive_int
+from infl_array.torch._base import TorchInfluenceBase
+from infl_array.torch._functional import LossFn
+from infl_array.torch.blocks import BlockMode, BlockStructure, SecondOrderMode
+from infl_array.torch.lowrank import LowRank, make_generator, nystroem_from_sketch, nystroem_sketch
+from infl_array.torch.options import optional_seed, parse_hessian_average, positive_int
 
 __all__ = ["NystroemSketchInfluence"]
 

@@ -37,15 +37,15 @@ from typing import Any, TypeVar
 
 import torch
 
-from ._functional import nonnegative
-from .lowrank import (
+from infl_array.torch._functional import nonnegative
+from infl_array.torch.lowrank import (
     LowRank,
     gaussian_matrix,
     make_generator,
     nystroem_from_sketch,
     nystroem_sketch,
 )
-from .options import optional_seed, positive_int
+from infl_array.torch.options import optional_seed, positive_int
 
 __all__ = ["JacobiPreconditioner", "NystroemPreconditioner", "Preconditioner"]
 

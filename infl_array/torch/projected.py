@@ -71,11 +71,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._functional import LossFn
-from .fitrows import FitRows, sample_keys
-from .kronecker import KroneckerCurvature
-from .layers import LayerRecord, check_budget
-from .layerwise import DEFAULT_MEMORY_BUDGET, LayerwiseInfluence
+from infl_array.torch._functional import LossFn
+from infl_array.torch.fitrows import FitRows, sample_keys
+from infl_array.torch.kronecker import KroneckerCurvature
+from infl_array.torch.layers import LayerRecord, check_budget
+from infl_array.torch.layerwise import DEFAULT_MEMORY_BUDGET, LayerwiseInfluence
 
 __all__ = ["PRECONDITIONERS", "ProjectedInfluence", "factor_width", "split_width"]
 
