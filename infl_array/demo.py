@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from infl_array.array import InfluenceArray, open_array
+from infl_array.arrays.influence import InfluenceArray, open_array
 
 MODEL_FILE = "demo_model.pt"
 FLIP_FRACTION = 0.05

@@ -21,8 +21,9 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.utils.data import DataLoader, TensorDataset
 
-from infl_array.torch import EkfacInfluence, MemoryBudgetError, kronecker
-from infl_array.torch.kronecker import KroneckerCurvature, eigh
+from infl_array.torch import EkfacInfluence, MemoryBudgetError
+from infl_array.torch.layerwise import kronecker
+from infl_array.torch.layerwise.kronecker import KroneckerCurvature, eigh
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -32,8 +32,8 @@ from helpers import CountingFn
 from zarr.storage import LocalStore
 
 import infl_array as ia
-from infl_array.grid import PARTIAL_MIN_AGE_S
-from infl_array.store import InfluenceStore
+from infl_array.storage.grid import PARTIAL_MIN_AGE_S
+from infl_array.storage.store import InfluenceStore
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,8 +12,8 @@ import pytest
 from helpers import CountingFn, influence_like
 
 import infl_array as ia
-from infl_array import engine as engine_module
 from infl_array.cli import main
+from infl_array.engine import block_engine as engine_module
 
 ROOT = Path(__file__).resolve().parents[1]
 

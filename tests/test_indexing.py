@@ -1,4 +1,4 @@
-"""Tests of infl_array.indexing against numpy (``full[key]``) and zarr (``oindex``)."""
+"""Tests of infl_array.arrays.indexing against numpy (``full[key]``) and zarr (``oindex``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from strategies import index_case, numbered_matrix, structured_case
 
-from infl_array.indexing import AxisSel, axis_len, get_oindex, getitem
+from infl_array.arrays.indexing import AxisSel, axis_len, get_oindex, getitem
 
 
 def _check_sel(sel: AxisSel, n: int) -> None:

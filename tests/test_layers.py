@@ -14,8 +14,8 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from infl_array.torch import EkfacInfluence, MemoryBudgetError
-from infl_array.torch._functional import check_finite
-from infl_array.torch.layers import (
+from infl_array.torch.full.functional import check_finite
+from infl_array.torch.layerwise.capture import (
     LayerSpec,
     capture,
     check_budget,

@@ -18,7 +18,7 @@ import zarr
 from torch import nn
 
 import infl_array as ia
-from infl_array.notes import read_notes, write_notes
+from infl_array.storage.notes import read_notes, write_notes
 from infl_array.torch import DirectInfluence, IndefiniteHessianWarning
 
 ROOT = Path(__file__).resolve().parents[1]

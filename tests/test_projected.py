@@ -22,8 +22,8 @@ from torch import nn
 
 import infl_array as ia
 from infl_array.torch import EkfacInfluence, MemoryBudgetError, ProjectedInfluence
-from infl_array.torch.layers import LayerRecord
-from infl_array.torch.projected import factor_width, split_width
+from infl_array.torch.layerwise.capture import LayerRecord
+from infl_array.torch.layerwise.projected import factor_width, split_width
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -344,7 +344,7 @@ def test_fit_rows_with_duplicate_samples(setup: dict[str, Any]) -> None:
 
 
 def test_fit_rows_by_content() -> None:
-    from infl_array.torch.fitrows import FitRows, sample_keys
+    from infl_array.torch.layerwise.fitrows import FitRows, sample_keys
 
     x = torch.arange(12, dtype=torch.float32).reshape(4, 3)
     y = torch.tensor([0, 1, 0, 1])

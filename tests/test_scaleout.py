@@ -22,10 +22,10 @@ import pytest
 from helpers import LoggedFactors, SlowLoggedFn, indexed_data, logged_blocks, logged_calls
 
 import infl_array as ia
-from infl_array.claims import ClaimBook
-from infl_array.engine import BlockEngine
-from infl_array.store import InfluenceStore
-from infl_array.zarr_compat import write_key
+from infl_array.engine.block_engine import BlockEngine
+from infl_array.storage.claims import ClaimBook
+from infl_array.storage.store import InfluenceStore
+from infl_array.storage.zarr_compat import write_key
 
 N_TEST, N_TRAIN, BLOCK = 24, 40, (6, 10)
 TESTS = Path(__file__).resolve().parent

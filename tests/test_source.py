@@ -1,4 +1,4 @@
-"""Tests of infl_array.torch.source: model-backed block sources and their factor memo."""
+"""Tests of infl_array.torch.source.source: model-backed block sources and their factor memo."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from infl_array.torch.pydvl import PyDVLAdapter, is_pydvl_model, module_fingerprint
-from infl_array.torch.source import ModelBlockSource, make_block_source
+from infl_array.torch.source.pydvl import PyDVLAdapter, is_pydvl_model, module_fingerprint
+from infl_array.torch.source.source import ModelBlockSource, make_block_source
 
 torch.set_default_dtype(torch.float64)
 

@@ -1,4 +1,4 @@
-"""The flush-to-zero helper thread of the per-layer backends (infl_array.torch.subnormal)."""
+"""The flush-to-zero helper thread of the per-layer backends (torch.layerwise.subnormal)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from infl_array.torch.subnormal import flush_subnormals, flushing
+from infl_array.torch.layerwise.subnormal import flush_subnormals, flushing
 
 
 class Owner:

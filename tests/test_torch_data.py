@@ -1,4 +1,4 @@
-"""Data normalisation (``infl_array.torch.data``) and its use by the backends."""
+"""Data normalisation (``infl_array.torch.data.views``) and its use by the backends."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from infl_array.torch import CgInfluence, DirectInfluence
-from infl_array.torch import data as tdata
-from infl_array.torch.data import as_indexed
+from infl_array.torch.data.views import as_indexed
+from infl_array.torch.data import views as tdata
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

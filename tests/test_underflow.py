@@ -15,9 +15,9 @@ import pytest
 import torch
 from test_ekfac import CE, REG, conv_model, data, trained
 
-import infl_array.torch.ekfac as ekfac_module
+import infl_array.torch.layerwise.ekfac as ekfac_module
 from infl_array.torch import EkfacInfluence
-from infl_array.torch.underflow import TRIM_BITS, normalized_rows
+from infl_array.torch.layerwise.underflow import TRIM_BITS, normalized_rows
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
