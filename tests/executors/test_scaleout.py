@@ -28,7 +28,7 @@ from infl_array.storage.store import InfluenceStore
 from infl_array.storage.zarr_compat import write_key
 
 N_TEST, N_TRAIN, BLOCK = 24, 40, (6, 10)
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 
 
 def factor_array(store: Path | str, log: Path, **kw: Any) -> ia.InfluenceArray:

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import zarr
-from test_ekfac import REG, conv_model, data, trained
+from models import REG, conv_model, data, trained
 
 import infl_array as ia
 from infl_array.torch import EkfacInfluence, ProjectedInfluence

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_ekfac import REG, conv_model, data, reference_grads, trained
+from models import REG, conv_model, data, trained
+from test_ekfac import reference_grads
 from torch import nn
 
 import infl_array as ia

@@ -35,11 +35,11 @@ import infl_array as ia
 from infl_array.storage.grid import PARTIAL_MIN_AGE_S
 from infl_array.storage.store import InfluenceStore
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 CHILD_SOURCE = textwrap.dedent(
     '''
-    """Child process of tests/test_faults.py: fills or reads a store, maybe killing itself."""
+    """Child of tests/storage/test_faults.py: fills or reads a store, maybe killing itself."""
     import json, os, pathlib, random, signal, sys, time
 
     import numpy as np

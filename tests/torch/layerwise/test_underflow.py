@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import torch
-from test_ekfac import CE, REG, conv_model, data, trained
+from models import CE, REG, conv_model, data, trained
 
 import infl_array.torch.layerwise.ekfac as ekfac_module
 from infl_array.torch import EkfacInfluence

@@ -21,7 +21,7 @@ import infl_array as ia
 from infl_array.storage.notes import read_notes, write_notes
 from infl_array.torch import DirectInfluence, IndefiniteHessianWarning
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _problem(seed: int) -> tuple[nn.Module, Any, Any]:

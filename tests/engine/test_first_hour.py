@@ -15,7 +15,7 @@ import infl_array as ia
 from infl_array.cli import main
 from infl_array.engine import block_engine as engine_module
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Zeros:

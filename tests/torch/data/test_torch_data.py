@@ -12,8 +12,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from infl_array.torch import CgInfluence, DirectInfluence
-from infl_array.torch.data.views import as_indexed
 from infl_array.torch.data import views as tdata
+from infl_array.torch.data.views import as_indexed
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
