@@ -11,30 +11,7 @@ torch.
 
 from __future__ import annotations
 
-from infl_array.quality.scores import (
-    HeldOutChoice,
-    LooCorrelation,
-    detection_auc,
-    held_out_choice,
-    lds,
-    lds_bootstrap,
-    lds_per_test,
-    loo_correlation,
-    predicted_subset_outputs,
-    rank_average,
-    subset_mask,
-)
+from infl_array.quality import scores
+from infl_array.quality.scores import *  # noqa: F403 (every name of scores.__all__)
 
-__all__ = [
-    "HeldOutChoice",
-    "LooCorrelation",
-    "detection_auc",
-    "held_out_choice",
-    "lds",
-    "lds_bootstrap",
-    "lds_per_test",
-    "loo_correlation",
-    "predicted_subset_outputs",
-    "rank_average",
-    "subset_mask",
-]
+__all__ = list(scores.__all__)
