@@ -81,7 +81,8 @@ if [[ -f "$report" ]]; then
 fi
 echo "pydvl_env: tests ran in $((t2 - t1)) s"
 # the core array tests under numpy 1.26 and the zarr it resolves (3.1.5): numpy>=1.26 support
-"$VENV/bin/python" -m pytest tests/test_array.py tests/test_indexing.py tests/test_reduce.py \
+"$VENV/bin/python" -m pytest \
+    tests/arrays/test_array.py tests/arrays/test_indexing.py tests/arrays/test_reduce.py \
     -q -p no:cacheprovider || rc=$?
 echo "pydvl_env: numpy 1.x core tests ran in $(( $(date +%s) - t2 )) s"
 exit "$rc"

@@ -12,7 +12,7 @@ best of three for each, and the multiply-adds per second of the matrix product.
 
 ``--tiny``: the same matrix product with every value scaled by 1e-20 (the gradients of a
 confident model), whose products fall below float32's normal range, as is and after
-``infl_array.torch.underflow.normalized_rows`` (what ``EkfacInfluence`` does now).
+``infl_array.torch.layerwise.underflow.normalized_rows`` (what ``EkfacInfluence`` does now).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import torch
 
-from infl_array.torch.underflow import normalized_rows
+from infl_array.torch.layerwise.underflow import normalized_rows
 
 
 def best(f: Callable[[], object], repeat: int = 3) -> float:

@@ -204,7 +204,7 @@ def notes(results: list[dict[str, Any]]) -> str:
   `use_empirical_fisher=True`) the two agree on every case, the CNN included. K-FAC on the
   CNN also differs in the eigenvalue scale of convolutions (ours `s_G s_A / T` with `T`
   positions per sample, Kronfluence's `s_G s_A` of position-averaged factors; see
-  `infl_array/torch/ekfac.py`).
+  `infl_array/torch/layerwise/ekfac.py`).
 - Projected (`ProjectedInfluence`): `projection_dim={s.get("projection_dim")}`, fewer than
   the parameters of every case, so the gradients are really projected (at `projection_dim`
   >= the parameters it equals our EK-FAC exactly, and 4096 would be that here); EK-FAC

@@ -22,8 +22,8 @@ from numcodecs import CRC32C, BitRound, Blosc, Zstd
 from reads_data import BLOCK, lowrank_block, t_block
 from results_md import fmt_t, table, yes_no
 
-from infl_array import indexing
-from infl_array.plan import plan_outer
+from infl_array.arrays import indexing
+from infl_array.engine.plan import plan_outer
 
 PLAN_SHAPE = (100_000, 1_000_000)
 

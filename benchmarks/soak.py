@@ -177,7 +177,7 @@ def refill(trial: Trial, missing: int) -> tuple[bool, bool, int]:
     """``fill()`` with a counting function: (computed exactly the missing blocks, final matrix
     correct, partial files cleaned afterwards)."""
     import infl_array as ia
-    from infl_array.store import InfluenceStore
+    from infl_array.storage.store import InfluenceStore
 
     fn = CountingFn()
     arr = ia.open(trial.store, fn=fn)

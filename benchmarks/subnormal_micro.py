@@ -6,8 +6,8 @@ of ``bench_large.py --sizes 1e7 --n-train 10000 --n-test 1000``, which makes the
 Times ``EkfacInfluence(update_diagonal=True, fisher_type="empirical")`` fit on the first
 ``--fit`` train points and its test factors of ``--test`` test points, side by side in one
 process: in the caller's thread (subnormal numbers computed the slow way) and as the library
-runs them, in its helper thread with flush-to-zero on (``infl_array.torch.subnormal``). Prints
-both, their ratio and the largest difference of the test factors relative to their largest
+runs them, in its helper thread with flush-to-zero on (``infl_array.torch.layerwise.subnormal``).
+Prints both, their ratio and the largest difference of the test factors relative to their largest
 value.
 """
 
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from large_common import load
 
-import infl_array.torch.subnormal as subnormal
+import infl_array.torch.layerwise.subnormal as subnormal
 from infl_array.torch import EkfacInfluence
 
 

@@ -9,7 +9,7 @@ Examples
 
 from __future__ import annotations
 
-from infl_array.array import InfluenceArray, open_array
+from infl_array.arrays.influence import InfluenceArray, open_array
 from infl_array.errors import (
     BlockFunctionError,
     CorruptBlockError,
@@ -17,8 +17,8 @@ from infl_array.errors import (
     NotAStoreError,
     StaleCacheError,
 )
-from infl_array.meta import Compression
 from infl_array.protocol import FactorisedInfluence
+from infl_array.storage.meta import Compression
 from infl_array.version import __version__
 
 open = open_array

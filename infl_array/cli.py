@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from infl_array.array import InfluenceArray, open_array
+from infl_array.arrays.influence import InfluenceArray, open_array
 from infl_array.version import __version__
 
 

@@ -4,8 +4,9 @@ Hand-written digits (1,797 8x8 images, 10 classes) are split into train and test
 train labels are flipped on purpose. A softmax regression is trained on the noisy labels, and
 the influence of every train image on every test image is computed with ``DirectInfluence``
 into a store. For a few test images the demo shows the most helpful and the most harmful train
-images; harmful ones are very often the flipped labels. It writes the same as a picture,
-``demo_influence.png`` in the store's directory (:mod:`infl_array.demo_picture`). Run it
+images; harmful ones are very often the flipped labels. It draws the same as a picture with
+:mod:`infl_array.plot` (the ``plot`` extra, part of ``demo``), ``demo_influence.png`` in the
+store's directory; without matplotlib it says how to get the picture and goes on. Run it
 twice: the second run reads the store and computes nothing.
 """
 
@@ -17,13 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from infl_array.array import InfluenceArray, open_array
-from infl_array.demo_picture import write_picture
+from infl_array.arrays.influence import InfluenceArray, open_array
 
 MODEL_FILE = "demo_model.pt"
 FLIP_FRACTION = 0.05
 REGULARIZATION = 1e-3
 BLOCK_SHAPE = (64, 256)
+PICTURE_FILE = "demo_influence.png"
+DPI = 110
 
 
 def load_digits_split(seed: int = 0) -> dict[str, Any]:
@@ -160,3 +162,41 @@ def run(store: str | Path, k: int = 5, show: int = 3) -> dict[str, Any]:
         "picture": picture,
         "shown": picks,
     }
+
+
+def write_picture(
+    store: Path, arr: Any, data: dict[str, Any], predicted: np.ndarray, rows: list[int], k: int
+) -> Path | None:
+    """Save the figure of ``rows`` into ``store``; its path, or None without matplotlib."""
+    try:
+        fig = demo_figure(arr, data, predicted, rows, k)
+    except ImportError as exc:
+        print(f"\nno picture of the test images: {exc}")
+        return None
+    path = store / PICTURE_FILE
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def demo_figure(
+    arr: Any, data: dict[str, Any], predicted: np.ndarray, rows: list[int], k: int
+) -> Any:
+    """The demo's figure (:func:`infl_array.plot.influence_examples` of its data)."""
+    from infl_array.plot import influence_examples
+
+    fig = influence_examples(
+        arr,
+        data["x_test"],
+        data["x_train"],
+        rows=rows,
+        k=k,
+        test_labels=data["y_test"],
+        train_labels=data["y_train"],
+        true_train_labels=data["y_train_true"],
+        predicted=predicted,
+    )
+    fig.suptitle(
+        "Which train images helped (green) and hurt (red) each test prediction",
+        fontsize=12,
+    )
+    return fig

@@ -19,8 +19,8 @@ a string that identifies the parameter values the influence is computed at.
 Also optional, and used when present: ``check_data(x, y, what=...)`` refuses data the model
 cannot take (called on the first samples of each data set by ``create`` and ``open``, before
 anything is written); ``diagnostics()`` returns ``{key: message}`` of what the solves found
-(recorded in the store as notes, :mod:`infl_array.notes`); ``prepare()`` runs deferred fitting
-work (called before the model is sent to worker processes).
+(recorded in the store as notes, :mod:`infl_array.storage.notes`); ``prepare()`` runs deferred
+fitting work (called before the model is sent to worker processes).
 
 This module imports neither torch nor zarr.
 """

@@ -51,8 +51,7 @@ def assert_demo_picture(store: Path, result: dict[str, Any], out: str) -> None:
     import torch
 
     import infl_array as ia
-    from infl_array.demo import MODEL_FILE, load_digits_split
-    from infl_array.demo_picture import DPI, PICTURE_FILE, demo_figure
+    from infl_array.demo import DPI, MODEL_FILE, PICTURE_FILE, demo_figure, load_digits_split
 
     path = result["picture"]
     assert path == store / PICTURE_FILE and path.exists()

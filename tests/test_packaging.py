@@ -4,7 +4,10 @@
   model-backed array without it says which extra to install.
 * Every third-party module the package imports is declared in ``pyproject.toml`` (in the core
   dependencies or in the extra of the subpackage that imports it).
-* The package's import graph has no circle, and no module imports from the package root.
+* The package's import graph has no circle, no module imports from the package root, imports
+  are absolute, and they only go down the layers (errors, version, protocol, display <
+  storage < engine < executors < arrays < quality, plot, cli, demo); the core imports
+  ``infl_array.torch`` only through the hooks listed in ``CORE_TO_TORCH``.
 """
 
 from __future__ import annotations
@@ -116,25 +119,87 @@ def test_every_imported_distribution_is_declared() -> None:
     assert not missing, missing
 
 
-def test_import_graph_has_no_circle_and_no_root_imports() -> None:
+# The layer rule of the package (issue 20): imports only go down these ranks.
+# A module may import modules of its own rank or below; ``infl_array/__init__.py`` is above all.
+LAYERS = {
+    "infl_array.errors": 0,
+    "infl_array.version": 0,
+    "infl_array.protocol": 0,
+    "infl_array.display": 0,
+    "infl_array.storage": 1,
+    "infl_array.engine": 2,
+    "infl_array.executors": 3,
+    "infl_array.arrays": 4,
+    "infl_array.quality": 5,
+    "infl_array.cli": 5,
+    "infl_array.plot": 5,
+    "infl_array.demo": 5,
+}
+TORCH = "infl_array.torch"
+# The only imports from the core into infl_array.torch (all function-local): (importer, module,
+# name). arrays/influence.py builds a model's block source through one documented hook;
+# arrays/retest.py reaches the torch source and data views for new test data (to become a
+# declared source capability); demo.py fits a torch model.
+CORE_TO_TORCH = {
+    ("infl_array.arrays.influence", "infl_array.torch.source.source", "make_block_source"),
+    ("infl_array.arrays.retest", "infl_array.torch.data.views", "as_indexed"),
+    ("infl_array.arrays.retest", "infl_array.torch.source.source", "ModelBlockSource"),
+    ("infl_array.demo", "infl_array.torch", "DirectInfluence"),
+}
+
+
+def _edges() -> dict[str, dict[str, set[str]]]:
+    """``{importer: {imported module: names}}`` over the package, every import counted
+    (module-level, function-local and ``TYPE_CHECKING`` ones); a name that is itself a module
+    (``from infl_array.x import y``) is an edge to that module."""
     modules = _modules()
-    graph: dict[str, set[str]] = {}
-    root_imports = []
+    graph: dict[str, dict[str, set[str]]] = {}
     for name, path in modules.items():
-        deps = set()
-        for module, relative in _imports(path):
-            if relative:
-                continue  # the package uses absolute imports only
-            if module == "infl_array" and name != "infl_array":
-                root_imports.append(name)
-            if module in modules:
-                deps.add(module)
-        # ``from infl_array.x import y`` where y is a module
+        deps: dict[str, set[str]] = {}
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                deps |= {f"{node.module}.{a.name}" for a in node.names} & modules.keys()
-        graph[name] = deps - {name}
+            if isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.name.startswith("infl_array"):
+                        deps.setdefault(a.name, set())
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("infl_array"):
+                for a in node.names:
+                    sub = f"{node.module}.{a.name}"
+                    if sub in modules:
+                        deps.setdefault(sub, set())
+                    else:
+                        deps.setdefault(str(node.module), set()).add(a.name)
+        deps.pop(name, None)
+        graph[name] = deps
+    return graph
+
+
+def _layer(module: str) -> int | None:
+    """Rank of a core module in :data:`LAYERS` (None for the root and for infl_array.torch)."""
+    for prefix, rank in LAYERS.items():
+        if module == prefix or module.startswith(prefix + "."):
+            return rank
+    return None
+
+
+def _is_torch(module: str) -> bool:
+    return module == TORCH or module.startswith(TORCH + ".")
+
+
+def test_every_core_module_has_a_layer() -> None:
+    loose = [m for m in _modules() if m != "infl_array" and not _is_torch(m) and _layer(m) is None]
+    assert not loose, f"modules outside the layers of LAYERS (add them there): {loose}"
+
+
+def test_package_uses_absolute_imports_only() -> None:
+    relative = [name for name, path in _modules().items() if any(r for _, r in _imports(path))]
+    assert not relative, f"modules with relative imports (write infl_array....): {relative}"
+
+
+def test_import_graph_has_no_circle_and_no_root_imports() -> None:
+    graph = {name: set(deps) for name, deps in _edges().items()}
+    root_imports = [name for name, deps in graph.items() if "infl_array" in deps]
     assert not root_imports, f"modules importing the package root: {root_imports}"
+    graph = {name: {d for d in deps if d in graph} for name, deps in graph.items()}
     state: dict[str, int] = {}
 
     def visit(node: str, path: list[str]) -> None:
@@ -149,3 +214,30 @@ def test_import_graph_has_no_circle_and_no_root_imports() -> None:
     for name in sorted(graph):
         if name not in state:
             visit(name, [])
+
+
+def test_imports_only_go_down_the_layers() -> None:
+    upward = []
+    for name, deps in _edges().items():
+        own = _layer(name)
+        if own is None:
+            continue  # the root and infl_array.torch may import any core module
+        for dep in deps:
+            rank = _layer(dep)
+            if rank is not None and rank > own:
+                upward.append(f"{name} (layer {own}) imports {dep} (layer {rank})")
+    assert not upward, f"imports up the layers of LAYERS: {upward}"
+
+
+def test_core_imports_torch_only_through_the_documented_hooks() -> None:
+    found = {
+        (name, dep, imported)
+        for name, deps in _edges().items()
+        if not _is_torch(name) and name != "infl_array"
+        for dep, names in deps.items()
+        if _is_torch(dep)
+        for imported in names or {""}
+    }
+    assert found <= CORE_TO_TORCH, f"core imports of infl_array.torch: {found - CORE_TO_TORCH}"
+    gone = CORE_TO_TORCH - found
+    assert not gone, f"hooks no longer used (remove them from CORE_TO_TORCH): {gone}"

@@ -13,31 +13,35 @@ of the mean training loss over the fit data, through the factorised protocol
 * :class:`ProjectedInfluence` -- per-layer Kronecker-structured random projections of the
   gradients, preconditioned in the projected space.
 
-The last two are per-layer backends (:mod:`infl_array.torch.layers`): they capture each
+The last two are per-layer backends (:mod:`infl_array.torch.layerwise.capture`): they capture each
 layer's inputs and output gradients in one forward and backward pass per batch and never form
 a per-sample gradient of all parameters; parameters outside those layers are left out.
 
 Per-sample gradients and Hessian products use :mod:`torch.func`; data forms are normalised by
-:func:`infl_array.torch.data.as_indexed`.
+:func:`infl_array.torch.data.views.as_indexed`.
 """
 
 from __future__ import annotations
 
-from ._base import TorchInfluenceBase
-from ._functional import model_fingerprint
-from .arnoldi import ArnoldiInfluence
-from .blocks import BlockMode, SecondOrderMode
-from .cg import CgInfluence
-from .data import IndexedData, as_indexed
-from .datainf import InverseHarmonicMeanInfluence
-from .diagnostics import ConvergenceWarning, IndefiniteHessianWarning
-from .direct import DirectInfluence
-from .ekfac import EkfacInfluence
-from .layers import MemoryBudgetError
-from .lissa import LissaInfluence
-from .nystroem import NystroemSketchInfluence
-from .preconditioner import JacobiPreconditioner, NystroemPreconditioner, Preconditioner
-from .projected import ProjectedInfluence
+from infl_array.torch.data.views import IndexedData, as_indexed
+from infl_array.torch.full.arnoldi import ArnoldiInfluence
+from infl_array.torch.full.base import TorchInfluenceBase
+from infl_array.torch.full.cg import CgInfluence
+from infl_array.torch.full.datainf import InverseHarmonicMeanInfluence
+from infl_array.torch.full.diagnostics import ConvergenceWarning, IndefiniteHessianWarning
+from infl_array.torch.full.direct import DirectInfluence
+from infl_array.torch.full.functional import model_fingerprint
+from infl_array.torch.full.lissa import LissaInfluence
+from infl_array.torch.full.nystroem import NystroemSketchInfluence
+from infl_array.torch.full.param_blocks import BlockMode, SecondOrderMode
+from infl_array.torch.full.preconditioner import (
+    JacobiPreconditioner,
+    NystroemPreconditioner,
+    Preconditioner,
+)
+from infl_array.torch.layerwise.capture import MemoryBudgetError
+from infl_array.torch.layerwise.ekfac import EkfacInfluence
+from infl_array.torch.layerwise.projected import ProjectedInfluence
 
 __all__ = [
     "ArnoldiInfluence",

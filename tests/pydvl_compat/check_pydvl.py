@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import infl_array as ia
 from infl_array.torch import DirectInfluence
-from infl_array.torch.source import make_block_source
+from infl_array.torch.source.source import make_block_source
 
 pytestmark = [
     # torch.func's forward-mode AD loads decompositions through torch.jit.script (deprecated)

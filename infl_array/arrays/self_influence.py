@@ -1,0 +1,69 @@
+"""Self-influence: ``grad^T (H + lambda*Id)^-1 grad`` of each train point, lazy and cached.
+
+The values live in the array ``"self_influence"`` of the same zarr group (shape ``(n_train,)``,
+one chunk per train block, the influence array's codecs and NaN fill value), created on first
+use. Its engine (:mod:`infl_array.engine.block_engine`) sees it as one row of blocks, computed by
+the source's ``diagonal`` capability: like the influence matrix, a chunk is computed on the first
+read that touches it, written once with one atomic chunk write, and read from the store ever
+after. Indexing follows numpy for 1-D arrays: the key is applied to the ``(1, n_train)`` row
+view with a leading ``0``, which gives exactly numpy's 1-D results and exception types.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from infl_array.arrays.front import LazyArray
+from infl_array.engine.block_engine import BlockEngine
+from infl_array.engine.sources import DiagonalBlocks
+from infl_array.errors import MissingBlockError
+
+ARRAY_NAME = "self_influence"
+_MISSING_FIX = (
+    "Reopen with ia.open(store, model, test=..., train=...): self-influence needs the model."
+)
+
+
+class SelfInfluenceArray(LazyArray):
+    """The self-influence of every train point of a model-backed influence array."""
+
+    _slice_hint = "si[start:stop]"
+
+    def __init__(self, engine: BlockEngine) -> None:
+        super().__init__(engine, (engine.shape[1],))
+
+    @property
+    def block_len(self) -> int:
+        """Train points per block."""
+        return self._engine.block_shape[1]
+
+    def _engine_key(self, key: Any) -> Any:
+        return (0, *key) if isinstance(key, tuple) else (0, key)
+
+    def __repr__(self) -> str:
+        engine = self._engine
+        return (
+            f"SelfInfluenceArray(shape={self.shape}, dtype={self.dtype}, blocks computed "
+            f"{len(engine.refresh())}/{engine.grid_shape[1]}, store={engine.store.where})"
+        )
+
+
+def open_self_influence(matrix: BlockEngine) -> SelfInfluenceArray:
+    """The self-influence array beside ``matrix`` (created in the store on first use)."""
+    store = matrix.store
+    diagonal = matrix.source.diagonal if matrix.source is not None else None
+    grid = store.side_grid(ARRAY_NAME)
+    if grid is None:
+        if diagonal is None:
+            raise MissingBlockError(
+                (0, 0),
+                f"the store {store.where} holds no self-influence yet, and this array has no "
+                "model to compute it (self-influence needs a model-backed array). Reopen with "
+                "ia.open(store, model, test=..., train=...).",
+            )
+        n_train, block_cols = matrix.shape[1], matrix.block_shape[1]
+        grid = store.create_side_grid(ARRAY_NAME, n_train, block_cols)
+    source = None
+    if diagonal is not None and matrix.source is not None:
+        source = DiagonalBlocks(diagonal, grid.shape[1], matrix.source)
+    return SelfInfluenceArray(BlockEngine(store, grid, source, missing_fix=_MISSING_FIX))

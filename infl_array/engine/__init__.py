@@ -1,0 +1,13 @@
+"""Engine: block state, planning, and computing blocks.
+
+Owns the state of a matrix's blocks (:mod:`~infl_array.engine.block_engine`), pure planning of
+reads and tiles (:mod:`~infl_array.engine.plan`), the cache of decoded blocks
+(:mod:`~infl_array.engine.cache`), computing missing blocks once (:mod:`~infl_array.engine.work`),
+checks of computed blocks (:mod:`~infl_array.engine.validate`), progress bars
+(:mod:`~infl_array.engine.progress`) and the block-source contract
+(:mod:`~infl_array.engine.sources`).
+
+May import: numpy, :mod:`infl_array.storage`, and :mod:`infl_array.errors`,
+:mod:`infl_array.version`, :mod:`infl_array.protocol`. Never torch, and nothing above it
+(executors, arrays, quality, cli, demo).
+"""

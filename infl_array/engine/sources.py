@@ -1,0 +1,218 @@
+"""The block-source contract: what computes the blocks of a stored array.
+
+A *source* is the engine's only view of a model or a function. :class:`BlockSource` lists
+everything the engine (:mod:`infl_array.engine.block_engine`) and the array constructors use;
+optional capabilities are declared as properties that are ``None`` when a source lacks them, never
+probed with ``getattr``:
+
+* ``factor_reuse`` (:class:`FactorReuse`): the source keeps per-sample factors in a memo under
+  a byte budget, so blocks are computed in tiles that reuse them (see
+  :func:`infl_array.engine.plan.plan_tiles`);
+* ``diagonal`` (:class:`DiagonalSource`): the source computes the self-influence of train
+  points (the diagonal of the train x train influence), served by
+  :class:`DiagonalBlocks` as the blocks of a 1-D array.
+
+Two sources implement the contract: :class:`FunctionSource` (a plain block function
+``fn(rows, cols)``) and :class:`infl_array.torch.source.source.ModelBlockSource` (an influence model
+and two data sets). This module imports neither torch nor zarr (the factor store only as a type).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from infl_array.engine.validate import to_numpy
+
+if TYPE_CHECKING:
+    from infl_array.storage.factors import FactorStore
+
+BlockFunction = Callable[[range, range], Any]
+"""``fn(rows: range, cols: range) -> array (len(rows), len(cols))``."""
+
+
+@runtime_checkable
+class FactorReuse(Protocol):
+    """Capability: per-sample factors memoised under a byte budget, reusable across blocks."""
+
+    @property
+    def factor_budget_bytes(self) -> int:
+        """Bytes the memo may hold."""
+        ...
+
+    def test_factor_bytes(self, rows: range, cols: range) -> int:
+        """Bytes the test factors of ``test[rows]`` take in the memo.
+
+        ``cols`` is the first train range the tile needs: a source may measure on factors it
+        must compute anyway.
+        """
+        ...
+
+    def attach(self, factor_store: FactorStore | None) -> None:
+        """Keep factors in ``factor_store`` (by whole blocks), or in memory only (None)."""
+        ...
+
+    @property
+    def factor_store(self) -> FactorStore | None:
+        """The attached factor store, or None."""
+        ...
+
+    def prefetch(self, rows: range | None = None, cols: range | None = None) -> None:
+        """Compute and memoise the factors of ``test[rows]`` and ``train[cols]`` now (a hint)."""
+        ...
+
+
+@runtime_checkable
+class DiagonalSource(Protocol):
+    """Capability: the self-influence of train points."""
+
+    def compute_diagonal(self, cols: range) -> Any:
+        """1-D array-like of length ``len(cols)``: the self-influence of ``train[cols]``."""
+        ...
+
+
+@runtime_checkable
+class BlockSource(Protocol):
+    """What computes the blocks of a stored array.
+
+    ``compute_block`` may return numpy arrays, torch tensors (any device) or anything with
+    ``__array__``; the engine checks shape, dtype and finiteness
+    (:func:`infl_array.engine.validate.check_block`) before anything is stored.
+    """
+
+    @property
+    def shape(self) -> tuple[int, int] | None:
+        """``(n_test, n_train)`` when the source knows it (model-backed), else None."""
+        ...
+
+    def compute_block(self, rows: range, cols: range) -> Any:
+        """The values of ``test[rows] x train[cols]``, shape ``(len(rows), len(cols))``."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able description, recorded in the store as ``computed_by``."""
+        ...
+
+    def fingerprints(self) -> dict[str, str]:
+        """What identifies the source's model and data, recorded and compared at ``open``."""
+        ...
+
+    def set_output_dtype(self, dtype: np.dtype[Any]) -> None:
+        """The dtype blocks are stored in (a source may compute in it)."""
+        ...
+
+    @property
+    def factor_reuse(self) -> FactorReuse | None:
+        """The factor-reuse capability, or None."""
+        ...
+
+    @property
+    def diagonal(self) -> DiagonalSource | None:
+        """The self-influence capability, or None."""
+        ...
+
+    @property
+    def stats(self) -> Mapping[str, int]:
+        """Counters of work done (e.g. factor computations); empty when there are none."""
+        ...
+
+    def notes(self) -> dict[str, str]:
+        """What computing found that a reader should know, ``{key: message}`` (JSON-able).
+
+        E.g. ``{"not_positive_definite": "..."}`` from a torch backend whose regularised
+        curvature is indefinite. Empty when all is well; asking computes nothing. The engine
+        records new or changed notes in the store after computing blocks
+        (:mod:`infl_array.storage.notes`).
+        """
+        ...
+
+
+class PlainSource:
+    """Base of sources with no optional capability and nothing to fingerprint or count."""
+
+    def fingerprints(self) -> dict[str, str]:
+        return {}
+
+    def set_output_dtype(self, dtype: np.dtype[Any]) -> None:
+        """Values are computed as they come; the engine casts them to the store's dtype."""
+
+    @property
+    def factor_reuse(self) -> None:
+        return None
+
+    @property
+    def diagonal(self) -> None:
+        return None
+
+    @property
+    def stats(self) -> Mapping[str, int]:
+        return {}
+
+    def notes(self) -> dict[str, str]:
+        """Nothing to report."""
+        return {}
+
+
+class FunctionSource(PlainSource):
+    """A plain block function as a :class:`BlockSource`.
+
+    Examples
+    --------
+    >>> src = FunctionSource(lambda rows, cols: [[r * 10 + c for c in cols] for r in rows])
+    >>> src.compute_block(range(1, 2), range(0, 3))
+    [[10, 11, 12]]
+    >>> src.describe()["kind"], src.factor_reuse, src.diagonal
+    ('function', None, None)
+    """
+
+    def __init__(self, fn: BlockFunction) -> None:
+        if not callable(fn):
+            raise TypeError(
+                f"fn must be callable as fn(rows: range, cols: range); got {type(fn).__name__}."
+            )
+        self.fn = fn
+
+    @property
+    def shape(self) -> None:
+        return None
+
+    def compute_block(self, rows: range, cols: range) -> Any:
+        return self.fn(rows, cols)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "function", "name": qualname(self.fn)}
+
+
+class DiagonalBlocks(PlainSource):
+    """The self-influence capability of a source as the blocks of a ``(1, n_train)`` array.
+
+    ``of`` is the source the capability belongs to: its notes are this source's notes.
+    """
+
+    def __init__(self, diagonal: DiagonalSource, n_train: int, of: BlockSource) -> None:
+        self.source = diagonal
+        self.n_train = n_train
+        self.of = of
+
+    def notes(self) -> dict[str, str]:
+        return self.of.notes()
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (1, self.n_train)
+
+    def compute_block(self, rows: range, cols: range) -> Any:
+        values = to_numpy(self.source.compute_diagonal(cols))
+        return values.reshape(1, -1) if values.ndim == 1 else values
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "self_influence"}
+
+
+def qualname(fn: Callable[..., Any]) -> str:
+    """``module.qualname`` of a callable (its type's for callable objects)."""
+    module = getattr(fn, "__module__", None) or ""
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"{module}.{name}" if module else name

@@ -1,0 +1,13 @@
+"""Storage: the store of an influence matrix and everything kept in it.
+
+Owns every key and path of the on-disk layout: the zarr group and its metadata
+(:mod:`~infl_array.storage.store`, :mod:`~infl_array.storage.meta`), the block grid of the matrix
+(:mod:`~infl_array.storage.grid`), stored factor blocks (:mod:`~infl_array.storage.factors`),
+claims of blocks being computed (:mod:`~infl_array.storage.claims`), notes of what computing
+found (:mod:`~infl_array.storage.notes`), and the one seam to zarr internals
+(:mod:`~infl_array.storage.zarr_compat`).
+
+May import: numpy, zarr and its codecs, fsspec, and :mod:`infl_array.errors`,
+:mod:`infl_array.version`, :mod:`infl_array.protocol`. Never torch, and nothing above it
+(engine, executors, arrays, quality, cli, demo).
+"""

@@ -1,0 +1,145 @@
+"""Claims: how several fillers of one store share the work instead of repeating it.
+
+Before a filler computes a unit of work (a block, or a block of factors) it *claims* it: it
+writes a small claim object ``{"owner", "expires"}`` under ``influence/claims/<name>`` with a
+create-if-absent, then reads it back; the filler whose claim is there owns the unit. On a local
+directory the create is exclusive (atomic); on object stores it is an existence check and a
+write, so two fillers may both win in a short race and compute the same unit: the values are
+identical and every write is atomic, so nothing is wrong, only that work is doubled.
+
+Other fillers skip a unit claimed by a live owner and come back to it later, when it is either
+done (in the store) or its claim has expired (or, for an owner on the same machine, its process
+is gone). A claim expires ``ttl_s`` seconds after its
+owner's last refresh; owners refresh the claims they hold every ``ttl_s / 4`` from a background
+thread, so a live filler keeps its claims, and a killed one (even with SIGKILL) loses them by
+expiry: a claim never blocks a unit forever. Expiry compares wall clocks, so machines sharing a
+store need clocks within a fraction of ``ttl_s`` of each other (NTP). Claims are released
+(deleted) as soon as their unit is done; a claim left by a killed filler is removed by the
+filler that takes the unit over.
+
+This module knows zarr's store interface only (through :mod:`infl_array.storage.zarr_compat`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import Any
+
+from infl_array.storage.zarr_compat import delete_key, read_key, write_key, write_key_if_absent
+
+CLAIM_TTL_S = 60.0
+"""Seconds a claim lives after its owner's last refresh."""
+
+
+class ClaimBook:
+    """The claims one filler holds on units of one store (see the module docstring).
+
+    Parameters
+    ----------
+    zarr_store : zarr Store
+        The store's zarr Store object.
+    prefix : str
+        Key prefix of the claims (e.g. ``"influence/claims/"``).
+    ttl_s : float
+        Seconds a claim lives after its last refresh.
+    """
+
+    def __init__(self, zarr_store: Any, prefix: str, ttl_s: float = CLAIM_TTL_S) -> None:
+        self._store = zarr_store
+        self._prefix = prefix
+        self.ttl_s = float(ttl_s)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self._held: set[str] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+
+    def _content(self) -> bytes:
+        return json.dumps({"owner": self.owner, "expires": time.time() + self.ttl_s}).encode()
+
+    def _read(self, name: str) -> dict[str, Any] | None:
+        raw = read_key(self._store, self._prefix + name)
+        if raw is None:
+            return None
+        try:
+            found = json.loads(raw)
+            return found if isinstance(found, dict) else {}
+        except ValueError:
+            return {}  # being written right now: someone holds it
+
+    def try_claim(self, name: str) -> bool:
+        """Claim ``name``; True when this filler now owns it (also when it already did)."""
+        if name in self._held:
+            return True
+        key = self._prefix + name
+        for _ in range(2):
+            content = self._content()
+            write_key_if_absent(self._store, key, content)
+            found = self._read(name)
+            if found is not None and found.get("owner") == self.owner:
+                with self._lock:
+                    self._held.add(name)
+                self._start_heartbeat()
+                return True
+            if found is not None and not _is_stale(found):
+                return False  # a live owner
+            delete_key(self._store, key)  # expired (its owner died), or released meanwhile
+        return False
+
+    def release(self, name: str) -> None:
+        """Give up ``name``'s claim (its unit is done, or abandoned)."""
+        with self._lock:
+            if name not in self._held:
+                return
+            self._held.discard(name)
+        found = self._read(name)
+        if found is not None and found.get("owner") == self.owner:
+            delete_key(self._store, self._prefix + name)
+
+    def close(self) -> None:
+        """Release every claim held and stop refreshing."""
+        for name in list(self._held):
+            self.release(name)
+        self._stop.set()
+
+    def _start_heartbeat(self) -> None:
+        if self._heartbeat is not None and self._heartbeat.is_alive():
+            return
+        self._stop.clear()
+        self._heartbeat = threading.Thread(
+            target=self._refresh_loop, name="infl-array-claims", daemon=True
+        )
+        self._heartbeat.start()
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.wait(self.ttl_s / 4):
+            with self._lock:
+                held = list(self._held)
+            for name in held:
+                try:
+                    write_key(self._store, self._prefix + name, self._content())
+                except OSError:
+                    continue  # a failed refresh only risks the claim expiring
+
+
+def _is_stale(claim: dict[str, Any]) -> bool:
+    """Whether a claim's owner is gone: its claim expired, or it was a process of this machine
+    that no longer runs (a killed filler here is noticed at once, without waiting for expiry)."""
+    if float(claim.get("expires", time.time() + 1)) < time.time():
+        return True
+    host, _, rest = str(claim.get("owner", "")).partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, but not ours to signal
+        return False
+    return False

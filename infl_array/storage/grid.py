@@ -1,0 +1,306 @@
+"""One stored zarr array as a grid of blocks: block reads and writes, listing, housekeeping.
+
+A 2-D array (the influence matrix) has one block per chunk. A 1-D array of length ``n`` beside
+it (the self-influence) is seen as shape ``(1, n)`` with blocks ``(1, chunk)``, block ``(0, j)``
+being chunk ``j``, so one engine serves both. Which blocks are computed is read from the store
+itself: a block is computed exactly when its chunk key exists. Every block is written with one
+chunk-aligned assignment, which zarr performs as one atomic replace (temporary file + rename on
+a local directory), so a key that exists always holds a complete block. A writer killed between
+creating its temporary file and renaming it leaves a ``<j>.<uuid4hex>.partial`` file next to
+the block; such files are never counted as blocks, and :meth:`BlockGrid.clean_partials`
+removes them once they are provably abandoned.
+
+This module knows zarr and numpy, not torch.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from infl_array.errors import CorruptBlockError
+from infl_array.storage.zarr_compat import (
+    empty_chunks_kept,
+    keep_empty_chunks,
+    key_exists,
+    list_prefix,
+    size_under,
+)
+
+BlockCoords = tuple[int, int]
+
+# zarr's LocalStore writes a chunk to "<j>.<uuid4 hex>.partial", then renames it to "<j>"
+_PARTIAL_NAME = re.compile(r"^\d+\.[0-9a-f]+\.partial$")
+_CLAIM_PARTIAL_NAME = re.compile(r"^[0-9a-z_.]+\.[0-9a-f]{32}\.partial$")
+PARTIAL_MIN_AGE_S = 3600.0
+"""Temporary block files younger than this (by mtime) may belong to a live writer."""
+
+
+class BlockGrid:
+    """The blocks of one zarr array (see the module docstring).
+
+    Parameters
+    ----------
+    array : zarr.Array
+        The stored array (1-D or 2-D).
+    where : str
+        How messages name the store.
+    local_root : Path or None
+        The store's directory when it is local (fast listing, housekeeping), else None.
+    """
+
+    def __init__(self, array: zarr.Array, where: str, local_root: Path | None) -> None:
+        self.array = keep_empty_chunks(array)
+        self.name = array.path  # e.g. "influence" or "factors/train"
+        self.where = where
+        self.read_only = bool(array.store.read_only)
+        self.zarr_store = array.store
+        self._dir = None if local_root is None else local_root.joinpath(*self.name.split("/"), "c")
+        self.ndim = array.ndim
+        if self.ndim == 1:
+            self.shape = (1, int(array.shape[0]))
+            self.block_shape = (1, int(array.chunks[0]))
+        else:
+            self.shape = (int(array.shape[0]), int(array.shape[1]))
+            self.block_shape = (int(array.chunks[0]), int(array.chunks[1]))
+        self.grid_shape = (
+            -(-self.shape[0] // self.block_shape[0]),
+            -(-self.shape[1] // self.block_shape[1]),
+        )
+        self.dtype = np.dtype(array.dtype)
+
+    # ------------------------------------------------------------------ geometry
+    def block_bounds(self, coords: BlockCoords) -> tuple[slice, slice]:
+        """The rows and columns block ``coords`` covers."""
+        (i, j), (br, bc) = coords, self.block_shape
+        n0, n1 = self.shape
+        return slice(i * br, min((i + 1) * br, n0)), slice(j * bc, min((j + 1) * bc, n1))
+
+    def _chunk_parts(self, coords: BlockCoords) -> tuple[str, ...]:
+        return (str(coords[1]),) if self.ndim == 1 else (str(coords[0]), str(coords[1]))
+
+    def _selection(self, rows: Any, cols: Any) -> tuple[Any, ...]:
+        return (cols,) if self.ndim == 1 else (rows, cols)
+
+    # ------------------------------------------------------------------ which blocks exist
+    def list_computed(self, rows: Iterable[int] | None = None) -> set[BlockCoords]:
+        """Every block whose chunk exists (temporary files of killed writers are ignored).
+
+        With ``rows``, only those block rows are listed (one listing each: on an object store,
+        reading a few rows of a large store does not list all of it).
+        """
+        found: set[BlockCoords] = set()
+        if self._dir is not None:
+            found = _list_local(self._dir, self.ndim, None if rows is None else set(rows))
+        else:
+            base = f"{self.name}/c/"
+            pattern = re.compile(r"^(\d+)$" if self.ndim == 1 else r"^(\d+)/(\d+)$")
+            prefixes = [base] if rows is None or self.ndim == 1 else [f"{base}{i}/" for i in rows]
+            for prefix in prefixes:
+                for key in list_prefix(self.zarr_store, prefix):
+                    m = pattern.match(key[len(base) :])
+                    if m:
+                        ij = (0, int(m.group(1))) if self.ndim == 1 else (int(m[1]), int(m[2]))
+                        found.add(ij)
+        g0, g1 = self.grid_shape
+        return {c for c in found if c[0] < g0 and c[1] < g1}
+
+    def has_blocks(self, coords: Iterable[BlockCoords]) -> set[BlockCoords]:
+        """The subset of ``coords`` that is computed (one existence check each)."""
+        coords = list(coords)
+        if self._dir is not None:
+            root = self._dir
+            return {c for c in coords if os.path.isfile(root.joinpath(*self._chunk_parts(c)))}
+        prefix = f"{self.name}/c/"
+        return {
+            c
+            for c in coords
+            if key_exists(self.zarr_store, prefix + "/".join(self._chunk_parts(c)))
+        }
+
+    # ------------------------------------------------------------------ writes
+    def check_writable(self, coords: BlockCoords | None = None) -> None:
+        """``PermissionError`` (naming ``coords``, if given) unless blocks may be written."""
+        if not self.read_only:
+            return
+        what = f"block {coords}" if coords is not None else "missing blocks"
+        raise PermissionError(
+            errno.EACCES,
+            f"cannot write {what}: the store {self.where} is read-only (a read-only directory "
+            "or a zarr store opened with read_only=True). Nothing was written. Read the blocks "
+            "already computed with ia.open(store), or copy the store to a writable location "
+            "and open that to compute.",
+        )
+
+    def write_block(self, coords: BlockCoords, values: np.ndarray) -> None:
+        """Write one whole block atomically (one chunk-aligned zarr assignment).
+
+        ``values`` has the block's 2-D shape. A failed write (full disk, no permission, ...)
+        raises an ``OSError`` of the same type and errno that names the block, with the
+        original as ``__cause__``; nothing is stored for the block and every other block is
+        untouched.
+        """
+        self.check_writable(coords)
+        rows, cols = self.block_bounds(coords)
+        try:
+            with empty_chunks_kept():
+                if self.ndim == 1:
+                    self.array[cols] = values[0]
+                else:
+                    self.array[rows, cols] = values
+        except OSError as exc:
+            raise write_error(exc, coords, self.where) from exc
+
+    # ------------------------------------------------------------------ reads
+    def read_block(self, coords: BlockCoords) -> np.ndarray:
+        """Decode one block (2-D); ``CorruptBlockError`` if it fails its checksum or decode."""
+        rows, cols = self.block_bounds(coords)
+        try:
+            out = np.asarray(self.array[self._selection(rows, cols)])
+        except Exception as exc:
+            raise self._corrupt(coords, exc) from exc
+        return out.reshape(rows.stop - rows.start, cols.stop - cols.start)
+
+    def _corrupt(self, coords: BlockCoords, exc: BaseException) -> CorruptBlockError:
+        what = f"block {coords}" if self.ndim == 2 else f"block {coords[1]} of {self.name!r}"
+        return CorruptBlockError(
+            coords,
+            f"{what} of {self.where} is corrupt: its stored bytes fail their checksum "
+            f"or do not decode ({type(exc).__name__}: {exc}). Call arr.repair() with a model or "
+            "function to recompute it (arr.verify() lists every corrupt block).",
+        )
+
+    def read_region(self, rows: Any, cols: Any, blocks: Iterable[BlockCoords]) -> np.ndarray:
+        """The orthogonal selection ``rows x cols`` (2-D), naming the corrupt block on failure."""
+        try:
+            out = np.asarray(self.array.get_orthogonal_selection(self._selection(rows, cols)))
+        except Exception:
+            self._raise_first_corrupt(blocks)
+            raise
+        return out[None, :] if self.ndim == 1 else out
+
+    def read_coordinates(
+        self, rows: np.ndarray, cols: np.ndarray, blocks: Iterable[BlockCoords]
+    ) -> np.ndarray:
+        """The points ``(rows[k], cols[k])`` as a 1-D array."""
+        try:
+            return np.asarray(self.array.get_coordinate_selection(self._selection(rows, cols)))
+        except Exception:
+            self._raise_first_corrupt(blocks)
+            raise
+
+    def _raise_first_corrupt(self, blocks: Iterable[BlockCoords]) -> None:
+        for coords in sorted(blocks):
+            self.read_block(coords)  # raises CorruptBlockError for the first bad block
+
+    def verify_block(self, coords: BlockCoords) -> bool:
+        """True when the block decodes, passes its checksum and holds only finite values."""
+        try:
+            values = self.read_block(coords)
+        except CorruptBlockError:
+            return False
+        return bool(np.isfinite(values).all())
+
+    # ------------------------------------------------------------------ housekeeping
+    def clean_partials(self, min_age_s: float = PARTIAL_MIN_AGE_S) -> int:
+        """Remove temporary block files of dead writers; returns how many were removed.
+
+        zarr's local store writes a block to ``<j>.<uuid4 hex>.partial`` next to its final key
+        and renames it into place; a writer killed in between leaves that file behind. Such
+        files are never read as blocks, they only take space. The rule: a ``.partial`` file
+        under this array's chunk directory is removed only when its last modification is at
+        least ``min_age_s`` seconds old (default one hour). A live writer creates, writes (one
+        write call for the whole encoded block) and renames its file within the time it takes
+        to write one block, seconds at most, so an hour-old file has no live writer. Should a
+        writer resume after being suspended for longer (SIGSTOP, a sleeping laptop), its rename
+        fails and that block write raises: the block is absent, never wrong, and a later
+        ``fill()`` computes it. Stores that are not local directories have no such files.
+        Claim objects (:mod:`infl_array.storage.claims`) are written the same way and cleaned alike.
+        Files that vanish or cannot be removed meanwhile are skipped.
+        """
+        if self._dir is None or self.read_only:
+            return 0
+        cutoff = time.time() - min_age_s
+        removed = 0
+        claims = str(self._dir.parent / "claims")  # claim objects are written the same way
+        for folder in [*_chunk_folders(self._dir, self.ndim), claims]:
+            pattern = _CLAIM_PARTIAL_NAME if folder == claims else _PARTIAL_NAME
+            try:
+                with os.scandir(folder) as entries:
+                    partials = [e for e in entries if pattern.match(e.name)]
+            except OSError:
+                continue
+            for entry in partials:
+                try:
+                    if entry.stat(follow_symlinks=False).st_mtime > cutoff:
+                        continue
+                    os.unlink(entry.path)
+                except OSError:
+                    continue
+                removed += 1
+        return removed
+
+    def stored_bytes(self) -> int:
+        """Bytes of all stored blocks (a walk of a local directory, one listing elsewhere)."""
+        if self._dir is None:
+            return size_under(self.zarr_store, f"{self.name}/c/")
+        total = 0
+        for dirpath, _, files in os.walk(self._dir):
+            for name in files:
+                if name.isdigit():
+                    total += os.stat(os.path.join(dirpath, name)).st_size
+        return total
+
+
+def _chunk_folders(base: Path, ndim: int) -> list[str]:
+    """The folders that hold chunk files: ``c/`` for 1-D arrays, ``c/<i>/`` for 2-D."""
+    if ndim == 1:
+        return [str(base)]
+    try:
+        return [r.path for r in os.scandir(base) if r.name.isdigit() and r.is_dir()]
+    except OSError:
+        return []
+
+
+def _list_local(base: Path, ndim: int, rows: set[int] | None = None) -> set[BlockCoords]:
+    found: set[BlockCoords] = set()
+    if rows is not None and ndim == 2:
+        folders = [str(base / str(i)) for i in sorted(rows)]
+    else:
+        folders = _chunk_folders(base, ndim)
+    for folder in folders:
+        i = 0 if ndim == 1 else int(os.path.basename(folder))
+        try:
+            with os.scandir(folder) as entries:
+                found.update((i, int(e.name)) for e in entries if e.name.isdigit())
+        except FileNotFoundError:
+            continue
+    return found
+
+
+def write_error(exc: OSError, coords: BlockCoords, where: str) -> OSError:
+    """``exc`` restated to name the block and the fix, keeping its type and errno."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno == errno.ENOSPC:
+        fix = "free disk space (or move the store)"
+    elif isinstance(exc, PermissionError):
+        fix = "make the store writable (or copy it to a writable location)"
+    else:
+        fix = "fix the storage problem"
+    message = (
+        f"could not write block {coords} to the store {where}: {reason}. Nothing was stored "
+        "for this block and the blocks already in the store are intact; "
+        f"{fix}, then call arr.fill() again to compute the missing blocks."
+    )
+    try:
+        return type(exc)(exc.errno, message) if exc.errno is not None else type(exc)(message)
+    except Exception:
+        return OSError(exc.errno, message)

@@ -1,0 +1,420 @@
+"""The store: one zarr v3 group holding the influence matrix and what belongs with it.
+
+Layout (readable with plain zarr)::
+
+    <store>/zarr.json                  group; attrs["infl_array"] describe the store (StoreMeta)
+    <store>/influence/zarr.json        array (n_test, n_train), dimension names ("test", "train")
+    <store>/influence/c/<i>/<j>        block (i, j): compressed, with a CRC32C checksum
+    <store>/self_influence/c/<j>       self-influence of train block j (created on first use)
+    <store>/factors/test/c/<i>/0       per-sample test factors of test block i (when stored)
+    <store>/factors/train/c/<j>/0      per-sample train factors of train block j (when stored)
+
+:class:`InfluenceStore` creates and opens the group, checks what it finds (clear errors for
+anything that is not an infl_array store), and hands out each array as a
+:class:`~infl_array.storage.grid.BlockGrid`, which does the block I/O. Nothing mutable is shared
+between writers (no "done" list in a file or in attrs): a block is computed exactly when its
+chunk key exists. The fill value is NaN and blocks may not hold non-finite values, so a
+computed block is never mistaken for an empty one. ``file://`` URLs are opened as local
+directories, because fsspec's local file system writes in place, not atomically.
+
+This module knows zarr and numpy, not torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.abc.store import Store
+from zarr.codecs import BytesCodec
+
+from infl_array.errors import NotAStoreError
+from infl_array.storage.grid import BlockGrid
+from infl_array.storage.meta import Compression, StoreMeta
+from infl_array.storage.zarr_compat import lossy_codec_warning_silenced
+
+MATRIX_NAME = "influence"
+FACTORS_GROUP = "factors"
+ATTRS_KEY = "infl_array"
+DIMENSION_NAMES = ("test", "train")
+
+
+class InfluenceStore:
+    """An open infl_array store (see the module docstring).
+
+    Attributes
+    ----------
+    spec : object
+        The store argument it was opened with (path, URL or zarr Store): workers reopen it.
+    storage_options : dict or None
+        fsspec options of a URL store (credentials, endpoint), passed on to workers.
+    where : str
+        How messages name the store.
+    meta : StoreMeta
+        What the store records about itself.
+    matrix : BlockGrid
+        The influence matrix.
+    read_only : bool
+        Whether nothing may be written.
+    """
+
+    def __init__(
+        self,
+        spec: Any,
+        group: zarr.Group,
+        matrix: zarr.Array,
+        meta: StoreMeta,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.storage_options = dict(storage_options) if storage_options else None
+        self.where = describe_store(spec)
+        self.group = group
+        self.meta = meta
+        self.read_only = bool(group.store.read_only)
+        self.local_root = local_path(spec)
+        self.matrix = BlockGrid(matrix, self.where, self.local_root)
+
+    @property
+    def is_process_local(self) -> bool:
+        """Whether the store lives only in this process (other processes cannot share it)."""
+        spec = self.spec
+        return (
+            spec is None
+            or isinstance(spec, dict | zarr.storage.MemoryStore)
+            or (isinstance(spec, str) and spec.startswith("memory://"))
+        )
+
+    # ------------------------------------------------------------------ create / open
+    @staticmethod
+    def check_creatable(
+        store: Any, *, overwrite: bool, storage_options: Mapping[str, Any] | None = None
+    ) -> None:
+        """Raise unless a new store may be created at ``store`` (before any computation)."""
+        store = _zarr_store(store, storage_options=storage_options)
+        path = local_path(store)
+        if path is not None:
+            _check_local_dir(path, creating=True)
+        if _store_read_only(store):
+            raise PermissionError(
+                errno.EACCES,
+                f"cannot create an infl_array store in {describe_store(store)}: the zarr store "
+                "was opened read-only. Pass a writable store (e.g. LocalStore(path)) or a path.",
+            )
+        if not _exists(store):
+            return
+        if path is not None and not _is_infl_store(store):
+            raise FileExistsError(
+                f"{describe_store(store)} exists and is not an infl_array store; refusing "
+                "to overwrite another program's data even with overwrite=True. Choose a new "
+                "or empty directory."
+            )
+        if not overwrite:
+            raise FileExistsError(
+                f"{describe_store(store)} already exists and is not empty. Pass "
+                "overwrite=True to replace it, or reopen the existing store with "
+                "ia.open(store, ...)."
+            )
+
+    @classmethod
+    def create(
+        cls,
+        store: Any,
+        meta: StoreMeta,
+        *,
+        overwrite: bool = False,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> InfluenceStore:
+        """Create a new store; ``FileExistsError`` if one exists and ``overwrite`` is false."""
+        cls.check_creatable(store, overwrite=overwrite, storage_options=storage_options)
+        zstore = _zarr_store(store, storage_options=storage_options)
+        group = zarr.open_group(zstore, mode="w", zarr_format=3)
+        array = _create_array(
+            group,
+            MATRIX_NAME,
+            meta.shape,
+            meta.block_shape,
+            meta.dtype,
+            meta.compression,
+            overwrite=True,
+        )
+        # attrs last: a store whose attrs exist is fully created
+        group.attrs.update({ATTRS_KEY: meta.to_json()})
+        recorded = StoreMeta.from_json(meta.to_json(), describe_store(store))
+        return cls(store, group, array, recorded, storage_options)
+
+    @classmethod
+    def open(
+        cls,
+        store: Any,
+        *,
+        read_only: bool = False,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> InfluenceStore:
+        """Open an existing store; clear errors for anything that is not one."""
+        _check_storage_options(storage_options)
+        where = describe_store(store)
+        path = local_path(store)
+        if path is not None:
+            _check_local_dir(path, creating=False)
+            if read_only is False and not os.access(path, os.W_OK):
+                read_only = True
+        read_only = read_only or _store_read_only(store)
+        try:
+            with lossy_codec_warning_silenced():
+                zstore = _zarr_store(store, read_only=read_only, storage_options=storage_options)
+                group = zarr.open_group(zstore, mode="r" if read_only else "r+")
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError) as exc:
+            raise NotAStoreError(
+                f"{where} is not an infl_array store: no zarr group there. Create one with "
+                "InfluenceArray.create(...) or InfluenceArray.from_function(...)."
+            ) from exc
+        except (ValueError, TypeError, json.JSONDecodeError) as exc:
+            raise NotAStoreError(
+                f"{where} has damaged zarr metadata ({type(exc).__name__}: {exc}); "
+                "expected a zarr v3 group written by infl_array. Recreate it with overwrite=True."
+            ) from exc
+        attrs = group.attrs.asdict()
+        if ATTRS_KEY not in attrs:
+            raise NotAStoreError(
+                f"{where} is a zarr group but not an infl_array store (no {ATTRS_KEY!r} "
+                "attribute). Open it with zarr, or create an infl_array store elsewhere."
+            )
+        recorded = attrs[ATTRS_KEY]
+        if not isinstance(recorded, Mapping):
+            raise NotAStoreError(
+                f"{where} has damaged infl_array metadata: attribute {ATTRS_KEY!r} is a "
+                f"{type(recorded).__name__}, expected a mapping. Recreate the store with "
+                "overwrite=True."
+            )
+        meta = StoreMeta.from_json(recorded, where)
+        try:
+            with lossy_codec_warning_silenced():
+                array = group[MATRIX_NAME]
+        except Exception as exc:
+            raise NotAStoreError(
+                f"{where} lacks its array {MATRIX_NAME!r} or its metadata is damaged "
+                f"({type(exc).__name__}: {exc}). Recreate the store with overwrite=True."
+            ) from exc
+        if not isinstance(array, zarr.Array) or tuple(array.shape) != meta.shape:
+            raise NotAStoreError(
+                f"{where}: array {MATRIX_NAME!r} does not match the recorded shape {meta.shape}. "
+                "The store is damaged; recreate it with overwrite=True."
+            )
+        found = (tuple(array.chunks), str(array.dtype))
+        if found != (meta.block_shape, meta.dtype):
+            raise NotAStoreError(
+                f"{where}: array {MATRIX_NAME!r} has chunks {found[0]} and dtype {found[1]}, but "
+                f"the store records block_shape {meta.block_shape} and dtype {meta.dtype}. Its "
+                "metadata is damaged; recreate the store with overwrite=True."
+            )
+        return cls(store, group, array, meta, storage_options)
+
+    # ------------------------------------------------------------------ arrays beside the matrix
+    def side_grid(self, name: str) -> BlockGrid | None:
+        """The 1-D array ``name`` beside the matrix, or None when it does not exist yet."""
+        if name not in self.group:
+            return None
+        with lossy_codec_warning_silenced():
+            array = self.group[name]
+        if not isinstance(array, zarr.Array):
+            raise NotAStoreError(
+                f"{self.where}: {name!r} is not an array; the store is damaged. Recreate it "
+                "with overwrite=True."
+            )
+        return BlockGrid(array, self.where, self.local_root)
+
+    def create_side_grid(self, name: str, length: int, chunk: int) -> BlockGrid:
+        """Create the 1-D array ``name`` (same codecs as the matrix, NaN fill) and return it.
+
+        When another process created it first, the existing array is returned.
+        """
+        return self._create_grid(name, (length,), (chunk,), self.meta.dtype, self.meta.compression)
+
+    def create_factor_grid(
+        self, side: str, n: int, block_len: int, width: int, dtype: Any
+    ) -> BlockGrid:
+        """Create the factor array of ``side`` ("test" or "train"), shape ``(n, width)``.
+
+        One chunk per block of rows (test) or columns (train), lossless (the matrix's codec
+        without rounding: blocks computed from stored factors equal those computed directly).
+        When another process created it first, the existing array is returned.
+        """
+        if FACTORS_GROUP not in self.group:
+            with contextlib.suppress(zarr.errors.ContainsGroupError):
+                self.group.create_group(FACTORS_GROUP)
+        lossless = Compression(
+            cname=self.meta.compression.cname, clevel=self.meta.compression.clevel
+        )
+        return self._create_grid(
+            f"{FACTORS_GROUP}/{side}",
+            (n, width),
+            (block_len, width),
+            np.dtype(dtype).name,
+            lossless,
+        )
+
+    def _create_grid(
+        self,
+        name: str,
+        shape: tuple[int, ...],
+        chunks: tuple[int, ...],
+        dtype: str,
+        compression: Compression,
+    ) -> BlockGrid:
+        try:
+            array = _create_array(self.group, name, shape, chunks, dtype, compression)
+        except zarr.errors.ContainsArrayError:
+            self.group = zarr.open_group(self.group.store, mode="r+")  # sees the new array
+            existing = self.side_grid(name)
+            assert existing is not None
+            return existing
+        return BlockGrid(array, self.where, self.local_root)
+
+
+def _create_array(
+    group: zarr.Group,
+    name: str,
+    shape: tuple[int, ...],
+    chunks: tuple[int, ...],
+    dtype: str,
+    compression: Compression,
+    *,
+    overwrite: bool = False,
+) -> zarr.Array:
+    """An array with the given codecs, NaN fill, one chunk per block."""
+    np_dtype = np.dtype(dtype)
+    names = DIMENSION_NAMES[-len(shape) :] if name in (MATRIX_NAME, "self_influence") else None
+    if name.startswith(FACTORS_GROUP + "/"):
+        names = (name.rsplit("/", 1)[1], "factor")
+    with lossy_codec_warning_silenced():
+        return group.create_array(
+            name,
+            shape=shape,
+            chunks=chunks,
+            dtype=np_dtype,
+            fill_value=np.nan,
+            filters=compression.filters(np_dtype),
+            serializer=BytesCodec(),
+            compressors=compression.compressors(),
+            dimension_names=names,
+            chunk_key_encoding={"name": "default", "separator": "/"},
+            overwrite=overwrite,
+        )
+
+
+def describe_store(store: Any) -> str:
+    """A short human name for a store argument, for messages: its path or URL when it has one.
+
+    Examples
+    --------
+    >>> describe_store("s3://bucket/run1.zarr")
+    "'s3://bucket/run1.zarr'"
+    """
+    if isinstance(store, str | os.PathLike):
+        return repr(os.fspath(store))
+    fs, path = getattr(store, "fs", None), getattr(store, "path", None)
+    if fs is not None and path is not None:
+        protocol = fs.protocol[0] if isinstance(fs.protocol, tuple | list) else fs.protocol
+        return repr(f"{protocol}://{path}")
+    root = getattr(store, "root", None)
+    return f"{type(store).__name__}({root})" if root is not None else type(store).__name__
+
+
+def _is_url(store: Any) -> bool:
+    return isinstance(store, str) and "://" in store
+
+
+def local_path(store: Any) -> Path | None:
+    """The directory of a local store argument, or None for remote/in-memory stores."""
+    if isinstance(store, os.PathLike) or (isinstance(store, str) and not _is_url(store)):
+        return Path(os.fspath(store))
+    if isinstance(store, str) and store.startswith("file://"):
+        return Path(store[len("file://") :])
+    if isinstance(store, zarr.storage.LocalStore):
+        return Path(store.root)
+    return None
+
+
+def _check_storage_options(storage_options: Any) -> None:
+    if storage_options is not None and not isinstance(storage_options, Mapping):
+        raise TypeError(
+            "storage_options must be a dict of fsspec options (e.g. {'endpoint_url': ...}); "
+            f"got {type(storage_options).__name__} {storage_options!r}."
+        )
+
+
+def _zarr_store(
+    store: Any, *, read_only: bool = False, storage_options: Mapping[str, Any] | None = None
+) -> Any:
+    """The argument to hand to zarr.
+
+    ``file://`` URLs become a local directory store: zarr opens them through fsspec, whose
+    local file system writes a file in place, so a writer killed mid-write would leave a
+    truncated block under its final key; zarr's ``LocalStore`` writes a temporary file and
+    renames it, which is atomic. Other URLs with ``storage_options`` become an fsspec store
+    built with those options.
+    """
+    _check_storage_options(storage_options)
+    if storage_options and not _is_url(store):
+        raise TypeError(
+            f"storage_options apply to URL stores (s3://, gs://, ...); got them with "
+            f"{describe_store(store)}. Pass a URL, or leave storage_options out."
+        )
+    if isinstance(store, str) and store.startswith("file://"):
+        return zarr.storage.LocalStore(store[len("file://") :], read_only=read_only)
+    if storage_options:
+        return zarr.storage.FsspecStore.from_url(
+            store, storage_options=dict(storage_options), read_only=read_only
+        )
+    return store
+
+
+def _store_read_only(store: Any) -> bool:
+    """Whether ``store`` is a zarr Store object opened read-only."""
+    return isinstance(store, Store) and bool(store.read_only)
+
+
+def _check_local_dir(path: Path, *, creating: bool) -> None:
+    if path.exists() and not path.is_dir():
+        raise NotAStoreError(
+            f"{str(path)!r} is a file, not an infl_array store (a directory). "
+            "Pass a directory path (it is created if missing)."
+        )
+    if not creating and not path.exists():
+        raise FileNotFoundError(
+            f"no infl_array store at {str(path)!r}: the directory does not exist. "
+            "Create one with InfluenceArray.create(...) or InfluenceArray.from_function(...)."
+        )
+    if creating and path.exists() and not os.access(path, os.W_OK):
+        raise PermissionError(
+            f"cannot write to {str(path)!r}: the directory is read-only. "
+            "Choose a writable location, or open the existing store with ia.open(path)."
+        )
+
+
+def _exists(store: Any) -> bool:
+    """Whether the store argument already holds anything (a zarr node or other files)."""
+    path = local_path(store)
+    if path is not None:
+        return path.is_dir() and any(path.iterdir())
+    try:
+        zarr.open_group(store, mode="r")
+    except Exception:
+        return False
+    return True
+
+
+def _is_infl_store(store: Any) -> bool:
+    try:
+        group = zarr.open_group(store, mode="r")
+    except Exception:
+        return False
+    return ATTRS_KEY in group.attrs

@@ -1,0 +1,413 @@
+"""Conjugate-gradient influence: curvature-vector products, all right-hand sides together.
+
+For a batch of test gradients the systems ``(C_bb + lambda_b*Id) x = g_b`` (one per sample and
+parameter block ``b``; one block by default) are solved by (preconditioned) conjugate gradient
+run on all of them at once: each iteration makes ONE pass over the fit data computing the
+curvature times the whole block of search directions, then updates every system with its own
+step sizes (``alpha = r^T z / p^T A p``, ``beta = r'^T z' / r^T z``, ``z = M^-1 r``). This is
+mathematically one-at-a-time CG for every right-hand side, computed together.
+
+With ``solve_simultaneously=True`` the right-hand sides of each parameter block share one Krylov
+space instead (block CG, breakdown-free as in Ji and Li, BIT 2017, which pyDVL 0.10 follows):
+the search directions ``P`` are an orthonormal basis of ``Z + P beta`` (directions that are
+linearly dependent are dropped, so ``P^T A P`` stays positive definite), ``alpha = (P^T A
+P)^-1 P^T R``, ``beta = -(P^T A P)^-1 (A P)^T Z``; a column stops as above and leaves ``R``.
+
+Stopping rule (``tol_mode="pydvl"``, the default, pyDVL 0.10's ``CgOperator``): a system stops
+when ``||r|| < max(rtol**2 * ||g||, atol**2)``, so the defaults ``rtol=1e-4, atol=1e-6`` mean a
+residual below ``1e-8 ||g||`` (about 1e-9 relative error on well-conditioned problems), exactly
+as in pyDVL; ``g`` is the right-hand side (the test gradient restricted to its block).
+``tol_mode="scipy"`` reads ``rtol, atol`` as :func:`scipy.sparse.linalg.cg` does:
+``||r|| <= max(rtol * ||g||, atol)``. A system also stops after ``maxiter`` iterations (``None``:
+10 times its block's size); reaching it emits
+:class:`~infl_array.torch.full.diagnostics.ConvergenceWarning`, as does non-positive curvature
+(``C + lambda*Id`` or the preconditioner not positive definite).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from infl_array.torch.data.options import optional_positive_int, parse_hessian_average
+from infl_array.torch.full.base import TorchInfluenceBase
+from infl_array.torch.full.diagnostics import (
+    NOT_CONVERGED,
+    NOT_POSITIVE_DEFINITE,
+    ConvergenceWarning,
+)
+from infl_array.torch.full.functional import LossFn, nonnegative
+from infl_array.torch.full.param_blocks import BlockMode, BlockStructure, SecondOrderMode
+from infl_array.torch.full.preconditioner import Preconditioner
+
+__all__ = ["CgInfluence"]
+
+TOL_MODES = ("pydvl", "scipy")
+
+
+class CgInfluence(TorchInfluenceBase):
+    """Influence via batched (preconditioned) conjugate gradient on curvature products.
+
+    Arguments follow pyDVL 0.10's ``CgInfluence`` (names, order, defaults and meaning); the
+    keyword-only ones after them are ours.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The trained model.
+    loss : callable
+        ``loss(outputs, targets)`` reducing by mean.
+    regularization : float, None or dict
+        ``lambda >= 0`` added to the curvature's diagonal (``None``: 0; a dict sets it per block,
+        see :mod:`~infl_array.torch.full.param_blocks`). CG needs ``C + lambda*Id`` positive
+        definite.
+    rtol, atol : float
+        Tolerances; with ``tol_mode="pydvl"`` a system stops when
+        ``||r|| < max(rtol**2 * ||g||, atol**2)`` (pyDVL's meaning, see the module docstring).
+    maxiter : int or None
+        Maximum iterations per system; ``None`` means 10 times its block's size.
+    progress : bool
+        Show a progress bar of the iterations.
+    precompute_grad : bool
+        Accepted for pyDVL compatibility; no effect (pyDVL 0.10 does not use it either).
+    preconditioner : Preconditioner or None
+        :class:`~infl_array.torch.full.preconditioner.JacobiPreconditioner` or
+        :class:`~infl_array.torch.full.preconditioner.NystroemPreconditioner`; a fitted copy is made
+        per block at ``fit`` (the object passed stays unfitted).
+    solve_simultaneously : bool
+        ``False``: every right-hand side runs its own CG (its own step sizes), all of them
+        computed together. ``True``: block CG, as pyDVL's: the right-hand sides of a parameter
+        block share one Krylov space, so with ``m`` of them each iteration explores ``m``
+        directions and far fewer iterations (each one curvature pass over ``m`` columns) are
+        needed, most of all when ``m`` is a sizeable fraction of the parameters (see the
+        module docstring). Same stopping rule and the same solutions to the tolerance.
+    warn_on_max_iteration : bool
+        Emit :class:`~infl_array.torch.full.diagnostics.ConvergenceWarning` when a system stops at
+        ``maxiter`` or meets non-positive curvature.
+    block_structure : BlockMode or mapping
+        Parameter blocks of a block-diagonal curvature (:mod:`~infl_array.torch.full.param_blocks`).
+    second_order_mode : SecondOrderMode
+        ``HESSIAN`` or ``GAUSS_NEWTON``.
+    tol_mode : {"pydvl", "scipy"}
+        How ``rtol`` and ``atol`` are read (see the module docstring).
+    hessian_average : {"sample", "batch"}
+        ``"sample"``: the curvature of the mean loss over all points; ``"batch"``: every batch of
+        the fit DataLoader weighted equally, as pyDVL's ``HessianOperator`` does (differs when
+        the last batch is smaller).
+    batch_size : int or None
+        Samples per pass over the data (see
+        :class:`~infl_array.torch.full.base.TorchInfluenceBase`).
+
+    Examples
+    --------
+    >>> import torch
+    >>> _ = torch.manual_seed(0)
+    >>> x, y = torch.randn(20, 3, dtype=torch.float64), torch.randint(0, 2, (20,))
+    >>> model = torch.nn.Linear(3, 2).double()
+    >>> cg = CgInfluence(model, torch.nn.functional.cross_entropy, 0.1).fit((x, y))
+    >>> cg.test_factors(x[:4], y[:4]).shape
+    torch.Size([4, 8])
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: LossFn,
+        regularization: Any = None,
+        rtol: float = 1e-4,
+        atol: float = 1e-6,
+        maxiter: int | None = None,
+        progress: bool = False,
+        precompute_grad: bool = False,
+        preconditioner: Preconditioner | None = None,
+        solve_simultaneously: bool = False,
+        warn_on_max_iteration: bool = True,
+        block_structure: BlockStructure = BlockMode.FULL,
+        second_order_mode: SecondOrderMode = SecondOrderMode.HESSIAN,
+        *,
+        tol_mode: str = "pydvl",
+        hessian_average: str = "sample",
+        batch_size: int | None = None,
+    ) -> None:
+        super().__init__(
+            model,
+            loss,
+            regularization,
+            batch_size,
+            block_structure=block_structure,
+            second_order_mode=second_order_mode,
+        )
+        self.rtol = nonnegative(rtol, "rtol")
+        self.atol = nonnegative(atol, "atol")
+        if self.rtol == 0 and self.atol == 0:
+            raise ValueError("rtol and atol are both 0, so CG could never stop; pass rtol=1e-4.")
+        if tol_mode not in TOL_MODES:
+            raise ValueError(
+                f"tol_mode must be 'pydvl' (||r|| < max(rtol**2*||g||, atol**2)) or 'scipy' "
+                f"(||r|| <= max(rtol*||g||, atol)), got {tol_mode!r}."
+            )
+        self.tol_mode = tol_mode
+        self.maxiter = optional_positive_int(maxiter, "maxiter")
+        if preconditioner is not None and not isinstance(preconditioner, Preconditioner):
+            raise TypeError(
+                f"preconditioner must be an infl_array.torch JacobiPreconditioner or "
+                f"NystroemPreconditioner (or None), got {type(preconditioner).__name__}."
+            )
+        self.preconditioner = preconditioner
+        self.progress = bool(progress)
+        self.precompute_grad = bool(precompute_grad)
+        self.solve_simultaneously = bool(solve_simultaneously)
+        self.warn_on_max_iteration = bool(warn_on_max_iteration)
+        self._hessian_average = parse_hessian_average(hessian_average)
+        self._fitted_preconditioners: list[Preconditioner] = []
+        self.n_iter_: int | None = None
+
+    def _settings(self) -> dict[str, object]:
+        pre = None if self.preconditioner is None else self.preconditioner.config()
+        return {
+            "rtol": self.rtol,
+            "atol": self.atol,
+            "maxiter": self.maxiter,
+            "tol_mode": self.tol_mode,
+            "preconditioner": pre,
+            "hessian_average": self._hessian_average,
+        }
+
+    def _fit(self) -> None:
+        """Draw the preconditioners' random vectors (their products wait for ``_build``)."""
+        flat = self._require_fit()
+        self._fitted_preconditioners = []
+        if self.preconditioner is None:
+            return
+        for size, reg in zip(self._blocks.sizes, self._block_reg, strict=True):
+            self._fitted_preconditioners.append(
+                self.preconditioner.drawn_copy(size, reg, dtype=flat.dtype, device=flat.device)
+            )
+
+    def _build(self) -> None:
+        for b, pre in enumerate(self._fitted_preconditioners):
+            pre.complete(partial(self.block_matmat, b))
+
+    def _precondition(self, r: torch.Tensor, col_block: torch.Tensor) -> torch.Tensor:
+        if not self._fitted_preconditioners:
+            return r
+        if len(self._fitted_preconditioners) == 1:
+            return self._fitted_preconditioners[0].solve(r)
+        z = torch.zeros_like(r)
+        for b, (sl, pre) in enumerate(
+            zip(self._blocks.slices, self._fitted_preconditioners, strict=True)
+        ):
+            cols = (col_block == b).nonzero().squeeze(1)
+            if cols.numel():
+                z[sl, cols] = pre.solve(r[sl][:, cols])
+        return z
+
+    def _tolerance(self, bnorm: torch.Tensor) -> torch.Tensor:
+        if self.tol_mode == "pydvl":
+            return torch.clamp(self.rtol**2 * bnorm, min=self.atol**2)
+        return torch.clamp(self.rtol * bnorm, min=self.atol)
+
+    def _unconverged(self, res: torch.Tensor, tol: torch.Tensor) -> torch.Tensor:
+        if self.tol_mode == "pydvl":
+            return (res >= tol) & (res > 0)
+        return res > tol
+
+    def _solve(self, grads: torch.Tensor) -> torch.Tensor:
+        b, col_block = self._blocks.split_columns(grads)  # (p, m): one column per (block, sample)
+        sizes = torch.tensor(self._blocks.sizes, device=b.device)
+        maxiter = (
+            10 * sizes[col_block]
+            if self.maxiter is None
+            else torch.full_like(col_block, self.maxiter)
+        )
+        tol = self._tolerance(torch.linalg.vector_norm(b, dim=0))
+        sys = _Systems(
+            b=b,
+            col_block=col_block,
+            maxiter=maxiter,
+            tol=tol,
+            x=torch.zeros_like(b),
+            r=b.clone(),
+            active=self._unconverged(torch.linalg.vector_norm(b, dim=0), tol),
+            iters=torch.zeros_like(col_block),
+        )
+        desc = "Block CG" if self.solve_simultaneously else "Conjugate gradient"
+        bar = tqdm(total=int(maxiter.max()), disable=not self.progress, desc=desc)
+        (self._iterate_block if self.solve_simultaneously else self._iterate_columns)(sys, bar)
+        bar.close()
+        self.n_iter_ = int(sys.iters.max()) if sys.iters.numel() else 0
+        res = torch.linalg.vector_norm(sys.r, dim=0)
+        unconverged = self._unconverged(res, tol) & ~sys.breakdown
+        self._warn(b, sys.r, unconverged, sys.breakdown, maxiter)
+        return self._blocks.merge_columns(sys.x, grads.shape[0])
+
+    def _step_done(self, sys: _Systems, cols: torch.Tensor) -> None:
+        """Count an iteration of ``cols`` and deactivate those converged or at ``maxiter``."""
+        sys.iters[cols] += 1
+        res = torch.linalg.vector_norm(sys.r[:, cols], dim=0)
+        sys.active[cols] = self._unconverged(res, sys.tol[cols]) & (
+            sys.iters[cols] < sys.maxiter[cols]
+        )
+
+    def _iterate_columns(self, sys: _Systems, bar: Any) -> None:
+        """Every system its own CG (own step sizes), all advanced together."""
+        col_block, x, r, active = sys.col_block, sys.x, sys.r, sys.active
+        lam = self._column_regularization(col_block, sys.b.dtype)
+        z = self._precondition(r, col_block)
+        p = z.clone()
+        rz = (r * z).sum(0)
+        while bool(active.any()):
+            cols = active.nonzero().squeeze(1)
+            p_a = p[:, cols]
+            ap = self.curvature_matmat(p_a, col_block[cols]) + lam[cols] * p_a
+            curv = (p_a * ap).sum(0)
+            bad = (curv <= 0) | (rz[cols] <= 0)
+            if bool(bad.any()):  # C + lambda*Id (or M) not positive definite here: stop those
+                sys.breakdown[cols[bad]] = True
+                active[cols[bad]] = False
+                keep = ~bad
+                cols, p_a, ap, curv = cols[keep], p_a[:, keep], ap[:, keep], curv[keep]
+            alpha = rz[cols] / curv
+            x[:, cols] += alpha * p_a
+            r_a = r[:, cols] - alpha * ap
+            z_a = self._precondition(r_a, col_block[cols])
+            rz_new = (r_a * z_a).sum(0)
+            p[:, cols] = z_a + (rz_new / rz[cols]) * p_a
+            r[:, cols] = r_a
+            rz[cols] = rz_new
+            self._step_done(sys, cols)
+            bar.update(1)
+
+    def _iterate_block(self, sys: _Systems, bar: Any) -> None:
+        """Block CG: one shared Krylov space per parameter block (see the module docstring)."""
+        col_block, x, r, active = sys.col_block, sys.x, sys.r, sys.active
+        directions: dict[int, torch.Tensor] = {}  # parameter block -> orthonormal P (p, k)
+        for g in torch.unique(col_block[active]).tolist():
+            cols = (active & (col_block == g)).nonzero().squeeze(1)
+            directions[g] = _orthonormal(self._precondition(r[:, cols], col_block[cols]))
+        while directions:
+            groups = list(directions)
+            p_all = torch.cat([directions[g] for g in groups], dim=1)
+            dir_block = torch.cat(
+                [torch.full((directions[g].shape[1],), g, device=r.device) for g in groups]
+            )
+            lam = self._column_regularization(dir_block, r.dtype)
+            q_all = self.curvature_matmat(p_all, dir_block) + lam * p_all
+            start = 0
+            for g in groups:
+                p_g = directions.pop(g)
+                q_g = q_all[:, start : start + p_g.shape[1]]
+                start += p_g.shape[1]
+                cols = (active & (col_block == g)).nonzero().squeeze(1)
+                ptq = p_g.T @ q_g
+                chol, info = torch.linalg.cholesky_ex((ptq + ptq.T) / 2)
+                if int(info) != 0:  # C + lambda*Id (or M) not positive definite: stop the block
+                    sys.breakdown[cols] = True
+                    active[cols] = False
+                    continue
+                alpha = torch.cholesky_solve(p_g.T @ r[:, cols], chol)
+                x[:, cols] += p_g @ alpha
+                r[:, cols] -= q_g @ alpha
+                self._step_done(sys, cols)
+                cols = cols[active[cols]]
+                if not cols.numel():
+                    continue
+                z = self._precondition(r[:, cols], col_block[cols])
+                beta = -torch.cholesky_solve(q_g.T @ z, chol)
+                p_new = _orthonormal(z + p_g @ beta)
+                if p_new.shape[1] == 0:  # no new direction while residuals remain: M is singular
+                    sys.breakdown[cols] = True
+                    active[cols] = False
+                    continue
+                directions[g] = p_new
+            bar.update(1)
+
+    def _warn(
+        self,
+        b: torch.Tensor,
+        r: torch.Tensor,
+        unconverged: torch.Tensor,
+        breakdown: torch.Tensor,
+        maxiter: torch.Tensor,
+    ) -> None:
+        category = ConvergenceWarning if self.warn_on_max_iteration else None
+        m = b.shape[1]
+        if bool(breakdown.any()):
+            pre = "" if self.preconditioner is None else " or the preconditioner"
+            n_bad = int(breakdown.sum())
+            bad, total, _ = self._diagnostics.add_counts(NOT_POSITIVE_DEFINITE, n_bad, m)
+            self._diagnostics.note(
+                NOT_POSITIVE_DEFINITE,
+                f"CgInfluence met non-positive curvature in {bad} of {total} systems solved "
+                f"(regularization={self.regularization}): C + regularization*Id{pre} is not "
+                "positive definite, so those values are unreliable; increase regularization.",
+                category,
+                f"CgInfluence: non-positive curvature met for {n_bad} of {m} "
+                f"systems (regularization={self.regularization}): C + regularization*Id{pre} "
+                "is not positive definite, so those solutions are unreliable. Increase "
+                "regularization, or use DirectInfluence.",
+                stacklevel=4,
+            )
+        else:
+            self._diagnostics.add_counts(NOT_POSITIVE_DEFINITE, 0, m)
+        n_bad = int(unconverged.sum())
+        if not n_bad:
+            self._diagnostics.add_counts(NOT_CONVERGED, 0, m)
+            return
+        res = torch.linalg.vector_norm(r, dim=0)
+        bnorm = torch.linalg.vector_norm(b, dim=0).clamp(min=torch.finfo(b.dtype).tiny)
+        worst_rel = float((res / bnorm)[unconverged].max())
+        worst_abs = float(res[unconverged].max())
+        bad, total, worst = self._diagnostics.add_counts(NOT_CONVERGED, n_bad, m, worst_rel)
+        rule = (
+            "||residual|| < max(rtol**2*||g||, atol**2)"
+            if self.tol_mode == "pydvl"
+            else "||residual|| <= max(rtol*||g||, atol)"
+        )
+        limit = int(maxiter[unconverged].max())
+        self._diagnostics.note(
+            NOT_CONVERGED,
+            f"CgInfluence stopped at maxiter={limit} before its tolerance {rule} (rtol="
+            f"{self.rtol}, atol={self.atol}) in {bad} of {total} systems solved; worst "
+            f"relative residual {worst:.3g}. Increase maxiter or regularization, or add a "
+            "preconditioner.",
+            category,
+            f"CgInfluence: conjugate gradient stopped at maxiter={limit} with {n_bad} of {m} "
+            f"systems not meeting the tolerance {rule} (rtol={self.rtol}, atol={self.atol}, "
+            f"tol_mode={self.tol_mode!r}): worst relative residual {worst_rel:.3g}, absolute "
+            f"{worst_abs:.3g}. Increase maxiter, loosen rtol/atol, add a preconditioner, or "
+            "increase regularization to improve the conditioning.",
+            stacklevel=4,
+        )
+
+
+@dataclass
+class _Systems:
+    """The systems of one solve, ``(p, m)`` columns, updated in place by the iterations."""
+
+    b: torch.Tensor
+    col_block: torch.Tensor
+    maxiter: torch.Tensor
+    tol: torch.Tensor
+    x: torch.Tensor
+    r: torch.Tensor
+    active: torch.Tensor
+    iters: torch.Tensor
+    breakdown: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.breakdown = torch.zeros_like(self.active)
+
+
+def _orthonormal(z: torch.Tensor) -> torch.Tensor:
+    """An orthonormal basis of the columns of ``z`` (numerically dependent ones dropped)."""
+    u, sv, _ = torch.linalg.svd(z, full_matrices=False)
+    if not sv.numel() or float(sv[0]) == 0.0:
+        return u[:, :0]
+    keep = sv > sv[0] * torch.finfo(z.dtype).eps * max(z.shape)
+    return u[:, keep]

@@ -1,0 +1,368 @@
+"""What the per-layer backends share: layers, capture passes, curvature fitting, budgets.
+
+:class:`LayerwiseInfluence` is the base of :class:`~infl_array.torch.layerwise.ekfac.EkfacInfluence`
+and :class:`~infl_array.torch.layerwise.projected.ProjectedInfluence`. Both work layer by layer on
+the layers :func:`~infl_array.torch.layerwise.capture.find_layers` finds, in a per-layer *working
+space*: the layer's ``(d_out, width_in)`` gradient matrix itself (EK-FAC) or its projection to
+``(k_out, k_in)`` (projected). A subclass says how a captured layer maps into its working
+space (:meth:`LayerwiseInfluence._working`); the base
+
+* evaluates the model at the parameters snapshotted by ``fit``
+  (:class:`~infl_array.torch.full.functional.FlatModel`), so later changes to the module do not
+  mix with fitted factors;
+* runs the capture passes over the fit data (one forward and backward pass per batch) with the
+  loss objective or the curvature objective (``fisher_type``);
+* fits one :class:`~infl_array.torch.layerwise.kronecker.KroneckerCurvature` per layer (K-FAC
+  factors, eigenbasis, optionally the EK-FAC eigenvalue correction in a second pass);
+* keeps per-sample temporaries within ``memory_budget`` by splitting batches into chunks of
+  samples, and refuses (:class:`~infl_array.torch.layerwise.capture.MemoryBudgetError`) what cannot
+  fit.
+
+``fisher_type`` chooses the gradients the curvature is estimated from: ``"empirical"``, the
+gradients of the training loss with the true targets; ``"pydvl"``, pyDVL 0.10's label-free
+pseudo-gradients of softmax outputs (:func:`~infl_array.torch.layerwise.capture.pydvl_objective`);
+``"auto"`` (default), ``"pydvl"`` when the loss is ``torch.nn.functional.cross_entropy`` or an
+``nn.CrossEntropyLoss`` (so that values agree with pyDVL's ``EkfacInfluence``), else
+``"empirical"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from infl_array.torch.data.options import positive_int
+from infl_array.torch.full.base import TorchInfluenceBase
+from infl_array.torch.full.functional import LossFn, check_finite
+from infl_array.torch.layerwise.capture import (
+    LayerRecord,
+    Objective,
+    capture,
+    check_budget,
+    check_deterministic,
+    check_mean_reduction,
+    find_layers,
+    loss_objective,
+    pydvl_objective,
+    sample_chunks,
+)
+from infl_array.torch.layerwise.kronecker import KroneckerCurvature
+
+__all__ = ["DEFAULT_MEMORY_BUDGET", "FISHER_TYPES", "LayerwiseInfluence"]
+
+DEFAULT_MEMORY_BUDGET = 4 << 30
+"""Default memory budget of the per-layer backends, in bytes (4 GiB)."""
+
+FISHER_TYPES = ("auto", "empirical", "pydvl")
+"""Accepted values of ``fisher_type``."""
+
+SampleHook = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], object]
+"""``hook(x, y, gradients)``: a fit batch and its per-sample working-space gradients."""
+
+
+def resolve_fisher_type(fisher_type: object, loss: object) -> str:
+    """``"empirical"`` or ``"pydvl"`` for a ``fisher_type`` argument (see the module docstring)."""
+    if fisher_type not in FISHER_TYPES:
+        raise ValueError(f"fisher_type must be one of {FISHER_TYPES}, got {fisher_type!r}.")
+    if fisher_type != "auto":
+        return str(fisher_type)
+    is_ce = loss is F.cross_entropy or isinstance(loss, nn.CrossEntropyLoss)
+    return "pydvl" if is_ce else "empirical"
+
+
+class LayerwiseInfluence(TorchInfluenceBase):
+    """Base class of the per-layer backends (see the module docstring).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The trained model; its trainable ``nn.Linear`` and ``nn.Conv2d`` layers are used.
+    loss : callable
+        ``loss(outputs, targets)`` reducing by mean over the batch.
+    regularization : float
+        ``lambda >= 0`` added to the curvature's diagonal.
+    fisher_type : {"auto", "empirical", "pydvl"}
+        Gradients the curvature is estimated from.
+    batch_size : int or None
+        Samples per forward/backward pass.
+    memory_budget : int
+        Bytes that fitted state and per-sample temporaries may take.
+    progress : bool
+        Show a progress bar over the fit passes.
+
+    Attributes
+    ----------
+    layers : list of LayerSpec
+        The layers influence is computed with respect to.
+    excluded_parameters : list of str
+        Trainable parameters left out (not in any such layer).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: LossFn,
+        regularization: float = 0.0,
+        *,
+        fisher_type: str = "auto",
+        batch_size: int | None = None,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        progress: bool = False,
+    ) -> None:
+        if isinstance(loss, bool):
+            raise TypeError(
+                f"the second argument of {type(self).__name__} is the loss, got {loss!r}; "
+                "pyDVL's positional update_diagonal is a keyword here "
+                "(EkfacInfluence(model, update_diagonal=True))."
+            )
+        if isinstance(regularization, Mapping):
+            raise TypeError(
+                f"{type(self).__name__} takes one float regularization for all layers, got "
+                f"{regularization!r}; per-block values are for the full-parameter backends."
+            )
+        super().__init__(model, loss, regularization, batch_size)
+        self.lam = float(self._block_reg[0]) if self._block_reg else 0.0
+        """The regularization as a float (per-layer backends take one value)."""
+        self.layers, self.excluded_parameters = find_layers(model)
+        self.fisher_type = resolve_fisher_type(fisher_type, loss)
+        self.memory_budget = positive_int(memory_budget, "memory_budget")
+        if not isinstance(progress, bool):
+            raise TypeError(f"progress must be a bool, got {progress!r}.")
+        self.progress = progress
+        self._params: dict[str, torch.Tensor] | None = None
+        self._fitted = False
+
+    # ------------------------------------------------------------------ state
+    @property
+    def is_fitted(self) -> bool:
+        """Whether :meth:`fit` has completed."""
+        return self._fitted and self._flat is not None
+
+    def _fit(self) -> None:
+        self._fitted = False
+        self._params = self._parameters()
+        assert self._fit_data is not None
+        x, y = self._prepare(*self._fit_data.take(range(min(2, len(self._fit_data)))))
+        with torch.no_grad():
+            check_deterministic(self.model)
+            check_mean_reduction(self.loss, self._forward(x), y)
+        self._fit_layers()
+        self._fitted = True
+
+    def _parameters(self) -> dict[str, torch.Tensor]:
+        """The snapshotted parameters, those of the layers as views of one leaf needing grad."""
+        flat = self._require_fit()
+        theta = flat.theta.detach().requires_grad_(True)
+        return {**flat.unflatten(theta), **flat.const}
+
+    # -- pickling (fill workers): the views of the leaf are rebuilt, not sent ------------------
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "_params": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if self._flat is not None and self._fitted:
+            self._params = self._parameters()
+
+    def _fit_layers(self) -> None:
+        """Subclass hook: fit what the backend needs from the fit data."""
+        raise NotImplementedError
+
+    def _settings(self) -> dict[str, Any]:
+        return {"fisher_type": self.fisher_type, "layers": [spec.name for spec in self.layers]}
+
+    @property
+    def _itemsize(self) -> int:
+        return self._require_fit().theta.element_size()
+
+    # ------------------------------------------------------------------ passes
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert self._params is not None
+        return torch.func.functional_call(self.model, self._params, (x,))
+
+    def _objective(self, kind: str, y: torch.Tensor) -> Objective:
+        if kind == "curvature" and self.fisher_type == "pydvl":
+            return pydvl_objective
+        return loss_objective(self.loss, y)
+
+    def _records(self, x: torch.Tensor, y: torch.Tensor, kind: str = "loss") -> list[LayerRecord]:
+        """Capture the layers on one batch (``kind``: ``"loss"`` or ``"curvature"``)."""
+        check_deterministic(self.model)
+        return capture(self.model, self.layers, x, self._objective(kind, y), self._params)
+
+    def _fit_records(
+        self, kind: str, desc: str
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[LayerRecord]]]:
+        """Every fit batch ``(x, y)`` (on the model's device) with its records, in order."""
+        assert self._fit_data is not None
+        n_batches = -(-len(self._fit_data) // self.pass_size)
+        for x, y, _ in tqdm(self._fit_batches(), desc, n_batches, disable=not self.progress):
+            yield x, y, self._records(x, y, kind)
+
+    # ------------------------------------------------------------------ working space
+    def _dims(self, i: int) -> tuple[int, int]:
+        """``(d_out, d_in)`` of layer ``i``'s working space."""
+        spec = self.layers[i]
+        return spec.d_out, spec.width_in
+
+    def _working(self, i: int, rec: LayerRecord, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """Activations ``(n, T, d_in)`` and gradients ``(n, T, d_out)`` in the working space."""
+        return rec.activations(rows), rec.output_grads(rows)
+
+    def _row_chunks(
+        self, i: int, rec: LayerRecord, dims: tuple[int, int] | None = None
+    ) -> Iterator[slice]:
+        """Chunks of samples whose temporaries (in ``dims``, the working space by default) fit
+        the memory budget."""
+        d_out, d_in = self._dims(i) if dims is None else dims
+        per = self._itemsize * (2 * rec.positions * (d_in + d_out) + 3 * d_out * d_in)
+        what = f"the per-sample gradients of layer {self.layers[i].name!r} ({d_out} x {d_in})"
+        return sample_chunks(rec.n, per, self.memory_budget, what)
+
+    def _working_gradients(
+        self,
+        records: list[LayerRecord],
+        what: str,
+        use: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+        form: bool = True,
+    ) -> torch.Tensor | None:
+        """The per-sample working-space gradients of a captured batch, ``(n, width)``: each
+        layer's ``(d_out, d_in)`` matrix flattened row-major, layers in order (None when not
+        ``form``). ``use(i, acts, grads)`` sees each layer's working tensors on the way, chunk
+        by chunk (``what`` names the result in a budget error)."""
+        dims = [self._dims(i) for i in range(len(records))]
+        width = sum(d_out * d_in for d_out, d_in in dims)
+        out = self._empty(records[0].n, width, what) if form else None
+        offset = 0
+        for i, rec in enumerate(records):
+            for rows in self._row_chunks(i, rec):
+                acts, grads = self._working(i, rec, rows)
+                if use is not None:
+                    use(i, acts, grads)
+                if out is not None:
+                    m = grads.transpose(1, 2) @ acts
+                    out[rows, offset : offset + m[0].numel()] = m.flatten(1)
+            offset += dims[i][0] * dims[i][1]
+        return out
+
+    def _fit_pass(
+        self,
+        desc: str,
+        use: Callable[[int, torch.Tensor, torch.Tensor], None],
+        keep: SampleHook | None = None,
+    ) -> None:
+        """One curvature pass over the fit data: ``use(i, acts, grads)`` on each layer's working
+        tensors, chunk by chunk; with ``keep``, also ``keep(x, y, gradients)`` per batch (see
+        :meth:`_fit_kronecker`)."""
+        for x, y, records in self._fit_records("curvature", desc):
+            out = self._working_gradients(records, "fit gradients", use, form=keep is not None)
+            if keep is not None and out is not None:
+                keep(x, y, out)
+
+    def _fit_kronecker(
+        self, correct: bool, keep: SampleHook | None = None
+    ) -> list[KroneckerCurvature]:
+        """Per-layer K-FAC (``correct=False``) or EK-FAC curvature from the fit data.
+
+        With ``keep``, the last pass over the fit data (the covariance pass for K-FAC, the
+        eigenvalue pass for EK-FAC) also forms each batch's per-sample working-space gradients
+        (:meth:`_working_gradients`) from the working tensors it has anyway, and calls
+        ``keep(x, y, gradients)``.
+        """
+        like = self._require_fit().theta
+        held = sum(
+            KroneckerCurvature.nbytes(*self._dims(i), like.element_size())
+            for i in range(len(self.layers))
+        )
+        check_budget(
+            held,
+            self.memory_budget,
+            "the Kronecker factors and eigenbases of all layers",
+            "raise memory_budget, use ProjectedInfluence (its factors live in the projected "
+            "space), or leave the widest layers out by freezing them.",
+        )
+        curv = [
+            KroneckerCurvature(*self._dims(i), like, spec.name)
+            for i, spec in enumerate(self.layers)
+        ]
+
+        def covariances(i: int, acts: torch.Tensor, grads: torch.Tensor) -> None:
+            curv[i].add_covariances(acts, grads)
+
+        def moments(i: int, acts: torch.Tensor, grads: torch.Tensor) -> None:
+            curv[i].add_eigenvalue_moments(acts, grads, self.memory_budget)
+
+        self._fit_pass("K-FAC factors", covariances, None if correct else keep)
+        for c in curv:
+            c.eigendecompose()
+        if correct:
+            self._fit_pass("EK-FAC eigenvalues", moments, keep)
+            for c in curv:
+                c.finish_correction()
+        for c in curv:
+            assert c.eigenvalues is not None
+            check_finite(c.eigenvalues, f"the curvature eigenvalues of layer {c.name!r}")
+            c.check_invertible(self.lam)
+        return curv
+
+    # ------------------------------------------------------------------ helpers
+    def _empty(self, n: int, width: int, what: str) -> torch.Tensor:
+        """An uninitialised ``(n, width)`` output, refused when it exceeds the budget."""
+        flat = self._require_fit()
+        check_budget(
+            n * width * flat.theta.element_size(),
+            self.memory_budget,
+            f"{what} of {n} samples ({n} x {width} {str(flat.dtype).replace('torch.', '')})",
+            "pass fewer samples per call (a smaller block), or raise memory_budget.",
+        )
+        return torch.empty((n, width), dtype=flat.dtype, device=flat.device)
+
+    def _require_fitted(self) -> None:
+        if not self.is_fitted:
+            raise RuntimeError(
+                f"{type(self).__name__} is not fitted; call .fit(train_data) first with the data "
+                "the model was trained on."
+            )
+
+    def _per_batch(
+        self,
+        x: Any,
+        y: Any,
+        width: int,
+        what: str,
+        fill: Callable[[list[LayerRecord], torch.Tensor], None],
+    ) -> torch.Tensor:
+        """``(n, width)`` rows of ``(x, y)``: ``fill(records, rows_out)`` per captured batch."""
+        xt, yt = self._prepare(x, y)
+        out = self._empty(xt.shape[0], width, what)
+        size = self.pass_size
+        for start in range(0, xt.shape[0], size):
+            batch = slice(start, min(start + size, xt.shape[0]))
+            fill(self._records(xt[batch], yt[batch]), out[batch])
+        return check_finite(out, what)
+
+    def layer_gradients(self, x: Any, y: Any) -> torch.Tensor:
+        """Per-sample loss gradients of the included layers, ``(n, n_layer_params)``.
+
+        Each layer's block is its ``(d_out, width_in)`` gradient flattened row-major (weight
+        columns, then the bias column), layers in the order of :attr:`layers`. For tests and
+        inspection: this is the ``n x n_params`` form the backends avoid.
+        """
+        self._require_fit()
+
+        def fill(records: list[LayerRecord], block: torch.Tensor) -> None:
+            offset = 0
+            for i, rec in enumerate(records):
+                spec = rec.spec
+                for rows in self._row_chunks(i, rec, (spec.d_out, spec.width_in)):
+                    grads = rec.per_sample_grads(rows).flatten(1)
+                    block[rows, offset : offset + spec.n_params] = grads
+                offset += spec.n_params
+
+        width = sum(spec.n_params for spec in self.layers)
+        return self._per_batch(x, y, width, "layer gradients", fill)

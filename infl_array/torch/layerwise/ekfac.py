@@ -1,0 +1,441 @@
+"""EK-FAC influence: eigenvalue-corrected Kronecker-factored curvature, layer by layer.
+
+Influence is taken with respect to the weights and biases of the model's trainable
+``nn.Linear`` and ``nn.Conv2d`` layers (:mod:`~infl_array.torch.layerwise.capture`; other parameters
+are left out, listed in ``excluded_parameters``). Each layer's block of the Hessian of the mean
+training loss is approximated by its (E)K-FAC curvature
+(:mod:`~infl_array.torch.layerwise.kronecker`); blocks of different layers are taken as zero, so the
+influence is the sum over layers of ``grad_l(test)^T (H_l + lambda*Id)^-1 grad_l(train)``.
+
+Factors (the engine's interface)
+--------------------------------
+* ``test_factors(x, y)``: ``(n, test_factor_width)``, the preconditioned per-sample
+  gradients ``(H_l + lambda*Id)^-1 grad_l`` of every layer, each a ``(d_out, width_in)``
+  matrix flattened row-major (``test_factor_width`` = the included parameters). For a
+  *compact* layer (below) the matrix is kept in the layer's Kronecker eigenbasis,
+  ``(Q_G^T grad_l Q_A) / (Lambda + lambda)``: rotating it back would cost
+  ``d_out * width_in * (d_out + width_in)`` per sample, the dominant cost of wide Linear layers.
+* ``train_factors(x, y)``: ``(n, train_factor_width)``, the most compact exact form of each
+  layer's per-sample gradient: for a compact layer, one that saw one position per sample at
+  ``fit`` (a Linear layer on flat features), its output gradient and its input (with a 1 for
+  the bias) rotated into the eigenbasis, ``Q_G^T g`` then ``Q_A^T (a, 1)``
+  (``d_out + width_in`` numbers: the rotated gradient is their outer product); otherwise
+  (convolutions, Linear layers on sequences) the gradient matrix itself, flattened.
+* Layout: layers in the order of ``layers`` in both factor sets.
+* ``factor_product(test_f, train_f)``: the ``(n_test, n_train)`` block; ``factor_diagonal``:
+  the row-wise pairs (self-influence). ``influences`` is ``factor_product`` of both factors.
+
+Conventions, compared with pyDVL 0.10 and Kronfluence 1.0.1
+-----------------------------------------------------------
+* **Same as pyDVL** on layers that see one position per sample: ``A = mean_i a a^T`` (with
+  the bias's 1 appended), ``G = mean_i g g^T``, K-FAC eigenvalues ``s_G s_A``, EK-FAC
+  eigenvalues ``mean_i (Q_G^T g a^T Q_A)**2``, ``regularization`` added to every eigenvalue.
+  With ``fisher_type="auto"`` and the cross-entropy loss, ``g`` are pyDVL's label-free
+  pseudo-gradients, so values agree with pyDVL's ``EkfacInfluence`` on Linear-only models.
+* **Damping**: an absolute ``regularization`` (pyDVL's ``hessian_regularization``).
+  Kronfluence's default damping is relative, ``0.1 * mean(Lambda)`` per layer.
+* **Curvature gradients**: Kronfluence samples labels from the model's predictive
+  distribution (an MC estimate of the true Fisher), or uses the true labels with
+  ``use_empirical_fisher=True`` (our ``fisher_type="empirical"``); our default for
+  cross entropy is pyDVL's deterministic pseudo-gradient (``fisher_type="pydvl"``).
+* **Mean vs sum over positions**: our ``A`` and ``G`` sum over the positions of a sample and
+  average over samples (pyDVL); Kronfluence averages over all positions. The eigenvectors are
+  the same. K-FAC eigenvalues (``update_diagonal=False``) are ``s_G s_A / T`` with ``T`` the
+  positions per sample (KFC's scaling, Grosse & Martens 2016); Kronfluence's are ``s_G s_A``
+  of its position-averaged factors (``T**2`` times smaller than ours), pyDVL's ``s_G s_A``
+  of its sums (``T`` times larger). Equal when ``T = 1``.
+* **Per-position handling** of the eigenvalue correction: squares of per-sample gradients
+  (summed over positions), as Kronfluence; pyDVL squares per-position gradients.
+* **Convolutions**: unfolded patches as Kronfluence; grouped convolutions are refused
+  (Kronfluence averages patches over groups); pyDVL supports Linear layers only.
+* **Scores**: in pyDVL's "up" convention (positive = helpful), per-sample gradients of the
+  per-sample loss; Kronfluence's pairwise scores have the same sign and scale.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from infl_array.torch.full.functional import LossFn, nonnegative
+from infl_array.torch.layerwise.base import DEFAULT_MEMORY_BUDGET, LayerwiseInfluence
+from infl_array.torch.layerwise.capture import LayerRecord, check_budget
+from infl_array.torch.layerwise.kronecker import KroneckerCurvature
+from infl_array.torch.layerwise.subnormal import flush_subnormals
+from infl_array.torch.layerwise.underflow import needs_normalizing, normalized_rows
+
+__all__ = ["EkfacInfluence"]
+
+
+class EkfacInfluence(LayerwiseInfluence):
+    """Influence with (E)K-FAC curvature per Linear and Conv2d layer.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The trained model (in eval mode if it has dropout or batch normalisation).
+    loss : callable
+        ``loss(outputs, targets)`` reducing by mean; default cross entropy.
+    regularization : float
+        ``lambda >= 0`` added to every eigenvalue (to the diagonal of each layer's curvature).
+    update_diagonal : bool
+        Refit the eigenvalues in the Kronecker eigenbasis (EK-FAC; a second pass over the fit
+        data). ``False``: K-FAC's products of factor eigenvalues.
+    hessian_regularization : float, optional
+        pyDVL's name for ``regularization`` (give one or the other).
+    progress : bool
+        Show progress bars over the fit passes (pyDVL's argument).
+    fisher_type : {"auto", "empirical", "pydvl"}
+        Gradients the curvature is estimated from
+        (see :mod:`~infl_array.torch.layerwise.base`).
+    batch_size : int or None
+        Samples per forward/backward pass.
+    memory_budget : int
+        Bytes that fitted factors, per-sample temporaries and returned factors may take;
+        :class:`~infl_array.torch.layerwise.capture.MemoryBudgetError` names what does not fit.
+
+    Examples
+    --------
+    >>> import torch
+    >>> _ = torch.manual_seed(0)
+    >>> x, y = torch.randn(30, 4, dtype=torch.float64), torch.randint(0, 3, (30,))
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(),
+    ...                             torch.nn.Linear(5, 3)).double()
+    >>> infl = EkfacInfluence(model, regularization=0.01, update_diagonal=True).fit((x, y))
+    >>> infl.test_factor_width, infl.train_factor_width   # 25 + 18; (5 + 5) + (3 + 6)
+    (43, 19)
+    >>> infl.influences(x[:2], y[:2], x, y).shape
+    torch.Size([2, 30])
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: LossFn = F.cross_entropy,
+        regularization: float = 0.0,
+        update_diagonal: bool = False,
+        *,
+        hessian_regularization: float | None = None,
+        progress: bool = False,
+        fisher_type: str = "auto",
+        batch_size: int | None = None,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    ) -> None:
+        if hessian_regularization is not None:
+            hessian_regularization = nonnegative(hessian_regularization, "hessian_regularization")
+            if regularization not in (0.0, hessian_regularization):
+                raise ValueError(
+                    f"regularization={regularization!r} and hessian_regularization="
+                    f"{hessian_regularization!r} disagree; pass one of them (they are the same "
+                    "setting: hessian_regularization is pyDVL's name)."
+                )
+            regularization = hessian_regularization
+        if not isinstance(update_diagonal, bool):
+            raise TypeError(f"update_diagonal must be a bool, got {update_diagonal!r}.")
+        super().__init__(
+            model,
+            loss,
+            regularization,
+            fisher_type=fisher_type,
+            batch_size=batch_size,
+            memory_budget=memory_budget,
+            progress=progress,
+        )
+        self.update_diagonal = update_diagonal
+        self.curvature: list[KroneckerCurvature] = []
+        self._compact: list[bool] = []
+        self._normalized = _NormalizedTest()
+
+    @property
+    def hessian_regularization(self) -> float:
+        """pyDVL's name for :attr:`regularization`."""
+        return self.lam
+
+    def _settings(self) -> dict[str, Any]:
+        return {"update_diagonal": self.update_diagonal, **super()._settings()}
+
+    @flush_subnormals
+    def _fit_layers(self) -> None:
+        self._normalized.clear()
+        self.curvature = self._fit_kronecker(correct=self.update_diagonal)
+        self._compact = [
+            c.max_positions == 1 and spec.width_in + spec.d_out < spec.n_params
+            for c, spec in zip(self.curvature, self.layers, strict=True)
+        ]
+
+    # ------------------------------------------------------------------ layout
+    def _train_width(self, i: int) -> int:
+        spec = self.layers[i]
+        return spec.d_out + spec.width_in if self._compact[i] else spec.n_params
+
+    @property
+    def test_factor_width(self) -> int:
+        """Columns of :meth:`test_factors`: the number of included parameters."""
+        self._require_fitted()
+        return sum(spec.n_params for spec in self.layers)
+
+    @property
+    def train_factor_width(self) -> int:
+        """Columns of :meth:`train_factors` (compact layers take ``d_out + width_in``)."""
+        self._require_fitted()
+        return sum(self._train_width(i) for i in range(len(self.layers)))
+
+    # ------------------------------------------------------------------ factors
+    @flush_subnormals
+    def test_factors(self, x: Any, y: Any) -> torch.Tensor:
+        """``(H_l + lambda*Id)^-1 grad_l l(z)`` of every layer, ``(n, test_factor_width)``.
+
+        Compact layers' columns are in their eigenbasis (see the module docstring).
+
+        ``x``, ``y``: a batch of test inputs and targets (tensors or numpy arrays). The rows
+        are on the model's device, in its dtype.
+        """
+        self._require_fitted()
+
+        def fill(records: list[LayerRecord], block: torch.Tensor) -> None:
+            offset = 0
+            for i, rec in enumerate(records):
+                width = rec.spec.n_params
+                curv = self.curvature[i]
+                for rows in self._row_chunks(i, rec):
+                    rotated = curv.rotate(*self._working(i, rec, rows))
+                    if self._compact[i]:
+                        solved = curv.precondition_rotated(rotated, self.lam)
+                    else:
+                        solved = curv.solve_rotated(rotated, self.lam)
+                    block[rows, offset : offset + width] = solved.flatten(1)
+                offset += width
+
+        return self._per_batch(x, y, self.test_factor_width, "EK-FAC test factors", fill)
+
+    @flush_subnormals
+    def train_factors(self, x: Any, y: Any) -> torch.Tensor:
+        """Per-sample gradients in compact form, ``(n, train_factor_width)``.
+
+        ``x``, ``y``: a batch of training inputs and targets. Per layer: ``(g, a)`` for a
+        compact layer, else the flattened gradient matrix. Raises ``ValueError`` if a compact
+        layer sees more than one position per sample here.
+        """
+        self._require_fitted()
+
+        def fill(records: list[LayerRecord], block: torch.Tensor) -> None:
+            offset = 0
+            for i, rec in enumerate(records):
+                spec = rec.spec
+                if self._compact[i]:
+                    self._check_one_position(rec)
+                    curv = self.curvature[i]
+                    assert curv.q_g is not None and curv.q_a is not None
+                    acts, grads = self._working(i, rec, slice(None))
+                    block[:, offset : offset + spec.d_out] = grads[:, 0] @ curv.q_g
+                    end = offset + spec.d_out + spec.width_in
+                    block[:, offset + spec.d_out : end] = acts[:, 0] @ curv.q_a
+                else:
+                    for rows in self._row_chunks(i, rec, (spec.d_out, spec.width_in)):
+                        m = rec.per_sample_grads(rows).flatten(1)
+                        block[rows, offset : offset + spec.n_params] = m
+                offset += self._train_width(i)
+
+        return self._per_batch(x, y, self.train_factor_width, "EK-FAC train factors", fill)
+
+    @staticmethod
+    def _check_one_position(rec: LayerRecord) -> None:
+        if rec.positions != 1:
+            raise ValueError(
+                f"layer {rec.spec.name!r} saw one position per sample at fit, so its train "
+                f"factors store one (output gradient, input) pair, but it sees "
+                f"{rec.positions} positions per sample here; pass data of the shape the model "
+                "was fitted on, or refit on such data."
+            )
+
+    # ------------------------------------------------------------------ products
+    def _checked(self, test_f: torch.Tensor, train_f: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        self._require_fitted()
+        for f, width, what in (
+            (test_f, self.test_factor_width, "test"),
+            (train_f, self.train_factor_width, "train"),
+        ):
+            if not isinstance(f, torch.Tensor) or f.ndim != 2 or f.shape[1] != width:
+                shape = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
+                raise ValueError(
+                    f"{what} factors must be a tensor of shape (n, {width}) from this model's "
+                    f"{what}_factors, got {shape}."
+                )
+        dtype = torch.promote_types(test_f.dtype, train_f.dtype)
+        return test_f.to(dtype), train_f.to(device=test_f.device, dtype=dtype)
+
+    def _layer_parts(
+        self, test_f: torch.Tensor, train_f: torch.Tensor
+    ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """Per layer: its index, test columns and train columns."""
+        t_off = r_off = 0
+        for i, spec in enumerate(self.layers):
+            width = self._train_width(i)
+            yield i, test_f[:, t_off : t_off + spec.n_params], train_f[:, r_off : r_off + width]
+            t_off += spec.n_params
+            r_off += width
+
+    def _split_compact(self, i: int, train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A compact layer's train columns: ``Q_G^T g`` ``(n, d_out)``, ``Q_A^T (a, 1)``."""
+        d_out = self.layers[i].d_out
+        return train[:, :d_out], train[:, d_out:]
+
+    @flush_subnormals
+    def factor_product(self, test_f: torch.Tensor, train_f: torch.Tensor) -> torch.Tensor:
+        """The influence block of test factors against train factors, ``(n_test, n_train)``.
+
+        A compact layer's rotated train gradients ``g a^T`` are never formed: the test columns,
+        as ``(n_test, d_out, width_in)`` matrices, are multiplied by the train rows' longer
+        part in one matrix product, then contracted with the other part (see
+        :meth:`_compact_product`). The block costs ``n_test * n_train * n_params``
+        multiply-adds, as a product of full gradients would, at matrix-product speed.
+
+        Parameters
+        ----------
+        test_f : torch.Tensor
+            ``(n_test, test_factor_width)`` from :meth:`test_factors`.
+        train_f : torch.Tensor
+            ``(n_train, train_factor_width)`` from :meth:`train_factors`.
+
+        Returns
+        -------
+        torch.Tensor
+            On ``test_f``'s device, in the promoted dtype of both.
+        """
+        test_f, train_f = self._checked(test_f, train_f)
+        out = test_f.new_zeros((test_f.shape[0], train_f.shape[0]))
+        for i, test, train in self._layer_parts(test_f, train_f):
+            if not self._compact[i]:
+                out.addmm_(test, train.T)
+                continue
+            self._compact_product(i, self._normalized.get(self, test_f, i, test), train, out)
+        return out
+
+    def _compact_product(
+        self,
+        i: int,
+        test: tuple[torch.Tensor, torch.Tensor | None],
+        train: torch.Tensor,
+        out: torch.Tensor,
+    ) -> None:
+        """Add a compact layer's influences to ``out``: ``sum_oi T[t,o,i] g[r,o] a[r,i]``.
+
+        The contraction over the longer side (``a``'s ``width_in`` or ``g``'s ``d_out``) is a
+        matrix product whose intermediate, ``(n_test, shorter side, train chunk)``, is kept
+        within the memory budget by chunking the train rows. ``test`` is the layer's test
+        columns and their row scales (None: not normalized); with scales, the train parts
+        are normalized too and the scales applied to the result, so that no product
+        underflows into subnormal numbers (:mod:`~infl_array.torch.layerwise.underflow`).
+        """
+        test_cols, test_scale = test
+        g, a = self._split_compact(i, train)
+        scale = None
+        if test_scale is not None:
+            (g, g_scale), (a, a_scale) = normalized_rows(g), normalized_rows(a)
+            # float64: the scales' product can be below float32's range where the result is not
+            scale = test_scale.double()[:, None] * (g_scale.double() * a_scale.double())[None, :]
+        d_out, width_in = g.shape[1], a.shape[1]
+        t = test_cols.reshape(test_cols.shape[0], d_out, width_in)
+        if width_in >= d_out:
+            long, short = a, g  # (n_test, d_out, c) = T @ a^T, then . g
+        else:
+            long, short, t = g, a, t.transpose(1, 2)  # (n_test, width_in, c) = T^T @ g^T, . a
+        per_row = t.shape[0] * t.shape[1] * t.element_size()
+        check_budget(
+            per_row,
+            self.memory_budget,
+            f"one train row of layer {self.layers[i].name!r} against {t.shape[0]} test rows",
+            "raise memory_budget or pass fewer test rows at a time.",
+        )
+        step = max(1, self.memory_budget // per_row)
+        for c in range(0, g.shape[0], step):
+            partial = torch.matmul(t, long[c : c + step].T)  # (n_test, short, chunk)
+            # multiply in place and sum: einsum("tsc,cs->tc") took as long as the matmul here
+            part = partial.mul_(short[c : c + step].T).sum(1)
+            if scale is not None:
+                part = part.double().mul_(scale[:, c : c + step]).to(out.dtype)
+            out[:, c : c + step] += part
+
+    @flush_subnormals
+    def factor_diagonal(self, test_f: torch.Tensor, train_f: torch.Tensor) -> torch.Tensor:
+        """Row-wise influences of ``test_f[k]`` against ``train_f[k]`` (self-influence), ``(n,)``.
+
+        Parameters
+        ----------
+        test_f, train_f : torch.Tensor
+            Test and train factors of the same ``n`` samples.
+
+        Returns
+        -------
+        torch.Tensor
+            ``factor_product(test_f, train_f).diagonal()`` without the off-diagonal work.
+        """
+        test_f, train_f = self._checked(test_f, train_f)
+        if test_f.shape[0] != train_f.shape[0]:
+            raise ValueError(
+                f"factor_diagonal pairs rows: got {test_f.shape[0]} test and {train_f.shape[0]} "
+                "train rows; pass the factors of the same samples."
+            )
+        out = test_f.new_zeros(test_f.shape[0])
+        for i, test, train in self._layer_parts(test_f, train_f):
+            if self._compact[i]:
+                g, a = self._split_compact(i, train)
+                t = test.reshape(-1, g.shape[1], a.shape[1])
+                out += torch.einsum("noi,no,ni->n", t, g, a)
+            else:
+                out += (test * train).sum(1)
+        return out
+
+    def influences(self, x_test: Any, y_test: Any, x_train: Any, y_train: Any) -> torch.Tensor:
+        """Influence matrix ``(n_test, n_train)``: :meth:`factor_product` of both factors.
+
+        Positive entries mean the training point helps (lowers) the test loss.
+        """
+        return self.factor_product(
+            self.test_factors(x_test, y_test), self.train_factors(x_train, y_train)
+        )
+
+
+class _NormalizedTest:
+    """The compact layers' test columns of the last test factors, normalized once.
+
+    ``factor_product`` is called with the same test factors for every train block of a tile;
+    their normalization (:func:`~infl_array.torch.layerwise.underflow.normalized_rows`, one pass
+    over the columns) is kept for the last test factors seen (held by reference, so that their
+    identity cannot be reused; an in-place change is seen through their version counter).
+    Columns whose normalized copy would take more than half of ``memory_budget`` are used as
+    they are.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._of: torch.Tensor | None = None
+        self._version = -1
+        self._layers: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+    def get(
+        self, model: EkfacInfluence, test_f: torch.Tensor, i: int, cols: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Layer ``i``'s test columns ``cols`` (of ``test_f``), normalized where it pays."""
+        if not needs_normalizing(cols):
+            return cols, None
+        if cols.numel() * cols.element_size() > model.memory_budget // 2:
+            return cols, None
+        with self._lock:
+            if self._of is not test_f or self._version != test_f._version:
+                self._of, self._version, self._layers = test_f, test_f._version, {}
+            if i not in self._layers:
+                self._layers[i] = normalized_rows(cols)
+            return self._layers[i]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._of, self._version, self._layers = None, -1, {}
+
+    def __reduce__(self) -> tuple[type[_NormalizedTest], tuple[()]]:
+        return (_NormalizedTest, ())  # workers start empty: no tensors, no lock

@@ -1,0 +1,10 @@
+"""The bridge from a model to the engine's block-source contract.
+
+Owns the model-backed block sources and their factor memo (:mod:`~infl_array.torch.source.source`,
+:mod:`~infl_array.torch.source.memo`), the adapters that give every model form one factorised
+interface (:mod:`~infl_array.torch.source.adapters`, :mod:`~infl_array.torch.source.pydvl`) and
+builds deferred until a block needs them (:mod:`~infl_array.torch.source.deferred`).
+
+May import: torch, numpy, the core (:mod:`infl_array.engine.sources` is the contract it
+implements; :mod:`infl_array.storage` holds the factors) and :mod:`infl_array.torch.data`.
+"""

@@ -1,0 +1,132 @@
+"""Products of tiny float32 factors: row normalization keeps them out of the subnormal range.
+
+The speed effect (a product of values around 1e-20 runs ~150x slower on x86 without it) is a
+benchmark (``benchmarks/ekfac_product_micro.py --tiny``); here: the normalization is exact up
+to the trimmed entries, EkfacInfluence's product of tiny factors is accurate row by row (it
+loses precision to subnormals without it), and the test side is normalized once per test
+factors.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from models import CE, REG, conv_model, data, trained
+
+import infl_array.torch.layerwise.ekfac as ekfac_module
+from infl_array.torch import EkfacInfluence
+from infl_array.torch.layerwise.underflow import TRIM_BITS, normalized_rows
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+F32 = torch.float32  # explicit: another test module sets torch's default dtype to float64
+
+
+def test_normalized_rows() -> None:
+    gen = torch.Generator().manual_seed(0)
+    f = (
+        torch.randn(6, 50, generator=gen, dtype=F32)
+        * torch.tensor([1, 1e-20, 1e-35, 1e-42, 0, 3e30], dtype=F32)[:, None]
+    )
+    f[0, :5] = 0.0
+    f[0, 5] = 1e-30  # 1e-30 of its row: trimmed
+    g, scale = normalized_rows(f[:, ::2])  # strided input
+    assert g.is_contiguous() and g.dtype == torch.float32 and scale.dtype == torch.float32
+    kept = g != 0
+    back = g * scale[:, None]
+    torch.testing.assert_close(back[kept], f[:, ::2][kept], rtol=0, atol=0)  # powers of two
+    amax = g.abs().amax(1)
+    assert bool(((amax >= 0.5) & (amax < 1)).all() | (amax == 0).any())
+    assert float(scale[4]) == 1.0 and not g[4].any()  # a zero row
+    small = g[kept].abs().min()
+    assert float(small) >= 2.0**-TRIM_BITS  # no product of two entries can go subnormal
+    assert float(small) ** 2 >= torch.finfo(torch.float32).tiny
+    assert normalized_rows(f[:2].bfloat16())[0].dtype == torch.bfloat16
+    with pytest.raises(TypeError, match="float32 or bfloat16"):
+        normalized_rows(f.double())
+    assert normalized_rows(torch.zeros(3, 0, dtype=F32))[1].tolist() == [1.0, 1.0, 1.0]
+
+
+@pytest.fixture(scope="module")
+def single() -> dict[str, Any]:
+    train, test = data(40, 0), data(7, 1)
+    model = trained(conv_model(), *train).float()
+    x, y = train
+    infl = EkfacInfluence(model, CE, REG, update_diagonal=True, fisher_type="empirical")
+    infl.fit((x.float(), y))
+    test_f = infl.test_factors(test[0].float(), test[1])
+    train_f = infl.train_factors(x.float(), y)
+    # the compact (Linear) layers only: the convolutions' columns are a plain product
+    test_f[:, : -(infl.layers[-2].n_params + infl.layers[-1].n_params)] = 0
+    train_f[:, : -(infl._train_width(2) + infl._train_width(3))] = 0
+    # every part of largest entry 1 first
+    test_f = test_f / test_f.abs().amax(1, keepdim=True)
+    for i, _, train in list(infl._layer_parts(test_f, train_f))[2:]:
+        g, a = infl._split_compact(i, train)  # output gradients, inputs
+        g /= g.abs().amax(1, keepdim=True)
+        a /= a.abs().amax(1, keepdim=True)
+        # every third train row: tiny inputs, large output gradients
+        g[::3] *= 1e10
+        a[::3] *= 1e-20
+    # tiny test gradients (a confident model): T @ a goes below float32's normal range
+    # (1.2e-38) where the influences (down to ~1e-30) do not
+    test_f = test_f * torch.tensor([1, 1e-20, 1e-15, 1, 3e-18, 1, 1e-19], dtype=F32)[:, None]
+    return {"infl": infl, "test": test_f, "train": train_f}
+
+
+def test_tiny_factors_product_is_accurate(single: dict[str, Any]) -> None:
+    infl, test_f, train_f = single["infl"], single["test"], single["train"]
+    assert all(infl._compact[-2:]) and test_f.dtype == torch.float32
+    got = infl.factor_product(test_f, train_f)
+    assert got.dtype == torch.float32
+    expected = infl.factor_product(test_f.double(), train_f.double())  # no underflow in float64
+    for r in range(test_f.shape[0]):
+        for cols in (slice(0, None, 3), [c for c in range(40) if c % 3]):  # tiny, normal train rows
+            e, o = expected[r, cols], got[r, cols].double()
+            assert float((o - e).abs().max()) <= 1e-5 * float(e.abs().max()), (r, cols)
+
+
+def test_test_side_normalized_once_per_test_factors(
+    single: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    infl, test_f, train_f = single["infl"], single["test"].clone(), single["train"]
+    calls: list[int] = []
+    original = ekfac_module.normalized_rows
+
+    def counting(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        calls.append(f.shape[0])
+        return original(f)
+
+    monkeypatch.setattr(ekfac_module, "normalized_rows", counting)
+    first = infl.factor_product(test_f, train_f[:20])
+    n_test = test_f.shape[0]
+    assert calls.count(n_test) == 2  # the two compact layers' test columns
+    infl.factor_product(test_f, train_f[20:])
+    assert calls.count(n_test) == 2  # kept for the same test factors
+    test_f[0] *= 2  # changed in place: normalized again, and the result follows
+    again = infl.factor_product(test_f, train_f[:20])
+    assert calls.count(n_test) == 4
+    torch.testing.assert_close(again[0], 2 * first[0])
+    torch.testing.assert_close(again[1:], first[1:])
+    infl.factor_product(test_f.clone(), train_f[:20])  # other test factors
+    assert calls.count(n_test) == 6
+    # too large for half the memory budget: used as they are
+    small = EkfacInfluence(infl.model, CE, REG, memory_budget=200, fisher_type="empirical")
+    small.__dict__.update({k: v for k, v in infl.__dict__.items() if k != "memory_budget"})
+    small.memory_budget = 200
+    small._normalized = ekfac_module._NormalizedTest()
+    before = calls.count(n_test)
+    small.factor_product(test_f, train_f[:1])
+    assert calls.count(n_test) == before
+
+
+def test_pickled_model_starts_without_the_cache(single: dict[str, Any]) -> None:
+    import pickle
+
+    infl, test_f, train_f = single["infl"], single["test"], single["train"]
+    expected = infl.factor_product(test_f, train_f)  # fills the cache
+    copy = pickle.loads(pickle.dumps(infl))  # as sent to fill workers
+    assert copy._normalized._of is None
+    torch.testing.assert_close(copy.factor_product(test_f, train_f), expected, rtol=0, atol=0)
