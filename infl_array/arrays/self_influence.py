@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from infl_array.arrays.front import LazyArray
+from infl_array.display.html import ArraySummary, array_html
 from infl_array.engine.block_engine import BlockEngine
 from infl_array.engine.sources import DiagonalBlocks
 from infl_array.errors import MissingBlockError
@@ -46,6 +47,17 @@ class SelfInfluenceArray(LazyArray):
             f"SelfInfluenceArray(shape={self.shape}, dtype={self.dtype}, blocks computed "
             f"{len(engine.refresh())}/{engine.grid_shape[1]}, store={engine.store.where})"
         )
+
+    def _repr_html_(self) -> str:
+        """The notebook's view (:func:`infl_array.display.html.array_html`): one row of blocks."""
+        facts = (
+            ("shape", str(self.shape)),
+            ("dtype", str(self.dtype)),
+            ("block length", str(self.block_len)),
+            ("store", self._engine.store.where),
+        )
+        summary = ArraySummary("SelfInfluenceArray", facts, self._engine.computed_mask())
+        return array_html(summary)
 
 
 def open_self_influence(matrix: BlockEngine) -> SelfInfluenceArray:
