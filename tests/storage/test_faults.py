@@ -871,17 +871,17 @@ def test_materialising_too_much_is_refused(tmp_path: Path) -> None:
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 def test_changed_model_or_data_is_refused(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
+    from models import binary_data, tanh_mlp
+
     from infl_array.torch import DirectInfluence
 
     ce = torch.nn.functional.cross_entropy
 
     def data(n: int, seed: int) -> tuple[Any, Any]:
-        g = torch.Generator().manual_seed(seed)
-        return torch.randn(n, 3, generator=g), torch.randint(0, 2, (n,), generator=g)
+        return binary_data(n, 3, seed)
 
     def fitted(seed: int, train: Any, reg: float = 0.1) -> Any:
-        torch.manual_seed(seed)
-        net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+        net = tanh_mlp(3, 4, 2, seed=seed, double=False)
         return DirectInfluence(net, ce, regularization=reg).fit(train)
 
     train, test = data(20, 0), data(7, 1)
