@@ -6,6 +6,15 @@ against numpy or zarr keeps working. Messages say what was expected, what arrive
 
 from __future__ import annotations
 
+__all__ = [
+    "BlockFunctionError",
+    "CorruptBlockError",
+    "MissingBlockError",
+    "NotAStoreError",
+    "StaleCacheError",
+    "add_note",
+]
+
 
 def add_note(exc: BaseException, note: str) -> None:
     """Attach ``note`` to ``exc`` (shown under its traceback; Python >= 3.11)."""

@@ -28,6 +28,8 @@ from infl_array.storage.meta import Compression, StoreMeta, check_shapes
 from infl_array.storage.notes import format_notes, read_notes
 from infl_array.storage.store import MATRIX_NAME, InfluenceStore
 
+__all__ = ["InfluenceArray", "open_array"]
+
 DEFAULT_BLOCK_SHAPE = (256, 4096)
 
 
