@@ -1,7 +1,7 @@
 """Products of tiny float32 factors: row normalization keeps them out of the subnormal range.
 
 The speed effect (a product of values around 1e-20 runs ~150x slower on x86 without it) is a
-benchmark (``benchmarks/ekfac_product_micro.py --tiny``); here: the normalization is exact up
+benchmark (``benchmarks/micro/ekfac_product_micro.py --tiny``); here: the normalization is exact up
 to the trimmed entries, EkfacInfluence's product of tiny factors is accurate row by row (it
 loses precision to subnormals without it), and the test side is normalized once per test
 factors.
