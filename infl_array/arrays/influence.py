@@ -21,6 +21,7 @@ from infl_array.arrays.self_influence import SelfInfluenceArray, open_self_influ
 from infl_array.arrays.staleness import check_same
 from infl_array.engine.block_engine import BlockEngine
 from infl_array.engine.sources import BlockFunction, BlockSource, FunctionSource
+from infl_array.errors import format_bytes
 from infl_array.executors.dispatch import fill_store
 from infl_array.storage.factors import DEFAULT_FACTOR_DISK_BUDGET, FactorStore
 from infl_array.storage.grid import BlockCoords
@@ -283,7 +284,7 @@ class InfluenceArray(LazyArray):
         if stored and raw < stored:
             block_bytes = self.block_shape[0] * self.block_shape[1] * self.dtype.itemsize
             ratio += (
-                f" (blocks of {_fmt_bytes(block_bytes)} are too small to compress: each chunk's "
+                f" (blocks of {format_bytes(block_bytes)} are too small to compress: each chunk's "
                 "codec header and checksum outweigh the savings; prefer larger blocks)"
             )
         by = self.meta.computed_by
@@ -293,7 +294,7 @@ class InfluenceArray(LazyArray):
         return (
             f"InfluenceArray(shape={self.shape}, dtype={self.dtype}, "
             f"block_shape={self.block_shape}, blocks computed {len(known)}/{n_blocks} "
-            f"({100 * len(known) / n_blocks:.1f}%), stored {_fmt_bytes(stored)}, "
+            f"({100 * len(known) / n_blocks:.1f}%), stored {format_bytes(stored)}, "
             f"compression ratio {ratio}, backend={backend}, {mode}, "
             f"store={engine.store.where})"
         ) + (f"\nnotes on how its values were computed:\n{format_notes(notes)}" if notes else "")
@@ -459,11 +460,3 @@ def _dtype_name(dtype: Any) -> str:
 def _block_bytes(engine: BlockEngine, coords: BlockCoords) -> int:
     rows, cols = engine.grid.block_bounds(coords)
     return (rows.stop - rows.start) * (cols.stop - cols.start) * engine.dtype.itemsize
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"
