@@ -13,6 +13,8 @@ import numpy as np
 from infl_array.arrays.influence import InfluenceArray, open_array
 from infl_array.version import __version__
 
+__all__ = ["build_parser", "cmd_demo", "cmd_info", "cmd_top", "cmd_verify", "main"]
+
 
 def _open(store: str) -> InfluenceArray:
     return open_array(store)

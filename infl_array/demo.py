@@ -20,6 +20,8 @@ import numpy as np
 
 from infl_array.arrays.influence import InfluenceArray, open_array
 
+__all__ = ["load_digits_split", "run", "train_model"]
+
 MODEL_FILE = "demo_model.pt"
 FLIP_FRACTION = 0.05
 REGULARIZATION = 1e-3

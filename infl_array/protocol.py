@@ -30,6 +30,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
+__all__ = ["FactorisedInfluence"]
+
 
 @runtime_checkable
 class FactorisedInfluence(Protocol):

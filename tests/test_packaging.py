@@ -7,7 +7,8 @@
 * The package's import graph has no circle, no module imports from the package root, imports
   are absolute, and they only go down the layers (errors, version, protocol, display <
   storage < engine < executors < arrays < quality, plot, cli, demo); the core imports
-  ``infl_array.torch`` only through the hooks listed in ``CORE_TO_TORCH``.
+  ``infl_array.torch`` only through the hooks listed in ``CORE_TO_TORCH``. Every module
+  declares ``__all__``.
 """
 
 from __future__ import annotations
@@ -188,6 +189,20 @@ def _is_torch(module: str) -> bool:
 def test_every_core_module_has_a_layer() -> None:
     loose = [m for m in _modules() if m != "infl_array" and not _is_torch(m) and _layer(m) is None]
     assert not loose, f"modules outside the layers of LAYERS (add them there): {loose}"
+
+
+def test_every_module_declares_all() -> None:
+    def declares(path: Path) -> bool:
+        for node in ast.parse(path.read_text()).body:
+            targets = (
+                node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+            )
+            if any(isinstance(t, ast.Name) and t.id == "__all__" for t in targets):
+                return True
+        return False
+
+    missing = [name for name, path in _modules().items() if not declares(path)]
+    assert not missing, f"modules without __all__ (list their public names): {missing}"
 
 
 def test_package_uses_absolute_imports_only() -> None:

@@ -22,12 +22,15 @@ from infl_array.arrays.staleness import check_same
 from infl_array.display.html import ArraySummary, array_html
 from infl_array.engine.block_engine import BlockEngine
 from infl_array.engine.sources import BlockFunction, BlockSource, FunctionSource
+from infl_array.errors import format_bytes
 from infl_array.executors.dispatch import fill_store
 from infl_array.storage.factors import DEFAULT_FACTOR_DISK_BUDGET, FactorStore
 from infl_array.storage.grid import BlockCoords
 from infl_array.storage.meta import Compression, StoreMeta, check_shapes
 from infl_array.storage.notes import format_notes, read_notes
 from infl_array.storage.store import MATRIX_NAME, InfluenceStore
+
+__all__ = ["InfluenceArray", "open_array"]
 
 DEFAULT_BLOCK_SHAPE = (256, 4096)
 
@@ -283,13 +286,13 @@ class InfluenceArray(LazyArray):
         if stored and raw < stored:
             block_bytes = self.block_shape[0] * self.block_shape[1] * self.dtype.itemsize
             ratio += (
-                f" (blocks of {_fmt_bytes(block_bytes)} are too small to compress: each chunk's "
+                f" (blocks of {format_bytes(block_bytes)} are too small to compress: each chunk's "
                 "codec header and checksum outweigh the savings; prefer larger blocks)"
             )
         by = self.meta.computed_by
         return {
             "blocks computed": f"{len(known)}/{n_blocks} ({100 * len(known) / n_blocks:.1f}%)",
-            "stored": _fmt_bytes(stored),
+            "stored": format_bytes(stored),
             "compression ratio": ratio,
             "backend": str(by.get("backend") or by.get("name") or by.get("kind", "?")),
             "mode": "computes missing blocks" if self.can_compute else "read-only",
@@ -480,11 +483,3 @@ def _dtype_name(dtype: Any) -> str:
 def _block_bytes(engine: BlockEngine, coords: BlockCoords) -> int:
     rows, cols = engine.grid.block_bounds(coords)
     return (rows.stop - rows.start) * (cols.stop - cols.start) * engine.dtype.itemsize
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"

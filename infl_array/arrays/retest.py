@@ -23,6 +23,8 @@ from infl_array.engine.sources import BlockSource
 from infl_array.storage.factors import SharedTrainFactors
 from infl_array.storage.store import InfluenceStore, describe_store, local_path
 
+__all__ = ["new_test_source", "share_train_factors"]
+
 
 def new_test_source(engine: BlockEngine, test_data: Any, store: Any) -> BlockSource:
     """The block source of ``test_data`` against ``engine``'s model and train data.

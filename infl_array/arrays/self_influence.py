@@ -19,6 +19,8 @@ from infl_array.engine.block_engine import BlockEngine
 from infl_array.engine.sources import DiagonalBlocks
 from infl_array.errors import MissingBlockError
 
+__all__ = ["SelfInfluenceArray", "open_self_influence"]
+
 ARRAY_NAME = "self_influence"
 _MISSING_FIX = (
     "Reopen with ia.open(store, model, test=..., train=...): self-influence needs the model."

@@ -11,3 +11,5 @@ May import: numpy, :mod:`infl_array.storage`, and :mod:`infl_array.errors`,
 :mod:`infl_array.version`, :mod:`infl_array.protocol`. Never torch, and nothing above it
 (executors, arrays, quality, cli, demo).
 """
+
+__all__: list[str] = []

@@ -53,6 +53,8 @@ from infl_array.storage.grid import BlockCoords, BlockGrid
 from infl_array.storage.notes import write_notes
 from infl_array.storage.store import MATRIX_NAME, InfluenceStore
 
+__all__ = ["ArrayStats", "BlockEngine"]
+
 LIST_THRESHOLD = 32
 """Above this many unknown blocks one listing of the store is cheaper than one check each."""
 

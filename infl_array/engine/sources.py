@@ -29,6 +29,17 @@ from infl_array.engine.validate import to_numpy
 if TYPE_CHECKING:
     from infl_array.storage.factors import FactorStore
 
+__all__ = [
+    "BlockFunction",
+    "BlockSource",
+    "DiagonalBlocks",
+    "DiagonalSource",
+    "FactorReuse",
+    "FunctionSource",
+    "PlainSource",
+    "qualname",
+]
+
 BlockFunction = Callable[[range, range], Any]
 """``fn(rows: range, cols: range) -> array (len(rows), len(cols))``."""
 

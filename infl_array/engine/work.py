@@ -30,6 +30,8 @@ from infl_array.errors import add_note
 from infl_array.storage.claims import ClaimBook
 from infl_array.storage.grid import BlockCoords, BlockGrid, write_error
 
+__all__ = ["Worker", "claim_name", "compute_blocks"]
+
 MAX_WRITES_IN_FLIGHT = 4
 """Computed blocks waiting for (or in) their write at most."""
 

@@ -18,6 +18,8 @@ from infl_array.engine.progress import counter_bar
 from infl_array.errors import add_note
 from infl_array.storage.grid import BlockCoords
 
+__all__ = ["FillProgress", "Task", "plan_fill", "run_phases", "run_task"]
+
 TASKS_PER_WORKER = 4
 """Block tasks per worker: enough to balance uneven tasks, few enough to keep factor reads low."""
 

@@ -11,3 +11,5 @@ May import: numpy, zarr and its codecs, fsspec, and :mod:`infl_array.errors`,
 :mod:`infl_array.version`, :mod:`infl_array.protocol`. Never torch, and nothing above it
 (engine, executors, arrays, quality, cli, demo).
 """
+
+__all__: list[str] = []

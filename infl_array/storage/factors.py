@@ -36,6 +36,8 @@ from infl_array.storage.claims import ClaimBook
 from infl_array.storage.grid import BlockGrid
 from infl_array.storage.store import FACTORS_GROUP, InfluenceStore
 
+__all__ = ["DEFAULT_FACTOR_DISK_BUDGET", "FactorStore", "SIDES", "SharedTrainFactors"]
+
 SIDES = ("test", "train")
 DEFAULT_FACTOR_DISK_BUDGET = 8 << 30
 """Default bytes one side's stored factors may take (8 GiB)."""

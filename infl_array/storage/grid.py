@@ -35,6 +35,8 @@ from infl_array.storage.zarr_compat import (
     size_under,
 )
 
+__all__ = ["BlockCoords", "BlockGrid", "PARTIAL_MIN_AGE_S", "write_error"]
+
 BlockCoords = tuple[int, int]
 
 # zarr's LocalStore writes a chunk to "<j>.<uuid4 hex>.partial", then renames it to "<j>"

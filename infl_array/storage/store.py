@@ -40,6 +40,8 @@ from infl_array.storage.grid import BlockGrid
 from infl_array.storage.meta import Compression, StoreMeta
 from infl_array.storage.zarr_compat import lossy_codec_warning_silenced
 
+__all__ = ["FACTORS_GROUP", "InfluenceStore", "MATRIX_NAME", "describe_store", "local_path"]
+
 MATRIX_NAME = "influence"
 FACTORS_GROUP = "factors"
 ATTRS_KEY = "infl_array"

@@ -37,7 +37,7 @@ def test_repr_html_shows_the_facts_and_a_map_of_the_blocks(
     html = half_filled._repr_html_()
     for text in ("InfluenceArray", "(40, 90)", "float32", "(10, 30), grid (4, 3)", "CountingFn"):
         assert text in html, text
-    assert "computes missing blocks" in html and "stored" in html and "KB" in html
+    assert "computes missing blocks" in html and "stored" in html and "KiB" in html
     assert "read-only" in ia.open(tmp_path / "s")._repr_html_()
     assert "6/12 blocks computed (50.0%)" in html
     assert "<svg" in html and "<script" not in html

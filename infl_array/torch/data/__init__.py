@@ -7,3 +7,5 @@ models and samples (:mod:`~infl_array.torch.data.checks`) and the validation of 
 May import: torch, numpy, the core, and the functional model of
 :mod:`infl_array.torch.full.functional` (for the model checks).
 """
+
+__all__: list[str] = []

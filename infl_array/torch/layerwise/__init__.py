@@ -10,3 +10,5 @@ and the EK-FAC and projected backends.
 May import: torch, scipy, the core, :mod:`infl_array.torch.full` (the shared backend base and
 functional model), :mod:`infl_array.torch.data` and :mod:`infl_array.torch.source`.
 """
+
+__all__: list[str] = []

@@ -52,6 +52,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from infl_array.errors import format_bytes
+
 __all__ = [
     "LayerRecord",
     "LayerSpec",
@@ -61,7 +63,6 @@ __all__ = [
     "check_deterministic",
     "check_mean_reduction",
     "find_layers",
-    "format_bytes",
     "layer_gradients",
     "loss_objective",
     "pydvl_objective",
@@ -73,15 +74,6 @@ Objective = Callable[[torch.Tensor], torch.Tensor]
 
 class MemoryBudgetError(MemoryError):
     """An allocation the caller asked for would exceed the memory budget."""
-
-
-def format_bytes(n: float) -> str:
-    """``n`` bytes in a readable unit (``'1.5 GiB'``)."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 def check_budget(nbytes: int, budget: int, what: str, fix: str) -> None:

@@ -8,3 +8,5 @@ builds deferred until a block needs them (:mod:`~infl_array.torch.source.deferre
 May import: torch, numpy, the core (:mod:`infl_array.engine.sources` is the contract it
 implements; :mod:`infl_array.storage` holds the factors) and :mod:`infl_array.torch.data`.
 """
+
+__all__: list[str] = []

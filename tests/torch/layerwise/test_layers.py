@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from infl_array.errors import format_bytes
 from infl_array.torch import EkfacInfluence, MemoryBudgetError
 from infl_array.torch.full.functional import check_finite
 from infl_array.torch.layerwise.capture import (
@@ -21,7 +22,6 @@ from infl_array.torch.layerwise.capture import (
     check_budget,
     check_mean_reduction,
     find_layers,
-    format_bytes,
     layer_gradients,
     loss_objective,
     pydvl_objective,

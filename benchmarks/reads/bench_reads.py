@@ -2,8 +2,8 @@
 
 Run from the repository root::
 
-    python benchmarks/bench_reads.py            # full run (3-6 minutes on 2 cores)
-    python benchmarks/bench_reads.py --quick    # fewer repetitions, smaller codec study
+    python benchmarks/reads/bench_reads.py            # full run (3-6 minutes on 2 cores)
+    python benchmarks/reads/bench_reads.py --quick    # fewer repetitions, smaller codec study
 
 What it measures, in one process, warm cache, interleaved and repeated (medians):
 
@@ -40,6 +40,8 @@ from typing import Any
 
 import numcodecs
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: harness, results_md
 import results_md
 import zarr
 from harness import (
@@ -364,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         first = bench_first_vs_cached(workdir, args.quick)
     flags = ["--quick"] if args.quick else []
     lines = results_md.section_head(
-        SECTION, results_md.command("bench_reads.py", flags), info, t.lap()
+        SECTION, results_md.command("reads/bench_reads.py", flags), info, t.lap()
     )
     for part in (reads_markdown(reads, store), planning_markdown(plans), codecs_markdown(codecs)):
         lines += ["", *part]

@@ -9,9 +9,12 @@ kept as they are.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: harness, results_md
 from harness import median
 from results_md import fmt_mb, fmt_t, section_head, table, yes_no
 

@@ -1,4 +1,4 @@
-"""Tables and target checks of the attribution-quality benchmark (``benchmarks/quality.py``)."""
+"""Tables and target checks of the attribution-quality benchmark (``quality/quality.py``)."""
 
 from __future__ import annotations
 
@@ -161,7 +161,7 @@ def section(results: list[dict[str, Any]], command: str, machine: str, wall: flo
                 f"Damping sweep ({result['case']}): LDS at each damping (all test points; bold: "
                 "the best), the damping chosen on each half of the test points, and the "
                 "held-out LDS (each half scored at the damping chosen on the other; see "
-                "`benchmarks/quality_damping.py`).",
+                "`benchmarks/quality/quality_damping.py`).",
                 "",
                 damping.sweep_table(result["sweep"]),
                 "",
@@ -240,4 +240,4 @@ def notes(results: list[dict[str, Any]]) -> str:
   so almost every method's detection AUC is above 0.99 and the differences in the third
   decimal are within one standard error.
 - Backends of ours that `infl_array.torch` does not have yet are skipped with a printed note
-  and appear in the next run (one line each in `benchmarks/quality_ours.py`)."""
+  and appear in the next run (one line each in `benchmarks/quality/quality_ours.py`)."""

@@ -1,7 +1,7 @@
 """Models, training and outputs of the attribution-quality benchmark (torch and numpy only).
 
-Imported by ``benchmarks/quality.py`` in the project's environment and by the peer scripts in
-``benchmarks/peers/`` inside the peers' virtual environments (pyDVL's has numpy<2), so it uses
+Imported by ``benchmarks/quality/quality.py`` in the project's environment and by the peer scripts
+in ``benchmarks/peers/`` inside the peers' virtual environments (pyDVL's has numpy<2), so it uses
 nothing else: no scikit-learn, no infl_array.
 
 Every model takes flat 64-feature digit images (8x8, scaled to [0, 1]) and returns 10 logits,

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import sys
 from functools import partial
+from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: harness, results_md
 from harness import Timer, log, scratch_dir
 from speed_models import (
     CG_TOL,

@@ -1,6 +1,6 @@
 """Workers of the large-model benchmark that run infl_array (and the floor), one per process.
 
-Usage: ``python benchmarks/large_ours.py KIND '<json>'`` with KIND one of ``floor``,
+Usage: ``python benchmarks/large/large_ours.py KIND '<json>'`` with KIND one of ``floor``,
 ``projected``, ``ekfac``; the JSON holds ``size, n_train, n_test, rows, reg, dim, threads,
 batch, out`` (and ``store`` for ``projected``). Each writes its timings and peak RSS to
 ``out`` and, except the floor, its first ``rows`` influence rows to ``out`` with ``.npy``.

@@ -13,10 +13,14 @@ Each study has a ``bench_*`` function (measures, prints progress) and a ``*_mark
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: harness, results_md
 from harness import log, median, timed
 from numcodecs import CRC32C, BitRound, Blosc, Zstd
 from reads_data import BLOCK, lowrank_block, t_block

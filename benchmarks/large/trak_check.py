@@ -1,6 +1,6 @@
 """Why TRAK's per-row Spearman with EkfacInfluence is what it is: a small check (issue 9).
 
-Usage: ``python benchmarks/trak_check.py [--work DIR]`` from the repository root. On the 1e5
+Usage: ``python benchmarks/large/trak_check.py [--work DIR]`` from the repository root. On the 1e5
 ladder CNN with 500 train and 50 test points it runs, each in its own process (outputs kept in
 ``DIR``, default ``benchmarks/_work/trak_check``, and reused when present): ``EkfacInfluence``,
 ``ProjectedInfluence`` (width 4096) and TRAK 0.3.2 (``.venv-trak``) at widths 4096 and 256,
@@ -25,7 +25,7 @@ from bench_large import prepare
 from large_common import load, spearman_rows
 from torch.func import functional_call, grad, vmap
 
-BENCH = Path(__file__).resolve().parent
+BENCH = Path(__file__).resolve().parents[1]  # benchmarks/
 
 CASE = {"size": "1e5", "n_train": 500, "n_test": 50, "threads": 2, "rows": 50}
 REG = 1e-3
@@ -90,7 +90,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
     prepare([CASE["size"]], CASE["n_train"], CASE["n_test"])
-    ours = str(BENCH / "large_ours.py")
+    ours = str(BENCH / "large" / "large_ours.py")
     ek = worker(work, "ekfac", sys.executable, [ours, "ekfac", json.dumps(CASE | {"reg": REG})])
     proj_args = CASE | {"reg": REG, "dim": 4096, "store": str(work / "store")}
     proj = worker(work, "projected", sys.executable, [ours, "projected", json.dumps(proj_args)])

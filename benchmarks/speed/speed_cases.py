@@ -15,11 +15,13 @@ from __future__ import annotations
 import dataclasses
 import gc
 import shutil
+import sys
 from functools import partial
 from operator import getitem
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: harness, results_md
 from harness import (
     PeakRSS,
     Timer,

@@ -41,7 +41,7 @@ import numpy as np
 import quality_models as qm
 import torch
 
-WORK = Path(__file__).resolve().parent / "_work" / "quality"
+WORK = Path(__file__).resolve().parents[1] / "_work" / "quality"
 ALPHA = 0.5
 FLIP_FRACTION = 0.10
 N_SUBSETS_MAX = 100

@@ -16,7 +16,7 @@ read with plain zarr (all NaN, or exactly correct); the processes are in ``soak_
 Results are printed and written to the section "Soak: kill and concurrency" of
 ``benchmarks/RESULTS.md`` (other sections are kept; ``--no-write`` only prints).
 
-    python benchmarks/soak.py --trials 60 --fillers 3
+    python benchmarks/soak/soak.py --trials 60 --fillers 3
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: harness, results_md
 import results_md
 from harness import ROOT, Timer, machine_info, scratch_dir
 from soak_procs import SHAPE, TIMEOUT_S, block_sel, expected, grid_of, values
@@ -286,7 +288,7 @@ def soak_markdown(args: argparse.Namespace, totals: dict[str, int], wall: float)
     info = machine_info(("numpy", "zarr", "dask", "infl_array"))
     bad = sum(totals[k] for k in FAILURES)
     lines = results_md.section_head(
-        SECTION, results_md.command("soak.py", [str(f) for f in flags]), info, wall
+        SECTION, results_md.command("soak/soak.py", [str(f) for f in flags]), info, wall
     )
     lines += [
         "",

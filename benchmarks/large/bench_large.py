@@ -1,6 +1,6 @@
 """Large models (issue 9): per-layer backends against peers on a ladder of CNNs.
 
-Usage: ``python benchmarks/bench_large.py [--quick] [--sizes 1e5,1e6,1e7] [--no-write]
+Usage: ``python benchmarks/large/bench_large.py [--quick] [--sizes 1e5,1e6,1e7] [--no-write]
 [--json FILE]``. A ladder of CNNs on synthetic CIFAR-like data (3x32x32, 10 classes, see
 ``large_common.py``; about 1e5, 1e6 and 1e7 parameters), each trained briefly here, then, each
 method in its own process (peak RSS per process), all with the same torch threads:
@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: harness, results_md
 from large_common import (
     LADDER,
     WORK,
@@ -50,7 +52,7 @@ from large_common import (
 )
 from results_md import write_section
 
-BENCH = Path(__file__).resolve().parent
+BENCH = Path(__file__).resolve().parents[1]  # benchmarks/
 ROOT = BENCH.parent
 SECTION = "## Large models (issue 9)"
 VENV = {
@@ -107,7 +109,7 @@ def run(name: str, python: Path | str, script: str, args: dict[str, Any], timeou
     cmd = [
         str(python),
         str(BENCH / script),
-        *([name.split("-")[0]] if script == "large_ours.py" else []),
+        *([name.split("-")[0]] if script == "large/large_ours.py" else []),
         json.dumps({**args, "out": str(out)}),
     ]
     start = time.perf_counter()
@@ -172,21 +174,21 @@ def bench_size(size: str, a: argparse.Namespace) -> dict[str, Any]:
     res["floor"] = run(
         f"floor-{size}",
         sys.executable,
-        "large_ours.py",
+        "large/large_ours.py",
         {**common, "dim": a.dim, "batch": 256},
         a.timeout,
     )
     res["projected"] = run(
         f"projected-{size}",
         sys.executable,
-        "large_ours.py",
+        "large/large_ours.py",
         {**common, "dim": a.dim, "reg": a.reg, "rows": a.n_test, "store": str(WORK / "store")},
         a.timeout,
     )
     res["ekfac"] = run(
         f"ekfac-{size}",
         sys.executable,
-        "large_ours.py",
+        "large/large_ours.py",
         {**common, "reg": a.reg, "rows": r2, "batch": 128 if size == "1e7" else 512},
         a.timeout,
     )
@@ -248,7 +250,7 @@ def report(info: dict, results: dict, a: argparse.Namespace, elapsed: float) -> 
     lines = [
         a.section,
         "",
-        f"`python benchmarks/bench_large.py {' '.join(sys.argv[1:])}` on "
+        f"`python benchmarks/large/bench_large.py {' '.join(sys.argv[1:])}` on "
         f"{platform.machine()}, {a.threads} torch threads, "
         f"torch {torch.__version__}, "
         f"{time.strftime('%Y-%m-%d')}; whole run {elapsed / 60:.0f} min. Synthetic CIFAR-like "
@@ -419,7 +421,9 @@ def main() -> None:
             p.error(f"unknown size {s!r}; choose from {sorted(LADDER)}")
     for peer in a.peers:
         if not VENV[peer].exists():
-            script = ".ci/pydvl_env.sh" if peer == "pydvl" else f"benchmarks/peer_envs.sh {peer}"
+            script = (
+                ".ci/pydvl_env.sh" if peer == "pydvl" else f"benchmarks/peers/peer_envs.sh {peer}"
+            )
             subprocess.run(["bash", str(ROOT / script.split()[0]), *script.split()[1:]], check=True)
     torch.set_num_threads(a.threads)
     start = time.perf_counter()

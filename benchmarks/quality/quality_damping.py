@@ -13,7 +13,7 @@ scored on the odd ones and the other way round; the held-out LDS is the mean of 
 test point is scored by a damping that was not chosen on it), so picking the best of five
 dampings does not inflate it.
 
-Runs go through ``benchmarks/quality.py``'s ``run_method`` (fresh processes, same workers,
+Runs go through ``benchmarks/quality/quality.py``'s ``run_method`` (fresh processes, same workers,
 cached per settings, so the damping that equals the case's reuses the main table's runs).
 """
 

@@ -14,11 +14,13 @@ import hashlib
 import io
 import pstats
 import shutil
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: harness, results_md
 from harness import Timer
 
 THREADS = 2

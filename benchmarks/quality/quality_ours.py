@@ -2,8 +2,8 @@
 
 :data:`OURS` is the table of backends: one line each, ``(label, class name in
 infl_array.torch, settings)``. A class that ``infl_array.torch`` does not have (yet) is skipped
-with a printed note. Run by ``benchmarks/quality.py`` as a worker in a fresh process, with the
-same command line and output files as the peer scripts (``benchmarks/peers/quality_common.py``),
+with a printed note. Run by ``benchmarks/quality/quality.py`` as a worker in a fresh process, with
+the same command line and output files as the peer scripts (``benchmarks/peers/quality_common.py``),
 so ours and the peers are timed alike. Each method runs as a user would run it:
 
 * LDS and leave-one-out: ``cls(clean_model, cross_entropy, regularization=...).fit(train)``,
@@ -30,15 +30,15 @@ import torch.nn.functional as F
 
 import infl_array as ia
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "peers"))
 import quality_common as common
 
 Settings = Callable[[dict[str, Any]], dict[str, Any]]
 GN = "gauss_newton"
 
 # label, infl_array.torch class, settings -> keyword arguments beyond (model, loss,
-# regularization=); the settings are the run's (benchmarks/quality.py: rank, LiSSA's scale...),
-# the same as the peers get. Add a backend: one line.
+# regularization=); the settings are the run's (benchmarks/quality/quality.py: rank, LiSSA's
+# scale...), the same as the peers get. Add a backend: one line.
 OURS: list[tuple[str, str, Settings]] = [
     ("Direct", "DirectInfluence", lambda s: {}),
     ("CG", "CgInfluence", lambda s: {"solve_simultaneously": True}),  # block CG, as pyDVL's

@@ -1,7 +1,7 @@
 """EkfacInfluence on the 1e7 ladder CNN with and without the flush-to-zero helper thread.
 
-``python benchmarks/subnormal_micro.py [--fit 512] [--test 64] [--threads 2]`` (the model and data
-of ``bench_large.py --sizes 1e7 --n-train 10000 --n-test 1000``, which makes them once).
+``python benchmarks/micro/subnormal_micro.py [--fit 512] [--test 64] [--threads 2]`` (the model
+and data of ``bench_large.py --sizes 1e7 --n-train 10000 --n-test 1000``, which makes them once).
 
 Times ``EkfacInfluence(update_diagonal=True, fisher_type="empirical")`` fit on the first
 ``--fit`` train points and its test factors of ``--test`` test points, side by side in one
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "large"))
 from large_common import load
 
 import infl_array.torch.layerwise.subnormal as subnormal

@@ -3,10 +3,10 @@
 Run from the repository root (one command; the pyDVL side runs under ``.venv-pydvl``, the
 numpy<2 environment that pyDVL 0.10 needs, built with ``.ci/pydvl_env.sh`` if missing)::
 
-    python benchmarks/bench_speed.py                  # full run (about 12 minutes on 2 cores)
-    python benchmarks/bench_speed.py --quick          # smoke run: smaller cases, few repeats
-    python benchmarks/bench_speed.py --skip-slow-cg   # without pyDVL's one-at-a-time CG (~5 min)
-    python benchmarks/bench_speed.py --cases small,memory   # a subset
+    python benchmarks/speed/bench_speed.py                 # full run (about 12 minutes, 2 cores)
+    python benchmarks/speed/bench_speed.py --quick         # smoke run: smaller cases, few repeats
+    python benchmarks/speed/bench_speed.py --skip-slow-cg  # without pyDVL's one-at-a-time CG
+    python benchmarks/speed/bench_speed.py --cases small,memory   # a subset
 
 Cases (each in a fresh subprocess, torch threads set to 2):
 
@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: harness, results_md
 import results_md
 from harness import (
     ROOT,
@@ -213,7 +214,7 @@ def drive(args: argparse.Namespace, argv: list[str]) -> int:
         print(json.dumps({key: shown}, default=str), flush=True)
     total = t_all.lap()
     flags = results_md.shown_args(argv)
-    text = markdown(info, results_md.command("bench_speed.py", flags), results, total)
+    text = markdown(info, results_md.command("speed/bench_speed.py", flags), results, total)
     if args.json:
         meta = {"_info": info, "_flags": flags, "_total": total}
         Path(args.json).write_text(json.dumps({**results, **meta}, indent=1, default=str))

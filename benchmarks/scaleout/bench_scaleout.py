@@ -2,8 +2,8 @@
 
 Run from the repository root::
 
-    python benchmarks/bench_scaleout.py            # 2,000 x 8,000 CG store (a few minutes)
-    python benchmarks/bench_scaleout.py --quick    # 400 x 2,000
+    python benchmarks/scaleout/bench_scaleout.py            # 2,000 x 8,000 CG store (a few minutes)
+    python benchmarks/scaleout/bench_scaleout.py --quick    # 400 x 2,000
 
 What it measures, side by side in one run on this machine:
 
@@ -29,11 +29,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # fillers compete fairly for the 2 cores
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: harness, results_md
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "speed"))  # speed_models
 import results_md
 from harness import Timer, log, machine_info, scratch_dir
 from scaleout_parts import concurrent_fillers, fill_mode, s3_operations
@@ -194,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     est = estimate(costs, prob, modes[0]["bytes"] / n_blocks)
     flags = ["--quick"] if args.quick else []
     lines = results_md.section_head(
-        SECTION, results_md.command("bench_scaleout.py", flags), info, t.lap()
+        SECTION, results_md.command("scaleout/bench_scaleout.py", flags), info, t.lap()
     )
     lines += ["", *markdown(modes, fillers, s3, est, prob), ""]
     results_md.publish(SECTION, "\n".join(lines), args)

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Virtual environments of the peer libraries the benchmarks compare against, one per peer.
 #
-#   bash benchmarks/peer_envs.sh kronfluence   # <repo>/.venv-kronfluence: kronfluence==1.0.1
-#   bash benchmarks/peer_envs.sh trak          # <repo>/.venv-trak: traker==0.3.2
-#   bash benchmarks/peer_envs.sh all           # both (pyDVL has its own: bash .ci/pydvl_env.sh)
+#   bash benchmarks/peers/peer_envs.sh kronfluence   # <repo>/.venv-kronfluence: kronfluence==1.0.1
+#   bash benchmarks/peers/peer_envs.sh trak          # <repo>/.venv-trak: traker==0.3.2
+#   bash benchmarks/peers/peer_envs.sh all           # both (pyDVL has its own: bash .ci/pydvl_env.sh)
 #
 # Each venv gets torch==2.13.0 FIRST (the local CPU wheel) and a constraints file that pins it
 # for every later install, so pip never resolves another, multi-GB CUDA build; then the peer
@@ -15,12 +15,12 @@
 #              PEER_VENV_DIR (where the venvs go, default the repository root).
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 DIR="${PEER_VENV_DIR:-$ROOT}"
 PY="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 
 usage() {
-    echo "usage: bash benchmarks/peer_envs.sh kronfluence|trak|all" >&2
+    echo "usage: bash benchmarks/peers/peer_envs.sh kronfluence|trak|all" >&2
     exit 2
 }
 

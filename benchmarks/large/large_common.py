@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-WORK = Path(__file__).resolve().parent / "_work" / "large"
+WORK = Path(__file__).resolve().parents[1] / "_work" / "large"
 
 # name -> (channel width c, hidden width h): about 1e5, 1e6, 1e7 parameters
 LADDER = {"1e5": (12, 128), "1e6": (32, 600), "1e7": (64, 4096)}

@@ -2,8 +2,8 @@
 
 Run as a child process by ``soak.py``::
 
-    python benchmarks/soak_procs.py fill STORE OPTS_JSON
-    python benchmarks/soak_procs.py read STORE OPTS_JSON
+    python benchmarks/soak/soak_procs.py fill STORE OPTS_JSON
+    python benchmarks/soak/soak_procs.py read STORE OPTS_JSON
 
 - A filler waits for the ``go`` file, computes the blocks in its own random order (``seed``),
   then calls ``fill()``. With ``inject``, it kills itself (SIGKILL) while writing its ``nth``
@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 

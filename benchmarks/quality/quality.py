@@ -1,6 +1,6 @@
 """Attribution quality against retraining, side by side with pyDVL, Kronfluence and TRAK.
 
-    nice -n 10 python benchmarks/quality.py [--quick] [--cases logreg,mlp,cnn]
+    nice -n 10 python benchmarks/quality/quality.py [--quick] [--cases logreg,mlp,cnn]
         [--subsets 100|case=N,...] [--methods SPEC] [--budget 600] [--fresh] [--no-write]
 
 For each case (``quality_cases.CASES``: L2 softmax regression, a tanh MLP and a small CNN on
@@ -12,7 +12,7 @@ every method, each in a fresh process with a time budget:
   environment;
 * pyDVL 0.10 (``.venv-pydvl``, built by ``bash .ci/pydvl_env.sh``), Kronfluence 1.0.1
   (``.venv-kronfluence``) and TRAK 0.3.2 (``.venv-trak``, both built by
-  ``bash benchmarks/peer_envs.sh``) on the SAME saved models, data and settings
+  ``bash benchmarks/peers/peer_envs.sh``) on the SAME saved models, data and settings
   (``benchmarks/peers/quality_*.py``).
 
 and scores them with :mod:`infl_array.quality`: LDS (mean over test points, and its spread:
@@ -45,9 +45,9 @@ from typing import Any
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(ROOT))
+BENCH = HERE.parent
+ROOT = BENCH.parent
+sys.path[:0] = [str(ROOT), str(BENCH), str(HERE)]  # the checkout; harness, results_md; this suite
 
 import quality_cases as qc  # noqa: E402
 import quality_damping as damping  # noqa: E402
@@ -66,20 +66,20 @@ THREADS = 1
 PEERS: dict[str, tuple[Path, Path, str, list[str]]] = {
     "pyDVL": (
         ROOT / ".venv-pydvl/bin/python",
-        HERE / "peers/quality_pydvl.py",
+        BENCH / "peers/quality_pydvl.py",
         "bash .ci/pydvl_env.sh",
         ["Direct", "CG", "LiSSA", "Arnoldi", "EK-FAC", "K-FAC", "Nystroem", "DataInf"],
     ),
     "Kronfluence": (
         ROOT / ".venv-kronfluence/bin/python",
-        HERE / "peers/quality_kronfluence.py",
-        "bash benchmarks/peer_envs.sh kronfluence",
+        BENCH / "peers/quality_kronfluence.py",
+        "bash benchmarks/peers/peer_envs.sh kronfluence",
         ["EK-FAC", "K-FAC", "EK-FAC empirical"],
     ),
     "TRAK": (
         ROOT / ".venv-trak/bin/python",
-        HERE / "peers/quality_trak.py",
-        "bash benchmarks/peer_envs.sh trak",
+        BENCH / "peers/quality_trak.py",
+        "bash benchmarks/peers/peer_envs.sh trak",
         ["TRAK", "TRAK undamped"],
     ),
 }
@@ -357,7 +357,7 @@ def main() -> None:
         log(report.case_table(results[-1]))
     wall = time.perf_counter() - start
     (qc.WORK / "results.json").write_text(json.dumps(results, indent=1, default=float))
-    command = "python benchmarks/quality.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/quality/quality.py " + " ".join(sys.argv[1:])
     machine = (
         f"nproc {os.cpu_count()}, {platform.machine()}, Python {platform.python_version()}, "
         f"load average now {os.getloadavg()[0]:.1f}"

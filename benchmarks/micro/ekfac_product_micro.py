@@ -1,6 +1,7 @@
 """EkfacInfluence's compact-layer product, step by step, at the 1e7 ladder CNN's widest layer.
 
-``python benchmarks/ekfac_product_micro.py [--n-test 20] [--chunk 1000] [--threads 2] [--tiny]``
+``python benchmarks/micro/ekfac_product_micro.py [--n-test 20] [--chunk 1000] [--threads 2]
+[--tiny]``
 
 A Linear layer that sees one position per sample keeps its train side compact (input ``a`` and
 output gradient ``g``); its influence against a test row's preconditioned gradient ``T`` is
