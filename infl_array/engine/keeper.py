@@ -10,7 +10,7 @@ or train factors, is obtained by a :class:`BlockKeeper` in the same four steps:
    their checksum or do not decode). A damaged chunk is never taken for a missing one nor for
    a valid one: it is recomputed (the write replaces it);
 3. **claim**: where the shelf is shared by several processes, a block is claimed before it is
-   computed (:mod:`infl_array.claims`), so that each is computed once;
+   computed (:mod:`infl_array.storage.claims`), so that each is computed once;
 4. **compute**: the blocks this process holds, in one call (a run of factor blocks is one
    batched solve), each then written to the shelf and the memo.
 
@@ -28,7 +28,8 @@ valid block, or left by an owner that died (noticed at once on the same machine)
 refreshing it (it expires ``ttl_s`` after the last refresh). Then this process claims the
 block and computes it. A damaged chunk is not a reason to wait.
 
-This module knows numpy and the claims, not torch and not zarr.
+This module knows numpy and the shelves it is given (and the matrix grid of
+:mod:`infl_array.storage.grid`, for :class:`GridShelf`), not torch.
 """
 
 from __future__ import annotations
@@ -174,10 +175,13 @@ class BlockKeeper(Generic[K, V]):
         for key in self.shelf.listed(todo) if todo else ():
             self._read_valid(key, values)
         missing = [k for k in todo if k not in values]
-        mine, held = self._claim_all(missing, values)
-        self._compute_held(mine, values)
-        for key in held:
-            self._wait(key, values)
+        if self.shelf.shared:
+            mine, held = self._claim_all(missing, values)
+            self._compute_held(mine, values, claimed=True)
+            for key in held:
+                self._wait(key, values)
+        else:  # nobody else stores here (yet): nothing to claim
+            self._compute_held(missing, values, claimed=False)
         return [values[k] for k in keys]
 
     def look(self, key: K) -> Presence:
@@ -206,9 +210,7 @@ class BlockKeeper(Generic[K, V]):
         return True
 
     def _claim_all(self, missing: list[K], values: dict[K, V]) -> tuple[list[K], list[K]]:
-        """Split ``missing`` into the keys this process computes and those others hold."""
-        if not self.shelf.shared:
-            return missing, []
+        """Split ``missing`` into the keys this process claimed and those others hold."""
         mine, held = [], []
         for key in missing:
             if not self.shelf.claim(key):
@@ -223,9 +225,9 @@ class BlockKeeper(Generic[K, V]):
         """Whether a valid chunk of ``key`` appeared since we looked (then it is read)."""
         return bool(self.shelf.listed([key])) and self._read_valid(key, values)
 
-    def _compute_held(self, keys: list[K], values: dict[K, V]) -> None:
-        """Compute ``keys`` (claimed, or unshared) in one call, store and memoise each, and
-        release their claims."""
+    def _compute_held(self, keys: list[K], values: dict[K, V], claimed: bool) -> None:
+        """Compute ``keys`` in one call, store and memoise each, and release their claims
+        (``claimed``: this process claimed them)."""
         if not keys:
             return
         try:
@@ -239,7 +241,7 @@ class BlockKeeper(Generic[K, V]):
                 if self.shelf.write(key, self.dump(value)):
                     self.known.add(key)
         finally:
-            if self.shelf.shared:
+            if claimed:
                 for key in keys:
                     self.shelf.release(key)
 
@@ -253,7 +255,7 @@ class BlockKeeper(Generic[K, V]):
                 if self._stored_meanwhile(key, values):
                     self.shelf.release(key)
                 else:
-                    self._compute_held([key], values)
+                    self._compute_held([key], values, claimed=True)
                 return
             time.sleep(pause)  # a live owner holds it: it stores, releases or expires
             pause = min(2 * pause, WAIT_POLL_S[1])

@@ -51,6 +51,14 @@ def _runs(blocks: list[int]) -> list[tuple[int, int]]:
     return runs
 
 
+def _whole_blocks(side: FactorSide, r: range) -> list[int] | None:
+    """The factor blocks ``r`` consists of, or None when it does not cover whole blocks."""
+    length, n = side.block_len, side.n
+    if len(r) == 0 or r.start % length or (r.stop % length and r.stop != n):
+        return None
+    return list(range(r.start // length, -(-r.stop // length)))
+
+
 class _SideMemo:
     """The memo seen by block index for one stored side (a keeper's :class:`Memo`)."""
 
@@ -116,10 +124,11 @@ class FactorCache:
     def attach(self, store: FactorStore | None) -> None:
         """Keep factors in ``store`` (one block of samples per chunk), or in memory only."""
         self.store = store
-        self._keepers: dict[str, BlockKeeper[int, torch.Tensor]] = {}
+        self._keepers: dict[str, tuple[FactorSide, BlockKeeper[int, torch.Tensor]]] = {}
         if store is not None:
             for axis in SIDES:
-                self._keepers[axis] = self._keeper(axis, store.side(axis))
+                side = store.side(axis)
+                self._keepers[axis] = (side, self._keeper(axis, side))
 
     def _keeper(self, axis: str, side: FactorSide) -> BlockKeeper[int, torch.Tensor]:
         def compute(blocks: list[int]) -> list[torch.Tensor]:
@@ -141,18 +150,12 @@ class FactorCache:
     def factors(self, axis: str, r: range) -> torch.Tensor:
         """The factors of samples ``r`` of ``axis`` (``"test"``, ``"train"`` or ``"self"``)."""
         with self._lock:
-            keeper = self._keepers.get(axis)
-            if keeper is None or not self._aligned(axis, r):
+            side, keeper = self._keepers.get(axis, (None, None))
+            blocks = _whole_blocks(side, r) if side is not None else None
+            if keeper is None or blocks is None:
                 return self._range(axis, r)
-            length = self.store.block_len(axis)  # type: ignore[union-attr]
-            pieces = keeper.fetch(list(range(r.start // length, -(-r.stop // length))))
+            pieces = keeper.fetch(blocks)
             return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
-
-    def _aligned(self, axis: str, r: range) -> bool:
-        """Whether ``r`` covers whole factor blocks of ``axis``."""
-        assert self.store is not None
-        length, n = self.store.block_len(axis), self.store.n(axis)
-        return r.start % length == 0 and (r.stop % length == 0 or r.stop == n) and len(r) > 0
 
     def _range(self, axis: str, r: range) -> torch.Tensor:
         """Factors of exactly ``r`` (or a slice of a memoised range holding it)."""
@@ -166,7 +169,7 @@ class FactorCache:
         return f
 
     def _compute_blocks(self, axis: str, side: FactorSide, blocks: list[int]) -> list[torch.Tensor]:
-        """Factor blocks ``blocks`` (sorted), one model call per run of consecutive blocks."""
+        """Factor blocks ``blocks`` (ascending), one model call per run of consecutive ones."""
         pieces = []
         for first, last in _runs(blocks):
             span = range(side.bounds(first).start, side.bounds(last).stop)
