@@ -175,14 +175,19 @@ class BlockKeeper(Generic[K, V]):
         for key in self.shelf.listed(todo) if todo else ():
             self._read_valid(key, values)
         missing = [k for k in todo if k not in values]
-        if self.shelf.shared:
-            mine, held = self._claim_all(missing, values)
-            self._compute_held(mine, values, claimed=True)
-            for key in held:
-                self._wait(key, values)
-        else:  # nobody else stores here (yet): nothing to claim
-            self._compute_held(missing, values, claimed=False)
+        if missing:
+            self._obtain(missing, values)
         return [values[k] for k in keys]
+
+    def _obtain(self, missing: list[K], values: dict[K, V]) -> None:
+        """Compute what this process can claim of ``missing``; wait for what others hold."""
+        if not self.shelf.shared:  # nobody else stores here (yet): nothing to claim
+            self._compute_held(missing, values, claimed=False)
+            return
+        mine, held = self._claim_all(missing, values)
+        self._compute_held(mine, values, claimed=True)
+        for key in held:
+            self._wait(key, values)
 
     def look(self, key: K) -> Presence:
         """The state of ``key``'s chunk now (reads and checks it when it exists)."""
