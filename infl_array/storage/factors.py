@@ -201,12 +201,15 @@ class FactorSide:
         if self._claims is None:
             matrix = self.store.matrix
             self._claims = ClaimBook(matrix.zarr_store, f"{matrix.name}/claims/")
-        return self._claims.try_claim(f"factors.{self.side}.{b}")
+        return self._claims.try_claim(self._claim_name(b))
 
     def release(self, b: int) -> None:
         """Release the claim on factor block ``b``."""
         if self._claims is not None:
-            self._claims.release(f"factors.{self.side}.{b}")
+            self._claims.release(self._claim_name(b))
+
+    def _claim_name(self, b: int) -> str:
+        return f"factors.{self.side}.{b}"
 
     def stored_bytes(self) -> int:
         """Bytes the side's stored factors take (local stores; 0 where unknown)."""
