@@ -16,7 +16,7 @@ from typing import Any
 from infl_array.arrays.front import LazyArray
 from infl_array.display.html import ArraySummary, array_html
 from infl_array.engine.block_engine import BlockEngine
-from infl_array.engine.sources import DiagonalBlocks
+from infl_array.engine.sources import DiagonalBlocks, capabilities
 from infl_array.errors import MissingBlockError
 
 __all__ = ["SelfInfluenceArray", "open_self_influence"]
@@ -65,7 +65,7 @@ class SelfInfluenceArray(LazyArray):
 def open_self_influence(matrix: BlockEngine) -> SelfInfluenceArray:
     """The self-influence array beside ``matrix`` (created in the store on first use)."""
     store = matrix.store
-    diagonal = matrix.source.diagonal if matrix.source is not None else None
+    diagonal = capabilities(matrix.source).diagonal
     grid = store.side_grid(ARRAY_NAME)
     if grid is None:
         if diagonal is None:
