@@ -26,7 +26,7 @@ from infl_array.storage.factors import DEFAULT_FACTOR_DISK_BUDGET, FactorStore
 from infl_array.storage.grid import BlockCoords
 from infl_array.storage.meta import Compression, StoreMeta, check_shapes
 from infl_array.storage.notes import format_notes, read_notes
-from infl_array.storage.store import MATRIX_NAME, InfluenceStore
+from infl_array.storage.store import InfluenceStore
 
 DEFAULT_BLOCK_SHAPE = (256, 4096)
 
@@ -305,7 +305,7 @@ class InfluenceArray(LazyArray):
         (:mod:`infl_array.storage.notes`), so a store opened without a model shows what its
         computation found.
         """
-        return read_notes(self._engine.store.matrix.zarr_store, MATRIX_NAME)
+        return read_notes(self._engine.store.matrix.zarr_store)
 
     # ------------------------------------------------------------------ analysis
     def to_dask(self) -> Any:

@@ -17,8 +17,8 @@ from infl_array.arrays.front import LazyArray
 from infl_array.engine.block_engine import BlockEngine
 from infl_array.engine.sources import DiagonalBlocks
 from infl_array.errors import MissingBlockError
+from infl_array.storage.layout import SELF_INFLUENCE
 
-ARRAY_NAME = "self_influence"
 _MISSING_FIX = (
     "Reopen with ia.open(store, model, test=..., train=...): self-influence needs the model."
 )
@@ -52,7 +52,7 @@ def open_self_influence(matrix: BlockEngine) -> SelfInfluenceArray:
     """The self-influence array beside ``matrix`` (created in the store on first use)."""
     store = matrix.store
     diagonal = matrix.source.diagonal if matrix.source is not None else None
-    grid = store.side_grid(ARRAY_NAME)
+    grid = store.side_grid(SELF_INFLUENCE.path)
     if grid is None:
         if diagonal is None:
             raise MissingBlockError(
@@ -62,7 +62,7 @@ def open_self_influence(matrix: BlockEngine) -> SelfInfluenceArray:
                 "ia.open(store, model, test=..., train=...).",
             )
         n_train, block_cols = matrix.shape[1], matrix.block_shape[1]
-        grid = store.create_side_grid(ARRAY_NAME, n_train, block_cols)
+        grid = store.create_side_grid(SELF_INFLUENCE.path, n_train, block_cols)
     source = None
     if diagonal is not None and matrix.source is not None:
         source = DiagonalBlocks(diagonal, grid.shape[1], matrix.source)

@@ -1,6 +1,7 @@
 """Storage: the store of an influence matrix and everything kept in it.
 
-Owns every key and path of the on-disk layout: the zarr group and its metadata
+Owns every key and path of the on-disk layout, named and documented in one module,
+:mod:`~infl_array.storage.layout`: the zarr group and its metadata
 (:mod:`~infl_array.storage.store`, :mod:`~infl_array.storage.meta`), the block grid of the matrix
 (:mod:`~infl_array.storage.grid`), stored factor blocks (:mod:`~infl_array.storage.factors`),
 claims of blocks being computed (:mod:`~infl_array.storage.claims`), notes of what computing

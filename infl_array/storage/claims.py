@@ -1,7 +1,8 @@
 """Claims: how several fillers of one store share the work instead of repeating it.
 
 Before a filler computes a unit of work (a block, or a block of factors) it *claims* it: it
-writes a small claim object ``{"owner", "expires"}`` under ``influence/claims/<name>`` with a
+writes a small claim object ``{"owner", "expires"}`` under ``<array>/claims/<name>`` (keys:
+:mod:`infl_array.storage.layout`; factor blocks are claimed beside the matrix's) with a
 create-if-absent, then reads it back; the filler whose claim is there owns the unit. On a local
 directory the create is exclusive (atomic); on object stores it is an existence check and a
 write, so two fillers may both win in a short race and compute the same unit: the values are

@@ -6,7 +6,7 @@ group ``"factors"``: array ``"test"`` of shape ``(n_test, width)`` with one chun
 block, array ``"train"`` of shape ``(n_train, width)`` with one chunk per train block. Like the
 matrix, a factor block is present exactly when its chunk exists, is written with one atomic
 chunk write, and carries a checksum; it is stored lossless, so a block computed from stored
-factors equals a block computed from fresh ones.
+factors equals a block computed from fresh ones. Keys and paths: :mod:`infl_array.storage.layout`.
 
 Which sides are stored
 ----------------------
@@ -32,11 +32,12 @@ from typing import Any
 import numpy as np
 
 from infl_array.errors import CorruptBlockError
+from infl_array.storage import layout
 from infl_array.storage.claims import ClaimBook
 from infl_array.storage.grid import BlockGrid
-from infl_array.storage.store import FACTORS_GROUP, InfluenceStore
+from infl_array.storage.store import InfluenceStore
 
-SIDES = ("test", "train")
+SIDES = layout.FACTOR_SIDES
 DEFAULT_FACTOR_DISK_BUDGET = 8 << 30
 """Default bytes one side's stored factors may take (8 GiB)."""
 
@@ -87,7 +88,7 @@ class FactorStore:
     # ------------------------------------------------------------------ which sides, which blocks
     def _grid(self, side: str) -> BlockGrid | None:
         if self._grids.get(side) is None:
-            self._grids[side] = self.store.side_grid(f"{FACTORS_GROUP}/{side}")
+            self._grids[side] = self.store.side_grid(layout.factors(side).path)
         return self._grids[side]
 
     def is_stored(self, side: str, width: int, itemsize: int) -> bool:
@@ -158,9 +159,8 @@ class FactorStore:
         :meth:`wait` reads it).
         """
         if self._claims is None:
-            matrix = self.store.matrix
-            self._claims = ClaimBook(matrix.zarr_store, f"{matrix.name}/claims/")
-        name = f"factors.{side}.{b}"
+            self._claims = ClaimBook(self.store.matrix.zarr_store, layout.MATRIX.claims_prefix)
+        name = layout.factor_claim(side, b)
         if not self._claims.try_claim(name):
             return False
         grid = self._grid(side)
@@ -173,7 +173,7 @@ class FactorStore:
     def release(self, side: str, b: int) -> None:
         """Release the claim on factor block ``b`` of ``side``."""
         if self._claims is not None:
-            self._claims.release(f"factors.{side}.{b}")
+            self._claims.release(layout.factor_claim(side, b))
 
     def wait(self, side: str, b: int) -> np.ndarray | None:
         """Factor block ``b`` once another process has stored it; None when that process is
