@@ -17,6 +17,7 @@ from infl_array.arrays.front import LazyArray
 from infl_array.engine.block_engine import BlockEngine
 from infl_array.engine.sources import DiagonalBlocks
 from infl_array.errors import MissingBlockError
+from infl_array.storage.grid import BlockGrid
 from infl_array.storage.layout import SELF_INFLUENCE
 
 _MISSING_FIX = (
@@ -63,7 +64,14 @@ def open_self_influence(matrix: BlockEngine) -> SelfInfluenceArray:
             )
         n_train, block_cols = matrix.shape[1], matrix.block_shape[1]
         grid = store.create_side_grid(SELF_INFLUENCE.path, n_train, block_cols)
+    return SelfInfluenceArray(self_influence_engine(matrix, grid))
+
+
+def self_influence_engine(matrix: BlockEngine, grid: BlockGrid) -> BlockEngine:
+    """The engine of the self-influence ``grid`` beside ``matrix``: it computes blocks when
+    the matrix's source has the ``diagonal`` capability, else it only reads."""
+    diagonal = matrix.source.diagonal if matrix.source is not None else None
     source = None
     if diagonal is not None and matrix.source is not None:
         source = DiagonalBlocks(diagonal, grid.shape[1], matrix.source)
-    return SelfInfluenceArray(BlockEngine(store, grid, source, missing_fix=_MISSING_FIX))
+    return BlockEngine(matrix.store, grid, source, missing_fix=_MISSING_FIX)

@@ -174,12 +174,14 @@ class BlockGrid:
         return out.reshape(rows.stop - rows.start, cols.stop - cols.start)
 
     def _corrupt(self, coords: BlockCoords, exc: BaseException) -> CorruptBlockError:
-        what = f"block {coords}" if self.ndim == 2 else f"block {coords[1]} of {self.name!r}"
+        what = self.layout.block_name(self.chunk_index(coords))
+        if self.layout != layout.MATRIX:
+            what += f" of {self.name!r}"
         return CorruptBlockError(
             coords,
             f"{what} of {self.where} is corrupt: its stored bytes fail their checksum "
             f"or do not decode ({type(exc).__name__}: {exc}). Call arr.repair() with a model or "
-            "function to recompute it (arr.verify() lists every corrupt block).",
+            "function to recompute it (arr.store_report() lists every damaged block).",
         )
 
     def read_region(self, rows: Any, cols: Any, blocks: Iterable[BlockCoords]) -> np.ndarray:
