@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from infl_array.storage import layout
+from infl_array.storage.claims import is_claim
 from infl_array.storage.grid import BlockCoords, BlockGrid
 from infl_array.storage.store import InfluenceStore
 from infl_array.storage.zarr_compat import delete_key, list_prefix, read_key
@@ -175,10 +176,11 @@ def _damaged_claims(grid: BlockGrid) -> list[Damage]:
         name = key[len(prefix) :]
         if layout.PARTIAL_CLAIM.match(name):
             continue  # a claim being written (or abandoned mid-write): never read as a claim
-        record = _json(read_key(grid.zarr_store, key))
-        expires = record.get("expires") if record is not None else None
-        if record is None or "owner" not in record or not isinstance(expires, int | float):
-            problem = 'is not a claim object {"owner", "expires"}; it would hold its unit forever'
+        if not is_claim(_json(read_key(grid.zarr_store, key))):
+            problem = (
+                'is not a claim object {"owner", "expires"}; it holds its unit for one claim '
+                "lifetime after each filler first sees it"
+            )
             found.append(Damage(CLAIMS, f"claim {key}", key, problem))
     return found
 

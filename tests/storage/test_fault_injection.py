@@ -18,6 +18,7 @@ the run; a hung step is then unblocked (the damaged chunk deleted) so its thread
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +28,13 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from zarr.storage import LocalStore
 
 import infl_array as ia
+from infl_array.cli import main
 from infl_array.storage import layout
+from infl_array.storage.claims import ClaimBook
+from infl_array.storage.zarr_compat import read_key, write_key
 from infl_array.torch import DirectInfluence
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -305,3 +310,52 @@ def test_a_read_needing_a_damaged_chunk_raises_or_recomputes_in_bounded_time(
         assert d.target.block in str(exc) and "repair" in str(exc)
         return
     np.testing.assert_allclose(got, d.target.expected(d.original), rtol=1e-10, atol=1e-13)
+
+
+# ---------------------------------------------------------------------- the command line
+def test_infl_array_verify_names_a_damaged_factor_chunk(
+    damage: Callable[[str, str], Damaged], capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = damage("factors/train", "flip")
+    assert main(["verify", str(d.path), "--quiet"]) == 1
+    out = capsys.readouterr().out
+    assert "factors/train: 1 of 3 stored blocks are damaged: train block 2" in out
+    assert "influence: all 3 stored blocks pass" in out and "arr.repair()" in out
+    d.open().repair()
+    assert main(["verify", str(d.path), "--quiet"]) == 0
+    assert "damaged" not in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------- claims
+GARBLED_CLAIM = b'{"owner": "host:1'  # a claim object cut short
+
+
+def test_an_unreadable_claim_holds_its_unit_one_lifetime_then_is_taken_over(
+    tmp_path: Path,
+) -> None:
+    zstore = LocalStore(tmp_path)
+    write_key(zstore, layout.MATRIX.claims_prefix + "1.2", GARBLED_CLAIM)
+    book = ClaimBook(zstore, layout.MATRIX.claims_prefix, ttl_s=0.5)
+    assert not book.try_claim("1.2")  # it may be a claim being written
+    time.sleep(0.6)
+    assert book.try_claim("1.2")  # unreadable for a whole lifetime: damage, taken over
+    book.close()
+    assert read_key(zstore, layout.MATRIX.claims_prefix + "1.2") is None
+
+
+def test_a_damaged_claim_is_reported_never_hangs_a_fill_and_repair_deletes_it(
+    damage: Callable[[str, str], Damaged], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = damage("influence", "delete")  # block (1, 2) missing ...
+    key = layout.MATRIX.claims_prefix + layout.block_claim((1, 2))
+    (d.path / key).parent.mkdir(parents=True, exist_ok=True)
+    (d.path / key).write_bytes(GARBLED_CLAIM)  # ... and held by a damaged claim
+    report = _report(d.path)
+    assert [(x.array, x.what, x.key) for x in report.damaged] == [("claims", f"claim {key}", key)]
+    monkeypatch.setattr("infl_array.storage.claims.CLAIM_TTL_S", 1.0)
+    assert bounded(lambda: d.open().fill(progress=False), BOUND_S, d.unblock) == 1
+    np.testing.assert_allclose(np.asarray(ia.open(d.path)), d.original["influence"], rtol=1e-10)
+
+    (d.path / key).write_bytes(GARBLED_CLAIM)
+    assert bounded(lambda: d.open().repair(), BOUND_S, d.unblock) == []
+    assert not (d.path / key).exists() and _report(d.path).ok
