@@ -140,12 +140,27 @@ class StoreReport:
 
 
 def stored_grids(store: InfluenceStore) -> Iterator[BlockGrid]:
-    """Every array of the store that exists, in layout order (the matrix first)."""
-    yield store.matrix
-    for array in (layout.SELF_INFLUENCE, *map(layout.factors, layout.FACTOR_SIDES)):
-        grid = store.side_grid(array.path)
+    """Every array of the store that exists and the layout names (the matrix, the
+    self-influence, the factors, then any other, such as top-k arrays), in that order.
+
+    Arrays are found by listing the group, so an array a later version adds to the layout is
+    checked as soon as it is stored; arrays the layout does not name are not infl_array's.
+    """
+    first = [layout.MATRIX, layout.SELF_INFLUENCE, *map(layout.factors, layout.FACTOR_SIDES)]
+    rank = {a.path: n for n, a in enumerate(first)}
+    paths = [p for p in store.array_paths() if _named(p)]
+    for path in sorted(paths, key=lambda p: (rank.get(p, len(rank)), p)):
+        grid = store.grid(path)
         if grid is not None:
             yield grid
+
+
+def _named(path: str) -> bool:
+    try:
+        layout.array_layout(path)
+    except ValueError:
+        return False
+    return True
 
 
 def check_store(store: InfluenceStore, each: Each | None = None) -> StoreReport:

@@ -216,6 +216,12 @@ class InfluenceStore:
         """The array at path ``name``: the matrix, or :meth:`side_grid` ``(name)``."""
         return self.matrix if name == self.matrix.name else self.side_grid(name)
 
+    def array_paths(self) -> list[str]:
+        """The path of every array in the group now (nested ones too), sorted."""
+        with lossy_codec_warning_silenced():
+            members = self.group.members(max_depth=None)
+        return sorted(path for path, node in members if isinstance(node, zarr.Array))
+
     def side_grid(self, name: str) -> BlockGrid | None:
         """The 1-D array ``name`` beside the matrix, or None when it does not exist yet."""
         if name not in self.group:

@@ -359,3 +359,29 @@ def test_a_damaged_claim_is_reported_never_hangs_a_fill_and_repair_deletes_it(
     (d.path / key).write_bytes(GARBLED_CLAIM)
     assert bounded(lambda: d.open().repair(), BOUND_S, d.unblock) == []
     assert not (d.path / key).exists() and _report(d.path).ok
+
+
+# ---------------------------------------------------------------------- arrays of later versions
+def test_an_array_the_layout_reserves_is_checked_as_soon_as_it_is_stored(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    fn = lambda rows, cols: np.add.outer(np.asarray(rows), np.asarray(cols))  # noqa: E731
+    ia.InfluenceArray.from_function(path, fn, shape=(10, 30), block_shape=(3, 10)).fill(
+        progress=False
+    )
+    values = layout.top_k(2, axis=1, largest=True).values  # no version writes one yet
+    group = zarr.open_group(path, mode="r+")
+    group.create_array(
+        values.path,
+        shape=(10, 2),
+        chunks=(3, 2),
+        dtype="float64",
+        fill_value=np.nan,
+        compressors=ia.Compression().compressors(),  # with its CRC32C, as infl_array writes
+        dimension_names=values.dimension_names,
+        chunk_key_encoding={"name": "default", "separator": "/"},
+    )[:] = np.ones((10, 2))
+    group.create_array("foreign", shape=(2,), dtype="int8")  # not infl_array's: not checked
+    _flip(path / values.chunk_key((1, 0)))
+    report = _report(path)
+    assert [a.array for a in report.arrays] == ["influence", values.path]
+    assert [(x.array, x.what) for x in report.damaged] == [(values.path, "test block 1")]
