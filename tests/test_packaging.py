@@ -135,13 +135,11 @@ LAYERS = {
 }
 TORCH = "infl_array.torch"
 # The only imports from the core into infl_array.torch (all function-local): (importer, module,
-# name). arrays/influence.py builds a model's block source through one documented hook;
-# arrays/retest.py reaches the torch source and data views for new test data (to become a
-# declared source capability); demo.py fits a torch model.
+# name). arrays/influence.py builds a model's block source (the documented make_block_source
+# hook; a new test set goes through the source's declared retest capability); demo.py fits a
+# torch model.
 CORE_TO_TORCH = {
     ("infl_array.arrays.influence", "infl_array.torch.source.source", "make_block_source"),
-    ("infl_array.arrays.retest", "infl_array.torch.data.views", "as_indexed"),
-    ("infl_array.arrays.retest", "infl_array.torch.source.source", "ModelBlockSource"),
     ("infl_array.demo", "infl_array.torch", "DirectInfluence"),
 }
 

@@ -21,7 +21,7 @@ from infl_array.arrays.retest import new_test_source, share_train_factors
 from infl_array.arrays.self_influence import SelfInfluenceArray, open_self_influence
 from infl_array.arrays.staleness import check_same
 from infl_array.engine.block_engine import BlockEngine
-from infl_array.engine.sources import BlockFunction, BlockSource, FunctionSource
+from infl_array.engine.sources import BlockFunction, BlockSource, FunctionSource, capabilities
 from infl_array.executors.dispatch import fill_store
 from infl_array.storage.factors import DEFAULT_FACTOR_DISK_BUDGET, FactorStore
 from infl_array.storage.grid import BlockCoords
@@ -436,7 +436,7 @@ def open_array(
 
 def _attach_factor_store(engine: BlockEngine, budget_bytes: int) -> None:
     """Let a source with factors keep them in the store (see :mod:`infl_array.storage.factors`)."""
-    reuse = engine.source.factor_reuse if engine.source is not None else None
+    reuse = capabilities(engine.source).factor_reuse
     if reuse is not None:
         reuse.attach(FactorStore(engine.store, budget_bytes))
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from infl_array.arrays.front import LazyArray
 from infl_array.engine.block_engine import BlockEngine
-from infl_array.engine.sources import DiagonalBlocks
+from infl_array.engine.sources import DiagonalBlocks, capabilities
 from infl_array.errors import MissingBlockError
 from infl_array.storage.grid import BlockGrid
 from infl_array.storage.layout import SELF_INFLUENCE
@@ -52,7 +52,7 @@ class SelfInfluenceArray(LazyArray):
 def open_self_influence(matrix: BlockEngine) -> SelfInfluenceArray:
     """The self-influence array beside ``matrix`` (created in the store on first use)."""
     store = matrix.store
-    diagonal = matrix.source.diagonal if matrix.source is not None else None
+    diagonal = capabilities(matrix.source).diagonal
     grid = store.side_grid(SELF_INFLUENCE.path)
     if grid is None:
         if diagonal is None:
@@ -70,7 +70,7 @@ def open_self_influence(matrix: BlockEngine) -> SelfInfluenceArray:
 def self_influence_engine(matrix: BlockEngine, grid: BlockGrid) -> BlockEngine:
     """The engine of the self-influence ``grid`` beside ``matrix``: it computes blocks when
     the matrix's source has the ``diagonal`` capability, else it only reads."""
-    diagonal = matrix.source.diagonal if matrix.source is not None else None
+    diagonal = capabilities(matrix.source).diagonal
     source = None
     if diagonal is not None and matrix.source is not None:
         source = DiagonalBlocks(diagonal, grid.shape[1], matrix.source)

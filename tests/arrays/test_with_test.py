@@ -92,6 +92,10 @@ def test_errors(setup: dict[str, Any], tmp_path: Path) -> None:
     x, y = setup["other"]
     with pytest.raises(ValueError, match="test is empty"):
         arr.with_test((x[:0], y[:0]), tmp_path / "b")
+    # the new test data are checked as create checks them, before a store is made (issue 21)
+    with pytest.raises(ValueError, match=r"expected input.*to have 2 channels"):
+        arr.with_test((x[:, :1], y), tmp_path / "b")
+    assert not (tmp_path / "b").exists()
 
 
 def test_float32_model_stores_float32_factors(setup: dict[str, Any], tmp_path: Path) -> None:

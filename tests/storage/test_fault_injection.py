@@ -42,9 +42,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 BOUND_S = 30.0
 """Most seconds a step may take (each takes well under one on this tiny store)."""
 
-KNOWN_HANG_BOUND_S = 5.0
-"""Bound of the steps known to hang, so that they cost little until they are fixed."""
-
 BLOCK_SHAPE = (3, 10)  # 10 test x 30 train points: a 4 x 3 grid, 4 test and 3 train blocks
 
 
@@ -172,24 +169,7 @@ FAULTS: dict[str, Callable[[Path], None]] = {
     "delete": Path.unlink,
 }
 
-KNOWN_HANGS = {
-    (side, fault) for side in ("factors/test", "factors/train") for fault in ("truncate", "flip")
-}
-"""A read needing a damaged factor chunk waits forever (the factor store's ``get`` says missing,
-its claim says present); fixed by the cache branch, which the lead merges with this one."""
-
-CASES = [
-    pytest.param(
-        array,
-        fault,
-        id=f"{array}-{fault}",
-        marks=pytest.mark.xfail(strict=True, reason="hang fixed by the cache branch")
-        if (array, fault) in KNOWN_HANGS
-        else (),
-    )
-    for array in TARGETS
-    for fault in FAULTS
-]
+CASES = [(array, fault) for array in TARGETS for fault in FAULTS]
 
 
 @dataclass(frozen=True)
@@ -259,12 +239,8 @@ def bounded(step: Callable[[], Any], bound_s: float, unblock: Callable[[], None]
     return result.get("value")
 
 
-def _bound(array: str, fault: str) -> float:
-    return KNOWN_HANG_BOUND_S if (array, fault) in KNOWN_HANGS else BOUND_S
-
-
 # ---------------------------------------------------------------------- the fault matrix
-@pytest.mark.parametrize(("array", "fault"), [(a, f) for a in TARGETS for f in FAULTS])
+@pytest.mark.parametrize(("array", "fault"), CASES)
 def test_report_names_the_damaged_array_and_block_and_repair_restores_it(
     array: str, fault: str, damage: Callable[[str, str], Damaged]
 ) -> None:
@@ -309,7 +285,7 @@ def test_a_fill_and_a_read_needing_a_damaged_chunk_raise_or_recompute_in_bounded
         return d.target.need(d.open())
 
     try:
-        got = bounded(fill_then_read, _bound(array, fault), d.unblock)
+        got = bounded(fill_then_read, BOUND_S, d.unblock)
     except ia.CorruptBlockError as exc:
         assert fault != "delete"  # a deleted chunk is only missing: it is computed
         assert d.target.block in str(exc) and "repair" in str(exc)
