@@ -16,6 +16,7 @@ import numpy as np
 from infl_array.arrays.front import LazyArray
 from infl_array.arrays.indexing import get_oindex
 from infl_array.arrays.reduce import to_dask, top_k
+from infl_array.arrays.repair import repair_store, store_report
 from infl_array.arrays.retest import new_test_source, share_train_factors
 from infl_array.arrays.self_influence import SelfInfluenceArray, open_self_influence
 from infl_array.arrays.staleness import check_same
@@ -26,9 +27,10 @@ from infl_array.errors import format_bytes
 from infl_array.executors.dispatch import fill_store
 from infl_array.storage.factors import DEFAULT_FACTOR_DISK_BUDGET, FactorStore
 from infl_array.storage.grid import BlockCoords
+from infl_array.storage.integrity import StoreReport
 from infl_array.storage.meta import Compression, StoreMeta, check_shapes
 from infl_array.storage.notes import format_notes, read_notes
-from infl_array.storage.store import MATRIX_NAME, InfluenceStore
+from infl_array.storage.store import InfluenceStore
 
 __all__ = ["InfluenceArray", "open_array"]
 
@@ -258,13 +260,34 @@ class InfluenceArray(LazyArray):
         return fill_store(self._engine, progress=progress, workers=workers, client=client)
 
     def verify(self, progress: bool = False) -> list[BlockCoords]:
-        """Blocks whose stored bytes fail their checksum or do not decode, sorted."""
+        """Matrix blocks whose stored bytes fail their checksum or do not decode, sorted.
+
+        :meth:`store_report` checks every other array of the store too.
+        """
         return self._engine.verify(progress=progress)
 
+    def store_report(self, progress: bool = False) -> StoreReport:
+        """Check every array of the store: the matrix, the self-influence, the stored test
+        and train factors, and every claim and note object.
+
+        Returns a :class:`~infl_array.storage.integrity.StoreReport`: per array the blocks
+        stored and the damaged ones (``report.damaged``, each naming its array, its block
+        and its key), ``report.ok`` when nothing is damaged, ``report.lines()`` for people
+        (what ``infl-array verify`` prints). A deleted chunk is not damage: it is a block not
+        computed, which the next read or fill computes.
+        """
+        return store_report(self._engine, progress=progress)
+
     def repair(self, progress: bool = False) -> list[BlockCoords]:
-        """Recompute exactly the blocks :meth:`verify` reports; returns them."""
+        """Repair every array of the store; returns the matrix blocks recomputed, which are
+        exactly those :meth:`verify` reports.
+
+        Besides the matrix blocks it recomputes the damaged self-influence blocks, deletes
+        damaged factor chunks (recomputed when next needed) and damaged claim objects
+        (:mod:`infl_array.arrays.repair`); :meth:`store_report` says what it will find.
+        """
         self._check_can_compute("repair")
-        return self._engine.repair(progress=progress)
+        return repair_store(self._engine, progress=progress)
 
     def _check_can_compute(self, what: str) -> None:
         if not self.can_compute:
@@ -331,7 +354,7 @@ class InfluenceArray(LazyArray):
         (:mod:`infl_array.storage.notes`), so a store opened without a model shows what its
         computation found.
         """
-        return read_notes(self._engine.store.matrix.zarr_store, MATRIX_NAME)
+        return read_notes(self._engine.store.matrix.zarr_store)
 
     # ------------------------------------------------------------------ analysis
     def to_dask(self) -> Any:

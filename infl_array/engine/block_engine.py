@@ -55,7 +55,7 @@ from infl_array.engine.work import compute_blocks
 from infl_array.errors import MissingBlockError
 from infl_array.storage.grid import BlockCoords, BlockGrid
 from infl_array.storage.notes import write_notes
-from infl_array.storage.store import MATRIX_NAME, InfluenceStore
+from infl_array.storage.store import InfluenceStore
 
 __all__ = ["ArrayStats", "BlockEngine"]
 
@@ -321,7 +321,7 @@ class BlockEngine:
         found = self.source.notes() if self.source is not None else {}
         new = {k: v for k, v in found.items() if self._noted.get(k) != v}
         if new:
-            write_notes(self.store.matrix.zarr_store, MATRIX_NAME, new)
+            write_notes(self.store.matrix.zarr_store, new)
             self._noted.update(new)
 
     # ------------------------------------------------------------------ reading
@@ -418,7 +418,7 @@ class BlockEngine:
             read_only=state["source"] is None,
             storage_options=state["storage_options"],
         )
-        grid = store.matrix if state["grid"] == MATRIX_NAME else store.side_grid(state["grid"])
+        grid = store.grid(state["grid"])
         if grid is None:
             raise FileNotFoundError(
                 f"the array {state['grid']!r} is gone from the store {store.where}; was the "

@@ -40,13 +40,14 @@ from typing import Any
 import numpy as np
 
 from infl_array.errors import CorruptBlockError
+from infl_array.storage import layout
 from infl_array.storage.claims import ClaimBook
 from infl_array.storage.grid import BlockGrid
-from infl_array.storage.store import FACTORS_GROUP, InfluenceStore
+from infl_array.storage.store import InfluenceStore
 
 __all__ = ["DEFAULT_FACTOR_DISK_BUDGET", "SIDES", "FactorSide", "FactorStore"]
 
-SIDES = ("test", "train")
+SIDES = layout.FACTOR_SIDES
 DEFAULT_FACTOR_DISK_BUDGET = 8 << 30
 """Default bytes one side's stored factors may take (8 GiB)."""
 
@@ -111,7 +112,7 @@ class FactorSide:
     def grid(self) -> BlockGrid | None:
         """The side's array, or None before its first block is stored."""
         if self._grid is None:
-            self._grid = self.store.side_grid(f"{FACTORS_GROUP}/{self.side}")
+            self._grid = self.store.side_grid(layout.factors(self.side).path)
         return self._grid
 
     def is_stored(self, width: int, itemsize: int) -> bool:
@@ -199,8 +200,7 @@ class FactorSide:
         """Claim factor block ``b`` (see :mod:`infl_array.storage.claims`); False while another live
         process holds it. Whether it is stored meanwhile is the caller's to look at."""
         if self._claims is None:
-            matrix = self.store.matrix
-            self._claims = ClaimBook(matrix.zarr_store, f"{matrix.name}/claims/")
+            self._claims = ClaimBook(self.store.matrix.zarr_store, layout.MATRIX.claims_prefix)
         return self._claims.try_claim(self._claim_name(b))
 
     def release(self, b: int) -> None:
@@ -209,7 +209,7 @@ class FactorSide:
             self._claims.release(self._claim_name(b))
 
     def _claim_name(self, b: int) -> str:
-        return f"factors.{self.side}.{b}"
+        return layout.factor_claim(self.side, b)
 
     def stored_bytes(self) -> int:
         """Bytes the side's stored factors take (local stores; 0 where unknown)."""

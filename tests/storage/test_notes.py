@@ -126,7 +126,7 @@ def test_note_keys_are_short_names(tmp_path: Path) -> None:
     assert arr.notes == {}  # a function reports nothing
     zstore = zarr.storage.LocalStore(tmp_path / "s")  # the store as plain zarr sees it
     with pytest.raises(ValueError, match=r"short name.*got '\.\./x'"):
-        write_notes(zstore, "influence", {"../x": "m"})
-    write_notes(zstore, "influence", {"checked": "by hand"})
-    assert read_notes(zstore, "influence") == {"checked": "by hand"}
+        write_notes(zstore, {"../x": "m"})
+    write_notes(zstore, {"checked": "by hand"})
+    assert read_notes(zstore) == {"checked": "by hand"}
     assert ia.open(tmp_path / "s").notes == {"checked": "by hand"}
