@@ -2,7 +2,7 @@
 
 A briefly trained MLP (Gaussian-mixture data, 10 classes, 10% train labels flipped), fitted
 with ``ProjectedInfluence(projection_dim=256, preconditioner="identity")``; a float32 store
-(blocks ``500 x 4096``); then, each timed, with the store's bytes before and after:
+(blocks ``500 x 4096``, or ``--block``); then, each timed, with the store's bytes before and after:
 
 * ``top_k``: ``arr.top_k(k)`` on a fresh store (the first answer: train factors + scan);
 * ``top_k_again``: the same call again (factors stored by then);
@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -74,6 +73,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--dim", type=int, default=32)
     parser.add_argument("--dense", action="store_true")
+    parser.add_argument("--block", type=int, nargs=2, default=(500, 4096))
     args = parser.parse_args()
     torch.set_num_threads(2)
     model, train, test = trained_mlp(args.n_train, args.n_test, args.dim)
@@ -85,7 +85,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
         path = Path(tmp) / "s"
         arr = ia.InfluenceArray.create(
-            path, infl, test=test, train=train, block_shape=(500, 4096), dtype="float32"
+            path, infl, test=test, train=train, block_shape=tuple(args.block), dtype="float32"
         )
         created = store_bytes(path)
         (values, indices), out["top_k_s"] = timed(lambda: arr.top_k(args.k))
@@ -97,6 +97,9 @@ def main() -> None:
             tk = arr.top_k_array(args.k)
             _, out["top_k_array_fill_s"] = timed(lambda: tk.fill(progress=False))
             out["top_k_array_bytes"] = store_bytes(path) - before
+            stats = tk.stats
+            scanned = stats.blocks_read + stats.blocks_computed + stats.blocks_skipped
+            out["top_k_array_skipped"] = f"{stats.blocks_skipped}/{scanned}"
             again = ia.open(path).top_k_array(args.k)
             stored, out["top_k_array_read_s"] = timed(lambda: again.indices[:])
             assert (stored == indices).all()

@@ -29,6 +29,7 @@ from infl_array.engine.sources import capabilities
 from infl_array.storage.grid import BlockCoords
 
 __all__ = [
+    "NormBounds",
     "ScanCounts",
     "block_best",
     "check_k",
@@ -148,28 +149,99 @@ def scan_top_k(
     largest: bool,
     row_blocks: Iterable[int],
     counts: ScanCounts | None = None,
+    skip: bool = False,
 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """The top-``k`` along ``axis`` of every row of ``row_blocks``: ``{block: (values, indices)}``.
 
     Stored blocks are read, missing ones computed in memory (nothing is written); a missing
-    block with no source raises :class:`~infl_array.errors.MissingBlockError` naming it.
+    block with no source raises :class:`~infl_array.errors.MissingBlockError` naming it. With
+    ``skip`` and a source with factor norms (:class:`NormBounds`), blocks are visited in bound
+    order and those that provably cannot enter a row block's top-k are skipped (counted in
+    ``counts``). Off by default: on a trained MLP (ProjectedInfluence, 50,000 train points in
+    index order) no block was skippable, as every block of 4096 points holds a point of
+    near-maximal norm; with the train points in norm order, 85% would be.
     """
     counts = counts if counts is not None else ScanCounts()
     known = engine.refresh()
-    best: dict[int, tuple[np.ndarray, np.ndarray] | None] = {}
-    for coords in scan_coords(engine.grid_shape, axis, row_blocks):
+    rows = sorted(set(row_blocks))
+    inner = list(range(engine.grid_shape[1 if axis == 1 else 0]))
+    bounds = NormBounds.of(engine, axis, rows, inner) if skip and k > 0 and rows else None
+    if bounds is not None:
+        inner = bounds.order
+    # train blocks outermost: a train factor serves consecutive blocks
+    if axis == 1:
+        pairs = [(r, b) for b in inner for r in rows]
+    else:
+        pairs = [(r, b) for r in rows for b in inner]
+    best: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for r, b in pairs:
+        found = best.get(r)
+        hopeless = bounds.cannot_enter if bounds is not None else None
+        if found is not None and hopeless is not None and hopeless(r, b, found, k, largest):
+            counts.blocks_skipped += 1
+            continue
+        coords = (r, b) if axis == 1 else (b, r)
         block = _block(engine, coords, coords in known, counts)
-        rows, cols = engine.grid.block_bounds(coords)
-        row_block, first = (coords[0], cols.start) if axis == 1 else (coords[1], rows.start)
+        rows_of, cols_of = engine.grid.block_bounds(coords)
+        first = cols_of.start if axis == 1 else rows_of.start
         values = block if axis == 1 else block.T
-        best[row_block] = merge_best(
-            best.get(row_block), block_best(values, first, k, largest), k, largest
-        )
-    out = {}
-    for b, found in best.items():
-        assert found is not None
-        out[b] = (np.ascontiguousarray(found[0]), np.ascontiguousarray(found[1]))
-    return out
+        best[r] = merge_best(found, block_best(values, first, k, largest), k, largest)
+    return {r: (np.ascontiguousarray(v), np.ascontiguousarray(i)) for r, (v, i) in best.items()}
+
+
+class NormBounds:
+    """Bounds ``|I[i, j]| <= |t_i| |g_j|`` of a source whose blocks are plain inner products.
+
+    ``order``: the inner blocks (along the reduced axis) by their largest factor norm, largest
+    first, so the running top-k fills with large values early and later blocks are skipped.
+    A block cannot enter a row block's top-k when, for every row, even its bound (inflated by
+    the rounding of a float32 product of the factors' width, and the store's ``keepbits``) is
+    strictly worse than the row's current ``k``-th value: a tie could still enter by a lower
+    index, so ties are never skipped.
+    """
+
+    def __init__(
+        self, row_norms: dict[int, np.ndarray], inner_max: dict[int, float], slack: float
+    ) -> None:
+        self.row_norms, self.inner_max, self.slack = row_norms, inner_max, slack
+        self.order = sorted(inner_max, key=lambda b: (-inner_max[b], b))
+
+    @classmethod
+    def of(
+        cls, engine: BlockEngine, axis: int, rows: list[int], inner: list[int]
+    ) -> NormBounds | None:
+        """The bounds of ``engine``'s source, or None when it has no factor norms."""
+        norms = capabilities(engine.source).factor_norms
+        if norms is None:
+            return None
+        row_side, inner_side = ("test", "train") if axis == 1 else ("train", "test")
+
+        def span(side: str, b: int) -> range:
+            s = engine.grid.block_bounds((b, 0) if side == "test" else (0, b))
+            axis_slice = s[0] if side == "test" else s[1]
+            return range(axis_slice.start, axis_slice.stop)
+
+        width = 1
+        row_norms = {}
+        for r in rows:
+            row_norms[r], width = norms.norms_of(row_side, span(row_side, r))
+        inner_max = {}
+        for b in inner:
+            found, width = norms.norms_of(inner_side, span(inner_side, b))
+            inner_max[b] = float(found.max())
+        keepbits = engine.store.meta.compression.relative_error_bound
+        slack = (1.0 + (width + 4) * 2.0**-23) * (1.0 + keepbits) * (1.0 + 2.0**-23)
+        return cls(row_norms, inner_max, slack)
+
+    def cannot_enter(
+        self, r: int, b: int, best: tuple[np.ndarray, np.ndarray], k: int, largest: bool
+    ) -> bool:
+        """Whether no entry of inner block ``b`` can enter row block ``r``'s top-``k``."""
+        if best[0].shape[1] < k:
+            return False
+        kth = best[0][:, -1].astype(np.float64)
+        bound = self.row_norms[r] * self.inner_max[b] * self.slack
+        return bool(np.all(bound < (kth if largest else -kth)))
 
 
 def _block(

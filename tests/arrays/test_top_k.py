@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import infl_array as ia
-from infl_array.engine.top_k import block_best, merge_best
+from infl_array.engine.top_k import ScanCounts, block_best, merge_best, scan_top_k
 
 
 @settings(max_examples=25, deadline=None)
@@ -143,3 +143,38 @@ def test_read_only_stores_answer_from_stored_blocks_and_name_a_missing_one(tmp_p
     values, indices = ro.top_k(2, axis=0)
     np.testing.assert_array_equal(indices, brute_top_k(full, 2, 0, True)[1])
     np.testing.assert_array_equal(values, brute_top_k(full, 2, 0, True)[0])
+
+
+@pytest.mark.parametrize(("axis", "largest"), [(1, True), (1, False), (0, True)])
+def test_skipping_by_factor_norms_is_exact_and_skips_hopeless_blocks(
+    tmp_path: Path, axis: int, largest: bool
+) -> None:
+    rng = np.random.default_rng(3)
+    train_x = rng.standard_normal((60, 4)) * np.geomspace(100.0, 0.01, 60)[:, None]
+    test_x = rng.standard_normal((30, 4)) * np.geomspace(100.0, 0.01, 30)[:, None]
+    train, test = (train_x, np.zeros(60)), (test_x, np.zeros(30))
+    arr = ia.InfluenceArray.create(
+        tmp_path / "s", FeatureFactors(), test=test, train=train, block_shape=(5, 6)
+    )
+    arr[:5, :6]  # a stored block is skipped like any other
+    engine = arr._engine
+    n = engine.grid_shape[1 - axis]
+    counts = ScanCounts()
+    found = scan_top_k(engine, 3, axis, largest, range(n), counts, skip=True)
+    expected_values, expected_indices = brute_top_k(np.asarray(arr), 3, axis, largest)
+    values = np.concatenate([found[b][0] for b in range(n)])
+    indices = np.concatenate([found[b][1] for b in range(n)])
+    if axis == 0:
+        values, indices = values.T, indices.T
+    np.testing.assert_array_equal(indices, expected_indices)
+    np.testing.assert_array_equal(values, expected_values)
+    assert counts.blocks_skipped > 0
+    assert counts.blocks_skipped + counts.blocks_read + counts.blocks_computed == 60
+
+
+def test_no_skipping_for_backends_with_a_factor_product(tmp_path: Path) -> None:
+    arr, full = model_array(tmp_path / "s", 8, 12, (2, 3), model=ScaledProductFactors())
+    counts = ScanCounts()
+    found = scan_top_k(arr._engine, 2, 1, True, range(4), counts, skip=True)
+    assert counts.blocks_skipped == 0 and counts.blocks_computed == 16
+    np.testing.assert_array_equal(found[3][1], brute_top_k(full, 2, 1, True)[1][6:8])
