@@ -93,13 +93,15 @@ def block_best(
     elif kk == m:
         cols = np.argsort(key, axis=1, kind="stable")
     else:
-        kth = np.partition(key, kk - 1, axis=1)[:, kk - 1 : kk]
-        below, tied = key < kth, key == kth
-        need = kk - below.sum(axis=1, keepdims=True)
-        take = below | (tied & (np.cumsum(tied, axis=1) <= need))
-        cols = np.nonzero(take)[1].reshape(r, kk)  # ascending columns within each row
+        cols = np.argpartition(key, kk - 1, axis=1)[:, :kk]
         sub = np.take_along_axis(key, cols, axis=1)
-        cols = np.take_along_axis(cols, np.argsort(sub, axis=1, kind="stable"), axis=1)
+        kth = sub.max(axis=1, keepdims=True)  # the kk-th best of the row
+        # rows with more entries tied at the boundary than were taken: lowest indices first
+        unsure = (key == kth).sum(axis=1) != (sub == kth).sum(axis=1)
+        if unsure.any():
+            cols[unsure] = np.argsort(key[unsure], axis=1, kind="stable")[:, :kk]
+            sub[unsure] = np.take_along_axis(key[unsure], cols[unsure], axis=1)
+        cols = np.take_along_axis(cols, np.lexsort((cols, sub), axis=-1), axis=1)
     return np.take_along_axis(values, cols, axis=1), cols.astype(np.int64) + first
 
 

@@ -58,6 +58,25 @@ def test_top_k_equals_brute_force_and_writes_no_block(
     np.testing.assert_array_equal(arr.computed, before)  # no matrix block written
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    r=st.integers(1, 6),
+    m=st.integers(1, 30),
+    k=st.integers(1, 32),
+    spread=st.integers(0, 4),
+    largest=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_one_blocks_best_equals_the_stable_sort(
+    r: int, m: int, k: int, spread: int, largest: bool, seed: int
+) -> None:
+    values = np.random.default_rng(seed).integers(-spread, spread + 1, size=(r, m)) * 0.5
+    got_values, got_indices = block_best(values, 7, k, largest)
+    expected_values, expected_indices = brute_top_k(values, min(k, m), 1, largest)
+    np.testing.assert_array_equal(got_indices, expected_indices + 7)
+    np.testing.assert_array_equal(got_values, expected_values)
+
+
 def test_ties_go_to_the_lower_index_in_any_visiting_order() -> None:
     rng = np.random.default_rng(0)
     row = rng.integers(0, 3, size=(4, 40)).astype(np.float64)
