@@ -28,6 +28,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from infl_array.storage.zarr_compat import delete_key, read_key, write_key, write_key_if_absent
@@ -47,12 +48,21 @@ class ClaimBook:
         Key prefix of the claims (e.g. ``"influence/claims/"``).
     ttl_s : float
         Seconds a claim lives after its last refresh.
+    clock : callable
+        The wall clock claims expire by (``time.time``; tests pass a clock they move).
     """
 
-    def __init__(self, zarr_store: Any, prefix: str, ttl_s: float = CLAIM_TTL_S) -> None:
+    def __init__(
+        self,
+        zarr_store: Any,
+        prefix: str,
+        ttl_s: float = CLAIM_TTL_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._store = zarr_store
         self._prefix = prefix
         self.ttl_s = float(ttl_s)
+        self._clock = clock
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self._held: set[str] = set()
         self._lock = threading.Lock()
@@ -60,7 +70,7 @@ class ClaimBook:
         self._heartbeat: threading.Thread | None = None
 
     def _content(self) -> bytes:
-        return json.dumps({"owner": self.owner, "expires": time.time() + self.ttl_s}).encode()
+        return json.dumps({"owner": self.owner, "expires": self._clock() + self.ttl_s}).encode()
 
     def _read(self, name: str) -> dict[str, Any] | None:
         raw = read_key(self._store, self._prefix + name)
@@ -86,7 +96,7 @@ class ClaimBook:
                     self._held.add(name)
                 self._start_heartbeat()
                 return True
-            if found is not None and not _is_stale(found):
+            if found is not None and not _is_stale(found, self._clock()):
                 return False  # a live owner
             delete_key(self._store, key)  # expired (its owner died), or released meanwhile
         return False
@@ -102,10 +112,13 @@ class ClaimBook:
             delete_key(self._store, self._prefix + name)
 
     def close(self) -> None:
-        """Release every claim held and stop refreshing."""
+        """Release every claim held and stop refreshing (the heartbeat thread has ended on
+        return)."""
         for name in list(self._held):
             self.release(name)
         self._stop.set()
+        if self._heartbeat is not None and self._heartbeat is not threading.current_thread():
+            self._heartbeat.join()
 
     def _start_heartbeat(self) -> None:
         if self._heartbeat is not None and self._heartbeat.is_alive():
@@ -116,21 +129,26 @@ class ClaimBook:
         )
         self._heartbeat.start()
 
+    def refresh(self) -> None:
+        """Push the expiry of every claim held to ``ttl_s`` from now (the heartbeat's step)."""
+        with self._lock:
+            held = list(self._held)
+        for name in held:
+            try:
+                write_key(self._store, self._prefix + name, self._content())
+            except OSError:
+                continue  # a failed refresh only risks the claim expiring
+
     def _refresh_loop(self) -> None:
         while not self._stop.wait(self.ttl_s / 4):
-            with self._lock:
-                held = list(self._held)
-            for name in held:
-                try:
-                    write_key(self._store, self._prefix + name, self._content())
-                except OSError:
-                    continue  # a failed refresh only risks the claim expiring
+            self.refresh()
 
 
-def _is_stale(claim: dict[str, Any]) -> bool:
-    """Whether a claim's owner is gone: its claim expired, or it was a process of this machine
-    that no longer runs (a killed filler here is noticed at once, without waiting for expiry)."""
-    if float(claim.get("expires", time.time() + 1)) < time.time():
+def _is_stale(claim: dict[str, Any], now: float) -> bool:
+    """Whether a claim's owner is gone at time ``now``: its claim expired, or it was a process
+    of this machine that no longer runs (a killed filler here is noticed at once, without
+    waiting for expiry)."""
+    if float(claim.get("expires", now + 1)) < now:
         return True
     host, _, rest = str(claim.get("owner", "")).partition(":")
     pid = rest.partition(":")[0]

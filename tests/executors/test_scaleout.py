@@ -143,28 +143,46 @@ def test_claims_expire_and_dead_local_owners_are_noticed_at_once(tmp_path: Path)
         tmp_path / "s", SlowLoggedFn(str(tmp_path / "log")), shape=(4, 4), block_shape=(2, 2)
     )
     zstore = InfluenceStore.open(tmp_path / "s").matrix.zarr_store
-    mine, other = (ClaimBook(zstore, "influence/claims/", ttl_s=0.4) for _ in range(2))
+    now = [1_000_000.0]  # a clock the test moves: no claim depends on how fast this runs
+
+    def book() -> ClaimBook:
+        return ClaimBook(zstore, "influence/claims/", ttl_s=60.0, clock=lambda: now[0])
+
+    threads = _heartbeats()
+    mine, other = book(), book()
     assert mine.try_claim("a") and not other.try_claim("a")
-    time.sleep(0.6)  # past the ttl: the heartbeat kept it alive
+    assert _heartbeats() == threads + 1  # the holder refreshes its claims in the background
+    now[0] += 45.0
+    mine.refresh()  # one heartbeat
+    now[0] += 45.0  # past the first expiry, not past the refreshed one
     assert not other.try_claim("a")
-    mine.close()
-    assert other.try_claim("a")  # released
+    now[0] += 61.0  # no refresh for longer than the ttl: expired
+    assert other.try_claim("a")
+    mine.close()  # leaves the claim "a" alone: it is other's now
+    assert not book().try_claim("a")
     other.close()
+    assert _heartbeats() == threads  # closed books stop refreshing
 
     def plant(name: str, owner: str, expires_in: float) -> None:
-        content = json.dumps({"owner": owner, "expires": time.time() + expires_in}).encode()
+        content = json.dumps({"owner": owner, "expires": now[0] + expires_in}).encode()
         write_key(zstore, f"influence/claims/{name}", content)
 
-    book = ClaimBook(zstore, "influence/claims/", ttl_s=0.4)
-    plant("b", "another-machine:1:x", 0.3)  # a live filler elsewhere
-    assert not book.try_claim("b")
-    time.sleep(0.4)  # it stopped refreshing (killed): the claim expires, never blocks forever
-    assert book.try_claim("b")
+    late = book()
+    plant("b", "another-machine:1:x", 30.0)  # a live filler elsewhere
+    assert not late.try_claim("b")
+    now[0] += 31.0  # it stopped refreshing (killed): the claim expires, never blocks forever
+    assert late.try_claim("b")
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)  # fmt: skip
     plant("c", f"{socket.gethostname()}:{dead.stdout.strip()}:x", 3600.0)
-    assert book.try_claim("c")  # a killed filler on this machine is noticed without waiting
-    book.close()
+    assert late.try_claim("c")  # a killed filler on this machine is noticed without waiting
+    late.close()
+    assert not list((tmp_path / "s" / "influence" / "claims").iterdir())  # all released
+
+
+def _heartbeats() -> int:
+    """Live claim heartbeat threads (``ClaimBook.close`` ends its book's thread)."""
+    return sum(t.name == "infl-array-claims" for t in threading.enumerate())
 
 
 # ---------------------------------------------------------------------- process pool faults
