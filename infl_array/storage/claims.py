@@ -33,6 +33,8 @@ from typing import Any
 
 from infl_array.storage.zarr_compat import delete_key, read_key, write_key, write_key_if_absent
 
+__all__ = ["CLAIM_TTL_S", "ClaimBook"]
+
 CLAIM_TTL_S = 60.0
 """Seconds a claim lives after its owner's last refresh."""
 
