@@ -27,7 +27,7 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import groupby
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 import numpy as np
 
@@ -55,6 +55,7 @@ __all__ = [
 ]
 
 BlockCoords = tuple[int, int]
+T = TypeVar("T")
 
 AxisSel: TypeAlias = slice | np.ndarray
 """A normalised selection (the input of planning; built by
@@ -338,7 +339,7 @@ class ClaimUnits:
     """How fillers of one grid claim its blocks: in aligned units of ``rows x cols`` blocks.
 
     Fillers sharing a store claim a unit (one claim object) before computing its blocks
-    (:mod:`infl_array.work`). The units depend on the grid's shape only, so every filler of a
+    (:mod:`infl_array.engine.work`). The units depend on the grid's shape only, so every filler of a
     store cuts it the same way: a claim costs a few store calls, so a unit of ``k`` blocks
     costs ``1/k`` of that per block, while a grid keeps at least :data:`CLAIM_UNITS_MIN`
     units to share (a grid of fewer blocks is claimed block by block).
@@ -370,7 +371,9 @@ class ClaimUnits:
         return coords[0] // self.rows, coords[1] // self.cols
 
     def name(self, unit: BlockCoords) -> str:
-        """The claim name of a unit (its geometry included: other cuts never collide)."""
+        """The claim name of a unit; it names the cut too, so units of another cut never
+        share a name (letters, digits and dots: see
+        :meth:`~infl_array.storage.grid.BlockGrid.clean_partials`)."""
         return f"u{self.rows}x{self.cols}.{unit[0]}.{unit[1]}"
 
 
@@ -440,15 +443,16 @@ def plan_fill(
     blocks in ``workers`` contiguous runs, one batched solve each). Then the blocks, in
     groups of whole block columns (each train block in one task; test factors are read from
     the store), or of whole block rows when only the train side is kept. Without factors,
-    the blocks are grouped by rows of claim units. Groups never split a claim unit, so the
-    tasks of one fill never wait for each other's claims.
+    the blocks are grouped in ``TASKS_PER_WORKER * workers`` runs of claim units, row-major.
+    Tasks never split a claim unit, so the tasks of one fill never wait for each other's
+    claims.
 
     Examples
     --------
     >>> blocks = [(i, j) for i in range(2) for j in range(4)]
     >>> one = ClaimUnits(1, 1)
-    >>> [[t.kind for t in phase] for phase in plan_fill(blocks, 1, None, one).phases]
-    [['blocks', 'blocks']]
+    >>> [[len(t.items) for t in phase] for phase in plan_fill(blocks, 1, None, one).phases]
+    [[2, 2, 2, 2]]
     >>> plan = plan_fill(blocks, 2, FactorSides(frozenset({0}), frozenset()), one)
     >>> [(t.kind, t.items) for t in plan.phases[0]]
     [('train', (1,)), ('train', (2,)), ('train', (3,)), ('test', (0,)), ('test', (1,))]
@@ -456,7 +460,9 @@ def plan_fill(
     [[0], [1], [2], [3]]
     """
     if factors is None:
-        return FillPlan((tuple(_block_tasks(missing, 0, units.rows, len(missing))),))
+        return FillPlan(
+            (tuple(_grouped_tasks(missing, units.unit_of, workers * TASKS_PER_WORKER)),)
+        )
     rows, cols = sorted({i for i, _ in missing}), sorted({j for _, j in missing})
     factor_tasks: list[Task] = []
     if factors.train is not None:
@@ -467,23 +473,23 @@ def plan_fill(
         factor_tasks += [Task("test", tuple(g)) for g in _split(todo, workers)]
     by_rows = factors.train is not None and factors.test is None
     axis, unit_len = (0, units.rows) if by_rows else (1, units.cols)
-    block_tasks = _block_tasks(missing, axis, unit_len, workers * TASKS_PER_WORKER)
+    block_tasks = _grouped_tasks(missing, lambda c: c[axis] // unit_len, workers * TASKS_PER_WORKER)
     return FillPlan(tuple(tuple(p) for p in (factor_tasks, block_tasks) if p))
 
 
-def _block_tasks(blocks: list[BlockCoords], axis: int, unit_len: int, n: int) -> list[Task]:
-    """``blocks`` in at most ``n`` tasks of whole lines of claim units along ``axis``."""
-    lines = sorted({c[axis] // unit_len for c in blocks})
-    tasks = []
-    for group in _split(lines, n):
-        chosen = set(group)
-        tasks.append(
-            Task("blocks", tuple(c for c in sorted(blocks) if c[axis] // unit_len in chosen))
-        )
-    return tasks
+def _grouped_tasks(
+    blocks: list[BlockCoords], key: Callable[[BlockCoords], Any], n: int
+) -> list[Task]:
+    """``blocks`` in at most ``n`` tasks, each of whole runs of ``key`` values (in order)."""
+    groups = _split(sorted({key(c) for c in blocks}), n)
+    task_of = {value: k for k, group in enumerate(groups) for value in group}
+    items: list[list[BlockCoords]] = [[] for _ in groups]
+    for coords in sorted(blocks):
+        items[task_of[key(coords)]].append(coords)
+    return [Task("blocks", tuple(group)) for group in items]
 
 
-def _split(items: list[int], n: int) -> list[list[int]]:
+def _split(items: list[T], n: int) -> list[list[T]]:
     """``items`` in at most ``n`` contiguous groups of nearly equal size.
 
     >>> _split([1, 2, 3, 4, 5], 2)

@@ -105,13 +105,13 @@ class ClaimBook:
 
     def release(self, name: str) -> None:
         """Give up ``name``'s claim (its unit is done, or abandoned)."""
-        with self._lock:
+        with self._lock:  # not while the heartbeat rewrites it: a released claim stays gone
             if name not in self._held:
                 return
             self._held.discard(name)
-        found = self._read(name)
-        if found is not None and found.get("owner") == self.owner:
-            delete_key(self._store, self._prefix + name)
+            found = self._read(name)
+            if found is not None and found.get("owner") == self.owner:
+                delete_key(self._store, self._prefix + name)
 
     def close(self) -> None:
         """Release every claim held and stop refreshing (the heartbeat thread has ended on
@@ -136,10 +136,13 @@ class ClaimBook:
         with self._lock:
             held = list(self._held)
         for name in held:
-            try:
-                write_key(self._store, self._prefix + name, self._content())
-            except OSError:
-                continue  # a failed refresh only risks the claim expiring
+            with self._lock:
+                if name not in self._held:
+                    continue  # released meanwhile: writing it would bring it back
+                try:
+                    write_key(self._store, self._prefix + name, self._content())
+                except OSError:
+                    continue  # a failed refresh only risks the claim expiring
 
     def _refresh_loop(self) -> None:
         while not self._stop.wait(self.ttl_s / 4):

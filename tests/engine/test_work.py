@@ -83,7 +83,7 @@ def test_a_unit_held_by_a_live_filler_is_computed_last_after_its_claim_expires(
     arr = ia.InfluenceArray.from_function(
         tmp_path / "s", SlowLoggedFn(str(log)), shape=SHAPE, block_shape=BLOCK
     )
-    _plant(tmp_path / "s", (0, 0), "another-machine:1:x", expires_in=0.5)  # then it dies
+    _plant(tmp_path / "s", (0, 0), "another-machine:1:x", expires_in=3.0)  # then it dies
     assert arr.fill(progress=False) == 400
     order = [(r // BLOCK[0], c // BLOCK[1]) for r, c, _ in logged_blocks(str(log))]
     held = {(i, j) for i in range(2) for j in range(3)}
