@@ -458,6 +458,8 @@ def plan_fill(
     [('train', (1,)), ('train', (2,)), ('train', (3,)), ('test', (0,)), ('test', (1,))]
     >>> [sorted({j for _, j in t.items}) for t in plan.phases[1]]
     [[0], [1], [2], [3]]
+    >>> [t.items for t in plan_fill(blocks, 1, None, ClaimUnits(2, 2)).phases[0]]
+    [((0, 0), (0, 1), (1, 0), (1, 1)), ((0, 2), (0, 3), (1, 2), (1, 3))]
     """
     if factors is None:
         return FillPlan(
