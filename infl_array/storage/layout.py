@@ -28,7 +28,7 @@ on a local directory, the file of that name)::
     topk/axis<a>-<largest|smallest>-k<k>/indices   per block of rows; indices int64 (written
                                                    first: a row block is stored when its
                                                    values chunk exists)
-    topk/.../values/claims/<b>.0                   a claim on top-k row block b
+    topk/.../values/claims/<unit>                  a claim on a unit of top-k row blocks
 
 Reserved for the stored arrays of the next versions (named here, written by none yet)::
 
