@@ -98,6 +98,9 @@ class EkfacInfluence(LayerwiseInfluence):
     memory_budget : int
         Bytes that fitted factors, per-sample temporaries and returned factors may take;
         :class:`~infl_array.torch.layerwise.capture.MemoryBudgetError` names what does not fit.
+    strict_coverage : bool
+        Raise instead of warning when trainable parameters are left out
+        (:class:`~infl_array.torch.layerwise.coverage.PartialCoverageWarning`).
 
     Examples
     --------
@@ -125,6 +128,7 @@ class EkfacInfluence(LayerwiseInfluence):
         fisher_type: str = "auto",
         batch_size: int | None = None,
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        strict_coverage: bool = False,
     ) -> None:
         if hessian_regularization is not None:
             hessian_regularization = nonnegative(hessian_regularization, "hessian_regularization")
@@ -145,6 +149,7 @@ class EkfacInfluence(LayerwiseInfluence):
             batch_size=batch_size,
             memory_budget=memory_budget,
             progress=progress,
+            strict_coverage=strict_coverage,
         )
         self.update_diagonal = update_diagonal
         self.curvature: list[KroneckerCurvature] = []

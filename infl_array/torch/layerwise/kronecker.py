@@ -122,6 +122,13 @@ class KroneckerCurvature:
         """Eigenbases of ``A`` and ``G`` and the K-FAC eigenvalues; frees the factors."""
         assert self._a_sum is not None and self._g_sum is not None and self._n > 0
         dtype = self._a_sum.dtype
+        for factor, side in ((self._a_sum, "input"), (self._g_sum, "output-gradient")):
+            if not bool(torch.isfinite(factor).all()):
+                raise FloatingPointError(
+                    f"the {side} covariance of layer {self.name!r} has non-finite entries (NaN or "
+                    "inf): the model's outputs or the loss overflow on the fit data. Check them "
+                    "on that data (and use float32 or float64 for the model if it is half)."
+                )
         s_a, q_a = eigh(self._a_sum.to(torch.float64) / self._n)
         s_g, q_g = eigh(self._g_sum.to(torch.float64) / self._n)
         mean_positions = self._positions / self._n

@@ -184,6 +184,9 @@ class ProjectedInfluence(LayerwiseInfluence):
     reuse_fit_gradients : bool
         Keep the projected gradients a fit pass computes of the fit samples and return them
         from :meth:`train_factors` (see "Train factors from the fit" in the module docstring).
+    strict_coverage : bool
+        Raise instead of warning when trainable parameters are left out
+        (:class:`~infl_array.torch.layerwise.coverage.PartialCoverageWarning`).
 
     Attributes
     ----------
@@ -222,6 +225,7 @@ class ProjectedInfluence(LayerwiseInfluence):
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
         progress: bool = False,
         reuse_fit_gradients: bool = True,
+        strict_coverage: bool = False,
     ) -> None:
         super().__init__(
             model,
@@ -231,6 +235,7 @@ class ProjectedInfluence(LayerwiseInfluence):
             batch_size=batch_size,
             memory_budget=memory_budget,
             progress=progress,
+            strict_coverage=strict_coverage,
         )
         if preconditioner not in PRECONDITIONERS:
             raise ValueError(
@@ -316,8 +321,8 @@ class ProjectedInfluence(LayerwiseInfluence):
     def _working(self, i: int, rec: LayerRecord, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
         p_in, p_out = self._proj[i]
         acts = rec.activations(rows) if p_in is None else rec.projected_activations(p_in, rows)
-        grads = rec.output_grads(rows)
-        return acts, grads if p_out is None else grads @ p_out.T
+        grads = rec.output_grads(rows) if p_out is None else rec.projected_output_grads(p_out, rows)
+        return acts, grads
 
     # ------------------------------------------------------------------ fit
     def _fit_layers(self) -> None:
@@ -329,8 +334,8 @@ class ProjectedInfluence(LayerwiseInfluence):
             p_out = _projection(spec.d_out, k_out, gen)
             self._proj.append(
                 (
-                    None if p_in is None else p_in.to(flat.device, flat.dtype),
-                    None if p_out is None else p_out.to(flat.device, flat.dtype),
+                    None if p_in is None else p_in.to(flat.device, self.work_dtype),
+                    None if p_out is None else p_out.to(flat.device, self.work_dtype),
                 )
             )
         self.curvature, self._fisher_chol = [], None
@@ -353,9 +358,9 @@ class ProjectedInfluence(LayerwiseInfluence):
         n = len(self._fit_data)
         if not (self.reuse_fit_gradients and takes_loss_grads):
             return None
-        if n * self.width * flat.theta.element_size() > self.memory_budget // 4:
+        if n * self.width * self._itemsize > self.memory_budget // 4:
             return None
-        return FitRows(n, self.width, flat.theta)
+        return FitRows(n, self.width, flat.theta.new_empty(0, dtype=self.work_dtype))
 
     def _keep_fit_rows(self, x: torch.Tensor, y: torch.Tensor, phi: torch.Tensor) -> None:
         """Keep the projected gradients ``phi`` of the fit batch ``(x, y)`` in :attr:`fit_rows`."""
@@ -364,7 +369,7 @@ class ProjectedInfluence(LayerwiseInfluence):
 
     def _fit_fisher(self) -> None:
         flat = self._require_fit()
-        total = torch.zeros((self.width, self.width), dtype=flat.dtype, device=flat.device)
+        total = torch.zeros((self.width, self.width), dtype=self.work_dtype, device=flat.device)
         n = 0
         for x, y, records in self._fit_records("loss", "projected Fisher"):
             phi = self._project_records(records)
