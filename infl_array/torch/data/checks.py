@@ -323,7 +323,7 @@ def check_sample(
         except Exception as exc:
             raise ValueError(
                 f"{who}: the gradient pass over one {what} sample failed with "
-                f"{type(exc).__name__}: {exc}."
+                f"{type(exc).__name__}: {str(exc).rstrip('.')}."
             ) from exc
         return
     try:

@@ -289,6 +289,12 @@ class LayerwiseInfluence(TorchInfluenceBase):
         spec = self.layers[i]
         return spec.d_out, spec.width_in
 
+    def _diagonal_in(self, i: int) -> bool:
+        """Whether layer ``i``'s working inputs are one-hot rows (an embedding's): its input
+        factor is diagonal (see :class:`~infl_array.torch.layerwise.kronecker.KroneckerCurvature`).
+        """
+        return self.layers[i].kind == "embedding"
+
     def _working(self, i: int, rec: LayerRecord, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
         """Activations ``(n, T, d_in)`` and gradients ``(n, T, d_out)`` in the working space."""
         return rec.activations(rows), rec.output_grads(rows)
@@ -355,7 +361,7 @@ class LayerwiseInfluence(TorchInfluenceBase):
         """
         like = self._require_fit().theta.new_empty(0, dtype=self.work_dtype)
         held = sum(
-            KroneckerCurvature.nbytes(*self._dims(i), like.element_size())
+            KroneckerCurvature.nbytes(*self._dims(i), like.element_size(), self._diagonal_in(i))
             for i in range(len(self.layers))
         )
         check_budget(
@@ -366,7 +372,7 @@ class LayerwiseInfluence(TorchInfluenceBase):
             "space), or leave the widest layers out by freezing them.",
         )
         curv = [
-            KroneckerCurvature(*self._dims(i), like, spec.name)
+            KroneckerCurvature(*self._dims(i), like, spec.name, self._diagonal_in(i))
             for i, spec in enumerate(self.layers)
         ]
 

@@ -235,11 +235,11 @@ class EkfacInfluence(LayerwiseInfluence):
                 if self._compact[i]:
                     self._check_one_position(rec)
                     curv = self.curvature[i]
-                    assert curv.q_g is not None and curv.q_a is not None
+                    assert curv.q_g is not None
                     acts, grads = self._working(i, rec, slice(None))
                     block[:, offset : offset + spec.d_out] = grads[:, 0] @ curv.q_g
                     end = offset + spec.d_out + spec.width_in
-                    block[:, offset + spec.d_out : end] = acts[:, 0] @ curv.q_a
+                    block[:, offset + spec.d_out : end] = curv.rotate_in(acts[:, 0])
                 else:
                     for rows in self._row_chunks(i, rec, (spec.d_out, spec.width_in)):
                         m = rec.per_sample_grads(rows).flatten(1)

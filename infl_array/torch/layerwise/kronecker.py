@@ -70,6 +70,10 @@ class KroneckerCurvature:
         A tensor with the dtype and device to work in.
     name : str
         The layer's name (for messages).
+    diagonal_in : bool
+        The input factor ``A`` is diagonal (one-hot inputs: an embedding's token rows): only
+        its diagonal is accumulated and its eigenbasis is the identity (``q_a`` stays None), so
+        nothing of size ``d_in**2`` is formed.
 
     Attributes
     ----------
@@ -80,9 +84,12 @@ class KroneckerCurvature:
         :meth:`finish_correction` (EK-FAC).
     """
 
-    def __init__(self, d_out: int, d_in: int, like: torch.Tensor, name: str = "") -> None:
+    def __init__(
+        self, d_out: int, d_in: int, like: torch.Tensor, name: str = "", diagonal_in: bool = False
+    ) -> None:
         self.d_out, self.d_in, self.name = d_out, d_in, name
-        self._a_sum: torch.Tensor | None = like.new_zeros((d_in, d_in))
+        self.diagonal_in = diagonal_in
+        self._a_sum: torch.Tensor | None = like.new_zeros((d_in,) if diagonal_in else (d_in, d_in))
         self._g_sum: torch.Tensor | None = like.new_zeros((d_out, d_out))
         self._n = 0
         self._positions = 0
@@ -94,9 +101,23 @@ class KroneckerCurvature:
         self.eigenvalues: torch.Tensor | None = None
 
     @staticmethod
-    def nbytes(d_out: int, d_in: int, itemsize: int) -> int:
+    def nbytes(d_out: int, d_in: int, itemsize: int, diagonal_in: bool = False) -> int:
         """Bytes held while fitting: two factors, two eigenbases and two eigenvalue arrays."""
-        return itemsize * (2 * d_in * d_in + 2 * d_out * d_out + 2 * d_out * d_in)
+        a_side = 2 * d_in if diagonal_in else 2 * d_in * d_in
+        return itemsize * (a_side + 2 * d_out * d_out + 2 * d_out * d_in)
+
+    def rotate_in(self, a: torch.Tensor) -> torch.Tensor:
+        """``a @ Q_A`` (``a`` itself when ``A`` is diagonal)."""
+        if self.diagonal_in:
+            return a
+        assert self.q_a is not None
+        return a @ self.q_a
+
+    def _unrotate_in(self, m: torch.Tensor) -> torch.Tensor:
+        if self.diagonal_in:
+            return m
+        assert self.q_a is not None
+        return m @ self.q_a.T
 
     # ------------------------------------------------------------------ factors
     def add_covariances(self, acts: torch.Tensor, grads: torch.Tensor) -> None:
@@ -112,7 +133,10 @@ class KroneckerCurvature:
         assert self._a_sum is not None and self._g_sum is not None
         a = acts.reshape(-1, self.d_in)
         g = grads.reshape(-1, self.d_out)
-        self._a_sum.addmm_(a.T, a)
+        if self.diagonal_in:
+            self._a_sum += a.square().sum(0)
+        else:
+            self._a_sum.addmm_(a.T, a)
         self._g_sum.addmm_(g.T, g)
         self._n += acts.shape[0]
         self._positions += acts.shape[0] * acts.shape[1]
@@ -129,10 +153,14 @@ class KroneckerCurvature:
                     "inf): the model's outputs or the loss overflow on the fit data. Check them "
                     "on that data (and use float32 or float64 for the model if it is half)."
                 )
-        s_a, q_a = eigh(self._a_sum.to(torch.float64) / self._n)
+        if self.diagonal_in:
+            s_a = self._a_sum.to(torch.float64) / self._n
+        else:
+            s_a, q_a = eigh(self._a_sum.to(torch.float64) / self._n)
+            self.q_a = q_a.to(dtype)
         s_g, q_g = eigh(self._g_sum.to(torch.float64) / self._n)
         mean_positions = self._positions / self._n
-        self.q_a, self.q_g = q_a.to(dtype), q_g.to(dtype)
+        self.q_g = q_g.to(dtype)
         self.eigenvalues = (torch.outer(s_g, s_a) / mean_positions).to(dtype)
         self._a_sum = self._g_sum = None
 
@@ -147,12 +175,12 @@ class KroneckerCurvature:
         budget : int
             Bytes the per-sample temporaries may take.
         """
-        assert self.q_a is not None and self.q_g is not None
+        assert self.q_g is not None
         if self._lambda_sum is None:
-            self._lambda_sum = torch.zeros_like(self.q_g[:, :1] * self.q_a[:1, :])
+            self._lambda_sum = self.q_g.new_zeros((self.d_out, self.d_in))
         if acts.shape[1] == 1:  # one position: M_i = g a^T, rotated entrywise squares factor
             ga = (grads[:, 0] @ self.q_g).square()
-            aa = (acts[:, 0] @ self.q_a).square()
+            aa = self.rotate_in(acts[:, 0]).square()
             self._lambda_sum.addmm_(ga.T, aa)
         else:
             per_sample = 2 * self.d_out * self.d_in * acts.element_size()
@@ -190,16 +218,16 @@ class KroneckerCurvature:
         rotated before they are summed, which costs ``T * (d_out**2 + d_in**2)`` instead of
         ``d_out * d_in * (d_out + d_in)`` per sample; the result is the same up to rounding.
         """
-        assert self.q_a is not None and self.q_g is not None
+        assert self.q_g is not None
         positions = acts.shape[1]
         if positions * (self.d_out + self.d_in) < self.d_out * self.d_in:
-            return (grads @ self.q_g).transpose(1, 2) @ (acts @ self.q_a)
-        return self.q_g.T @ (grads.transpose(1, 2) @ acts) @ self.q_a
+            return (grads @ self.q_g).transpose(1, 2) @ self.rotate_in(acts)
+        return self.rotate_in(self.q_g.T @ (grads.transpose(1, 2) @ acts))
 
     def solve_rotated(self, rotated: torch.Tensor, regularization: float) -> torch.Tensor:
         """``(H_layer + lambda*Id)^-1 M``, ``(n, d_out, d_in)``, from ``Q_G^T M Q_A``."""
-        assert self.q_a is not None and self.q_g is not None and self.eigenvalues is not None
-        return self.q_g @ self.precondition_rotated(rotated, regularization) @ self.q_a.T
+        assert self.q_g is not None and self.eigenvalues is not None
+        return self._unrotate_in(self.q_g @ self.precondition_rotated(rotated, regularization))
 
     def precondition_rotated(self, rotated: torch.Tensor, regularization: float) -> torch.Tensor:
         """``Q_G^T (H_layer + lambda*Id)^-1 M Q_A`` from ``Q_G^T M Q_A`` (stays rotated)."""
@@ -208,5 +236,5 @@ class KroneckerCurvature:
 
     def solve(self, m: torch.Tensor, regularization: float) -> torch.Tensor:
         """``(H_layer + lambda*Id)^-1 m`` for per-sample gradients ``m``, ``(n, d_out, d_in)``."""
-        assert self.q_a is not None and self.q_g is not None and self.eigenvalues is not None
-        return self.solve_rotated(self.q_g.T @ m @ self.q_a, regularization)
+        assert self.q_g is not None and self.eigenvalues is not None
+        return self.solve_rotated(self.rotate_in(self.q_g.T @ m), regularization)

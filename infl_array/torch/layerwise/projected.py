@@ -318,6 +318,9 @@ class ProjectedInfluence(LayerwiseInfluence):
     def _dims(self, i: int) -> tuple[int, int]:
         return self.projection_shapes[i]
 
+    def _diagonal_in(self, i: int) -> bool:
+        return super()._diagonal_in(i) and self._proj[i][0] is None  # one-hot when unprojected
+
     def _working(self, i: int, rec: LayerRecord, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
         p_in, p_out = self._proj[i]
         acts = rec.activations(rows) if p_in is None else rec.projected_activations(p_in, rows)
