@@ -102,7 +102,8 @@ class LayerwiseInfluence(TorchInfluenceBase):
     Parameters
     ----------
     model : torch.nn.Module
-        The trained model; its trainable ``nn.Linear`` and ``nn.Conv2d`` layers are used.
+        The trained model; the layers
+        :func:`~infl_array.torch.layerwise.coverage.find_layers` covers are used.
     loss : callable
         ``loss(outputs, targets)`` reducing by mean over the batch.
     regularization : float
@@ -124,7 +125,9 @@ class LayerwiseInfluence(TorchInfluenceBase):
     layers : list of LayerSpec
         The layers influence is computed with respect to.
     excluded_parameters : list of str
-        Trainable parameters left out (not in any such layer).
+        Trainable parameters left out (not in any covered layer).
+    covered_parameters : list of str
+        Names of the covered parameters (a tied weight once).
     """
 
     strict_coverage: bool = False

@@ -1,11 +1,13 @@
 """EK-FAC influence: eigenvalue-corrected Kronecker-factored curvature, layer by layer.
 
-Influence is taken with respect to the weights and biases of the model's trainable
-``nn.Linear`` and ``nn.Conv2d`` layers (:mod:`~infl_array.torch.layerwise.capture`; other parameters
-are left out, listed in ``excluded_parameters``). Each layer's block of the Hessian of the mean
-training loss is approximated by its (E)K-FAC curvature
-(:mod:`~infl_array.torch.layerwise.kronecker`); blocks of different layers are taken as zero, so the
-influence is the sum over layers of ``grad_l(test)^T (H_l + lambda*Id)^-1 grad_l(train)``.
+Influence is taken with respect to the parameters of the layers
+:func:`~infl_array.torch.layerwise.coverage.find_layers` covers (``nn.Linear``, ``nn.Conv2d``,
+``nn.Embedding``, ``transformers``' ``Conv1D``, ``nn.MultiheadAttention``'s projections,
+normalisation layers; :mod:`~infl_array.torch.layerwise.capture`); other trainable parameters
+are left out, listed in ``excluded_parameters``, and ``fit`` warns about them. Each layer's
+block of the Hessian of the mean training loss is approximated by its (E)K-FAC curvature
+(:mod:`~infl_array.torch.layerwise.kronecker`); blocks of different layers are taken as zero,
+so the influence is the sum over layers of ``grad_l(test)^T (H_l + lambda*Id)^-1 grad_l(train)``.
 
 Factors (the engine's interface)
 --------------------------------
@@ -22,6 +24,11 @@ Factors (the engine's interface)
   (``d_out + width_in`` numbers: the rotated gradient is their outer product); otherwise
   (convolutions, Linear layers on sequences) the gradient matrix itself, flattened.
 * Layout: layers in the order of ``layers`` in both factor sets.
+* Embeddings: the input factor of one-hot token rows is diagonal, so its eigenbasis is the
+  identity and no ``vocab x vocab`` matrix is formed; an embedding's factors are its
+  ``(width, vocab)`` gradient matrix, dense (for sparse per-sample embedding gradients use
+  :class:`~infl_array.torch.layerwise.projected.ProjectedInfluence`, whose input projection of
+  a token is a column gather).
 * ``factor_product(test_f, train_f)``: the ``(n_test, n_train)`` block; ``factor_diagonal``:
   the row-wise pairs (self-influence). ``influences`` is ``factor_product`` of both factors.
 
@@ -73,7 +80,7 @@ __all__ = ["EkfacInfluence"]
 
 
 class EkfacInfluence(LayerwiseInfluence):
-    """Influence with (E)K-FAC curvature per Linear and Conv2d layer.
+    """Influence with (E)K-FAC curvature per layer (see the module docstring).
 
     Parameters
     ----------

@@ -6,7 +6,10 @@ gradient ``M_i = sum_t g_t a_t^T``. It is projected on both sides separately,
     ``phi_i = P_out M_i P_in^T = sum_t (P_out g_t) (P_in a_t)^T``,  a ``(k_out, k_in)`` matrix,
 
 so projecting costs about ``k_in * width_in + k_out * d_out`` per sample and position (for a
-convolution, ``P_in a_t`` is itself a convolution with ``k_in`` filters), never
+convolution, ``P_in a_t`` is itself a convolution with ``k_in`` filters; for an embedding,
+whose ``a_t`` is a token's one-hot row, it is a column of ``P_in``, gathered; for an output
+layer tied to an embedding, the embedding's one-hot rows are on the output side and are
+gathered from ``P_out`` the same way), never
 ``d_out * width_in``: the full per-sample gradient is never formed. The projected gradients of
 all layers, flattened and concatenated, are a sample's ``width``-long projected gradient.
 

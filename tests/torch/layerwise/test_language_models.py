@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import transformers
 from layer_reference import layout_grads
 from torch import nn
 
+import infl_array as ia
 from infl_array.torch import EkfacInfluence, ProjectedInfluence, causal_lm_loss
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -148,3 +151,27 @@ def test_half_precision_runs_in_float32_close_to_float32(dtype: torch.dtype) -> 
     assert float((got - expected).abs().max() / expected.abs().max()) < tol
     proj = ProjectedInfluence(build(gpt2, dtype), causal_lm_loss, 0.01, projection_dim=128)
     assert proj.fit((x, x)).train_factors(x, x).dtype == torch.float32
+
+
+def test_store_with_mapping_samples_in_bfloat16(tmp_path: Path) -> None:
+    """The array front end end to end: a loader of mappings, a bfloat16 GPT-2, reopened."""
+    ids = sequences(8, 6)
+    mask = torch.ones_like(ids)
+    mask[:2, 4:] = 0
+
+    class Items(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 8
+
+        def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+            return {"input_ids": ids[i], "attention_mask": mask[i]}
+
+    loader = torch.utils.data.DataLoader(Items(), batch_size=4)
+    infl = EkfacInfluence(build(gpt2, torch.bfloat16), causal_lm_loss, 0.01).fit(loader)
+    store = tmp_path / "lm"
+    arr = ia.InfluenceArray.create(store, infl, test=Items(), train=loader, block_shape=(4, 4))
+    first = np.asarray(arr[:3])
+    arr.fill(progress=False)
+    again = ia.open(store, infl, test=Items(), train=loader)
+    np.testing.assert_array_equal(np.asarray(again[:3]), first)
+    assert np.asarray(again[:]).shape == (8, 8) and (first.argmax(1) == [0, 1, 2]).all()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -83,3 +85,23 @@ def test_data_check_uses_the_capture_pass() -> None:
     with pytest.raises(ValueError, match=r"vmap.*per-layer backends \(EkfacInfluence") as err:
         CgInfluence(model, F.cross_entropy, 0.01).fit((xd, y))
     assert "deterministic functions" not in str(err.value)
+
+
+def test_vmap_performance_warning_is_not_a_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under warnings-as-errors (this suite's setting) torch's vmap warning passes the check."""
+    from infl_array.torch.full.functional import FlatModel
+
+    original = FlatModel.per_sample_grads
+
+    def warns(self: FlatModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        warnings.warn(
+            "There is a performance drop because we have not yet implemented the batching rule "
+            "for aten::something.",
+            UserWarning,
+            stacklevel=2,
+        )
+        return original(self, x, y)
+
+    monkeypatch.setattr(FlatModel, "per_sample_grads", warns)
+    x, y = data()
+    CgInfluence(net().double(), F.cross_entropy, 0.01).check_data(x.double(), y)
