@@ -206,6 +206,20 @@ def test_embedding_values_match_explicit_kfac() -> None:
     got = infl.influences(x[:5], y[:5], x, y)
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
     assert infl.curvature[0].q_a is None  # one-hot inputs: a diagonal factor, no vocab x vocab
+    # sparse train rows: T token ids and T output gradients, not the (width, vocab) matrix
+    assert infl.train_factor_width == T * (1 + WIDTH) < WIDTH * VOCAB
+    train_f, test_f = infl.train_factors(x, y), infl.test_factors(x, y)
+    torch.testing.assert_close(
+        infl.factor_diagonal(test_f, train_f), infl.factor_product(test_f, train_f).diagonal()
+    )
+    short = x[:5, :3]  # fewer tokens than at fit: padded with zero gradients
+    g_short = layout_grads(net, infl.layers, F.cross_entropy, short, y[:5])
+    got_short = infl.factor_product(
+        infl.test_factors(x[:5], y[:5]), infl.train_factors(short, y[:5])
+    )
+    torch.testing.assert_close(
+        got_short, torch.linalg.solve(h, g[:5].T).T @ g_short.T, rtol=1e-9, atol=1e-12
+    )
     # projected at full width: the same values, projections done by gathering columns
     full = ProjectedInfluence(
         net,
