@@ -533,6 +533,18 @@ class LayerRecord:
             parts.append(self._masked(part, rows))
         return torch.cat(parts, 1)
 
+    def token_ids(self, rows: slice = slice(None)) -> torch.Tensor:
+        """An embedding's token ids at every position, ``(n, T)``, ``-1`` where the token gets
+        no gradient (``padding_idx``, or outside :attr:`mask`)."""
+        parts = []
+        for c in self.calls:
+            ids = c.x[rows].reshape(c.x[rows].shape[0], -1).long()
+            keep = keep_mask(c.module, ids)
+            if self.mask is not None and ids.shape[1] == self.mask.shape[1]:
+                keep = keep & self.mask[rows].bool()
+            parts.append(ids.masked_fill(~keep, -1))
+        return torch.cat(parts, dim=1)
+
     @property
     def positions(self) -> int:
         """Positions per sample over all calls."""

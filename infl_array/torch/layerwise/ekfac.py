@@ -181,7 +181,9 @@ class EkfacInfluence(LayerwiseInfluence):
         self._normalized.clear()
         self.curvature = self._fit_kronecker(correct=self.update_diagonal)
         self._compact = [
-            c.max_positions == 1 and spec.width_in + spec.d_out < spec.n_params
+            c.max_positions == 1
+            and spec.width_in + spec.d_out < spec.n_params
+            and spec.kind != "embedding"  # its sparse rows are smaller still
             for c, spec in zip(self.curvature, self.layers, strict=True)
         ]
         self._token_positions = [
@@ -192,6 +194,14 @@ class EkfacInfluence(LayerwiseInfluence):
             else 0
             for c, spec, compact in zip(self.curvature, self.layers, self._compact, strict=True)
         ]
+
+    def _working(self, i: int, rec: LayerRecord, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """As the base's, but an embedding's inputs are its token ids (``-1``: no gradient),
+        never one-hot rows (:class:`~infl_array.torch.layerwise.kronecker.KroneckerCurvature`
+        takes them as they are)."""
+        if self.layers[i].kind == "embedding":
+            return rec.token_ids(rows), rec.output_grads(rows)
+        return super()._working(i, rec, rows)
 
     # ------------------------------------------------------------------ layout
     def _train_width(self, i: int) -> int:
@@ -378,26 +388,30 @@ class EkfacInfluence(LayerwiseInfluence):
     ) -> None:
         """Add an embedding's influences to ``out``: ``sum_t T[:, :, id_t] . g_t``.
 
-        The test columns' ``(width, vocab)`` matrices are gathered at each train row's tokens
-        (chunks of train rows within the memory budget), so the cost is ``n_test * n_train *
-        T * width`` instead of ``n_test * n_train * width * vocab``.
+        The train rows are a sparse ``(n_train, width * vocab)`` matrix with ``T * width``
+        entries per row (the gradient matrix's columns at the row's tokens), multiplied with
+        the test columns (one transposed copy): ``n_test * n_train * T * width`` multiply-adds
+        instead of ``n_test * n_train * width * vocab``.
         """
         spec = self.layers[i]
         ids, grads = self._split_tokens(i, train)
-        t = test.reshape(test.shape[0], spec.d_out, spec.d_in)
-        per_row = t.shape[0] * spec.d_out * ids.shape[1] * t.element_size()
         check_budget(
-            per_row,
+            test.numel() * test.element_size(),
             self.memory_budget,
-            f"the test columns of embedding {spec.name!r} gathered at one train row's tokens",
+            f"the test columns of embedding {spec.name!r}, transposed",
             "raise memory_budget or pass fewer test rows at a time.",
         )
-        step = max(1, self.memory_budget // per_row)
-        for c in range(0, ids.shape[0], step):
-            chunk = ids[c : c + step]
-            cols = t[:, :, chunk.flatten()]  # (n_test, width, chunk * T)
-            part = torch.einsum("idk,kd->ik", cols, grads[c : c + step].flatten(0, 1))
-            out[:, c : c + step] += part.reshape(t.shape[0], chunk.shape[0], -1).sum(2)
+        n, positions = ids.shape
+        rows = torch.arange(n, device=ids.device)[:, None, None].expand(n, positions, spec.d_out)
+        width = torch.arange(spec.d_out, device=ids.device)[None, None, :]
+        cols = width * spec.d_in + ids[:, :, None]  # entry (o, id) of the (width, vocab) matrix
+        sparse = torch.sparse_coo_tensor(
+            torch.stack([rows.flatten(), cols.flatten()]),
+            grads.flatten().to(test.dtype),
+            (n, spec.n_params),
+            check_invariants=True,  # ids in range: the ids of real tokens, 0 where padded
+        )
+        out += torch.sparse.mm(sparse, test.T.contiguous()).T
 
     def _compact_product(
         self,

@@ -73,7 +73,9 @@ class KroneckerCurvature:
     diagonal_in : bool
         The input factor ``A`` is diagonal (one-hot inputs: an embedding's token rows): only
         its diagonal is accumulated and its eigenbasis is the identity (``q_a`` stays None), so
-        nothing of size ``d_in**2`` is formed.
+        nothing of size ``d_in**2`` is formed. The activations may then be given as token ids
+        ``(n, T)`` (integers; ``-1`` for a position whose token gets no gradient) instead of
+        one-hot rows: nothing of size ``T * d_in`` is formed either.
 
     Attributes
     ----------
@@ -126,16 +128,19 @@ class KroneckerCurvature:
         Parameters
         ----------
         acts : torch.Tensor
-            ``(n, T, d_in)`` activations.
+            ``(n, T, d_in)`` activations (or ``(n, T)`` token ids, see ``diagonal_in``).
         grads : torch.Tensor
             ``(n, T, d_out)`` curvature gradients.
         """
         assert self._a_sum is not None and self._g_sum is not None
-        a = acts.reshape(-1, self.d_in)
         g = grads.reshape(-1, self.d_out)
-        if self.diagonal_in:
-            self._a_sum += a.square().sum(0)
+        if not acts.is_floating_point():  # token ids
+            ids = acts[acts >= 0]
+            self._a_sum += torch.bincount(ids, minlength=self.d_in).to(self._a_sum.dtype)
+        elif self.diagonal_in:
+            self._a_sum += acts.reshape(-1, self.d_in).square().sum(0)
         else:
+            a = acts.reshape(-1, self.d_in)
             self._a_sum.addmm_(a.T, a)
         self._g_sum.addmm_(g.T, g)
         self._n += acts.shape[0]
@@ -178,7 +183,15 @@ class KroneckerCurvature:
         assert self.q_g is not None
         if self._lambda_sum is None:
             self._lambda_sum = self.q_g.new_zeros((self.d_out, self.d_in))
-        if acts.shape[1] == 1:  # one position: M_i = g a^T, rotated entrywise squares factor
+        if not acts.is_floating_point():  # token ids: a sample's tokens are its only columns
+            n = acts.shape[0]
+            rotated = (grads @ self.q_g) * (acts >= 0)[..., None]
+            keys = torch.arange(n, device=acts.device)[:, None] * self.d_in + acts.clamp(min=0)
+            columns, where = torch.unique(keys.flatten(), return_inverse=True)
+            sums = rotated.new_zeros((columns.shape[0], self.d_out))
+            sums.index_add_(0, where, rotated.reshape(-1, self.d_out))  # per sample and token
+            self._lambda_sum.T.index_add_(0, columns % self.d_in, sums.square())
+        elif acts.shape[1] == 1:  # one position: M_i = g a^T, rotated entrywise squares factor
             ga = (grads[:, 0] @ self.q_g).square()
             aa = self.rotate_in(acts[:, 0]).square()
             self._lambda_sum.addmm_(ga.T, aa)
@@ -220,6 +233,11 @@ class KroneckerCurvature:
         """
         assert self.q_g is not None
         positions = acts.shape[1]
+        if not acts.is_floating_point():  # token ids: scatter the rotated output gradients
+            rotated = (grads @ self.q_g) * (acts >= 0)[..., None]
+            out = rotated.new_zeros((acts.shape[0], self.d_out, self.d_in))
+            index = acts.clamp(min=0)[:, None, :].expand(-1, self.d_out, -1)
+            return out.scatter_add_(2, index, rotated.transpose(1, 2))
         if positions * (self.d_out + self.d_in) < self.d_out * self.d_in:
             return (grads @ self.q_g).transpose(1, 2) @ self.rotate_in(acts)
         return self.rotate_in(self.q_g.T @ (grads.transpose(1, 2) @ acts))

@@ -231,6 +231,17 @@ def test_embedding_values_match_explicit_kfac() -> None:
     ).fit((x, y))
     got_p = full.test_factors(x[:5], y[:5]) @ full.train_factors(x, y).T
     torch.testing.assert_close(got_p, expected, rtol=1e-9, atol=1e-12)
+    # EK-FAC from token ids (scattered) equals EK-FAC from the one-hot rows (projected, full)
+    ekfac = EkfacInfluence(net, F.cross_entropy, reg, update_diagonal=True, fisher_type="empirical")
+    dense = ProjectedInfluence(
+        net, F.cross_entropy, reg, projection_dim=10**6, fisher_type="empirical"
+    ).fit((x, y))
+    torch.testing.assert_close(
+        ekfac.fit((x, y)).influences(x[:5], y[:5], x, y),
+        dense.test_factors(x[:5], y[:5]) @ dense.train_factors(x, y).T,
+        rtol=1e-9,
+        atol=1e-12,
+    )
 
 
 def test_duplicated_embedding_sample_ranks_first() -> None:
