@@ -12,7 +12,8 @@ A tied weight has one ``.grad``: the sum over its uses, which is what the layer 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -55,3 +56,15 @@ def layout_grads(
         rows.append(torch.cat(parts))
     model.zero_grad()
     return torch.stack(rows)
+
+
+@contextmanager
+def float32_default() -> Iterator[None]:
+    """Build models under the float32 default dtype (another test module may set float64 at
+    import), so that their random initial values do not depend on the test order."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)

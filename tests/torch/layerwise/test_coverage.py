@@ -16,7 +16,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from layer_reference import layout_grads
+from layer_reference import float32_default, layout_grads
 from torch import nn
 
 from infl_array.torch import EkfacInfluence, PartialCoverageWarning, ProjectedInfluence
@@ -61,7 +61,8 @@ def tokens(n: int, seed: int) -> torch.Tensor:
 
 def model(tie: bool = True) -> TinyLM:
     torch.manual_seed(0)
-    return TinyLM(tie).double().eval()
+    with float32_default():
+        return TinyLM(tie).double().eval()
 
 
 @pytest.mark.parametrize("tie", [True, False])
@@ -133,7 +134,8 @@ def test_partial_coverage_warns_names_modules_and_fraction() -> None:
             h = self.a(x) * self.scale
             return self.b(h + self.conv(h[:, None]).sum() * 0)
 
-    m = Model().double().eval()
+    with float32_default():
+        m = Model().double().eval()
     x, y = torch.randn(8, 3, dtype=torch.float64), torch.randint(0, 2, (8,))
     total = sum(p.numel() for p in m.parameters())
     covered = 3 * 4 + 4 + 4 * 2 + 2
@@ -155,8 +157,9 @@ def test_partial_coverage_warns_names_modules_and_fraction() -> None:
 
 def test_out_proj_inside_attention_is_covered_without_freezing() -> None:
     torch.manual_seed(0)
-    layer = nn.TransformerEncoderLayer(4, 2, 8, dropout=0.0, batch_first=True)
-    net = nn.Sequential(layer, nn.Flatten(), nn.Linear(12, 2)).double().eval()
+    with float32_default():
+        layer = nn.TransformerEncoderLayer(4, 2, 8, dropout=0.0, batch_first=True)
+        net = nn.Sequential(layer, nn.Flatten(), nn.Linear(12, 2)).double().eval()
     x, y = torch.randn(5, 3, 4, dtype=torch.float64), torch.randint(0, 2, (5,))
     infl = EkfacInfluence(net, F.cross_entropy, 0.01).fit((x, y))
     assert infl.excluded_parameters == []
@@ -195,7 +198,8 @@ def embedding_kfac(net: BagOfWords, x: torch.Tensor, y: torch.Tensor) -> torch.T
 
 def test_embedding_values_match_explicit_kfac() -> None:
     torch.manual_seed(0)
-    net = BagOfWords().double().eval()
+    with float32_default():
+        net = BagOfWords().double().eval()
     x, y = tokens(30, 3), torch.randint(0, 3, (30,), generator=torch.Generator().manual_seed(4))
     reg = 0.01
     infl = EkfacInfluence(net, F.cross_entropy, reg, fisher_type="empirical").fit((x, y))
@@ -246,7 +250,8 @@ def test_embedding_values_match_explicit_kfac() -> None:
 
 def test_duplicated_embedding_sample_ranks_first() -> None:
     torch.manual_seed(0)
-    net = BagOfWords().double().eval()
+    with float32_default():
+        net = BagOfWords().double().eval()
     net.out.requires_grad_(True)
     x, y = tokens(40, 5), torch.randint(0, 3, (40,), generator=torch.Generator().manual_seed(6))
     x, y = torch.cat([x, x[:5]]), torch.cat([y, y[:5]])  # train points 40..44 duplicate 0..4

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from layer_reference import layout_grads
+from layer_reference import float32_default, layout_grads
 from torch import nn
 
 import infl_array as ia
@@ -51,7 +51,8 @@ gpt2, llama = MODELS["gpt2"], MODELS["llama"]
 
 def build(make: Callable[[], nn.Module], dtype: torch.dtype = torch.float64) -> nn.Module:
     torch.manual_seed(0)
-    return make().to(dtype).eval()
+    with float32_default():
+        return make().to(dtype).eval()
 
 
 def sequences(n: int, seed: int, length: int = 6) -> torch.Tensor:

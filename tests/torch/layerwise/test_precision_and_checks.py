@@ -7,6 +7,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from layer_reference import float32_default
 from torch import nn
 
 from infl_array.torch import CgInfluence, EkfacInfluence, ProjectedInfluence
@@ -16,12 +17,14 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def data(n: int = 30) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
-    return torch.randn(n, 4, generator=gen), torch.randint(0, 3, (n,), generator=gen)
+    x = torch.randn(n, 4, generator=gen, dtype=torch.float32)
+    return x, torch.randint(0, 3, (n,), generator=gen)
 
 
 def net() -> nn.Sequential:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).eval()
+    with float32_default():
+        return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).eval()
 
 
 def test_confident_model_whose_softmax_underflows() -> None:
@@ -77,7 +80,8 @@ class Branchy(nn.Module):
 
 def test_data_check_uses_the_capture_pass() -> None:
     x, y = data()
-    model = Branchy().double().eval()
+    with float32_default():
+        model = Branchy().double().eval()
     xd = x.double()
     infl = EkfacInfluence(model, F.cross_entropy, 0.01).fit((xd, y))
     assert infl.influences(xd[:2], y[:2], xd, y).shape == (2, 30)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from layer_reference import layout_grads
+from layer_reference import float32_default, layout_grads
 from torch import nn
 
 from infl_array.torch import EkfacInfluence, ProjectedInfluence
@@ -51,8 +51,9 @@ class Encoder(nn.Module):
 
 def pair() -> tuple[nn.Module, nn.Module]:
     torch.manual_seed(0)
-    first = Encoder(True).double().eval()
-    second = Encoder(False).double().eval()
+    with float32_default():
+        first = Encoder(True).double().eval()
+        second = Encoder(False).double().eval()
     second.load_state_dict(first.state_dict())
     return first, second
 
@@ -95,7 +96,8 @@ def test_sequence_first_gradients_exact() -> None:
 @pytest.mark.parametrize("batch_first", [True, False])
 def test_attention_written_out_equals_module(batch_first: bool) -> None:
     torch.manual_seed(0)
-    attn = nn.MultiheadAttention(4, 2, batch_first=batch_first).double().eval()
+    with float32_default():
+        attn = nn.MultiheadAttention(4, 2, batch_first=batch_first).double().eval()
     q = torch.randn(3, 5, 4, dtype=torch.float64)
     kv = torch.randn(3, 7, 4, dtype=torch.float64)
     if not batch_first:
