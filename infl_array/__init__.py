@@ -1,5 +1,7 @@
 """infl_array: influence-function matrices as lazy, cached, sliceable arrays.
 
+Examples
+--------
 >>> import infl_array as ia
 >>> sorted(n for n in ia.__all__ if n[0].isupper())[:3]
 ['BlockFunctionError', 'Compression', 'CorruptBlockError']

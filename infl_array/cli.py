@@ -13,6 +13,8 @@ import numpy as np
 from infl_array.arrays.influence import InfluenceArray, open_array
 from infl_array.version import __version__
 
+__all__ = ["build_parser", "cmd_demo", "cmd_info", "cmd_top", "cmd_verify", "main"]
+
 
 def _open(store: str) -> InfluenceArray:
     return open_array(store)
@@ -64,13 +66,14 @@ def cmd_top(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     arr = _open(args.store)
-    bad = arr.verify(progress=not args.quiet)
-    n = int(arr.computed.sum())
-    if bad:
-        print(f"{len(bad)} of {n} stored blocks are corrupt: {bad}")
-        print("recompute them with arr.repair() on a store opened with its model or function.")
+    report = arr.store_report(progress=not args.quiet)
+    print("\n".join(report.lines()))
+    if not report.ok:
+        print(
+            "repair them with arr.repair() on the store opened with its model or function: it "
+            "recomputes damaged blocks and deletes damaged factor chunks and claims."
+        )
         return 1
-    print(f"all {n} stored blocks pass their checksums")
     return 0
 
 
@@ -92,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", type=int, default=None, help="one test point (default: all)")
     p.add_argument("--harmful", action="store_true", help="most harmful instead of helpful")
     p.set_defaults(func=cmd_top)
-    p = sub.add_parser("verify", help="check every stored block's checksum")
+    p = sub.add_parser("verify", help="check every stored block of every array in the store")
     p.add_argument("store")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_verify)

@@ -4,8 +4,10 @@ Hand-written digits (1,797 8x8 images, 10 classes) are split into train and test
 train labels are flipped on purpose. A softmax regression is trained on the noisy labels, and
 the influence of every train image on every test image is computed with ``DirectInfluence``
 into a store. For a few test images the demo shows the most helpful and the most harmful train
-images; harmful ones are very often the flipped labels. Run it twice: the second run reads the
-store and computes nothing.
+images; harmful ones are very often the flipped labels. It draws the same as a picture with
+:mod:`infl_array.plot` (the ``plot`` extra, part of ``demo``), ``demo_influence.png`` in the
+store's directory; without matplotlib it says how to get the picture and goes on. Run it
+twice: the second run reads the store and computes nothing.
 """
 
 from __future__ import annotations
@@ -18,10 +20,14 @@ import numpy as np
 
 from infl_array.arrays.influence import InfluenceArray, open_array
 
+__all__ = ["load_digits_split", "run", "train_model"]
+
 MODEL_FILE = "demo_model.pt"
 FLIP_FRACTION = 0.05
 REGULARIZATION = 1e-3
 BLOCK_SHAPE = (64, 256)
+PICTURE_FILE = "demo_influence.png"
+DPI = 110
 
 
 def load_digits_split(seed: int = 0) -> dict[str, Any]:
@@ -134,6 +140,7 @@ def run(store: str | Path, k: int = 5, show: int = 3) -> dict[str, Any]:
             for value, j in zip(values, idx, strict=True):
                 note = _flip_note(j, data, int(data["y_test"][i]), title) if j in flipped else ""
                 print(f"    #{j:<5d} label {data['y_train'][j]}  influence {value:+.4g}{note}")
+    picture = write_picture(store, arr, data, predicted, picks, k)
     harmful_flipped = np.isin(harmful_i, data["flipped"]).mean()
     helpful_same = (data["y_train"][helpful_i] == data["y_test"][:, None]).mean()
     computed = arr.stats.blocks_computed
@@ -147,9 +154,51 @@ def run(store: str | Path, k: int = 5, show: int = 3) -> dict[str, Any]:
         f"({already} were there at start) in {time.perf_counter() - t0:.1f} s; "
         f"run again to reuse them, or try: infl-array top {store} --k 5 --test 0"
     )
+    if picture is not None:
+        print(f"the picture of these test images and their train images: {picture}")
     return {
         "computed": computed,
         "read": n_blocks - computed,
         "harmful_flipped": float(harmful_flipped),
         "helpful_same_label": float(helpful_same),
+        "picture": picture,
+        "shown": picks,
     }
+
+
+def write_picture(
+    store: Path, arr: Any, data: dict[str, Any], predicted: np.ndarray, rows: list[int], k: int
+) -> Path | None:
+    """Save the figure of ``rows`` into ``store``; its path, or None without matplotlib."""
+    try:
+        fig = demo_figure(arr, data, predicted, rows, k)
+    except ImportError as exc:
+        print(f"\nno picture of the test images: {exc}")
+        return None
+    path = store / PICTURE_FILE
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def demo_figure(
+    arr: Any, data: dict[str, Any], predicted: np.ndarray, rows: list[int], k: int
+) -> Any:
+    """The demo's figure (:func:`infl_array.plot.influence_examples` of its data)."""
+    from infl_array.plot import influence_examples
+
+    fig = influence_examples(
+        arr,
+        data["x_test"],
+        data["x_train"],
+        rows=rows,
+        k=k,
+        test_labels=data["y_test"],
+        train_labels=data["y_train"],
+        true_train_labels=data["y_train_true"],
+        predicted=predicted,
+    )
+    fig.suptitle(
+        "Which train images helped (green) and hurt (red) each test prediction",
+        fontsize=12,
+    )
+    return fig

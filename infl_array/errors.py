@@ -1,16 +1,40 @@
-"""Exception types of infl_array.
+"""Exception types of infl_array, and the helpers their messages share.
 
 Every class subclasses a builtin, so ``except LookupError`` or ``except ValueError`` written
-against numpy or zarr keeps working. Messages say what was expected, what arrived, and the fix.
+against numpy or zarr keeps working. Messages say what was expected, what arrived, and the fix;
+:func:`add_note` attaches a note to an exception, :func:`format_bytes` writes a size in them.
 """
 
 from __future__ import annotations
+
+__all__ = [
+    "BlockFunctionError",
+    "CorruptBlockError",
+    "MissingBlockError",
+    "NotAStoreError",
+    "StaleCacheError",
+    "add_note",
+    "format_bytes",
+]
 
 
 def add_note(exc: BaseException, note: str) -> None:
     """Attach ``note`` to ``exc`` (shown under its traceback; Python >= 3.11)."""
     if hasattr(exc, "add_note"):
         exc.add_note(note)
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes in binary units, as messages write sizes.
+
+    >>> format_bytes(512), format_bytes(1536), format_bytes(3 * 2**30), format_bytes(2**42)
+    ('512 B', '1.5 KiB', '3.0 GiB', '4.0 TiB')
+    """
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 class MissingBlockError(LookupError):

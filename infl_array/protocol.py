@@ -39,6 +39,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
+__all__ = ["FactorisedInfluence"]
+
 
 @runtime_checkable
 class FactorisedInfluence(Protocol):
@@ -63,3 +65,71 @@ class FactorisedInfluence(Protocol):
     def influence_config(self) -> Mapping[str, Any]:
         """JSON-able settings that identify the influence model (class, hyper-parameters)."""
         ...
+
+
+@runtime_checkable
+class FactorProduct(Protocol):
+    """Optional: blocks are not ``test_factors @ train_factors.T`` (structured factors)."""
+
+    def factor_product(self, test_f: Any, train_f: Any) -> Any:
+        """The block ``(n_test, n_train)`` of two factor sets."""
+        ...
+
+
+@runtime_checkable
+class FactorDiagonal(Protocol):
+    """Optional: the self-influence is not the row-wise inner product of the factors."""
+
+    def factor_diagonal(self, test_f: Any, train_f: Any) -> Any:
+        """Row-wise products of factor sets of the same points (1-D)."""
+        ...
+
+
+@runtime_checkable
+class ChecksData(Protocol):
+    """Optional: refuses data the model cannot take, before anything is computed."""
+
+    def check_data(self, x: Any, y: Any, what: str = "train") -> None:
+        """Raise naming the problem and the fix when ``(x, y)`` cannot be used."""
+        ...
+
+
+@runtime_checkable
+class Diagnosed(Protocol):
+    """Optional: what the solves found, recorded in the store as notes."""
+
+    def diagnostics(self) -> Mapping[str, str]:
+        """``{key: message}``; empty when all is well."""
+        ...
+
+
+@runtime_checkable
+class Preparable(Protocol):
+    """Optional: deferred fitting work, run once before the model is sent to workers."""
+
+    def prepare(self) -> Any:
+        """Run the deferred work now (once)."""
+        ...
+
+
+@runtime_checkable
+class Fingerprinted(Protocol):
+    """Optional: a string that identifies the parameter values influence is computed at."""
+
+    def model_fingerprint(self) -> str:
+        """E.g. a sha256 of the parameters."""
+        ...
+
+
+@runtime_checkable
+class ModuleBacked(Protocol):
+    """Optional: the wrapped model (an ``nn.Module``), whose device the factors live on."""
+
+    model: Any
+
+
+@runtime_checkable
+class Fittable(Protocol):
+    """Optional: whether the model is fitted (a bool, or a method returning one)."""
+
+    is_fitted: Any

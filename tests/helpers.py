@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -126,3 +129,24 @@ def logged_blocks(log: str) -> list[tuple[int, int, int]]:
             return [(int(a), int(b), int(c)) for a, b, c in (line.split() for line in f)]
     except FileNotFoundError:
         return []
+
+
+def bounded(fn: Callable[[], Any], seconds: float) -> tuple[Any, float]:
+    """``fn()`` run in a thread: ``(its result, seconds it took)``, its exception re-raised, or
+    a failure when it has not ended within ``seconds`` (a hang fails instead of blocking)."""
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            out["value"] = fn()
+        except BaseException as exc:  # handed to the caller's thread
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    started = time.monotonic()
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still running after {seconds} s: it hangs"
+    if "error" in out:
+        raise out["error"]
+    return out["value"], time.monotonic() - started

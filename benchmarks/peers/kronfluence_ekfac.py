@@ -29,7 +29,7 @@ from kronfluence.task import Task
 from kronfluence.utils.dataset import DataLoaderKwargs
 from torch.utils.data import TensorDataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "large"))
 from large_common import Timer, load, worker_args, write_result
 
 

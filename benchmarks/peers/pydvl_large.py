@@ -22,7 +22,7 @@ from pydvl.influence import InfluenceMode
 from pydvl.influence.torch import CgInfluence, EkfacInfluence
 from torch.utils.data import DataLoader, TensorDataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "large"))
 from large_common import Timer, load, worker_args, write_result
 
 

@@ -4,7 +4,7 @@ A peer script runs inside its peer's virtual environment as
 
     python benchmarks/peers/quality_<peer>.py --case-dir DIR --settings JSON --methods A,B --out DIR
 
-It loads the case written by ``benchmarks/quality_cases.py`` (``meta.json``, ``data.npz``,
+It loads the case written by ``benchmarks/quality/quality_cases.py`` (``meta.json``, ``data.npz``,
 ``model_clean.pt``, ``model_noisy.pt``: the same trained models, data and flipped labels as
 infl_array's run), computes for each requested method the ``(n_test, n_train)`` scores on the
 clean model and the self-influence of every train point on the noisy model, and writes
@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "quality"))
 import quality_models as qm
 
 Data = tuple[torch.Tensor, torch.Tensor]

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from trak import TRAKer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "large"))
 from large_common import Timer, load, worker_args, write_result
 
 

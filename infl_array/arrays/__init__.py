@@ -16,3 +16,5 @@ hook, function-locally: ``make_block_source`` in :mod:`~infl_array.arrays.influe
 block source of a model (and, for now, :mod:`~infl_array.arrays.retest` reaches the torch source
 and data views to build a source for new test data).
 """
+
+__all__: list[str] = []

@@ -23,6 +23,8 @@ from infl_array.arrays.reduce import normalize_axis, reduce, top_k
 from infl_array.engine.block_engine import ArrayStats, BlockEngine
 from infl_array.engine.cache import BlockCache
 
+__all__ = ["LazyArray", "TransposedArray", "default_materialize_limit"]
+
 
 def default_materialize_limit() -> int:
     """Half the machine's RAM (8 GiB where it cannot be read)."""

@@ -41,6 +41,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from infl_array.engine.plan import AxisSel
+from infl_array.errors import format_bytes
 
 __all__ = ["AxisSel", "Reader", "axis_len", "get_oindex", "getitem"]
 
@@ -208,7 +209,7 @@ def check_result_size(
     >>> check_result_size(10**6, np.dtype("float32"), 1 << 20)
     Traceback (most recent call last):
     ...
-    MemoryError: refusing to read a result of 1,000,000 values (4.0 MB), more than ...
+    MemoryError: refusing to read a result of 1,000,000 values (3.8 MiB), more than ...
     """
     if max_bytes is None:
         return
@@ -217,20 +218,12 @@ def check_result_size(
     if nbytes > max_bytes:
         what = f"shape {out_shape}" if isinstance(out_shape, tuple) else f"{size:,} values"
         raise MemoryError(
-            f"refusing to read a result of {what} ({_fmt_bytes(nbytes)}), more than "
-            f"materialize_limit_bytes ({_fmt_bytes(max_bytes)}), so it could never be "
+            f"refusing to read a result of {what} ({format_bytes(nbytes)}), more than "
+            f"materialize_limit_bytes ({format_bytes(max_bytes)}), so it could never be "
             "returned; nothing was computed. Read a smaller slice, stream with arr.top_k(...), "
             "the reductions (np.sum(arr, axis=...)) or arr.fill(), use arr.to_dask(), or raise "
             "arr.materialize_limit_bytes on purpose."
         )
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
 
 
 def _has_arrays(key: object) -> bool:

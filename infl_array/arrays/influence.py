@@ -16,17 +16,23 @@ import numpy as np
 from infl_array.arrays.front import LazyArray
 from infl_array.arrays.indexing import get_oindex
 from infl_array.arrays.reduce import to_dask, top_k
+from infl_array.arrays.repair import repair_store, store_report
 from infl_array.arrays.retest import new_test_source, share_train_factors
 from infl_array.arrays.self_influence import SelfInfluenceArray, open_self_influence
 from infl_array.arrays.staleness import check_same
+from infl_array.display.html import ArraySummary, array_html
 from infl_array.engine.block_engine import BlockEngine
-from infl_array.engine.sources import BlockFunction, BlockSource, FunctionSource
+from infl_array.engine.sources import BlockFunction, BlockSource, FunctionSource, capabilities
+from infl_array.errors import format_bytes
 from infl_array.executors.dispatch import fill_store
 from infl_array.storage.factors import DEFAULT_FACTOR_DISK_BUDGET, FactorStore
 from infl_array.storage.grid import BlockCoords
+from infl_array.storage.integrity import StoreReport
 from infl_array.storage.meta import Compression, StoreMeta, check_shapes
 from infl_array.storage.notes import format_notes, read_notes
-from infl_array.storage.store import MATRIX_NAME, InfluenceStore
+from infl_array.storage.store import InfluenceStore
+
+__all__ = ["InfluenceArray", "open_array"]
 
 DEFAULT_BLOCK_SHAPE = (256, 4096)
 
@@ -254,13 +260,34 @@ class InfluenceArray(LazyArray):
         return fill_store(self._engine, progress=progress, workers=workers, client=client)
 
     def verify(self, progress: bool = False) -> list[BlockCoords]:
-        """Blocks whose stored bytes fail their checksum or do not decode, sorted."""
+        """Matrix blocks whose stored bytes fail their checksum or do not decode, sorted.
+
+        :meth:`store_report` checks every other array of the store too.
+        """
         return self._engine.verify(progress=progress)
 
+    def store_report(self, progress: bool = False) -> StoreReport:
+        """Check every array of the store: the matrix, the self-influence, the stored test
+        and train factors, and every claim and note object.
+
+        Returns a :class:`~infl_array.storage.integrity.StoreReport`: per array the blocks
+        stored and the damaged ones (``report.damaged``, each naming its array, its block
+        and its key), ``report.ok`` when nothing is damaged, ``report.lines()`` for people
+        (what ``infl-array verify`` prints). A deleted chunk is not damage: it is a block not
+        computed, which the next read or fill computes.
+        """
+        return store_report(self._engine, progress=progress)
+
     def repair(self, progress: bool = False) -> list[BlockCoords]:
-        """Recompute exactly the blocks :meth:`verify` reports; returns them."""
+        """Repair every array of the store; returns the matrix blocks recomputed, which are
+        exactly those :meth:`verify` reports.
+
+        Besides the matrix blocks it recomputes the damaged self-influence blocks, deletes
+        damaged factor chunks (recomputed when next needed) and damaged claim objects
+        (:mod:`infl_array.arrays.repair`); :meth:`store_report` says what it will find.
+        """
         self._check_can_compute("repair")
-        return self._engine.repair(progress=progress)
+        return repair_store(self._engine, progress=progress)
 
     def _check_can_compute(self, what: str) -> None:
         if not self.can_compute:
@@ -271,7 +298,8 @@ class InfluenceArray(LazyArray):
             )
 
     # ------------------------------------------------------------------ description
-    def __repr__(self) -> str:
+    def _described(self) -> dict[str, str]:
+        """What ``repr`` and the notebook's view show, as text."""
         engine = self._engine
         known = engine.refresh()
         n_blocks = self.grid_shape[0] * self.grid_shape[1]
@@ -281,20 +309,41 @@ class InfluenceArray(LazyArray):
         if stored and raw < stored:
             block_bytes = self.block_shape[0] * self.block_shape[1] * self.dtype.itemsize
             ratio += (
-                f" (blocks of {_fmt_bytes(block_bytes)} are too small to compress: each chunk's "
+                f" (blocks of {format_bytes(block_bytes)} are too small to compress: each chunk's "
                 "codec header and checksum outweigh the savings; prefer larger blocks)"
             )
         by = self.meta.computed_by
-        backend = by.get("backend") or by.get("name") or by.get("kind", "?")
-        mode = "computes missing blocks" if self.can_compute else "read-only"
+        return {
+            "blocks computed": f"{len(known)}/{n_blocks} ({100 * len(known) / n_blocks:.1f}%)",
+            "stored": format_bytes(stored),
+            "compression ratio": ratio,
+            "backend": str(by.get("backend") or by.get("name") or by.get("kind", "?")),
+            "mode": "computes missing blocks" if self.can_compute else "read-only",
+            "store": engine.store.where,
+        }
+
+    def __repr__(self) -> str:
+        d = self._described()
         notes = self.notes
         return (
             f"InfluenceArray(shape={self.shape}, dtype={self.dtype}, "
-            f"block_shape={self.block_shape}, blocks computed {len(known)}/{n_blocks} "
-            f"({100 * len(known) / n_blocks:.1f}%), stored {_fmt_bytes(stored)}, "
-            f"compression ratio {ratio}, backend={backend}, {mode}, "
-            f"store={engine.store.where})"
+            f"block_shape={self.block_shape}, blocks computed {d['blocks computed']}, "
+            f"stored {d['stored']}, compression ratio {d['compression ratio']}, "
+            f"backend={d['backend']}, {d['mode']}, store={d['store']})"
         ) + (f"\nnotes on how its values were computed:\n{format_notes(notes)}" if notes else "")
+
+    def _repr_html_(self) -> str:
+        """The notebook's view: :func:`infl_array.display.html.array_html` of these facts."""
+        d = self._described()
+        facts: tuple[tuple[str, str], ...] = (
+            ("shape", str(self.shape)),
+            ("dtype", str(self.dtype)),
+        )
+        facts += (("block shape", f"{self.block_shape}, grid {self.grid_shape}"),)
+        facts += tuple(
+            (k, d[k]) for k in ("stored", "compression ratio", "backend", "mode", "store")
+        )
+        return array_html(ArraySummary("InfluenceArray", facts, self.computed, self.notes))
 
     @property
     def notes(self) -> dict[str, str]:
@@ -305,7 +354,7 @@ class InfluenceArray(LazyArray):
         (:mod:`infl_array.storage.notes`), so a store opened without a model shows what its
         computation found.
         """
-        return read_notes(self._engine.store.matrix.zarr_store, MATRIX_NAME)
+        return read_notes(self._engine.store.matrix.zarr_store)
 
     # ------------------------------------------------------------------ analysis
     def to_dask(self) -> Any:
@@ -413,7 +462,7 @@ def open_array(
 
 def _attach_factor_store(engine: BlockEngine, budget_bytes: int) -> None:
     """Let a source with factors keep them in the store (see :mod:`infl_array.storage.factors`)."""
-    reuse = engine.source.factor_reuse if engine.source is not None else None
+    reuse = capabilities(engine.source).factor_reuse
     if reuse is not None:
         reuse.attach(FactorStore(engine.store, budget_bytes))
 
@@ -457,11 +506,3 @@ def _dtype_name(dtype: Any) -> str:
 def _block_bytes(engine: BlockEngine, coords: BlockCoords) -> int:
     rows, cols = engine.grid.block_bounds(coords)
     return (rows.stop - rows.start) * (cols.stop - cols.start) * engine.dtype.itemsize
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"

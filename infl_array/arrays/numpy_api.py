@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+__all__ = ["array_function", "check_unsupported", "finish", "refusal"]
+
 REDUCTIONS = ("sum", "mean", "min", "max", "argmin", "argmax", "std", "var")
 _REDUCTION_OF: dict[Any, str] = {getattr(np, name): name for name in REDUCTIONS}
 _REDUCTION_OF.update(

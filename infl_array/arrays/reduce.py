@@ -16,6 +16,8 @@ import numpy as np
 
 from infl_array.engine.block_engine import BlockEngine
 
+__all__ = ["normalize_axis", "reduce", "to_dask", "top_k"]
+
 _REDUCTIONS = ("sum", "mean", "min", "max", "argmin", "argmax", "std", "var")
 
 

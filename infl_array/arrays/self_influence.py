@@ -14,11 +14,15 @@ from __future__ import annotations
 from typing import Any
 
 from infl_array.arrays.front import LazyArray
+from infl_array.display.html import ArraySummary, array_html
 from infl_array.engine.block_engine import BlockEngine
-from infl_array.engine.sources import DiagonalBlocks
+from infl_array.engine.sources import DiagonalBlocks, capabilities
 from infl_array.errors import MissingBlockError
+from infl_array.storage.grid import BlockGrid
+from infl_array.storage.layout import SELF_INFLUENCE
 
-ARRAY_NAME = "self_influence"
+__all__ = ["SelfInfluenceArray", "open_self_influence"]
+
 _MISSING_FIX = (
     "Reopen with ia.open(store, model, test=..., train=...): self-influence needs the model."
 )
@@ -47,12 +51,23 @@ class SelfInfluenceArray(LazyArray):
             f"{len(engine.refresh())}/{engine.grid_shape[1]}, store={engine.store.where})"
         )
 
+    def _repr_html_(self) -> str:
+        """The notebook's view (:func:`infl_array.display.html.array_html`): one row of blocks."""
+        facts = (
+            ("shape", str(self.shape)),
+            ("dtype", str(self.dtype)),
+            ("block length", str(self.block_len)),
+            ("store", self._engine.store.where),
+        )
+        summary = ArraySummary("SelfInfluenceArray", facts, self._engine.computed_mask())
+        return array_html(summary)
+
 
 def open_self_influence(matrix: BlockEngine) -> SelfInfluenceArray:
     """The self-influence array beside ``matrix`` (created in the store on first use)."""
     store = matrix.store
-    diagonal = matrix.source.diagonal if matrix.source is not None else None
-    grid = store.side_grid(ARRAY_NAME)
+    diagonal = capabilities(matrix.source).diagonal
+    grid = store.side_grid(SELF_INFLUENCE.path)
     if grid is None:
         if diagonal is None:
             raise MissingBlockError(
@@ -62,8 +77,15 @@ def open_self_influence(matrix: BlockEngine) -> SelfInfluenceArray:
                 "ia.open(store, model, test=..., train=...).",
             )
         n_train, block_cols = matrix.shape[1], matrix.block_shape[1]
-        grid = store.create_side_grid(ARRAY_NAME, n_train, block_cols)
+        grid = store.create_side_grid(SELF_INFLUENCE.path, n_train, block_cols)
+    return SelfInfluenceArray(self_influence_engine(matrix, grid))
+
+
+def self_influence_engine(matrix: BlockEngine, grid: BlockGrid) -> BlockEngine:
+    """The engine of the self-influence ``grid`` beside ``matrix``: it computes blocks when
+    the matrix's source has the ``diagonal`` capability, else it only reads."""
+    diagonal = capabilities(matrix.source).diagonal
     source = None
     if diagonal is not None and matrix.source is not None:
         source = DiagonalBlocks(diagonal, grid.shape[1], matrix.source)
-    return SelfInfluenceArray(BlockEngine(store, grid, source, missing_fix=_MISSING_FIX))
+    return BlockEngine(matrix.store, grid, source, missing_fix=_MISSING_FIX)

@@ -8,6 +8,8 @@ from typing import Any
 from infl_array.errors import StaleCacheError
 from infl_array.storage.store import InfluenceStore
 
+__all__ = ["check_same", "describe_difference"]
+
 
 def check_same(
     opened: InfluenceStore,

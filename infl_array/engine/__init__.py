@@ -2,12 +2,15 @@
 
 Owns the state of a matrix's blocks (:mod:`~infl_array.engine.block_engine`), pure planning of
 reads and tiles (:mod:`~infl_array.engine.plan`), the cache of decoded blocks
-(:mod:`~infl_array.engine.cache`), computing missing blocks once (:mod:`~infl_array.engine.work`),
-checks of computed blocks (:mod:`~infl_array.engine.validate`), progress bars
-(:mod:`~infl_array.engine.progress`) and the block-source contract
-(:mod:`~infl_array.engine.sources`).
+(:mod:`~infl_array.engine.cache`), the one cache machine every stored block goes through, matrix
+and factor blocks alike (memo -> store -> claim -> compute: :mod:`~infl_array.engine.keeper`),
+computing missing blocks once (:mod:`~infl_array.engine.work`), checks of computed blocks
+(:mod:`~infl_array.engine.validate`), progress bars (:mod:`~infl_array.engine.progress`) and
+the block-source contract and its capabilities (:mod:`~infl_array.engine.sources`).
 
 May import: numpy, :mod:`infl_array.storage`, and :mod:`infl_array.errors`,
 :mod:`infl_array.version`, :mod:`infl_array.protocol`. Never torch, and nothing above it
 (executors, arrays, quality, cli, demo).
 """
+
+__all__: list[str] = []

@@ -8,10 +8,13 @@ the self-influence) goes through its public methods; it never imports a front en
 
 Known blocks
 ------------
-A block is computed exactly when its chunk exists in the store. What has been seen in the store
-is remembered (a block once there stays there), so only blocks not yet seen are looked up
-again: one existence check each, or, when more than :data:`LIST_THRESHOLD` are unknown, one
-listing of each block row they are in (of the whole array when they span most rows).
+A block is computed exactly when its chunk exists in the store. Which blocks are there is
+kept by the engine's :class:`~infl_array.engine.keeper.BlockKeeper`, the cache machine every
+stored block goes through (matrix and factor blocks alike): what has been seen in the store is
+remembered (a block once there stays there), so only blocks not yet seen are looked up again:
+one existence check each, or, when more than :data:`~infl_array.engine.keeper.LIST_THRESHOLD`
+are unknown, one listing of each block row they are in (of the whole array when they span
+most rows).
 
 Computing
 ---------
@@ -34,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from infl_array.engine.cache import SMALL_READ_BLOCKS, BlockCache, assemble
+from infl_array.engine.keeper import BlockKeeper, GridShelf
 from infl_array.engine.plan import (
     AxisSel,
     BlockProjection,
@@ -45,16 +49,15 @@ from infl_array.engine.plan import (
     row_runs,
 )
 from infl_array.engine.progress import counter_bar, progress_bar
-from infl_array.engine.sources import BlockSource
+from infl_array.engine.sources import BlockSource, capabilities
 from infl_array.engine.validate import checked_block
 from infl_array.engine.work import compute_blocks
 from infl_array.errors import MissingBlockError
 from infl_array.storage.grid import BlockCoords, BlockGrid
 from infl_array.storage.notes import write_notes
-from infl_array.storage.store import MATRIX_NAME, InfluenceStore
+from infl_array.storage.store import InfluenceStore
 
-LIST_THRESHOLD = 32
-"""Above this many unknown blocks one listing of the store is cheaper than one check each."""
+__all__ = ["ArrayStats", "BlockEngine"]
 
 READ_PROGRESS_DELAY_S = 2.0
 """A read that computes blocks shows a progress bar once it has taken this long."""
@@ -121,8 +124,8 @@ class BlockEngine:
         """Whether reads that compute blocks for more than a few seconds show a progress bar."""
         self.blocks_computed = 0
         self._worker_counts: dict[str, int] = {}
-        self._known: set[BlockCoords] = set()
-        self._compute_lock = threading.Lock()
+        self.keeper: BlockKeeper[BlockCoords, np.ndarray] = BlockKeeper(GridShelf(grid))
+        """Which blocks are stored (the cache machine's presence memo and store steps)."""
         self._noted: dict[str, str] = {}
         self.task_lock = threading.Lock()
         """Held by a fill task running on this engine (tasks of one worker run one at a time)."""
@@ -177,8 +180,8 @@ class BlockEngine:
     # ------------------------------------------------------------------ block state
     def refresh(self) -> set[BlockCoords]:
         """Read which blocks are in the store now (one listing); returns them."""
-        self._known = self.grid.list_computed()
-        return set(self._known)
+        self.keeper.known = self.grid.list_computed()
+        return set(self.keeper.known)
 
     def computed_mask(self) -> np.ndarray:
         """Boolean array of ``grid_shape``: which blocks are in the store."""
@@ -196,33 +199,26 @@ class BlockEngine:
 
     def mark_computed(self, coords: BlockCoords, by_us: bool = True) -> None:
         """Record that ``coords`` is in the store (written by this engine when ``by_us``)."""
-        self._known.add(coords)
+        self.keeper.mark(coords)
         self.blocks_computed += by_us
 
     def ensure(self, blocks: Iterable[BlockCoords]) -> int:
-        """Make sure every block in ``blocks`` is in the store; returns how many it computed."""
-        unknown = [b for b in blocks if b not in self._known]
-        if not unknown:
-            return 0
-        if len(unknown) > LIST_THRESHOLD:
-            rows = {i for i, _ in unknown}
-            few = len(rows) <= max(1, self.grid_shape[0] // 2)
-            self._known |= self.grid.list_computed(rows if few else None)
-        else:
-            self._known |= self.grid.has_blocks(unknown)
-        missing = [b for b in dict.fromkeys(unknown) if b not in self._known]
-        if not missing:
-            return 0
+        """Make sure every block in ``blocks`` is in the store; returns how many it computed.
+
+        Blocks not known to be stored are looked up (the engine's
+        :class:`~infl_array.engine.keeper.BlockKeeper`); threads of one process (dask's
+        threaded scheduler, say) compute a block once.
+        """
+        return self.keeper.ensure(blocks, self._compute_missing)
+
+    def _compute_missing(self, missing: list[BlockCoords]) -> int:
         self.require_source(missing)
         self.grid.check_writable(missing[0])
-        # threads of one process (dask's threaded scheduler, say) compute a block once
-        with self._compute_lock:
-            todo = [b for b in missing if b not in self._known]
-            bar = counter_bar(len(todo), self.read_progress, "compute", READ_PROGRESS_DELAY_S)
-            try:
-                return self.compute(todo, on_done=lambda _: bar.update(1))
-            finally:
-                bar.close()
+        bar = counter_bar(len(missing), self.read_progress, "compute", READ_PROGRESS_DELAY_S)
+        try:
+            return self.compute(missing, on_done=lambda _: bar.update(1))
+        finally:
+            bar.close()
 
     # ------------------------------------------------------------------ computing
     def require_source(self, missing: list[BlockCoords]) -> None:
@@ -276,7 +272,7 @@ class BlockEngine:
 
     def tiles(self, blocks: list[BlockCoords]) -> list[list[BlockCoords]]:
         """``blocks`` cut into the tiles they are computed in (:mod:`~infl_array.engine.plan`)."""
-        reuse = self.source.factor_reuse if self.source is not None else None
+        reuse = capabilities(self.source).factor_reuse
         if reuse is None or len(blocks) <= 1:
             return plan_tiles(blocks, None, 0)
         (block_rows, block_cols), n_test = self.block_shape, self.shape[0]
@@ -294,7 +290,7 @@ class BlockEngine:
 
     def prefetch(self, tile: list[BlockCoords]) -> None:
         """Compute a tile's test factors in one call per run of block rows (one batched solve)."""
-        reuse = self.source.factor_reuse if self.source is not None else None
+        reuse = capabilities(self.source).factor_reuse
         if reuse is None or len(tile) <= 1:
             return
         n_test, block_rows = self.shape[0], self.block_shape[0]
@@ -325,7 +321,7 @@ class BlockEngine:
         found = self.source.notes() if self.source is not None else {}
         new = {k: v for k, v in found.items() if self._noted.get(k) != v}
         if new:
-            write_notes(self.store.matrix.zarr_store, MATRIX_NAME, new)
+            write_notes(self.store.matrix.zarr_store, new)
             self._noted.update(new)
 
     # ------------------------------------------------------------------ reading
@@ -422,7 +418,7 @@ class BlockEngine:
             read_only=state["source"] is None,
             storage_options=state["storage_options"],
         )
-        grid = store.matrix if state["grid"] == MATRIX_NAME else store.side_grid(state["grid"])
+        grid = store.grid(state["grid"])
         if grid is None:
             raise FileNotFoundError(
                 f"the array {state['grid']!r} is gone from the store {store.where}; was the "

@@ -23,6 +23,8 @@ import numpy as np
 
 from infl_array.engine.plan import BlockCoords, ReadPlan
 
+__all__ = ["BlockCache", "SMALL_READ_BLOCKS", "assemble"]
+
 DEFAULT_CACHE_BYTES = 256 << 20
 """Default bound of an array's decoded-block cache (256 MiB)."""
 

@@ -24,6 +24,20 @@ from typing import Any, TypeAlias
 
 import numpy as np
 
+__all__ = [
+    "AxisSel",
+    "BlockCoords",
+    "BlockProjection",
+    "ReadPlan",
+    "axis_blocks",
+    "plan_outer",
+    "plan_points",
+    "plan_tiles",
+    "plan_whole",
+    "row_runs",
+    "row_tasks",
+]
+
 BlockCoords = tuple[int, int]
 
 AxisSel: TypeAlias = slice | np.ndarray

@@ -6,6 +6,8 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
+__all__ = ["counter_bar", "progress_bar"]
+
 T = TypeVar("T")
 
 

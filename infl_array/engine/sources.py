@@ -10,7 +10,12 @@ probed with ``getattr``:
   :func:`infl_array.engine.plan.plan_tiles`);
 * ``diagonal`` (:class:`DiagonalSource`): the source computes the self-influence of train
   points (the diagonal of the train x train influence), served by
-  :class:`DiagonalBlocks` as the blocks of a 1-D array.
+  :class:`DiagonalBlocks` as the blocks of a 1-D array;
+* ``retest`` (:class:`Retest`): the source's model and train data can be paired with another
+  test set (``InfluenceArray.with_test``), without the core knowing what the model is.
+
+:func:`capabilities` is the one place that reads them off a source that may be absent (a
+read-only store has none): ``capabilities(engine.source).factor_store``.
 
 Two sources implement the contract: :class:`FunctionSource` (a plain block function
 ``fn(rows, cols)``) and :class:`infl_array.torch.source.source.ModelBlockSource` (an influence model
@@ -20,6 +25,7 @@ and two data sets). This module imports neither torch nor zarr (the factor store
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -28,6 +34,17 @@ from infl_array.engine.validate import to_numpy
 
 if TYPE_CHECKING:
     from infl_array.storage.factors import FactorStore
+
+__all__ = [
+    "BlockFunction",
+    "BlockSource",
+    "DiagonalBlocks",
+    "DiagonalSource",
+    "FactorReuse",
+    "FunctionSource",
+    "PlainSource",
+    "qualname",
+]
 
 BlockFunction = Callable[[range, range], Any]
 """``fn(rows: range, cols: range) -> array (len(rows), len(cols))``."""
@@ -74,6 +91,19 @@ class DiagonalSource(Protocol):
 
 
 @runtime_checkable
+class Retest(Protocol):
+    """Capability: the source's model and train data against another test set."""
+
+    def with_test(self, test_data: Any) -> BlockSource:
+        """A source of ``test_data`` against the same model and train data.
+
+        The test data are checked as ``create`` checks them (they must be in a form the model
+        takes); nothing is computed.
+        """
+        ...
+
+
+@runtime_checkable
 class BlockSource(Protocol):
     """What computes the blocks of a stored array.
 
@@ -114,6 +144,11 @@ class BlockSource(Protocol):
         ...
 
     @property
+    def retest(self) -> Retest | None:
+        """The new-test-set capability, or None."""
+        ...
+
+    @property
     def stats(self) -> Mapping[str, int]:
         """Counters of work done (e.g. factor computations); empty when there are none."""
         ...
@@ -127,6 +162,35 @@ class BlockSource(Protocol):
         (:mod:`infl_array.storage.notes`).
         """
         ...
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """The optional capabilities of a source, each None where it lacks one (or is absent)."""
+
+    factor_reuse: FactorReuse | None = None
+    diagonal: DiagonalSource | None = None
+    retest: Retest | None = None
+
+    @property
+    def factor_store(self) -> FactorStore | None:
+        """The factor store attached to the factor-reuse capability, or None."""
+        return None if self.factor_reuse is None else self.factor_reuse.factor_store
+
+
+def capabilities(source: BlockSource | None) -> Capabilities:
+    """What ``source`` can do beyond computing blocks (nothing for None: a read-only store).
+
+    Examples
+    --------
+    >>> capabilities(None).factor_store is None
+    True
+    >>> capabilities(FunctionSource(lambda rows, cols: 0)).diagonal is None
+    True
+    """
+    if source is None:
+        return Capabilities()
+    return Capabilities(source.factor_reuse, source.diagonal, source.retest)
 
 
 class PlainSource:
@@ -144,6 +208,10 @@ class PlainSource:
 
     @property
     def diagonal(self) -> None:
+        return None
+
+    @property
+    def retest(self) -> None:
         return None
 
     @property

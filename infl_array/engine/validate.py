@@ -18,6 +18,8 @@ import numpy as np
 
 from infl_array.errors import BlockFunctionError, add_note
 
+__all__ = ["check_block", "checked_block", "to_numpy"]
+
 BlockCoords = tuple[int, int]
 
 

@@ -29,6 +29,9 @@ import numpy as np
 from infl_array.errors import add_note
 from infl_array.storage.claims import ClaimBook
 from infl_array.storage.grid import BlockCoords, BlockGrid, write_error
+from infl_array.storage.layout import block_claim
+
+__all__ = ["Worker", "compute_blocks"]
 
 MAX_WRITES_IN_FLIGHT = 4
 """Computed blocks waiting for (or in) their write at most."""
@@ -53,11 +56,6 @@ class Worker(Protocol):
     def remember(self, coords: BlockCoords, values: np.ndarray) -> None: ...
 
 
-def claim_name(coords: BlockCoords) -> str:
-    """The claim name of a block."""
-    return f"{coords[0]}.{coords[1]}"
-
-
 class _Run:
     """One call of :func:`compute_blocks`: its writer pipeline and its claims."""
 
@@ -77,7 +75,7 @@ class _Run:
     def done(self, coords: BlockCoords, by_us: bool) -> None:
         self.worker.mark_computed(coords, by_us=by_us)
         if self.claims is not None:
-            self.claims.release(claim_name(coords))
+            self.claims.release(block_claim(coords))
         if self.on_done is not None:
             self.on_done(coords)
 
@@ -126,7 +124,7 @@ def compute_blocks(
     if not blocks:
         return 0
     grid = worker.grid
-    claims = ClaimBook(grid.zarr_store, f"{grid.name}/claims/") if share else None
+    claims = ClaimBook(grid.zarr_store, grid.layout.claims_prefix) if share else None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="infl-array-writer") as writer:
         run = _Run(worker, writer, on_done, claims, cache_values)
         try:
@@ -167,7 +165,7 @@ def _claim(claims: ClaimBook, grid: BlockGrid, coords: BlockCoords) -> str:
     block.
     """
     try:
-        if not claims.try_claim(claim_name(coords)):
+        if not claims.try_claim(block_claim(coords)):
             return "held"
     except OSError as exc:
         raise write_error(exc, coords, grid.where) from exc

@@ -8,3 +8,5 @@ May import: :mod:`infl_array.engine`, :mod:`infl_array.storage`, and :mod:`infl_
 :mod:`infl_array.version`, :mod:`infl_array.protocol`. Never torch, and nothing above it
 (arrays, quality, cli, demo).
 """
+
+__all__: list[str] = []

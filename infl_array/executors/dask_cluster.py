@@ -24,6 +24,8 @@ from typing import Any
 from infl_array.engine.block_engine import BlockEngine
 from infl_array.executors.tasks import FillProgress, Task, run_phases, run_task
 
+__all__ = ["run_on_dask"]
+
 RETRIES = 3
 """Times a task is retried after its worker died."""
 

@@ -34,6 +34,8 @@ from infl_array.engine.progress import counter_bar
 from infl_array.executors.dask_cluster import run_on_dask
 from infl_array.executors.tasks import FillProgress, Task, plan_fill, run_phases, run_task
 
+__all__ = ["fill_store"]
+
 
 def fill_store(engine: BlockEngine, *, progress: bool, workers: int | None, client: Any) -> int:
     """Compute every block missing from ``engine``'s array; returns how many this call wrote."""

@@ -15,8 +15,11 @@ from typing import Any
 from infl_array.engine.block_engine import BlockEngine
 from infl_array.engine.plan import row_tasks
 from infl_array.engine.progress import counter_bar
+from infl_array.engine.sources import capabilities
 from infl_array.errors import add_note
 from infl_array.storage.grid import BlockCoords
+
+__all__ = ["FillProgress", "Task", "plan_fill", "run_phases", "run_task"]
 
 TASKS_PER_WORKER = 4
 """Block tasks per worker: enough to balance uneven tasks, few enough to keep factor reads low."""
@@ -49,8 +52,8 @@ def plan_fill(engine: BlockEngine, missing: list[BlockCoords], workers: int) -> 
     Each phase's tasks may run in any order and at once; a phase starts when the previous one
     is done. Factor blocks already in the store are left out.
     """
-    reuse = engine.source.factor_reuse if engine.source is not None else None
-    store = reuse.factor_store if reuse is not None else None
+    caps = capabilities(engine.source)
+    reuse, store = caps.factor_reuse, caps.factor_store
     if reuse is None or store is None:
         return [[Task("blocks", tuple(t)) for t in row_tasks(missing)]]
     rows = sorted({i for i, _ in missing})
@@ -103,8 +106,8 @@ def _run_task(engine: BlockEngine, task: Task) -> dict[str, int]:
         todo = [c for c in task.items if c not in present]
         engine.compute(todo, share=True, cache_values=False)
     else:
-        reuse = engine.source.factor_reuse if engine.source is not None else None
-        store = reuse.factor_store if reuse is not None else None
+        caps = capabilities(engine.source)
+        reuse, store = caps.factor_reuse, caps.factor_store
         assert reuse is not None and store is not None
         for first, last in _contiguous(list(task.items)):
             span = range(store.bounds(task.kind, first).start, store.bounds(task.kind, last).stop)

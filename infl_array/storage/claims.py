@@ -1,7 +1,8 @@
 """Claims: how several fillers of one store share the work instead of repeating it.
 
 Before a filler computes a unit of work (a block, or a block of factors) it *claims* it: it
-writes a small claim object ``{"owner", "expires"}`` under ``influence/claims/<name>`` with a
+writes a small claim object ``{"owner", "expires"}`` under ``<array>/claims/<name>`` (keys:
+:mod:`infl_array.storage.layout`; factor blocks are claimed beside the matrix's) with a
 create-if-absent, then reads it back; the filler whose claim is there owns the unit. On a local
 directory the create is exclusive (atomic); on object stores it is an existence check and a
 write, so two fillers may both win in a short race and compute the same unit: the values are
@@ -9,11 +10,13 @@ identical and every write is atomic, so nothing is wrong, only that work is doub
 
 Other fillers skip a unit claimed by a live owner and come back to it later, when it is either
 done (in the store) or its claim has expired (or, for an owner on the same machine, its process
-is gone). A claim expires ``ttl_s`` seconds after its
-owner's last refresh; owners refresh the claims they hold every ``ttl_s / 4`` from a background
-thread, so a live filler keeps its claims, and a killed one (even with SIGKILL) loses them by
-expiry: a claim never blocks a unit forever. Expiry compares wall clocks, so machines sharing a
-store need clocks within a fraction of ``ttl_s`` of each other (NTP). Claims are released
+is gone). A claim expires ``ttl_s`` seconds after its owner's last refresh; owners refresh the
+claims they hold every ``ttl_s / 4`` from a background thread, so a live filler keeps its
+claims, and a killed one (even with SIGKILL) loses them by expiry: a claim never blocks a unit
+forever. A claim object that does not decode (damaged, or being written on a store without
+atomic writes) holds its unit for one ``ttl_s`` from when a filler first sees it so, then is
+taken over like an expired one. Expiry compares wall clocks, so machines sharing a store need
+clocks within a fraction of ``ttl_s`` of each other (NTP). Claims are released
 (deleted) as soon as their unit is done; a claim left by a killed filler is removed by the
 filler that takes the unit over.
 
@@ -32,6 +35,8 @@ from typing import Any
 
 from infl_array.storage.zarr_compat import delete_key, read_key, write_key, write_key_if_absent
 
+__all__ = ["CLAIM_TTL_S", "ClaimBook", "is_claim"]
+
 CLAIM_TTL_S = 60.0
 """Seconds a claim lives after its owner's last refresh."""
 
@@ -45,14 +50,15 @@ class ClaimBook:
         The store's zarr Store object.
     prefix : str
         Key prefix of the claims (e.g. ``"influence/claims/"``).
-    ttl_s : float
-        Seconds a claim lives after its last refresh.
+    ttl_s : float, optional
+        Seconds a claim lives after its last refresh (default :data:`CLAIM_TTL_S`).
     """
 
-    def __init__(self, zarr_store: Any, prefix: str, ttl_s: float = CLAIM_TTL_S) -> None:
+    def __init__(self, zarr_store: Any, prefix: str, ttl_s: float | None = None) -> None:
         self._store = zarr_store
         self._prefix = prefix
-        self.ttl_s = float(ttl_s)
+        self.ttl_s = float(CLAIM_TTL_S if ttl_s is None else ttl_s)
+        self._unreadable: dict[str, float] = {}  # claim name -> when first seen unreadable
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self._held: set[str] = set()
         self._lock = threading.Lock()
@@ -68,9 +74,25 @@ class ClaimBook:
             return None
         try:
             found = json.loads(raw)
-            return found if isinstance(found, dict) else {}
         except ValueError:
-            return {}  # being written right now: someone holds it
+            found = None
+        if is_claim(found):
+            self._unreadable.pop(name, None)
+            return found
+        return {}  # being written right now (on a store without atomic writes), or damaged
+
+    def _holds(self, name: str, found: dict[str, Any]) -> bool:
+        """Whether the claim ``found`` on ``name`` still holds its unit.
+
+        A readable claim holds it until it is stale. An unreadable one (being written on a
+        store without atomic writes, or damaged) holds it for one claim lifetime from when
+        this filler first saw it unreadable: a write takes far less, so a claim unreadable for
+        that long is damage, and a wait on it ends.
+        """
+        if found:
+            return not _is_stale(found)
+        first = self._unreadable.setdefault(name, time.monotonic())
+        return time.monotonic() - first < self.ttl_s
 
     def try_claim(self, name: str) -> bool:
         """Claim ``name``; True when this filler now owns it (also when it already did)."""
@@ -86,9 +108,10 @@ class ClaimBook:
                     self._held.add(name)
                 self._start_heartbeat()
                 return True
-            if found is not None and not _is_stale(found):
+            if found is not None and self._holds(name, found):
                 return False  # a live owner
             delete_key(self._store, key)  # expired (its owner died), or released meanwhile
+            self._unreadable.pop(name, None)
         return False
 
     def release(self, name: str) -> None:
@@ -125,6 +148,20 @@ class ClaimBook:
                     write_key(self._store, self._prefix + name, self._content())
                 except OSError:
                     continue  # a failed refresh only risks the claim expiring
+
+
+def is_claim(found: Any) -> bool:
+    """Whether ``found`` (decoded JSON) is a claim object ``{"owner": str, "expires": number}``.
+
+    >>> is_claim({"owner": "host:1:ab", "expires": 1.5}), is_claim({"owner": "x"})
+    (True, False)
+    """
+    return (
+        isinstance(found, dict)
+        and isinstance(found.get("owner"), str)
+        and isinstance(found.get("expires"), int | float)
+        and not isinstance(found.get("expires"), bool)
+    )
 
 
 def _is_stale(claim: dict[str, Any]) -> bool:

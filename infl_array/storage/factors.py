@@ -8,6 +8,14 @@ matrix, a factor block is present exactly when its chunk exists, is written with
 chunk write, and carries a checksum; it is stored lossless, so a block computed from stored
 factors equals a block computed from fresh ones.
 
+Each side is one :class:`FactorSide`: the array of one side of one store, with its claims. It
+is the store step of the cache machine (a :class:`~infl_array.engine.keeper.Shelf`): it tells
+a missing chunk (no chunk), a valid one (it reads) and a damaged one (``CorruptBlockError``)
+apart, so a damaged chunk is recomputed, never waited for. A :class:`FactorStore` holds one
+side object per side; the sides of a store made by :meth:`~infl_array.InfluenceArray.with_test`
+are its own test side and the train side of the array it came from (``train_from``): the
+sharing is in which object serves the side, not in code that asks which side it is.
+
 Which sides are stored
 ----------------------
 A side is stored when its whole array fits ``budget_bytes`` (``n * width * itemsize``; each
@@ -26,77 +34,94 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from infl_array.errors import CorruptBlockError
+from infl_array.storage import layout
 from infl_array.storage.claims import ClaimBook
 from infl_array.storage.grid import BlockGrid
-from infl_array.storage.store import FACTORS_GROUP, InfluenceStore
+from infl_array.storage.store import InfluenceStore
 
-SIDES = ("test", "train")
+__all__ = ["DEFAULT_FACTOR_DISK_BUDGET", "SIDES", "FactorSide", "FactorStore"]
+
+SIDES = layout.FACTOR_SIDES
 DEFAULT_FACTOR_DISK_BUDGET = 8 << 30
 """Default bytes one side's stored factors may take (8 GiB)."""
 
 
-class FactorStore:
-    """The factor arrays of a store (see the module docstring).
+def _check_budget(budget_bytes: object) -> int:
+    if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int | np.integer):
+        raise TypeError(
+            f"factor_disk_budget_bytes must be an int (bytes); got {budget_bytes!r}. "
+            "Pass e.g. 8 << 30 (8 GiB), or 0 to store no factors."
+        )
+    if budget_bytes < 0:
+        raise ValueError(
+            f"factor_disk_budget_bytes must be >= 0; got {budget_bytes}. Pass 0 to store "
+            "no factors."
+        )
+    return int(budget_bytes)
+
+
+class FactorSide:
+    """The stored factors of one side of one store: a shelf of factor blocks.
 
     Parameters
     ----------
     store : InfluenceStore
-        The open store.
+        The open store the side's array lives in.
+    side : str
+        ``"test"`` or ``"train"``.
     budget_bytes : int
-        Most bytes one side's factor array may take; 0 stores none (existing arrays are still
-        read).
+        Most bytes the side's array may take; 0 stores nothing (an existing array is read).
     """
 
-    def __init__(self, store: InfluenceStore, budget_bytes: int = DEFAULT_FACTOR_DISK_BUDGET):
-        if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int | np.integer):
-            raise TypeError(
-                f"factor_disk_budget_bytes must be an int (bytes); got {budget_bytes!r}. "
-                "Pass e.g. 8 << 30 (8 GiB), or 0 to store no factors."
-            )
-        if budget_bytes < 0:
-            raise ValueError(
-                f"factor_disk_budget_bytes must be >= 0; got {budget_bytes}. Pass 0 to store "
-                "no factors."
-            )
+    def __init__(self, store: InfluenceStore, side: str, budget_bytes: int) -> None:
+        if side not in SIDES:
+            raise ValueError(f"side must be one of {SIDES}, got {side!r}.")
         self.store = store
-        self.budget_bytes = int(budget_bytes)
-        self._grids: dict[str, BlockGrid | None] = {}
+        self.side = side
+        self.budget_bytes = budget_bytes
+        self._grid: BlockGrid | None = None
         self._lock = threading.Lock()
         self._claims: ClaimBook | None = None
 
+    def __repr__(self) -> str:
+        return f"the {self.side} factors of {self.store.where}"
+
     # ------------------------------------------------------------------ geometry
-    def block_len(self, side: str) -> int:
+    @property
+    def block_len(self) -> int:
         """Samples per factor block: the matrix's block rows (test) or columns (train)."""
-        return self.store.meta.block_shape[SIDES.index(side)]
+        return self.store.meta.block_shape[SIDES.index(self.side)]
 
-    def n(self, side: str) -> int:
-        """Number of samples on ``side``."""
-        return self.store.meta.shape[SIDES.index(side)]
+    @property
+    def n(self) -> int:
+        """Number of samples on this side."""
+        return self.store.meta.shape[SIDES.index(self.side)]
 
-    def bounds(self, side: str, b: int) -> range:
+    def bounds(self, b: int) -> range:
         """The samples of factor block ``b``."""
-        length = self.block_len(side)
-        return range(b * length, min((b + 1) * length, self.n(side)))
+        length = self.block_len
+        return range(b * length, min((b + 1) * length, self.n))
 
-    # ------------------------------------------------------------------ which sides, which blocks
-    def _grid(self, side: str) -> BlockGrid | None:
-        if self._grids.get(side) is None:
-            self._grids[side] = self.store.side_grid(f"{FACTORS_GROUP}/{side}")
-        return self._grids[side]
+    # ------------------------------------------------------------------ which blocks
+    def grid(self) -> BlockGrid | None:
+        """The side's array, or None before its first block is stored."""
+        if self._grid is None:
+            self._grid = self.store.side_grid(layout.factors(self.side).path)
+        return self._grid
 
-    def is_stored(self, side: str, width: int, itemsize: int) -> bool:
-        """Whether factors of ``side`` (``width`` values of ``itemsize`` bytes each) are kept."""
-        if self._grid(side) is not None:
+    def is_stored(self, width: int, itemsize: int) -> bool:
+        """Whether factors of ``width`` values of ``itemsize`` bytes each are kept here."""
+        if self.grid() is not None:
             return True
         if self.store.read_only:
             return False
-        need = self.n(side) * width * itemsize
+        need = self.n * width * itemsize
         return need <= self.budget_bytes and need <= self._free_disk() // 2
 
     def _free_disk(self) -> int:
@@ -108,169 +133,196 @@ class FactorStore:
         except OSError:
             return 0
 
-    def exists(self, side: str) -> bool:
-        """Whether factors of ``side`` are kept in the store (its array exists)."""
-        return self._grid(side) is not None
+    @property
+    def shared(self) -> bool:
+        """Whether the side's array exists: then processes claim its blocks before computing."""
+        return self.grid() is not None
 
-    def present(self, side: str) -> set[int]:
-        """Factor blocks of ``side`` in the store (one listing)."""
-        grid = self._grid(side)
+    def present(self) -> set[int]:
+        """Factor blocks whose chunk exists (one listing)."""
+        grid = self.grid()
         return set() if grid is None else {i for i, _ in grid.list_computed()}
 
+    def listed(self, blocks: Sequence[int]) -> set[int]:
+        """The blocks among ``blocks`` whose chunk exists (valid or damaged)."""
+        grid = self.grid()
+        return set() if grid is None else {i for i, _ in grid.has_blocks([(b, 0) for b in blocks])}
+
     # ------------------------------------------------------------------ blocks
-    def get(self, side: str, b: int) -> np.ndarray | None:
-        """Factor block ``b`` of ``side``, or None when it is not stored (or fails its check)."""
-        grid = self._grid(side)
-        if grid is None or not grid.has_blocks([(b, 0)]):
-            return None
+    def read(self, b: int) -> np.ndarray:
+        """Factor block ``b``; ``CorruptBlockError`` (naming the array and block) if damaged."""
+        grid = self.grid()
+        if grid is None:
+            raise LookupError(f"no {self.side} factors are stored in {self.store.where} yet.")
         try:
             return grid.read_block((b, 0))
-        except CorruptBlockError:
-            return None  # recomputed, and the write replaces the damaged chunk
+        except CorruptBlockError as exc:
+            raise CorruptBlockError(
+                (b, 0),
+                f"factor block {b} of the array {grid.name!r} of {self.store.where} is damaged: "
+                f"its stored bytes fail their checksum or do not decode ({exc.__cause__!r}). "
+                "A read or fill with the model recomputes it and replaces the chunk.",
+            ) from exc
 
-    def put(self, side: str, b: int, values: np.ndarray) -> bool:
-        """Store factor block ``b`` of ``side`` if that side is stored; returns whether it was."""
+    def get(self, b: int) -> np.ndarray | None:
+        """Factor block ``b`` when it is stored and valid, else None."""
+        if not self.listed([b]):
+            return None
+        try:
+            return self.read(b)
+        except CorruptBlockError:
+            return None
+
+    def write(self, b: int, values: np.ndarray) -> bool:
+        """Store factor block ``b`` if this side is stored; returns whether it was."""
         width, itemsize = values.shape[1], values.dtype.itemsize
-        if not self.is_stored(side, width, itemsize):
+        if not self.is_stored(width, itemsize):
             return False
         with self._lock:
-            grid = self._grid(side)
+            grid = self.grid()
             if grid is None:
                 grid = self.store.create_factor_grid(
-                    side, self.n(side), self.block_len(side), width, values.dtype
+                    self.side, self.n, self.block_len, width, values.dtype
                 )
-                self._grids[side] = grid
+                self._grid = grid
         if grid.shape[1] != width or grid.dtype != values.dtype:
             raise ValueError(
-                f"the stored {side} factors of {self.store.where} have width {grid.shape[1]} "
-                f"and dtype {grid.dtype}, but the influence model now gives width {width} and "
-                f"dtype {values.dtype}; the store belongs to another model. Recreate it with "
-                "overwrite=True."
+                f"the stored {self.side} factors of {self.store.where} have width "
+                f"{grid.shape[1]} and dtype {grid.dtype}, but the influence model now gives "
+                f"width {width} and dtype {values.dtype}; the store belongs to another model. "
+                "Recreate it with overwrite=True."
             )
         grid.write_block((b, 0), np.ascontiguousarray(values))
         return True
 
     # ------------------------------------------------------------------ sharing with processes
-    def claim(self, side: str, b: int) -> bool:
-        """Claim factor block ``b`` of ``side`` (see :mod:`infl_array.storage.claims`).
-
-        False when another process holds it or has stored it meanwhile (then :meth:`get` or
-        :meth:`wait` reads it).
-        """
+    def claim(self, b: int) -> bool:
+        """Claim factor block ``b`` (see :mod:`infl_array.storage.claims`); False while another live
+        process holds it. Whether it is stored meanwhile is the caller's to look at."""
         if self._claims is None:
-            matrix = self.store.matrix
-            self._claims = ClaimBook(matrix.zarr_store, f"{matrix.name}/claims/")
-        name = f"factors.{side}.{b}"
-        if not self._claims.try_claim(name):
-            return False
-        grid = self._grid(side)
-        if grid is not None and grid.has_blocks([(b, 0)]):
-            # stored (and released) by another process since we looked: read it instead
-            self._claims.release(name)
-            return False
-        return True
+            self._claims = ClaimBook(self.store.matrix.zarr_store, layout.MATRIX.claims_prefix)
+        return self._claims.try_claim(self._claim_name(b))
 
-    def release(self, side: str, b: int) -> None:
-        """Release the claim on factor block ``b`` of ``side``."""
+    def release(self, b: int) -> None:
+        """Release the claim on factor block ``b``."""
         if self._claims is not None:
-            self._claims.release(f"factors.{side}.{b}")
+            self._claims.release(self._claim_name(b))
 
-    def wait(self, side: str, b: int) -> np.ndarray | None:
-        """Factor block ``b`` once another process has stored it; None when that process is
-        gone (its claim expired) and the block must be computed here."""
-        pause = 0.02
-        while True:
-            found = self.get(side, b)
-            if found is not None:
-                return found
-            if self.claim(side, b):
-                return None
-            time.sleep(pause)
-            pause = min(2 * pause, 1.0)
+    def _claim_name(self, b: int) -> str:
+        return layout.factor_claim(self.side, b)
 
     def stored_bytes(self) -> int:
-        """Bytes the stored factors take (local stores; 0 where unknown)."""
-        return sum(g.stored_bytes() for g in (self._grid(s) for s in SIDES) if g is not None)
+        """Bytes the side's stored factors take (local stores; 0 where unknown)."""
+        grid = self.grid()
+        return 0 if grid is None else grid.stored_bytes()
 
-    # ------------------------------------------------------------------ pickling (workers)
     def close(self) -> None:
         """Release the claims this process holds."""
         if self._claims is not None:
             self._claims.close()
+
+    # ------------------------------------------------------------------ pickling (workers)
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            "spec": self.store.spec,
+            "storage_options": self.store.storage_options,
+            "side": self.side,
+            "budget_bytes": self.budget_bytes,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        store = InfluenceStore.open(state["spec"], storage_options=state["storage_options"])
+        self.__init__(store, state["side"], state["budget_bytes"])  # type: ignore[misc]
+
+
+class FactorStore:
+    """The factor sides of a store (see the module docstring).
+
+    Parameters
+    ----------
+    store : InfluenceStore
+        The open store.
+    budget_bytes : int
+        Most bytes one side's factor array may take; 0 stores none (existing arrays are still
+        read).
+    train_from : FactorStore or None
+        Another store's factors whose train side serves this store (``with_test``: both arrays
+        have the same train data and train block length); None: this store's own.
+    """
+
+    def __init__(
+        self,
+        store: InfluenceStore,
+        budget_bytes: int = DEFAULT_FACTOR_DISK_BUDGET,
+        train_from: FactorStore | None = None,
+    ) -> None:
+        self.store = store
+        self.budget_bytes = _check_budget(budget_bytes)
+        self.train_from = train_from
+        train = train_from.sides["train"] if train_from is not None else None
+        self.sides: dict[str, FactorSide] = {
+            "test": FactorSide(store, "test", self.budget_bytes),
+            "train": train or FactorSide(store, "train", self.budget_bytes),
+        }
+
+    def side(self, side: str) -> FactorSide:
+        """The object serving ``side`` ("test" or "train")."""
+        try:
+            return self.sides[side]
+        except KeyError:
+            raise ValueError(f"side must be one of {SIDES}, got {side!r}.") from None
+
+    # ------------------------------------------------------------------ per side
+    def block_len(self, side: str) -> int:
+        """Samples per factor block of ``side``."""
+        return self.side(side).block_len
+
+    def n(self, side: str) -> int:
+        """Number of samples on ``side``."""
+        return self.side(side).n
+
+    def bounds(self, side: str, b: int) -> range:
+        """The samples of factor block ``b`` of ``side``."""
+        return self.side(side).bounds(b)
+
+    def exists(self, side: str) -> bool:
+        """Whether factors of ``side`` are kept in the store (its array exists)."""
+        return self.side(side).shared
+
+    def present(self, side: str) -> set[int]:
+        """Factor blocks of ``side`` in the store (one listing)."""
+        return self.side(side).present()
+
+    def is_stored(self, side: str, width: int, itemsize: int) -> bool:
+        """Whether factors of ``side`` (``width`` values of ``itemsize`` bytes) are kept."""
+        return self.side(side).is_stored(width, itemsize)
+
+    def get(self, side: str, b: int) -> np.ndarray | None:
+        """Factor block ``b`` of ``side`` when stored and valid, else None."""
+        return self.side(side).get(b)
+
+    def put(self, side: str, b: int, values: np.ndarray) -> bool:
+        """Store factor block ``b`` of ``side`` if that side is stored; returns whether it was."""
+        return self.side(side).write(b, values)
+
+    # ------------------------------------------------------------------ the store as a whole
+    def stored_bytes(self) -> int:
+        """Bytes of this store's own factors (a shared train side is counted where it is)."""
+        return sum(s.stored_bytes() for s in self.sides.values() if s.store is self.store)
+
+    def close(self) -> None:
+        """Release the claims this process holds, on every side."""
+        for s in self.sides.values():
+            s.close()
 
     def __getstate__(self) -> dict[str, Any]:
         return {
             "spec": self.store.spec,
             "storage_options": self.store.storage_options,
             "budget_bytes": self.budget_bytes,
+            "train_from": self.train_from,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         store = InfluenceStore.open(state["spec"], storage_options=state["storage_options"])
-        self.__init__(store, state["budget_bytes"])  # type: ignore[misc]
-
-
-class SharedTrainFactors(FactorStore):
-    """A store's factors whose train side lives in another store's :class:`FactorStore`.
-
-    Made by :meth:`infl_array.InfluenceArray.with_test`: the new array keeps its test factors
-    in its own store and reads (and, where missing, writes) the train factors of the array it
-    came from, so a new test set costs no train-side work wherever the train side is stored.
-    Both arrays have the same train data and train block length.
-    """
-
-    def __init__(
-        self,
-        store: InfluenceStore,
-        train_from: FactorStore,
-        budget_bytes: int = DEFAULT_FACTOR_DISK_BUDGET,
-    ) -> None:
-        super().__init__(store, budget_bytes)
-        self.train_from = train_from
-
-    def is_stored(self, side: str, width: int, itemsize: int) -> bool:
-        if side == "train":
-            return self.train_from.is_stored(side, width, itemsize)
-        return super().is_stored(side, width, itemsize)
-
-    def exists(self, side: str) -> bool:
-        return self.train_from.exists(side) if side == "train" else super().exists(side)
-
-    def present(self, side: str) -> set[int]:
-        return self.train_from.present(side) if side == "train" else super().present(side)
-
-    def get(self, side: str, b: int) -> np.ndarray | None:
-        return self.train_from.get(side, b) if side == "train" else super().get(side, b)
-
-    def put(self, side: str, b: int, values: np.ndarray) -> bool:
-        if side == "train":
-            return self.train_from.put(side, b, values)
-        return super().put(side, b, values)
-
-    def claim(self, side: str, b: int) -> bool:
-        return self.train_from.claim(side, b) if side == "train" else super().claim(side, b)
-
-    def release(self, side: str, b: int) -> None:
-        if side == "train":
-            self.train_from.release(side, b)
-        else:
-            super().release(side, b)
-
-    def wait(self, side: str, b: int) -> np.ndarray | None:
-        return self.train_from.wait(side, b) if side == "train" else super().wait(side, b)
-
-    def stored_bytes(self) -> int:
-        """Bytes of this store's own factors (the shared train side is counted where it is)."""
-        grid = self._grid("test")
-        return 0 if grid is None else grid.stored_bytes()
-
-    def close(self) -> None:
-        super().close()
-        self.train_from.close()
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**super().__getstate__(), "train_from": self.train_from}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        store = InfluenceStore.open(state["spec"], storage_options=state["storage_options"])
-        self.__init__(store, state["train_from"], state["budget_bytes"])  # type: ignore[misc]
+        self.__init__(store, state["budget_bytes"], state["train_from"])  # type: ignore[misc]

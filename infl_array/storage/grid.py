@@ -8,7 +8,8 @@ chunk-aligned assignment, which zarr performs as one atomic replace (temporary f
 a local directory), so a key that exists always holds a complete block. A writer killed between
 creating its temporary file and renaming it leaves a ``<j>.<uuid4hex>.partial`` file next to
 the block; such files are never counted as blocks, and :meth:`BlockGrid.clean_partials`
-removes them once they are provably abandoned.
+removes them once they are provably abandoned. Every key and path is named by
+:mod:`infl_array.storage.layout` (:attr:`BlockGrid.layout`).
 
 This module knows zarr and numpy, not torch.
 """
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -27,7 +27,9 @@ import numpy as np
 import zarr
 
 from infl_array.errors import CorruptBlockError
+from infl_array.storage import layout
 from infl_array.storage.zarr_compat import (
+    delete_key,
     empty_chunks_kept,
     keep_empty_chunks,
     key_exists,
@@ -35,11 +37,10 @@ from infl_array.storage.zarr_compat import (
     size_under,
 )
 
+__all__ = ["BlockCoords", "BlockGrid", "PARTIAL_MIN_AGE_S", "write_error"]
+
 BlockCoords = tuple[int, int]
 
-# zarr's LocalStore writes a chunk to "<j>.<uuid4 hex>.partial", then renames it to "<j>"
-_PARTIAL_NAME = re.compile(r"^\d+\.[0-9a-f]+\.partial$")
-_CLAIM_PARTIAL_NAME = re.compile(r"^[0-9a-z_.]+\.[0-9a-f]{32}\.partial$")
 PARTIAL_MIN_AGE_S = 3600.0
 """Temporary block files younger than this (by mtime) may belong to a live writer."""
 
@@ -60,10 +61,12 @@ class BlockGrid:
     def __init__(self, array: zarr.Array, where: str, local_root: Path | None) -> None:
         self.array = keep_empty_chunks(array)
         self.name = array.path  # e.g. "influence" or "factors/train"
+        self.layout = layout.array_layout(self.name)
         self.where = where
         self.read_only = bool(array.store.read_only)
         self.zarr_store = array.store
-        self._dir = None if local_root is None else local_root.joinpath(*self.name.split("/"), "c")
+        self._root = local_root
+        self._dir = None if local_root is None else self.layout.chunk_dir(local_root)
         self.ndim = array.ndim
         if self.ndim == 1:
             self.shape = (1, int(array.shape[0]))
@@ -84,8 +87,16 @@ class BlockGrid:
         n0, n1 = self.shape
         return slice(i * br, min((i + 1) * br, n0)), slice(j * bc, min((j + 1) * bc, n1))
 
+    def chunk_index(self, coords: BlockCoords) -> tuple[int, ...]:
+        """The zarr chunk index of block ``coords`` (``(j,)`` for a 1-D array)."""
+        return (coords[1],) if self.ndim == 1 else (coords[0], coords[1])
+
+    def chunk_key(self, coords: BlockCoords) -> str:
+        """The store key of block ``coords`` (:mod:`infl_array.storage.layout`)."""
+        return self.layout.chunk_key(self.chunk_index(coords))
+
     def _chunk_parts(self, coords: BlockCoords) -> tuple[str, ...]:
-        return (str(coords[1]),) if self.ndim == 1 else (str(coords[0]), str(coords[1]))
+        return tuple(str(c) for c in self.chunk_index(coords))
 
     def _selection(self, rows: Any, cols: Any) -> tuple[Any, ...]:
         return (cols,) if self.ndim == 1 else (rows, cols)
@@ -101,15 +112,15 @@ class BlockGrid:
         if self._dir is not None:
             found = _list_local(self._dir, self.ndim, None if rows is None else set(rows))
         else:
-            base = f"{self.name}/c/"
-            pattern = re.compile(r"^(\d+)$" if self.ndim == 1 else r"^(\d+)/(\d+)$")
-            prefixes = [base] if rows is None or self.ndim == 1 else [f"{base}{i}/" for i in rows]
+            lay = self.layout
+            prefixes = [lay.chunk_prefix]
+            if rows is not None and self.ndim == 2:
+                prefixes = [lay.chunk_row_prefix(i) for i in rows]
             for prefix in prefixes:
                 for key in list_prefix(self.zarr_store, prefix):
-                    m = pattern.match(key[len(base) :])
-                    if m:
-                        ij = (0, int(m.group(1))) if self.ndim == 1 else (int(m[1]), int(m[2]))
-                        found.add(ij)
+                    chunk = lay.chunk_of(key)
+                    if chunk is not None:
+                        found.add((0, chunk[0]) if self.ndim == 1 else (chunk[0], chunk[1]))
         g0, g1 = self.grid_shape
         return {c for c in found if c[0] < g0 and c[1] < g1}
 
@@ -119,12 +130,7 @@ class BlockGrid:
         if self._dir is not None:
             root = self._dir
             return {c for c in coords if os.path.isfile(root.joinpath(*self._chunk_parts(c)))}
-        prefix = f"{self.name}/c/"
-        return {
-            c
-            for c in coords
-            if key_exists(self.zarr_store, prefix + "/".join(self._chunk_parts(c)))
-        }
+        return {c for c in coords if key_exists(self.zarr_store, self.chunk_key(c))}
 
     # ------------------------------------------------------------------ writes
     def check_writable(self, coords: BlockCoords | None = None) -> None:
@@ -170,12 +176,14 @@ class BlockGrid:
         return out.reshape(rows.stop - rows.start, cols.stop - cols.start)
 
     def _corrupt(self, coords: BlockCoords, exc: BaseException) -> CorruptBlockError:
-        what = f"block {coords}" if self.ndim == 2 else f"block {coords[1]} of {self.name!r}"
+        what = self.layout.block_name(self.chunk_index(coords))
+        if self.layout != layout.MATRIX:
+            what += f" of {self.name!r}"
         return CorruptBlockError(
             coords,
             f"{what} of {self.where} is corrupt: its stored bytes fail their checksum "
             f"or do not decode ({type(exc).__name__}: {exc}). Call arr.repair() with a model or "
-            "function to recompute it (arr.verify() lists every corrupt block).",
+            "function to recompute it (arr.store_report() lists every damaged block).",
         )
 
     def read_region(self, rows: Any, cols: Any, blocks: Iterable[BlockCoords]) -> np.ndarray:
@@ -203,11 +211,25 @@ class BlockGrid:
 
     def verify_block(self, coords: BlockCoords) -> bool:
         """True when the block decodes, passes its checksum and holds only finite values."""
+        return self.block_problem(coords) is None
+
+    def block_problem(self, coords: BlockCoords) -> str | None:
+        """What is wrong with a stored block, or None when it decodes, passes its checksum and
+        holds only finite values."""
         try:
             values = self.read_block(coords)
-        except CorruptBlockError:
-            return False
-        return bool(np.isfinite(values).all())
+        except CorruptBlockError as exc:
+            cause = exc.__cause__
+            return f"fails its checksum or does not decode ({type(cause).__name__}: {cause})"
+        if not np.isfinite(values).all():
+            return "holds non-finite values (no computed block does)"
+        return None
+
+    def delete_block(self, coords: BlockCoords) -> None:
+        """Remove a block's chunk: the block counts as not computed (the next read or fill
+        computes it). For damaged blocks; nothing else deletes blocks."""
+        self.check_writable(coords)
+        delete_key(self.zarr_store, self.chunk_key(coords))
 
     # ------------------------------------------------------------------ housekeeping
     def clean_partials(self, min_age_s: float = PARTIAL_MIN_AGE_S) -> int:
@@ -230,9 +252,10 @@ class BlockGrid:
             return 0
         cutoff = time.time() - min_age_s
         removed = 0
-        claims = str(self._dir.parent / "claims")  # claim objects are written the same way
+        assert self._root is not None
+        claims = str(self.layout.claims_dir(self._root))  # claim objects are written alike
         for folder in [*_chunk_folders(self._dir, self.ndim), claims]:
-            pattern = _CLAIM_PARTIAL_NAME if folder == claims else _PARTIAL_NAME
+            pattern = layout.PARTIAL_CLAIM if folder == claims else layout.PARTIAL_BLOCK
             try:
                 with os.scandir(folder) as entries:
                     partials = [e for e in entries if pattern.match(e.name)]
@@ -251,7 +274,7 @@ class BlockGrid:
     def stored_bytes(self) -> int:
         """Bytes of all stored blocks (a walk of a local directory, one listing elsewhere)."""
         if self._dir is None:
-            return size_under(self.zarr_store, f"{self.name}/c/")
+            return size_under(self.zarr_store, self.layout.chunk_prefix)
         total = 0
         for dirpath, _, files in os.walk(self._dir):
             for name in files:

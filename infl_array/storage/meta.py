@@ -17,6 +17,8 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 from infl_array.errors import NotAStoreError
 from infl_array.version import __version__
 
+__all__ = ["Compression", "StoreMeta", "check_shapes"]
+
 FORMAT_VERSION = 1
 SUPPORTED_DTYPES = ("float32", "float64")
 

@@ -10,12 +10,12 @@ computing blocks, and ``repr(arr)`` and ``infl-array info`` show them. Keys are 
 and the fix.
 
 Layout: one small JSON object per key, ``<store>/influence/notes/<key>.json`` holding
-``{"key": ..., "message": ...}``, next to the matrix's chunks (``influence/c/``) and claims
-(``influence/claims/``), so plain zarr readers ignore it. Each note is its own object, written
-whole (atomically on local directories), so concurrent fillers never corrupt each other's
-notes; a later write of the same key replaces the message (e.g. with updated counts). A note is
-never removed: values computed while it held stay in the store (``overwrite=True`` starts a
-new store without notes).
+``{"key": ..., "message": ...}``, next to the matrix's chunks and claims, so plain zarr readers
+ignore it (keys named by :func:`infl_array.storage.layout.note_key`). Each note is its own
+object, written whole (atomically on local directories), so concurrent fillers never corrupt
+each other's notes; a later write of the same key replaces the message (e.g. with updated
+counts). A note is never removed: values computed while it held stay in the store
+(``overwrite=True`` starts a new store without notes).
 
 This module knows zarr's store interface only (through :mod:`infl_array.storage.zarr_compat`).
 """
@@ -27,21 +27,15 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from infl_array.storage import layout
 from infl_array.storage.zarr_compat import list_prefix, read_key, write_key
 
-__all__ = ["NOTES_DIR", "format_notes", "read_notes", "write_notes"]
-
-NOTES_DIR = "notes"
-"""Folder of the notes inside the matrix array's prefix."""
+__all__ = ["format_notes", "read_notes", "write_notes"]
 
 _KEY = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 
 
-def _prefix(array_name: str) -> str:
-    return f"{array_name}/{NOTES_DIR}/"
-
-
-def write_notes(zarr_store: Any, array_name: str, notes: Mapping[str, str]) -> None:
+def write_notes(zarr_store: Any, notes: Mapping[str, str]) -> None:
     """Record ``notes`` (``{key: message}``) in the store, one object per key.
 
     Raises
@@ -56,19 +50,19 @@ def write_notes(zarr_store: Any, array_name: str, notes: Mapping[str, str]) -> N
                 f"'not_positive_definite'); got {key!r}."
             )
         data = json.dumps({"key": key, "message": str(message)}).encode()
-        write_key(zarr_store, f"{_prefix(array_name)}{key}.json", data)
+        write_key(zarr_store, layout.note_key(key), data)
 
 
-def read_notes(zarr_store: Any, array_name: str) -> dict[str, str]:
+def read_notes(zarr_store: Any) -> dict[str, str]:
     """The notes recorded in the store, ``{key: message}`` sorted by key (empty: none).
 
     A note that does not decode (being written right now, or damaged) is shown as such rather
     than hidden.
     """
     found: dict[str, str] = {}
-    for name in sorted(list_prefix(zarr_store, _prefix(array_name))):
+    for name in sorted(list_prefix(zarr_store, layout.NOTES_PREFIX)):
         raw = read_key(zarr_store, name)
-        key = name.rsplit("/", 1)[-1].removesuffix(".json")
+        key = layout.note_name(name)
         try:
             record = json.loads(raw or b"")
             found[key] = str(record["message"])

@@ -1,13 +1,10 @@
 """The store: one zarr v3 group holding the influence matrix and what belongs with it.
 
-Layout (readable with plain zarr)::
-
-    <store>/zarr.json                  group; attrs["infl_array"] describe the store (StoreMeta)
-    <store>/influence/zarr.json        array (n_test, n_train), dimension names ("test", "train")
-    <store>/influence/c/<i>/<j>        block (i, j): compressed, with a CRC32C checksum
-    <store>/self_influence/c/<j>       self-influence of train block j (created on first use)
-    <store>/factors/test/c/<i>/0       per-sample test factors of test block i (when stored)
-    <store>/factors/train/c/<j>/0      per-sample train factors of train block j (when stored)
+The layout (every key and path: the matrix ``influence``, ``self_influence``, the factors
+``factors/test`` and ``factors/train``, claims, notes, temporary files and the arrays reserved
+for top-k and appended segments) is documented and named in one place,
+:mod:`infl_array.storage.layout`; this module and every other one build keys only through it.
+The group and its arrays are readable with plain zarr.
 
 :class:`InfluenceStore` creates and opens the group, checks what it finds (clear errors for
 anything that is not an infl_array store), and hands out each array as a
@@ -36,14 +33,12 @@ from zarr.abc.store import Store
 from zarr.codecs import BytesCodec
 
 from infl_array.errors import NotAStoreError
+from infl_array.storage import layout
 from infl_array.storage.grid import BlockGrid
 from infl_array.storage.meta import Compression, StoreMeta
 from infl_array.storage.zarr_compat import lossy_codec_warning_silenced
 
-MATRIX_NAME = "influence"
-FACTORS_GROUP = "factors"
-ATTRS_KEY = "infl_array"
-DIMENSION_NAMES = ("test", "train")
+__all__ = ["InfluenceStore", "describe_store", "local_path"]
 
 
 class InfluenceStore:
@@ -138,7 +133,7 @@ class InfluenceStore:
         group = zarr.open_group(zstore, mode="w", zarr_format=3)
         array = _create_array(
             group,
-            MATRIX_NAME,
+            layout.MATRIX.path,
             meta.shape,
             meta.block_shape,
             meta.dtype,
@@ -146,7 +141,7 @@ class InfluenceStore:
             overwrite=True,
         )
         # attrs last: a store whose attrs exist is fully created
-        group.attrs.update({ATTRS_KEY: meta.to_json()})
+        group.attrs.update({layout.ATTRS_KEY: meta.to_json()})
         recorded = StoreMeta.from_json(meta.to_json(), describe_store(store))
         return cls(store, group, array, recorded, storage_options)
 
@@ -182,42 +177,53 @@ class InfluenceStore:
                 "expected a zarr v3 group written by infl_array. Recreate it with overwrite=True."
             ) from exc
         attrs = group.attrs.asdict()
-        if ATTRS_KEY not in attrs:
+        if layout.ATTRS_KEY not in attrs:
             raise NotAStoreError(
-                f"{where} is a zarr group but not an infl_array store (no {ATTRS_KEY!r} "
+                f"{where} is a zarr group but not an infl_array store (no {layout.ATTRS_KEY!r} "
                 "attribute). Open it with zarr, or create an infl_array store elsewhere."
             )
-        recorded = attrs[ATTRS_KEY]
+        recorded = attrs[layout.ATTRS_KEY]
         if not isinstance(recorded, Mapping):
             raise NotAStoreError(
-                f"{where} has damaged infl_array metadata: attribute {ATTRS_KEY!r} is a "
+                f"{where} has damaged infl_array metadata: attribute {layout.ATTRS_KEY!r} is a "
                 f"{type(recorded).__name__}, expected a mapping. Recreate the store with "
                 "overwrite=True."
             )
         meta = StoreMeta.from_json(recorded, where)
+        name = layout.MATRIX.path
         try:
             with lossy_codec_warning_silenced():
-                array = group[MATRIX_NAME]
+                array = group[name]
         except Exception as exc:
             raise NotAStoreError(
-                f"{where} lacks its array {MATRIX_NAME!r} or its metadata is damaged "
+                f"{where} lacks its array {name!r} or its metadata is damaged "
                 f"({type(exc).__name__}: {exc}). Recreate the store with overwrite=True."
             ) from exc
         if not isinstance(array, zarr.Array) or tuple(array.shape) != meta.shape:
             raise NotAStoreError(
-                f"{where}: array {MATRIX_NAME!r} does not match the recorded shape {meta.shape}. "
+                f"{where}: array {name!r} does not match the recorded shape {meta.shape}. "
                 "The store is damaged; recreate it with overwrite=True."
             )
         found = (tuple(array.chunks), str(array.dtype))
         if found != (meta.block_shape, meta.dtype):
             raise NotAStoreError(
-                f"{where}: array {MATRIX_NAME!r} has chunks {found[0]} and dtype {found[1]}, but "
+                f"{where}: array {name!r} has chunks {found[0]} and dtype {found[1]}, but "
                 f"the store records block_shape {meta.block_shape} and dtype {meta.dtype}. Its "
                 "metadata is damaged; recreate the store with overwrite=True."
             )
         return cls(store, group, array, meta, storage_options)
 
     # ------------------------------------------------------------------ arrays beside the matrix
+    def grid(self, name: str) -> BlockGrid | None:
+        """The array at path ``name``: the matrix, or :meth:`side_grid` ``(name)``."""
+        return self.matrix if name == self.matrix.name else self.side_grid(name)
+
+    def array_paths(self) -> list[str]:
+        """The path of every array in the group now (nested ones too), sorted."""
+        with lossy_codec_warning_silenced():
+            members = self.group.members(max_depth=None)
+        return sorted(path for path, node in members if isinstance(node, zarr.Array))
+
     def side_grid(self, name: str) -> BlockGrid | None:
         """The 1-D array ``name`` beside the matrix, or None when it does not exist yet."""
         if name not in self.group:
@@ -247,14 +253,14 @@ class InfluenceStore:
         without rounding: blocks computed from stored factors equal those computed directly).
         When another process created it first, the existing array is returned.
         """
-        if FACTORS_GROUP not in self.group:
+        if layout.FACTORS_GROUP not in self.group:
             with contextlib.suppress(zarr.errors.ContainsGroupError):
-                self.group.create_group(FACTORS_GROUP)
+                self.group.create_group(layout.FACTORS_GROUP)
         lossless = Compression(
             cname=self.meta.compression.cname, clevel=self.meta.compression.clevel
         )
         return self._create_grid(
-            f"{FACTORS_GROUP}/{side}",
+            layout.factors(side).path,
             (n, width),
             (block_len, width),
             np.dtype(dtype).name,
@@ -291,9 +297,7 @@ def _create_array(
 ) -> zarr.Array:
     """An array with the given codecs, NaN fill, one chunk per block."""
     np_dtype = np.dtype(dtype)
-    names = DIMENSION_NAMES[-len(shape) :] if name in (MATRIX_NAME, "self_influence") else None
-    if name.startswith(FACTORS_GROUP + "/"):
-        names = (name.rsplit("/", 1)[1], "factor")
+    names = layout.array_layout(name).dimension_names
     with lossy_codec_warning_silenced():
         return group.create_array(
             name,
@@ -417,4 +421,4 @@ def _is_infl_store(store: Any) -> bool:
         group = zarr.open_group(store, mode="r")
     except Exception:
         return False
-    return ATTRS_KEY in group.attrs
+    return layout.ATTRS_KEY in group.attrs

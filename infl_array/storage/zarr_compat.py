@@ -19,6 +19,19 @@ from typing import Any
 
 import zarr
 
+__all__ = [
+    "delete_key",
+    "empty_chunks_kept",
+    "keep_empty_chunks",
+    "key_exists",
+    "list_prefix",
+    "lossy_codec_warning_silenced",
+    "read_key",
+    "size_under",
+    "write_key",
+    "write_key_if_absent",
+]
+
 
 def keep_empty_chunks(array: zarr.Array) -> zarr.Array:
     """``array`` with zarr's ``write_empty_chunks`` on, so every block write stores a chunk.

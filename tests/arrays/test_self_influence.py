@@ -35,6 +35,8 @@ def test_self_influence_is_the_diagonal_and_cached(setup: Any) -> None:
     value = si[3]
     assert isinstance(value, np.float64)
     assert si.stats.blocks_computed == 1  # only the block holding train point 3
+    html = si._repr_html_()  # the notebook's view: one row of 4 blocks, 1 computed
+    assert "SelfInfluenceArray" in html and "(50,)" in html and "1/4 blocks computed" in html
     diag = np.diag(np.asarray(arr))
     np.testing.assert_allclose(np.asarray(si), diag, rtol=1e-10)
     assert (diag > 0).all()

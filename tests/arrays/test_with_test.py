@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import zarr
-from models import REG, conv_model, data, trained
+from models import REG, cnn_data, small_cnn, trained_cnn
 
 import infl_array as ia
 from infl_array.torch import EkfacInfluence, ProjectedInfluence
@@ -25,8 +25,8 @@ BLOCK = (4, 8)
 
 @pytest.fixture(scope="module")
 def setup() -> dict[str, Any]:
-    train, test, other = data(20, 0), data(6, 1), data(5, 2)
-    model = trained(conv_model(), *train)
+    train, test, other = cnn_data(20, 0), cnn_data(6, 1), cnn_data(5, 2)
+    model = trained_cnn(small_cnn(), *train)
     return {"model": model, "train": train, "test": test, "other": other}
 
 
@@ -92,6 +92,10 @@ def test_errors(setup: dict[str, Any], tmp_path: Path) -> None:
     x, y = setup["other"]
     with pytest.raises(ValueError, match="test is empty"):
         arr.with_test((x[:0], y[:0]), tmp_path / "b")
+    # the new test data are checked as create checks them, before a store is made (issue 21)
+    with pytest.raises(ValueError, match=r"expected input.*to have 2 channels"):
+        arr.with_test((x[:, :1], y), tmp_path / "b")
+    assert not (tmp_path / "b").exists()
 
 
 def test_float32_model_stores_float32_factors(setup: dict[str, Any], tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import CountingFn, influence_like
+from picture_checks import assert_demo_picture
 
 import infl_array as ia
 from infl_array.cli import main
@@ -27,6 +28,7 @@ def test_demo_builds_then_reuses_the_store(
     # influence finds the flipped labels far above their 5% share
     assert first["harmful_flipped"] > 0.3
     assert first["helpful_same_label"] > 0.7
+    assert_demo_picture(store, first, out)
     assert main(["demo", str(store)]) == 0
     out = capsys.readouterr().out
     assert f"computed 0 blocks and read {first['computed']} from the store" in out

@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import zarr
+from models import tanh_mlp, three_class_data
 from torch import nn
 
 import infl_array as ia
@@ -25,11 +26,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _problem(seed: int) -> tuple[nn.Module, Any, Any]:
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3)).double().eval()
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(30, 5, dtype=torch.float64, generator=g)
-    y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
+    model = tanh_mlp(5, 6, 3, seed=seed).eval()
+    x, y = three_class_data(30, 5, seed)
     return model, (x[:8], y[:8]), (x, y)
 
 
@@ -128,7 +126,7 @@ def test_note_keys_are_short_names(tmp_path: Path) -> None:
     assert arr.notes == {}  # a function reports nothing
     zstore = zarr.storage.LocalStore(tmp_path / "s")  # the store as plain zarr sees it
     with pytest.raises(ValueError, match=r"short name.*got '\.\./x'"):
-        write_notes(zstore, "influence", {"../x": "m"})
-    write_notes(zstore, "influence", {"checked": "by hand"})
-    assert read_notes(zstore, "influence") == {"checked": "by hand"}
+        write_notes(zstore, {"../x": "m"})
+    write_notes(zstore, {"checked": "by hand"})
+    assert read_notes(zstore) == {"checked": "by hand"}
     assert ia.open(tmp_path / "s").notes == {"checked": "by hand"}

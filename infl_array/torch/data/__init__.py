@@ -8,3 +8,5 @@ objects and ``causal_lm_loss`` (:mod:`~infl_array.torch.data.tokens`).
 May import: torch, numpy, the core, and the functional model of
 :mod:`infl_array.torch.full.functional` (for the model checks).
 """
+
+__all__: list[str] = []

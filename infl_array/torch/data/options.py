@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import overload
+
 import numpy as np
 
 __all__ = [
     "HESSIAN_AVERAGES",
     "loss_name",
     "optional_positive_int",
-    "optional_seed",
+    "check_seed",
     "parse_hessian_average",
     "positive_int",
 ]
@@ -32,13 +34,27 @@ def optional_positive_int(value: object, name: str) -> int | None:
     return int(value)
 
 
-def optional_seed(value: object) -> int | None:
-    """Validate a seed: an integer, or ``None`` for torch's global generator."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ValueError(
-            f"seed must be an integer or None (torch's global generator), got {value!r}."
-        )
-    return value
+@overload
+def check_seed(value: object) -> int: ...
+@overload
+def check_seed(value: object, *, global_ok: bool) -> int | None: ...
+def check_seed(value: object, *, global_ok: bool = False) -> int | None:
+    """Validate a seed: an integer >= 0 (numpy integers too), or, where ``global_ok``, ``None``
+    for torch's global generator.
+
+    >>> check_seed(3), check_seed(None, global_ok=True)
+    (3, None)
+    """
+    if value is None and global_ok:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        if global_ok:
+            raise ValueError(
+                "seed must be an integer or None (an integer >= 0 seeds a generator of its own, "
+                f"None draws from torch's global generator), got {value!r}."
+            )
+        raise ValueError(f"seed must be an integer >= 0, got {value!r}.")
+    return int(value)
 
 
 def parse_hessian_average(value: object) -> str:

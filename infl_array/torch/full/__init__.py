@@ -9,3 +9,5 @@ backends themselves: direct, CG, LiSSA, Arnoldi, Nyström sketch and DataInf.
 May import: torch, scipy, the core (:mod:`infl_array.errors`, :mod:`infl_array.storage` and
 up), :mod:`infl_array.torch.data` and :mod:`infl_array.torch.source`.
 """
+
+__all__: list[str] = []

@@ -39,7 +39,12 @@ import torch
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 from torch import nn
 
-from infl_array.torch.data.options import optional_positive_int, parse_hessian_average, positive_int
+from infl_array.torch.data.options import (
+    check_seed,
+    optional_positive_int,
+    parse_hessian_average,
+    positive_int,
+)
 from infl_array.torch.full.base import TorchInfluenceBase
 from infl_array.torch.full.diagnostics import (
     NOT_CONVERGED,
@@ -141,9 +146,7 @@ class ArnoldiInfluence(TorchInfluenceBase):
                 "pass eigen_computation_on_gpu=False."
             )
         self.use_woodbury = bool(use_woodbury)
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an integer, got {seed!r}.")
-        self.seed = seed
+        self.seed = check_seed(seed)
         self._hessian_average = parse_hessian_average(hessian_average)
         self._low_rank: list[LowRank] = []
 

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from infl_array.torch.data.options import optional_seed, parse_hessian_average, positive_int
+from infl_array.torch.data.options import check_seed, parse_hessian_average, positive_int
 from infl_array.torch.full.base import TorchInfluenceBase
 from infl_array.torch.full.functional import LossFn
 from infl_array.torch.full.lowrank import (
@@ -104,7 +104,7 @@ class NystroemSketchInfluence(TorchInfluenceBase):
             positive_regularization=True,
         )
         self.rank = positive_int(rank, "rank")
-        self.seed = optional_seed(seed)
+        self.seed = check_seed(seed, global_ok=True)
         self._hessian_average = parse_hessian_average(hessian_average)
         self._low_rank: list[LowRank] = []
         self._omegas: list[torch.Tensor] = []

@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from infl_array.torch.data.options import optional_seed, positive_int
+from infl_array.torch.data.options import check_seed, positive_int
 from infl_array.torch.full.functional import nonnegative
 from infl_array.torch.full.lowrank import (
     LowRank,
@@ -193,7 +193,7 @@ class JacobiPreconditioner(Preconditioner):
 
     def __init__(self, num_samples_estimator: int = 1, *, seed: int | None = None) -> None:
         self.num_samples_estimator = positive_int(num_samples_estimator, "num_samples_estimator")
-        self.seed = optional_seed(seed)
+        self.seed = check_seed(seed, global_ok=True)
         self._diag: torch.Tensor | None = None
         self._probes: torch.Tensor | None = None
 
@@ -254,7 +254,7 @@ class NystroemPreconditioner(Preconditioner):
 
     def __init__(self, rank: int, *, seed: int | None = None) -> None:
         self.rank = positive_int(rank, "rank")
-        self.seed = optional_seed(seed)
+        self.seed = check_seed(seed, global_ok=True)
         self._low_rank: LowRank | None = None
         self._omega: torch.Tensor | None = None
 

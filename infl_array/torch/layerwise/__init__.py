@@ -12,3 +12,5 @@ which parameters are covered and the warning for those left out
 May import: torch, scipy, the core, :mod:`infl_array.torch.full` (the shared backend base and
 functional model), :mod:`infl_array.torch.data` and :mod:`infl_array.torch.source`.
 """
+
+__all__: list[str] = []

@@ -63,6 +63,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vjp, vmap
 
+from infl_array.errors import format_bytes
 from infl_array.torch.data.tokens import as_float32_if_half, model_outputs
 
 __all__ = [
@@ -75,7 +76,6 @@ __all__ = [
     "check_budget",
     "check_deterministic",
     "check_mean_reduction",
-    "format_bytes",
     "layer_gradients",
     "keep_mask",
     "loss_objective",
@@ -90,15 +90,6 @@ Objective = Callable[[Any], torch.Tensor]
 
 class MemoryBudgetError(MemoryError):
     """An allocation the caller asked for would exceed the memory budget."""
-
-
-def format_bytes(n: float) -> str:
-    """``n`` bytes in a readable unit (``'1.5 GiB'``)."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 def check_budget(nbytes: int, budget: int, what: str, fix: str) -> None:

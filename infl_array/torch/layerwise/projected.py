@@ -74,6 +74,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from infl_array.torch.data.options import check_seed
 from infl_array.torch.full.functional import LossFn
 from infl_array.torch.layerwise.base import DEFAULT_MEMORY_BUDGET, LayerwiseInfluence
 from infl_array.torch.layerwise.capture import LayerRecord, check_budget
@@ -244,8 +245,7 @@ class ProjectedInfluence(LayerwiseInfluence):
             raise ValueError(
                 f"preconditioner must be one of {PRECONDITIONERS}, got {preconditioner!r}."
             )
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {seed!r}.")
+        self.seed = check_seed(seed)
         if not isinstance(reuse_fit_gradients, bool):
             raise TypeError(f"reuse_fit_gradients must be a bool, got {reuse_fit_gradients!r}.")
         self.reuse_fit_gradients = reuse_fit_gradients
@@ -263,7 +263,6 @@ class ProjectedInfluence(LayerwiseInfluence):
             )
         self.projection_dim = int(projection_dim)
         self.preconditioner = preconditioner
-        self.seed = int(seed)
         shares = split_width([spec.n_params for spec in self.layers], self.projection_dim)
         self.projection_shapes = [
             factor_width(w, spec.d_out, spec.width_in)

@@ -5,10 +5,10 @@ The gradients of a confident model are tiny, and float32 arithmetic whose result
 CPU's flush-to-zero / denormals-are-zero modes are on. They are off by default, and
 ``torch.set_flush_denormal(True)`` sets them for the calling thread only, not for the
 OpenMP threads torch and its BLAS already started. Measured on the 1e7-parameter ladder CNN
-(2 threads, ``python benchmarks/subnormal_micro.py``): ``EkfacInfluence`` test factors of 64
+(2 threads, ``python benchmarks/micro/subnormal_micro.py``): ``EkfacInfluence`` test factors of 64
 points 44.8 s in the caller's thread against 7.5 s with the modes on (6.0x), its fit on 512
 points 29.5 s against 20.4 s; a float32 product of values around 1e-20 28 s against 0.2 s
-(``python benchmarks/ekfac_product_micro.py --tiny``).
+(``python benchmarks/micro/ekfac_product_micro.py --tiny``).
 
 :func:`flush_subnormals` runs a method in a helper thread (one per calling thread, made once)
 that turned the modes on before its first parallel region, so the OpenMP threads it starts

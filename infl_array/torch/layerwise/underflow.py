@@ -5,8 +5,8 @@ The gradients of a confident model are tiny (a well-classified sample's loss gra
 range, where x86 CPUs take a microcode assist per operation unless flush-to-zero is on (it is
 off by default, and ``torch.set_flush_denormal`` sets it for the calling thread only, not for
 torch's worker threads). Measured here: a ``(20 x 2049 x 4096) @ (4096 x 128)`` float32 product
-took 28 s with values around 1e-20 against 0.18 s around 1 (``benchmarks/ekfac_product_micro.py
---tiny``).
+took 28 s with values around 1e-20 against 0.18 s around 1
+(``benchmarks/micro/ekfac_product_micro.py --tiny``).
 
 :func:`normalized_rows` writes a matrix as ``scale[:, None] * g`` with ``scale`` a power of two
 per row (so scaling is exact) and every row of ``g`` at most 1 in absolute value, its largest

@@ -14,6 +14,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from infl_array.protocol import (
+    ChecksData,
+    Diagnosed,
+    FactorDiagonal,
+    FactorisedInfluence,
+    FactorProduct,
+    Fingerprinted,
+    Fittable,
+    ModuleBacked,
+    Preparable,
+)
+from infl_array.torch.data.views import IndexedData
+from infl_array.torch.source.pairing import FactorPairing, Factors, Pairing
+
 __all__ = ["ModelAdapter", "ProtocolAdapter", "as_factor_tensor", "check_fitted"]
 
 
@@ -40,17 +54,20 @@ def as_factor_tensor(a: Any, what: str) -> torch.Tensor:
 
 
 class ModelAdapter:
-    """What a :class:`~infl_array.torch.source.source.ModelBlockSource` needs from a model."""
+    """What a :class:`~infl_array.torch.source.source.ModelBlockSource` needs from an influence
+    model. How its blocks are made from test factors is declared by :meth:`pairing`."""
 
     name: str
-    has_train_factors: bool = True
-    structured: bool = False
-    """Whether blocks come from :meth:`product` of differently shaped factors (not ``a @ b.T``)."""
 
     @property
     def device(self) -> torch.device:
         """Where the model's factors live (stored factors are read back to it)."""
         return torch.device("cpu")
+
+    def pairing(self, factors: Factors, train: IndexedData) -> Pairing:
+        """How blocks are made (:mod:`~infl_array.torch.source.pairing`): by default plain
+        inner products of test and train factors living in one space."""
+        return FactorPairing(self, factors, same_space=True)
 
     def product(self, test_f: torch.Tensor, train_f: torch.Tensor) -> torch.Tensor:
         """The block ``(n_test, n_train)`` of two factor sets: their inner products."""
@@ -99,44 +116,44 @@ class ModelAdapter:
 class ProtocolAdapter(ModelAdapter):
     """Adapter for objects implementing the factorised protocol.
 
-    Optional members of the model are used when present: ``factor_product(test_f, train_f)``
-    and ``factor_diagonal(test_f, train_f)`` for models whose block is not the plain inner
-    product of their factors (e.g. structured per-layer factors), and ``model`` (the
-    ``nn.Module``) for the device factors live on, ``check_data(x, y, what=...)`` (refuses
-    data the model or loss cannot take, on the first samples: called by ``create`` and ``open``
-    before anything is written) and ``diagnostics()`` (``{key: message}`` of what the solves
-    found, recorded in the store as notes: :mod:`infl_array.storage.notes`) and ``prepare()`` (runs
-    deferred fitting work once: called before the model is sent to worker processes, so that
-    they do not each repeat it).
+    The model's optional members are declared by the protocols of :mod:`infl_array.protocol`
+    and used when the model implements them: :class:`~infl_array.protocol.FactorProduct` and
+    :class:`~infl_array.protocol.FactorDiagonal` for models whose block is not the plain inner
+    product of their factors (e.g. structured per-layer factors),
+    :class:`~infl_array.protocol.ModuleBacked` (the ``nn.Module``) for the device factors live
+    on, :class:`~infl_array.protocol.ChecksData` (refuses data the model or loss cannot take,
+    on the first samples: called by ``create`` and ``open`` before anything is written),
+    :class:`~infl_array.protocol.Diagnosed` (``{key: message}`` of what the solves found,
+    recorded in the store as notes), :class:`~infl_array.protocol.Preparable` (runs deferred
+    fitting work once: called before the model is sent to worker processes, so that they do
+    not each repeat it) and :class:`~infl_array.protocol.Fingerprinted`.
     """
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: FactorisedInfluence) -> None:
         self.model = model
         self.name = type(model).__name__
-        self._product = getattr(model, "factor_product", None)
-        self._diagonal = getattr(model, "factor_diagonal", None)
-        self.structured = self._product is not None
-        self._check = getattr(model, "check_data", None)
-        self._diagnostics = getattr(model, "diagnostics", None)
-        self._prepare = getattr(model, "prepare", None)
 
     @property
     def device(self) -> torch.device:
-        module = getattr(self.model, "model", None)
+        module = self.model.model if isinstance(self.model, ModuleBacked) else None
         if isinstance(module, torch.nn.Module):
             for p in module.parameters():
                 return p.device
         return torch.device("cpu")
 
+    def pairing(self, factors: Factors, train: IndexedData) -> Pairing:
+        same_space = not isinstance(self.model, FactorProduct)
+        return FactorPairing(self, factors, same_space=same_space)
+
     def product(self, test_f: torch.Tensor, train_f: torch.Tensor) -> torch.Tensor:
-        if self._product is None:
-            return super().product(test_f, train_f)
-        return torch.as_tensor(self._product(test_f, train_f))
+        if isinstance(self.model, FactorProduct):
+            return torch.as_tensor(self.model.factor_product(test_f, train_f))
+        return super().product(test_f, train_f)
 
     def diagonal(self, test_f: torch.Tensor, train_f: torch.Tensor) -> torch.Tensor:
-        if self._diagonal is None:
-            return super().diagonal(test_f, train_f)
-        return torch.as_tensor(self._diagonal(test_f, train_f))
+        if isinstance(self.model, FactorDiagonal):
+            return torch.as_tensor(self.model.factor_diagonal(test_f, train_f))
+        return super().diagonal(test_f, train_f)
 
     def test_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return as_factor_tensor(self.model.test_factors(x, y), f"{self.name}.test_factors")
@@ -154,30 +171,30 @@ class ProtocolAdapter(ModelAdapter):
         return dict(cfg)
 
     def model_fingerprint(self) -> str | None:
-        fn = getattr(self.model, "model_fingerprint", None)
-        if fn is None or not callable(fn):
-            return None
-        return str(fn())
+        if isinstance(self.model, Fingerprinted):
+            return str(self.model.model_fingerprint())
+        return None
 
     def check_data(self, x: Any, y: Any, what: str) -> None:
-        if callable(self._check):
-            self._check(x, y, what=what)
+        if isinstance(self.model, ChecksData):
+            self.model.check_data(x, y, what=what)
 
     def prepare(self) -> None:
-        if callable(self._prepare):
-            self._prepare()
+        if isinstance(self.model, Preparable):
+            self.model.prepare()
 
     def notes(self) -> dict[str, str]:
-        if not callable(self._diagnostics):
+        if not isinstance(self.model, Diagnosed):
             return {}
-        found = self._diagnostics()
+        found = self.model.diagnostics()
         return {str(k): str(v) for k, v in found.items()} if isinstance(found, Mapping) else {}
 
 
 def check_fitted(model: object) -> None:
-    fitted = getattr(model, "is_fitted", True)
-    if callable(fitted):
-        fitted = fitted()
+    """``ValueError`` when ``model`` is not fitted (:class:`~infl_array.protocol.Fittable`)."""
+    if not isinstance(model, Fittable):
+        return
+    fitted = model.is_fitted() if callable(model.is_fitted) else model.is_fitted
     if not fitted:
         raise ValueError(
             f"{type(model).__name__} is not fitted: call .fit(train_data) first, then pass the "

@@ -35,8 +35,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from infl_array.torch.data.views import as_indexed, tensor_bytes
+from infl_array.torch.data.views import IndexedData, as_indexed, tensor_bytes
 from infl_array.torch.source.adapters import ModelAdapter
+from infl_array.torch.source.pairing import DataPairing, Factors, Pairing
 
 __all__ = ["SELF_INFLUENCE_CHUNK", "PyDVLAdapter", "is_pydvl_model", "module_fingerprint"]
 
@@ -176,8 +177,6 @@ class PyDVLAdapter(ModelAdapter):
         If the model is not fitted.
     """
 
-    has_train_factors = False
-
     def __init__(self, model: Any) -> None:
         fitted = model.is_fitted
         if callable(fitted):
@@ -193,6 +192,10 @@ class PyDVLAdapter(ModelAdapter):
     def _device(self, *ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
         dev = _model_device(self.model)
         return ts if dev is None else tuple(t.to(dev) for t in ts)
+
+    def pairing(self, factors: Factors, train: IndexedData) -> Pairing:
+        """pyDVL exposes no train factors: blocks come from test factors and raw train data."""
+        return DataPairing(self, factors, train)
 
     def test_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x, y = self._device(x, y)

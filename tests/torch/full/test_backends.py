@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from exact_reference import grads, hessian
+from models import adam_fit, tanh_mlp
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -41,11 +42,6 @@ def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(np.corrcoef(a.flatten().numpy(), b.flatten().numpy())[0, 1])
 
 
-def _make_mlp(seed: int = 0) -> nn.Sequential:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
-
-
 def _reference(model: nn.Module, loss, x, y, x_test, y_test, lam: float):
     """Exact influence matrix, Hessian and gradients, built without the library."""
     h = hessian(model, loss, x, y)
@@ -58,7 +54,7 @@ def _reference(model: nn.Module, loss, x, y, x_test, y_test, lam: float):
 @pytest.fixture(scope="module")
 def mlp():
     """A 4 -> 5 -> 3 tanh MLP (43 params) trained a bit with cross-entropy, and its reference."""
-    model = _make_mlp(0)
+    model = tanh_mlp(4, 5, 3, seed=0)
     gen = torch.Generator().manual_seed(0)
     n = N_TRAIN + N_TEST
     x_all = torch.randn(n, 4, dtype=torch.float64, generator=gen)
@@ -67,11 +63,7 @@ def mlp():
     y_all = torch.argmax(x_all @ w + noise, dim=1)
     x, y = x_all[:N_TRAIN], y_all[:N_TRAIN]
     x_test, y_test = x_all[N_TRAIN:], y_all[N_TRAIN:]
-    opt = torch.optim.Adam(model.parameters(), lr=0.02)
-    for _ in range(300):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
+    adam_fit(model, x, y, lr=0.02, steps=300)
     lam = 0.01
     ref = _reference(model, F.cross_entropy, x, y, x_test, y_test, lam)
     eig = torch.linalg.eigvalsh(ref["H"])
@@ -291,14 +283,14 @@ def test_cg_no_warning_when_converged(mlp):
 )
 def test_bad_constructor_args_raise(cls, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        cls(_make_mlp(), F.cross_entropy, **kwargs)
+        cls(tanh_mlp(4, 5, 3), F.cross_entropy, **kwargs)
 
 
 def test_bad_model_and_loss_raise():
     with pytest.raises(TypeError, match=r"nn\.Module"):
         DirectInfluence(lambda x: x, F.cross_entropy)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="callable"):
-        DirectInfluence(_make_mlp(), "cross_entropy")  # type: ignore[arg-type]
+        DirectInfluence(tanh_mlp(4, 5, 3), "cross_entropy")  # type: ignore[arg-type]
 
 
 def test_rank_above_n_params_raises(mlp):
@@ -329,7 +321,7 @@ def test_mismatched_inputs_raise(mlp):
 
 
 def test_numpy_inputs_and_float32_model(mlp):
-    model32 = _make_mlp(0).float()
+    model32 = tanh_mlp(4, 5, 3, seed=0).float()
     model32.load_state_dict({k: v.float() for k, v in mlp["model"].state_dict().items()})
     x_np, y_np = mlp["x"].numpy(), mlp["y"].numpy()  # float64 numpy -> model dtype float32
     inf = DirectInfluence(model32, F.cross_entropy, mlp["lam"]).fit((x_np, y_np))
@@ -366,7 +358,7 @@ def test_influence_config_is_json_and_identifies_settings(mlp):
 def test_model_fingerprint_equal_for_equal_model_and_changes_with_values(mlp):
     fp = DirectInfluence(mlp["model"], F.cross_entropy).model_fingerprint()
     assert len(fp) == 64 and int(fp, 16) >= 0
-    clone = _make_mlp(5)
+    clone = tanh_mlp(4, 5, 3, seed=5)
     clone.load_state_dict(mlp["model"].state_dict())
     assert DirectInfluence(clone, F.cross_entropy).model_fingerprint() == fp
     with torch.no_grad():
@@ -376,7 +368,7 @@ def test_model_fingerprint_equal_for_equal_model_and_changes_with_values(mlp):
 
 
 def test_model_fingerprint_is_taken_at_fit(mlp):
-    model = _make_mlp(0)
+    model = tanh_mlp(4, 5, 3, seed=0)
     model.load_state_dict(mlp["model"].state_dict())
     inf = DirectInfluence(model, F.cross_entropy, 0.01).fit((mlp["x"], mlp["y"]))
     fp, before = inf.model_fingerprint(), _infl(inf, mlp)

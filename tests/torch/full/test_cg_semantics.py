@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from exact_reference import block_slices, grads, hessian
+from models import adam_fit, tanh_mlp
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -33,13 +34,7 @@ def mlp() -> dict[str, Any]:
     gen = torch.Generator().manual_seed(4)
     x = torch.randn(48, 4, dtype=torch.float64, generator=gen)
     y = torch.argmax(x @ torch.randn(4, 3, dtype=torch.float64, generator=gen), dim=1)
-    torch.manual_seed(1)
-    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
-    opt = torch.optim.Adam(model.parameters(), lr=0.02)
-    for _ in range(200):
-        opt.zero_grad()
-        F.cross_entropy(model(x[:40]), y[:40]).backward()
-        opt.step()
+    model = adam_fit(tanh_mlp(4, 5, 3, seed=1), x[:40], y[:40], lr=0.02, steps=200)
     h = hessian(model, F.cross_entropy, x[:40], y[:40])
     return {
         "model": model,
@@ -236,7 +231,7 @@ def test_pydvl_linear_cg_cases_with_default_arguments(case: str, rtol: float, se
 def test_indefinite_system_warns_instead_of_returning_garbage_silently():
     torch.manual_seed(0)
     x, y = torch.randn(30, 3, dtype=torch.float64), torch.randint(0, 2, (30,))
-    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()  # untrained
+    model = tanh_mlp(3, 4, 2, seed=None)  # untrained, drawn after the data
     h = hessian(model, F.cross_entropy, x, y)
     assert float(torch.linalg.eigvalsh(h)[0]) + 0.1 < 0  # H + 0.1*Id is indefinite
     for simultaneous in (False, True):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from models import tanh_mlp, three_class_data
 from torch import nn
 
 import infl_array as ia
@@ -33,18 +34,11 @@ N_TRAIN, N_TEST = 40, 9
 
 
 def _mlp(seed: int = 0, hidden: nn.Module | None = None) -> nn.Module:
-    torch.manual_seed(seed)
-    layers: list[nn.Module] = [nn.Linear(13, 6), nn.Tanh()]
-    if hidden is not None:
-        layers.append(hidden)
-    layers.append(nn.Linear(6, 3))
-    return nn.Sequential(*layers).double()
+    return tanh_mlp(13, 6, 3, seed=seed, insert=hidden)
 
 
 def _data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 13, dtype=torch.float64, generator=g)
-    return x, (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
+    return three_class_data(n, 13, seed)
 
 
 @pytest.fixture(scope="module")

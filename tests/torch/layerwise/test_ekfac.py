@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from models import CE, REG, conv_model, data, trained
+from models import CE, REG, cnn_data, small_cnn, trained_cnn
 from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.utils.data import DataLoader, TensorDataset
@@ -31,8 +31,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def setup() -> dict[str, Any]:
-    train, test = data(40, 0), data(7, 1)
-    return {"model": trained(conv_model(), *train), "train": train, "test": test}
+    train, test = cnn_data(40, 0), cnn_data(7, 1)
+    return {"model": trained_cnn(small_cnn(), *train), "train": train, "test": test}
 
 
 # --------------------------------------------------------------------------- reference
@@ -269,7 +269,7 @@ def test_config_and_fingerprint(setup: dict[str, Any]) -> None:
 
 def test_float32_model_close_to_float64(setup: dict[str, Any]) -> None:
     model, train, test = setup["model"], setup["train"], setup["test"]
-    single = conv_model().float()
+    single = small_cnn().float()
     single.load_state_dict(model.state_dict())
     infl32 = EkfacInfluence(single.eval(), CE, REG, update_diagonal=True).fit(train)
     infl64 = EkfacInfluence(model, CE, REG, update_diagonal=True).fit(train)

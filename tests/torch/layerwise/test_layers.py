@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from infl_array.errors import format_bytes
 from infl_array.torch import EkfacInfluence, MemoryBudgetError
 from infl_array.torch.full.functional import check_finite
 from infl_array.torch.layerwise.capture import (
@@ -20,7 +21,6 @@ from infl_array.torch.layerwise.capture import (
     capture,
     check_budget,
     check_mean_reduction,
-    format_bytes,
     layer_gradients,
     loss_objective,
     pydvl_objective,

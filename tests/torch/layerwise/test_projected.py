@@ -1,6 +1,6 @@
 """ProjectedInfluence: convergence to the unprojected preconditioners, seeds, the store, errors.
 
-Unprojected references, in float64 on the small CNN of ``test_ekfac``: ``"identity"`` is the
+Unprojected references, in float64 on the small CNN of ``tests/models.py``: ``"identity"`` is the
 plain inner product of per-sample layer gradients (``torch.func``), ``"fisher"`` the explicit
 damped empirical Fisher solve ``g^T (F + lambda*Id)^-1 g'`` with ``F = mean g g^T``,
 ``"ekfac"``/``"kfac"`` :class:`EkfacInfluence` with/without ``update_diagonal``.
@@ -17,9 +17,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from models import REG, conv_model, data, trained
+from models import REG, cnn_data, small_cnn, tanh_mlp, trained_cnn
 from test_ekfac import reference_grads
-from torch import nn
 
 import infl_array as ia
 from infl_array.torch import EkfacInfluence, MemoryBudgetError, ProjectedInfluence
@@ -34,8 +33,8 @@ N_PARAMS = 3 * 19 + 2 * 12 + 4 * 9 + 3 * 5  # 132 in the four layers
 
 @pytest.fixture(scope="module")
 def setup() -> dict[str, Any]:
-    train, test = data(40, 0), data(7, 1)
-    model = trained(conv_model(), *train)
+    train, test = cnn_data(40, 0), cnn_data(7, 1)
+    model = trained_cnn(small_cnn(), *train)
     g = torch.cat(reference_grads(model, *train), dim=1)
     gt = torch.cat(reference_grads(model, *test), dim=1)
     fisher = g.T @ g / g.shape[0] + REG * torch.eye(N_PARAMS, dtype=g.dtype)
@@ -147,7 +146,7 @@ def test_through_influence_array(setup: dict[str, Any], tmp_path: Path) -> None:
         rtol=1e-10,
     )
     # an equal model refitted in new objects reopens the store without computing
-    copy = conv_model()
+    copy = small_cnn()
     copy.load_state_dict(setup["model"].state_dict())
     again = ProjectedInfluence(copy.eval(), CE, REG, projection_dim=64).fit(setup["train"])
     reopened = ia.open(tmp_path / "s", again, test=setup["test"], train=setup["train"])
@@ -223,7 +222,7 @@ def test_identity_needs_no_fit_pass(setup: dict[str, Any], monkeypatch: pytest.M
 
 
 def test_float32_model(setup: dict[str, Any]) -> None:
-    single = conv_model().float()
+    single = small_cnn().float()
     single.load_state_dict(setup["model"].state_dict())
     infl = ProjectedInfluence(single.eval(), CE, REG, projection_dim=64).fit(setup["train"])
     f32 = infl.test_factors(*setup["test"]) @ infl.train_factors(*setup["train"]).T
@@ -233,8 +232,7 @@ def test_float32_model(setup: dict[str, Any]) -> None:
 
 
 def test_sequence_model() -> None:
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 2)).double()
+    model = tanh_mlp(6, 8, 2, seed=0)
     x, t = torch.randn(20, 4, 6, dtype=torch.float64), torch.randn(20, 4, 2, dtype=torch.float64)
     full = EkfacInfluence(model, F.mse_loss, 0.1, update_diagonal=True).fit((x, t))
     infl = ProjectedInfluence(model, F.mse_loss, 0.1, projection_dim=1000).fit((x, t))

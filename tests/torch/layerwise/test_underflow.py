@@ -1,7 +1,7 @@
 """Products of tiny float32 factors: row normalization keeps them out of the subnormal range.
 
 The speed effect (a product of values around 1e-20 runs ~150x slower on x86 without it) is a
-benchmark (``benchmarks/ekfac_product_micro.py --tiny``); here: the normalization is exact up
+benchmark (``benchmarks/micro/ekfac_product_micro.py --tiny``); here: the normalization is exact up
 to the trimmed entries, EkfacInfluence's product of tiny factors is accurate row by row (it
 loses precision to subnormals without it), and the test side is normalized once per test
 factors.
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import torch
-from models import CE, REG, conv_model, data, trained
+from models import CE, REG, cnn_data, small_cnn, trained_cnn
 
 import infl_array.torch.layerwise.ekfac as ekfac_module
 from infl_array.torch import EkfacInfluence
@@ -51,8 +51,8 @@ def test_normalized_rows() -> None:
 
 @pytest.fixture(scope="module")
 def single() -> dict[str, Any]:
-    train, test = data(40, 0), data(7, 1)
-    model = trained(conv_model(), *train).float()
+    train, test = cnn_data(40, 0), cnn_data(7, 1)
+    model = trained_cnn(small_cnn(), *train).float()
     x, y = train
     infl = EkfacInfluence(model, CE, REG, update_diagonal=True, fisher_type="empirical")
     infl.fit((x.float(), y))

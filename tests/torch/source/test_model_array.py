@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from models import adam_fit, tanh_mlp
 from torch.utils.data import DataLoader, TensorDataset
 
 import infl_array as ia
@@ -19,15 +20,7 @@ def _problem(seed: int = 0) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(40, 4, generator=gen, dtype=torch.float64)
     y = (x[:, 0] + 0.5 * x[:, 1] > 0).long() + (x[:, 2] > 1).long()
-    torch.manual_seed(seed)
-    model = torch.nn.Sequential(
-        torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3)
-    ).double()
-    opt = torch.optim.Adam(model.parameters(), lr=0.05)
-    for _ in range(100):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
+    model = adam_fit(tanh_mlp(4, 5, 3, seed=seed), x, y, lr=0.05, steps=100)
     return {"model": model, "train": (x[:30], y[:30]), "test": (x[30:], y[30:])}
 
 

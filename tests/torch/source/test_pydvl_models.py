@@ -22,6 +22,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from exact_reference import block_slices, block_solve, grads, hessian
+from models import adam_fit, tanh_mlp
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -71,13 +72,7 @@ def mlp() -> dict[str, Any]:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(N_TRAIN + N_TEST, 4, dtype=torch.float64, generator=gen)
     y = torch.argmax(x @ torch.randn(4, 3, dtype=torch.float64, generator=gen), dim=1)
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
-    opt = torch.optim.Adam(model.parameters(), lr=0.02)
-    for _ in range(200):
-        opt.zero_grad()
-        F.cross_entropy(model(x[:N_TRAIN]), y[:N_TRAIN]).backward()
-        opt.step()
+    model = adam_fit(tanh_mlp(4, 5, 3, seed=0), x[:N_TRAIN], y[:N_TRAIN], lr=0.02, steps=200)
     return _problem(model, F.cross_entropy, x, y)
 
 
@@ -456,7 +451,7 @@ def test_frozen_parameter_in_a_block_is_left_out_with_a_warning(mlp):
 
 
 def _m() -> nn.Module:
-    return nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    return tanh_mlp(4, 5, 3, seed=None)
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from models import binary_data, tanh_mlp
 from torch import nn
 
 from infl_array.torch.source.pydvl import PyDVLAdapter, is_pydvl_model, module_fingerprint
@@ -353,13 +354,11 @@ def test_duck_typed_pydvl_model(lsq: Any) -> None:
 
 
 def _mlp(seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    return tanh_mlp(3, 4, 2, seed=seed, double=False)
 
 
 def _class_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 3, generator=g), torch.randint(0, 2, (n,), generator=g)
+    return binary_data(n, 3, seed)
 
 
 # torch.func's forward-mode AD loads decompositions through torch.jit.script once per process,

@@ -1,0 +1,69 @@
+"""Checking and repairing every array of a store: matrix, self-influence, factors, claims.
+
+:func:`store_report` reads every stored block of every array in the store, and every claim and
+note (:func:`infl_array.storage.integrity.check_store`), and says which are damaged.
+:func:`repair_store` acts on what it finds, in an order where no step needs a damaged piece:
+
+1. damaged claims are deleted: a claim object that does not decode would hold its unit (a
+   block, a factor block) forever; deleted, the unit is claimed anew by whoever needs it;
+2. damaged factor chunks are deleted: a factor block is an intermediate, recomputed (and
+   stored again) by the next read or fill that needs it, so nothing waits on a damaged one;
+3. damaged matrix blocks are recomputed and written, from fresh factors where step 2 removed
+   theirs;
+4. damaged self-influence blocks are recomputed, or deleted when the array has no model to
+   compute them (a later read names them as missing).
+
+Damaged notes are reported and left alone: their message cannot be recovered, and a note is
+never removed (it says how values still in the store were computed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from infl_array.arrays.self_influence import self_influence_engine
+from infl_array.engine.block_engine import BlockEngine
+from infl_array.engine.progress import progress_bar
+from infl_array.storage import layout
+from infl_array.storage.grid import BlockCoords
+from infl_array.storage.integrity import CLAIMS, StoreReport, check_store, delete_damaged
+
+__all__ = ["repair_store", "store_report"]
+
+
+def store_report(matrix: BlockEngine, progress: bool = False) -> StoreReport:
+    """What is damaged in the store of ``matrix``: every array's blocks, claims and notes."""
+
+    def each(name: str, blocks: list[BlockCoords]) -> Iterable[BlockCoords]:
+        return progress_bar(blocks, progress, f"verify {name}")
+
+    return check_store(matrix.store, each)
+
+
+def repair_store(matrix: BlockEngine, progress: bool = False) -> list[BlockCoords]:
+    """Repair everything :func:`store_report` finds (see the module docstring).
+
+    Returns the matrix blocks it recomputed (what ``arr.verify()`` listed), sorted.
+    """
+    report = store_report(matrix, progress)
+    if report.ok:
+        return []
+    store = matrix.store
+    bad = report.blocks(layout.MATRIX.path)
+    matrix.grid.check_writable(bad[0] if bad else None)
+    delete_damaged(store, [d for d in report.damaged if d.array == CLAIMS])
+    for side in layout.FACTOR_SIDES:
+        path = layout.factors(side).path
+        delete_damaged(store, [d for d in report.damaged if d.array == path])
+    for coords in bad:
+        matrix.recompute(coords)
+    damaged_si = report.blocks(layout.SELF_INFLUENCE.path)
+    grid = store.side_grid(layout.SELF_INFLUENCE.path)
+    if damaged_si and grid is not None:
+        engine = self_influence_engine(matrix, grid)
+        for coords in damaged_si:
+            if engine.can_compute:
+                engine.recompute(coords)
+            else:
+                grid.delete_block(coords)
+    return bad

@@ -1,0 +1,193 @@
+"""The factors of a model-backed block source: memo, store, claims and the influence model.
+
+:class:`FactorCache` serves ``factors(axis, r)``: the test factors (axis ``"test"``), train
+factors (``"train"``) or test factors of train points (``"self"``, for the self-influence) of
+the samples ``r``.
+
+* Without a factor store, or for a range that is not made of whole factor blocks, or for
+  ``"self"``: from the memo (an exact range, or a slice of a memoised range holding it), else
+  computed by the influence model and memoised.
+* With a factor store (:meth:`FactorCache.attach`), a range of whole blocks of a side goes
+  through that side's :class:`~infl_array.engine.keeper.BlockKeeper`, the cache machine every
+  stored block goes through: each block from the memo, else from the store, else computed
+  (runs of consecutive blocks in one call, so a tile's test factors are one batched solve;
+  claimed first once the side is stored, so processes sharing the store compute each block
+  once) and written to the store where its side is kept there. A damaged stored block is
+  recomputed, never waited for.
+
+The memo is an LRU of tensors under a byte budget (:class:`~infl_array.torch.memo.FactorMemo`)
+keyed by ``(axis, start, stop)``, kept where the model returned them (numpy factors become CPU
+tensors; stored factors are read back to the model's device). Access is serialised by a
+re-entrant lock, so concurrent threads compute each factor once. The memo and the lock are not
+pickled: a copy sent to a worker starts empty.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import torch
+
+from infl_array.engine.keeper import BlockKeeper
+from infl_array.storage.factors import SIDES, FactorSide, FactorStore
+from infl_array.torch.data.views import IndexedData
+from infl_array.torch.source.adapters import ModelAdapter
+from infl_array.torch.source.memo import FactorMemo, MemoKey
+
+__all__ = ["FactorCache"]
+
+STAT_KEYS = ("test_factors", "train_factors", "self_factors", "hits", "factor_reads")
+
+
+def _runs(blocks: list[int]) -> list[tuple[int, int]]:
+    """Maximal runs ``(first, last)`` of consecutive sorted block indices."""
+    runs: list[tuple[int, int]] = []
+    for b in blocks:
+        if runs and runs[-1][1] == b - 1:
+            runs[-1] = (runs[-1][0], b)
+        else:
+            runs.append((b, b))
+    return runs
+
+
+def _whole_blocks(side: FactorSide, r: range) -> list[int] | None:
+    """The factor blocks ``r`` consists of, or None when it does not cover whole blocks."""
+    length, n = side.block_len, side.n
+    if len(r) == 0 or r.start % length or (r.stop % length and r.stop != n):
+        return None
+    return list(range(r.start // length, -(-r.stop // length)))
+
+
+class _SideMemo:
+    """The memo seen by block index for one stored side (a keeper's :class:`Memo`)."""
+
+    def __init__(self, cache: FactorCache, side: FactorSide) -> None:
+        self.cache, self.side = cache, side
+
+    def _key(self, b: int) -> MemoKey:
+        span = self.side.bounds(b)
+        return (self.side.side, span.start, span.stop)
+
+    def get(self, b: int) -> torch.Tensor | None:
+        hit = self.cache.memo.get(self._key(b))
+        if hit is not None:
+            self.cache.stats["hits"] += 1
+        return hit
+
+    def put(self, b: int, value: torch.Tensor) -> None:
+        self.cache.memo.put(self._key(b), value)
+
+
+class FactorCache:
+    """Factors of a model's test and train data (see the module docstring).
+
+    Parameters
+    ----------
+    adapter : ModelAdapter
+        The influence model.
+    test, train : IndexedData
+        The data.
+    budget_bytes : int
+        Byte budget of the memo.
+
+    Attributes
+    ----------
+    stats : dict of str to int
+        ``"test_factors"``, ``"train_factors"``, ``"self_factors"``: calls to the model;
+        ``"hits"``: requests served by the memo; ``"factor_reads"``: blocks read from the store.
+    """
+
+    def __init__(
+        self, adapter: ModelAdapter, test: IndexedData, train: IndexedData, budget_bytes: int
+    ) -> None:
+        self.adapter = adapter
+        self.data = {"test": test, "train": train, "self": train}
+        self.budget_bytes = budget_bytes
+        self.stats = dict.fromkeys(STAT_KEYS, 0)
+        self.store: FactorStore | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.memo = FactorMemo(self.budget_bytes)
+        self._lock = threading.RLock()
+        self.attach(self.store)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in ("memo", "_lock", "_keepers")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset()
+
+    # ------------------------------------------------------------------ the store
+    def attach(self, store: FactorStore | None) -> None:
+        """Keep factors in ``store`` (one block of samples per chunk), or in memory only."""
+        self.store = store
+        self._keepers: dict[str, tuple[FactorSide, BlockKeeper[int, torch.Tensor]]] = {}
+        if store is not None:
+            for axis in SIDES:
+                side = store.side(axis)
+                self._keepers[axis] = (side, self._keeper(axis, side))
+
+    def _keeper(self, axis: str, side: FactorSide) -> BlockKeeper[int, torch.Tensor]:
+        def compute(blocks: list[int]) -> list[torch.Tensor]:
+            return self._compute_blocks(axis, side, blocks)
+
+        def count_read() -> None:
+            self.stats["factor_reads"] += 1
+
+        return BlockKeeper(
+            side,
+            _SideMemo(self, side),
+            compute,
+            load=lambda a: torch.from_numpy(a).to(self.adapter.device),
+            dump=lambda t: t.detach().cpu().numpy(),
+            on_read=count_read,
+        )
+
+    # ------------------------------------------------------------------ factors
+    def factors(self, axis: str, r: range) -> torch.Tensor:
+        """The factors of samples ``r`` of ``axis`` (``"test"``, ``"train"`` or ``"self"``)."""
+        with self._lock:
+            side, keeper = self._keepers.get(axis, (None, None))
+            blocks = _whole_blocks(side, r) if side is not None else None
+            if keeper is None or blocks is None:
+                return self._range(axis, r)
+            pieces = keeper.fetch(blocks)
+            return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+    def _range(self, axis: str, r: range) -> torch.Tensor:
+        """Factors of exactly ``r`` (or a slice of a memoised range holding it)."""
+        key = (axis, r.start, r.stop)
+        hit = self.memo.get(key)
+        if hit is not None:
+            self.stats["hits"] += 1
+            return hit
+        f = self.compute(axis, r)
+        self.memo.put(key, f)
+        return f
+
+    def _compute_blocks(self, axis: str, side: FactorSide, blocks: list[int]) -> list[torch.Tensor]:
+        """Factor blocks ``blocks`` (ascending), one model call per run of consecutive ones."""
+        pieces = []
+        for first, last in _runs(blocks):
+            span = range(side.bounds(first).start, side.bounds(last).stop)
+            f = self.compute(axis, span)
+            for b in range(first, last + 1):
+                part = side.bounds(b)
+                pieces.append(f[part.start - span.start : part.stop - span.start])
+        return pieces
+
+    def compute(self, axis: str, r: range) -> torch.Tensor:
+        """Ask the influence model for the factors of ``r`` (counted in :attr:`stats`)."""
+        x, y = self.data[axis].take(r)
+        model_call = self.adapter.train_factors if axis == "train" else self.adapter.test_factors
+        f = model_call(x, y)
+        self.stats[f"{axis}_factors"] += 1
+        if f.shape[0] != len(r):
+            raise ValueError(
+                f"{self.adapter.name} returned {f.shape[0]} rows of {axis} factors for "
+                f"{len(r)} samples; factors need one row per sample."
+            )
+        return f
