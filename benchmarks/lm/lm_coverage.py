@@ -5,7 +5,7 @@ download), reports the fraction of trainable parameters each backend covers, the
 ``fit`` plus the train and test factors of ``EkfacInfluence`` and ``ProjectedInfluence`` on
 random token sequences (train tokens per second through fit and factors).
 
-Usage: ``python benchmarks/lm_coverage.py [--n-train 256] [--length 64] [--threads 2]``
+Usage: ``python benchmarks/lm/lm_coverage.py [--n-train 256] [--length 64] [--threads 2]``
 """
 
 from __future__ import annotations
