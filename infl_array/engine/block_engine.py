@@ -282,14 +282,18 @@ class BlockEngine:
         return plan_budget_tiles(blocks, self.shape, self.block_shape, row_bytes, budget)
 
     def prefetch(self, tile: list[BlockCoords]) -> None:
-        """Compute a tile's test factors in one call per run of block rows (one batched solve)."""
+        """Declare a tile's runs of block rows to the source (one product per run and block
+        column) and compute its test factors in one call per run (one batched solve)."""
         reuse = capabilities(self.source).factor_reuse
-        if reuse is None or len(tile) <= 1:
+        if reuse is None:
             return
         n_test, block_rows = self.shape[0], self.block_shape[0]
-        for first, last in row_runs(tile):
+        spans = [(first, last) for first, last in row_runs(tile)]
+        runs = [range(f * block_rows, min((last + 1) * block_rows, n_test)) for f, last in spans]
+        reuse.begin_tile(runs, block_rows)
+        for run, (first, last) in zip(runs, spans, strict=True):
             if last > first:
-                reuse.prefetch(rows=range(first * block_rows, min((last + 1) * block_rows, n_test)))
+                reuse.prefetch(rows=run)
 
     def compute(
         self,

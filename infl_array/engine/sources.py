@@ -84,6 +84,12 @@ class FactorReuse(Protocol):
         """Compute and memoise the factors of ``test[rows]`` and ``train[cols]`` now (a hint)."""
         ...
 
+    def begin_tile(self, runs: list[range], block_rows: int) -> None:
+        """The tile the calling thread computes next covers the test rows ``runs`` (runs of
+        whole block rows of ``block_rows`` each): a hint that its blocks may be computed from
+        one product per run and block column."""
+        ...
+
 
 @runtime_checkable
 class DiagonalSource(Protocol):

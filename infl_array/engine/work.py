@@ -262,7 +262,10 @@ def _finish_held(writes: _Writes, shared: _SharedUnits, held: list[BlockCoords])
     while held:
         still = []
         for unit in held:
-            for coords in shared.retry(unit):
+            taken = sorted(shared.retry(unit), key=lambda c: (c[1], c[0]))  # as tiles: by column
+            if taken:
+                writes.steps.prefetch(taken)
+            for coords in taken:
                 writes.compute(coords)
             if shared.state[unit] == "held":
                 still.append(unit)

@@ -17,9 +17,11 @@ the samples ``r``.
 
 The memo is an LRU of tensors under a byte budget (:class:`~infl_array.torch.memo.FactorMemo`)
 keyed by ``(axis, start, stop)``, kept where the model returned them (numpy factors become CPU
-tensors; stored factors are read back to the model's device). Access is serialised by a
-re-entrant lock, so concurrent threads compute each factor once. The memo and the lock are not
-pickled: a copy sent to a worker starts empty.
+tensors; stored factors are read back to the model's device). The blocks of a range fetched
+together are kept joined, in place of the blocks, so a later request inside the range (a strip
+of a tile's blocks, :mod:`~infl_array.torch.source.strips`) is a slice, not a copy. Access is
+serialised by a re-entrant lock, so concurrent threads compute each factor once. The memo and
+the lock are not pickled: a copy sent to a worker starts empty.
 """
 
 from __future__ import annotations
@@ -154,8 +156,17 @@ class FactorCache:
             blocks = _whole_blocks(side, r) if side is not None else None
             if keeper is None or blocks is None:
                 return self._range(axis, r)
+            if len(blocks) > 1:  # joined before: no copy
+                hit = self.memo.get((axis, r.start, r.stop))
+                if hit is not None:
+                    self.stats["hits"] += 1
+                    return hit
             pieces = keeper.fetch(blocks)
-            return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+            if len(pieces) == 1:
+                return pieces[0]
+            joined = torch.cat(pieces)
+            self.memo.join((axis, r.start, r.stop), joined)
+            return joined
 
     def _range(self, axis: str, r: range) -> torch.Tensor:
         """Factors of exactly ``r`` (or a slice of a memoised range holding it)."""

@@ -45,5 +45,14 @@ class FactorMemo:
         self._entries[key] = value
         self.nbytes += size
 
+    def join(self, key: MemoKey, value: torch.Tensor) -> None:
+        """Keep ``value`` under ``key`` in place of the entries it covers (their factors are
+        slices of it), so later requests inside ``key`` are served without joining again."""
+        axis, start, stop = key
+        for covered in [k for k in self._entries if k[0] == axis and start <= k[1] <= k[2] <= stop]:
+            old = self._entries.pop(covered)
+            self.nbytes -= old.element_size() * old.numel()
+        self.put(key, value)
+
     def __len__(self) -> int:
         return len(self._entries)

@@ -16,6 +16,9 @@ Contract
   float64, so an entry does not depend (beyond float64 rounding) on the block it is computed in.
   Exception: after ``set_output_dtype("float32")`` (a float32 store), float32 factors are
   multiplied in float32 and the block is float32 (its values are rounded to float32 anyway).
+  Within a tile declared with :meth:`ModelBlockSource.begin_tile`, a block is a row slice of
+  one product of a strip of the tile's test rows with ``train[cols]``
+  (:mod:`~infl_array.torch.source.strips`): the same entries, one product per strip.
 * :meth:`ModelBlockSource.fingerprints` returns exactly the keys ``"model"``, ``"backend"``,
   ``"test"`` and ``"train"``: ``model_fingerprint()`` (or, for a plug-in without it, a sha256 of
   the canonical config), the canonical JSON (``sort_keys``) of ``influence_config()``, and the
@@ -73,6 +76,7 @@ from infl_array.torch.source.adapters import ModelAdapter, ProtocolAdapter, chec
 from infl_array.torch.source.factor_cache import FactorCache
 from infl_array.torch.source.pairing import FactorPairing
 from infl_array.torch.source.pydvl import PyDVLAdapter, is_pydvl_model
+from infl_array.torch.source.strips import Strips
 
 __all__ = ["DEFAULT_FACTOR_BUDGET_BYTES", "ModelBlockSource", "make_block_source"]
 
@@ -159,6 +163,7 @@ class ModelBlockSource:
         self.factor_budget_bytes = factor_budget_bytes
         self.factors = FactorCache(adapter, test, train, factor_budget_bytes)
         self.pairing = adapter.pairing(self.factors, train)
+        self.strips = Strips(factor_budget_bytes)
         self._fingerprints: dict[str, str] | None = None
         self._config: dict[str, Any] | None = None
         self._output_float32 = False
@@ -313,6 +318,12 @@ class ModelBlockSource:
         if cols is not None and len(_check_range(cols, self.n_train, "cols")):
             self.pairing.prefetch_train(cols)
 
+    def begin_tile(self, runs: list[range], block_rows: int) -> None:
+        """The tile this thread computes next covers the test rows ``runs`` (whole block rows
+        of ``block_rows``): its blocks come from one product per strip of rows and block column
+        (:mod:`~infl_array.torch.source.strips`)."""
+        self.strips.begin_tile(runs, block_rows)
+
     # -- blocks -----------------------------------------------------------------------------
     def set_output_dtype(self, dtype: Any) -> None:
         """The dtype blocks are stored in: float32 storage keeps float32 products.
@@ -341,9 +352,14 @@ class ModelBlockSource:
         cols = _check_range(cols, self.n_train, "cols")
         if len(rows) == 0 or len(cols) == 0:
             return np.zeros((len(rows), len(cols)), dtype=np.float64)
-        test_f = self.factors.factors("test", rows)
-        block = self.pairing.block(test_f, cols, self._output_float32)
+        block = self.strips.block(rows, cols, self._product)
+        if block is None:
+            block = self._product(rows, cols)
         return self._to_host(block, (len(rows), len(cols)), "block")
+
+    def _product(self, rows: range, cols: range) -> torch.Tensor:
+        test_f = self.factors.factors("test", rows)
+        return self.pairing.block(test_f, cols, self._output_float32)
 
     def compute_diagonal(self, cols: range) -> np.ndarray:
         """Self-influence ``grad^T (H + lambda Id)^-1 grad`` of ``train[cols]``.

@@ -1,0 +1,105 @@
+"""Strips: one product for a tile's column of blocks, handed out block by block.
+
+A tile (:func:`~infl_array.engine.plan.plan_tiles`) is computed column by column: blocks
+``(i, j)`` for every block row ``i`` of the tile, then the next ``j``. Instead of one small
+product per block (100 x k @ k x 100 for 100 x 100 blocks: dominated by per-call overhead),
+:class:`Strips` computes the product of the test factors of a run of the tile's block rows (a
+*strip*) with the train factors of the block column once, keeps it, and hands out the blocks as
+row slices of it.
+
+* The engine declares a tile's runs of block rows with :meth:`Strips.begin_tile` (the
+  ``FactorReuse.begin_tile`` hint); a block whose rows lie in one of them comes from its strip.
+  Other blocks (none declared, rows not aligned to the declared block rows) are computed alone.
+* Memory: one strip per thread is kept, at most :data:`STRIP_MAX_BYTES` (and a quarter of the
+  factor budget): a longer run is cut into strips of whole block rows within that bound. A
+  strip no larger than one block is not worth it, so such runs are computed block by block.
+* State is per thread (threads of one process computing different tiles do not disturb each
+  other) and not pickled: a copy sent to a worker starts with none.
+
+A block taken from a strip equals the block computed alone up to the rounding of the product:
+each entry is the same inner product of one test and one train factor row.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+__all__ = ["STRIP_MAX_BYTES", "Strips"]
+
+STRIP_MAX_BYTES = 64 << 20
+"""Bytes one strip may take at most (64 MiB)."""
+
+Product = Callable[[range, range], torch.Tensor]
+"""``product(rows, cols)``: the block of ``test[rows] x train[cols]``."""
+
+
+class Strips:
+    """Strips of the tile being computed (see the module docstring).
+
+    Parameters
+    ----------
+    budget_bytes : int
+        The factor memo's budget: a strip takes at most a quarter of it (and
+        :data:`STRIP_MAX_BYTES`); 0 disables strips.
+
+    Attributes
+    ----------
+    products : int
+        Strip products computed so far (all threads).
+    """
+
+    def __init__(self, budget_bytes: int) -> None:
+        self.max_bytes = min(STRIP_MAX_BYTES, budget_bytes // 4)
+        self.products = 0
+        self._local = threading.local()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"max_bytes": self.max_bytes, "products": 0}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
+
+    def begin_tile(self, runs: list[range], block_rows: int) -> None:
+        """The tile this thread computes next covers the test rows ``runs`` (whole block rows
+        of ``block_rows`` each, the last of the matrix possibly shorter); the kept strip goes."""
+        self._local.runs = [r for r in runs if len(r) > block_rows]
+        self._local.block_rows = block_rows
+        self._local.kept = None
+
+    def block(self, rows: range, cols: range, product: Product) -> torch.Tensor | None:
+        """Block ``rows x cols`` as a slice of its strip (computed with ``product`` when it is
+        not the kept one), or None when it is computed alone."""
+        strip = self._strip_of(rows, cols)
+        if strip is None:
+            return None
+        kept = getattr(self._local, "kept", None)
+        if kept is None or kept[0] != strip or kept[1] != cols:
+            self._local.kept = None  # the old strip goes before the new one is made
+            kept = (strip, cols, product(strip, cols))
+            self._local.kept = kept
+            self.products += 1
+        # a copy: a block handed out must not keep the whole strip alive (nor share it)
+        return kept[2][rows.start - strip.start : rows.stop - strip.start].clone()
+
+    def _strip_of(self, rows: range, cols: range) -> range | None:
+        """The strip holding the block ``rows`` (against ``cols``), or None."""
+        block_rows = getattr(self._local, "block_rows", 0)
+        if block_rows == 0 or self.max_bytes <= 0:
+            return None
+        for run in self._local.runs:
+            if run.start <= rows.start and rows.stop <= run.stop:
+                offset = rows.start - run.start
+                if offset % block_rows or not (len(rows) == block_rows or rows.stop == run.stop):
+                    return None
+                per_strip = self.max_bytes // (block_rows * max(1, len(cols)) * 8)
+                if per_strip < 2:  # a strip of one block row is the block itself
+                    return None
+                height = per_strip * block_rows
+                start = run.start + (offset // height) * height
+                return range(start, min(start + height, run.stop))
+        return None
