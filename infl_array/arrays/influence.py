@@ -28,7 +28,13 @@ from infl_array.executors.dispatch import fill_store
 from infl_array.storage.factors import DEFAULT_FACTOR_DISK_BUDGET, FactorStore
 from infl_array.storage.grid import BlockCoords
 from infl_array.storage.integrity import StoreReport
-from infl_array.storage.meta import Compression, StoreMeta, check_shapes
+from infl_array.storage.meta import (
+    Compression,
+    StoreMeta,
+    check_chunk_bytes,
+    check_shapes,
+    clip_block_shape,
+)
 from infl_array.storage.notes import format_notes, read_notes
 from infl_array.storage.store import InfluenceStore
 
@@ -81,7 +87,8 @@ class InfluenceArray(LazyArray):
             Called as ``fn(rows, cols)`` with two ``range`` objects; returns an array of shape
             ``(len(rows), len(cols))`` (numpy, torch or array-like), finite, real.
         shape, block_shape
-            ``(n_test, n_train)`` and the block (chunk) shape.
+            ``(n_test, n_train)`` and the block (chunk) shape; a ``block_shape`` larger than
+            ``shape`` is clipped to it.
         dtype
             ``"float32"`` (default) or ``"float64"``.
         overwrite
@@ -155,9 +162,11 @@ class InfluenceArray(LazyArray):
         compression: Compression | None,
         storage_options: dict[str, Any] | None,
     ) -> InfluenceArray:
+        block_shape = clip_block_shape(shape, _as_pair(block_shape, "block_shape"))
+        check_chunk_bytes(block_shape, _dtype_name(dtype))
         meta = StoreMeta(
             shape=shape,
-            block_shape=_as_pair(block_shape, "block_shape"),
+            block_shape=block_shape,
             dtype=_dtype_name(dtype),
             computed_by=source.describe(),
             fingerprints=source.fingerprints(),
@@ -437,7 +446,8 @@ def open_array(
     meta = opened.meta
     given: dict[str, tuple[Any, Any]] = {}
     if block_shape is not None:
-        given["block_shape"] = (list(meta.block_shape), list(_as_pair(block_shape, "block_shape")))
+        asked = clip_block_shape(meta.shape, _as_pair(block_shape, "block_shape"))
+        given["block_shape"] = (list(clip_block_shape(meta.shape, meta.block_shape)), list(asked))
     if dtype is not None:
         given["dtype"] = (meta.dtype, _dtype_name(dtype))
     kind = meta.computed_by.get("kind", "function")
