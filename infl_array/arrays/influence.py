@@ -456,7 +456,8 @@ def open_array(
         source = _model_source(model, test, train, factor_budget_bytes)
         stored = dict(meta.fingerprints)
         for name, value in source.fingerprints().items():
-            given[name] = (stored.get(name), value)
+            if name in stored or name in ("model", "backend", "test", "train"):
+                given[name] = (stored.get(name), value)  # what older stores lack is not asked
         given["shape"] = (list(meta.shape), list(source.shape or ()))
         check_same(opened, given, kind_given="model", kind_stored=kind)
         source.set_output_dtype(np.dtype(meta.dtype))
