@@ -322,11 +322,15 @@ class InfluenceArray(LazyArray):
                 "codec header and checksum outweigh the savings; prefer larger blocks)"
             )
         by = self.meta.computed_by
+        backend = str(by.get("backend") or by.get("name") or by.get("kind", "?"))
+        config = by.get("config")
+        if isinstance(config, dict) and config.get("curvature"):
+            backend += f" ({config['curvature']})"
         return {
             "blocks computed": f"{len(known)}/{n_blocks} ({100 * len(known) / n_blocks:.1f}%)",
             "stored": format_bytes(stored),
             "compression ratio": ratio,
-            "backend": str(by.get("backend") or by.get("name") or by.get("kind", "?")),
+            "backend": backend,
             "mode": "computes missing blocks" if self.can_compute else "read-only",
             "store": engine.store.where,
         }

@@ -400,6 +400,14 @@ class TorchInfluenceBase(CurvatureMixin, DeferredBuild):
             "fit_data": self._fit_fingerprint,
         }
 
+    def description(self) -> dict[str, Any]:
+        """What the backend computes, as ``info`` and the store's ``computed_by`` show it.
+
+        The :meth:`influence_config` by default; backends whose config carries settings they
+        do not use (the per-layer backends) describe what they use instead.
+        """
+        return self.influence_config()
+
     def model_fingerprint(self) -> str:
         """sha256 hex digest of the parameters influence is computed at.
 

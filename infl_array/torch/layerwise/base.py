@@ -176,6 +176,19 @@ class LayerwiseInfluence(TorchInfluenceBase):
     def _settings(self) -> dict[str, Any]:
         return {"fisher_type": self.fisher_type, "layers": [spec.name for spec in self.layers]}
 
+    def _curvature(self) -> str:
+        """The curvature as ``info`` names it."""
+        raise NotImplementedError
+
+    def description(self) -> dict[str, Any]:
+        """The config without the full-parameter settings these backends do not use
+        (``block_structure``, ``second_order_mode``: their config keeps them, so stores
+        made before keep matching), and the curvature they do use."""
+        cfg = self.influence_config()
+        for unused in ("block_structure", "second_order_mode"):
+            cfg.pop(unused, None)
+        return {**cfg, "curvature": self._curvature()}
+
     @property
     def _itemsize(self) -> int:
         return self._require_fit().theta.element_size()

@@ -110,6 +110,10 @@ class ModelAdapter:
     def model_fingerprint(self) -> str | None:
         raise NotImplementedError
 
+    def description(self) -> dict[str, Any]:
+        """What the model computes, for ``computed_by`` and ``info`` (its config by default)."""
+        return self.config()
+
     def parameter_fingerprints(self) -> dict[str, str] | None:
         """``{parameter name: digest}`` the influence is computed at, where the model says."""
         return None
@@ -186,6 +190,11 @@ class ProtocolAdapter(ModelAdapter):
         if isinstance(self.model, Fingerprinted):
             return str(self.model.model_fingerprint())
         return None
+
+    def description(self) -> dict[str, Any]:
+        describe = getattr(self.model, "description", None)
+        found = describe() if callable(describe) else None
+        return dict(found) if isinstance(found, Mapping) else self.config()
 
     def parameter_fingerprints(self) -> dict[str, str] | None:
         if isinstance(self.model, ParameterFingerprinted):

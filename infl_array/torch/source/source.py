@@ -221,7 +221,9 @@ class ModelBlockSource:
 
     def describe(self) -> dict[str, Any]:
         """JSON-able description: ``{"kind": "model", "backend": name, "config": config}``."""
-        return {"kind": "model", "backend": self.model_name, "config": self.config()}
+        description = self.adapter.description()
+        canonical_json(description, f"{self.model_name}.description()")
+        return {"kind": "model", "backend": self.model_name, "config": description}
 
     @property
     def shape(self) -> tuple[int, int]:
