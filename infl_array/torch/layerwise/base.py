@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from infl_array.engine.progress import activity
 from infl_array.torch.data.options import positive_int
 from infl_array.torch.full.base import TorchInfluenceBase
 from infl_array.torch.full.functional import LossFn, check_finite
@@ -272,10 +273,11 @@ class LayerwiseInfluence(TorchInfluenceBase):
         """One curvature pass over the fit data: ``use(i, acts, grads)`` on each layer's working
         tensors, chunk by chunk; with ``keep``, also ``keep(x, y, gradients)`` per batch (see
         :meth:`_fit_kronecker`)."""
-        for x, y, records in self._fit_records("curvature", desc):
-            out = self._working_gradients(records, "fit gradients", use, form=keep is not None)
-            if keep is not None and out is not None:
-                keep(x, y, out)
+        with activity(f"fitting {type(self).__name__}: {desc}"):
+            for x, y, records in self._fit_records("curvature", desc):
+                out = self._working_gradients(records, "fit gradients", use, form=keep is not None)
+                if keep is not None and out is not None:
+                    keep(x, y, out)
 
     def _fit_kronecker(
         self, correct: bool, keep: SampleHook | None = None
