@@ -1,7 +1,7 @@
 """Engine: block state, planning, and computing blocks.
 
 Owns the state of a matrix's blocks (:mod:`~infl_array.engine.block_engine`), pure planning of
-reads and tiles (:mod:`~infl_array.engine.plan`), the cache of decoded blocks
+reads, tiles, claim units and fills (:mod:`~infl_array.engine.plan`), the cache of decoded blocks
 (:mod:`~infl_array.engine.cache`), the one cache machine every stored block goes through, matrix
 and factor blocks alike (memo -> store -> claim -> compute: :mod:`~infl_array.engine.keeper`),
 computing missing blocks once (:mod:`~infl_array.engine.work`), checks of computed blocks

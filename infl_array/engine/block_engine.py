@@ -42,16 +42,16 @@ from infl_array.engine.plan import (
     AxisSel,
     BlockProjection,
     ReadPlan,
+    plan_budget_tiles,
     plan_outer,
     plan_points,
-    plan_tiles,
     plan_whole,
     row_runs,
 )
 from infl_array.engine.progress import counter_bar, progress_bar
 from infl_array.engine.sources import BlockSource, capabilities
 from infl_array.engine.validate import checked_block
-from infl_array.engine.work import compute_blocks
+from infl_array.engine.work import BlockSteps, Sharing, compute_blocks
 from infl_array.errors import MissingBlockError
 from infl_array.storage.grid import BlockCoords, BlockGrid
 from infl_array.storage.notes import write_notes
@@ -274,19 +274,12 @@ class BlockEngine:
         """``blocks`` cut into the tiles they are computed in (:mod:`~infl_array.engine.plan`)."""
         reuse = capabilities(self.source).factor_reuse
         if reuse is None or len(blocks) <= 1:
-            return plan_tiles(blocks, None, 0)
-        (block_rows, block_cols), n_test = self.block_shape, self.shape[0]
-
-        def rows_of(i: int) -> range:
-            return range(i * block_rows, min((i + 1) * block_rows, n_test))
-
-        (i0, j0), (n_test, n_train) = min(blocks), self.shape
-        first = rows_of(i0)
-        first_cols = range(j0 * block_cols, min((j0 + 1) * block_cols, n_train))
-        per_sample = reuse.test_factor_bytes(first, first_cols) / len(first)
-        # the memo holds a tile's test factors and up to two train columns while it is computed
-        capacity = reuse.factor_budget_bytes - 2 * int(per_sample * min(block_cols, self.shape[1]))
-        return plan_tiles(blocks, lambda i: int(per_sample * len(rows_of(i))), capacity)
+            return plan_budget_tiles(blocks, self.shape, self.block_shape, None, 0)
+        rows, cols = self.grid.block_bounds(min(blocks))
+        first, first_cols = range(rows.start, rows.stop), range(cols.start, cols.stop)
+        row_bytes = reuse.test_factor_bytes(first, first_cols) / len(first)
+        budget = reuse.factor_budget_bytes
+        return plan_budget_tiles(blocks, self.shape, self.block_shape, row_bytes, budget)
 
     def prefetch(self, tile: list[BlockCoords]) -> None:
         """Compute a tile's test factors in one call per run of block rows (one batched solve)."""
@@ -308,11 +301,29 @@ class BlockEngine:
         """Compute and store ``blocks``, tile by tile; returns how many this call wrote.
 
         See :func:`infl_array.engine.work.compute_blocks`: with ``share`` (fills) the work is shared
-        with other fillers of the store through claims; ``cache_values`` (reads) puts computed
+        with other fillers of the store through claims (not on an in-process store, which no
+        other process can fill); ``cache_values`` (reads) puts computed
         blocks in the decoded-block cache; ``on_done(coords)`` is called for every block in the
         store afterwards.
         """
-        done = compute_blocks(self, blocks, on_done, share=share, cache_values=cache_values)
+
+        def finished(coords: BlockCoords, values: np.ndarray | None) -> None:
+            self.mark_computed(coords, by_us=values is not None)
+            if cache_values and values is not None:
+                self.remember(coords, values)
+            if on_done is not None:
+                on_done(coords)
+
+        steps = BlockSteps(
+            values=self.block_values,
+            write=self.grid.write_block,
+            stored=self.grid.has_blocks,
+            prefetch=self.prefetch,
+            finished=finished,
+        )
+        # an in-process store: no other process can fill it, so nothing to share
+        sharing = Sharing.of(self.grid) if share and not self.store.is_process_local else None
+        done = compute_blocks(self.tiles(blocks), steps, sharing)
         self.record_notes()
         return done
 

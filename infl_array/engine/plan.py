@@ -8,8 +8,14 @@ computes no block it does not need.
 A :class:`ReadPlan` lists, for every touched block, a :class:`BlockProjection` (in the spirit of
 zarr's chunk projections): the block's coordinates, the selection inside the block, the
 selection in the output, and whether the block is read whole. Reads assemble from it, fills
-take its blocks, reductions walk the plan of the whole array. :func:`plan_tiles` cuts a set of
-blocks into the tiles in which they are computed (see :mod:`infl_array.engine.block_engine`).
+take its blocks, reductions walk the plan of the whole array.
+
+Computing is planned here too, as values with no effects: :func:`plan_tiles` (and
+:func:`plan_budget_tiles`, within a factor memo's budget) cuts a set of blocks into the tiles
+in which they are computed (see :mod:`infl_array.engine.block_engine`); :class:`ClaimUnits`
+are the groups of blocks that fillers sharing a store claim at once
+(:mod:`infl_array.engine.work`); :func:`plan_fill` cuts a fill into the :class:`Task` phases of
+a :class:`FillPlan` that executors run (:mod:`infl_array.executors`).
 
 Planning costs O(touched blocks) for slices, O(len(selection)) for index arrays, and
 O(points log points) for point reads.
@@ -17,10 +23,11 @@ O(points log points) for point reads.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import groupby
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 import numpy as np
 
@@ -32,13 +39,23 @@ __all__ = [
     "axis_blocks",
     "plan_outer",
     "plan_points",
-    "plan_tiles",
     "plan_whole",
+    "plan_tiles",
+    "plan_budget_tiles",
+    "runs",
     "row_runs",
-    "row_tasks",
+    "CLAIM_UNITS_MIN",
+    "CLAIM_UNIT_MAX_BLOCKS",
+    "ClaimUnits",
+    "TASKS_PER_WORKER",
+    "Task",
+    "FillPlan",
+    "FactorSides",
+    "plan_fill",
 ]
 
 BlockCoords = tuple[int, int]
+T = TypeVar("T")
 
 AxisSel: TypeAlias = slice | np.ndarray
 """A normalised selection (the input of planning; built by
@@ -246,6 +263,58 @@ def plan_tiles(
     return out
 
 
+def plan_budget_tiles(
+    blocks: list[BlockCoords],
+    shape: tuple[int, int],
+    block_shape: tuple[int, int],
+    row_bytes: float | None,
+    budget_bytes: int,
+) -> list[list[BlockCoords]]:
+    """``blocks`` cut into tiles (:func:`plan_tiles`) whose test factors fit a factor memo.
+
+    ``row_bytes`` is the size of one test point's factors (None: no factors to reuse, one
+    tile); ``budget_bytes`` the memo's bound. While a tile is computed the memo holds its test
+    factors and up to two block columns of train factors (counted at ``row_bytes`` a point),
+    so the tile's rows get the budget less those two columns.
+
+    Examples
+    --------
+    >>> four = [(0, 0), (0, 1), (1, 0), (1, 1)]
+    >>> plan_budget_tiles(four, (4, 4), (2, 2), 10.0, 100)
+    [[(0, 0), (1, 0), (0, 1), (1, 1)]]
+    >>> plan_budget_tiles(four, (4, 4), (2, 2), 10.0, 60)
+    [[(0, 0), (0, 1)], [(1, 0), (1, 1)]]
+    >>> plan_budget_tiles(four, (4, 4), (2, 2), None, 0)
+    [[(0, 0), (0, 1), (1, 0), (1, 1)]]
+    """
+    if row_bytes is None or len(blocks) <= 1:
+        return plan_tiles(blocks, None, 0)
+    per_point, ((block_rows, block_cols), (n_test, n_train)) = row_bytes, (block_shape, shape)
+    capacity = budget_bytes - 2 * int(per_point * min(block_cols, n_train))
+
+    def rows_bytes(i: int) -> int:
+        return int(per_point * (min((i + 1) * block_rows, n_test) - i * block_rows))
+
+    return plan_tiles(blocks, rows_bytes, capacity)
+
+
+def runs(items: Iterable[int]) -> list[tuple[int, int]]:
+    """Maximal runs ``(first, last)`` of consecutive ints among ``items`` (any order).
+
+    Examples
+    --------
+    >>> runs([3, 0, 1, 1])
+    [(0, 1), (3, 3)]
+    """
+    out: list[tuple[int, int]] = []
+    for i in sorted(set(items)):
+        if out and out[-1][1] == i - 1:
+            out[-1] = (out[-1][0], i)
+        else:
+            out.append((i, i))
+    return out
+
+
 def row_runs(blocks: list[BlockCoords]) -> list[tuple[int, int]]:
     """Maximal runs ``(first, last)`` of consecutive block rows among ``blocks``.
 
@@ -254,15 +323,186 @@ def row_runs(blocks: list[BlockCoords]) -> list[tuple[int, int]]:
     >>> row_runs([(0, 0), (1, 0), (3, 2)])
     [(0, 1), (3, 3)]
     """
-    runs: list[tuple[int, int]] = []
-    for i in sorted({i for i, _ in blocks}):
-        if runs and runs[-1][1] == i - 1:
-            runs[-1] = (runs[-1][0], i)
-        else:
-            runs.append((i, i))
-    return runs
+    return runs(i for i, _ in blocks)
 
 
-def row_tasks(blocks: list[BlockCoords]) -> list[list[BlockCoords]]:
-    """``blocks`` grouped by block row, row-major (one task per block row)."""
-    return [list(group) for _, group in groupby(sorted(blocks), key=lambda c: c[0])]
+# ---------------------------------------------------------------------- sharing a fill
+CLAIM_UNITS_MIN = 64
+"""A grid of at least this many blocks is cut into at least this many claim units."""
+
+CLAIM_UNIT_MAX_BLOCKS = 64
+"""Blocks per claim unit at most."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimUnits:
+    """How fillers of one grid claim its blocks: in aligned units of ``rows x cols`` blocks.
+
+    Fillers sharing a store claim a unit (one claim object) before computing its blocks
+    (:mod:`infl_array.engine.work`). The units depend on the grid's shape only, so every filler of a
+    store cuts it the same way: a claim costs a few store calls, so a unit of ``k`` blocks
+    costs ``1/k`` of that per block, while a grid keeps at least :data:`CLAIM_UNITS_MIN`
+    units to share (a grid of fewer blocks is claimed block by block).
+
+    Examples
+    --------
+    >>> units = ClaimUnits.for_grid((20, 100))
+    >>> units
+    ClaimUnits(rows=5, cols=6)
+    >>> units.unit_of((7, 13)), units.name((1, 2))
+    ((1, 2), 'u5x6.1.2')
+    >>> ClaimUnits.for_grid((10, 10)), ClaimUnits.for_grid((1, 2000))
+    (ClaimUnits(rows=1, cols=1), ClaimUnits(rows=1, cols=31))
+    """
+
+    rows: int
+    cols: int
+
+    @classmethod
+    def for_grid(cls, grid_shape: tuple[int, int]) -> ClaimUnits:
+        """The units of a grid of ``grid_shape`` blocks (see the class docstring)."""
+        g0, g1 = grid_shape
+        per_unit = max(1, min(CLAIM_UNIT_MAX_BLOCKS, (g0 * g1) // CLAIM_UNITS_MIN))
+        rows = max(1, min(g0, math.isqrt(per_unit)))
+        return cls(rows, max(1, min(g1, per_unit // rows)))
+
+    def unit_of(self, coords: BlockCoords) -> BlockCoords:
+        """The unit holding block ``coords``."""
+        return coords[0] // self.rows, coords[1] // self.cols
+
+    def name(self, unit: BlockCoords) -> str:
+        """The claim name of a unit; it names the cut too, so units of another cut never
+        share a name (letters, digits and dots: see
+        :meth:`~infl_array.storage.grid.BlockGrid.clean_partials`)."""
+        return f"u{self.rows}x{self.cols}.{unit[0]}.{unit[1]}"
+
+
+# ---------------------------------------------------------------------- fills across workers
+TASKS_PER_WORKER = 4
+"""Block tasks per worker: enough to balance uneven tasks, few enough to keep factor reads low."""
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """One unit of a fill: factor blocks of one side, or a group of matrix blocks.
+
+    Attributes
+    ----------
+    kind : str
+        ``"train"`` or ``"test"`` (factor blocks), or ``"blocks"``.
+    items : tuple
+        Factor block indices, or block coordinates.
+    """
+
+    kind: str
+    items: tuple[Any, ...]
+
+    @property
+    def n_blocks(self) -> int:
+        """Matrix blocks the task completes (for progress).
+
+        >>> Task("blocks", ((0, 0), (0, 1))).n_blocks, Task("train", (0, 1, 2)).n_blocks
+        (2, 0)
+        """
+        return len(self.items) if self.kind == "blocks" else 0
+
+
+@dataclass(frozen=True, slots=True)
+class FillPlan:
+    """A fill's tasks in phases: a phase's tasks may run in any order and at once; a phase
+    starts when the previous one is done.
+
+    >>> FillPlan.single([(0, 1), (0, 0)])
+    FillPlan(phases=((Task(kind='blocks', items=((0, 0), (0, 1))),),))
+    """
+
+    phases: tuple[tuple[Task, ...], ...]
+
+    @classmethod
+    def single(cls, blocks: list[BlockCoords]) -> FillPlan:
+        """One task of every block (a fill in this process: tiles cut the work)."""
+        return cls(((Task("blocks", tuple(sorted(blocks))),),))
+
+
+@dataclass(frozen=True, slots=True)
+class FactorSides:
+    """The factor blocks a store keeps, per side: None when the side is not kept, else the
+    indices of the blocks already stored."""
+
+    train: frozenset[int] | None
+    test: frozenset[int] | None
+
+
+def plan_fill(
+    missing: list[BlockCoords], workers: int, factors: FactorSides | None, units: ClaimUnits
+) -> FillPlan:
+    """The tasks of a fill of ``missing`` across ``workers``, each factor computed once.
+
+    With factors kept in the store, the factor blocks the missing blocks need and the store
+    lacks come first, each in exactly one task (train blocks in ``2 * workers`` groups, test
+    blocks in ``workers`` contiguous runs, one batched solve each). Then the blocks, in
+    groups of whole block columns (each train block in one task; test factors are read from
+    the store), or of whole block rows when only the train side is kept. Without factors,
+    the blocks are grouped in ``TASKS_PER_WORKER * workers`` runs of claim units, row-major.
+    Tasks never split a claim unit, so the tasks of one fill never wait for each other's
+    claims.
+
+    Examples
+    --------
+    >>> blocks = [(i, j) for i in range(2) for j in range(4)]
+    >>> one = ClaimUnits(1, 1)
+    >>> [[len(t.items) for t in phase] for phase in plan_fill(blocks, 1, None, one).phases]
+    [[2, 2, 2, 2]]
+    >>> plan = plan_fill(blocks, 2, FactorSides(frozenset({0}), frozenset()), one)
+    >>> [(t.kind, t.items) for t in plan.phases[0]]
+    [('train', (1,)), ('train', (2,)), ('train', (3,)), ('test', (0,)), ('test', (1,))]
+    >>> [sorted({j for _, j in t.items}) for t in plan.phases[1]]
+    [[0], [1], [2], [3]]
+    >>> [t.items for t in plan_fill(blocks, 1, None, ClaimUnits(2, 2)).phases[0]]
+    [((0, 0), (0, 1), (1, 0), (1, 1)), ((0, 2), (0, 3), (1, 2), (1, 3))]
+    """
+    if factors is None:
+        return FillPlan(
+            (tuple(_grouped_tasks(missing, units.unit_of, workers * TASKS_PER_WORKER)),)
+        )
+    rows, cols = sorted({i for i, _ in missing}), sorted({j for _, j in missing})
+    factor_tasks: list[Task] = []
+    if factors.train is not None:
+        todo = [j for j in cols if j not in factors.train]
+        factor_tasks += [Task("train", tuple(g)) for g in _split(todo, workers * 2)]
+    if factors.test is not None:
+        todo = [i for i in rows if i not in factors.test]
+        factor_tasks += [Task("test", tuple(g)) for g in _split(todo, workers)]
+    by_rows = factors.train is not None and factors.test is None
+    axis, unit_len = (0, units.rows) if by_rows else (1, units.cols)
+    block_tasks = _grouped_tasks(missing, lambda c: c[axis] // unit_len, workers * TASKS_PER_WORKER)
+    return FillPlan(tuple(tuple(p) for p in (factor_tasks, block_tasks) if p))
+
+
+def _grouped_tasks(
+    blocks: list[BlockCoords], key: Callable[[BlockCoords], Any], n: int
+) -> list[Task]:
+    """``blocks`` in at most ``n`` tasks, each of whole runs of ``key`` values (in order)."""
+    groups = _split(sorted({key(c) for c in blocks}), n)
+    task_of = {value: k for k, group in enumerate(groups) for value in group}
+    items: list[list[BlockCoords]] = [[] for _ in groups]
+    for coords in sorted(blocks):
+        items[task_of[key(coords)]].append(coords)
+    return [Task("blocks", tuple(group)) for group in items]
+
+
+def _split(items: list[T], n: int) -> list[list[T]]:
+    """``items`` in at most ``n`` contiguous groups of nearly equal size.
+
+    >>> _split([1, 2, 3, 4, 5], 2)
+    [[1, 2, 3], [4, 5]]
+    """
+    n = max(1, min(n, len(items)))
+    size, extra = divmod(len(items), n)
+    out, start = [], 0
+    for k in range(n):
+        stop = start + size + (k < extra)
+        if stop > start:
+            out.append(items[start:stop])
+        start = stop
+    return out

@@ -1,37 +1,38 @@
 """Computing a set of blocks: tile by tile, writes overlapped, work shared with other fillers.
 
-:func:`compute_blocks` runs the blocks of an engine (anything with the :class:`Worker` members)
-in its tiles (:func:`~infl_array.engine.plan.plan_tiles`), column by column. Checked blocks go to a
-writer thread (compression and the atomic chunk write release the GIL), with at most
-:data:`MAX_WRITES_IN_FLIGHT` blocks in flight, so memory stays bounded; a block counts as
-computed once its write has finished.
+:func:`compute_blocks` runs planned tiles (:func:`~infl_array.engine.plan.plan_tiles`) through plain
+callables (:class:`BlockSteps`): it knows nothing of engines, sources or stores. Checked
+blocks go to a writer thread (compression and the atomic chunk write release the GIL), with
+at most :data:`MAX_WRITES_IN_FLIGHT` blocks in flight, so memory stays bounded; a block counts
+as computed once its write has finished.
 
-When the work is *shared* (``fill``: other processes or machines may be filling the same store),
-each block is checked again just before it is computed, and claimed first
-(:mod:`infl_array.storage.claims`), one block column of a tile at a time: a filler skips blocks that
-a live filler claimed, so concurrent fillers spread over different columns, and comes back to
-them at the end, taking over those whose claim expired (their filler died) and waiting for the
-others to appear in the store. So a shared call returns only when every block it was given is
-in the store.
+When the work is *shared* (``fill``: other processes or machines may be filling the same
+store), blocks are claimed (:mod:`infl_array.storage.claims`) a unit at a time
+(:class:`~infl_array.engine.plan.ClaimUnits`: aligned groups of blocks, the same for every filler of
+the store), when the unit's first block comes up: its blocks are checked in the store, the
+unit is claimed, and its blocks checked again. A filler skips the units a live filler claimed,
+so concurrent fillers spread over different units, and comes back to them at the end, taking
+over those whose claim expired (their filler died) and waiting for the others to appear in the
+store. A unit's claim is released once every block this call needs of it is in the store. So a
+shared call returns only when every block it was given is in the store.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from itertools import groupby
-from typing import Protocol
+from dataclasses import dataclass
 
 import numpy as np
 
+from infl_array.engine.plan import ClaimUnits
 from infl_array.errors import add_note
 from infl_array.storage.claims import ClaimBook
 from infl_array.storage.grid import BlockCoords, BlockGrid, write_error
-from infl_array.storage.layout import block_claim
 
-__all__ = ["Worker", "compute_blocks"]
+__all__ = ["MAX_WRITES_IN_FLIGHT", "POLL_S", "BlockSteps", "Sharing", "compute_blocks"]
 
 MAX_WRITES_IN_FLIGHT = 4
 """Computed blocks waiting for (or in) their write at most."""
@@ -40,59 +41,78 @@ POLL_S = (0.05, 1.0)
 """First and longest wait between looks at blocks other fillers hold."""
 
 
-class Worker(Protocol):
-    """What :func:`compute_blocks` needs (:class:`~infl_array.engine.block_engine.BlockEngine`)."""
+@dataclass(frozen=True, slots=True)
+class BlockSteps:
+    """The plain callables :func:`compute_blocks` computes blocks with.
 
-    grid: BlockGrid
+    Attributes
+    ----------
+    values : callable
+        ``values(coords)``: the checked values of one block (nothing written).
+    write : callable
+        ``write(coords, values)``: store one block atomically (run on the writer thread).
+    stored : callable
+        ``stored(blocks)``: the subset of ``blocks`` in the store now.
+    prefetch : callable
+        ``prefetch(tile)``: called before the first block of a tile is computed.
+    finished : callable
+        ``finished(coords, values)``: ``coords`` is in the store; ``values`` are what this
+        call wrote, or None when another filler wrote it.
+    """
 
-    def tiles(self, blocks: list[BlockCoords]) -> list[list[BlockCoords]]: ...
-
-    def prefetch(self, tile: list[BlockCoords]) -> None: ...
-
-    def block_values(self, coords: BlockCoords) -> np.ndarray: ...
-
-    def mark_computed(self, coords: BlockCoords, by_us: bool = True) -> None: ...
-
-    def remember(self, coords: BlockCoords, values: np.ndarray) -> None: ...
+    values: Callable[[BlockCoords], np.ndarray]
+    write: Callable[[BlockCoords, np.ndarray], None]
+    stored: Callable[[list[BlockCoords]], set[BlockCoords]]
+    prefetch: Callable[[list[BlockCoords]], None]
+    finished: Callable[[BlockCoords, np.ndarray | None], None]
 
 
-class _Run:
-    """One call of :func:`compute_blocks`: its writer pipeline and its claims."""
+@dataclass(frozen=True, slots=True)
+class Sharing:
+    """How a call shares its work with other fillers of the store.
 
-    def __init__(
-        self,
-        worker: Worker,
-        writer: ThreadPoolExecutor,
-        on_done: Callable[[BlockCoords], None] | None,
-        claims: ClaimBook | None,
-        cache_values: bool,
-    ) -> None:
-        self.worker, self.writer, self.on_done = worker, writer, on_done
-        self.claims, self.cache_values = claims, cache_values
+    Attributes
+    ----------
+    book : ClaimBook
+        This filler's claims on the store (closed when the call returns).
+    units : ClaimUnits
+        The grid's claim units.
+    where : str
+        The store, as messages name it.
+    """
+
+    book: ClaimBook
+    units: ClaimUnits
+    where: str
+
+    @classmethod
+    def of(cls, grid: BlockGrid) -> Sharing:
+        """A new claim book on ``grid``'s claims and the grid's claim units."""
+        book = ClaimBook(grid.zarr_store, grid.layout.claims_prefix)
+        return cls(book, ClaimUnits.for_grid(grid.grid_shape), grid.where)
+
+
+class _Writes:
+    """The writer pipeline of one :func:`compute_blocks` call."""
+
+    def __init__(self, steps: BlockSteps, writer: ThreadPoolExecutor) -> None:
+        self.steps, self.writer = steps, writer
         self.pending: deque[tuple[BlockCoords, Future[None], np.ndarray]] = deque()
         self.written = 0
-
-    def done(self, coords: BlockCoords, by_us: bool) -> None:
-        self.worker.mark_computed(coords, by_us=by_us)
-        if self.claims is not None:
-            self.claims.release(block_claim(coords))
-        if self.on_done is not None:
-            self.on_done(coords)
+        self.on_written: Callable[[BlockCoords], None] = lambda coords: None
 
     def compute(self, coords: BlockCoords) -> None:
-        values = self.worker.block_values(coords)
-        future = self.writer.submit(self.worker.grid.write_block, coords, values)
-        self.pending.append((coords, future, values))
+        values = self.steps.values(coords)
+        self.pending.append((coords, self.writer.submit(self.steps.write, coords, values), values))
         while len(self.pending) >= MAX_WRITES_IN_FLIGHT:
             self.finish_one()
 
     def finish_one(self) -> None:
         coords, future, values = self.pending.popleft()
         future.result()
-        if self.cache_values:
-            self.worker.remember(coords, values)
         self.written += 1
-        self.done(coords, by_us=True)
+        self.steps.finished(coords, values)
+        self.on_written(coords)
 
     def finish_all(self) -> None:
         while self.pending:
@@ -101,46 +121,98 @@ class _Run:
     def abandon(self) -> int:
         """After an error: let submitted writes complete; count the blocks they stored."""
         kept = 0
-        for coords, future, _ in self.pending:
+        for coords, future, values in self.pending:
             if future.exception() is None:
-                self.worker.mark_computed(coords)
+                self.steps.finished(coords, values)
                 kept += 1
         return kept
 
 
-def compute_blocks(
-    worker: Worker,
-    blocks: list[BlockCoords],
-    on_done: Callable[[BlockCoords], None] | None = None,
-    share: bool = False,
-    cache_values: bool = True,
-) -> int:
-    """Compute and store ``blocks`` (see the module docstring); returns how many it wrote.
+class _SharedUnits:
+    """The claims one shared call takes, a unit at a time (see the module docstring)."""
 
-    ``on_done(coords)`` is called for every block that is in the store afterwards (written by
-    this call or, when sharing, found there). ``cache_values`` hands computed values to
-    ``worker.remember`` (reads cache them; fills do not).
+    def __init__(self, sharing: Sharing, steps: BlockSteps, blocks: list[BlockCoords]) -> None:
+        self.sharing, self.steps = sharing, steps
+        self.book, self.units = sharing.book, sharing.units
+        self.left = Counter(self.units.unit_of(c) for c in blocks)  # blocks not yet stored
+        self.members: dict[BlockCoords, list[BlockCoords]] = {}
+        for coords in blocks:
+            self.members.setdefault(self.units.unit_of(coords), []).append(coords)
+        self.state: dict[BlockCoords, str] = {}
+        self.stored: set[BlockCoords] = set()
+
+    def settle(self, coords: BlockCoords) -> str:
+        """``"mine"`` (compute it), ``"held"`` (another filler's unit) or ``"stored"``."""
+        unit = self.units.unit_of(coords)
+        if unit not in self.state:
+            self.state[unit] = self.claim(unit)
+        return "stored" if coords in self.stored else self.state[unit]
+
+    def claim(self, unit: BlockCoords) -> str:
+        """Claim a unit whose blocks are not all stored: ``"mine"``, ``"held"`` or ``"stored"``.
+
+        Blocks another filler stored (and released) between our look and our claim are found
+        by one more look after claiming. A failed claim write (full disk, no permission)
+        names the unit's first block.
+        """
+        if not self._look(unit):
+            return "stored"
+        try:
+            if not self.book.try_claim(self.units.name(unit)):
+                return "held"
+        except OSError as exc:
+            raise write_error(exc, self.members[unit][0], self.sharing.where) from exc
+        self.state[unit] = "mine"  # so that a unit found complete now is released at once
+        return "mine" if self._look(unit) else "stored"
+
+    def _look(self, unit: BlockCoords) -> bool:
+        """Mark the unit's blocks found in the store as done; whether any is still missing."""
+        todo = [c for c in self.members[unit] if c not in self.stored]
+        for coords in sorted(self.steps.stored(todo)):
+            self.steps.finished(coords, None)
+            self.done(coords)
+        return any(c not in self.stored for c in todo)
+
+    def done(self, coords: BlockCoords) -> None:
+        """``coords`` is in the store: release its unit once all of the unit's blocks are."""
+        self.stored.add(coords)
+        unit = self.units.unit_of(coords)
+        self.left[unit] -= 1
+        if self.left[unit] == 0 and self.state.get(unit) == "mine":
+            self.book.release(self.units.name(unit))
+
+    def retry(self, unit: BlockCoords) -> list[BlockCoords]:
+        """Try a held unit again; returns its blocks to compute now (none while still held)."""
+        self.state[unit] = self.claim(unit)
+        if self.state[unit] != "mine":
+            return []
+        return [c for c in self.members[unit] if c not in self.stored]
+
+
+def compute_blocks(
+    tiles: list[list[BlockCoords]],
+    steps: BlockSteps,
+    sharing: Sharing | None = None,
+) -> int:
+    """Compute and store the blocks of ``tiles`` (see the module docstring); returns how many
+    this call wrote.
+
+    ``steps.finished`` is called for every block that is in the store afterwards (written by
+    this call or, when sharing, found there). With ``sharing`` the work is shared with other
+    fillers through claims; its claim book is closed on return.
     """
+    blocks = [c for tile in tiles for c in tile]
     if not blocks:
         return 0
-    grid = worker.grid
-    claims = ClaimBook(grid.zarr_store, grid.layout.claims_prefix) if share else None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="infl-array-writer") as writer:
-        run = _Run(worker, writer, on_done, claims, cache_values)
+        writes = _Writes(steps, writer)
         try:
-            deferred: list[BlockCoords] = []
-            for tile in worker.tiles(blocks):
-                if claims is None:
-                    worker.prefetch(tile)
-                    for coords in tile:
-                        run.compute(coords)
-                else:
-                    deferred += _shared_tile(run, claims, tile)
-            run.finish_all()
-            if claims is not None:
-                _finish_deferred(run, claims, deferred)
+            if sharing is None:
+                _compute_tiles(writes, tiles)
+            else:
+                _compute_shared(writes, tiles, _SharedUnits(sharing, steps, blocks))
         except KeyboardInterrupt as exc:
-            kept = run.written + run.abandon()
+            kept = writes.written + writes.abandon()
             add_note(
                 exc,
                 f"infl_array: interrupted; {kept} of the {len(blocks)} blocks being computed "
@@ -149,72 +221,53 @@ def compute_blocks(
             )
             raise
         except BaseException:
-            run.abandon()
+            writes.abandon()
             raise
         finally:
-            if claims is not None:
-                claims.close()
-    return run.written
+            if sharing is not None:
+                sharing.book.close()
+    return writes.written
 
 
-def _claim(claims: ClaimBook, grid: BlockGrid, coords: BlockCoords) -> str:
-    """Claim a block: ``"mine"``, ``"held"`` (another filler's) or ``"present"`` (stored).
-
-    A block another filler wrote (and released) between our listing and our claim is found by
-    one more look after claiming. A failed claim write (full disk, no permission) names the
-    block.
-    """
-    try:
-        if not claims.try_claim(block_claim(coords)):
-            return "held"
-    except OSError as exc:
-        raise write_error(exc, coords, grid.where) from exc
-    return "present" if grid.has_blocks([coords]) else "mine"
+def _compute_tiles(writes: _Writes, tiles: list[list[BlockCoords]]) -> None:
+    for tile in tiles:
+        writes.steps.prefetch(tile)
+        for coords in tile:
+            writes.compute(coords)
+    writes.finish_all()
 
 
-def _settle(run: _Run, claims: ClaimBook, coords: BlockCoords, present: set[BlockCoords]) -> str:
-    """Claim a block not listed as ``present``; a block found stored is marked done."""
-    state = "present" if coords in present else _claim(claims, run.worker.grid, coords)
-    if state == "present":
-        run.done(coords, by_us=False)
-    return state
+def _compute_shared(writes: _Writes, tiles: list[list[BlockCoords]], shared: _SharedUnits) -> None:
+    """Compute the blocks of units this filler can claim; then wait for (or take over) the rest."""
+    writes.on_written = shared.done
+    held: dict[BlockCoords, None] = {}
+    for tile in tiles:
+        prefetched = False
+        for coords in tile:
+            state = shared.settle(coords)
+            if state == "held":
+                held[shared.units.unit_of(coords)] = None
+            elif state == "mine":
+                if not prefetched:
+                    writes.steps.prefetch(tile)
+                    prefetched = True
+                writes.compute(coords)
+    writes.finish_all()
+    _finish_held(writes, shared, list(held))
 
 
-def _shared_tile(run: _Run, claims: ClaimBook, tile: list[BlockCoords]) -> list[BlockCoords]:
-    """Compute the blocks of a tile this filler can claim, column by column; returns the rest."""
-    grid, deferred, prefetched = run.worker.grid, [], False
-    for _, column in groupby(tile, key=lambda c: c[1]):
-        blocks = list(column)
-        present = grid.has_blocks(blocks)
-        mine = []
-        for coords in blocks:
-            state = _settle(run, claims, coords, present)
-            if state == "mine":
-                mine.append(coords)
-            elif state == "held":
-                deferred.append(coords)
-        if mine and not prefetched:
-            run.worker.prefetch(tile)
-            prefetched = True
-        for coords in mine:
-            run.compute(coords)
-    return deferred
-
-
-def _finish_deferred(run: _Run, claims: ClaimBook, deferred: list[BlockCoords]) -> None:
-    """Wait for blocks other fillers hold; take over those whose claim expired."""
+def _finish_held(writes: _Writes, shared: _SharedUnits, held: list[BlockCoords]) -> None:
+    """Wait for units other fillers hold; take over those whose claim expired."""
     wait = POLL_S[0]
-    while deferred:
-        present = run.worker.grid.has_blocks(deferred)
+    while held:
         still = []
-        for coords in deferred:
-            state = _settle(run, claims, coords, present)
-            if state == "mine":
-                run.compute(coords)
-            elif state == "held":
-                still.append(coords)
-        run.finish_all()
-        deferred = still
-        if deferred:
+        for unit in held:
+            for coords in shared.retry(unit):
+                writes.compute(coords)
+            if shared.state[unit] == "held":
+                still.append(unit)
+        writes.finish_all()
+        held = still
+        if held:
             time.sleep(wait)
             wait = min(2 * wait, POLL_S[1])

@@ -1,4 +1,4 @@
-"""Running a fill's tasks on a ``dask.distributed`` cluster.
+"""Running a fill's tasks on a ``dask.distributed`` cluster (``fill(client=...)``).
 
 * The engine (model, data, store address) reaches the cluster once, as the result of one task
   whose input (its pickled bytes) the scheduler keeps: a worker that needs it fetches it from
@@ -22,9 +22,11 @@ import pickle
 from typing import Any
 
 from infl_array.engine.block_engine import BlockEngine
-from infl_array.executors.tasks import FillProgress, Task, run_phases, run_task
+from infl_array.engine.plan import FillPlan, Task
+from infl_array.executors.base import FillProgress, run_phases
+from infl_array.executors.tasks import run_task
 
-__all__ = ["run_on_dask"]
+__all__ = ["RETRIES", "DaskExecutor"]
 
 RETRIES = 3
 """Times a task is retried after its worker died."""
@@ -36,28 +38,36 @@ def _load(payload: bytes) -> BlockEngine:
     return engine
 
 
-def run_on_dask(
-    engine: BlockEngine, phases: list[list[Task]], client: Any, total: int, progress: bool
-) -> int:
-    """Run the fill's ``phases`` on ``client``; returns the blocks written."""
-    from distributed import as_completed
+class DaskExecutor:
+    """The :class:`~infl_array.executors.base.Executor` of a ``dask.distributed`` client
+    (see the module docstring)."""
 
-    state = FillProgress(engine, total, progress)
-    payload = pickle.dumps(engine)
-    engine_future = client.submit(_load, payload, pure=True)  # recomputable: see module doc
-    submitted: list[Any] = []
+    remote = True
 
-    def submit(task: Task) -> Any:
-        submitted.append(client.submit(run_task, engine_future, task, retries=RETRIES, pure=False))
-        return submitted[-1]
+    def __init__(self, client: Any) -> None:
+        self.client = client
 
-    try:
-        run_phases(phases, submit, as_completed, lambda f: f.result(), state.on_task)
-    except BaseException as exc:
-        client.cancel(submitted)
-        state.kept_note(exc, "the fill stopped")
-        raise
-    finally:
-        state.bar.close()
-        client.cancel([engine_future])
-    return state.written
+    @property
+    def workers(self) -> int:
+        """The cluster's workers now (at least 1)."""
+        return max(1, len(self.client.scheduler_info()["workers"]))
+
+    def run(self, engine: BlockEngine, plan: FillPlan, progress: FillProgress) -> None:
+        from distributed import as_completed
+
+        client = self.client
+        engine_future = client.submit(_load, pickle.dumps(engine), pure=True)  # see module doc
+        submitted: list[Any] = []
+
+        def submit(task: Task) -> Any:
+            return client.submit(run_task, engine_future, task, retries=RETRIES, pure=False)
+
+        try:
+            run_phases(plan, submit, as_completed, progress, submitted)
+        except BaseException as exc:
+            client.cancel(submitted)
+            progress.kept_note(exc, "the fill stopped")
+            raise
+        finally:
+            client.cancel([engine_future])
+        engine.refresh()

@@ -31,6 +31,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from infl_array.storage.zarr_compat import delete_key, read_key, write_key, write_key_if_absent
@@ -50,14 +51,23 @@ class ClaimBook:
         The store's zarr Store object.
     prefix : str
         Key prefix of the claims (e.g. ``"influence/claims/"``).
-    ttl_s : float, optional
-        Seconds a claim lives after its last refresh (default :data:`CLAIM_TTL_S`).
+    ttl_s : float
+        Seconds a claim lives after its last refresh.
+    clock : callable
+        The wall clock claims expire by (``time.time``; tests pass a clock they move).
     """
 
-    def __init__(self, zarr_store: Any, prefix: str, ttl_s: float | None = None) -> None:
+    def __init__(
+        self,
+        zarr_store: Any,
+        prefix: str,
+        ttl_s: float = CLAIM_TTL_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._store = zarr_store
         self._prefix = prefix
-        self.ttl_s = float(CLAIM_TTL_S if ttl_s is None else ttl_s)
+        self.ttl_s = float(ttl_s)
+        self._clock = clock
         self._unreadable: dict[str, float] = {}  # claim name -> when first seen unreadable
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self._held: set[str] = set()
@@ -66,7 +76,7 @@ class ClaimBook:
         self._heartbeat: threading.Thread | None = None
 
     def _content(self) -> bytes:
-        return json.dumps({"owner": self.owner, "expires": time.time() + self.ttl_s}).encode()
+        return json.dumps({"owner": self.owner, "expires": self._clock() + self.ttl_s}).encode()
 
     def _read(self, name: str) -> dict[str, Any] | None:
         raw = read_key(self._store, self._prefix + name)
@@ -90,7 +100,7 @@ class ClaimBook:
         that long is damage, and a wait on it ends.
         """
         if found:
-            return not _is_stale(found)
+            return not _is_stale(found, self._clock())
         first = self._unreadable.setdefault(name, time.monotonic())
         return time.monotonic() - first < self.ttl_s
 
@@ -116,19 +126,22 @@ class ClaimBook:
 
     def release(self, name: str) -> None:
         """Give up ``name``'s claim (its unit is done, or abandoned)."""
-        with self._lock:
+        with self._lock:  # not while the heartbeat rewrites it: a released claim stays gone
             if name not in self._held:
                 return
             self._held.discard(name)
-        found = self._read(name)
-        if found is not None and found.get("owner") == self.owner:
-            delete_key(self._store, self._prefix + name)
+            found = self._read(name)
+            if found is not None and found.get("owner") == self.owner:
+                delete_key(self._store, self._prefix + name)
 
     def close(self) -> None:
-        """Release every claim held and stop refreshing."""
+        """Release every claim held and stop refreshing (the heartbeat thread has ended on
+        return)."""
         for name in list(self._held):
             self.release(name)
         self._stop.set()
+        if self._heartbeat is not None and self._heartbeat is not threading.current_thread():
+            self._heartbeat.join()
 
     def _start_heartbeat(self) -> None:
         if self._heartbeat is not None and self._heartbeat.is_alive():
@@ -139,15 +152,22 @@ class ClaimBook:
         )
         self._heartbeat.start()
 
-    def _refresh_loop(self) -> None:
-        while not self._stop.wait(self.ttl_s / 4):
+    def refresh(self) -> None:
+        """Push the expiry of every claim held to ``ttl_s`` from now (the heartbeat's step)."""
+        with self._lock:
+            held = list(self._held)
+        for name in held:
             with self._lock:
-                held = list(self._held)
-            for name in held:
+                if name not in self._held:
+                    continue  # released meanwhile: writing it would bring it back
                 try:
                     write_key(self._store, self._prefix + name, self._content())
                 except OSError:
                     continue  # a failed refresh only risks the claim expiring
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.wait(self.ttl_s / 4):
+            self.refresh()
 
 
 def is_claim(found: Any) -> bool:
@@ -164,10 +184,11 @@ def is_claim(found: Any) -> bool:
     )
 
 
-def _is_stale(claim: dict[str, Any]) -> bool:
-    """Whether a claim's owner is gone: its claim expired, or it was a process of this machine
-    that no longer runs (a killed filler here is noticed at once, without waiting for expiry)."""
-    if float(claim.get("expires", time.time() + 1)) < time.time():
+def _is_stale(claim: dict[str, Any], now: float) -> bool:
+    """Whether a claim's owner is gone at time ``now``: its claim expired, or it was a process
+    of this machine that no longer runs (a killed filler here is noticed at once, without
+    waiting for expiry)."""
+    if float(claim.get("expires", now + 1)) < now:
         return True
     host, _, rest = str(claim.get("owner", "")).partition(":")
     pid = rest.partition(":")[0]

@@ -112,9 +112,11 @@ print(json.dumps({"written": arr.fill(progress=False)}))
 """
 
 
-def test_four_concurrent_fillers_share_the_work(tmp_path: Path) -> None:
+@pytest.mark.parametrize("block", [(8, 8), (4, 4)])  # 100 blocks claimed one by one; 400 in
+def test_four_concurrent_fillers_share_the_work(tmp_path: Path, block: tuple[int, int]) -> None:
     store, log, go = tmp_path / "store", tmp_path / "blocks.log", tmp_path / "go"
-    shape, block = (80, 80), (8, 8)  # 100 blocks
+    shape = (80, 80)  # claim units of 2 x 3 blocks (ClaimUnits)
+    n_blocks = (80 // block[0]) * (80 // block[1])
     ia.InfluenceArray.from_function(store, SlowLoggedFn(str(log)), shape=shape, block_shape=block)
     paths = [str(TESTS), os.environ.get("PYTHONPATH", "")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
@@ -129,9 +131,9 @@ def test_four_concurrent_fillers_share_the_work(tmp_path: Path) -> None:
     assert all(p.returncode == 0 for p in procs), outputs
     written = [json.loads(out.strip().splitlines()[-1])["written"] for out in outputs]
     computed = Counter((r, c) for r, c, _ in logged_blocks(str(log)))
-    assert len(computed) == 100 and sum(written) == 100
-    duplicates = sum(computed.values()) - 100
-    assert duplicates < 5, f"{duplicates} of 100 blocks computed twice"
+    assert len(computed) == n_blocks and sum(written) == n_blocks
+    duplicates = sum(computed.values()) - n_blocks
+    assert duplicates < 0.05 * n_blocks, f"{duplicates} of {n_blocks} blocks computed twice"
     assert len({pid for *_, pid in logged_blocks(str(log))}) >= 2  # the work was shared
     expected = np.add.outer(np.arange(80) * 1000.0, np.arange(80))
     np.testing.assert_array_equal(np.asarray(ia.open(store)), expected)
@@ -143,28 +145,46 @@ def test_claims_expire_and_dead_local_owners_are_noticed_at_once(tmp_path: Path)
         tmp_path / "s", SlowLoggedFn(str(tmp_path / "log")), shape=(4, 4), block_shape=(2, 2)
     )
     zstore = InfluenceStore.open(tmp_path / "s").matrix.zarr_store
-    mine, other = (ClaimBook(zstore, "influence/claims/", ttl_s=0.4) for _ in range(2))
+    now = [1_000_000.0]  # a clock the test moves: no claim depends on how fast this runs
+
+    def book() -> ClaimBook:
+        return ClaimBook(zstore, "influence/claims/", ttl_s=60.0, clock=lambda: now[0])
+
+    threads = _heartbeats()
+    mine, other = book(), book()
     assert mine.try_claim("a") and not other.try_claim("a")
-    time.sleep(0.6)  # past the ttl: the heartbeat kept it alive
+    assert _heartbeats() == threads + 1  # the holder refreshes its claims in the background
+    now[0] += 45.0
+    mine.refresh()  # one heartbeat
+    now[0] += 45.0  # past the first expiry, not past the refreshed one
     assert not other.try_claim("a")
-    mine.close()
-    assert other.try_claim("a")  # released
+    now[0] += 61.0  # no refresh for longer than the ttl: expired
+    assert other.try_claim("a")
+    mine.close()  # leaves the claim "a" alone: it is other's now
+    assert not book().try_claim("a")
     other.close()
+    assert _heartbeats() == threads  # closed books stop refreshing
 
     def plant(name: str, owner: str, expires_in: float) -> None:
-        content = json.dumps({"owner": owner, "expires": time.time() + expires_in}).encode()
+        content = json.dumps({"owner": owner, "expires": now[0] + expires_in}).encode()
         write_key(zstore, f"influence/claims/{name}", content)
 
-    book = ClaimBook(zstore, "influence/claims/", ttl_s=0.4)
-    plant("b", "another-machine:1:x", 0.3)  # a live filler elsewhere
-    assert not book.try_claim("b")
-    time.sleep(0.4)  # it stopped refreshing (killed): the claim expires, never blocks forever
-    assert book.try_claim("b")
+    late = book()
+    plant("b", "another-machine:1:x", 30.0)  # a live filler elsewhere
+    assert not late.try_claim("b")
+    now[0] += 31.0  # it stopped refreshing (killed): the claim expires, never blocks forever
+    assert late.try_claim("b")
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)  # fmt: skip
     plant("c", f"{socket.gethostname()}:{dead.stdout.strip()}:x", 3600.0)
-    assert book.try_claim("c")  # a killed filler on this machine is noticed without waiting
-    book.close()
+    assert late.try_claim("c")  # a killed filler on this machine is noticed without waiting
+    late.close()
+    assert not list((tmp_path / "s" / "influence" / "claims").iterdir())  # all released
+
+
+def _heartbeats() -> int:
+    """Live claim heartbeat threads (``ClaimBook.close`` ends its book's thread)."""
+    return sum(t.name == "infl-array-claims" for t in threading.enumerate())
 
 
 # ---------------------------------------------------------------------- process pool faults

@@ -1,0 +1,106 @@
+"""Computing blocks (engine/work.py): shared fills claim units of blocks, not blocks; a unit
+another filler holds is computed once it is free; an in-process store takes no claims."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from helpers import SlowLoggedFn, logged_blocks
+
+import infl_array as ia
+from infl_array.engine.plan import ClaimUnits
+from infl_array.storage.claims import ClaimBook
+from infl_array.storage.store import InfluenceStore
+from infl_array.storage.zarr_compat import write_key
+
+SHAPE, BLOCK = (40, 40), (2, 2)  # 20 x 20 blocks: claim units of 2 x 3 blocks
+UNITS = ClaimUnits(2, 3)
+N_UNITS = 10 * 7
+
+
+@pytest.fixture
+def counted_claims(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """Counts of ClaimBook.try_claim and ClaimBook.release calls, by method."""
+    calls: Counter[str] = Counter()
+    for name in ("try_claim", "release"):
+        original = getattr(ClaimBook, name)
+
+        def counted(self: ClaimBook, claim: str, _o: Any = original, _n: str = name) -> Any:
+            calls[_n] += 1
+            return _o(self, claim)
+
+        monkeypatch.setattr(ClaimBook, name, counted)
+    return calls
+
+
+def expected() -> np.ndarray:
+    return np.add.outer(np.arange(SHAPE[0]) * 1000.0, np.arange(SHAPE[1]))
+
+
+def test_a_shared_fill_takes_one_claim_per_unit(
+    tmp_path: Path, counted_claims: Counter[str]
+) -> None:
+    log = tmp_path / "log"
+    arr = ia.InfluenceArray.from_function(
+        tmp_path / "s", SlowLoggedFn(str(log)), shape=SHAPE, block_shape=BLOCK
+    )
+    assert ClaimUnits.for_grid(arr.grid_shape) == UNITS
+    assert arr.fill(progress=False) == 400
+    assert counted_claims == {"try_claim": N_UNITS, "release": N_UNITS}
+    assert sorted(Counter((r, c) for r, c, _ in logged_blocks(str(log))).values()) == [1] * 400
+    np.testing.assert_array_equal(np.asarray(arr), expected())
+    assert not list((tmp_path / "s" / "influence" / "claims").iterdir())  # all released
+
+
+def test_an_in_process_store_takes_no_claims(counted_claims: Counter[str]) -> None:
+    fn = SlowLoggedFn("/dev/null")
+    arr = ia.InfluenceArray.from_function({}, fn, shape=SHAPE, block_shape=BLOCK)
+    assert arr.fill(progress=False) == 400
+    assert counted_claims == {}
+    np.testing.assert_array_equal(np.asarray(arr), expected())
+
+
+def _plant(store: Path, unit: tuple[int, int], owner: str, expires_in: float) -> None:
+    import time
+
+    zstore = InfluenceStore.open(store).matrix.zarr_store
+    content = json.dumps({"owner": owner, "expires": time.time() + expires_in}).encode()
+    write_key(zstore, f"influence/claims/{UNITS.name(unit)}", content)
+
+
+def test_a_unit_held_by_a_live_filler_is_computed_last_after_its_claim_expires(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "log"
+    arr = ia.InfluenceArray.from_function(
+        tmp_path / "s", SlowLoggedFn(str(log)), shape=SHAPE, block_shape=BLOCK
+    )
+    _plant(tmp_path / "s", (0, 0), "another-machine:1:x", expires_in=3.0)  # then it dies
+    assert arr.fill(progress=False) == 400
+    order = [(r // BLOCK[0], c // BLOCK[1]) for r, c, _ in logged_blocks(str(log))]
+    held = {(i, j) for i in range(2) for j in range(3)}
+    assert len(order) == 400 and set(order[-6:]) == held  # skipped, then taken over
+    np.testing.assert_array_equal(np.asarray(arr), expected())
+
+
+def test_a_unit_claimed_by_a_dead_local_filler_is_taken_over_at_once(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    arr = ia.InfluenceArray.from_function(
+        tmp_path / "s", SlowLoggedFn(str(log)), shape=SHAPE, block_shape=BLOCK
+    )
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    owner = f"{socket.gethostname()}:{dead.stdout.strip()}:x"
+    _plant(tmp_path / "s", (0, 0), owner, expires_in=3600.0)
+    assert arr.fill(progress=False) == 400
+    order = [(r // BLOCK[0], c // BLOCK[1]) for r, c, _ in logged_blocks(str(log))]
+    assert order[0] == (0, 0) and len(order) == 400  # not deferred: its owner is gone
+    assert not list((tmp_path / "s" / "influence" / "claims").iterdir())
