@@ -1,4 +1,10 @@
-"""The ``infl-array`` command: ``demo``, ``info``, ``top`` and ``verify``."""
+"""The ``infl-array`` command: ``demo``, ``info``, ``top`` and ``verify``.
+
+An expected error (a store that is not there or not readable, bad input, a damaged or stale
+store: ``LookupError``, ``ValueError``, ``OSError``, ``TypeError``) is printed as one paragraph,
+``error: <what, where, the fix>``, with exit status 2; ``--traceback`` (or the environment
+variable ``INFL_ARRAY_TRACEBACK=1``) lets it propagate with its traceback instead.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +19,18 @@ import numpy as np
 from infl_array.arrays.influence import InfluenceArray, open_array
 from infl_array.version import __version__
 
-__all__ = ["build_parser", "cmd_demo", "cmd_info", "cmd_top", "cmd_verify", "main"]
+__all__ = [
+    "TRACEBACK_ENV",
+    "build_parser",
+    "cmd_demo",
+    "cmd_info",
+    "cmd_top",
+    "cmd_verify",
+    "main",
+]
+
+TRACEBACK_ENV = "INFL_ARRAY_TRACEBACK"
+"""Environment variable: set to 1 to show the traceback of expected errors, as --traceback."""
 
 
 def _open(store: str) -> InfluenceArray:
@@ -82,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="infl-array", description="Lazy, cached influence-function matrices."
     )
     parser.add_argument("--version", action="version", version=__version__)
+    parser.add_argument(
+        "--traceback",
+        action="store_true",
+        help=f"show the full traceback of errors (also: {TRACEBACK_ENV}=1)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="the main job end to end on a small real data set")
     p.add_argument("store", nargs="?", default="infl-array-demo", help="store directory")
@@ -111,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _silence_stdout()
         return 0
     except (LookupError, ValueError, OSError, TypeError) as exc:
+        if args.traceback or os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

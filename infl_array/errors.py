@@ -12,6 +12,7 @@ __all__ = [
     "CorruptBlockError",
     "MissingBlockError",
     "NotAStoreError",
+    "SampleError",
     "StaleCacheError",
     "add_note",
     "format_bytes",
@@ -82,3 +83,16 @@ class BlockFunctionError(ValueError):
     def __init__(self, block_coords: tuple[int, int], message: str) -> None:
         super().__init__(message)
         self.block_coords = block_coords
+
+
+class SampleError(ValueError):
+    """One sample of the test or train data cannot be used (a label out of range, a NaN input).
+
+    ``data`` is ``"test"`` or ``"train"``, ``index`` the sample's index in that data set; the
+    original error is the ``__cause__``.
+    """
+
+    def __init__(self, data: str, index: int, message: str) -> None:
+        super().__init__(message)
+        self.data = data
+        self.index = index

@@ -14,7 +14,11 @@ influence matrix for ``rows x cols`` is ``test_factors(rows) @ train_factors(col
 ``influence_config()`` returns a JSON-able mapping that identifies the backend and its
 settings; the store records it, and opening a store with a model whose config differs
 raises :class:`~infl_array.errors.StaleCacheError`. ``model_fingerprint()`` (optional) returns
-a string that identifies the parameter values the influence is computed at.
+a string that identifies the parameter values the influence is computed at;
+``parameter_fingerprints()`` and ``changed_parameters()`` (optional) fingerprint each parameter
+as of ``fit`` and name those whose values changed since (a model edited after ``fit`` is
+refused, naming them; a store records the per-parameter fingerprints, so opening it with a
+refitted model names the parameters that differ).
 
 **Compact train factors.** A backend whose train factors are not in the test factors' space
 (compact per-layer forms: :class:`~infl_array.torch.EkfacInfluence` keeps a layer that sees one
@@ -118,6 +122,19 @@ class Fingerprinted(Protocol):
 
     def model_fingerprint(self) -> str:
         """E.g. a sha256 of the parameters."""
+        ...
+
+
+@runtime_checkable
+class ParameterFingerprinted(Protocol):
+    """Optional: each parameter's fingerprint as of fit, and those changed since."""
+
+    def parameter_fingerprints(self) -> Mapping[str, str]:
+        """``{parameter name: short digest of its values}`` the influence is computed at."""
+        ...
+
+    def changed_parameters(self) -> list[str]:
+        """Names of the parameters whose values differ from those at fit (empty if none)."""
         ...
 
 

@@ -29,7 +29,13 @@ from infl_array.executors.dispatch import fill_store
 from infl_array.storage.factors import DEFAULT_FACTOR_DISK_BUDGET, FactorStore
 from infl_array.storage.grid import BlockCoords
 from infl_array.storage.integrity import StoreReport
-from infl_array.storage.meta import Compression, StoreMeta, check_shapes
+from infl_array.storage.meta import (
+    Compression,
+    StoreMeta,
+    check_chunk_bytes,
+    check_shapes,
+    clip_block_shape,
+)
 from infl_array.storage.notes import format_notes, read_notes
 from infl_array.storage.store import InfluenceStore
 
@@ -82,7 +88,8 @@ class InfluenceArray(LazyArray):
             Called as ``fn(rows, cols)`` with two ``range`` objects; returns an array of shape
             ``(len(rows), len(cols))`` (numpy, torch or array-like), finite, real.
         shape, block_shape
-            ``(n_test, n_train)`` and the block (chunk) shape.
+            ``(n_test, n_train)`` and the block (chunk) shape; a ``block_shape`` larger than
+            ``shape`` is clipped to it.
         dtype
             ``"float32"`` (default) or ``"float64"``.
         overwrite
@@ -156,9 +163,11 @@ class InfluenceArray(LazyArray):
         compression: Compression | None,
         storage_options: dict[str, Any] | None,
     ) -> InfluenceArray:
+        block_shape = clip_block_shape(shape, _as_pair(block_shape, "block_shape"))
+        check_chunk_bytes(block_shape, _dtype_name(dtype))
         meta = StoreMeta(
             shape=shape,
-            block_shape=_as_pair(block_shape, "block_shape"),
+            block_shape=block_shape,
             dtype=_dtype_name(dtype),
             computed_by=source.describe(),
             fingerprints=source.fingerprints(),
@@ -314,11 +323,15 @@ class InfluenceArray(LazyArray):
                 "codec header and checksum outweigh the savings; prefer larger blocks)"
             )
         by = self.meta.computed_by
+        backend = str(by.get("backend") or by.get("name") or by.get("kind", "?"))
+        config = by.get("config")
+        if isinstance(config, dict) and config.get("curvature"):
+            backend += f" ({config['curvature']})"
         return {
             "blocks computed": f"{len(known)}/{n_blocks} ({100 * len(known) / n_blocks:.1f}%)",
             "stored": format_bytes(stored),
             "compression ratio": ratio,
-            "backend": str(by.get("backend") or by.get("name") or by.get("kind", "?")),
+            "backend": backend,
             "mode": "computes missing blocks" if self.can_compute else "read-only",
             "store": engine.store.where,
         }
@@ -447,7 +460,8 @@ def open_array(
     meta = opened.meta
     given: dict[str, tuple[Any, Any]] = {}
     if block_shape is not None:
-        given["block_shape"] = (list(meta.block_shape), list(_as_pair(block_shape, "block_shape")))
+        asked = clip_block_shape(meta.shape, _as_pair(block_shape, "block_shape"))
+        given["block_shape"] = (list(clip_block_shape(meta.shape, meta.block_shape)), list(asked))
     if dtype is not None:
         given["dtype"] = (meta.dtype, _dtype_name(dtype))
     kind = meta.computed_by.get("kind", "function")
@@ -456,7 +470,8 @@ def open_array(
         source = _model_source(model, test, train, factor_budget_bytes)
         stored = dict(meta.fingerprints)
         for name, value in source.fingerprints().items():
-            given[name] = (stored.get(name), value)
+            if name in stored or name in ("model", "backend", "test", "train"):
+                given[name] = (stored.get(name), value)  # what older stores lack is not asked
         given["shape"] = (list(meta.shape), list(source.shape or ()))
         check_same(opened, given, kind_given="model", kind_stored=kind)
         source.set_output_dtype(np.dtype(meta.dtype))

@@ -59,7 +59,7 @@ from infl_array.storage.store import InfluenceStore
 
 __all__ = ["ArrayStats", "BlockEngine"]
 
-READ_PROGRESS_DELAY_S = 2.0
+READ_PROGRESS_DELAY_S = 1.0
 """A read that computes blocks shows a progress bar once it has taken this long."""
 
 

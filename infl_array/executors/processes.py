@@ -2,12 +2,19 @@
 
 Each worker process is started (``spawn``) with the engine, once; tasks are sent to free
 workers phase by phase. A worker that dies (killed, out of memory) breaks the pool: the fill
-stops and says what was kept. A task that fails cancels the tasks not yet started.
+stops and says what was kept. A task that fails stops the fill: its exception comes back with
+the worker's traceback, and the tasks not yet started are cancelled. A script that would start
+workers outside an ``if __name__ == "__main__":`` guard is refused first, and a worker that
+cannot load the model says why (:mod:`~infl_array.executors.worker_start`). On Ctrl-C (or a
+failed task) the fill stops at once, without the standard library's ``InvalidStateError``
+(:func:`_stop`).
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import pickle
+import sys
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 
@@ -15,20 +22,38 @@ from infl_array.engine.block_engine import BlockEngine
 from infl_array.engine.plan import FillPlan, Task
 from infl_array.executors.base import FillProgress, run_phases
 from infl_array.executors.tasks import run_task
+from infl_array.executors.worker_start import check_main_guard, load_engine, start_error
 
 __all__ = ["ProcessExecutor"]
 
 _WORKER_ENGINE: BlockEngine | None = None
+_WORKER_ERROR: BaseException | None = None
 
 
-def _init_worker(engine: BlockEngine) -> None:
-    global _WORKER_ENGINE
-    _WORKER_ENGINE = engine
+def _init_worker(payload: bytes) -> None:
+    global _WORKER_ENGINE, _WORKER_ERROR
+    _WORKER_ENGINE, _WORKER_ERROR = load_engine(payload)
 
 
 def _worker_task(task: Task) -> dict[str, int]:
+    if _WORKER_ERROR is not None:
+        raise start_error(_WORKER_ERROR) from _WORKER_ERROR
     assert _WORKER_ENGINE is not None
     return run_task(_WORKER_ENGINE, task)
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Stop ``pool`` now: cancel what has not started and end the workers.
+
+    The pool cancels its pending tasks itself (cancelling their futures here races its manager
+    thread, which then sets an exception on a cancelled future: ``InvalidStateError``). Tasks
+    already handed to a worker cannot be cancelled and would run to their end, each a group
+    of blocks, before the pool shut down: the workers are terminated instead. Blocks they
+    finished are in the store; their claims are taken over once their process is gone.
+    """
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 class ProcessExecutor:
@@ -40,9 +65,11 @@ class ProcessExecutor:
         self.workers = workers
 
     def run(self, engine: BlockEngine, plan: FillPlan, progress: FillProgress) -> None:
+        check_main_guard(self.workers, sys._getframe(1))
+        payload = pickle.dumps(engine)
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(
-            self.workers, mp_context=context, initializer=_init_worker, initargs=(engine,)
+            self.workers, mp_context=context, initializer=_init_worker, initargs=(payload,)
         ) as pool:
             submitted: list[Future[dict[str, int]]] = []
 
@@ -56,8 +83,7 @@ class ProcessExecutor:
                 raise
             except BaseException as exc:
                 # one task failed (or we were interrupted): start no more, re-raise at once
-                for future in submitted:
-                    future.cancel()
+                _stop(pool)
                 progress.kept_note(exc, "the fill stopped")
                 raise
         engine.refresh()

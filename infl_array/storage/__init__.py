@@ -6,7 +6,8 @@ Owns every key and path of the on-disk layout, named and documented in one modul
 (:mod:`~infl_array.storage.grid`), stored factor blocks (:mod:`~infl_array.storage.factors`),
 claims of blocks being computed (:mod:`~infl_array.storage.claims`), notes of what computing
 found (:mod:`~infl_array.storage.notes`), the integrity check of every stored array
-(:mod:`~infl_array.storage.integrity`), and the one seam to zarr internals
+(:mod:`~infl_array.storage.integrity`), URL-store errors explained
+(:mod:`~infl_array.storage.remote_errors`), and the one seam to zarr internals
 (:mod:`~infl_array.storage.zarr_compat`).
 
 May import: numpy, zarr and its codecs, fsspec, and :mod:`infl_array.errors`,

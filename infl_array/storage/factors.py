@@ -18,12 +18,14 @@ sharing is in which object serves the side, not in code that asks which side it 
 
 Which sides are stored
 ----------------------
-A side is stored when its whole array fits ``budget_bytes`` (``n * width * itemsize``; each
-side on its own) and, for a local store, half the free disk space; a side whose array already
-exists is always used. The decision depends only on sizes, so every process filling the store
-decides alike. Stored factors are what lets workers on other processes or machines compute
-each factor once per fill (one process computes a factor block, all others read it), a
-resumed fill skip the factors it already has, and a new test set reuse the train side.
+A side is stored when its whole array fits ``budget_bytes`` (``n * width * itemsize``; each side
+on its own), one chunk (``min(block_len, n)`` rows) stays under the codec limit
+(:data:`~infl_array.storage.meta.MAX_CHUNK_BYTES`: a wider side is kept in memory per tile,
+never written as a chunk blosc refuses) and, for a local store, half the free disk space; a side
+whose array already exists is always used. The decision depends only on sizes, so every process
+filling the store decides alike. Stored factors are what lets workers on other processes or
+machines compute each factor once per fill (one process computes a factor block, all others read
+it), a resumed fill skip the factors it already has, and a new test set reuse the train side.
 Processes computing a stored side claim its blocks first (:mod:`infl_array.storage.claims`): a block
 another live process is computing is waited for and read, not computed again.
 
@@ -43,6 +45,7 @@ from infl_array.errors import CorruptBlockError
 from infl_array.storage import layout
 from infl_array.storage.claims import ClaimBook
 from infl_array.storage.grid import BlockGrid
+from infl_array.storage.meta import MAX_CHUNK_BYTES
 from infl_array.storage.store import InfluenceStore
 
 __all__ = ["DEFAULT_FACTOR_DISK_BUDGET", "SIDES", "FactorSide", "FactorStore"]
@@ -99,6 +102,11 @@ class FactorSide:
         return self.store.meta.block_shape[SIDES.index(self.side)]
 
     @property
+    def chunk_rows(self) -> int:
+        """Rows of one stored chunk: a block's, or all samples when there are fewer."""
+        return min(self.block_len, self.n)
+
+    @property
     def n(self) -> int:
         """Number of samples on this side."""
         return self.store.meta.shape[SIDES.index(self.side)]
@@ -122,7 +130,12 @@ class FactorSide:
         if self.store.read_only:
             return False
         need = self.n * width * itemsize
-        return need <= self.budget_bytes and need <= self._free_disk() // 2
+        chunk = self.chunk_rows * width * itemsize
+        return (
+            need <= self.budget_bytes
+            and chunk <= MAX_CHUNK_BYTES
+            and need <= self._free_disk() // 2
+        )
 
     def _free_disk(self) -> int:
         root = self.store.local_root
@@ -182,7 +195,7 @@ class FactorSide:
             grid = self.grid()
             if grid is None:
                 grid = self.store.create_factor_grid(
-                    self.side, self.n, self.block_len, width, values.dtype
+                    self.side, self.n, self.chunk_rows, width, values.dtype
                 )
                 self._grid = grid
         if grid.shape[1] != width or grid.dtype != values.dtype:

@@ -14,12 +14,22 @@ from typing import Any, Literal
 import numpy as np
 from zarr.codecs import BloscCodec, Crc32cCodec
 
-from infl_array.errors import NotAStoreError
+from infl_array.errors import NotAStoreError, format_bytes
 from infl_array.version import __version__
 
-__all__ = ["Compression", "StoreMeta", "check_shapes"]
+__all__ = [
+    "MAX_CHUNK_BYTES",
+    "Compression",
+    "StoreMeta",
+    "check_chunk_bytes",
+    "check_shapes",
+    "clip_block_shape",
+]
 
 FORMAT_VERSION = 1
+MAX_CHUNK_BYTES = (1 << 31) - (1 << 16)
+"""Most bytes one stored chunk may take: blosc refuses buffers over 2**31 - 1 bytes (less its
+header), so every chunk the package writes stays below this."""
 SUPPORTED_DTYPES = ("float32", "float64")
 
 
@@ -173,6 +183,32 @@ class StoreMeta:
 def _pair(value: Any) -> tuple[int, int]:
     a, b = value
     return (int(a), int(b))
+
+
+def clip_block_shape(shape: tuple[int, int], block_shape: tuple[int, int]) -> tuple[int, int]:
+    """``block_shape`` clipped to ``shape`` on each axis: no chunk is larger than the matrix.
+
+    A block larger than the matrix would make zarr allocate and write whole chunks of
+    ``block_shape`` (an 800 MB chunk for a 240 KB matrix, or a 36 TiB allocation).
+
+    >>> clip_block_shape((60, 1000), (256, 4096))
+    (60, 1000)
+    >>> clip_block_shape((1000, 10), (256, 4096))
+    (256, 10)
+    """
+    return (min(block_shape[0], shape[0]), min(block_shape[1], shape[1]))
+
+
+def check_chunk_bytes(block_shape: tuple[int, int], dtype: str) -> None:
+    """Refuse a ``block_shape`` whose chunks of ``dtype`` exceed :data:`MAX_CHUNK_BYTES`."""
+    nbytes = block_shape[0] * block_shape[1] * np.dtype(dtype).itemsize
+    if nbytes > MAX_CHUNK_BYTES:
+        raise ValueError(
+            f"block_shape={block_shape} of {dtype} makes chunks of {format_bytes(nbytes)}, "
+            f"more than the {format_bytes(MAX_CHUNK_BYTES)} a compressed chunk can hold "
+            "(blosc's limit is 2**31 - 1 bytes). Use smaller blocks, e.g. the default "
+            "block_shape=(256, 4096)."
+        )
 
 
 def check_shapes(shape: Any, block_shape: Any) -> None:

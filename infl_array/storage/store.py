@@ -36,6 +36,7 @@ from infl_array.errors import NotAStoreError
 from infl_array.storage import layout
 from infl_array.storage.grid import BlockGrid
 from infl_array.storage.meta import Compression, StoreMeta
+from infl_array.storage.remote_errors import StorageOptionsError, explained_url_errors
 from infl_array.storage.zarr_compat import lossy_codec_warning_silenced
 
 __all__ = ["InfluenceStore", "describe_store", "local_path"]
@@ -93,6 +94,13 @@ class InfluenceStore:
         store: Any, *, overwrite: bool, storage_options: Mapping[str, Any] | None = None
     ) -> None:
         """Raise unless a new store may be created at ``store`` (before any computation)."""
+        with explained_url_errors(store, storage_options):
+            InfluenceStore._check_creatable(store, overwrite, storage_options)
+
+    @staticmethod
+    def _check_creatable(
+        store: Any, overwrite: bool, storage_options: Mapping[str, Any] | None
+    ) -> None:
         store = _zarr_store(store, storage_options=storage_options)
         path = local_path(store)
         if path is not None:
@@ -130,7 +138,8 @@ class InfluenceStore:
         """Create a new store; ``FileExistsError`` if one exists and ``overwrite`` is false."""
         cls.check_creatable(store, overwrite=overwrite, storage_options=storage_options)
         zstore = _zarr_store(store, storage_options=storage_options)
-        group = zarr.open_group(zstore, mode="w", zarr_format=3)
+        with explained_url_errors(store, storage_options):
+            group = zarr.open_group(zstore, mode="w", zarr_format=3)
         array = _create_array(
             group,
             layout.MATRIX.path,
@@ -163,9 +172,11 @@ class InfluenceStore:
                 read_only = True
         read_only = read_only or _store_read_only(store)
         try:
-            with lossy_codec_warning_silenced():
+            with lossy_codec_warning_silenced(), explained_url_errors(store, storage_options):
                 zstore = _zarr_store(store, read_only=read_only, storage_options=storage_options)
                 group = zarr.open_group(zstore, mode="r" if read_only else "r+")
+        except StorageOptionsError:
+            raise
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError) as exc:
             raise NotAStoreError(
                 f"{where} is not an infl_array store: no zarr group there. Create one with "

@@ -78,3 +78,20 @@ def test_verify_and_errors(
     assert "error:" in capsys.readouterr().err
     assert main(["top", str(path), "--test", "99"]) == 2
     assert "out of range" in capsys.readouterr().err
+
+
+def test_expected_errors_are_one_paragraph_and_the_traceback_is_on_request(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = str(tmp_path / "nothing")
+    assert main(["info", missing]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no infl_array store at") and missing in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(FileNotFoundError, match="no infl_array store"):
+        main(["--traceback", "info", missing])
+    monkeypatch.setenv("INFL_ARRAY_TRACEBACK", "1")
+    with pytest.raises(FileNotFoundError, match="no infl_array store"):
+        main(["info", missing])
+    monkeypatch.setenv("INFL_ARRAY_TRACEBACK", "0")
+    assert main(["info", missing]) == 2

@@ -307,6 +307,38 @@ def test_s3_store_with_storage_options(tmp_path: Path, s3_server: dict[str, Any]
                                   expected[5:15, ::7])  # fmt: skip
 
 
+def test_a_misspelt_storage_option_is_named_with_the_url(s3_server: dict[str, Any]) -> None:
+    url = "s3://infl-bucket/typo"
+    ia.InfluenceArray.from_function(url, np.add.outer, shape=(4, 4), storage_options=s3_server)
+    typo = {**s3_server, "endpoint_ur": s3_server["endpoint_url"]}
+    del typo["endpoint_url"]
+    for attempt in (
+        lambda: ia.open(url, storage_options=typo),
+        lambda: ia.InfluenceArray.from_function(
+            "s3://infl-bucket/typo2", np.add.outer, shape=(4, 4), storage_options=typo
+        ),
+    ):
+        with pytest.raises(TypeError, match=r"'s3://infl-bucket/typo2?'.*'endpoint_ur'") as info:
+            attempt()
+        assert "Did you mean 'endpoint_url'?" in str(info.value)
+        assert "damaged" not in str(info.value)
+
+
+def test_missing_credentials_name_the_url(
+    s3_server: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    url, options = "s3://infl-bucket/nocreds", {"endpoint_url": s3_server["endpoint_url"]}
+    with pytest.raises(PermissionError, match=r"no credentials to reach 's3://infl-bucket/noc"):
+        ia.InfluenceArray.from_function(url, np.add.outer, shape=(4, 4), storage_options=options)
+    with pytest.raises(PermissionError, match=r"no credentials to reach 's3://infl-bucket/noc"):
+        ia.open(url, storage_options=options)
+
+
 def test_storage_options_bad_input_is_named(tmp_path: Path) -> None:
     fn = SlowLoggedFn(str(tmp_path / "log"))
     with pytest.raises(TypeError, match="storage_options must be a dict"):

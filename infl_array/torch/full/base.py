@@ -53,7 +53,13 @@ from infl_array.torch.data.tokens import split_mapping
 from infl_array.torch.data.views import IndexedData, as_indexed
 from infl_array.torch.full.curvature import CurvatureMixin
 from infl_array.torch.full.diagnostics import Diagnostics
-from infl_array.torch.full.functional import FlatModel, LossFn, check_finite, model_fingerprint
+from infl_array.torch.full.functional import (
+    FlatModel,
+    LossFn,
+    check_finite,
+    model_fingerprint,
+    parameter_fingerprints,
+)
 from infl_array.torch.full.param_blocks import (
     BlockMode,
     BlockStructure,
@@ -144,6 +150,7 @@ class TorchInfluenceBase(CurvatureMixin, DeferredBuild):
         self._fit_data: IndexedData | None = None
         self._fit_fingerprint: str | None = None
         self._model_fingerprint: str | None = None
+        self._parameter_fingerprints: dict[str, str] | None = None
         self._diagnostics = Diagnostics()
         self.reset_build()
 
@@ -182,6 +189,7 @@ class TorchInfluenceBase(CurvatureMixin, DeferredBuild):
             self._flat, self._blocks, self._fit_data = flat, blocks, data
             self._fit_fingerprint = data.fingerprint()
             self._model_fingerprint = model_fingerprint(self.model)
+            self._parameter_fingerprints = parameter_fingerprints(self.model)
             self.reset_build()
             self._diagnostics.clear()
             try:
@@ -189,6 +197,7 @@ class TorchInfluenceBase(CurvatureMixin, DeferredBuild):
             except BaseException:
                 self._flat = self._fit_data = None
                 self._fit_fingerprint = self._model_fingerprint = None
+                self._parameter_fingerprints = None
                 raise
         if not lazy:
             self.prepare()
@@ -404,6 +413,14 @@ class TorchInfluenceBase(CurvatureMixin, DeferredBuild):
             "fit_data": self._fit_fingerprint,
         }
 
+    def description(self) -> dict[str, Any]:
+        """What the backend computes, as ``info`` and the store's ``computed_by`` show it.
+
+        The :meth:`influence_config` by default; backends whose config carries settings they
+        do not use (the per-layer backends) describe what they use instead.
+        """
+        return self.influence_config()
+
     def model_fingerprint(self) -> str:
         """sha256 hex digest of the parameters influence is computed at.
 
@@ -412,3 +429,21 @@ class TorchInfluenceBase(CurvatureMixin, DeferredBuild):
         if self._model_fingerprint is not None:
             return self._model_fingerprint
         return model_fingerprint(self.model)
+
+    def parameter_fingerprints(self) -> dict[str, str]:
+        """``{parameter name: digest}`` as of :meth:`fit` once fitted, the current ones before."""
+        if self._parameter_fingerprints is not None:
+            return dict(self._parameter_fingerprints)
+        return parameter_fingerprints(self.model)
+
+    def changed_parameters(self) -> list[str]:
+        """Parameters whose values (or shapes) changed since :meth:`fit`; empty before it.
+
+        A model edited after ``fit`` (trained further, weights loaded) would mix curvature of
+        the old weights with gradients of the new ones: ``create`` and ``open`` refuse it.
+        """
+        if self._parameter_fingerprints is None:
+            return []
+        now = parameter_fingerprints(self.model)
+        fit = self._parameter_fingerprints
+        return [n for n in fit.keys() | now.keys() if fit.get(n) != now.get(n)]

@@ -34,7 +34,7 @@ from torch.func import grad, jacrev, vjp, vmap
 from infl_array.torch.data.tokens import call_model, model_outputs
 from infl_array.torch.data.views import tensor_bytes
 
-__all__ = ["FlatModel", "LossFn", "model_fingerprint"]
+__all__ = ["FlatModel", "LossFn", "model_fingerprint", "parameter_fingerprints"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -57,6 +57,28 @@ def model_fingerprint(model: nn.Module) -> str:
         h.update(f"{name};{tuple(p.shape)};{p.dtype};".encode())
         h.update(tensor_bytes(p))
     return h.hexdigest()
+
+
+def parameter_fingerprints(model: nn.Module) -> dict[str, str]:
+    """``{name: digest}``: a short sha256 (16 hex digits) of each parameter's shape and values.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model; all its parameters (trainable or not).
+
+    Returns
+    -------
+    dict of str to str
+        Which parameters differ between two versions of a model, where
+        :func:`model_fingerprint` only says that some do.
+    """
+    out = {}
+    for name, p in model.named_parameters():
+        h = hashlib.sha256(f"{tuple(p.shape)};{p.dtype};".encode())
+        h.update(tensor_bytes(p))
+        out[name] = h.hexdigest()[:16]
+    return out
 
 
 class FlatModel:

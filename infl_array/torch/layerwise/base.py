@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from infl_array.engine.progress import activity
 from infl_array.torch.data.options import positive_int
 from infl_array.torch.data.tokens import HALF, call_model, model_outputs
 from infl_array.torch.full.base import TorchInfluenceBase
@@ -235,6 +236,19 @@ class LayerwiseInfluence(TorchInfluenceBase):
     def _settings(self) -> dict[str, Any]:
         return {"fisher_type": self.fisher_type, "layers": [spec.name for spec in self.layers]}
 
+    def _curvature(self) -> str:
+        """The curvature as ``info`` names it."""
+        raise NotImplementedError
+
+    def description(self) -> dict[str, Any]:
+        """The config without the full-parameter settings these backends do not use
+        (``block_structure``, ``second_order_mode``: their config keeps them, so stores
+        made before keep matching), and the curvature they do use."""
+        cfg = self.influence_config()
+        for unused in ("block_structure", "second_order_mode"):
+            cfg.pop(unused, None)
+        return {**cfg, "curvature": self._curvature()}
+
     @property
     def _itemsize(self) -> int:
         return torch.empty((), dtype=self.work_dtype).element_size()
@@ -347,10 +361,11 @@ class LayerwiseInfluence(TorchInfluenceBase):
         """One curvature pass over the fit data: ``use(i, acts, grads)`` on each layer's working
         tensors, chunk by chunk; with ``keep``, also ``keep(x, y, gradients)`` per batch (see
         :meth:`_fit_kronecker`)."""
-        for x, y, records in self._fit_records("curvature", desc):
-            out = self._working_gradients(records, "fit gradients", use, form=keep is not None)
-            if keep is not None and out is not None:
-                keep(x, y, out)
+        with activity(f"fitting {type(self).__name__}: {desc}"):
+            for x, y, records in self._fit_records("curvature", desc):
+                out = self._working_gradients(records, "fit gradients", use, form=keep is not None)
+                if keep is not None and out is not None:
+                    keep(x, y, out)
 
     def _fit_kronecker(
         self, correct: bool, keep: SampleHook | None = None

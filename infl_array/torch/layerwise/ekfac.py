@@ -176,6 +176,10 @@ class EkfacInfluence(LayerwiseInfluence):
     def _settings(self) -> dict[str, Any]:
         return {"update_diagonal": self.update_diagonal, **super()._settings()}
 
+    def _curvature(self) -> str:
+        kind = "EK-FAC (eigenvalue-corrected)" if self.update_diagonal else "K-FAC"
+        return f"per layer, {kind} Kronecker factors"
+
     @flush_subnormals
     def _fit_layers(self) -> None:
         self._normalized.clear()

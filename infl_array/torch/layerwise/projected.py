@@ -316,6 +316,12 @@ class ProjectedInfluence(LayerwiseInfluence):
             **super()._settings(),
         }
 
+    def _curvature(self) -> str:
+        return (
+            f"per layer, {self.preconditioner!r} preconditioner on gradients randomly projected "
+            f"to {self.projection_dim} dimensions"
+        )
+
     # ------------------------------------------------------------------ working space
     def _dims(self, i: int) -> tuple[int, int]:
         return self.projection_shapes[i]

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from infl_array.errors import StaleCacheError
 from infl_array.protocol import (
     ChecksData,
     Diagnosed,
@@ -23,12 +24,19 @@ from infl_array.protocol import (
     Fingerprinted,
     Fittable,
     ModuleBacked,
+    ParameterFingerprinted,
     Preparable,
 )
 from infl_array.torch.data.views import IndexedData
 from infl_array.torch.source.pairing import FactorPairing, Factors, Pairing
 
-__all__ = ["ModelAdapter", "ProtocolAdapter", "as_factor_tensor", "check_fitted"]
+__all__ = [
+    "ModelAdapter",
+    "ProtocolAdapter",
+    "as_factor_tensor",
+    "check_fitted",
+    "check_unchanged_since_fit",
+]
 
 
 def as_factor_tensor(a: Any, what: str) -> torch.Tensor:
@@ -101,6 +109,14 @@ class ModelAdapter:
 
     def model_fingerprint(self) -> str | None:
         raise NotImplementedError
+
+    def description(self) -> dict[str, Any]:
+        """What the model computes, for ``computed_by`` and ``info`` (its config by default)."""
+        return self.config()
+
+    def parameter_fingerprints(self) -> dict[str, str] | None:
+        """``{parameter name: digest}`` the influence is computed at, where the model says."""
+        return None
 
     def check_data(self, x: Any, y: Any, what: str) -> None:
         """Refuse data the model cannot take (first samples), before anything is computed."""
@@ -175,6 +191,16 @@ class ProtocolAdapter(ModelAdapter):
             return str(self.model.model_fingerprint())
         return None
 
+    def description(self) -> dict[str, Any]:
+        describe = getattr(self.model, "description", None)
+        found = describe() if callable(describe) else None
+        return dict(found) if isinstance(found, Mapping) else self.config()
+
+    def parameter_fingerprints(self) -> dict[str, str] | None:
+        if isinstance(self.model, ParameterFingerprinted):
+            return {str(k): str(v) for k, v in self.model.parameter_fingerprints().items()}
+        return None
+
     def check_data(self, x: Any, y: Any, what: str) -> None:
         if isinstance(self.model, ChecksData):
             self.model.check_data(x, y, what=what)
@@ -199,4 +225,23 @@ def check_fitted(model: object) -> None:
         raise ValueError(
             f"{type(model).__name__} is not fitted: call .fit(train_data) first, then pass the "
             "fitted model."
+        )
+
+
+def check_unchanged_since_fit(model: object) -> None:
+    """``StaleCacheError`` when the model's weights changed since ``fit``, naming them
+    (:class:`~infl_array.protocol.ParameterFingerprinted`)."""
+    if not isinstance(model, ParameterFingerprinted):
+        return
+    changed = sorted(model.changed_parameters())
+    if changed:
+        shown = ", ".join(changed[:8]) + (
+            f" and {len(changed) - 8} more" if len(changed) > 8 else ""
+        )
+        raise StaleCacheError(
+            ["model"],
+            f"{type(model).__name__} was fitted at other weights than its model holds now: "
+            f"{len(changed)} parameter(s) changed since fit ({shown}). Its curvature belongs to "
+            "the old weights; call .fit(train_data) again after changing the model, then pass "
+            "the refitted backend (and a new store: the old one holds the old weights' values).",
         )

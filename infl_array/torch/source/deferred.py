@@ -13,6 +13,8 @@ from __future__ import annotations
 import threading
 from typing import Any, TypeVar
 
+from infl_array.engine.progress import activity
+
 __all__ = ["DeferredBuild"]
 
 _D = TypeVar("_D", bound="DeferredBuild")
@@ -54,7 +56,8 @@ class DeferredBuild:
         if not self._built:
             with self._build_lock:
                 if not self._built:
-                    self._build()
+                    with activity(f"fitting {type(self).__name__}"):
+                        self._build()
                     self._built = True
         return self
 

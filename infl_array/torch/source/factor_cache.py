@@ -35,6 +35,7 @@ from infl_array.engine.keeper import BlockKeeper
 from infl_array.storage.factors import SIDES, FactorSide, FactorStore
 from infl_array.torch.data.views import IndexedData
 from infl_array.torch.source.adapters import ModelAdapter
+from infl_array.torch.source.blame import blamed
 from infl_array.torch.source.memo import FactorMemo, MemoKey
 
 __all__ = ["FactorCache"]
@@ -192,9 +193,13 @@ class FactorCache:
 
     def compute(self, axis: str, r: range) -> torch.Tensor:
         """Ask the influence model for the factors of ``r`` (counted in :attr:`stats`)."""
-        x, y = self.data[axis].take(r)
         model_call = self.adapter.train_factors if axis == "train" else self.adapter.test_factors
-        f = model_call(x, y)
+        data = self.data[axis]
+        name = "test" if axis == "test" else "train"
+        kind = "train" if axis == "train" else "test"
+        f = blamed(
+            lambda rr: model_call(*data.take(rr)), r, name, f"{self.adapter.name}'s {kind} factors"
+        )
         self.stats[f"{axis}_factors"] += 1
         if f.shape[0] != len(r):
             raise ValueError(

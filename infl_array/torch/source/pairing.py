@@ -19,6 +19,7 @@ from typing import Protocol
 import torch
 
 from infl_array.torch.data.views import IndexedData
+from infl_array.torch.source.blame import blamed
 
 __all__ = ["DataPairing", "FactorPairing", "Factors", "Pairing", "Products"]
 
@@ -114,10 +115,22 @@ class DataPairing:
         self.adapter, self.factors, self.train = adapter, factors, train
 
     def block(self, test_f: torch.Tensor, cols: range, float32: bool) -> torch.Tensor:
-        return self.adapter.block_from_data(test_f, *self.train.take(cols))
+        return blamed(
+            lambda r: self.adapter.block_from_data(test_f, *self.train.take(r)),
+            cols,
+            "train",
+            f"{self.adapter.name}'s influence on train data",
+        )
 
     def diagonal(self, left: torch.Tensor, cols: range) -> torch.Tensor:
-        return self.adapter.diagonal_from_data(left, *self.train.take(cols))
+        return blamed(
+            lambda r: self.adapter.diagonal_from_data(
+                left[r.start - cols.start : r.stop - cols.start], *self.train.take(r)
+            ),
+            cols,
+            "train",
+            f"{self.adapter.name}'s self-influence",
+        )
 
     def test_factor_bytes(self, rows: range, cols: range) -> int:
         f = self.factors.factors("test", rows)

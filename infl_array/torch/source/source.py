@@ -72,7 +72,12 @@ import torch
 from infl_array.protocol import FactorisedInfluence
 from infl_array.storage.factors import FactorStore
 from infl_array.torch.data.views import IndexedData, as_indexed
-from infl_array.torch.source.adapters import ModelAdapter, ProtocolAdapter, check_fitted
+from infl_array.torch.source.adapters import (
+    ModelAdapter,
+    ProtocolAdapter,
+    check_fitted,
+    check_unchanged_since_fit,
+)
 from infl_array.torch.source.factor_cache import FactorCache
 from infl_array.torch.source.pairing import FactorPairing
 from infl_array.torch.source.pydvl import PyDVLAdapter, is_pydvl_model
@@ -100,6 +105,7 @@ def as_adapter(model: object) -> ModelAdapter:
     """Wrap ``model`` in the adapter for its kind (protocol or pyDVL)."""
     if isinstance(model, FactorisedInfluence):
         check_fitted(model)
+        check_unchanged_since_fit(model)
         return ProtocolAdapter(model)
     if is_pydvl_model(model):
         return PyDVLAdapter(model)
@@ -196,7 +202,8 @@ class ModelBlockSource:
         dict of str to str
             ``model``: the model's ``model_fingerprint()`` (sha256 of the config's canonical
             JSON for plug-ins without one); ``backend``: canonical JSON of the config;
-            ``test``/``train``: data fingerprints.
+            ``test``/``train``: data fingerprints; ``parameters`` (models that fingerprint
+            each parameter): canonical JSON of ``{name: digest}``, so a refusal names them.
         """
         if self._fingerprints is None:
             backend = canonical_json(self.config(), f"{self.model_name}.influence_config()")
@@ -209,6 +216,9 @@ class ModelBlockSource:
                 "test": self.test.fingerprint(),
                 "train": self.train.fingerprint(),
             }
+            parameters = self.adapter.parameter_fingerprints()
+            if parameters is not None:
+                self._fingerprints["parameters"] = canonical_json(parameters, "parameters")
         return dict(self._fingerprints)
 
     def notes(self) -> dict[str, str]:
@@ -217,7 +227,9 @@ class ModelBlockSource:
 
     def describe(self) -> dict[str, Any]:
         """JSON-able description: ``{"kind": "model", "backend": name, "config": config}``."""
-        return {"kind": "model", "backend": self.model_name, "config": self.config()}
+        description = self.adapter.description()
+        canonical_json(description, f"{self.model_name}.description()")
+        return {"kind": "model", "backend": self.model_name, "config": description}
 
     @property
     def shape(self) -> tuple[int, int]:
