@@ -7,8 +7,9 @@ fit (:mod:`~infl_array.torch.layerwise.fitrows`), the flush-to-zero helper threa
 guards (:mod:`~infl_array.torch.layerwise.subnormal`, :mod:`~infl_array.torch.layerwise.underflow`),
 and the EK-FAC and projected backends.
 
-May import: torch, scipy, the core, :mod:`infl_array.torch.full` (the shared backend base and
-functional model), :mod:`infl_array.torch.data` and :mod:`infl_array.torch.source`.
+May import: torch, scipy, the core, :mod:`infl_array.torch.data` and
+:mod:`infl_array.torch.full` (the shared backend base, checks and functional model). Never
+:mod:`~infl_array.torch.source` (it imports the backends' protocol, not the backends).
 """
 
 __all__: list[str] = []
