@@ -71,6 +71,59 @@ def _show(ax: Any, image: np.ndarray, cmap: str, frame: str | None) -> None:
             spine.set_linewidth(3)
 
 
+def _panels(n_rows: int, k: int) -> tuple[Figure, Any, Any]:
+    """The figure with its three titled columns: test images, most helpful, most harmful."""
+    fig = new_figure(_PANEL_IN * (2 * k + 1.4), _PANEL_IN * 1.3 * n_rows + 0.6)
+    parts: Any = fig.subfigures(1, 3, width_ratios=[1.4, k, k], wspace=0.01)
+    for part, text, colour in zip(
+        parts,
+        ("test image", "most helpful", "most harmful"),
+        ("black", HELPFUL, HARMFUL),
+        strict=True,
+    ):
+        part.suptitle(text, fontsize=10, fontweight="bold", color=colour)
+    test_axes = parts[0].subplots(n_rows, 1, squeeze=False)[:, 0]
+    train_axes = np.hstack([p.subplots(n_rows, k, squeeze=False) for p in parts[1:]])
+    return fig, test_axes, train_axes
+
+
+def _draw_test(
+    ax: Any,
+    i: int,
+    image: np.ndarray,
+    labels: dict[str, Any],
+    class_names: Sequence[str] | None,
+    cmap: str,
+) -> None:
+    """Test image ``i`` with its label and prediction (red when wrong)."""
+    _show(ax, image, cmap, None)
+    title = f"test {i}\nlabel {_label(labels['test'], i, class_names)}"
+    wrong = False
+    if labels["pred"] is not None:
+        title += f", pred {_label(labels['pred'], i, class_names)}"
+        wrong = labels["test"] is not None and labels["pred"][i] != labels["test"][i]
+    ax.set_title(title, fontsize=7.5, color=HARMFUL if wrong else "black")
+
+
+def _draw_train(
+    ax: Any,
+    j: int,
+    image: np.ndarray,
+    value: float,
+    labels: dict[str, Any],
+    class_names: Sequence[str] | None,
+    cmap: str,
+) -> bool:
+    """Train image ``j`` with its influence and label, framed red when flipped; whether it is."""
+    flipped = bool(labels["true"] is not None and labels["true"][j] != labels["train"][j])
+    _show(ax, image, cmap, HARMFUL if flipped else None)
+    text = f"#{j} {value:+.3g}\nlabel {_label(labels['train'], j, class_names)}"
+    if flipped:
+        text += f" (true {_label(labels['true'], j, class_names)})"
+    ax.set_title(text, fontsize=7.5, color=HARMFUL if flipped else "black")
+    return flipped
+
+
 def influence_examples(
     arr: Any,
     test_images: Any,
@@ -139,35 +192,13 @@ def influence_examples(
             ("pred", predicted),
         )
     }
-    fig = new_figure(_PANEL_IN * (2 * k + 1.4), _PANEL_IN * 1.3 * len(indices) + 0.6)
-    parts: Any = fig.subfigures(1, 3, width_ratios=[1.4, k, k], wspace=0.01)
-    for part, text, colour in zip(
-        parts,
-        ("test image", "most helpful", "most harmful"),
-        ("black", HELPFUL, HARMFUL),
-        strict=True,
-    ):
-        part.suptitle(text, fontsize=10, fontweight="bold", color=colour)
-    test_axes = parts[0].subplots(len(indices), 1, squeeze=False)[:, 0]
-    train_axes = np.hstack([p.subplots(len(indices), k, squeeze=False) for p in parts[1:]])
+    fig, test_axes, train_axes = _panels(len(indices), k)
     any_flipped = False
     for r, i in enumerate(indices):
-        _show(test_axes[r], test_x[i], cmap, None)
-        title = f"test {i}\nlabel {_label(labels['test'], i, class_names)}"
-        wrong = False
-        if labels["pred"] is not None:
-            title += f", pred {_label(labels['pred'], i, class_names)}"
-            wrong = labels["test"] is not None and labels["pred"][i] != labels["test"][i]
-        test_axes[r].set_title(title, fontsize=7.5, color=HARMFUL if wrong else "black")
+        _draw_test(test_axes[r], i, test_x[i], labels, class_names, cmap)
         order = [*ranked(values[r], k, largest=True), *ranked(values[r], k, largest=False)]
         for ax, j in zip(train_axes[r], order, strict=True):
-            flipped = labels["true"] is not None and labels["true"][j] != labels["train"][j]
-            any_flipped |= bool(flipped)
-            _show(ax, train_x[j], cmap, HARMFUL if flipped else None)
-            text = f"#{j} {values[r, j]:+.3g}\nlabel {_label(labels['train'], j, class_names)}"
-            if flipped:
-                text += f" (true {_label(labels['true'], j, class_names)})"
-            ax.set_title(text, fontsize=7.5, color=HARMFUL if flipped else "black")
+            any_flipped |= _draw_train(ax, j, train_x[j], values[r, j], labels, class_names, cmap)
     if any_flipped:
         fig.supxlabel(
             "red frame: a train image whose label was flipped (its true label in parentheses)",
