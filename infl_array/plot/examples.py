@@ -71,8 +71,29 @@ def _show(ax: Any, image: np.ndarray, cmap: str, frame: str | None) -> None:
             spine.set_linewidth(3)
 
 
-def _panels(n_rows: int, k: int) -> tuple[Figure, Any, Any]:
-    """The figure with its three titled columns: test images, most helpful, most harmful."""
+def _images(
+    test_images: Any, train_images: Any, image_shape: Any, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Test and train images as arrays of images, one per row and column of the array."""
+    test_x = as_images(test_images, image_shape, "test_images")
+    train_x = as_images(train_images, image_shape, "train_images")
+    if (len(test_x), len(train_x)) != shape:
+        raise ValueError(
+            f"the array has {shape[0]} test and {shape[1]} train points, but "
+            f"{len(test_x)} test and {len(train_x)} train images came; pass the images in the "
+            "order of the array's rows and columns."
+        )
+    return test_x, train_x
+
+
+def _labels(test: Any, train: Any, true: Any, pred: Any) -> dict[str, Any]:
+    """The labels written on the images, as arrays (None where not given)."""
+    given = {"test": test, "train": train, "true": true, "pred": pred}
+    return {name: None if v is None else np.asarray(v) for name, v in given.items()}
+
+
+def _panels(n_rows: int, k: int) -> tuple[Figure, Any]:
+    """The figure and its three titled columns: test images, most helpful, most harmful."""
     fig = new_figure(_PANEL_IN * (2 * k + 1.4), _PANEL_IN * 1.3 * n_rows + 0.6)
     parts: Any = fig.subfigures(1, 3, width_ratios=[1.4, k, k], wspace=0.01)
     for part, text, colour in zip(
@@ -82,9 +103,36 @@ def _panels(n_rows: int, k: int) -> tuple[Figure, Any, Any]:
         strict=True,
     ):
         part.suptitle(text, fontsize=10, fontweight="bold", color=colour)
+    return fig, parts
+
+
+def _draw_rows(
+    fig: Figure,
+    parts: Any,
+    indices: Any,
+    values: np.ndarray,
+    k: int,
+    images: tuple[np.ndarray, np.ndarray],
+    labels: dict[str, Any],
+    class_names: Sequence[str] | None,
+    cmap: str,
+) -> None:
+    """One row a test image: it, its ``k`` most helpful and ``k`` most harmful train images."""
+    n_rows, (test_x, train_x) = len(indices), images
     test_axes = parts[0].subplots(n_rows, 1, squeeze=False)[:, 0]
     train_axes = np.hstack([p.subplots(n_rows, k, squeeze=False) for p in parts[1:]])
-    return fig, test_axes, train_axes
+    any_flipped = False
+    for r, i in enumerate(indices):
+        _draw_test(test_axes[r], i, test_x[i], labels, class_names, cmap)
+        order = [*ranked(values[r], k, largest=True), *ranked(values[r], k, largest=False)]
+        for ax, j in zip(train_axes[r], order, strict=True):
+            any_flipped |= _draw_train(ax, j, train_x[j], values[r, j], labels, class_names, cmap)
+    if any_flipped:
+        fig.supxlabel(
+            "red frame: a train image whose label was flipped (its true label in parentheses)",
+            fontsize=8,
+            color=HARMFUL,
+        )
 
 
 def _draw_test(
@@ -175,34 +223,8 @@ def influence_examples(
     indices, values = chosen_rows(arr, rows)
     n_train = values.shape[1]
     k = min(k, n_train)
-    test_x = as_images(test_images, image_shape, "test_images")
-    train_x = as_images(train_images, image_shape, "train_images")
-    if len(test_x) != arr.shape[0] or len(train_x) != n_train:
-        raise ValueError(
-            f"the array has {arr.shape[0]} test and {n_train} train points, but "
-            f"{len(test_x)} test and {len(train_x)} train images came; pass the images in the "
-            "order of the array's rows and columns."
-        )
-    labels: dict[str, Any] = {
-        name: None if v is None else np.asarray(v)
-        for name, v in (
-            ("test", test_labels),
-            ("train", train_labels),
-            ("true", true_train_labels),
-            ("pred", predicted),
-        )
-    }
-    fig, test_axes, train_axes = _panels(len(indices), k)
-    any_flipped = False
-    for r, i in enumerate(indices):
-        _draw_test(test_axes[r], i, test_x[i], labels, class_names, cmap)
-        order = [*ranked(values[r], k, largest=True), *ranked(values[r], k, largest=False)]
-        for ax, j in zip(train_axes[r], order, strict=True):
-            any_flipped |= _draw_train(ax, j, train_x[j], values[r, j], labels, class_names, cmap)
-    if any_flipped:
-        fig.supxlabel(
-            "red frame: a train image whose label was flipped (its true label in parentheses)",
-            fontsize=8,
-            color=HARMFUL,
-        )
+    test_x, train_x = _images(test_images, train_images, image_shape, (arr.shape[0], n_train))
+    labels = _labels(test_labels, train_labels, true_train_labels, predicted)
+    fig, parts = _panels(len(indices), k)
+    _draw_rows(fig, parts, indices, values, k, (test_x, train_x), labels, class_names, cmap)
     return fig
