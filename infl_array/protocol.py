@@ -7,14 +7,23 @@ computes influence as an inner product of per-sample factors::
 
 ``test_factors`` returns, for a batch of test samples, ``(H + lambda*Id)^-1 grad l(z_test)``
 (one row per sample) and ``train_factors`` returns ``grad l(z_train)`` (or, for low-rank
-methods, both in a shared projected basis). Rows are samples; both have the same number of
-columns. The block of the influence matrix for ``rows x cols`` is
-``test_factors(rows) @ train_factors(cols).T``.
+methods, both in a shared projected basis). Rows are samples. Unless the backend declares
+``factor_product`` (below), both have the same number of columns and the block of the
+influence matrix for ``rows x cols`` is ``test_factors(rows) @ train_factors(cols).T``.
 
 ``influence_config()`` returns a JSON-able mapping that identifies the backend and its
 settings; the store records it, and opening a store with a model whose config differs
 raises :class:`~infl_array.errors.StaleCacheError`. ``model_fingerprint()`` (optional) returns
 a string that identifies the parameter values the influence is computed at.
+
+**Compact train factors.** A backend whose train factors are not in the test factors' space
+(compact per-layer forms: :class:`~infl_array.torch.EkfacInfluence` keeps a layer that sees one
+position per sample as its output gradient and its input, not their outer product) declares
+``factor_product(test_factors, train_factors)`` returning the ``(n_test, n_train)`` block, and
+may declare ``factor_diagonal(test_factors, train_factors)`` (the row-wise pairs: the
+self-influence); the store then multiplies factors only through them, and so must anyone who
+takes the factors out. For backends that do not declare ``factor_product``,
+``test_factors @ train_factors.T`` is the influence exactly.
 
 Also optional, and used when present: ``check_data(x, y, what=...)`` refuses data the model
 cannot take (called on the first samples of each data set by ``create`` and ``open``, before
@@ -35,7 +44,15 @@ __all__ = ["FactorisedInfluence"]
 
 @runtime_checkable
 class FactorisedInfluence(Protocol):
-    """Per-sample test and train factors whose inner product is the influence."""
+    """Per-sample test and train factors whose inner product is the influence.
+
+    ``test_factors(x_test, y_test) @ train_factors(x_train, y_train).T`` is the influence block
+    for a backend that does not declare ``factor_product``. A backend that declares
+    ``factor_product(test_factors, train_factors)`` (compact train factors, e.g.
+    :class:`~infl_array.torch.EkfacInfluence`) gives the block only through it: its train
+    factors may have a different width from its test factors, and their plain product is not
+    the influence (see the module docstring).
+    """
 
     def test_factors(self, x: Any, y: Any) -> Any:
         """``(n, k)`` array or tensor: inverse-Hessian-applied test gradients, one row each."""

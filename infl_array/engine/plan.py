@@ -271,12 +271,12 @@ def plan_budget_tiles(
     shape: tuple[int, int],
     block_shape: tuple[int, int],
     row_bytes: float | None,
-    budget_bytes: int,
+    memory_budget: int,
 ) -> list[list[BlockCoords]]:
     """``blocks`` cut into tiles (:func:`plan_tiles`) whose test factors fit a factor memo.
 
     ``row_bytes`` is the size of one test point's factors (None: no factors to reuse, one
-    tile); ``budget_bytes`` the memo's bound. While a tile is computed the memo holds its test
+    tile); ``memory_budget`` the memo's bound. While a tile is computed the memo holds its test
     factors and up to two block columns of train factors (counted at ``row_bytes`` a point),
     so the tile's rows get the budget less those two columns.
 
@@ -293,7 +293,7 @@ def plan_budget_tiles(
     if row_bytes is None or len(blocks) <= 1:
         return plan_tiles(blocks, None, 0)
     per_point, ((block_rows, block_cols), (n_test, n_train)) = row_bytes, (block_shape, shape)
-    capacity = budget_bytes - 2 * int(per_point * min(block_cols, n_train))
+    capacity = memory_budget - 2 * int(per_point * min(block_cols, n_train))
 
     def rows_bytes(i: int) -> int:
         return int(per_point * len(block_range(i, block_rows, n_test)))

@@ -9,13 +9,21 @@ of the mean training loss over the fit data, through the factorised protocol
 * :class:`CgInfluence` -- batched conjugate gradient on Hessian-vector products;
 * :class:`LissaInfluence` -- the LiSSA Neumann-series iteration;
 * :class:`ArnoldiInfluence` -- top eigenpairs of the Hessian by Lanczos;
-* :class:`EkfacInfluence` -- (E)K-FAC curvature per ``nn.Linear``/``nn.Conv2d`` layer;
+* :class:`EkfacInfluence` -- (E)K-FAC curvature per layer;
 * :class:`ProjectedInfluence` -- per-layer Kronecker-structured random projections of the
   gradients, preconditioned in the projected space.
 
 The last two are per-layer backends (:mod:`infl_array.torch.layerwise.capture`): they capture each
 layer's inputs and output gradients in one forward and backward pass per batch and never form
-a per-sample gradient of all parameters; parameters outside those layers are left out.
+a per-sample gradient of all parameters. They cover ``nn.Linear``, ``nn.Conv2d``,
+``nn.Embedding``, ``transformers``' ``Conv1D``, ``nn.MultiheadAttention`` and normalisation
+layers (tied weights once, :mod:`infl_array.torch.layerwise.coverage`); ``fit`` warns with
+:class:`PartialCoverageWarning` about trainable parameters left out.
+
+Language models: samples may be ``(n, T)`` token tensors or mappings of Hugging Face model
+inputs, outputs may be Hugging Face output objects (their ``logits``), and
+:func:`causal_lm_loss` is the per-sequence language-model loss
+(:mod:`infl_array.torch.data.tokens`).
 
 Per-sample gradients and Hessian products use :mod:`torch.func`; data forms are normalised by
 :func:`infl_array.torch.data.views.as_indexed`.
@@ -23,6 +31,7 @@ Per-sample gradients and Hessian products use :mod:`torch.func`; data forms are 
 
 from __future__ import annotations
 
+from infl_array.torch.data.tokens import causal_lm_loss
 from infl_array.torch.data.views import IndexedData, as_indexed
 from infl_array.torch.full.arnoldi import ArnoldiInfluence
 from infl_array.torch.full.base import TorchInfluenceBase
@@ -40,6 +49,7 @@ from infl_array.torch.full.preconditioner import (
     Preconditioner,
 )
 from infl_array.torch.layerwise.capture import MemoryBudgetError
+from infl_array.torch.layerwise.coverage import PartialCoverageWarning
 from infl_array.torch.layerwise.ekfac import EkfacInfluence
 from infl_array.torch.layerwise.projected import ProjectedInfluence
 
@@ -59,9 +69,11 @@ __all__ = [
     "ProjectedInfluence",
     "NystroemPreconditioner",
     "NystroemSketchInfluence",
+    "PartialCoverageWarning",
     "Preconditioner",
     "SecondOrderMode",
     "TorchInfluenceBase",
     "as_indexed",
+    "causal_lm_loss",
     "model_fingerprint",
 ]

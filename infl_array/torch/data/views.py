@@ -16,6 +16,13 @@ Accepted forms
   rows and columns are dataset indices) and its ``collate_fn`` builds batches; its
   ``batch_size`` is kept as :attr:`IndexedData.batch_size`, a hint for passes over the data.
 
+* samples as mappings of Hugging Face model inputs (``input_ids``, ``attention_mask``,
+  ``labels``): a mapping of ``(n, T)`` tensors (a tokenizer's output), a dataset whose items
+  are such mappings, or a loader whose batches are. Each batch is packed into ``x`` of shape
+  ``(n, T, k)`` and the labels ``y`` (:func:`~infl_array.torch.data.tokens.split_mapping`;
+  :attr:`IndexedData.input_keys` names the packed inputs), and the backends call the model
+  with the keyword arguments. ``(n, T)`` token tensors need nothing special: ``(ids, labels)``.
+
 An :class:`~torch.utils.data.IterableDataset` (or a loader over one) is rejected: influence
 matrices need random access to individual samples.
 
@@ -47,6 +54,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 from torch.utils.data.dataloader import default_collate
+
+from infl_array.torch.data.tokens import split_mapping
 
 __all__ = [
     "FULL_HASH_LIMIT_BYTES",
@@ -111,9 +120,13 @@ class IndexedData:
     ----------
     batch_size : int or None
         Batch size suggested by the source (a DataLoader's ``batch_size``), else ``None``.
+    input_keys : tuple of str or None
+        For samples given as mappings (Hugging Face model inputs), the keys packed into ``x``
+        (:func:`~infl_array.torch.data.tokens.split_mapping`); None for plain ``(x, y)`` data.
     """
 
     batch_size: int | None = None
+    input_keys: tuple[str, ...] | None = None
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -258,10 +271,19 @@ class DatasetData(IndexedData):
         return self._len
 
     def take(self, index: range | np.ndarray | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Collate the items at ``index`` (in that order) into ``(x, y)`` tensors."""
+        """Collate the items at ``index`` (in that order) into ``(x, y)`` tensors.
+
+        Items that are mappings give packed inputs and labels
+        (:func:`~infl_array.torch.data.tokens.split_mapping`).
+        """
         idx = _as_index_array(index, len(self)).tolist()
         batch = self.collate_fn([self.dataset[i] for i in idx])
-        return _check_pair(batch, f"{type(self.dataset).__name__} items (after collate_fn)")
+        where = f"{type(self.dataset).__name__} items (after collate_fn)"
+        if isinstance(batch, Mapping):
+            x, y, keys = split_mapping(batch, self.input_keys, where)
+            self.input_keys = keys
+            return x, y
+        return _check_pair(batch, where)
 
     def fingerprint(self) -> str:
         """sha256 over length, type name and a deterministic sample of items."""
@@ -320,9 +342,11 @@ def as_indexed(data: object, name: str = "data") -> IndexedData:
 
     Parameters
     ----------
-    data : tuple, Dataset, DataLoader or IndexedData
-        ``(x, y)`` tensors or numpy arrays, a map-style dataset of ``(x, y)`` items, or a
-        DataLoader over one (see the module docstring).
+    data : tuple, mapping, Dataset, DataLoader or IndexedData
+        ``(x, y)`` tensors or numpy arrays, a mapping of Hugging Face model inputs
+        (``input_ids``, ``attention_mask``, ``labels``; packed by
+        :func:`~infl_array.torch.data.tokens.split_mapping`), a map-style dataset of ``(x, y)``
+        items or of such mappings, or a DataLoader over one (see the module docstring).
     name : str
         Name of the argument, used in error messages.
 
@@ -341,6 +365,10 @@ def as_indexed(data: object, name: str = "data") -> IndexedData:
     result: IndexedData
     if isinstance(data, IndexedData):
         result = data
+    elif isinstance(data, Mapping):
+        x, y, keys = split_mapping(data, None, name)
+        result = TensorData(x, y)
+        result.input_keys = keys
     elif isinstance(data, (tuple, list)):
         result = _from_pair(data, name)
     elif isinstance(data, DataLoader):

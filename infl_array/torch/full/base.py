@@ -41,12 +41,14 @@ given to ``fit`` at the model's parameters: the Hessian of the MEAN training los
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
 from infl_array.torch.data.options import loss_name, optional_positive_int
+from infl_array.torch.data.tokens import split_mapping
 from infl_array.torch.data.views import IndexedData, as_indexed
 from infl_array.torch.full.checks import check_sample, model_inputs, require_eval_mode
 from infl_array.torch.full.curvature import CurvatureMixin
@@ -170,8 +172,9 @@ class TorchInfluenceBase(GradientsMixin, CurvatureMixin, DeferredBuild):
         """
         data = as_indexed(train_data, "train_data")
         require_eval_mode(self.model, type(self).__name__)
-        flat = FlatModel(self.model, self.loss)
-        self._check_sample(flat, *data.take(range(min(2, len(data)))), "train")
+        first = data.take(range(min(2, len(data))))  # sets the keys of mapping samples
+        flat = FlatModel(self.model, self.loss, data.input_keys)
+        self._check_sample(flat, *first, "train")
         blocks = resolve_blocks(self.model, self.block_structure)
         with self._build_lock:
             self._flat, self._blocks, self._fit_data = flat, blocks, data
@@ -239,14 +242,24 @@ class TorchInfluenceBase(GradientsMixin, CurvatureMixin, DeferredBuild):
             For x or y that are not tensors or arrays, or x of a dtype the model cannot take.
         """
         require_eval_mode(self.model, type(self).__name__)
-        flat = self._flat if self._flat is not None else FlatModel(self.model, self.loss)
+        flat = self._flat
+        if flat is None:
+            keys = split_mapping(x, None, what)[2] if isinstance(x, Mapping) else None
+            flat = FlatModel(self.model, self.loss, keys)
         self._check_sample(flat, x, y, what)
 
     def _check_sample(self, flat: FlatModel, x: Any, y: Any, what: str) -> None:
         xs, ys = model_inputs(flat, x, y, limit=2)
         if xs.shape[0] == 0:
             raise ValueError(f"{what} data is empty; influence needs at least one sample.")
-        check_sample(flat, loss_name(self.loss), xs, ys, what, type(self).__name__)
+        who, gradient = type(self).__name__, self._gradient_check(flat)
+        check_sample(flat, loss_name(self.loss), xs, ys, what, who, gradient)
+
+    def _gradient_check(
+        self, flat: FlatModel
+    ) -> Callable[[torch.Tensor, torch.Tensor], object] | None:
+        """How :meth:`check_data` takes one sample's gradient (None: ``vmap`` per-sample)."""
+        return None
 
     @property
     def n_params(self) -> int:

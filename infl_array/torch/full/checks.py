@@ -31,12 +31,14 @@ integer targets to ``int64`` (torch's index type) before calling the loss.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from infl_array.torch.data.tokens import split_mapping
 from infl_array.torch.data.views import numpy_to_tensor
 from infl_array.torch.full.functional import FlatModel, LossFn
 
@@ -126,6 +128,9 @@ def model_inputs(
     """``x``, ``y`` as tensors on the model's device: floats in the model's dtype, integer
     targets as ``int64``; only the first ``limit`` samples when given.
 
+    ``x`` may be a mapping of model inputs when the model was fitted on such samples (packed
+    as the fit data were, :func:`~infl_array.torch.data.tokens.split_mapping`).
+
     Raises
     ------
     TypeError
@@ -133,6 +138,13 @@ def model_inputs(
     ValueError
         When ``x`` and ``y`` lack a common leading sample dimension.
     """
+    if isinstance(x, Mapping):
+        if flat.input_keys is None:
+            raise TypeError(
+                f"x is a mapping (keys {sorted(x)}) but the model was fitted on tensors; pass "
+                "x as fitted, or fit on mappings of model inputs."
+            )
+        x = split_mapping(x, flat.input_keys, "x")[0]
     for name, a in (("x", x), ("y", y)):
         if not isinstance(a, (torch.Tensor, np.ndarray)):
             raise TypeError(
@@ -240,7 +252,13 @@ def _sample_desc(name: str, t: torch.Tensor) -> str:
 
 
 def check_sample(
-    flat: FlatModel, loss_name: str, x: torch.Tensor, y: torch.Tensor, what: str, who: str
+    flat: FlatModel,
+    loss_name: str,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    what: str,
+    who: str,
+    gradient: Callable[[torch.Tensor, torch.Tensor], object] | None = None,
 ) -> None:
     """Run the first samples of ``(x, y)`` through the model, the loss and one gradient.
 
@@ -256,6 +274,11 @@ def check_sample(
         Which data (``"train"``, ``"test"``), for messages.
     who : str
         The caller, for messages.
+    gradient : callable, optional
+        ``gradient(x, y)`` on the first sample: how the caller takes gradients (the per-layer
+        backends' capture pass). Default: one per-sample gradient under ``torch.func.vmap``
+        (the full-parameter backends' way); torch's warnings about missing batching rules are
+        not errors here.
 
     Raises
     ------
@@ -265,7 +288,7 @@ def check_sample(
     model, loss = flat.model, flat.loss
     try:
         with torch.no_grad():
-            out = flat.forward(x)
+            out = flat.forward(x)  # an output object's logits
     except Exception as exc:
         hint = _input_hint(model, x, what, flat.dtype)
         kind = TypeError if "dtype" in hint else ValueError
@@ -294,15 +317,27 @@ def check_sample(
             f"got {shape} from {loss_name}; use reduction='mean'."
         )
     _check_mean(loss, loss_name, out, y, who)
+    if gradient is not None:
+        try:
+            gradient(x[:1], y[:1])
+        except Exception as exc:
+            raise ValueError(
+                f"{who}: the gradient pass over one {what} sample failed with "
+                f"{type(exc).__name__}: {str(exc).rstrip('.')}."
+            ) from exc
+        return
     try:
-        flat.per_sample_grads(x[:1], y[:1])
+        with warnings.catch_warnings():  # vmap's performance warnings are not failures
+            warnings.filterwarnings("ignore", message=r".*(batching rule|vmap).*")
+            flat.per_sample_grads(x[:1], y[:1])
     except Exception as exc:
         raise ValueError(
             f"{who}: the per-sample gradient of one {what} sample (torch.func.vmap over "
-            f"torch.func.grad) failed with {type(exc).__name__}: {exc}. The model and the loss "
-            "must be deterministic functions of the parameters: no random operations (call "
-            "model.eval() for dropout), no in-place updates of buffers, no .item() or Python "
-            "branching on tensor values."
+            f"torch.func.grad) failed with {type(exc).__name__}: {exc}. {who} takes per-sample "
+            "gradients under vmap, which cannot run random operations (call model.eval() for "
+            "dropout), in-place updates of buffers, .item() or Python branching on tensor "
+            "values inside the model or the loss. The per-layer backends (EkfacInfluence, "
+            "ProjectedInfluence) take gradients without vmap and accept such models."
         ) from exc
 
 

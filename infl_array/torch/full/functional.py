@@ -29,8 +29,9 @@ from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, jacrev, vjp, vmap
+from torch.func import grad, jacrev, vjp, vmap
 
+from infl_array.torch.data.tokens import call_model, model_outputs
 from infl_array.torch.data.views import tensor_bytes
 
 __all__ = ["FlatModel", "LossFn", "model_fingerprint"]
@@ -84,9 +85,13 @@ class FlatModel:
         Flat copy of the trainable parameters, shape ``(n_params,)``.
     """
 
-    def __init__(self, model: nn.Module, loss: LossFn) -> None:
+    def __init__(
+        self, model: nn.Module, loss: LossFn, input_keys: tuple[str, ...] | None = None
+    ) -> None:
         self.model = model
         self.loss = loss
+        self.input_keys = input_keys
+        """Keys of inputs packed from mappings (the model is called with them), or None."""
         trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if not trainable:
             raise ValueError(
@@ -130,13 +135,16 @@ class FlatModel:
         return {n: t.reshape(s) for n, t, s in zip(self.names, parts, self.shapes, strict=True)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Model outputs for the batch ``x`` at the snapshot parameters."""
-        return functional_call(self.model, (self.unflatten(self.theta), self.const), (x,))
+        """Model outputs for the batch ``x`` at the snapshot parameters (an output object's
+        ``logits``, :func:`~infl_array.torch.data.tokens.model_outputs`)."""
+        params = (self.unflatten(self.theta), self.const)
+        return model_outputs(call_model(self.model, params, x, self.input_keys))
 
     def batch_loss(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean loss of the batch ``(x, y)`` at parameters ``theta`` (a scalar)."""
-        out = functional_call(self.model, (self.unflatten(theta), self.const), (x,))
-        return self.loss(out, y)
+        params = (self.unflatten(theta), self.const)
+        out = call_model(self.model, params, x, self.input_keys)
+        return self.loss(model_outputs(out), y)
 
     def per_sample_grads(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Gradients of the loss of each sample, shape ``(n, n_params)``."""

@@ -5,7 +5,9 @@ and output gradients in one forward and backward pass (:mod:`~infl_array.torch.l
 Kronecker-factored products (:mod:`~infl_array.torch.layerwise.kronecker`), rows taken from the
 fit (:mod:`~infl_array.torch.layerwise.fitrows`), the flush-to-zero helper thread and underflow
 guards (:mod:`~infl_array.torch.layerwise.subnormal`, :mod:`~infl_array.torch.layerwise.underflow`),
-and the EK-FAC and projected backends.
+which parameters are covered and the warning for those left out
+(:mod:`~infl_array.torch.layerwise.coverage`), ``nn.MultiheadAttention`` written out for capture
+(:mod:`~infl_array.torch.layerwise.attention`), and the EK-FAC and projected backends.
 
 May import: torch, scipy, the core, :mod:`infl_array.torch.data` and
 :mod:`infl_array.torch.full` (the shared backend base, checks and functional model). Never

@@ -24,6 +24,21 @@ pseudo-gradients of softmax outputs (:func:`~infl_array.torch.layerwise.capture.
 ``"auto"`` (default), ``"pydvl"`` when the loss is ``torch.nn.functional.cross_entropy`` or an
 ``nn.CrossEntropyLoss`` (so that values agree with pyDVL's ``EkfacInfluence``), else
 ``"empirical"``.
+
+Coverage: the layers are those :func:`~infl_array.torch.layerwise.coverage.find_layers`
+finds; ``fit`` warns with
+:class:`~infl_array.torch.layerwise.coverage.PartialCoverageWarning` when trainable
+parameters are left out (``strict_coverage=True`` raises instead), and
+:attr:`LayerwiseInfluence.covered_parameters` names the covered ones.
+
+Precision: a float16 or bfloat16 model runs its forward and backward passes in its dtype;
+everything the backends compute from them (curvature factors, eigendecompositions, solves,
+projections, factors and their products) is float32 (:attr:`LayerwiseInfluence.work_dtype`).
+
+Data check: ``fit`` and ``check_data`` run the first samples through the model and the loss
+and then through one capture pass (what the backend itself does), not through a
+``torch.func.vmap`` per-sample gradient: models the capture handles (``.item()``,
+data-dependent branches) are accepted.
 """
 
 from __future__ import annotations
@@ -37,8 +52,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from infl_array.torch.data.options import positive_int
+from infl_array.torch.data.tokens import HALF, call_model, model_outputs
 from infl_array.torch.full.base import TorchInfluenceBase
-from infl_array.torch.full.functional import LossFn, check_finite
+from infl_array.torch.full.functional import FlatModel, LossFn, check_finite
 from infl_array.torch.layerwise.capture import (
     LayerRecord,
     Objective,
@@ -46,10 +62,15 @@ from infl_array.torch.layerwise.capture import (
     check_budget,
     check_deterministic,
     check_mean_reduction,
-    find_layers,
     loss_objective,
     pydvl_objective,
     sample_chunks,
+)
+from infl_array.torch.layerwise.coverage import (
+    Coverage,
+    coverage_report,
+    find_layers,
+    warn_or_raise,
 )
 from infl_array.torch.layerwise.kronecker import KroneckerCurvature
 
@@ -81,7 +102,8 @@ class LayerwiseInfluence(TorchInfluenceBase):
     Parameters
     ----------
     model : torch.nn.Module
-        The trained model; its trainable ``nn.Linear`` and ``nn.Conv2d`` layers are used.
+        The trained model; the layers
+        :func:`~infl_array.torch.layerwise.coverage.find_layers` covers are used.
     loss : callable
         ``loss(outputs, targets)`` reducing by mean over the batch.
     regularization : float
@@ -94,14 +116,21 @@ class LayerwiseInfluence(TorchInfluenceBase):
         Bytes that fitted state and per-sample temporaries may take.
     progress : bool
         Show a progress bar over the fit passes.
+    strict_coverage : bool
+        Raise a ``ValueError`` at ``fit`` instead of warning when trainable parameters are
+        left out.
 
     Attributes
     ----------
     layers : list of LayerSpec
         The layers influence is computed with respect to.
     excluded_parameters : list of str
-        Trainable parameters left out (not in any such layer).
+        Trainable parameters left out (not in any covered layer).
+    covered_parameters : list of str
+        Names of the covered parameters (a tied weight once).
     """
+
+    strict_coverage: bool = False
 
     def __init__(
         self,
@@ -113,6 +142,7 @@ class LayerwiseInfluence(TorchInfluenceBase):
         batch_size: int | None = None,
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
         progress: bool = False,
+        strict_coverage: bool = False,
     ) -> None:
         if isinstance(loss, bool):
             raise TypeError(
@@ -134,6 +164,11 @@ class LayerwiseInfluence(TorchInfluenceBase):
         if not isinstance(progress, bool):
             raise TypeError(f"progress must be a bool, got {progress!r}.")
         self.progress = progress
+        if not isinstance(strict_coverage, bool):
+            raise TypeError(f"strict_coverage must be a bool, got {strict_coverage!r}.")
+        self.strict_coverage = strict_coverage
+        self.coverage: Coverage = coverage_report(model, self.layers, self.excluded_parameters)
+        """Which trainable parameters are covered (names, fraction)."""
         self._params: dict[str, torch.Tensor] | None = None
         self._fitted = False
 
@@ -143,8 +178,21 @@ class LayerwiseInfluence(TorchInfluenceBase):
         """Whether :meth:`fit` has completed."""
         return self._fitted and self._flat is not None
 
+    @property
+    def covered_parameters(self) -> list[str]:
+        """Names of the parameters influence is taken with respect to (``named_parameters``
+        names; a tied weight once)."""
+        return list(self.coverage.covered)
+
+    @property
+    def work_dtype(self) -> torch.dtype:
+        """The dtype of curvature, solves and factors: the model's, float32 for half models."""
+        dtype = self._require_fit().dtype
+        return torch.float32 if dtype in HALF else dtype
+
     def _fit(self) -> None:
         self._fitted = False
+        warn_or_raise(self.coverage, type(self).__name__, self.strict_coverage)
         self._params = self._parameters()
         assert self._fit_data is not None
         x, y = self._prepare(*self._fit_data.take(range(min(2, len(self._fit_data)))))
@@ -153,6 +201,17 @@ class LayerwiseInfluence(TorchInfluenceBase):
             check_mean_reduction(self.loss, self._forward(x), y)
         self._fit_layers()
         self._fitted = True
+
+    def _gradient_check(self, flat: FlatModel) -> Callable[[torch.Tensor, torch.Tensor], object]:
+        """The data check's gradient: one capture pass, as the backend takes gradients."""
+
+        def one_pass(x: torch.Tensor, y: torch.Tensor) -> object:
+            theta = flat.theta.detach().requires_grad_(True)
+            params = {**flat.unflatten(theta), **flat.const}
+            objective = loss_objective(self.loss, y)
+            return capture(self.model, self.layers, x, objective, params, call=self._caller(flat))
+
+        return one_pass
 
     def _parameters(self) -> dict[str, torch.Tensor]:
         """The snapshotted parameters, those of the layers as views of one leaf needing grad."""
@@ -178,12 +237,13 @@ class LayerwiseInfluence(TorchInfluenceBase):
 
     @property
     def _itemsize(self) -> int:
-        return self._require_fit().theta.element_size()
+        return torch.empty((), dtype=self.work_dtype).element_size()
 
     # ------------------------------------------------------------------ passes
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         assert self._params is not None
-        return torch.func.functional_call(self.model, self._params, (x,))
+        keys = self._require_fit().input_keys
+        return model_outputs(call_model(self.model, self._params, x, keys))
 
     def _objective(self, kind: str, y: torch.Tensor) -> Objective:
         if kind == "curvature" and self.fisher_type == "pydvl":
@@ -193,7 +253,29 @@ class LayerwiseInfluence(TorchInfluenceBase):
     def _records(self, x: torch.Tensor, y: torch.Tensor, kind: str = "loss") -> list[LayerRecord]:
         """Capture the layers on one batch (``kind``: ``"loss"`` or ``"curvature"``)."""
         check_deterministic(self.model)
-        return capture(self.model, self.layers, x, self._objective(kind, y), self._params)
+        objective = self._objective(kind, y)
+        flat = self._require_fit()
+        keys = flat.input_keys or ()
+        mask = x[..., keys.index("attention_mask")] != 0 if "attention_mask" in keys else None
+        return capture(
+            self.model,
+            self.layers,
+            x,
+            objective,
+            self._params,
+            self.work_dtype,
+            call=self._caller(flat),
+            mask=mask,
+        )
+
+    @staticmethod
+    def _caller(flat: FlatModel) -> Callable[[nn.Module, Any, Any], Any]:
+        """How capture calls the model: with the unpacked inputs of mapping samples."""
+
+        def call(model: nn.Module, x: Any, params: Any) -> Any:
+            return call_model(model, params, x, flat.input_keys)
+
+        return call
 
     def _fit_records(
         self, kind: str, desc: str
@@ -209,6 +291,12 @@ class LayerwiseInfluence(TorchInfluenceBase):
         """``(d_out, d_in)`` of layer ``i``'s working space."""
         spec = self.layers[i]
         return spec.d_out, spec.width_in
+
+    def _diagonal_in(self, i: int) -> bool:
+        """Whether layer ``i``'s working inputs are one-hot rows (an embedding's): its input
+        factor is diagonal (see :class:`~infl_array.torch.layerwise.kronecker.KroneckerCurvature`).
+        """
+        return self.layers[i].kind == "embedding"
 
     def _working(self, i: int, rec: LayerRecord, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
         """Activations ``(n, T, d_in)`` and gradients ``(n, T, d_out)`` in the working space."""
@@ -274,9 +362,9 @@ class LayerwiseInfluence(TorchInfluenceBase):
         (:meth:`_working_gradients`) from the working tensors it has anyway, and calls
         ``keep(x, y, gradients)``.
         """
-        like = self._require_fit().theta
+        like = self._require_fit().theta.new_empty(0, dtype=self.work_dtype)
         held = sum(
-            KroneckerCurvature.nbytes(*self._dims(i), like.element_size())
+            KroneckerCurvature.nbytes(*self._dims(i), like.element_size(), self._diagonal_in(i))
             for i in range(len(self.layers))
         )
         check_budget(
@@ -287,7 +375,7 @@ class LayerwiseInfluence(TorchInfluenceBase):
             "space), or leave the widest layers out by freezing them.",
         )
         curv = [
-            KroneckerCurvature(*self._dims(i), like, spec.name)
+            KroneckerCurvature(*self._dims(i), like, spec.name, self._diagonal_in(i))
             for i, spec in enumerate(self.layers)
         ]
 
@@ -314,13 +402,14 @@ class LayerwiseInfluence(TorchInfluenceBase):
     def _empty(self, n: int, width: int, what: str) -> torch.Tensor:
         """An uninitialised ``(n, width)`` output, refused when it exceeds the budget."""
         flat = self._require_fit()
+        dtype = self.work_dtype
         check_budget(
-            n * width * flat.theta.element_size(),
+            n * width * self._itemsize,
             self.memory_budget,
-            f"{what} of {n} samples ({n} x {width} {str(flat.dtype).replace('torch.', '')})",
+            f"{what} of {n} samples ({n} x {width} {str(dtype).replace('torch.', '')})",
             "pass fewer samples per call (a smaller block), or raise memory_budget.",
         )
-        return torch.empty((n, width), dtype=flat.dtype, device=flat.device)
+        return torch.empty((n, width), dtype=dtype, device=flat.device)
 
     def _require_fitted(self) -> None:
         if not self.is_fitted:

@@ -1,11 +1,13 @@
 """EK-FAC influence: eigenvalue-corrected Kronecker-factored curvature, layer by layer.
 
-Influence is taken with respect to the weights and biases of the model's trainable
-``nn.Linear`` and ``nn.Conv2d`` layers (:mod:`~infl_array.torch.layerwise.capture`; other parameters
-are left out, listed in ``excluded_parameters``). Each layer's block of the Hessian of the mean
-training loss is approximated by its (E)K-FAC curvature
-(:mod:`~infl_array.torch.layerwise.kronecker`); blocks of different layers are taken as zero, so the
-influence is the sum over layers of ``grad_l(test)^T (H_l + lambda*Id)^-1 grad_l(train)``.
+Influence is taken with respect to the parameters of the layers
+:func:`~infl_array.torch.layerwise.coverage.find_layers` covers (``nn.Linear``, ``nn.Conv2d``,
+``nn.Embedding``, ``transformers``' ``Conv1D``, ``nn.MultiheadAttention``'s projections,
+normalisation layers; :mod:`~infl_array.torch.layerwise.capture`); other trainable parameters
+are left out, listed in ``excluded_parameters``, and ``fit`` warns about them. Each layer's
+block of the Hessian of the mean training loss is approximated by its (E)K-FAC curvature
+(:mod:`~infl_array.torch.layerwise.kronecker`); blocks of different layers are taken as zero,
+so the influence is the sum over layers of ``grad_l(test)^T (H_l + lambda*Id)^-1 grad_l(train)``.
 
 Factors (the engine's interface)
 --------------------------------
@@ -20,8 +22,17 @@ Factors (the engine's interface)
   ``fit`` (a Linear layer on flat features), its output gradient and its input (with a 1 for
   the bias) rotated into the eigenbasis, ``Q_G^T g`` then ``Q_A^T (a, 1)``
   (``d_out + width_in`` numbers: the rotated gradient is their outer product); otherwise
-  (convolutions, Linear layers on sequences) the gradient matrix itself, flattened.
+  (convolutions, Linear layers on sequences) the gradient matrix itself, flattened; for an
+  embedding whose ``T`` tokens per sample take fewer numbers than its gradient matrix
+  (``T * (width + 1) < width * vocab``), the sparse form: the ``T`` token ids, then the ``T``
+  output gradients (``(T, width)``, flattened), since the gradient is ``sum_t g_t e_{id_t}^T``
+  (a sample touches only its tokens' rows; shorter samples are padded with zero gradients).
 * Layout: layers in the order of ``layers`` in both factor sets.
+* Embeddings: the input factor of one-hot token rows is diagonal, so its eigenbasis is the
+  identity and no ``vocab x vocab`` matrix is formed; an embedding's factors are its
+  ``(width, vocab)`` gradient matrix, dense (for sparse per-sample embedding gradients use
+  :class:`~infl_array.torch.layerwise.projected.ProjectedInfluence`, whose input projection of
+  a token is a column gather).
 * ``factor_product(test_f, train_f)``: the ``(n_test, n_train)`` block; ``factor_diagonal``:
   the row-wise pairs (self-influence). ``influences`` is ``factor_product`` of both factors.
 
@@ -64,7 +75,7 @@ from torch import nn
 
 from infl_array.torch.full.functional import LossFn, nonnegative
 from infl_array.torch.layerwise.base import DEFAULT_MEMORY_BUDGET, LayerwiseInfluence
-from infl_array.torch.layerwise.capture import LayerRecord, check_budget
+from infl_array.torch.layerwise.capture import LayerRecord, check_budget, keep_mask
 from infl_array.torch.layerwise.kronecker import KroneckerCurvature
 from infl_array.torch.layerwise.subnormal import flush_subnormals
 from infl_array.torch.layerwise.underflow import needs_normalizing, normalized_rows
@@ -73,7 +84,7 @@ __all__ = ["EkfacInfluence"]
 
 
 class EkfacInfluence(LayerwiseInfluence):
-    """Influence with (E)K-FAC curvature per Linear and Conv2d layer.
+    """Influence with (E)K-FAC curvature per layer (see the module docstring).
 
     Parameters
     ----------
@@ -98,6 +109,9 @@ class EkfacInfluence(LayerwiseInfluence):
     memory_budget : int
         Bytes that fitted factors, per-sample temporaries and returned factors may take;
         :class:`~infl_array.torch.layerwise.capture.MemoryBudgetError` names what does not fit.
+    strict_coverage : bool
+        Raise instead of warning when trainable parameters are left out
+        (:class:`~infl_array.torch.layerwise.coverage.PartialCoverageWarning`).
 
     Examples
     --------
@@ -125,6 +139,7 @@ class EkfacInfluence(LayerwiseInfluence):
         fisher_type: str = "auto",
         batch_size: int | None = None,
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        strict_coverage: bool = False,
     ) -> None:
         if hessian_regularization is not None:
             hessian_regularization = nonnegative(hessian_regularization, "hessian_regularization")
@@ -145,10 +160,12 @@ class EkfacInfluence(LayerwiseInfluence):
             batch_size=batch_size,
             memory_budget=memory_budget,
             progress=progress,
+            strict_coverage=strict_coverage,
         )
         self.update_diagonal = update_diagonal
         self.curvature: list[KroneckerCurvature] = []
         self._compact: list[bool] = []
+        self._token_positions: list[int] = []  # sparse embedding layers: tokens per sample
         self._normalized = _NormalizedTest()
 
     @property
@@ -164,13 +181,33 @@ class EkfacInfluence(LayerwiseInfluence):
         self._normalized.clear()
         self.curvature = self._fit_kronecker(correct=self.update_diagonal)
         self._compact = [
-            c.max_positions == 1 and spec.width_in + spec.d_out < spec.n_params
+            c.max_positions == 1
+            and spec.width_in + spec.d_out < spec.n_params
+            and spec.kind != "embedding"  # its sparse rows are smaller still
             for c, spec in zip(self.curvature, self.layers, strict=True)
         ]
+        self._token_positions = [
+            c.max_positions
+            if spec.kind == "embedding"
+            and not compact
+            and c.max_positions * (spec.d_out + 1) < spec.n_params
+            else 0
+            for c, spec, compact in zip(self.curvature, self.layers, self._compact, strict=True)
+        ]
+
+    def _working(self, i: int, rec: LayerRecord, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """As the base's, but an embedding's inputs are its token ids (``-1``: no gradient),
+        never one-hot rows (:class:`~infl_array.torch.layerwise.kronecker.KroneckerCurvature`
+        takes them as they are)."""
+        if self.layers[i].kind == "embedding":
+            return rec.token_ids(rows), rec.output_grads(rows)
+        return super()._working(i, rec, rows)
 
     # ------------------------------------------------------------------ layout
     def _train_width(self, i: int) -> int:
         spec = self.layers[i]
+        if self._token_positions[i]:
+            return self._token_positions[i] * (1 + spec.d_out)
         return spec.d_out + spec.width_in if self._compact[i] else spec.n_params
 
     @property
@@ -218,7 +255,8 @@ class EkfacInfluence(LayerwiseInfluence):
         """Per-sample gradients in compact form, ``(n, train_factor_width)``.
 
         ``x``, ``y``: a batch of training inputs and targets. Per layer: ``(g, a)`` for a
-        compact layer, else the flattened gradient matrix. Raises ``ValueError`` if a compact
+        compact layer, token ids and output gradients for a sparse embedding, else the
+        flattened gradient matrix. Raises ``ValueError`` if a compact
         layer sees more than one position per sample here.
         """
         self._require_fitted()
@@ -230,11 +268,14 @@ class EkfacInfluence(LayerwiseInfluence):
                 if self._compact[i]:
                     self._check_one_position(rec)
                     curv = self.curvature[i]
-                    assert curv.q_g is not None and curv.q_a is not None
+                    assert curv.q_g is not None
                     acts, grads = self._working(i, rec, slice(None))
                     block[:, offset : offset + spec.d_out] = grads[:, 0] @ curv.q_g
                     end = offset + spec.d_out + spec.width_in
-                    block[:, offset + spec.d_out : end] = acts[:, 0] @ curv.q_a
+                    block[:, offset + spec.d_out : end] = curv.rotate_in(acts[:, 0])
+                elif self._token_positions[i]:
+                    width = self._train_width(i)
+                    block[:, offset : offset + width] = self._token_rows(i, rec)
                 else:
                     for rows in self._row_chunks(i, rec, (spec.d_out, spec.width_in)):
                         m = rec.per_sample_grads(rows).flatten(1)
@@ -242,6 +283,23 @@ class EkfacInfluence(LayerwiseInfluence):
                 offset += self._train_width(i)
 
         return self._per_batch(x, y, self.train_factor_width, "EK-FAC train factors", fill)
+
+    def _token_rows(self, i: int, rec: LayerRecord) -> torch.Tensor:
+        """An embedding's sparse train rows: token ids ``(n, T)``, then output gradients
+        ``(n, T * width)`` (zero where the token gets no gradient), ``T`` the fit's positions."""
+        positions, width = self._token_positions[i], self.layers[i].d_out
+        if rec.positions > positions:
+            raise ValueError(
+                f"embedding {rec.spec.name!r} saw {positions} tokens per sample at fit, so its "
+                f"train factors hold {positions}, but it sees {rec.positions} here; pass "
+                "sequences no longer than the fit data's, or refit on such data."
+            )
+        ids = torch.cat([c.x.reshape(c.x.shape[0], -1) for c in rec.calls], dim=1)
+        grads = rec.output_grads() * keep_mask(rec.spec.module, ids)[..., None]
+        out = grads.new_zeros((rec.n, positions * (1 + width)))
+        out[:, : ids.shape[1]] = ids.to(out.dtype)
+        out[:, positions : positions + grads[0].numel()] = grads.flatten(1)
+        return out
 
     @staticmethod
     def _check_one_position(rec: LayerRecord) -> None:
@@ -310,11 +368,50 @@ class EkfacInfluence(LayerwiseInfluence):
         test_f, train_f = self._checked(test_f, train_f)
         out = test_f.new_zeros((test_f.shape[0], train_f.shape[0]))
         for i, test, train in self._layer_parts(test_f, train_f):
+            if self._token_positions[i]:
+                self._token_product(i, test, train, out)
+                continue
             if not self._compact[i]:
                 out.addmm_(test, train.T)
                 continue
             self._compact_product(i, self._normalized.get(self, test_f, i, test), train, out)
         return out
+
+    def _split_tokens(self, i: int, train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """An embedding's sparse train rows: ids ``(n, T)`` and gradients ``(n, T, width)``."""
+        positions, width = self._token_positions[i], self.layers[i].d_out
+        ids = train[:, :positions].round().long()
+        return ids, train[:, positions:].reshape(-1, positions, width)
+
+    def _token_product(
+        self, i: int, test: torch.Tensor, train: torch.Tensor, out: torch.Tensor
+    ) -> None:
+        """Add an embedding's influences to ``out``: ``sum_t T[:, :, id_t] . g_t``.
+
+        The train rows are a sparse ``(n_train, width * vocab)`` matrix with ``T * width``
+        entries per row (the gradient matrix's columns at the row's tokens), multiplied with
+        the test columns (one transposed copy): ``n_test * n_train * T * width`` multiply-adds
+        instead of ``n_test * n_train * width * vocab``.
+        """
+        spec = self.layers[i]
+        ids, grads = self._split_tokens(i, train)
+        check_budget(
+            test.numel() * test.element_size(),
+            self.memory_budget,
+            f"the test columns of embedding {spec.name!r}, transposed",
+            "raise memory_budget or pass fewer test rows at a time.",
+        )
+        n, positions = ids.shape
+        rows = torch.arange(n, device=ids.device)[:, None, None].expand(n, positions, spec.d_out)
+        width = torch.arange(spec.d_out, device=ids.device)[None, None, :]
+        cols = width * spec.d_in + ids[:, :, None]  # entry (o, id) of the (width, vocab) matrix
+        sparse = torch.sparse_coo_tensor(
+            torch.stack([rows.flatten(), cols.flatten()]),
+            grads.flatten().to(test.dtype),
+            (n, spec.n_params),
+            check_invariants=True,  # ids in range: the ids of real tokens, 0 where padded
+        )
+        out += torch.sparse.mm(sparse, test.T.contiguous()).T
 
     def _compact_product(
         self,
@@ -383,7 +480,12 @@ class EkfacInfluence(LayerwiseInfluence):
             )
         out = test_f.new_zeros(test_f.shape[0])
         for i, test, train in self._layer_parts(test_f, train_f):
-            if self._compact[i]:
+            if self._token_positions[i]:
+                ids, grads = self._split_tokens(i, train)
+                t = test.reshape(test.shape[0], self.layers[i].d_out, -1)
+                index = ids[:, None, :].expand(-1, t.shape[1], -1)
+                out += (t.gather(2, index) * grads.transpose(1, 2)).sum((1, 2))
+            elif self._compact[i]:
                 g, a = self._split_compact(i, train)
                 t = test.reshape(-1, g.shape[1], a.shape[1])
                 out += torch.einsum("noi,no,ni->n", t, g, a)

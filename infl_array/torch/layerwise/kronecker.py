@@ -70,6 +70,12 @@ class KroneckerCurvature:
         A tensor with the dtype and device to work in.
     name : str
         The layer's name (for messages).
+    diagonal_in : bool
+        The input factor ``A`` is diagonal (one-hot inputs: an embedding's token rows): only
+        its diagonal is accumulated and its eigenbasis is the identity (``q_a`` stays None), so
+        nothing of size ``d_in**2`` is formed. The activations may then be given as token ids
+        ``(n, T)`` (integers; ``-1`` for a position whose token gets no gradient) instead of
+        one-hot rows: nothing of size ``T * d_in`` is formed either.
 
     Attributes
     ----------
@@ -80,9 +86,12 @@ class KroneckerCurvature:
         :meth:`finish_correction` (EK-FAC).
     """
 
-    def __init__(self, d_out: int, d_in: int, like: torch.Tensor, name: str = "") -> None:
+    def __init__(
+        self, d_out: int, d_in: int, like: torch.Tensor, name: str = "", diagonal_in: bool = False
+    ) -> None:
         self.d_out, self.d_in, self.name = d_out, d_in, name
-        self._a_sum: torch.Tensor | None = like.new_zeros((d_in, d_in))
+        self.diagonal_in = diagonal_in
+        self._a_sum: torch.Tensor | None = like.new_zeros((d_in,) if diagonal_in else (d_in, d_in))
         self._g_sum: torch.Tensor | None = like.new_zeros((d_out, d_out))
         self._n = 0
         self._positions = 0
@@ -94,9 +103,23 @@ class KroneckerCurvature:
         self.eigenvalues: torch.Tensor | None = None
 
     @staticmethod
-    def nbytes(d_out: int, d_in: int, itemsize: int) -> int:
+    def nbytes(d_out: int, d_in: int, itemsize: int, diagonal_in: bool = False) -> int:
         """Bytes held while fitting: two factors, two eigenbases and two eigenvalue arrays."""
-        return itemsize * (2 * d_in * d_in + 2 * d_out * d_out + 2 * d_out * d_in)
+        a_side = 2 * d_in if diagonal_in else 2 * d_in * d_in
+        return itemsize * (a_side + 2 * d_out * d_out + 2 * d_out * d_in)
+
+    def rotate_in(self, a: torch.Tensor) -> torch.Tensor:
+        """``a @ Q_A`` (``a`` itself when ``A`` is diagonal)."""
+        if self.diagonal_in:
+            return a
+        assert self.q_a is not None
+        return a @ self.q_a
+
+    def _unrotate_in(self, m: torch.Tensor) -> torch.Tensor:
+        if self.diagonal_in:
+            return m
+        assert self.q_a is not None
+        return m @ self.q_a.T
 
     # ------------------------------------------------------------------ factors
     def add_covariances(self, acts: torch.Tensor, grads: torch.Tensor) -> None:
@@ -105,14 +128,20 @@ class KroneckerCurvature:
         Parameters
         ----------
         acts : torch.Tensor
-            ``(n, T, d_in)`` activations.
+            ``(n, T, d_in)`` activations (or ``(n, T)`` token ids, see ``diagonal_in``).
         grads : torch.Tensor
             ``(n, T, d_out)`` curvature gradients.
         """
         assert self._a_sum is not None and self._g_sum is not None
-        a = acts.reshape(-1, self.d_in)
         g = grads.reshape(-1, self.d_out)
-        self._a_sum.addmm_(a.T, a)
+        if not acts.is_floating_point():  # token ids
+            ids = acts[acts >= 0]
+            self._a_sum += torch.bincount(ids, minlength=self.d_in).to(self._a_sum.dtype)
+        elif self.diagonal_in:
+            self._a_sum += acts.reshape(-1, self.d_in).square().sum(0)
+        else:
+            a = acts.reshape(-1, self.d_in)
+            self._a_sum.addmm_(a.T, a)
         self._g_sum.addmm_(g.T, g)
         self._n += acts.shape[0]
         self._positions += acts.shape[0] * acts.shape[1]
@@ -122,10 +151,21 @@ class KroneckerCurvature:
         """Eigenbases of ``A`` and ``G`` and the K-FAC eigenvalues; frees the factors."""
         assert self._a_sum is not None and self._g_sum is not None and self._n > 0
         dtype = self._a_sum.dtype
-        s_a, q_a = eigh(self._a_sum.to(torch.float64) / self._n)
+        for factor, side in ((self._a_sum, "input"), (self._g_sum, "output-gradient")):
+            if not bool(torch.isfinite(factor).all()):
+                raise FloatingPointError(
+                    f"the {side} covariance of layer {self.name!r} has non-finite entries (NaN or "
+                    "inf): the model's outputs or the loss overflow on the fit data. Check them "
+                    "on that data (and use float32 or float64 for the model if it is half)."
+                )
+        if self.diagonal_in:
+            s_a = self._a_sum.to(torch.float64) / self._n
+        else:
+            s_a, q_a = eigh(self._a_sum.to(torch.float64) / self._n)
+            self.q_a = q_a.to(dtype)
         s_g, q_g = eigh(self._g_sum.to(torch.float64) / self._n)
         mean_positions = self._positions / self._n
-        self.q_a, self.q_g = q_a.to(dtype), q_g.to(dtype)
+        self.q_g = q_g.to(dtype)
         self.eigenvalues = (torch.outer(s_g, s_a) / mean_positions).to(dtype)
         self._a_sum = self._g_sum = None
 
@@ -140,12 +180,20 @@ class KroneckerCurvature:
         budget : int
             Bytes the per-sample temporaries may take.
         """
-        assert self.q_a is not None and self.q_g is not None
+        assert self.q_g is not None
         if self._lambda_sum is None:
-            self._lambda_sum = torch.zeros_like(self.q_g[:, :1] * self.q_a[:1, :])
-        if acts.shape[1] == 1:  # one position: M_i = g a^T, rotated entrywise squares factor
+            self._lambda_sum = self.q_g.new_zeros((self.d_out, self.d_in))
+        if not acts.is_floating_point():  # token ids: a sample's tokens are its only columns
+            n = acts.shape[0]
+            rotated = (grads @ self.q_g) * (acts >= 0)[..., None]
+            keys = torch.arange(n, device=acts.device)[:, None] * self.d_in + acts.clamp(min=0)
+            columns, where = torch.unique(keys.flatten(), return_inverse=True)
+            sums = rotated.new_zeros((columns.shape[0], self.d_out))
+            sums.index_add_(0, where, rotated.reshape(-1, self.d_out))  # per sample and token
+            self._lambda_sum.T.index_add_(0, columns % self.d_in, sums.square())
+        elif acts.shape[1] == 1:  # one position: M_i = g a^T, rotated entrywise squares factor
             ga = (grads[:, 0] @ self.q_g).square()
-            aa = (acts[:, 0] @ self.q_a).square()
+            aa = self.rotate_in(acts[:, 0]).square()
             self._lambda_sum.addmm_(ga.T, aa)
         else:
             per_sample = 2 * self.d_out * self.d_in * acts.element_size()
@@ -183,16 +231,21 @@ class KroneckerCurvature:
         rotated before they are summed, which costs ``T * (d_out**2 + d_in**2)`` instead of
         ``d_out * d_in * (d_out + d_in)`` per sample; the result is the same up to rounding.
         """
-        assert self.q_a is not None and self.q_g is not None
+        assert self.q_g is not None
         positions = acts.shape[1]
+        if not acts.is_floating_point():  # token ids: scatter the rotated output gradients
+            rotated = (grads @ self.q_g) * (acts >= 0)[..., None]
+            out = rotated.new_zeros((acts.shape[0], self.d_out, self.d_in))
+            index = acts.clamp(min=0)[:, None, :].expand(-1, self.d_out, -1)
+            return out.scatter_add_(2, index, rotated.transpose(1, 2))
         if positions * (self.d_out + self.d_in) < self.d_out * self.d_in:
-            return (grads @ self.q_g).transpose(1, 2) @ (acts @ self.q_a)
-        return self.q_g.T @ (grads.transpose(1, 2) @ acts) @ self.q_a
+            return (grads @ self.q_g).transpose(1, 2) @ self.rotate_in(acts)
+        return self.rotate_in(self.q_g.T @ (grads.transpose(1, 2) @ acts))
 
     def solve_rotated(self, rotated: torch.Tensor, regularization: float) -> torch.Tensor:
         """``(H_layer + lambda*Id)^-1 M``, ``(n, d_out, d_in)``, from ``Q_G^T M Q_A``."""
-        assert self.q_a is not None and self.q_g is not None and self.eigenvalues is not None
-        return self.q_g @ self.precondition_rotated(rotated, regularization) @ self.q_a.T
+        assert self.q_g is not None and self.eigenvalues is not None
+        return self._unrotate_in(self.q_g @ self.precondition_rotated(rotated, regularization))
 
     def precondition_rotated(self, rotated: torch.Tensor, regularization: float) -> torch.Tensor:
         """``Q_G^T (H_layer + lambda*Id)^-1 M Q_A`` from ``Q_G^T M Q_A`` (stays rotated)."""
@@ -201,5 +254,5 @@ class KroneckerCurvature:
 
     def solve(self, m: torch.Tensor, regularization: float) -> torch.Tensor:
         """``(H_layer + lambda*Id)^-1 m`` for per-sample gradients ``m``, ``(n, d_out, d_in)``."""
-        assert self.q_a is not None and self.q_g is not None and self.eigenvalues is not None
-        return self.solve_rotated(self.q_g.T @ m @ self.q_a, regularization)
+        assert self.q_g is not None and self.eigenvalues is not None
+        return self.solve_rotated(self.rotate_in(self.q_g.T @ m), regularization)

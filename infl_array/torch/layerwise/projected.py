@@ -6,7 +6,10 @@ gradient ``M_i = sum_t g_t a_t^T``. It is projected on both sides separately,
     ``phi_i = P_out M_i P_in^T = sum_t (P_out g_t) (P_in a_t)^T``,  a ``(k_out, k_in)`` matrix,
 
 so projecting costs about ``k_in * width_in + k_out * d_out`` per sample and position (for a
-convolution, ``P_in a_t`` is itself a convolution with ``k_in`` filters), never
+convolution, ``P_in a_t`` is itself a convolution with ``k_in`` filters; for an embedding,
+whose ``a_t`` is a token's one-hot row, it is a column of ``P_in``, gathered; for an output
+layer tied to an embedding, the embedding's one-hot rows are on the output side and are
+gathered from ``P_out`` the same way), never
 ``d_out * width_in``: the full per-sample gradient is never formed. The projected gradients of
 all layers, flattened and concatenated, are a sample's ``width``-long projected gradient.
 
@@ -185,6 +188,9 @@ class ProjectedInfluence(LayerwiseInfluence):
     reuse_fit_gradients : bool
         Keep the projected gradients a fit pass computes of the fit samples and return them
         from :meth:`train_factors` (see "Train factors from the fit" in the module docstring).
+    strict_coverage : bool
+        Raise instead of warning when trainable parameters are left out
+        (:class:`~infl_array.torch.layerwise.coverage.PartialCoverageWarning`).
 
     Attributes
     ----------
@@ -223,6 +229,7 @@ class ProjectedInfluence(LayerwiseInfluence):
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
         progress: bool = False,
         reuse_fit_gradients: bool = True,
+        strict_coverage: bool = False,
     ) -> None:
         super().__init__(
             model,
@@ -232,6 +239,7 @@ class ProjectedInfluence(LayerwiseInfluence):
             batch_size=batch_size,
             memory_budget=memory_budget,
             progress=progress,
+            strict_coverage=strict_coverage,
         )
         if preconditioner not in PRECONDITIONERS:
             raise ValueError(
@@ -312,11 +320,14 @@ class ProjectedInfluence(LayerwiseInfluence):
     def _dims(self, i: int) -> tuple[int, int]:
         return self.projection_shapes[i]
 
+    def _diagonal_in(self, i: int) -> bool:
+        return super()._diagonal_in(i) and self._proj[i][0] is None  # one-hot when unprojected
+
     def _working(self, i: int, rec: LayerRecord, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
         p_in, p_out = self._proj[i]
         acts = rec.activations(rows) if p_in is None else rec.projected_activations(p_in, rows)
-        grads = rec.output_grads(rows)
-        return acts, grads if p_out is None else grads @ p_out.T
+        grads = rec.output_grads(rows) if p_out is None else rec.projected_output_grads(p_out, rows)
+        return acts, grads
 
     # ------------------------------------------------------------------ fit
     def _fit_layers(self) -> None:
@@ -328,8 +339,8 @@ class ProjectedInfluence(LayerwiseInfluence):
             p_out = _projection(spec.d_out, k_out, gen)
             self._proj.append(
                 (
-                    None if p_in is None else p_in.to(flat.device, flat.dtype),
-                    None if p_out is None else p_out.to(flat.device, flat.dtype),
+                    None if p_in is None else p_in.to(flat.device, self.work_dtype),
+                    None if p_out is None else p_out.to(flat.device, self.work_dtype),
                 )
             )
         self.curvature, self._fisher_chol = [], None
@@ -352,9 +363,9 @@ class ProjectedInfluence(LayerwiseInfluence):
         n = len(self._fit_data)
         if not (self.reuse_fit_gradients and takes_loss_grads):
             return None
-        if n * self.width * flat.theta.element_size() > self.memory_budget // 4:
+        if n * self.width * self._itemsize > self.memory_budget // 4:
             return None
-        return FitRows(n, self.width, flat.theta)
+        return FitRows(n, self.width, flat.theta.new_empty(0, dtype=self.work_dtype))
 
     def _keep_fit_rows(self, x: torch.Tensor, y: torch.Tensor, phi: torch.Tensor) -> None:
         """Keep the projected gradients ``phi`` of the fit batch ``(x, y)`` in :attr:`fit_rows`."""
@@ -363,7 +374,7 @@ class ProjectedInfluence(LayerwiseInfluence):
 
     def _fit_fisher(self) -> None:
         flat = self._require_fit()
-        total = torch.zeros((self.width, self.width), dtype=flat.dtype, device=flat.device)
+        total = torch.zeros((self.width, self.width), dtype=self.work_dtype, device=flat.device)
         n = 0
         for x, y, records in self._fit_records("loss", "projected Fisher"):
             phi = self._project_records(records)

@@ -21,12 +21,12 @@ from infl_array.torch.layerwise.capture import (
     capture,
     check_budget,
     check_mean_reduction,
-    find_layers,
     layer_gradients,
     loss_objective,
     pydvl_objective,
     sample_chunks,
 )
+from infl_array.torch.layerwise.coverage import find_layers
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -179,19 +179,27 @@ def test_layers_found_and_left_out() -> None:
     )
     model[1].requires_grad_(False)
     layers, excluded = find_layers(model)
-    assert [s.name for s in layers] == ["3"]
-    assert layers[0].parameter_names == ("3.weight",)
-    assert excluded == ["0.weight", "2.weight", "2.bias"]
-    model[3].weight.requires_grad_(False)
-    with pytest.raises(ValueError, match=r"no trainable nn.Linear or nn.Conv2d.*Embedding"):
+    assert [(s.name, s.kind) for s in layers] == [
+        ("0", "embedding"),
+        ("2", "module"),
+        ("3", "linear"),
+    ]
+    assert layers[1].parameter_names == ("2.weight", "2.bias")
+    assert layers[2].parameter_names == ("3.weight",)
+    assert excluded == []
+    model.append(nn.Conv1d(2, 2, 1))  # a leaf with a matrix weight: left out
+    assert find_layers(model)[1] == ["4.weight", "4.bias"]
+    model.requires_grad_(False)
+    model[4].requires_grad_(True)
+    with pytest.raises(ValueError, match=r"no layer the per-layer backends cover.*Conv1d"):
         find_layers(model)
 
 
 @pytest.mark.parametrize(
     ("model", "match"),
     [
-        (nn.Sequential(nn.Embedding(5, 3), nn.LayerNorm(3)), r"Embedding, LayerNorm.*CgInfluence"),
-        (nn.GRU(3, 4), r"no trainable nn.Linear or nn.Conv2d layer \(modules with parameters: GRU"),
+        (nn.Sequential(nn.Conv1d(5, 3, 2)), r"Conv1d.*CgInfluence"),
+        (nn.GRU(3, 4), r"no layer the per-layer backends cover \(modules with parameters: GRU"),
         (nn.Sequential(nn.Conv2d(4, 4, 3, groups=2)), r"groups=2.*requires_grad_\(False\)"),
     ],
 )
