@@ -10,6 +10,7 @@ Examples
 from __future__ import annotations
 
 from infl_array.arrays.influence import InfluenceArray, open_array
+from infl_array.arrays.top_k import TopKArray
 from infl_array.errors import (
     BlockFunctionError,
     CorruptBlockError,
@@ -32,6 +33,7 @@ __all__ = [
     "MissingBlockError",
     "NotAStoreError",
     "StaleCacheError",
+    "TopKArray",
     "__version__",
     "open",
 ]

@@ -5,9 +5,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+import infl_array as ia
 
 
 class CountingFn:
@@ -150,3 +153,55 @@ def bounded(fn: Callable[[], Any], seconds: float) -> tuple[Any, float]:
     if "error" in out:
         raise out["error"]
     return out["value"], time.monotonic() - started
+
+
+class FeatureFactors:
+    """A factorised model whose factors are the data's features: ``I = x_test @ x_train.T``.
+
+    Integer features give many tied values (top-k's tie rule is then exercised).
+    """
+
+    def test_factors(self, x: Any, y: Any) -> np.ndarray:
+        return np.asarray(x, dtype=np.float64)
+
+    def train_factors(self, x: Any, y: Any) -> np.ndarray:
+        return np.asarray(x, dtype=np.float64)
+
+    def influence_config(self) -> dict[str, Any]:
+        return {"model": type(self).__name__}
+
+
+class ScaledProductFactors(FeatureFactors):
+    """Declares ``factor_product``: the block is ``-2 * x_test @ x_train.T`` (not the plain
+    inner product of its factors)."""
+
+    def factor_product(self, test_f: Any, train_f: Any) -> np.ndarray:
+        return -2.0 * np.asarray(test_f) @ np.asarray(train_f).T
+
+
+def brute_top_k(full: np.ndarray, k: int, axis: int, largest: bool) -> tuple[Any, Any]:
+    """The reference: ``np.argsort(-row, kind="stable")[:k]`` per row, in torch.topk's shape."""
+    rows = full if axis == 1 else full.T
+    order = np.argsort(-rows if largest else rows, axis=1, kind="stable")[:, :k]
+    values = np.take_along_axis(rows, order, axis=1)
+    return (values, order) if axis == 1 else (values.T, order.T)
+
+
+def integer_data(n: int, width: int, seed: int, spread: int = 2) -> tuple[Any, Any]:
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-spread, spread + 1, size=(n, width)).astype(np.float64)
+    return x, np.zeros(n)
+
+
+def model_array(
+    path: Path, n_test: int, n_train: int, block_shape: tuple[int, int], seed: int = 0, **kw: Any
+) -> tuple[ia.InfluenceArray, np.ndarray]:
+    model = kw.pop("model", FeatureFactors())
+    test, train = integer_data(n_test, 3, seed), integer_data(n_train, 3, seed + 1)
+    arr = ia.InfluenceArray.create(
+        path, model, test=test, train=train, block_shape=block_shape, **kw
+    )
+    full = test[0] @ train[0].T
+    if isinstance(model, ScaledProductFactors):
+        full = -2.0 * full
+    return arr, full

@@ -5,8 +5,9 @@ Owns :class:`~infl_array.arrays.influence.InfluenceArray` and opening stores
 (:mod:`~infl_array.arrays.front`), normalising keys into per-axis selections
 (:mod:`~infl_array.arrays.indexing`), the numpy functions it answers
 (:mod:`~infl_array.arrays.numpy_api`), reductions and top-k (:mod:`~infl_array.arrays.reduce`),
-self-influence arrays (:mod:`~infl_array.arrays.self_influence`), arrays for new test data
-sharing train factors (:mod:`~infl_array.arrays.retest`), staleness checks on reopening
+self-influence arrays (:mod:`~infl_array.arrays.self_influence`), stored top-k arrays
+(:mod:`~infl_array.arrays.top_k`), arrays for new test data sharing train factors
+(:mod:`~infl_array.arrays.retest`), staleness checks on reopening
 (:mod:`~infl_array.arrays.staleness`) and checking and repairing every array of a store
 (:mod:`~infl_array.arrays.repair`).
 

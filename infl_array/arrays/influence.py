@@ -20,6 +20,7 @@ from infl_array.arrays.repair import repair_store, store_report
 from infl_array.arrays.retest import new_test_source, share_train_factors
 from infl_array.arrays.self_influence import SelfInfluenceArray, open_self_influence
 from infl_array.arrays.staleness import check_same
+from infl_array.arrays.top_k import TopKArray, open_top_k_array
 from infl_array.display.html import ArraySummary, array_html
 from infl_array.engine.block_engine import BlockEngine
 from infl_array.engine.sources import BlockFunction, BlockSource, FunctionSource, capabilities
@@ -368,6 +369,15 @@ class InfluenceArray(LazyArray):
         first, ties broken by the lower index. Streams block by block.
         """
         return top_k(self._engine, k, axis=axis, largest=largest)
+
+    def top_k_array(self, k: int, axis: int = 1, largest: bool = True) -> TopKArray:
+        """The top-``k`` along ``axis`` of every row, kept in the store (:class:`TopKArray`).
+
+        ``tk.values`` and ``tk.indices`` are ``(n_rows, k)`` (rows: test points for ``axis=1``,
+        train points for ``axis=0``); a read computes the row blocks it touches and stores
+        them, ``tk.fill()`` the rest. Opened without a model, only stored rows can be read.
+        """
+        return open_top_k_array(self._engine, k, axis, largest)
 
     def self_influence(self) -> SelfInfluenceArray:
         """Self-influence of each train point (model-backed arrays), lazy and cached."""

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from infl_array.engine.block_engine import BlockEngine
+from infl_array.engine.top_k import check_k, computes_stored, scan_top_k
 
 __all__ = ["normalize_axis", "reduce", "to_dask", "top_k"]
 
@@ -115,42 +116,24 @@ def _extreme(engine: BlockEngine, op: str, axis: int | None) -> Any:
 
 
 def top_k(engine: BlockEngine, k: Any, axis: Any = 1, largest: bool = True) -> tuple[Any, Any]:
-    """The ``k`` best values along ``axis`` and their indices; ties go to the lower index."""
+    """The ``k`` best values along ``axis`` and their indices; ties go to the lower index.
+
+    A source with factors (a model-backed array) writes nothing: stored blocks are read and
+    missing ones computed in memory (:func:`~infl_array.engine.top_k.scan_top_k`). A plain
+    block function's missing blocks are computed and stored first, as every read does.
+    """
     ax = normalize_axis(axis)
-    n = engine.shape[ax]
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 0 <= k <= n:
-        raise ValueError(
-            f"k must be an int in 0..{n} (the length of axis {ax}); got {k!r}. "
-            f"Use k <= {n}, or axis={1 - ax} for the other side."
-        )
-    k = int(k)
+    k = check_k(k, engine.shape[ax], ax)
+    if computes_stored(engine):
+        engine.ensure(engine.all_blocks())  # block functions: missing blocks first, stored
     other = engine.shape[1 - ax]
     values = np.empty((other, k), dtype=engine.dtype)
     indices = np.empty((other, k), dtype=np.int64)
-    engine.ensure(engine.all_blocks())  # missing blocks first, tile by tile
-    g_outer = engine.grid_shape[1 - ax]
-    g_inner = engine.grid_shape[ax]
-    for outer in range(g_outer):
-        best_v: np.ndarray | None = None
-        best_i: np.ndarray | None = None
-        for inner in range(g_inner):
-            coords = (outer, inner) if ax == 1 else (inner, outer)
-            rows, cols = engine.grid.block_bounds(coords)
-            block = engine.read_block(coords)
-            span = cols if ax == 1 else rows
-            block = block if ax == 1 else block.T
-            idx = np.broadcast_to(np.arange(span.start, span.stop), block.shape)
-            if best_v is not None and best_i is not None:
-                block = np.concatenate([best_v, block], axis=1)
-                idx = np.concatenate([best_i, idx], axis=1)
-            key = -block if largest else block
-            order = np.lexsort((idx, key), axis=-1)[:, :k]
-            best_v = np.take_along_axis(block, order, axis=1)
-            best_i = np.take_along_axis(idx, order, axis=1)
-        span_outer = engine.grid.block_bounds((outer, 0) if ax == 1 else (0, outer))[1 - ax]
-        assert best_v is not None and best_i is not None
-        values[span_outer] = best_v
-        indices[span_outer] = best_i
+    found = scan_top_k(engine, k, ax, largest, range(engine.grid_shape[1 - ax]))
+    size = engine.block_shape[1 - ax]
+    for b, (v, i) in found.items():
+        values[b * size : b * size + len(v)] = v
+        indices[b * size : b * size + len(v)] = i
     if ax == 0:
         return values.T.copy(), indices.T.copy()
     return values, indices

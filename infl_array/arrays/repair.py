@@ -1,4 +1,5 @@
-"""Checking and repairing every array of a store: matrix, self-influence, factors, claims.
+"""Checking and repairing every array of a store: matrix, self-influence, factors, top-k,
+claims.
 
 :func:`store_report` reads every stored block of every array in the store, and every claim and
 note (:func:`infl_array.storage.integrity.check_store`), and says which are damaged.
@@ -11,7 +12,9 @@ note (:func:`infl_array.storage.integrity.check_store`), and says which are dama
 3. damaged matrix blocks are recomputed and written, from fresh factors where step 2 removed
    theirs;
 4. damaged self-influence blocks are recomputed, or deleted when the array has no model to
-   compute them (a later read names them as missing).
+   compute them (a later read names them as missing);
+5. damaged top-k chunks (values or indices) are deleted with their row block's values chunk:
+   the row block then counts as not computed, and the next read or fill computes it again.
 
 Damaged notes are reported and left alone: their message cannot be recovered, and a note is
 never removed (it says how values still in the store were computed).
@@ -26,7 +29,13 @@ from infl_array.engine.block_engine import BlockEngine
 from infl_array.engine.progress import progress_bar
 from infl_array.storage import layout
 from infl_array.storage.grid import BlockCoords
-from infl_array.storage.integrity import CLAIMS, StoreReport, check_store, delete_damaged
+from infl_array.storage.integrity import (
+    CLAIMS,
+    Damage,
+    StoreReport,
+    check_store,
+    delete_damaged,
+)
 
 __all__ = ["repair_store", "store_report"]
 
@@ -66,4 +75,19 @@ def repair_store(matrix: BlockEngine, progress: bool = False) -> list[BlockCoord
                 engine.recompute(coords)
             else:
                 grid.delete_block(coords)
+    delete_damaged(store, _top_k_rows(report))
     return bad
+
+
+def _top_k_rows(report: StoreReport) -> list[Damage]:
+    """The damaged top-k chunks, each with its row block's values chunk (which says the row
+    block is stored: without it, the row block is computed again)."""
+    found: dict[str, Damage] = {}
+    for d in report.damaged:
+        if d.coords is None or not d.array.startswith(f"{layout.TOPK_GROUP}/"):
+            continue
+        found[d.key] = d
+        values = layout.array_layout(d.array.rsplit("/", 1)[0] + "/values")
+        key = values.chunk_key((d.coords[0], 0))
+        found.setdefault(key, Damage(values.path, d.what, key, d.problem, d.coords))
+    return list(found.values())

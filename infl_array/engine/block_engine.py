@@ -274,6 +274,11 @@ class BlockEngine:
         if self.store.meta.compression.keepbits is None:
             self.cache.put(coords, values)
 
+    def tiles(self, blocks: list[BlockCoords]) -> list[list[BlockCoords]]:
+        """``blocks`` cut into the tiles they are computed in (:mod:`~infl_array.engine.tiling`;
+        a subclass may regroup them, as the top-k arrays do)."""
+        return compute_tiles(blocks, self.grid, capabilities(self.source).factor_reuse)
+
     def compute(
         self,
         blocks: list[BlockCoords],
@@ -306,7 +311,7 @@ class BlockEngine:
         )
         # an in-process store: no other process can fill it, so nothing to share
         sharing = Sharing.of(self.grid) if share and not self.store.is_process_local else None
-        done = compute_blocks(compute_tiles(blocks, self.grid, reuse), steps, sharing)
+        done = compute_blocks(self.tiles(blocks), steps, sharing)
         self.record_notes()
         return done
 

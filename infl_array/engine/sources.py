@@ -12,7 +12,10 @@ probed with ``getattr``:
   points (the diagonal of the train x train influence), served by
   :class:`DiagonalBlocks` as the blocks of a 1-D array;
 * ``retest`` (:class:`Retest`): the source's model and train data can be paired with another
-  test set (``InfluenceArray.with_test``), without the core knowing what the model is.
+  test set (``InfluenceArray.with_test``), without the core knowing what the model is;
+* ``factor_norms`` (:class:`FactorNorms`): every entry is the plain inner product of a test and
+  a train factor, so ``|I[i, j]| <= |t_i| |g_j|``, and the source gives the factors' norms
+  (a top-k skips the blocks that provably cannot enter it, :mod:`infl_array.engine.top_k`).
 
 :func:`capabilities` is the one place that reads them off a source that may be absent (a
 read-only store has none): ``capabilities(engine.source).factor_store``.
@@ -40,6 +43,7 @@ __all__ = [
     "BlockSource",
     "DiagonalBlocks",
     "DiagonalSource",
+    "FactorNorms",
     "FactorReuse",
     "FunctionSource",
     "PlainSource",
@@ -104,6 +108,16 @@ class Retest(Protocol):
 
 
 @runtime_checkable
+class FactorNorms(Protocol):
+    """Capability: blocks are ``test_factors @ train_factors.T`` and the factors' norms."""
+
+    def norms_of(self, side: str, span: range) -> tuple[np.ndarray, int]:
+        """The Euclidean norms (1-D float64) of the factors of ``side[span]`` (``"test"`` or
+        ``"train"``), and the factors' width."""
+        ...
+
+
+@runtime_checkable
 class BlockSource(Protocol):
     """What computes the blocks of a stored array.
 
@@ -149,6 +163,11 @@ class BlockSource(Protocol):
         ...
 
     @property
+    def factor_norms(self) -> FactorNorms | None:
+        """The factor-norms capability, or None."""
+        ...
+
+    @property
     def stats(self) -> Mapping[str, int]:
         """Counters of work done (e.g. factor computations); empty when there are none."""
         ...
@@ -171,6 +190,7 @@ class Capabilities:
     factor_reuse: FactorReuse | None = None
     diagonal: DiagonalSource | None = None
     retest: Retest | None = None
+    factor_norms: FactorNorms | None = None
 
     @property
     def factor_store(self) -> FactorStore | None:
@@ -190,7 +210,7 @@ def capabilities(source: BlockSource | None) -> Capabilities:
     """
     if source is None:
         return Capabilities()
-    return Capabilities(source.factor_reuse, source.diagonal, source.retest)
+    return Capabilities(source.factor_reuse, source.diagonal, source.retest, source.factor_norms)
 
 
 class PlainSource:
@@ -212,6 +232,10 @@ class PlainSource:
 
     @property
     def retest(self) -> None:
+        return None
+
+    @property
+    def factor_norms(self) -> None:
         return None
 
     @property

@@ -24,10 +24,14 @@ on a local directory, the file of that name)::
     factors/train/zarr.json                train factors, shape (n_train, width), likewise
     factors/train/c/<j>/0                  train factors of train block j
 
+    topk/axis<a>-<largest|smallest>-k<k>/values    top-k values, shape (n_rows, k), one chunk
+    topk/axis<a>-<largest|smallest>-k<k>/indices   per block of rows; indices int64 (written
+                                                   first: a row block is stored when its
+                                                   values chunk exists)
+    topk/.../values/claims/<unit>                  a claim on a unit of top-k row blocks
+
 Reserved for the stored arrays of the next versions (named here, written by none yet)::
 
-    topk/axis<a>-<largest|smallest>-k<k>/values    top-k values, shape (n_rows, k), one chunk
-    topk/axis<a>-<largest|smallest>-k<k>/indices   per block of rows; indices int64
     segments/<test|train>/<n>.json                 appended segment n of an axis: its range
                                                    and data fingerprint
 
@@ -80,7 +84,7 @@ FACTOR_SIDES = ("test", "train")
 """The sides factors are stored for, in the order of the matrix's axes."""
 
 TOPK_GROUP = "topk"
-"""The group of the stored top-k arrays (reserved)."""
+"""The group of the stored top-k arrays (:mod:`infl_array.storage.topk`)."""
 
 SEGMENTS_DIR = "segments"
 """Where appended segments are recorded (reserved)."""
@@ -197,7 +201,7 @@ def factors(side: str) -> ArrayLayout:
 
 @dataclass(frozen=True)
 class TopKLayout:
-    """Where a top-k array lives (reserved: no version writes one yet).
+    """Where a top-k array lives (:mod:`infl_array.storage.topk`).
 
     >>> tk = top_k(10, axis=1, largest=True)
     >>> tk.values.path, tk.indices.chunk_key((2, 0))
@@ -230,7 +234,7 @@ class TopKLayout:
 
 
 def top_k(k: int, axis: int, largest: bool) -> TopKLayout:
-    """The layout of the top-k array of ``k`` values along ``axis`` (reserved)."""
+    """The layout of the top-k array of ``k`` values along ``axis``."""
     if axis not in (0, 1) or int(k) < 1:
         raise ValueError(f"a top-k array has axis 0 or 1 and k >= 1; got axis={axis}, k={k}.")
     return TopKLayout(int(k), axis, bool(largest))

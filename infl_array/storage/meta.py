@@ -60,6 +60,19 @@ class Compression:
         """Largest relative error of a stored value (0.0 when lossless)."""
         return 0.0 if self.keepbits is None else 2.0 ** -(self.keepbits + 1)
 
+    def stored_values(self, values: np.ndarray) -> np.ndarray:
+        """``values`` as the store holds them: mantissas rounded to ``keepbits`` (else as is).
+
+        >>> Compression(keepbits=2).stored_values(np.array([1.3])).tolist()
+        [1.25]
+        """
+        if self.keepbits is None:
+            return values
+        from numcodecs import BitRound
+
+        rounded = np.asarray(BitRound(keepbits=self.keepbits).encode(np.ascontiguousarray(values)))
+        return rounded.view(values.dtype).reshape(values.shape)
+
     def to_json(self) -> dict[str, Any]:
         return {"keepbits": self.keepbits, "cname": self.cname, "clevel": self.clevel}
 

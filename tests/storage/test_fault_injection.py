@@ -349,7 +349,7 @@ def test_an_array_the_layout_reserves_is_checked_as_soon_as_it_is_stored(tmp_pat
     ia.InfluenceArray.from_function(path, fn, shape=(10, 30), block_shape=(3, 10)).fill(
         progress=False
     )
-    values = layout.top_k(2, axis=1, largest=True).values  # no version writes one yet
+    values = layout.top_k(2, axis=1, largest=True).values  # written here by hand
     group = zarr.open_group(path, mode="r+")
     group.create_array(
         values.path,

@@ -71,6 +71,7 @@ from infl_array.storage.factors import FactorStore
 from infl_array.torch.data.views import IndexedData, as_indexed
 from infl_array.torch.source.adapters import ModelAdapter, ProtocolAdapter, check_fitted
 from infl_array.torch.source.factor_cache import FactorCache
+from infl_array.torch.source.pairing import FactorPairing
 from infl_array.torch.source.pydvl import PyDVLAdapter, is_pydvl_model
 
 __all__ = ["DEFAULT_FACTOR_BUDGET_BYTES", "ModelBlockSource", "make_block_source"]
@@ -240,6 +241,18 @@ class ModelBlockSource:
     def retest(self) -> ModelBlockSource:
         """New test sets (:class:`~infl_array.engine.sources.Retest`): :meth:`with_test`."""
         return self
+
+    @property
+    def factor_norms(self) -> ModelBlockSource | None:
+        """Factor norms (:class:`~infl_array.engine.sources.FactorNorms`) when blocks are plain
+        inner products of the factors (no declared ``factor_product``, not pyDVL)."""
+        plain = isinstance(self.pairing, FactorPairing) and self.pairing.same_space
+        return self if plain else None
+
+    def norms_of(self, side: str, span: range) -> tuple[np.ndarray, int]:
+        """See :meth:`factor_norms`; ``side`` is ``"test"`` or ``"train"``."""
+        f = self.factors.factors(side, span)
+        return f.abs().to(torch.float64).norm(dim=1).cpu().numpy(), int(f.shape[1])
 
     def with_test(self, test_data: Any) -> ModelBlockSource:
         """The same model and train data against ``test_data`` (checked as ``create`` does)."""

@@ -1,0 +1,110 @@
+"""A stored top-k array: values and indices ``(n_rows, k)``, one chunk per block of rows.
+
+The two arrays live at the keys :func:`infl_array.storage.layout.top_k` reserves
+(``topk/axis<a>-<largest|smallest>-k<k>/values`` and ``.../indices``). A :class:`TopKGrid` is
+the :class:`~infl_array.storage.grid.BlockGrid` of the values array (blocks ``(b, 0)``, one per
+block of rows) whose :meth:`TopKGrid.write_block` takes both halves of a row block, as one
+structured array with fields ``"values"`` and ``"indices"``, and writes the indices chunk
+first, then the values chunk, each with one atomic chunk write. A row block counts as computed
+exactly when its values chunk exists, so it is never seen with its indices missing; a writer
+killed in between leaves an indices chunk that the next computation of the row overwrites.
+
+Values are stored lossless (the matrix's codec without rounding: the answer is exact); indices
+are int64 with fill value -1. This module knows zarr and numpy, not torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BytesCodec
+
+from infl_array.storage import layout
+from infl_array.storage.grid import BlockCoords, BlockGrid
+from infl_array.storage.meta import Compression
+from infl_array.storage.store import InfluenceStore
+from infl_array.storage.zarr_compat import lossy_codec_warning_silenced
+
+__all__ = ["TopKGrid", "create_top_k_grid", "find_top_k_grid", "top_k_dtype"]
+
+
+def top_k_dtype(values: Any) -> np.dtype[Any]:
+    """The structured dtype of a row block in flight: its values and indices.
+
+    >>> top_k_dtype("float32").names
+    ('values', 'indices')
+    """
+    return np.dtype([("values", np.dtype(values)), ("indices", np.int64)])
+
+
+class TopKGrid(BlockGrid):
+    """The values array of a top-k array, writing the indices with each row block.
+
+    Parameters
+    ----------
+    values, indices : zarr.Array
+        The two stored arrays (same shape and chunks).
+    where : str
+        How messages name the store.
+    local_root : Path or None
+        The store's directory when it is local.
+    """
+
+    def __init__(
+        self, values: zarr.Array, indices: zarr.Array, where: str, local_root: Any
+    ) -> None:
+        super().__init__(values, where, local_root)
+        self.indices = BlockGrid(indices, where, local_root)
+        self.k = int(values.shape[1])
+
+    def write_block(self, coords: BlockCoords, values: np.ndarray) -> None:
+        """Write row block ``coords``: ``values`` has fields ``"values"`` and ``"indices"``
+        (indices first, values last: the values chunk says the block is there)."""
+        self.check_writable(coords)
+        self.indices.write_block(coords, np.ascontiguousarray(values["indices"]))
+        super().write_block(coords, np.ascontiguousarray(values["values"]))
+
+
+def find_top_k_grid(store: InfluenceStore, where: layout.TopKLayout) -> TopKGrid | None:
+    """The stored top-k arrays at ``where``, or None when the store holds none yet."""
+    if where.values.path not in store.group:
+        return None
+    with lossy_codec_warning_silenced():
+        values, indices = store.group[where.values.path], store.group[where.indices.path]
+    assert isinstance(values, zarr.Array) and isinstance(indices, zarr.Array)
+    return TopKGrid(values, indices, store.where, store.local_root)
+
+
+def create_top_k_grid(
+    store: InfluenceStore, where: layout.TopKLayout, n_rows: int, rows_per_block: int
+) -> TopKGrid:
+    """Create the top-k arrays at ``where``, shape ``(n_rows, k)``, and return them.
+
+    When another process created them first, the existing arrays are returned.
+    """
+    lossless = Compression(cname=store.meta.compression.cname, clevel=store.meta.compression.clevel)
+    shape, chunks = (n_rows, where.k), (rows_per_block, where.k)
+    # indices first: an existing values array means both exist
+    for part, dtype, fill in (
+        (where.indices, np.dtype(np.int64), -1),
+        (where.values, np.dtype(store.meta.dtype), np.nan),
+    ):
+        with contextlib.suppress(zarr.errors.ContainsArrayError):
+            store.group.create_array(
+                part.path,
+                shape=shape,
+                chunks=chunks,
+                dtype=dtype,
+                fill_value=fill,
+                serializer=BytesCodec(),
+                compressors=lossless.compressors(),
+                dimension_names=part.dimension_names,
+                chunk_key_encoding={"name": "default", "separator": "/"},
+            )
+    store.group = zarr.open_group(store.group.store, mode="r+")  # sees the new arrays
+    found = find_top_k_grid(store, where)
+    assert found is not None
+    return found
