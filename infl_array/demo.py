@@ -90,32 +90,10 @@ def run(store: str | Path, k: int = 5, show: int = 3) -> dict[str, Any]:
     """Build (or reuse) the demo store and print the most helpful / harmful train points."""
     import torch
 
-    from infl_array.torch import DirectInfluence
-
     store = Path(store)
     t0 = time.perf_counter()
     data = load_digits_split()
-    model_path = store / MODEL_FILE
-    reuse = model_path.exists()
-    if reuse:
-        model = torch.nn.Linear(64, 10).double()
-        model.load_state_dict(torch.load(model_path, weights_only=True))
-        print(f"reusing the store {str(store)!r} and its trained model")
-    else:
-        print("training a softmax regression on 1,437 digits (5% labels flipped)...")
-        model = train_model(data)
-    test = (data["x_test"], data["y_test"])
-    train = (data["x_train"], data["y_train"])
-    influence = DirectInfluence(
-        model, torch.nn.functional.cross_entropy, regularization=REGULARIZATION
-    ).fit(train)
-    if reuse:
-        arr = open_array(store, influence, test=test, train=train)
-    else:
-        arr = InfluenceArray.create(
-            store, influence, test=test, train=train, block_shape=BLOCK_SHAPE
-        )
-        torch.save(model.state_dict(), model_path)
+    model, arr = _demo_array(store, data)
     n_blocks = arr.grid_shape[0] * arr.grid_shape[1]
     already = int(arr.computed.sum())
     arr.fill(progress=True)
@@ -125,21 +103,8 @@ def run(store: str | Path, k: int = 5, show: int = 3) -> dict[str, Any]:
         predicted = model(torch.as_tensor(data["x_test"])).argmax(1).numpy()
     wrong = np.flatnonzero(predicted != data["y_test"])
     picks = list(dict.fromkeys([*wrong[:1].tolist(), 0, 1, 2]))[:show]
-    flipped = set(data["flipped"].tolist())
     print(f"\n{arr!r}\n")
-    for i in picks:
-        print(
-            f"test image {i}: label {data['y_test'][i]}, predicted {predicted[i]}"
-            + ("  (misclassified)" if predicted[i] != data["y_test"][i] else "")
-        )
-        for title, values, idx in (
-            ("most helpful", helpful_v[i], helpful_i[i]),
-            ("most harmful", harmful_v[i], harmful_i[i]),
-        ):
-            print(f"  {title} train images:")
-            for value, j in zip(values, idx, strict=True):
-                note = _flip_note(j, data, int(data["y_test"][i]), title) if j in flipped else ""
-                print(f"    #{j:<5d} label {data['y_train'][j]}  influence {value:+.4g}{note}")
+    _print_picks(picks, data, predicted, (helpful_v, helpful_i), (harmful_v, harmful_i))
     picture = write_picture(store, arr, data, predicted, picks, k)
     harmful_flipped = np.isin(harmful_i, data["flipped"]).mean()
     helpful_same = (data["y_train"][helpful_i] == data["y_test"][:, None]).mean()
@@ -164,6 +129,57 @@ def run(store: str | Path, k: int = 5, show: int = 3) -> dict[str, Any]:
         "picture": picture,
         "shown": picks,
     }
+
+
+def _demo_array(store: Path, data: dict[str, Any]) -> tuple[Any, InfluenceArray]:
+    """The demo's model (trained, or loaded from the store) and its influence array."""
+    import torch
+
+    from infl_array.torch import DirectInfluence
+
+    model_path = store / MODEL_FILE
+    reuse = model_path.exists()
+    if reuse:
+        model = torch.nn.Linear(64, 10).double()
+        model.load_state_dict(torch.load(model_path, weights_only=True))
+        print(f"reusing the store {str(store)!r} and its trained model")
+    else:
+        print("training a softmax regression on 1,437 digits (5% labels flipped)...")
+        model = train_model(data)
+    test = (data["x_test"], data["y_test"])
+    train = (data["x_train"], data["y_train"])
+    influence = DirectInfluence(
+        model, torch.nn.functional.cross_entropy, regularization=REGULARIZATION
+    ).fit(train)
+    if reuse:
+        arr = open_array(store, influence, test=test, train=train)
+    else:
+        arr = InfluenceArray.create(
+            store, influence, test=test, train=train, block_shape=BLOCK_SHAPE
+        )
+        torch.save(model.state_dict(), model_path)
+    return model, arr
+
+
+def _print_picks(
+    picks: list[int],
+    data: dict[str, Any],
+    predicted: np.ndarray,
+    helpful: tuple[np.ndarray, np.ndarray],
+    harmful: tuple[np.ndarray, np.ndarray],
+) -> None:
+    """Print each picked test image with its most helpful and most harmful train images."""
+    flipped = set(data["flipped"].tolist())
+    for i in picks:
+        print(
+            f"test image {i}: label {data['y_test'][i]}, predicted {predicted[i]}"
+            + ("  (misclassified)" if predicted[i] != data["y_test"][i] else "")
+        )
+        for title, (values, idx) in (("most helpful", helpful), ("most harmful", harmful)):
+            print(f"  {title} train images:")
+            for value, j in zip(values[i], idx[i], strict=True):
+                note = _flip_note(j, data, int(data["y_test"][i]), title) if j in flipped else ""
+                print(f"    #{j:<5d} label {data['y_train'][j]}  influence {value:+.4g}{note}")
 
 
 def write_picture(

@@ -7,8 +7,9 @@
 * The package's import graph has no circle, no module imports from the package root, imports
   are absolute, and they only go down the layers (errors, version, protocol, display <
   storage < engine < executors < arrays < quality, plot, cli, demo); the core imports
-  ``infl_array.torch`` only through the hooks listed in ``CORE_TO_TORCH``. Every module
-  declares ``__all__``.
+  ``infl_array.torch`` only through the hooks listed in ``CORE_TO_TORCH``. Inside
+  ``infl_array.torch`` imports go one way between its subpackages (``TORCH_LAYERS``: data <
+  full < layerwise < source). Every module declares ``__all__``.
 """
 
 from __future__ import annotations
@@ -254,3 +255,39 @@ def test_core_imports_torch_only_through_the_documented_hooks() -> None:
     assert found <= CORE_TO_TORCH, f"core imports of infl_array.torch: {found - CORE_TO_TORCH}"
     gone = CORE_TO_TORCH - found
     assert not gone, f"hooks no longer used (remove them from CORE_TO_TORCH): {gone}"
+
+
+# The order of infl_array.torch's subpackages (issue 20): a module may import its own
+# subpackage and those of lower rank; none imports the infl_array.torch package itself.
+TORCH_LAYERS = {
+    "infl_array.torch.data": 0,
+    "infl_array.torch.full": 1,
+    "infl_array.torch.layerwise": 2,
+    "infl_array.torch.source": 3,
+}
+
+
+def _torch_layer(module: str) -> int | None:
+    """Rank of a torch module's subpackage in :data:`TORCH_LAYERS` (None for the others)."""
+    for prefix, rank in TORCH_LAYERS.items():
+        if module == prefix or module.startswith(prefix + "."):
+            return rank
+    return None
+
+
+def test_every_torch_module_has_a_subpackage() -> None:
+    loose = [m for m in _modules() if _is_torch(m) and m != TORCH and _torch_layer(m) is None]
+    assert not loose, f"torch modules outside the subpackages of TORCH_LAYERS: {loose}"
+
+
+def test_torch_imports_go_one_way_between_its_subpackages() -> None:
+    upward = []
+    for name, deps in _edges().items():
+        own = _torch_layer(name)
+        if own is None:
+            continue
+        for dep in deps:
+            rank = _torch_layer(dep)
+            if dep == TORCH or (rank is not None and rank > own):
+                upward.append(f"{name} (rank {own}) imports {dep} (rank {rank})")
+    assert not upward, f"imports up the torch subpackages of TORCH_LAYERS: {upward}"

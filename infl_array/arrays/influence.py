@@ -485,11 +485,11 @@ def open_array(
     return InfluenceArray(engine)
 
 
-def _attach_factor_store(engine: BlockEngine, budget_bytes: int) -> None:
+def _attach_factor_store(engine: BlockEngine, disk_budget: int) -> None:
     """Let a source with factors keep them in the store (see :mod:`infl_array.storage.factors`)."""
     reuse = capabilities(engine.source).factor_reuse
     if reuse is not None:
-        reuse.attach(FactorStore(engine.store, budget_bytes))
+        reuse.attach(FactorStore(engine.store, disk_budget))
 
 
 def _model_source(model: Any, test: Any, train: Any, factor_budget_bytes: int) -> BlockSource:

@@ -57,7 +57,7 @@ def share_train_factors(old: BlockEngine, new: BlockEngine) -> None:
     train_side = capabilities(old.source).factor_store
     new_reuse = capabilities(new.source).factor_reuse
     if new_reuse is not None and train_side is not None:
-        new_reuse.attach(FactorStore(new.store, train_side.budget_bytes, train_from=train_side))
+        new_reuse.attach(FactorStore(new.store, train_side.disk_budget, train_from=train_side))
 
 
 def _same_store(opened: InfluenceStore, store: Any) -> bool:

@@ -1,12 +1,14 @@
 """Engine: block state, planning, and computing blocks.
 
 Owns the state of a matrix's blocks (:mod:`~infl_array.engine.block_engine`), pure planning of
-reads, tiles, claim units and fills (:mod:`~infl_array.engine.plan`), the cache of decoded blocks
-(:mod:`~infl_array.engine.cache`), the one cache machine every stored block goes through, matrix
-and factor blocks alike (memo -> store -> claim -> compute: :mod:`~infl_array.engine.keeper`),
-computing missing blocks once (:mod:`~infl_array.engine.work`), checks of computed blocks
-(:mod:`~infl_array.engine.validate`), progress bars (:mod:`~infl_array.engine.progress`) and
-the block-source contract and its capabilities (:mod:`~infl_array.engine.sources`).
+reads, tiles, claim units and fills (:mod:`~infl_array.engine.plan`), the tiles a compute runs
+in and their batched test factors (:mod:`~infl_array.engine.tiling`), the cache of decoded
+blocks and the package's one bounded LRU (:mod:`~infl_array.engine.cache`), the one cache
+machine every stored block goes through, matrix and factor blocks alike (memo -> store -> claim
+-> compute: :mod:`~infl_array.engine.keeper`), computing missing blocks once
+(:mod:`~infl_array.engine.work`), checks of computed blocks (:mod:`~infl_array.engine.validate`),
+progress bars (:mod:`~infl_array.engine.progress`) and the block-source contract and its
+capabilities (:mod:`~infl_array.engine.sources`).
 
 May import: numpy, :mod:`infl_array.storage`, and :mod:`infl_array.errors`,
 :mod:`infl_array.version`, :mod:`infl_array.protocol`. Never torch, and nothing above it

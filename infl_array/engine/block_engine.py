@@ -20,15 +20,14 @@ Computing
 ---------
 The cost of a model-backed matrix is one inverse-Hessian solve per test point, one gradient
 per train point and one matrix product. Blocks are computed in tiles
-(:func:`~infl_array.engine.plan.plan_tiles`), so each test factor is computed once and each train
-factor once per tile, when the source memoises factors (its ``factor_reuse`` capability).
+(:mod:`~infl_array.engine.tiling`), so each test factor is computed once and each train factor
+once per tile, when the source memoises factors (its ``factor_reuse`` capability).
 Writing overlaps computing, and fills share their work with other fillers of the store
 (:mod:`infl_array.engine.work`); threads of one process compute a block once.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -42,14 +41,13 @@ from infl_array.engine.plan import (
     AxisSel,
     BlockProjection,
     ReadPlan,
-    plan_budget_tiles,
     plan_outer,
     plan_points,
     plan_whole,
-    row_runs,
 )
 from infl_array.engine.progress import counter_bar, progress_bar
 from infl_array.engine.sources import BlockSource, capabilities
+from infl_array.engine.tiling import compute_tiles, prefetch_tile
 from infl_array.engine.validate import checked_block
 from infl_array.engine.work import BlockSteps, Sharing, compute_blocks
 from infl_array.errors import MissingBlockError
@@ -86,6 +84,22 @@ class ArrayStats:
     self_factors: int = 0
     factor_hits: int = 0
     factor_reads: int = 0
+
+    @classmethod
+    def of(
+        cls, blocks_computed: int, source: Mapping[str, int], workers: Mapping[str, int]
+    ) -> ArrayStats:
+        """The snapshot of this process's blocks, its source's factor counts (``stats`` of a
+        source: ``hits`` are ``factor_hits``) and its fills' workers' counts (field names)."""
+        local = {
+            "blocks_computed": blocks_computed,
+            "test_factors": int(source.get("test_factors", 0)),
+            "train_factors": int(source.get("train_factors", 0)),
+            "self_factors": int(source.get("self_factors", 0)),
+            "factor_hits": int(source.get("hits", 0)),
+            "factor_reads": int(source.get("factor_reads", 0)),
+        }
+        return cls(**{k: v + int(workers.get(k, 0)) for k, v in local.items()})
 
 
 class BlockEngine:
@@ -160,17 +174,7 @@ class BlockEngine:
     def stats(self) -> ArrayStats:
         """What this engine, its source and its fills' workers computed so far."""
         counts = dict(self.source.stats) if self.source is not None else {}
-        local = ArrayStats(
-            blocks_computed=self.blocks_computed,
-            test_factors=int(counts.get("test_factors", 0)),
-            train_factors=int(counts.get("train_factors", 0)),
-            self_factors=int(counts.get("self_factors", 0)),
-            factor_hits=int(counts.get("hits", 0)),
-            factor_reads=int(counts.get("factor_reads", 0)),
-        )
-        return ArrayStats(
-            **{k: v + self._worker_counts.get(k, 0) for k, v in dataclasses.asdict(local).items()}
-        )
+        return ArrayStats.of(self.blocks_computed, counts, self._worker_counts)
 
     def add_worker_stats(self, counts: Mapping[str, int]) -> None:
         """Add what a fill's worker computed (fields of :class:`ArrayStats`)."""
@@ -271,29 +275,9 @@ class BlockEngine:
             self.cache.put(coords, values)
 
     def tiles(self, blocks: list[BlockCoords]) -> list[list[BlockCoords]]:
-        """``blocks`` cut into the tiles they are computed in (:mod:`~infl_array.engine.plan`)."""
-        reuse = capabilities(self.source).factor_reuse
-        if reuse is None or len(blocks) <= 1:
-            return plan_budget_tiles(blocks, self.shape, self.block_shape, None, 0)
-        rows, cols = self.grid.block_bounds(min(blocks))
-        first, first_cols = range(rows.start, rows.stop), range(cols.start, cols.stop)
-        row_bytes = reuse.test_factor_bytes(first, first_cols) / len(first)
-        budget = reuse.factor_budget_bytes
-        return plan_budget_tiles(blocks, self.shape, self.block_shape, row_bytes, budget)
-
-    def prefetch(self, tile: list[BlockCoords]) -> None:
-        """Declare a tile's runs of block rows to the source (one product per run and block
-        column) and compute its test factors in one call per run (one batched solve)."""
-        reuse = capabilities(self.source).factor_reuse
-        if reuse is None:
-            return
-        n_test, block_rows = self.shape[0], self.block_shape[0]
-        spans = [(first, last) for first, last in row_runs(tile)]
-        runs = [range(f * block_rows, min((last + 1) * block_rows, n_test)) for f, last in spans]
-        reuse.begin_tile(runs, block_rows)
-        for run, (first, last) in zip(runs, spans, strict=True):
-            if last > first:
-                reuse.prefetch(rows=run)
+        """``blocks`` cut into the tiles they are computed in (:mod:`~infl_array.engine.tiling`;
+        a subclass may regroup them, as the top-k arrays do)."""
+        return compute_tiles(blocks, self.grid, capabilities(self.source).factor_reuse)
 
     def compute(
         self,
@@ -304,11 +288,10 @@ class BlockEngine:
     ) -> int:
         """Compute and store ``blocks``, tile by tile; returns how many this call wrote.
 
-        See :func:`infl_array.engine.work.compute_blocks`: with ``share`` (fills) the work is shared
-        with other fillers of the store through claims (not on an in-process store, which no
-        other process can fill); ``cache_values`` (reads) puts computed
-        blocks in the decoded-block cache; ``on_done(coords)`` is called for every block in the
-        store afterwards.
+        See :func:`infl_array.engine.work.compute_blocks`: with ``share`` (fills) the work is
+        shared with other fillers of the store through claims (not on an in-process store, which
+        no other process can fill); ``cache_values`` (reads) puts computed blocks in the
+        decoded-block cache; ``on_done(coords)`` is called for every block in the store after.
         """
 
         def finished(coords: BlockCoords, values: np.ndarray | None) -> None:
@@ -318,11 +301,12 @@ class BlockEngine:
             if on_done is not None:
                 on_done(coords)
 
+        reuse = capabilities(self.source).factor_reuse
         steps = BlockSteps(
             values=self.block_values,
             write=self.grid.write_block,
             stored=self.grid.has_blocks,
-            prefetch=self.prefetch,
+            prefetch=lambda tile: prefetch_tile(tile, self.grid, reuse),
             finished=finished,
         )
         # an in-process store: no other process can fill it, so nothing to share
@@ -403,15 +387,6 @@ class BlockEngine:
         bar = progress_bar(blocks, progress, "verify")
         return [c for c in bar if not self.grid.verify_block(c)]
 
-    def repair(self, progress: bool = False) -> list[BlockCoords]:
-        """Recompute exactly the blocks :meth:`verify` reports; returns them."""
-        bad = self.verify(progress=progress)
-        if bad:
-            self.grid.check_writable(bad[0])
-        for coords in bad:
-            self.recompute(coords)
-        return bad
-
     # ------------------------------------------------------------------ pickling (workers)
     def __getstate__(self) -> dict[str, Any]:
         if self.store.is_process_local:
@@ -428,17 +403,23 @@ class BlockEngine:
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        store = InfluenceStore.open(
-            state["spec"],
-            read_only=state["source"] is None,
-            storage_options=state["storage_options"],
-        )
-        grid = store.grid(state["grid"])
-        if grid is None:
-            raise FileNotFoundError(
-                f"the array {state['grid']!r} is gone from the store {store.where}; was the "
-                "store replaced while workers were running?"
-            )
+        store, grid = _reopen(state)
         self.__init__(  # type: ignore[misc]
             store, grid, state["source"], missing_fix=state["missing_fix"]
         )
+
+
+def _reopen(state: dict[str, Any]) -> tuple[InfluenceStore, BlockGrid]:
+    """In a worker: the store and the array a pickled engine names, opened again."""
+    store = InfluenceStore.open(
+        state["spec"],
+        read_only=state["source"] is None,
+        storage_options=state["storage_options"],
+    )
+    grid = store.grid(state["grid"])
+    if grid is None:
+        raise FileNotFoundError(
+            f"the array {state['grid']!r} is gone from the store {store.where}; was the "
+            "store replaced while workers were running?"
+        )
+    return store, grid

@@ -1,9 +1,10 @@
 """Planning: which blocks a selection touches, and where each block's values go.
 
-Only numpy is known here. A per-axis selection is either a positive-step slice inside the
-axis or a sorted, unique 1-D int64 array (an :data:`AxisSel`). The blocks
-touched on an axis are exactly the blocks that hold at least one selected index, so a read
-computes no block it does not need.
+Only numpy and the block geometry of :mod:`infl_array.storage.grid` (``BlockCoords``,
+``block_range``) are known here. A per-axis selection is either a positive-step slice inside
+the axis or a sorted, unique 1-D int64 array (an :data:`AxisSel`). The blocks touched on an
+axis are exactly the blocks that hold at least one selected index, so a read computes no block
+it does not need.
 
 A :class:`ReadPlan` lists, for every touched block, a :class:`BlockProjection` (in the spirit of
 zarr's chunk projections): the block's coordinates, the selection inside the block, the
@@ -31,6 +32,8 @@ from typing import Any, TypeAlias, TypeVar
 
 import numpy as np
 
+from infl_array.storage.grid import BlockCoords, block_range
+
 __all__ = [
     "AxisSel",
     "BlockCoords",
@@ -54,7 +57,6 @@ __all__ = [
     "plan_fill",
 ]
 
-BlockCoords = tuple[int, int]
 T = TypeVar("T")
 
 AxisSel: TypeAlias = slice | np.ndarray
@@ -138,13 +140,14 @@ def axis_blocks(sel: Any, block_len: int) -> np.ndarray:
     return np.unique(np.asarray(sel, dtype=np.int64) // block_len)
 
 
-def _axis_part(sel: Any, lo: int, hi: int) -> tuple[slice, Any, bool]:
-    """The part of one axis's selection inside ``[lo, hi)``.
+def _axis_part(sel: Any, block: range) -> tuple[slice, Any, bool]:
+    """The part of one axis's selection inside one block's indices ``[lo, hi)``.
 
     Returns ``(output positions, local indices into the block, whole)``; output positions are
     contiguous because the selection is ascending; ``whole`` says every index of the block is
     selected, in order.
     """
+    lo, hi = block.start, block.stop
     if isinstance(sel, slice):
         start, stop, step = sel.start, sel.stop, sel.step
         k_lo = max(0, -(-(lo - start) // step))
@@ -171,8 +174,8 @@ def plan_outer(
     """
     (br, bc), (n0, n1) = block_shape, shape
     row_blocks, col_blocks = axis_blocks(rows, br).tolist(), axis_blocks(cols, bc).tolist()
-    row_parts = [(i, _axis_part(rows, i * br, min((i + 1) * br, n0))) for i in row_blocks]
-    col_parts = [(j, _axis_part(cols, j * bc, min((j + 1) * bc, n1))) for j in col_blocks]
+    row_parts = [(i, _axis_part(rows, block_range(i, br, n0))) for i in row_blocks]
+    col_parts = [(j, _axis_part(cols, block_range(j, bc, n1))) for j in col_blocks]
     projections = tuple(
         BlockProjection(
             coords=(i, j),
@@ -268,12 +271,12 @@ def plan_budget_tiles(
     shape: tuple[int, int],
     block_shape: tuple[int, int],
     row_bytes: float | None,
-    budget_bytes: int,
+    memory_budget: int,
 ) -> list[list[BlockCoords]]:
     """``blocks`` cut into tiles (:func:`plan_tiles`) whose test factors fit a factor memo.
 
     ``row_bytes`` is the size of one test point's factors (None: no factors to reuse, one
-    tile); ``budget_bytes`` the memo's bound. While a tile is computed the memo holds its test
+    tile); ``memory_budget`` the memo's bound. While a tile is computed the memo holds its test
     factors and up to two block columns of train factors (counted at ``row_bytes`` a point),
     so the tile's rows get the budget less those two columns.
 
@@ -290,10 +293,10 @@ def plan_budget_tiles(
     if row_bytes is None or len(blocks) <= 1:
         return plan_tiles(blocks, None, 0)
     per_point, ((block_rows, block_cols), (n_test, n_train)) = row_bytes, (block_shape, shape)
-    capacity = budget_bytes - 2 * int(per_point * min(block_cols, n_train))
+    capacity = memory_budget - 2 * int(per_point * min(block_cols, n_train))
 
     def rows_bytes(i: int) -> int:
-        return int(per_point * (min((i + 1) * block_rows, n_test) - i * block_rows))
+        return int(per_point * len(block_range(i, block_rows, n_test)))
 
     return plan_tiles(blocks, rows_bytes, capacity)
 

@@ -17,10 +17,9 @@ from typing import Any
 import numpy as np
 
 from infl_array.errors import BlockFunctionError, add_note
+from infl_array.storage.grid import BlockCoords
 
 __all__ = ["check_block", "checked_block", "to_numpy"]
-
-BlockCoords = tuple[int, int]
 
 
 def to_numpy(values: Any) -> np.ndarray:

@@ -19,6 +19,34 @@ from infl_array.plot.rows import ranked, read_row
 __all__ = ["influence_distribution"]
 
 
+def _draw_ranks(ax: Any, values: np.ndarray, helpful: Any, harmful: Any, k: int) -> None:
+    """Values sorted, most helpful first, each tail coloured with its share of |influence|."""
+    order = np.argsort(-values, kind="stable")
+    position = np.arange(values.size)
+    colours = np.full(values.size, NEUTRAL, dtype=object)
+    colours[:k], colours[values.size - k :] = HELPFUL, HARMFUL
+    ax.scatter(position, values[order], c=list(colours), s=4, linewidths=0)
+    ax.axhline(0, color="black", linewidth=0.8)
+    total = np.abs(values).sum()
+    for idx, colour, where, name in (
+        (helpful, HELPFUL, 0.98, "helpful"),
+        (harmful, HARMFUL, 0.08, "harmful"),
+    ):
+        share = np.abs(values[idx]).sum() / total if total else 0.0
+        ax.text(
+            0.98,
+            where,
+            f"{k} most {name}: {100 * share:.0f}% of |influence|",
+            transform=ax.transAxes,
+            ha="right",
+            va="top" if where > 0.5 else "bottom",
+            color=colour,
+            fontsize=8,
+        )
+    ax.set_xlabel("train points, most helpful first")
+    ax.set_ylabel("influence")
+
+
 def influence_distribution(
     arr: Any, row: int | None = None, *, k: int = 20, bins: int = 60
 ) -> Figure:
@@ -63,30 +91,7 @@ def influence_distribution(
     hist.set_xlabel("influence (positive = helpful)")
     hist.set_ylabel("train points")
     hist.legend(fontsize=8)
-    order = np.argsort(-values, kind="stable")
-    position = np.arange(values.size)
-    colours = np.full(values.size, NEUTRAL, dtype=object)
-    colours[:k], colours[values.size - k :] = HELPFUL, HARMFUL
-    ranks.scatter(position, values[order], c=list(colours), s=4, linewidths=0)
-    ranks.axhline(0, color="black", linewidth=0.8)
-    total = np.abs(values).sum()
-    for idx, colour, where, name in (
-        (helpful, HELPFUL, 0.98, "helpful"),
-        (harmful, HARMFUL, 0.08, "harmful"),
-    ):
-        share = np.abs(values[idx]).sum() / total if total else 0.0
-        ranks.text(
-            0.98,
-            where,
-            f"{k} most {name}: {100 * share:.0f}% of |influence|",
-            transform=ranks.transAxes,
-            ha="right",
-            va="top" if where > 0.5 else "bottom",
-            color=colour,
-            fontsize=8,
-        )
-    ranks.set_xlabel("train points, most helpful first")
-    ranks.set_ylabel("influence")
+    _draw_ranks(ranks, values, helpful, harmful, k)
     label = f"test point {row}" if row is not None else "one test point"
     fig.suptitle(f"Influence of {values.size} train points on {label}", fontsize=11)
     return fig

@@ -71,6 +71,107 @@ def _show(ax: Any, image: np.ndarray, cmap: str, frame: str | None) -> None:
             spine.set_linewidth(3)
 
 
+def _images(
+    test_images: Any, train_images: Any, image_shape: Any, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Test and train images as arrays of images, one per row and column of the array."""
+    test_x = as_images(test_images, image_shape, "test_images")
+    train_x = as_images(train_images, image_shape, "train_images")
+    if (len(test_x), len(train_x)) != shape:
+        raise ValueError(
+            f"the array has {shape[0]} test and {shape[1]} train points, but "
+            f"{len(test_x)} test and {len(train_x)} train images came; pass the images in the "
+            "order of the array's rows and columns."
+        )
+    return test_x, train_x
+
+
+def _labels(test: Any, train: Any, true: Any, pred: Any) -> dict[str, Any]:
+    """The labels written on the images, as arrays (None where not given)."""
+    given = {"test": test, "train": train, "true": true, "pred": pred}
+    return {name: None if v is None else np.asarray(v) for name, v in given.items()}
+
+
+def _panels(n_rows: int, k: int) -> tuple[Figure, Any]:
+    """The figure and its three titled columns: test images, most helpful, most harmful."""
+    fig = new_figure(_PANEL_IN * (2 * k + 1.4), _PANEL_IN * 1.3 * n_rows + 0.6)
+    parts: Any = fig.subfigures(1, 3, width_ratios=[1.4, k, k], wspace=0.01)
+    for part, text, colour in zip(
+        parts,
+        ("test image", "most helpful", "most harmful"),
+        ("black", HELPFUL, HARMFUL),
+        strict=True,
+    ):
+        part.suptitle(text, fontsize=10, fontweight="bold", color=colour)
+    return fig, parts
+
+
+def _draw_rows(
+    fig: Figure,
+    parts: Any,
+    indices: Any,
+    values: np.ndarray,
+    k: int,
+    images: tuple[np.ndarray, np.ndarray],
+    labels: dict[str, Any],
+    class_names: Sequence[str] | None,
+    cmap: str,
+) -> None:
+    """One row a test image: it, its ``k`` most helpful and ``k`` most harmful train images."""
+    n_rows, (test_x, train_x) = len(indices), images
+    test_axes = parts[0].subplots(n_rows, 1, squeeze=False)[:, 0]
+    train_axes = np.hstack([p.subplots(n_rows, k, squeeze=False) for p in parts[1:]])
+    any_flipped = False
+    for r, i in enumerate(indices):
+        _draw_test(test_axes[r], i, test_x[i], labels, class_names, cmap)
+        order = [*ranked(values[r], k, largest=True), *ranked(values[r], k, largest=False)]
+        for ax, j in zip(train_axes[r], order, strict=True):
+            any_flipped |= _draw_train(ax, j, train_x[j], values[r, j], labels, class_names, cmap)
+    if any_flipped:
+        fig.supxlabel(
+            "red frame: a train image whose label was flipped (its true label in parentheses)",
+            fontsize=8,
+            color=HARMFUL,
+        )
+
+
+def _draw_test(
+    ax: Any,
+    i: int,
+    image: np.ndarray,
+    labels: dict[str, Any],
+    class_names: Sequence[str] | None,
+    cmap: str,
+) -> None:
+    """Test image ``i`` with its label and prediction (red when wrong)."""
+    _show(ax, image, cmap, None)
+    title = f"test {i}\nlabel {_label(labels['test'], i, class_names)}"
+    wrong = False
+    if labels["pred"] is not None:
+        title += f", pred {_label(labels['pred'], i, class_names)}"
+        wrong = labels["test"] is not None and labels["pred"][i] != labels["test"][i]
+    ax.set_title(title, fontsize=7.5, color=HARMFUL if wrong else "black")
+
+
+def _draw_train(
+    ax: Any,
+    j: int,
+    image: np.ndarray,
+    value: float,
+    labels: dict[str, Any],
+    class_names: Sequence[str] | None,
+    cmap: str,
+) -> bool:
+    """Train image ``j`` with its influence and label, framed red when flipped; whether it is."""
+    flipped = bool(labels["true"] is not None and labels["true"][j] != labels["train"][j])
+    _show(ax, image, cmap, HARMFUL if flipped else None)
+    text = f"#{j} {value:+.3g}\nlabel {_label(labels['train'], j, class_names)}"
+    if flipped:
+        text += f" (true {_label(labels['true'], j, class_names)})"
+    ax.set_title(text, fontsize=7.5, color=HARMFUL if flipped else "black")
+    return flipped
+
+
 def influence_examples(
     arr: Any,
     test_images: Any,
@@ -122,56 +223,8 @@ def influence_examples(
     indices, values = chosen_rows(arr, rows)
     n_train = values.shape[1]
     k = min(k, n_train)
-    test_x = as_images(test_images, image_shape, "test_images")
-    train_x = as_images(train_images, image_shape, "train_images")
-    if len(test_x) != arr.shape[0] or len(train_x) != n_train:
-        raise ValueError(
-            f"the array has {arr.shape[0]} test and {n_train} train points, but "
-            f"{len(test_x)} test and {len(train_x)} train images came; pass the images in the "
-            "order of the array's rows and columns."
-        )
-    labels: dict[str, Any] = {
-        name: None if v is None else np.asarray(v)
-        for name, v in (
-            ("test", test_labels),
-            ("train", train_labels),
-            ("true", true_train_labels),
-            ("pred", predicted),
-        )
-    }
-    fig = new_figure(_PANEL_IN * (2 * k + 1.4), _PANEL_IN * 1.3 * len(indices) + 0.6)
-    parts: Any = fig.subfigures(1, 3, width_ratios=[1.4, k, k], wspace=0.01)
-    for part, text, colour in zip(
-        parts,
-        ("test image", "most helpful", "most harmful"),
-        ("black", HELPFUL, HARMFUL),
-        strict=True,
-    ):
-        part.suptitle(text, fontsize=10, fontweight="bold", color=colour)
-    test_axes = parts[0].subplots(len(indices), 1, squeeze=False)[:, 0]
-    train_axes = np.hstack([p.subplots(len(indices), k, squeeze=False) for p in parts[1:]])
-    any_flipped = False
-    for r, i in enumerate(indices):
-        _show(test_axes[r], test_x[i], cmap, None)
-        title = f"test {i}\nlabel {_label(labels['test'], i, class_names)}"
-        wrong = False
-        if labels["pred"] is not None:
-            title += f", pred {_label(labels['pred'], i, class_names)}"
-            wrong = labels["test"] is not None and labels["pred"][i] != labels["test"][i]
-        test_axes[r].set_title(title, fontsize=7.5, color=HARMFUL if wrong else "black")
-        order = [*ranked(values[r], k, largest=True), *ranked(values[r], k, largest=False)]
-        for ax, j in zip(train_axes[r], order, strict=True):
-            flipped = labels["true"] is not None and labels["true"][j] != labels["train"][j]
-            any_flipped |= bool(flipped)
-            _show(ax, train_x[j], cmap, HARMFUL if flipped else None)
-            text = f"#{j} {values[r, j]:+.3g}\nlabel {_label(labels['train'], j, class_names)}"
-            if flipped:
-                text += f" (true {_label(labels['true'], j, class_names)})"
-            ax.set_title(text, fontsize=7.5, color=HARMFUL if flipped else "black")
-    if any_flipped:
-        fig.supxlabel(
-            "red frame: a train image whose label was flipped (its true label in parentheses)",
-            fontsize=8,
-            color=HARMFUL,
-        )
+    test_x, train_x = _images(test_images, train_images, image_shape, (arr.shape[0], n_train))
+    labels = _labels(test_labels, train_labels, true_train_labels, predicted)
+    fig, parts = _panels(len(indices), k)
+    _draw_rows(fig, parts, indices, values, k, (test_x, train_x), labels, class_names, cmap)
     return fig

@@ -33,6 +33,24 @@ def _values(arr: Any) -> np.ndarray:
     return values
 
 
+def _draw_found(
+    curve: Any, values: np.ndarray, mask: np.ndarray, order: np.ndarray, top: int | None
+) -> None:
+    """The fraction of flagged points found against the fraction checked, by self-influence."""
+    n = values.size
+    rank = np.arange(1, n + 1)
+    found = np.cumsum(mask[order]) / mask.sum()
+    curve.plot(rank / n, found, color=HARMFUL, label="by self-influence")
+    curve.plot([0, 1], [0, 1], color=NEUTRAL, linestyle="--", label="random order")
+    if top is not None:
+        curve.axvline(top / n, color="black", linestyle="--", linewidth=0.8)
+    curve.set_xlabel("fraction of train points checked")
+    curve.set_ylabel("fraction of flagged points found")
+    auc = detection_auc(values, mask)
+    curve.set_title(f"{int(mask.sum())} flagged points; detection AUC {auc:.3f}", fontsize=10)
+    curve.legend(fontsize=8, loc="lower right")
+
+
 def self_influence_ranking(arr: Any, flagged: Any = None, *, top: int | None = None) -> Figure:
     """Train points ranked by self-influence, ``flagged`` ones marked.
 
@@ -83,15 +101,5 @@ def self_influence_ranking(arr: Any, flagged: Any = None, *, top: int | None = N
     ax.set_ylabel("self-influence")
     ax.set_title(f"{n} train points by self-influence", fontsize=10)
     if mask.any():
-        found = np.cumsum(mask[order]) / mask.sum()
-        curve = axes[1]
-        curve.plot(rank / n, found, color=HARMFUL, label="by self-influence")
-        curve.plot([0, 1], [0, 1], color=NEUTRAL, linestyle="--", label="random order")
-        if top is not None:
-            curve.axvline(top / n, color="black", linestyle="--", linewidth=0.8)
-        curve.set_xlabel("fraction of train points checked")
-        curve.set_ylabel("fraction of flagged points found")
-        auc = detection_auc(values, mask)
-        curve.set_title(f"{int(mask.sum())} flagged points; detection AUC {auc:.3f}", fontsize=10)
-        curve.legend(fontsize=8, loc="lower right")
+        _draw_found(axes[1], values, mask, order, top)
     return fig

@@ -330,6 +330,37 @@ class LooCorrelation:
     n_test_used: int
 
 
+def _removed_indices(train_indices: Any, n_train: int) -> np.ndarray:
+    """``train_indices`` checked: at least 3 distinct integer train indices, 1-D."""
+    idx = np.asarray(train_indices)
+    if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
+        raise TypeError(
+            f"train_indices must be a 1-D array of integer train indices, got dtype "
+            f"{idx.dtype} and shape {idx.shape}."
+        )
+    if idx.size < 3:
+        raise ValueError(f"need at least 3 removed train points, got {idx.size}.")
+    if idx.min() < 0 or idx.max() >= n_train:
+        raise IndexError(
+            f"train_indices must lie in [0, {n_train}), got min {idx.min()}, max {idx.max()}."
+        )
+    if np.unique(idx).size != idx.size:
+        raise ValueError("train_indices has repeated entries; each removed point once.")
+    return idx
+
+
+def _total_correlation(predicted: np.ndarray, deltas: np.ndarray, n_test: int) -> LooCorrelation:
+    """The correlation over the removed points of the changes summed over the test points."""
+    a, b = predicted.sum(0)[:, None], deltas.sum(0)[:, None]
+    pearson, spearman = pearson_columns(a, b)[0], spearman_columns(a, b)[0]
+    if not (np.isfinite(pearson) and np.isfinite(spearman)):
+        raise ValueError(
+            "the leave-one-out correlation is undefined: the predicted or measured changes "
+            "are constant over the removed points."
+        )
+    return LooCorrelation(float(pearson), float(spearman), n_test)
+
+
 def loo_correlation(
     scores: Any, loo_deltas: Any, train_indices: Any, *, per_test: bool = False
 ) -> LooCorrelation:
@@ -369,20 +400,7 @@ def loo_correlation(
     (0.9999, 1.0, 2)
     """
     n_test, n_train = shape2d(scores)
-    idx = np.asarray(train_indices)
-    if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
-        raise TypeError(
-            f"train_indices must be a 1-D array of integer train indices, got dtype "
-            f"{idx.dtype} and shape {idx.shape}."
-        )
-    if idx.size < 3:
-        raise ValueError(f"need at least 3 removed train points, got {idx.size}.")
-    if idx.min() < 0 or idx.max() >= n_train:
-        raise IndexError(
-            f"train_indices must lie in [0, {n_train}), got min {idx.min()}, max {idx.max()}."
-        )
-    if np.unique(idx).size != idx.size:
-        raise ValueError("train_indices has repeated entries; each removed point once.")
+    idx = _removed_indices(train_indices, n_train)
     deltas = float_array(loo_deltas, "loo_deltas", 2)
     if deltas.shape != (n_test, idx.size):
         raise ValueError(
@@ -393,14 +411,7 @@ def loo_correlation(
     for rows in row_bands(scores, n_test):
         predicted[rows] = -read_rows(scores, rows, n_train)[:, idx]
     if not per_test:
-        a, b = predicted.sum(0)[:, None], deltas.sum(0)[:, None]
-        pearson, spearman = pearson_columns(a, b)[0], spearman_columns(a, b)[0]
-        if not (np.isfinite(pearson) and np.isfinite(spearman)):
-            raise ValueError(
-                "the leave-one-out correlation is undefined: the predicted or measured changes "
-                "are constant over the removed points."
-            )
-        return LooCorrelation(float(pearson), float(spearman), n_test)
+        return _total_correlation(predicted, deltas, n_test)
     p = pearson_columns(predicted.T, deltas.T)
     s = spearman_columns(predicted.T, deltas.T)
     used = int((np.isfinite(p) & np.isfinite(s)).sum())

@@ -3,7 +3,8 @@
 Owns every key and path of the on-disk layout, named and documented in one module,
 :mod:`~infl_array.storage.layout`: the zarr group and its metadata
 (:mod:`~infl_array.storage.store`, :mod:`~infl_array.storage.meta`), the block grid of the matrix
-(:mod:`~infl_array.storage.grid`), stored factor blocks (:mod:`~infl_array.storage.factors`),
+and the one block geometry of the package (:mod:`~infl_array.storage.grid`: ``BlockCoords``,
+``block_range``), stored factor blocks (:mod:`~infl_array.storage.factors`),
 claims of blocks being computed (:mod:`~infl_array.storage.claims`), notes of what computing
 found (:mod:`~infl_array.storage.notes`), the integrity check of every stored array
 (:mod:`~infl_array.storage.integrity`), URL-store errors explained

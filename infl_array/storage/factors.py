@@ -18,7 +18,7 @@ sharing is in which object serves the side, not in code that asks which side it 
 
 Which sides are stored
 ----------------------
-A side is stored when its whole array fits ``budget_bytes`` (``n * width * itemsize``; each side
+A side is stored when its whole array fits ``disk_budget`` (``n * width * itemsize``; each side
 on its own), one chunk (``min(block_len, n)`` rows) stays under the codec limit
 (:data:`~infl_array.storage.meta.MAX_CHUNK_BYTES`: a wider side is kept in memory per tile,
 never written as a chunk blosc refuses) and, for a local store, half the free disk space; a side
@@ -44,7 +44,7 @@ import numpy as np
 from infl_array.errors import CorruptBlockError
 from infl_array.storage import layout
 from infl_array.storage.claims import ClaimBook
-from infl_array.storage.grid import BlockGrid
+from infl_array.storage.grid import BlockGrid, block_range
 from infl_array.storage.meta import MAX_CHUNK_BYTES
 from infl_array.storage.store import InfluenceStore
 
@@ -55,18 +55,17 @@ DEFAULT_FACTOR_DISK_BUDGET = 8 << 30
 """Default bytes one side's stored factors may take (8 GiB)."""
 
 
-def _check_budget(budget_bytes: object) -> int:
-    if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int | np.integer):
+def _check_budget(disk_budget: object) -> int:
+    if isinstance(disk_budget, bool) or not isinstance(disk_budget, int | np.integer):
         raise TypeError(
-            f"factor_disk_budget_bytes must be an int (bytes); got {budget_bytes!r}. "
+            f"factor_disk_budget_bytes must be an int (bytes); got {disk_budget!r}. "
             "Pass e.g. 8 << 30 (8 GiB), or 0 to store no factors."
         )
-    if budget_bytes < 0:
+    if disk_budget < 0:
         raise ValueError(
-            f"factor_disk_budget_bytes must be >= 0; got {budget_bytes}. Pass 0 to store "
-            "no factors."
+            f"factor_disk_budget_bytes must be >= 0; got {disk_budget}. Pass 0 to store no factors."
         )
-    return int(budget_bytes)
+    return int(disk_budget)
 
 
 class FactorSide:
@@ -78,16 +77,16 @@ class FactorSide:
         The open store the side's array lives in.
     side : str
         ``"test"`` or ``"train"``.
-    budget_bytes : int
+    disk_budget : int
         Most bytes the side's array may take; 0 stores nothing (an existing array is read).
     """
 
-    def __init__(self, store: InfluenceStore, side: str, budget_bytes: int) -> None:
+    def __init__(self, store: InfluenceStore, side: str, disk_budget: int) -> None:
         if side not in SIDES:
             raise ValueError(f"side must be one of {SIDES}, got {side!r}.")
         self.store = store
         self.side = side
-        self.budget_bytes = budget_bytes
+        self.disk_budget = disk_budget
         self._grid: BlockGrid | None = None
         self._lock = threading.Lock()
         self._claims: ClaimBook | None = None
@@ -113,8 +112,7 @@ class FactorSide:
 
     def bounds(self, b: int) -> range:
         """The samples of factor block ``b``."""
-        length = self.block_len
-        return range(b * length, min((b + 1) * length, self.n))
+        return block_range(b, self.block_len, self.n)
 
     # ------------------------------------------------------------------ which blocks
     def grid(self) -> BlockGrid | None:
@@ -132,9 +130,7 @@ class FactorSide:
         need = self.n * width * itemsize
         chunk = self.chunk_rows * width * itemsize
         return (
-            need <= self.budget_bytes
-            and chunk <= MAX_CHUNK_BYTES
-            and need <= self._free_disk() // 2
+            need <= self.disk_budget and chunk <= MAX_CHUNK_BYTES and need <= self._free_disk() // 2
         )
 
     def _free_disk(self) -> int:
@@ -240,12 +236,12 @@ class FactorSide:
             "spec": self.store.spec,
             "storage_options": self.store.storage_options,
             "side": self.side,
-            "budget_bytes": self.budget_bytes,
+            "disk_budget": self.disk_budget,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         store = InfluenceStore.open(state["spec"], storage_options=state["storage_options"])
-        self.__init__(store, state["side"], state["budget_bytes"])  # type: ignore[misc]
+        self.__init__(store, state["side"], state["disk_budget"])  # type: ignore[misc]
 
 
 class FactorStore:
@@ -255,7 +251,7 @@ class FactorStore:
     ----------
     store : InfluenceStore
         The open store.
-    budget_bytes : int
+    disk_budget : int
         Most bytes one side's factor array may take; 0 stores none (existing arrays are still
         read).
     train_from : FactorStore or None
@@ -266,16 +262,16 @@ class FactorStore:
     def __init__(
         self,
         store: InfluenceStore,
-        budget_bytes: int = DEFAULT_FACTOR_DISK_BUDGET,
+        disk_budget: int = DEFAULT_FACTOR_DISK_BUDGET,
         train_from: FactorStore | None = None,
     ) -> None:
         self.store = store
-        self.budget_bytes = _check_budget(budget_bytes)
+        self.disk_budget = _check_budget(disk_budget)
         self.train_from = train_from
         train = train_from.sides["train"] if train_from is not None else None
         self.sides: dict[str, FactorSide] = {
-            "test": FactorSide(store, "test", self.budget_bytes),
-            "train": train or FactorSide(store, "train", self.budget_bytes),
+            "test": FactorSide(store, "test", self.disk_budget),
+            "train": train or FactorSide(store, "train", self.disk_budget),
         }
 
     def side(self, side: str) -> FactorSide:
@@ -332,10 +328,10 @@ class FactorStore:
         return {
             "spec": self.store.spec,
             "storage_options": self.store.storage_options,
-            "budget_bytes": self.budget_bytes,
+            "disk_budget": self.disk_budget,
             "train_from": self.train_from,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         store = InfluenceStore.open(state["spec"], storage_options=state["storage_options"])
-        self.__init__(store, state["budget_bytes"], state["train_from"])  # type: ignore[misc]
+        self.__init__(store, state["disk_budget"], state["train_from"])  # type: ignore[misc]

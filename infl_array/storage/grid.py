@@ -37,9 +37,28 @@ from infl_array.storage.zarr_compat import (
     size_under,
 )
 
-__all__ = ["BlockCoords", "BlockGrid", "PARTIAL_MIN_AGE_S", "write_error"]
+__all__ = ["BlockCoords", "BlockGrid", "PARTIAL_MIN_AGE_S", "block_range", "write_error"]
 
 BlockCoords = tuple[int, int]
+"""A block's ``(i, j)``: its block row and block column (the package's one definition)."""
+
+
+def block_range(first: int, length: int, n: int, last: int | None = None) -> range:
+    """The indices of block ``first`` (through block ``last``, when given) along an axis.
+
+    The package's one block-bounds rule: an axis of ``n`` indices is cut in blocks of
+    ``length``, the last one shorter.
+
+    Examples
+    --------
+    >>> block_range(2, 4, 10)
+    range(8, 10)
+    >>> block_range(0, 4, 10, last=1)
+    range(0, 8)
+    """
+    stop = first if last is None else last
+    return range(first * length, min((stop + 1) * length, n))
+
 
 PARTIAL_MIN_AGE_S = 3600.0
 """Temporary block files younger than this (by mtime) may belong to a live writer."""
@@ -83,9 +102,9 @@ class BlockGrid:
     # ------------------------------------------------------------------ geometry
     def block_bounds(self, coords: BlockCoords) -> tuple[slice, slice]:
         """The rows and columns block ``coords`` covers."""
-        (i, j), (br, bc) = coords, self.block_shape
-        n0, n1 = self.shape
-        return slice(i * br, min((i + 1) * br, n0)), slice(j * bc, min((j + 1) * bc, n1))
+        (i, j), (br, bc), (n0, n1) = coords, self.block_shape, self.shape
+        rows, cols = block_range(i, br, n0), block_range(j, bc, n1)
+        return slice(rows.start, rows.stop), slice(cols.start, cols.stop)
 
     def chunk_index(self, coords: BlockCoords) -> tuple[int, ...]:
         """The zarr chunk index of block ``coords`` (``(j,)`` for a 1-D array)."""

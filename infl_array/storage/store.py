@@ -187,42 +187,8 @@ class InfluenceStore:
                 f"{where} has damaged zarr metadata ({type(exc).__name__}: {exc}); "
                 "expected a zarr v3 group written by infl_array. Recreate it with overwrite=True."
             ) from exc
-        attrs = group.attrs.asdict()
-        if layout.ATTRS_KEY not in attrs:
-            raise NotAStoreError(
-                f"{where} is a zarr group but not an infl_array store (no {layout.ATTRS_KEY!r} "
-                "attribute). Open it with zarr, or create an infl_array store elsewhere."
-            )
-        recorded = attrs[layout.ATTRS_KEY]
-        if not isinstance(recorded, Mapping):
-            raise NotAStoreError(
-                f"{where} has damaged infl_array metadata: attribute {layout.ATTRS_KEY!r} is a "
-                f"{type(recorded).__name__}, expected a mapping. Recreate the store with "
-                "overwrite=True."
-            )
-        meta = StoreMeta.from_json(recorded, where)
-        name = layout.MATRIX.path
-        try:
-            with lossy_codec_warning_silenced():
-                array = group[name]
-        except Exception as exc:
-            raise NotAStoreError(
-                f"{where} lacks its array {name!r} or its metadata is damaged "
-                f"({type(exc).__name__}: {exc}). Recreate the store with overwrite=True."
-            ) from exc
-        if not isinstance(array, zarr.Array) or tuple(array.shape) != meta.shape:
-            raise NotAStoreError(
-                f"{where}: array {name!r} does not match the recorded shape {meta.shape}. "
-                "The store is damaged; recreate it with overwrite=True."
-            )
-        found = (tuple(array.chunks), str(array.dtype))
-        if found != (meta.block_shape, meta.dtype):
-            raise NotAStoreError(
-                f"{where}: array {name!r} has chunks {found[0]} and dtype {found[1]}, but "
-                f"the store records block_shape {meta.block_shape} and dtype {meta.dtype}. Its "
-                "metadata is damaged; recreate the store with overwrite=True."
-            )
-        return cls(store, group, array, meta, storage_options)
+        meta = _recorded_meta(group, where)
+        return cls(store, group, _matrix_array(group, meta, where), meta, storage_options)
 
     # ------------------------------------------------------------------ arrays beside the matrix
     def grid(self, name: str) -> BlockGrid | None:
@@ -294,6 +260,50 @@ class InfluenceStore:
             assert existing is not None
             return existing
         return BlockGrid(array, self.where, self.local_root)
+
+
+def _recorded_meta(group: zarr.Group, where: str) -> StoreMeta:
+    """The metadata a store records; ``NotAStoreError`` when it is missing or damaged."""
+    attrs = group.attrs.asdict()
+    if layout.ATTRS_KEY not in attrs:
+        raise NotAStoreError(
+            f"{where} is a zarr group but not an infl_array store (no {layout.ATTRS_KEY!r} "
+            "attribute). Open it with zarr, or create an infl_array store elsewhere."
+        )
+    recorded = attrs[layout.ATTRS_KEY]
+    if not isinstance(recorded, Mapping):
+        raise NotAStoreError(
+            f"{where} has damaged infl_array metadata: attribute {layout.ATTRS_KEY!r} is a "
+            f"{type(recorded).__name__}, expected a mapping. Recreate the store with "
+            "overwrite=True."
+        )
+    return StoreMeta.from_json(recorded, where)
+
+
+def _matrix_array(group: zarr.Group, meta: StoreMeta, where: str) -> zarr.Array:
+    """The store's matrix, checked against its recorded metadata (``NotAStoreError`` if not)."""
+    name = layout.MATRIX.path
+    try:
+        with lossy_codec_warning_silenced():
+            array = group[name]
+    except Exception as exc:
+        raise NotAStoreError(
+            f"{where} lacks its array {name!r} or its metadata is damaged "
+            f"({type(exc).__name__}: {exc}). Recreate the store with overwrite=True."
+        ) from exc
+    if not isinstance(array, zarr.Array) or tuple(array.shape) != meta.shape:
+        raise NotAStoreError(
+            f"{where}: array {name!r} does not match the recorded shape {meta.shape}. "
+            "The store is damaged; recreate it with overwrite=True."
+        )
+    found = (tuple(array.chunks), str(array.dtype))
+    if found != (meta.block_shape, meta.dtype):
+        raise NotAStoreError(
+            f"{where}: array {name!r} has chunks {found[0]} and dtype {found[1]}, but "
+            f"the store records block_shape {meta.block_shape} and dtype {meta.dtype}. Its "
+            "metadata is damaged; recreate the store with overwrite=True."
+        )
+    return array
 
 
 def _create_array(

@@ -49,7 +49,7 @@ def test_activities_nest() -> None:
 
 def test_a_lazy_fit_names_itself_while_it_runs() -> None:
     pytest.importorskip("torch")
-    from infl_array.torch.source.deferred import DeferredBuild
+    from infl_array.torch.full.deferred import DeferredBuild
 
     class Lazy(DeferredBuild):
         seen = ""

@@ -12,7 +12,7 @@ given to ``fit`` at the model's parameters: the Hessian of the MEAN training los
 (``SecondOrderMode.GAUSS_NEWTON``). :class:`TorchInfluenceBase` holds what is common:
 
 * ``fit`` is cheap: it refuses a model in training mode
-  (:func:`~infl_array.torch.data.checks.require_eval_mode`), normalises the data
+  (:func:`~infl_array.torch.full.checks.require_eval_mode`), normalises the data
   (:func:`~infl_array.torch.data.views.as_indexed`), checks its first samples through the model and
   the loss (:meth:`TorchInfluenceBase.check_data`), snapshots the parameters
   (:class:`~infl_array.torch.full.functional.FlatModel`), resolves the blocks, fingerprints model
@@ -22,7 +22,7 @@ given to ``fit`` at the model's parameters: the Hessian of the MEAN training los
   sketch products, preconditioners) runs once, thread-safely, on the first call that needs it
   (``test_factors``, ``influences``, low-rank ``train_factors``, fitted attributes), or at once
   with ``prepare()`` or ``fit(data, lazy=False)``
-  (:class:`~infl_array.torch.source.deferred.DeferredBuild`): a store whose blocks are all computed
+  (:class:`~infl_array.torch.full.deferred.DeferredBuild`): a store whose blocks are all computed
   is read with a freshly fitted model without paying for it. Warnings and errors of that part (an
   indefinite curvature, a singular system) surface there, not at ``fit``. A backend is pickled
   as it stands (a source sent to workers prepares it first: :mod:`~infl_array.torch.source.source`);
@@ -47,11 +47,12 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from infl_array.torch.data.checks import check_sample, model_inputs, require_eval_mode
 from infl_array.torch.data.options import loss_name, optional_positive_int
 from infl_array.torch.data.tokens import split_mapping
 from infl_array.torch.data.views import IndexedData, as_indexed
+from infl_array.torch.full.checks import check_sample, model_inputs, require_eval_mode
 from infl_array.torch.full.curvature import CurvatureMixin
+from infl_array.torch.full.deferred import DeferredBuild
 from infl_array.torch.full.diagnostics import Diagnostics
 from infl_array.torch.full.functional import (
     FlatModel,
@@ -60,6 +61,7 @@ from infl_array.torch.full.functional import (
     model_fingerprint,
     parameter_fingerprints,
 )
+from infl_array.torch.full.gradients import DEFAULT_BATCH_SIZE, GradientsMixin
 from infl_array.torch.full.param_blocks import (
     BlockMode,
     BlockStructure,
@@ -71,17 +73,13 @@ from infl_array.torch.full.param_blocks import (
     parse_second_order_mode,
     resolve_blocks,
 )
-from infl_array.torch.source.deferred import DeferredBuild
 
 __all__ = ["DEFAULT_BATCH_SIZE", "TorchInfluenceBase"]
-
-DEFAULT_BATCH_SIZE = 1024
-"""Samples per pass when neither ``batch_size`` nor the fit DataLoader gives one."""
 
 _B = TypeVar("_B", bound="TorchInfluenceBase")
 
 
-class TorchInfluenceBase(CurvatureMixin, DeferredBuild):
+class TorchInfluenceBase(GradientsMixin, CurvatureMixin, DeferredBuild):
     """Base class of the torch backends (see the module docstring).
 
     Parameters
@@ -292,52 +290,6 @@ class TorchInfluenceBase(CurvatureMixin, DeferredBuild):
                 "data the model was trained on."
             )
         return self._flat
-
-    @property
-    def pass_size(self) -> int:
-        """Samples per vectorised pass: ``batch_size``, else the larger of the fit
-        DataLoader's batch size and :data:`DEFAULT_BATCH_SIZE`."""
-        if self.batch_size is not None:
-            return self.batch_size
-        if self._fit_data is not None and self._fit_data.batch_size is not None:
-            return max(self._fit_data.batch_size, DEFAULT_BATCH_SIZE)
-        return DEFAULT_BATCH_SIZE
-
-    # ------------------------------------------------------------------ data handling
-    def _prepare(self, x: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x``, ``y`` as tensors on the model's device (floats in the model dtype, integer
-        targets as int64; :func:`~infl_array.torch.data.checks.model_inputs`)."""
-        return model_inputs(self._require_fit(), x, y)
-
-    def _select(self, grads: torch.Tensor) -> torch.Tensor:
-        """Gradients over all trainable parameters -> the selected ones, in block order."""
-        if self._blocks.is_identity:
-            return grads
-        return grads[:, self._blocks.index.to(grads.device)]
-
-    def per_sample_grads(self, x: Any, y: Any) -> torch.Tensor:
-        """Per-sample loss gradients over the selected parameters in block order,
-        ``(n, n_params)``, on the model's device."""
-        flat = self._require_fit()
-        require_eval_mode(self.model, type(self).__name__)
-        xt, yt = self._prepare(x, y)
-        n = xt.shape[0]
-        if n == 0:
-            return torch.zeros((0, self.n_params), dtype=flat.dtype, device=flat.device)
-        size = self.pass_size
-        try:
-            parts = [
-                flat.per_sample_grads(xt[s : s + size], yt[s : s + size]) for s in range(0, n, size)
-            ]
-        except Exception:
-            self._check_sample(flat, xt, yt, "input")  # a clear error when it finds the cause
-            raise
-        return check_finite(self._select(torch.cat(parts)), "per-sample gradients")
-
-    def _column_regularization(self, col_block: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """``lambda`` of each column's block, ``(m,)``."""
-        reg = torch.tensor(self._block_reg, dtype=dtype, device=col_block.device)
-        return reg[col_block]
 
     # ------------------------------------------------------------------ protocol
     def _solve(self, grads: torch.Tensor) -> torch.Tensor:

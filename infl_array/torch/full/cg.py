@@ -26,7 +26,6 @@ as in pyDVL; ``g`` is the right-hand side (the test gradient restricted to its b
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -36,6 +35,13 @@ from tqdm.auto import tqdm
 
 from infl_array.torch.data.options import optional_positive_int, parse_hessian_average
 from infl_array.torch.full.base import TorchInfluenceBase
+from infl_array.torch.full.cg_solver import (
+    TOL_MODES,
+    CgSystems,
+    StopRule,
+    iterate_block,
+    iterate_columns,
+)
 from infl_array.torch.full.diagnostics import (
     NOT_CONVERGED,
     NOT_POSITIVE_DEFINITE,
@@ -46,8 +52,6 @@ from infl_array.torch.full.param_blocks import BlockMode, BlockStructure, Second
 from infl_array.torch.full.preconditioner import Preconditioner
 
 __all__ = ["CgInfluence"]
-
-TOL_MODES = ("pydvl", "scipy")
 
 
 class CgInfluence(TorchInfluenceBase):
@@ -207,15 +211,12 @@ class CgInfluence(TorchInfluenceBase):
                 z[sl, cols] = pre.solve(r[sl][:, cols])
         return z
 
-    def _tolerance(self, bnorm: torch.Tensor) -> torch.Tensor:
-        if self.tol_mode == "pydvl":
-            return torch.clamp(self.rtol**2 * bnorm, min=self.atol**2)
-        return torch.clamp(self.rtol * bnorm, min=self.atol)
-
-    def _unconverged(self, res: torch.Tensor, tol: torch.Tensor) -> torch.Tensor:
-        if self.tol_mode == "pydvl":
-            return (res >= tol) & (res > 0)
-        return res > tol
+    def _apply(self, v: torch.Tensor, col_block: torch.Tensor) -> torch.Tensor:
+        """``(C_bb + lambda_b*Id) v`` for each column ``v`` of block ``b = col_block[c]``."""
+        return (
+            self.curvature_matmat(v, col_block)
+            + self._column_regularization(col_block, v.dtype) * v
+        )
 
     def _solve(self, grads: torch.Tensor) -> torch.Tensor:
         b, col_block = self._blocks.split_columns(grads)  # (p, m): one column per (block, sample)
@@ -225,116 +226,19 @@ class CgInfluence(TorchInfluenceBase):
             if self.maxiter is None
             else torch.full_like(col_block, self.maxiter)
         )
-        tol = self._tolerance(torch.linalg.vector_norm(b, dim=0))
-        sys = _Systems(
-            b=b,
-            col_block=col_block,
-            maxiter=maxiter,
-            tol=tol,
-            x=torch.zeros_like(b),
-            r=b.clone(),
-            active=self._unconverged(torch.linalg.vector_norm(b, dim=0), tol),
-            iters=torch.zeros_like(col_block),
-        )
+        sys = CgSystems(b, col_block, maxiter, StopRule(self.rtol, self.atol, self.tol_mode))
         desc = "Block CG" if self.solve_simultaneously else "Conjugate gradient"
         bar = tqdm(total=int(maxiter.max()), disable=not self.progress, desc=desc)
-        (self._iterate_block if self.solve_simultaneously else self._iterate_columns)(sys, bar)
+        iterate = iterate_block if self.solve_simultaneously else iterate_columns
+        iterate(sys, self._apply, self._precondition, bar)
         bar.close()
         self.n_iter_ = int(sys.iters.max()) if sys.iters.numel() else 0
-        res = torch.linalg.vector_norm(sys.r, dim=0)
-        unconverged = self._unconverged(res, tol) & ~sys.breakdown
-        self._warn(b, sys.r, unconverged, sys.breakdown, maxiter)
+        self._warn(sys)
         return self._blocks.merge_columns(sys.x, grads.shape[0])
 
-    def _step_done(self, sys: _Systems, cols: torch.Tensor) -> None:
-        """Count an iteration of ``cols`` and deactivate those converged or at ``maxiter``."""
-        sys.iters[cols] += 1
-        res = torch.linalg.vector_norm(sys.r[:, cols], dim=0)
-        sys.active[cols] = self._unconverged(res, sys.tol[cols]) & (
-            sys.iters[cols] < sys.maxiter[cols]
-        )
-
-    def _iterate_columns(self, sys: _Systems, bar: Any) -> None:
-        """Every system its own CG (own step sizes), all advanced together."""
-        col_block, x, r, active = sys.col_block, sys.x, sys.r, sys.active
-        lam = self._column_regularization(col_block, sys.b.dtype)
-        z = self._precondition(r, col_block)
-        p = z.clone()
-        rz = (r * z).sum(0)
-        while bool(active.any()):
-            cols = active.nonzero().squeeze(1)
-            p_a = p[:, cols]
-            ap = self.curvature_matmat(p_a, col_block[cols]) + lam[cols] * p_a
-            curv = (p_a * ap).sum(0)
-            bad = (curv <= 0) | (rz[cols] <= 0)
-            if bool(bad.any()):  # C + lambda*Id (or M) not positive definite here: stop those
-                sys.breakdown[cols[bad]] = True
-                active[cols[bad]] = False
-                keep = ~bad
-                cols, p_a, ap, curv = cols[keep], p_a[:, keep], ap[:, keep], curv[keep]
-            alpha = rz[cols] / curv
-            x[:, cols] += alpha * p_a
-            r_a = r[:, cols] - alpha * ap
-            z_a = self._precondition(r_a, col_block[cols])
-            rz_new = (r_a * z_a).sum(0)
-            p[:, cols] = z_a + (rz_new / rz[cols]) * p_a
-            r[:, cols] = r_a
-            rz[cols] = rz_new
-            self._step_done(sys, cols)
-            bar.update(1)
-
-    def _iterate_block(self, sys: _Systems, bar: Any) -> None:
-        """Block CG: one shared Krylov space per parameter block (see the module docstring)."""
-        col_block, x, r, active = sys.col_block, sys.x, sys.r, sys.active
-        directions: dict[int, torch.Tensor] = {}  # parameter block -> orthonormal P (p, k)
-        for g in torch.unique(col_block[active]).tolist():
-            cols = (active & (col_block == g)).nonzero().squeeze(1)
-            directions[g] = _orthonormal(self._precondition(r[:, cols], col_block[cols]))
-        while directions:
-            groups = list(directions)
-            p_all = torch.cat([directions[g] for g in groups], dim=1)
-            dir_block = torch.cat(
-                [torch.full((directions[g].shape[1],), g, device=r.device) for g in groups]
-            )
-            lam = self._column_regularization(dir_block, r.dtype)
-            q_all = self.curvature_matmat(p_all, dir_block) + lam * p_all
-            start = 0
-            for g in groups:
-                p_g = directions.pop(g)
-                q_g = q_all[:, start : start + p_g.shape[1]]
-                start += p_g.shape[1]
-                cols = (active & (col_block == g)).nonzero().squeeze(1)
-                ptq = p_g.T @ q_g
-                chol, info = torch.linalg.cholesky_ex((ptq + ptq.T) / 2)
-                if int(info) != 0:  # C + lambda*Id (or M) not positive definite: stop the block
-                    sys.breakdown[cols] = True
-                    active[cols] = False
-                    continue
-                alpha = torch.cholesky_solve(p_g.T @ r[:, cols], chol)
-                x[:, cols] += p_g @ alpha
-                r[:, cols] -= q_g @ alpha
-                self._step_done(sys, cols)
-                cols = cols[active[cols]]
-                if not cols.numel():
-                    continue
-                z = self._precondition(r[:, cols], col_block[cols])
-                beta = -torch.cholesky_solve(q_g.T @ z, chol)
-                p_new = _orthonormal(z + p_g @ beta)
-                if p_new.shape[1] == 0:  # no new direction while residuals remain: M is singular
-                    sys.breakdown[cols] = True
-                    active[cols] = False
-                    continue
-                directions[g] = p_new
-            bar.update(1)
-
-    def _warn(
-        self,
-        b: torch.Tensor,
-        r: torch.Tensor,
-        unconverged: torch.Tensor,
-        breakdown: torch.Tensor,
-        maxiter: torch.Tensor,
-    ) -> None:
+    def _warn(self, sys: CgSystems) -> None:
+        """Record (and warn about) breakdowns and systems stopped at ``maxiter``."""
+        b, r, breakdown, unconverged = sys.b, sys.r, sys.breakdown, sys.unconverged()
         category = ConvergenceWarning if self.warn_on_max_iteration else None
         m = b.shape[1]
         if bool(breakdown.any()):
@@ -364,12 +268,8 @@ class CgInfluence(TorchInfluenceBase):
         worst_rel = float((res / bnorm)[unconverged].max())
         worst_abs = float(res[unconverged].max())
         bad, total, worst = self._diagnostics.add_counts(NOT_CONVERGED, n_bad, m, worst_rel)
-        rule = (
-            "||residual|| < max(rtol**2*||g||, atol**2)"
-            if self.tol_mode == "pydvl"
-            else "||residual|| <= max(rtol*||g||, atol)"
-        )
-        limit = int(maxiter[unconverged].max())
+        rule = sys.rule.describe()
+        limit = int(sys.maxiter[unconverged].max())
         self._diagnostics.note(
             NOT_CONVERGED,
             f"CgInfluence stopped at maxiter={limit} before its tolerance {rule} (rtol="
@@ -384,30 +284,3 @@ class CgInfluence(TorchInfluenceBase):
             "increase regularization to improve the conditioning.",
             stacklevel=4,
         )
-
-
-@dataclass
-class _Systems:
-    """The systems of one solve, ``(p, m)`` columns, updated in place by the iterations."""
-
-    b: torch.Tensor
-    col_block: torch.Tensor
-    maxiter: torch.Tensor
-    tol: torch.Tensor
-    x: torch.Tensor
-    r: torch.Tensor
-    active: torch.Tensor
-    iters: torch.Tensor
-    breakdown: torch.Tensor = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.breakdown = torch.zeros_like(self.active)
-
-
-def _orthonormal(z: torch.Tensor) -> torch.Tensor:
-    """An orthonormal basis of the columns of ``z`` (numerically dependent ones dropped)."""
-    u, sv, _ = torch.linalg.svd(z, full_matrices=False)
-    if not sv.numel() or float(sv[0]) == 0.0:
-        return u[:, :0]
-    keep = sv > sv[0] * torch.finfo(z.dtype).eps * max(z.shape)
-    return u[:, keep]

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -39,13 +39,18 @@ __all__ = ["FlatModel", "LossFn", "model_fingerprint", "parameter_fingerprints"]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def model_fingerprint(model: nn.Module) -> str:
+def model_fingerprint(model: nn.Module, *, buffers: bool = False) -> str:
     """sha256 hex digest over parameter names, shapes, dtypes and values (CPU bytes).
+
+    The one model fingerprint of the package: the backends' ``model_fingerprint`` (parameters)
+    and a pyDVL model's (parameters and buffers, :mod:`~infl_array.torch.source.pydvl`).
 
     Parameters
     ----------
     model : torch.nn.Module
         The model; all its parameters (trainable or not) are hashed in registration order.
+    buffers : bool
+        Hash its buffers too (running statistics, say), after the parameters.
 
     Returns
     -------
@@ -53,9 +58,13 @@ def model_fingerprint(model: nn.Module) -> str:
         Equal for equal models held in different objects; changes when any value changes.
     """
     h = hashlib.sha256()
-    for name, p in model.named_parameters():
-        h.update(f"{name};{tuple(p.shape)};{p.dtype};".encode())
-        h.update(tensor_bytes(p))
+    tensors: list[tuple[str, Iterator[tuple[str, torch.Tensor]]]] = [("", model.named_parameters())]
+    if buffers:
+        tensors.append(("buffer ", model.named_buffers()))
+    for kind, named in tensors:
+        for name, t in named:
+            h.update(f"{kind}{name};{tuple(t.shape)};{t.dtype};".encode())
+            h.update(tensor_bytes(t))
     return h.hexdigest()
 
 

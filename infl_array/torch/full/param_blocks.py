@@ -266,6 +266,14 @@ def resolve_blocks(
                     "parameters."
                 )
             spec[block] = tuple(kept)
+    return _blocks_of(spec, offsets, start)
+
+
+def _blocks_of(
+    spec: dict[str, tuple[str, ...]], offsets: dict[str, tuple[int, int]], total: int
+) -> ParameterBlocks:
+    """The blocks ``spec`` names, over a flat vector of ``total`` entries where parameter
+    ``name`` holds ``offsets[name] = (start, size)``."""
     parts, sizes = [], []
     for names in spec.values():
         size = 0
@@ -276,7 +284,7 @@ def resolve_blocks(
         sizes.append(size)
     index = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
     identity = (
-        len(sizes) == 1 and index.numel() == start and bool(torch.equal(index, torch.arange(start)))
+        len(sizes) == 1 and index.numel() == total and bool(torch.equal(index, torch.arange(total)))
     )
     return ParameterBlocks(
         names=tuple(spec),

@@ -9,8 +9,9 @@ which parameters are covered and the warning for those left out
 (:mod:`~infl_array.torch.layerwise.coverage`), ``nn.MultiheadAttention`` written out for capture
 (:mod:`~infl_array.torch.layerwise.attention`), and the EK-FAC and projected backends.
 
-May import: torch, scipy, the core, :mod:`infl_array.torch.full` (the shared backend base and
-functional model), :mod:`infl_array.torch.data` and :mod:`infl_array.torch.source`.
+May import: torch, scipy, the core, :mod:`infl_array.torch.data` and
+:mod:`infl_array.torch.full` (the shared backend base, checks and functional model). Never
+:mod:`~infl_array.torch.source` (it imports the backends' protocol, not the backends).
 """
 
 __all__: list[str] = []

@@ -15,13 +15,14 @@ the samples ``r``.
   once) and written to the store where its side is kept there. A damaged stored block is
   recomputed, never waited for.
 
-The memo is an LRU of tensors under a byte budget (:class:`~infl_array.torch.memo.FactorMemo`)
-keyed by ``(axis, start, stop)``, kept where the model returned them (numpy factors become CPU
-tensors; stored factors are read back to the model's device). The blocks of a range fetched
-together are kept joined, in place of the blocks, so a later request inside the range (a strip
-of a tile's blocks, :mod:`~infl_array.torch.source.strips`) is a slice, not a copy. Access is
-serialised by a re-entrant lock, so concurrent threads compute each factor once. The memo and
-the lock are not pickled: a copy sent to a worker starts empty.
+The memo is an LRU of tensors under a byte budget
+(:class:`~infl_array.torch.source.memo.FactorMemo`) keyed by ``(axis, start, stop)``, kept where
+the model returned them (numpy factors become CPU tensors; stored factors are read back to the
+model's device). The blocks of a range fetched together are kept joined, in place of the blocks,
+so a later request inside the range (a strip of a tile's blocks,
+:mod:`~infl_array.torch.source.strips`) is a slice, not a copy. Access is serialised by a
+re-entrant lock, so concurrent threads compute each factor once. The memo and the lock are not
+pickled: a copy sent to a worker starts empty.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any
 import torch
 
 from infl_array.engine.keeper import BlockKeeper
+from infl_array.engine.plan import runs
 from infl_array.storage.factors import SIDES, FactorSide, FactorStore
 from infl_array.torch.data.views import IndexedData
 from infl_array.torch.source.adapters import ModelAdapter
@@ -41,17 +43,6 @@ from infl_array.torch.source.memo import FactorMemo, MemoKey
 __all__ = ["FactorCache"]
 
 STAT_KEYS = ("test_factors", "train_factors", "self_factors", "hits", "factor_reads")
-
-
-def _runs(blocks: list[int]) -> list[tuple[int, int]]:
-    """Maximal runs ``(first, last)`` of consecutive sorted block indices."""
-    runs: list[tuple[int, int]] = []
-    for b in blocks:
-        if runs and runs[-1][1] == b - 1:
-            runs[-1] = (runs[-1][0], b)
-        else:
-            runs.append((b, b))
-    return runs
 
 
 def _whole_blocks(side: FactorSide, r: range) -> list[int] | None:
@@ -91,7 +82,7 @@ class FactorCache:
         The influence model.
     test, train : IndexedData
         The data.
-    budget_bytes : int
+    memory_budget : int
         Byte budget of the memo.
 
     Attributes
@@ -102,17 +93,17 @@ class FactorCache:
     """
 
     def __init__(
-        self, adapter: ModelAdapter, test: IndexedData, train: IndexedData, budget_bytes: int
+        self, adapter: ModelAdapter, test: IndexedData, train: IndexedData, memory_budget: int
     ) -> None:
         self.adapter = adapter
         self.data = {"test": test, "train": train, "self": train}
-        self.budget_bytes = budget_bytes
+        self.memory_budget = memory_budget
         self.stats = dict.fromkeys(STAT_KEYS, 0)
         self.store: FactorStore | None = None
         self._reset()
 
     def _reset(self) -> None:
-        self.memo = FactorMemo(self.budget_bytes)
+        self.memo = FactorMemo(self.memory_budget)
         self._lock = threading.RLock()
         self.attach(self.store)
 
@@ -183,7 +174,7 @@ class FactorCache:
     def _compute_blocks(self, axis: str, side: FactorSide, blocks: list[int]) -> list[torch.Tensor]:
         """Factor blocks ``blocks`` (ascending), one model call per run of consecutive ones."""
         pieces = []
-        for first, last in _runs(blocks):
+        for first, last in runs(blocks):
             span = range(side.bounds(first).start, side.bounds(last).stop)
             f = self.compute(axis, span)
             for b in range(first, last + 1):

@@ -21,7 +21,7 @@ Contract (what :class:`PyDVLAdapter` gives
   has another config. Tensors are hashed by their bytes, so a refit on another machine or
   device may round differently and count as a different fit.
 * model fingerprint: sha256 over the names, dtypes, shapes and values of ``model.model``'s
-  parameters and buffers (:func:`module_fingerprint`).
+  parameters and buffers (:func:`~infl_array.torch.full.functional.model_fingerprint`).
 """
 
 from __future__ import annotations
@@ -36,10 +36,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from infl_array.torch.data.views import IndexedData, as_indexed, tensor_bytes
+from infl_array.torch.full.functional import model_fingerprint
 from infl_array.torch.source.adapters import ModelAdapter
 from infl_array.torch.source.pairing import DataPairing, Factors, Pairing
 
-__all__ = ["SELF_INFLUENCE_CHUNK", "PyDVLAdapter", "is_pydvl_model", "module_fingerprint"]
+__all__ = ["SELF_INFLUENCE_CHUNK", "PyDVLAdapter", "is_pydvl_model"]
 
 SELF_INFLUENCE_CHUNK = 128
 """Train points per ``influences_from_factors`` call when computing self-influence."""
@@ -55,27 +56,6 @@ _SKIP_HYPER = frozenset(
 def is_pydvl_model(obj: object) -> bool:
     """Whether ``obj`` looks like a pyDVL ``InfluenceFunctionModel`` (duck-typed)."""
     return all(hasattr(type(obj), a) or hasattr(obj, a) for a in _REQUIRED)
-
-
-def module_fingerprint(module: torch.nn.Module) -> str:
-    """sha256 over the names, dtypes, shapes and values of a module's parameters and buffers.
-
-    Parameters
-    ----------
-    module : torch.nn.Module
-        The model.
-
-    Returns
-    -------
-    str
-        Hex digest; equal for an equal model in a new object.
-    """
-    h = hashlib.sha256()
-    for kind, items in (("p", module.named_parameters()), ("b", module.named_buffers())):
-        for name, t in items:
-            h.update(f"{kind};{name};{t.dtype};{tuple(t.shape)};".encode())
-            h.update(tensor_bytes(t))
-    return h.hexdigest()
 
 
 def _plain(value: Any) -> Any:
@@ -253,5 +233,5 @@ class PyDVLAdapter(ModelAdapter):
     def model_fingerprint(self) -> str:
         module = getattr(self.model, "model", None)
         if isinstance(module, torch.nn.Module):
-            return module_fingerprint(module)
+            return model_fingerprint(module, buffers=True)
         return hashlib.sha256(repr(module).encode()).hexdigest()

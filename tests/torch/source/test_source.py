@@ -12,7 +12,8 @@ import torch
 from models import binary_data, tanh_mlp
 from torch import nn
 
-from infl_array.torch.source.pydvl import PyDVLAdapter, is_pydvl_model, module_fingerprint
+from infl_array.torch.full.functional import model_fingerprint
+from infl_array.torch.source.pydvl import PyDVLAdapter, is_pydvl_model
 from infl_array.torch.source.source import ModelBlockSource, make_block_source
 
 torch.set_default_dtype(torch.float64)
@@ -338,7 +339,7 @@ def test_duck_typed_pydvl_model(lsq: Any) -> None:
     full = assemble(src_self, 23, 23)
     np.testing.assert_allclose(src_self.compute_diagonal(range(0, 23)), np.diag(full), rtol=1e-13)
     fp = src.fingerprints()
-    assert fp["model"] == module_fingerprint(fake.model)
+    assert fp["model"] == model_fingerprint(fake.model, buffers=True)
     cfg = json.loads(fp["backend"])
     assert cfg["hyperparameters"]["regularization"] == 0.1
     assert cfg["model_parameters"] == fp["model"]

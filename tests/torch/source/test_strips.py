@@ -141,7 +141,7 @@ def test_a_budget_of_zero_computes_every_block_alone(data: dict[str, Any]) -> No
 
 
 def test_memo_keeps_a_joined_range_in_place_of_its_blocks() -> None:
-    memo = FactorMemo(budget_bytes=1 << 20)
+    memo = FactorMemo(memory_budget=1 << 20)
     memo.put(("test", 0, 5), torch.zeros(5, 4, dtype=torch.float32))
     memo.put(("test", 5, 10), torch.ones(5, 4, dtype=torch.float32))
     memo.put(("train", 0, 5), torch.ones(5, 4, dtype=torch.float32))

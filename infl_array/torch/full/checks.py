@@ -285,17 +285,29 @@ def check_sample(
     ValueError, TypeError
         See the module docstring.
     """
-    model, loss = flat.model, flat.loss
+    out = _forward(flat, x, what, who)
+    _check_loss(flat.loss, loss_name, out, y, what, who)
+    _check_gradient(flat, x, y, what, who, gradient)
+
+
+def _forward(flat: FlatModel, x: torch.Tensor, what: str, who: str) -> torch.Tensor:
+    """The model's outputs on ``x`` (an output object's logits), or the error that says why not."""
     try:
         with torch.no_grad():
-            out = flat.forward(x)  # an output object's logits
+            return flat.forward(x)
     except Exception as exc:
-        hint = _input_hint(model, x, what, flat.dtype)
+        hint = _input_hint(flat.model, x, what, flat.dtype)
         kind = TypeError if "dtype" in hint else ValueError
         raise kind(
             f"{who}: running the first {what} samples ({_sample_desc('x', x)}) through "
-            f"{type(model).__name__} failed with {type(exc).__name__}: {exc}.{hint}"
+            f"{type(flat.model).__name__} failed with {type(exc).__name__}: {exc}.{hint}"
         ) from exc
+
+
+def _check_loss(
+    loss: LossFn, loss_name: str, out: torch.Tensor, y: torch.Tensor, what: str, who: str
+) -> None:
+    """Refuse a loss that fails, warns, or does not reduce to the mean on the outputs ``out``."""
     got = f"{_sample_desc('y', y)} for model outputs of shape {_per_n(tuple(out.shape))}"
     try:
         with torch.no_grad():
@@ -317,6 +329,17 @@ def check_sample(
             f"got {shape} from {loss_name}; use reduction='mean'."
         )
     _check_mean(loss, loss_name, out, y, who)
+
+
+def _check_gradient(
+    flat: FlatModel,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    what: str,
+    who: str,
+    gradient: Callable[[torch.Tensor, torch.Tensor], object] | None,
+) -> None:
+    """One sample's gradient, the caller's way (``gradient``) or per-sample under ``vmap``."""
     if gradient is not None:
         try:
             gradient(x[:1], y[:1])

@@ -1,0 +1,187 @@
+"""Batched conjugate gradient on many systems at once, apart from any model.
+
+:class:`CgSystems` is the state of one solve: ``(p, m)`` columns (right-hand sides ``b``,
+solutions ``x``, residuals ``r``), each column a system of one parameter block, with which are
+still active, their iterations and breakdowns; :class:`StopRule` is the stopping rule
+(``tol_mode``). :func:`iterate_columns` (every system its own CG) and :func:`iterate_block`
+(block CG, one Krylov space per parameter block) advance every system, given the operator and
+the preconditioner as plain callables of ``(vectors, column blocks)``.
+:class:`~infl_array.torch.full.cg.CgInfluence` builds them from its curvature passes; its
+module docstring states the algorithms and the stopping rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+__all__ = ["Apply", "CgSystems", "StopRule", "TOL_MODES", "iterate_block", "iterate_columns"]
+
+TOL_MODES = ("pydvl", "scipy")
+
+Apply = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``f(v, col_block)``: an operator (or a preconditioner's inverse) applied to the columns ``v``
+``(p, k)``, column ``c`` belonging to the parameter block ``col_block[c]``."""
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """When a system stops: ``||r|| < max(rtol**2*||g||, atol**2)`` (``tol_mode="pydvl"``) or
+    ``||r|| <= max(rtol*||g||, atol)`` (``"scipy"``)."""
+
+    rtol: float
+    atol: float
+    tol_mode: str
+
+    def tolerance(self, bnorm: torch.Tensor) -> torch.Tensor:
+        """Each system's tolerance, from the norms of its right-hand side."""
+        if self.tol_mode == "pydvl":
+            return torch.clamp(self.rtol**2 * bnorm, min=self.atol**2)
+        return torch.clamp(self.rtol * bnorm, min=self.atol)
+
+    def unconverged(self, res: torch.Tensor, tol: torch.Tensor) -> torch.Tensor:
+        """Which systems, with residual norms ``res``, have not met their tolerance ``tol``."""
+        if self.tol_mode == "pydvl":
+            return (res >= tol) & (res > 0)
+        return res > tol
+
+    def describe(self) -> str:
+        """The rule, for messages."""
+        if self.tol_mode == "pydvl":
+            return "||residual|| < max(rtol**2*||g||, atol**2)"
+        return "||residual|| <= max(rtol*||g||, atol)"
+
+
+@dataclass
+class CgSystems:
+    """The systems of one solve, ``(p, m)`` columns, updated in place by the iterations."""
+
+    b: torch.Tensor
+    col_block: torch.Tensor
+    maxiter: torch.Tensor
+    rule: StopRule
+    tol: torch.Tensor = field(init=False)
+    x: torch.Tensor = field(init=False)
+    r: torch.Tensor = field(init=False)
+    active: torch.Tensor = field(init=False)
+    iters: torch.Tensor = field(init=False)
+    breakdown: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        bnorm = torch.linalg.vector_norm(self.b, dim=0)
+        self.tol = self.rule.tolerance(bnorm)
+        self.x = torch.zeros_like(self.b)
+        self.r = self.b.clone()
+        self.active = self.rule.unconverged(bnorm, self.tol)
+        self.iters = torch.zeros_like(self.col_block)
+        self.breakdown = torch.zeros_like(self.active)
+
+    def step_done(self, cols: torch.Tensor) -> None:
+        """Count an iteration of ``cols`` and deactivate those converged or at ``maxiter``."""
+        self.iters[cols] += 1
+        res = torch.linalg.vector_norm(self.r[:, cols], dim=0)
+        self.active[cols] = self.rule.unconverged(res, self.tol[cols]) & (
+            self.iters[cols] < self.maxiter[cols]
+        )
+
+    def break_down(self, cols: torch.Tensor) -> None:
+        """Stop ``cols``: the operator (or the preconditioner) is not positive definite there."""
+        self.breakdown[cols] = True
+        self.active[cols] = False
+
+    def unconverged(self) -> torch.Tensor:
+        """Systems that stopped short of their tolerance without breaking down."""
+        res = torch.linalg.vector_norm(self.r, dim=0)
+        return self.rule.unconverged(res, self.tol) & ~self.breakdown
+
+
+def iterate_columns(sys: CgSystems, apply: Apply, precondition: Apply, bar: Any) -> None:
+    """Every system its own CG (own step sizes), all advanced together."""
+    col_block, x, r, active = sys.col_block, sys.x, sys.r, sys.active
+    z = precondition(r, col_block)
+    p = z.clone()
+    rz = (r * z).sum(0)
+    while bool(active.any()):
+        cols = active.nonzero().squeeze(1)
+        p_a = p[:, cols]
+        ap = apply(p_a, col_block[cols])
+        curv = (p_a * ap).sum(0)
+        bad = (curv <= 0) | (rz[cols] <= 0)
+        if bool(bad.any()):  # A (or M) not positive definite here: stop those
+            sys.break_down(cols[bad])
+            keep = ~bad
+            cols, p_a, ap, curv = cols[keep], p_a[:, keep], ap[:, keep], curv[keep]
+        alpha = rz[cols] / curv
+        x[:, cols] += alpha * p_a
+        r_a = r[:, cols] - alpha * ap
+        z_a = precondition(r_a, col_block[cols])
+        rz_new = (r_a * z_a).sum(0)
+        p[:, cols] = z_a + (rz_new / rz[cols]) * p_a
+        r[:, cols] = r_a
+        rz[cols] = rz_new
+        sys.step_done(cols)
+        bar.update(1)
+
+
+def iterate_block(sys: CgSystems, apply: Apply, precondition: Apply, bar: Any) -> None:
+    """Block CG: one shared Krylov space per parameter block, all blocks advanced together."""
+    col_block, r, active = sys.col_block, sys.r, sys.active
+    directions: dict[int, torch.Tensor] = {}  # parameter block -> orthonormal P (p, k)
+    for g in torch.unique(col_block[active]).tolist():
+        cols = (active & (col_block == g)).nonzero().squeeze(1)
+        directions[g] = orthonormal(precondition(r[:, cols], col_block[cols]))
+    while directions:
+        groups = list(directions)
+        p_all = torch.cat([directions[g] for g in groups], dim=1)
+        dir_block = torch.cat(
+            [torch.full((directions[g].shape[1],), g, device=r.device) for g in groups]
+        )
+        q_all = apply(p_all, dir_block)
+        start = 0
+        for g in groups:
+            p_g = directions.pop(g)
+            q_g = q_all[:, start : start + p_g.shape[1]]
+            start += p_g.shape[1]
+            p_new = _block_step(sys, g, p_g, q_g, precondition)
+            if p_new is not None:
+                directions[g] = p_new
+        bar.update(1)
+
+
+def _block_step(
+    sys: CgSystems, g: int, p_g: torch.Tensor, q_g: torch.Tensor, precondition: Apply
+) -> torch.Tensor | None:
+    """One block-CG step of parameter block ``g`` (directions ``P``, ``Q = A P``); returns the
+    next directions, or None when the block is done or broke down."""
+    cols = (sys.active & (sys.col_block == g)).nonzero().squeeze(1)
+    ptq = p_g.T @ q_g
+    chol, info = torch.linalg.cholesky_ex((ptq + ptq.T) / 2)
+    if int(info) != 0:  # A (or M) not positive definite: stop the block
+        sys.break_down(cols)
+        return None
+    alpha = torch.cholesky_solve(p_g.T @ sys.r[:, cols], chol)
+    sys.x[:, cols] += p_g @ alpha
+    sys.r[:, cols] -= q_g @ alpha
+    sys.step_done(cols)
+    cols = cols[sys.active[cols]]
+    if not cols.numel():
+        return None
+    z = precondition(sys.r[:, cols], sys.col_block[cols])
+    beta = -torch.cholesky_solve(q_g.T @ z, chol)
+    p_new = orthonormal(z + p_g @ beta)
+    if p_new.shape[1] == 0:  # no new direction while residuals remain: M is singular
+        sys.break_down(cols)
+        return None
+    return p_new
+
+
+def orthonormal(z: torch.Tensor) -> torch.Tensor:
+    """An orthonormal basis of the columns of ``z`` (numerically dependent ones dropped)."""
+    u, sv, _ = torch.linalg.svd(z, full_matrices=False)
+    if not sv.numel() or float(sv[0]) == 0.0:
+        return u[:, :0]
+    keep = sv > sv[0] * torch.finfo(z.dtype).eps * max(z.shape)
+    return u[:, keep]

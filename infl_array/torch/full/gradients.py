@@ -1,0 +1,101 @@
+"""Per-sample gradients of the torch backends, in vectorised passes.
+
+:class:`GradientsMixin` holds the part of :class:`~infl_array.torch.full.base.TorchInfluenceBase`
+that turns samples into per-sample loss gradients over the selected parameters: inputs moved to
+the model's device and dtype, passes of :attr:`~GradientsMixin.pass_size` samples under
+``torch.func.vmap`` (:class:`~infl_array.torch.full.functional.FlatModel`), the selected
+parameters taken in block order, and each column's regularization. Its methods are those of the
+base class (they read its fitted state); the split keeps each class to one job.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from infl_array.torch.data.views import IndexedData
+from infl_array.torch.full.checks import model_inputs, require_eval_mode
+from infl_array.torch.full.functional import FlatModel, check_finite
+from infl_array.torch.full.param_blocks import ParameterBlocks
+
+__all__ = ["DEFAULT_BATCH_SIZE", "GradientsMixin"]
+
+DEFAULT_BATCH_SIZE = 1024
+"""Samples per pass when neither ``batch_size`` nor the fit DataLoader gives one."""
+
+
+class _Fitted(Protocol):
+    """What the mixin's methods use of the base class (its settings and fitted state)."""
+
+    model: nn.Module
+    batch_size: int | None
+    _blocks: ParameterBlocks
+    _block_reg: list[float]
+    _fit_data: IndexedData | None
+
+    @property
+    def n_params(self) -> int: ...
+
+    @property
+    def pass_size(self) -> int: ...
+
+    def _require_fit(self) -> FlatModel: ...
+
+    def _check_sample(self, flat: FlatModel, x: Any, y: Any, what: str) -> None: ...
+
+    def _prepare(self: _Fitted, x: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def _select(self: _Fitted, grads: torch.Tensor) -> torch.Tensor: ...
+
+
+class GradientsMixin:
+    """Per-sample gradients of the torch backends (see the module docstring)."""
+
+    @property
+    def pass_size(self: _Fitted) -> int:
+        """Samples per vectorised pass: ``batch_size``, else the larger of the fit
+        DataLoader's batch size and :data:`DEFAULT_BATCH_SIZE`."""
+        if self.batch_size is not None:
+            return self.batch_size
+        if self._fit_data is not None and self._fit_data.batch_size is not None:
+            return max(self._fit_data.batch_size, DEFAULT_BATCH_SIZE)
+        return DEFAULT_BATCH_SIZE
+
+    def _prepare(self: _Fitted, x: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x``, ``y`` as tensors on the model's device (floats in the model dtype, integer
+        targets as int64; :func:`~infl_array.torch.full.checks.model_inputs`)."""
+        return model_inputs(self._require_fit(), x, y)
+
+    def _select(self: _Fitted, grads: torch.Tensor) -> torch.Tensor:
+        """Gradients over all trainable parameters -> the selected ones, in block order."""
+        if self._blocks.is_identity:
+            return grads
+        return grads[:, self._blocks.index.to(grads.device)]
+
+    def per_sample_grads(self: _Fitted, x: Any, y: Any) -> torch.Tensor:
+        """Per-sample loss gradients over the selected parameters in block order,
+        ``(n, n_params)``, on the model's device."""
+        flat = self._require_fit()
+        require_eval_mode(self.model, type(self).__name__)
+        xt, yt = self._prepare(x, y)
+        n = xt.shape[0]
+        if n == 0:
+            return torch.zeros((0, self.n_params), dtype=flat.dtype, device=flat.device)
+        size = self.pass_size
+        try:
+            parts = [
+                flat.per_sample_grads(xt[s : s + size], yt[s : s + size]) for s in range(0, n, size)
+            ]
+        except Exception:
+            self._check_sample(flat, xt, yt, "input")  # a clear error when it finds the cause
+            raise
+        return check_finite(self._select(torch.cat(parts)), "per-sample gradients")
+
+    def _column_regularization(
+        self: _Fitted, col_block: torch.Tensor, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """``lambda`` of each column's block, ``(m,)``."""
+        reg = torch.tensor(self._block_reg, dtype=dtype, device=col_block.device)
+        return reg[col_block]
