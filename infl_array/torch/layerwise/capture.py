@@ -54,6 +54,7 @@ Everything stays on the model's device.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -593,6 +594,150 @@ def _batch_first(t: torch.Tensor, axis: int) -> torch.Tensor:
     return t if axis == 0 else t.movedim(axis, 0)
 
 
+def _record(
+    layers: Sequence[LayerSpec],
+    records: list[LayerRecord],
+    outputs: list[list[torch.Tensor]],
+    n: int,
+    i: int,
+    role: str,
+    module: nn.Module,
+    axis: int,
+    args: tuple,
+    kwargs: dict,
+    out: Any,
+) -> torch.Tensor:
+    """Forward hook body: record the input of call of layer ``i`` and keep its output."""
+    if not isinstance(out, torch.Tensor):
+        raise ValueError(
+            f"layer {layers[i].name!r} ({_describe(module)}) returned "
+            f"{type(out).__name__}; per-layer capture needs modules that return a tensor."
+        )
+    inp = args[0] if args else next(iter(kwargs.values()))
+    if n > 1 and inp.ndim > axis and inp.shape[axis] == 1 and out.shape[axis] == 1:
+        # shared by every sample (position ids): the output is broadcast, so each sample's
+        # gradient is its slice of the gradient of the expanded output
+        inp, out = _expanded(inp, axis, n), _expanded(out, axis, n)
+    own = {}
+    if layers[i].kind == "module":
+        own = {k: p.detach() for k, p in module.named_parameters(recurse=False)}
+        own.update({k: b for k, b in module.named_buffers(recurse=False)})
+    rest = (tuple(args[1:]), dict(kwargs)) if args else ((), {})
+    rec = Call(role, _batch_first(inp.detach(), axis), module, axis, None, rest, own)
+    records[i].calls.append(rec)
+    outputs[i].append(out)
+    return out.clone()  # later in-place operations change the copy, not `out`
+
+
+def _install_hooks(
+    layers: Sequence[LayerSpec], record: Callable[..., torch.Tensor]
+) -> tuple[list[Any], dict[int, Callable[..., torch.Tensor]]]:
+    """Register ``record`` as forward hook of each layer (and its tied modules).
+
+    Returns the hook handles and, for ``mha_in`` layers, the in-projection taps keyed by
+    the id of the attention module (for :func:`patched_attention`).
+    """
+
+    def make_hook(i: int, role: str, axis: int) -> Callable[..., torch.Tensor]:
+        def hook(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> torch.Tensor:
+            return record(i, role, module, axis, args, kwargs, out)
+
+        return hook
+
+    def tap(i: int) -> Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]:
+        def in_projection(module: nn.Module, inp: torch.Tensor, out: torch.Tensor):
+            return record(i, "own", module, 0, (inp,), {}, out)
+
+        return in_projection
+
+    handles = []
+    taps: dict[int, Callable[..., torch.Tensor]] = {}
+    for i, spec in enumerate(layers):
+        if spec.kind == "mha_in":
+            taps[id(spec.module)] = tap(i)
+            continue
+        handles.append(
+            spec.module.register_forward_hook(
+                make_hook(i, "own", spec.batch_axis), with_kwargs=True
+            )
+        )
+        for module, axis, role in spec.tied:
+            handles.append(module.register_forward_hook(make_hook(i, role, axis), with_kwargs=True))
+    return handles, taps
+
+
+def _forward(
+    model: nn.Module,
+    x: Any,
+    params: dict[str, torch.Tensor] | None,
+    call: Callable[[nn.Module, Any, dict[str, torch.Tensor] | None], Any] | None,
+) -> Any:
+    if call is not None:
+        return call(model, x, params)
+    return model(x) if params is None else functional_call(model, params, (x,))
+
+
+def _check_called(
+    model: nn.Module, layers: Sequence[LayerSpec], outputs: list[list[torch.Tensor]]
+) -> None:
+    missing = [spec.name for spec, outs in zip(layers, outputs, strict=True) if not outs]
+    if missing:
+        raise ValueError(
+            f"layers {missing} have trainable parameters but were not called by "
+            f"{type(model).__name__}.forward (their weights are used some other way); "
+            "per-layer backends need each layer called as a module. Leave them out by "
+            "freezing them (layer.requires_grad_(False))."
+        )
+
+
+def _attach_grads(
+    records: list[LayerRecord],
+    outputs: list[list[torch.Tensor]],
+    grads: Sequence[torch.Tensor | None],
+    n: int,
+) -> None:
+    """Store the output gradient of each recorded call, samples first, checking the batch."""
+    it = iter(grads)
+    for rec, outs in zip(records, outputs, strict=True):
+        for out, c in zip(outs, rec.calls, strict=True):
+            g = next(it)
+            g = _batch_first(torch.zeros_like(out) if g is None else g.detach(), c.batch_axis)
+            if c.x.shape[0] != n or g.shape[0] != n:
+                side = "sequence-first" if c.batch_axis else "batch-first"
+                raise ValueError(
+                    f"layer {rec.spec.name!r} saw an input of shape {tuple(c.x.shape)} for a "
+                    f"batch of {n} samples ({side}, samples moved first); per-sample capture "
+                    "needs the samples along the first dimension of every layer's input and "
+                    "output (the second under a module declaring batch_first=False)."
+                )
+            c.g = g
+
+
+def _forward_backward(
+    model: nn.Module,
+    x: Any,
+    params: dict[str, torch.Tensor] | None,
+    call: Callable[[nn.Module, Any, dict[str, torch.Tensor] | None], Any] | None,
+    objective: Objective,
+    layers: Sequence[LayerSpec],
+    outputs: list[list[torch.Tensor]],
+    record: Callable[..., torch.Tensor],
+) -> Sequence[torch.Tensor | None]:
+    """Run the hooked forward pass and return the gradients of the recorded outputs."""
+    from infl_array.torch.layerwise.attention import patched_attention  # imports this module
+
+    handles, taps = _install_hooks(layers, record)
+    try:
+        with torch.enable_grad(), patched_attention(model, taps):
+            value = objective(_forward(model, x, params, call))
+            _check_called(model, layers, outputs)
+            flat = [o for outs in outputs for o in outs]
+            return torch.autograd.grad(value, flat, allow_unused=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def capture(
     model: nn.Module,
     layers: Sequence[LayerSpec],
@@ -640,92 +785,13 @@ def capture(
         If a layer was not called by ``model.forward``, or saw an input whose sample dimension
         is not the batch size.
     """
-    from infl_array.torch.layerwise.attention import patched_attention  # imports this module
-
     records = [LayerRecord(spec, dtype=dtype, mask=mask) for spec in layers]
     outputs: list[list[torch.Tensor]] = [[] for _ in layers]
     n = _batch_size(x)
 
-    def record(i: int, role: str, module: nn.Module, axis: int, args: tuple, kwargs: dict, out):
-        if not isinstance(out, torch.Tensor):
-            raise ValueError(
-                f"layer {layers[i].name!r} ({_describe(module)}) returned "
-                f"{type(out).__name__}; per-layer capture needs modules that return a tensor."
-            )
-        inp = args[0] if args else next(iter(kwargs.values()))
-        if n > 1 and inp.ndim > axis and inp.shape[axis] == 1 and out.shape[axis] == 1:
-            # shared by every sample (position ids): the output is broadcast, so each sample's
-            # gradient is its slice of the gradient of the expanded output
-            inp, out = _expanded(inp, axis, n), _expanded(out, axis, n)
-        own = {}
-        if layers[i].kind == "module":
-            own = {k: p.detach() for k, p in module.named_parameters(recurse=False)}
-            own.update({k: b for k, b in module.named_buffers(recurse=False)})
-        rest = (tuple(args[1:]), dict(kwargs)) if args else ((), {})
-        rec = Call(role, _batch_first(inp.detach(), axis), module, axis, None, rest, own)
-        records[i].calls.append(rec)
-        outputs[i].append(out)
-        return out.clone()  # later in-place operations change the copy, not `out`
-
-    def make_hook(i: int, role: str, axis: int) -> Callable[..., torch.Tensor]:
-        def hook(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> torch.Tensor:
-            return record(i, role, module, axis, args, kwargs, out)
-
-        return hook
-
-    def tap(i: int) -> Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]:
-        def in_projection(module: nn.Module, inp: torch.Tensor, out: torch.Tensor):
-            return record(i, "own", module, 0, (inp,), {}, out)
-
-        return in_projection
-
-    handles = []
-    taps: dict[int, Callable[..., torch.Tensor]] = {}
-    for i, spec in enumerate(layers):
-        if spec.kind == "mha_in":
-            taps[id(spec.module)] = tap(i)
-            continue
-        handles.append(
-            spec.module.register_forward_hook(
-                make_hook(i, "own", spec.batch_axis), with_kwargs=True
-            )
-        )
-        for module, axis, role in spec.tied:
-            handles.append(module.register_forward_hook(make_hook(i, role, axis), with_kwargs=True))
-    try:
-        with torch.enable_grad(), patched_attention(model, taps):
-            if call is not None:
-                out = call(model, x, params)
-            else:
-                out = model(x) if params is None else functional_call(model, params, (x,))
-            value = objective(out)
-            flat = [o for outs in outputs for o in outs]
-            missing = [spec.name for spec, outs in zip(layers, outputs, strict=True) if not outs]
-            if missing:
-                raise ValueError(
-                    f"layers {missing} have trainable parameters but were not called by "
-                    f"{type(model).__name__}.forward (their weights are used some other way); "
-                    "per-layer backends need each layer called as a module. Leave them out by "
-                    "freezing them (layer.requires_grad_(False))."
-                )
-            grads = torch.autograd.grad(value, flat, allow_unused=True)
-    finally:
-        for handle in handles:
-            handle.remove()
-    it = iter(grads)
-    for rec, outs in zip(records, outputs, strict=True):
-        for out, c in zip(outs, rec.calls, strict=True):
-            g = next(it)
-            g = _batch_first(torch.zeros_like(out) if g is None else g.detach(), c.batch_axis)
-            if c.x.shape[0] != n or g.shape[0] != n:
-                side = "sequence-first" if c.batch_axis else "batch-first"
-                raise ValueError(
-                    f"layer {rec.spec.name!r} saw an input of shape {tuple(c.x.shape)} for a "
-                    f"batch of {n} samples ({side}, samples moved first); per-sample capture "
-                    "needs the samples along the first dimension of every layer's input and "
-                    "output (the second under a module declaring batch_first=False)."
-                )
-            c.g = g
+    record = functools.partial(_record, layers, records, outputs, n)
+    grads = _forward_backward(model, x, params, call, objective, layers, outputs, record)
+    _attach_grads(records, outputs, grads, n)
     return records
 
 
