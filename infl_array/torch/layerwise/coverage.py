@@ -203,6 +203,76 @@ def _leaves_with_vectors(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
             yield name, module
 
 
+def _mha_spec(
+    name: str, module: nn.MultiheadAttention, names: dict[int, str], taken: set[int]
+) -> LayerSpec | None:
+    """The packed in-projection of an attention module as a layer (None if frozen or taken)."""
+    packed, packed_bias = module.in_proj_weight, module.in_proj_bias
+    _refuse_frozen_weight(name, module, packed, packed_bias)
+    if not packed.requires_grad or id(packed) in taken:
+        return None
+    has_bias = packed_bias is not None and packed_bias.requires_grad
+    spec = LayerSpec(
+        name,
+        module,
+        module.embed_dim,
+        3 * module.embed_dim,
+        has_bias,
+        kind="mha_in",
+        parameter_names=(
+            names[id(packed)],
+            *((names[id(packed_bias)],) if has_bias else ()),
+        ),
+    )
+    taken.update({id(packed), id(packed_bias)})
+    return spec
+
+
+def _vector_specs(
+    model: nn.Module,
+    names: dict[int, str],
+    axes: dict[str, int],
+    order: dict[str, int],
+    taken: set[int],
+    skip: set[str],
+) -> list[tuple[int, LayerSpec]]:
+    """Leaf modules whose own trainable parameters are only vectors, as ``module`` layers."""
+    found = []
+    for name, module in _leaves_with_vectors(model):
+        own = [(k, p) for k, p in module.named_parameters(recurse=False) if p.requires_grad]
+        if any(id(p) in taken for _, p in own) or any(name.startswith(f"{s}.") for s in skip):
+            continue
+        if any(names[id(p)] != (f"{name}.{k}" if name else k) for k, p in own):
+            continue  # shared with another module: not covered by re-applying this one
+        size = sum(p.numel() for _, p in own)
+        spec = LayerSpec(
+            name,
+            module,
+            1,
+            size,
+            False,
+            kind="module",
+            batch_axis=axes[name],
+            parameter_names=tuple(names[id(p)] for _, p in own),
+        )
+        found.append((order[name], spec))
+        taken.update(id(p) for _, p in own)
+    return found
+
+
+def _no_layers_error(model: nn.Module) -> ValueError:
+    kinds = sorted(
+        {type(m).__name__ for m in model.modules() if any(True for _ in m.parameters(False))}
+    )
+    return ValueError(
+        f"{type(model).__name__} has no layer the per-layer backends cover (modules with "
+        f"parameters: {', '.join(kinds) or 'none'}); EkfacInfluence and ProjectedInfluence "
+        "cover nn.Linear, nn.Conv2d, nn.Embedding, transformers' Conv1D, "
+        "nn.MultiheadAttention and normalisation layers. Use CgInfluence, LissaInfluence "
+        "or ArnoldiInfluence for other models."
+    )
+
+
 def find_layers(model: nn.Module) -> tuple[list[LayerSpec], list[str]]:
     """The covered layers of ``model`` (see the module docstring), and the parameters left out.
 
@@ -240,24 +310,9 @@ def find_layers(model: nn.Module) -> tuple[list[LayerSpec], list[str]]:
             if not supported(module):
                 skip.add(name)
                 continue
-            packed, packed_bias = module.in_proj_weight, module.in_proj_bias
-            _refuse_frozen_weight(name, module, packed, packed_bias)
-            if packed.requires_grad and id(packed) not in taken:
-                has_bias = packed_bias is not None and packed_bias.requires_grad
-                spec = LayerSpec(
-                    name,
-                    module,
-                    module.embed_dim,
-                    3 * module.embed_dim,
-                    has_bias,
-                    kind="mha_in",
-                    parameter_names=(
-                        names[id(packed)],
-                        *((names[id(packed_bias)],) if has_bias else ()),
-                    ),
-                )
+            spec = _mha_spec(name, module, names, taken)
+            if spec is not None:
                 found.append((order[name], spec))
-                taken.update({id(packed), id(packed_bias)})
             continue
         kind = _weight_layer(module)
         if kind is None:
@@ -271,39 +326,12 @@ def find_layers(model: nn.Module) -> tuple[list[LayerSpec], list[str]]:
         if tie is not None:
             found.append((order[tie.name], tie))
             taken.update(id(p) for u in uses for p in u.module.parameters(recurse=False))
-    for name, module in _leaves_with_vectors(model):
-        own = [(k, p) for k, p in module.named_parameters(recurse=False) if p.requires_grad]
-        if any(id(p) in taken for _, p in own) or any(name.startswith(f"{s}.") for s in skip):
-            continue
-        if any(names[id(p)] != (f"{name}.{k}" if name else k) for k, p in own):
-            continue  # shared with another module: not covered by re-applying this one
-        size = sum(p.numel() for _, p in own)
-        spec = LayerSpec(
-            name,
-            module,
-            1,
-            size,
-            False,
-            kind="module",
-            batch_axis=axes[name],
-            parameter_names=tuple(names[id(p)] for _, p in own),
-        )
-        found.append((order[name], spec))
-        taken.update(id(p) for _, p in own)
+    found += _vector_specs(model, names, axes, order, taken, skip)
     layers = [spec for _, spec in sorted(found, key=lambda t: t[0])]
     covered = {n for spec in layers for n in spec.parameter_names}
     excluded = [n for n, p in model.named_parameters() if p.requires_grad and n not in covered]
     if not layers:
-        kinds = sorted(
-            {type(m).__name__ for m in model.modules() if any(True for _ in m.parameters(False))}
-        )
-        raise ValueError(
-            f"{type(model).__name__} has no layer the per-layer backends cover (modules with "
-            f"parameters: {', '.join(kinds) or 'none'}); EkfacInfluence and ProjectedInfluence "
-            "cover nn.Linear, nn.Conv2d, nn.Embedding, transformers' Conv1D, "
-            "nn.MultiheadAttention and normalisation layers. Use CgInfluence, LissaInfluence "
-            "or ArnoldiInfluence for other models."
-        )
+        raise _no_layers_error(model)
     return layers, excluded
 
 
