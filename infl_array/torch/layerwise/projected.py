@@ -77,7 +77,7 @@ from torch import nn
 from infl_array.torch.data.options import check_seed
 from infl_array.torch.full.functional import LossFn
 from infl_array.torch.layerwise.base import DEFAULT_MEMORY_BUDGET, LayerwiseInfluence
-from infl_array.torch.layerwise.capture import LayerRecord, check_budget
+from infl_array.torch.layerwise.capture import LayerRecord, LayerSpec, check_budget
 from infl_array.torch.layerwise.fitrows import FitRows, sample_keys
 from infl_array.torch.layerwise.kronecker import KroneckerCurvature
 
@@ -156,6 +156,49 @@ def _projection(d: int, k: int, gen: torch.Generator) -> torch.Tensor | None:
         return None
     q, _ = torch.linalg.qr(torch.randn((d, k), generator=gen, dtype=torch.float64))
     return q.T * math.sqrt(d / k)
+
+
+def _check_projection_dim(projection_dim: Any, n_layers: int) -> int:
+    """``projection_dim`` as an int, checked: at least one column per included layer."""
+    if (
+        isinstance(projection_dim, bool)
+        or not isinstance(projection_dim, (int, np.integer))
+        or projection_dim < n_layers
+    ):
+        raise ValueError(
+            f"projection_dim must be an integer >= the number of included layers "
+            f"({n_layers}: at least one column each), got {projection_dim!r}; pass e.g. "
+            "projection_dim=4096."
+        )
+    return int(projection_dim)
+
+
+def _check_projection_budget(
+    layers: Sequence[LayerSpec],
+    shapes: Sequence[tuple[int, int]],
+    preconditioner: str,
+    memory_budget: int,
+) -> None:
+    """Refuse projection matrices (and a projected Fisher) that ``memory_budget`` cannot hold."""
+    n_proj = sum(
+        k_in * spec.width_in * (k_in < spec.width_in) + k_out * spec.d_out * (k_out < spec.d_out)
+        for spec, (k_out, k_in) in zip(layers, shapes, strict=True)
+    )
+    check_budget(
+        2 * 8 * n_proj,
+        memory_budget,
+        f"the random projection matrices ({n_proj} entries, drawn in float64)",
+        "lower projection_dim, or raise memory_budget.",
+    )
+    if preconditioner == "fisher":
+        width = sum(k_out * k_in for k_out, k_in in shapes)
+        check_budget(
+            2 * width**2 * 8,
+            memory_budget,
+            f"the projected Fisher ({width} x {width} float64) and its Cholesky factor",
+            "lower projection_dim, use preconditioner='ekfac' (per-layer factors), or raise "
+            "memory_budget.",
+        )
 
 
 class ProjectedInfluence(LayerwiseInfluence):
@@ -250,44 +293,16 @@ class ProjectedInfluence(LayerwiseInfluence):
             raise TypeError(f"reuse_fit_gradients must be a bool, got {reuse_fit_gradients!r}.")
         self.reuse_fit_gradients = reuse_fit_gradients
         self.fit_rows: FitRows | None = None
-        n_layers = len(self.layers)
-        if (
-            isinstance(projection_dim, bool)
-            or not isinstance(projection_dim, (int, np.integer))
-            or projection_dim < n_layers
-        ):
-            raise ValueError(
-                f"projection_dim must be an integer >= the number of included layers "
-                f"({n_layers}: at least one column each), got {projection_dim!r}; pass e.g. "
-                "projection_dim=4096."
-            )
-        self.projection_dim = int(projection_dim)
+        self.projection_dim = _check_projection_dim(projection_dim, len(self.layers))
         self.preconditioner = preconditioner
         shares = split_width([spec.n_params for spec in self.layers], self.projection_dim)
         self.projection_shapes = [
             factor_width(w, spec.d_out, spec.width_in)
             for w, spec in zip(shares, self.layers, strict=True)
         ]
-        n_proj = sum(
-            k_in * spec.width_in * (k_in < spec.width_in)
-            + k_out * spec.d_out * (k_out < spec.d_out)
-            for spec, (k_out, k_in) in zip(self.layers, self.projection_shapes, strict=True)
+        _check_projection_budget(
+            self.layers, self.projection_shapes, preconditioner, self.memory_budget
         )
-        check_budget(
-            2 * 8 * n_proj,
-            self.memory_budget,
-            f"the random projection matrices ({n_proj} entries, drawn in float64)",
-            "lower projection_dim, or raise memory_budget.",
-        )
-        if preconditioner == "fisher":
-            check_budget(
-                2 * self.width**2 * 8,
-                self.memory_budget,
-                f"the projected Fisher ({self.width} x {self.width} float64) and its Cholesky "
-                "factor",
-                "lower projection_dim, use preconditioner='ekfac' (per-layer factors), or raise "
-                "memory_budget.",
-            )
         self._proj: list[tuple[torch.Tensor | None, torch.Tensor | None]] = []
         self.curvature: list[KroneckerCurvature] = []
         self._fisher_chol: torch.Tensor | None = None
