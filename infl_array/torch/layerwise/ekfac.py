@@ -65,8 +65,6 @@ Conventions, compared with pyDVL 0.10 and Kronfluence 1.0.1
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -75,15 +73,15 @@ from torch import nn
 
 from infl_array.torch.full.functional import LossFn, nonnegative
 from infl_array.torch.layerwise.base import DEFAULT_MEMORY_BUDGET, LayerwiseInfluence
-from infl_array.torch.layerwise.capture import LayerRecord, check_budget, keep_mask
+from infl_array.torch.layerwise.capture import LayerRecord, keep_mask
+from infl_array.torch.layerwise.ekfac_products import EkfacProductsMixin, _NormalizedTest
 from infl_array.torch.layerwise.kronecker import KroneckerCurvature
 from infl_array.torch.layerwise.subnormal import flush_subnormals
-from infl_array.torch.layerwise.underflow import needs_normalizing, normalized_rows
 
 __all__ = ["EkfacInfluence"]
 
 
-class EkfacInfluence(LayerwiseInfluence):
+class EkfacInfluence(EkfacProductsMixin, LayerwiseInfluence):
     """Influence with (E)K-FAC curvature per layer (see the module docstring).
 
     Parameters
@@ -315,188 +313,6 @@ class EkfacInfluence(LayerwiseInfluence):
                 "was fitted on, or refit on such data."
             )
 
-    # ------------------------------------------------------------------ products
-    def _checked(self, test_f: torch.Tensor, train_f: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        self._require_fitted()
-        for f, width, what in (
-            (test_f, self.test_factor_width, "test"),
-            (train_f, self.train_factor_width, "train"),
-        ):
-            if not isinstance(f, torch.Tensor) or f.ndim != 2 or f.shape[1] != width:
-                shape = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
-                raise ValueError(
-                    f"{what} factors must be a tensor of shape (n, {width}) from this model's "
-                    f"{what}_factors, got {shape}."
-                )
-        dtype = torch.promote_types(test_f.dtype, train_f.dtype)
-        return test_f.to(dtype), train_f.to(device=test_f.device, dtype=dtype)
-
-    def _layer_parts(
-        self, test_f: torch.Tensor, train_f: torch.Tensor
-    ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-        """Per layer: its index, test columns and train columns."""
-        t_off = r_off = 0
-        for i, spec in enumerate(self.layers):
-            width = self._train_width(i)
-            yield i, test_f[:, t_off : t_off + spec.n_params], train_f[:, r_off : r_off + width]
-            t_off += spec.n_params
-            r_off += width
-
-    def _split_compact(self, i: int, train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """A compact layer's train columns: ``Q_G^T g`` ``(n, d_out)``, ``Q_A^T (a, 1)``."""
-        d_out = self.layers[i].d_out
-        return train[:, :d_out], train[:, d_out:]
-
-    @flush_subnormals
-    def factor_product(self, test_f: torch.Tensor, train_f: torch.Tensor) -> torch.Tensor:
-        """The influence block of test factors against train factors, ``(n_test, n_train)``.
-
-        A compact layer's rotated train gradients ``g a^T`` are never formed: the test columns,
-        as ``(n_test, d_out, width_in)`` matrices, are multiplied by the train rows' longer
-        part in one matrix product, then contracted with the other part (see
-        :meth:`_compact_product`). The block costs ``n_test * n_train * n_params``
-        multiply-adds, as a product of full gradients would, at matrix-product speed.
-
-        Parameters
-        ----------
-        test_f : torch.Tensor
-            ``(n_test, test_factor_width)`` from :meth:`test_factors`.
-        train_f : torch.Tensor
-            ``(n_train, train_factor_width)`` from :meth:`train_factors`.
-
-        Returns
-        -------
-        torch.Tensor
-            On ``test_f``'s device, in the promoted dtype of both.
-        """
-        test_f, train_f = self._checked(test_f, train_f)
-        out = test_f.new_zeros((test_f.shape[0], train_f.shape[0]))
-        for i, test, train in self._layer_parts(test_f, train_f):
-            if self._token_positions[i]:
-                self._token_product(i, test, train, out)
-                continue
-            if not self._compact[i]:
-                out.addmm_(test, train.T)
-                continue
-            self._compact_product(i, self._normalized.get(self, test_f, i, test), train, out)
-        return out
-
-    def _split_tokens(self, i: int, train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """An embedding's sparse train rows: ids ``(n, T)`` and gradients ``(n, T, width)``."""
-        positions, width = self._token_positions[i], self.layers[i].d_out
-        ids = train[:, :positions].round().long()
-        return ids, train[:, positions:].reshape(-1, positions, width)
-
-    def _token_product(
-        self, i: int, test: torch.Tensor, train: torch.Tensor, out: torch.Tensor
-    ) -> None:
-        """Add an embedding's influences to ``out``: ``sum_t T[:, :, id_t] . g_t``.
-
-        The train rows are a sparse ``(n_train, width * vocab)`` matrix with ``T * width``
-        entries per row (the gradient matrix's columns at the row's tokens), multiplied with
-        the test columns (one transposed copy): ``n_test * n_train * T * width`` multiply-adds
-        instead of ``n_test * n_train * width * vocab``.
-        """
-        spec = self.layers[i]
-        ids, grads = self._split_tokens(i, train)
-        check_budget(
-            test.numel() * test.element_size(),
-            self.memory_budget,
-            f"the test columns of embedding {spec.name!r}, transposed",
-            "raise memory_budget or pass fewer test rows at a time.",
-        )
-        n, positions = ids.shape
-        rows = torch.arange(n, device=ids.device)[:, None, None].expand(n, positions, spec.d_out)
-        width = torch.arange(spec.d_out, device=ids.device)[None, None, :]
-        cols = width * spec.d_in + ids[:, :, None]  # entry (o, id) of the (width, vocab) matrix
-        sparse = torch.sparse_coo_tensor(
-            torch.stack([rows.flatten(), cols.flatten()]),
-            grads.flatten().to(test.dtype),
-            (n, spec.n_params),
-            check_invariants=True,  # ids in range: the ids of real tokens, 0 where padded
-        )
-        out += torch.sparse.mm(sparse, test.T.contiguous()).T
-
-    def _compact_product(
-        self,
-        i: int,
-        test: tuple[torch.Tensor, torch.Tensor | None],
-        train: torch.Tensor,
-        out: torch.Tensor,
-    ) -> None:
-        """Add a compact layer's influences to ``out``: ``sum_oi T[t,o,i] g[r,o] a[r,i]``.
-
-        The contraction over the longer side (``a``'s ``width_in`` or ``g``'s ``d_out``) is a
-        matrix product whose intermediate, ``(n_test, shorter side, train chunk)``, is kept
-        within the memory budget by chunking the train rows. ``test`` is the layer's test
-        columns and their row scales (None: not normalized); with scales, the train parts
-        are normalized too and the scales applied to the result, so that no product
-        underflows into subnormal numbers (:mod:`~infl_array.torch.layerwise.underflow`).
-        """
-        test_cols, test_scale = test
-        g, a = self._split_compact(i, train)
-        scale = None
-        if test_scale is not None:
-            (g, g_scale), (a, a_scale) = normalized_rows(g), normalized_rows(a)
-            # float64: the scales' product can be below float32's range where the result is not
-            scale = test_scale.double()[:, None] * (g_scale.double() * a_scale.double())[None, :]
-        d_out, width_in = g.shape[1], a.shape[1]
-        t = test_cols.reshape(test_cols.shape[0], d_out, width_in)
-        if width_in >= d_out:
-            long, short = a, g  # (n_test, d_out, c) = T @ a^T, then . g
-        else:
-            long, short, t = g, a, t.transpose(1, 2)  # (n_test, width_in, c) = T^T @ g^T, . a
-        per_row = t.shape[0] * t.shape[1] * t.element_size()
-        check_budget(
-            per_row,
-            self.memory_budget,
-            f"one train row of layer {self.layers[i].name!r} against {t.shape[0]} test rows",
-            "raise memory_budget or pass fewer test rows at a time.",
-        )
-        step = max(1, self.memory_budget // per_row)
-        for c in range(0, g.shape[0], step):
-            partial = torch.matmul(t, long[c : c + step].T)  # (n_test, short, chunk)
-            # multiply in place and sum: einsum("tsc,cs->tc") took as long as the matmul here
-            part = partial.mul_(short[c : c + step].T).sum(1)
-            if scale is not None:
-                part = part.double().mul_(scale[:, c : c + step]).to(out.dtype)
-            out[:, c : c + step] += part
-
-    @flush_subnormals
-    def factor_diagonal(self, test_f: torch.Tensor, train_f: torch.Tensor) -> torch.Tensor:
-        """Row-wise influences of ``test_f[k]`` against ``train_f[k]`` (self-influence), ``(n,)``.
-
-        Parameters
-        ----------
-        test_f, train_f : torch.Tensor
-            Test and train factors of the same ``n`` samples.
-
-        Returns
-        -------
-        torch.Tensor
-            ``factor_product(test_f, train_f).diagonal()`` without the off-diagonal work.
-        """
-        test_f, train_f = self._checked(test_f, train_f)
-        if test_f.shape[0] != train_f.shape[0]:
-            raise ValueError(
-                f"factor_diagonal pairs rows: got {test_f.shape[0]} test and {train_f.shape[0]} "
-                "train rows; pass the factors of the same samples."
-            )
-        out = test_f.new_zeros(test_f.shape[0])
-        for i, test, train in self._layer_parts(test_f, train_f):
-            if self._token_positions[i]:
-                ids, grads = self._split_tokens(i, train)
-                t = test.reshape(test.shape[0], self.layers[i].d_out, -1)
-                index = ids[:, None, :].expand(-1, t.shape[1], -1)
-                out += (t.gather(2, index) * grads.transpose(1, 2)).sum((1, 2))
-            elif self._compact[i]:
-                g, a = self._split_compact(i, train)
-                t = test.reshape(-1, g.shape[1], a.shape[1])
-                out += torch.einsum("noi,no,ni->n", t, g, a)
-            else:
-                out += (test * train).sum(1)
-        return out
-
     def influences(self, x_test: Any, y_test: Any, x_train: Any, y_train: Any) -> torch.Tensor:
         """Influence matrix ``(n_test, n_train)``: :meth:`factor_product` of both factors.
 
@@ -505,43 +321,3 @@ class EkfacInfluence(LayerwiseInfluence):
         return self.factor_product(
             self.test_factors(x_test, y_test), self.train_factors(x_train, y_train)
         )
-
-
-class _NormalizedTest:
-    """The compact layers' test columns of the last test factors, normalized once.
-
-    ``factor_product`` is called with the same test factors for every train block of a tile;
-    their normalization (:func:`~infl_array.torch.layerwise.underflow.normalized_rows`, one pass
-    over the columns) is kept for the last test factors seen (held by reference, so that their
-    identity cannot be reused; an in-place change is seen through their version counter).
-    Columns whose normalized copy would take more than half of ``memory_budget`` are used as
-    they are.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._of: torch.Tensor | None = None
-        self._version = -1
-        self._layers: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
-
-    def get(
-        self, model: EkfacInfluence, test_f: torch.Tensor, i: int, cols: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Layer ``i``'s test columns ``cols`` (of ``test_f``), normalized where it pays."""
-        if not needs_normalizing(cols):
-            return cols, None
-        if cols.numel() * cols.element_size() > model.memory_budget // 2:
-            return cols, None
-        with self._lock:
-            if self._of is not test_f or self._version != test_f._version:
-                self._of, self._version, self._layers = test_f, test_f._version, {}
-            if i not in self._layers:
-                self._layers[i] = normalized_rows(cols)
-            return self._layers[i]
-
-    def clear(self) -> None:
-        with self._lock:
-            self._of, self._version, self._layers = None, -1, {}
-
-    def __reduce__(self) -> tuple[type[_NormalizedTest], tuple[()]]:
-        return (_NormalizedTest, ())  # workers start empty: no tensors, no lock

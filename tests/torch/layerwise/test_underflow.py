@@ -15,7 +15,7 @@ import pytest
 import torch
 from models import CE, REG, cnn_data, small_cnn, trained_cnn
 
-import infl_array.torch.layerwise.ekfac as ekfac_module
+import infl_array.torch.layerwise.ekfac_products as ekfac_module
 from infl_array.torch import EkfacInfluence
 from infl_array.torch.layerwise.underflow import TRIM_BITS, normalized_rows
 
