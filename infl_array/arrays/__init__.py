@@ -1,7 +1,8 @@
 """Arrays: the numpy-like front ends users hold.
 
 Owns :class:`~infl_array.arrays.influence.InfluenceArray` and opening stores
-(:mod:`~infl_array.arrays.influence`), the lazy-array front and its refusals
+(:mod:`~infl_array.arrays.influence`), how it describes itself
+(:mod:`~infl_array.arrays.describe`), the lazy-array front and its refusals
 (:mod:`~infl_array.arrays.front`), normalising keys into per-axis selections
 (:mod:`~infl_array.arrays.indexing`), the numpy functions it answers
 (:mod:`~infl_array.arrays.numpy_api`), reductions and top-k (:mod:`~infl_array.arrays.reduce`),

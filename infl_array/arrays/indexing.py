@@ -328,8 +328,22 @@ def getitem(
         sub = _check_dtype(reader.read_outer(_compact(axes[0].sel), _compact(axes[1].sel)), dtype)
         return sub[rkey]
 
-    # Pointwise: find the (row, col) of every result element on zero-strided proxies whose
-    # values are the row (column) numbers, indexed with the remapped key.
+    return _read_pointwise(axes, rkey, mask2d, n, dtype, reader)
+
+
+def _read_pointwise(
+    axes: list[_Axis],
+    rkey: tuple[Any, ...],
+    mask2d: bool,
+    n: tuple[int, int],
+    dtype: np.dtype,
+    reader: Reader,
+) -> np.ndarray:
+    """Step 5 of :func:`getitem` (module docstring): read only the selected points.
+
+    The (row, col) of every result element is found on zero-strided proxies whose values are
+    the row (column) numbers, indexed with the remapped key.
+    """
     if mask2d:  # the key holds the mask itself; it indexes the full shape
         rows_v, cols_v = np.arange(n[0], dtype=np.int64), np.arange(n[1], dtype=np.int64)
     else:
@@ -448,6 +462,22 @@ def _oindex_axis(item: Any, n: int) -> tuple[_Axis, int | None]:
     return axis, len(item)
 
 
+def _oindex_items(key: object) -> tuple[Any, Any]:
+    """The two per-axis items of an orthogonal selection, ``...`` and missing axes filled."""
+    items = key if isinstance(key, tuple) else (key,)
+    n_ellipsis = sum(item is Ellipsis for item in items)
+    if n_ellipsis > 1:
+        raise IndexError("an index can only have a single ellipsis ('...')")
+    if len(items) - n_ellipsis > 2:
+        raise IndexError(f"too many indices for array; expected 2, got {len(items) - n_ellipsis}")
+    if n_ellipsis:
+        at = next(i for i, item in enumerate(items) if item is Ellipsis)
+        fill = (slice(None),) * (3 - len(items))
+        items = items[:at] + fill + items[at + 1 :]
+    items = items + (slice(None),) * (2 - len(items))
+    return items[0], items[1]
+
+
 def get_oindex(
     shape: tuple[int, int],
     dtype: np.dtype,
@@ -489,17 +519,7 @@ def get_oindex(
     """
     dtype = np.dtype(dtype)
     n = (int(shape[0]), int(shape[1]))
-    items = key if isinstance(key, tuple) else (key,)
-    n_ellipsis = sum(item is Ellipsis for item in items)
-    if n_ellipsis > 1:
-        raise IndexError("an index can only have a single ellipsis ('...')")
-    if len(items) - n_ellipsis > 2:
-        raise IndexError(f"too many indices for array; expected 2, got {len(items) - n_ellipsis}")
-    if n_ellipsis:
-        at = next(i for i, item in enumerate(items) if item is Ellipsis)
-        fill = (slice(None),) * (3 - len(items))
-        items = items[:at] + fill + items[at + 1 :]
-    items = items + (slice(None),) * (2 - len(items))
+    items = _oindex_items(key)
     ax0, len0 = _oindex_axis(items[0], n[0])
     ax1, len1 = _oindex_axis(items[1], n[1])
     out_shape = tuple(size for size in (len0, len1) if size is not None)

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from infl_array.arrays.describe import DescribedMixin
 from infl_array.arrays.front import LazyArray
 from infl_array.arrays.indexing import get_oindex
 from infl_array.arrays.reduce import to_dask, top_k
@@ -21,10 +22,8 @@ from infl_array.arrays.retest import new_test_source, share_train_factors
 from infl_array.arrays.self_influence import SelfInfluenceArray, open_self_influence
 from infl_array.arrays.staleness import check_same
 from infl_array.arrays.top_k import TopKArray, open_top_k_array
-from infl_array.display.html import ArraySummary, array_html
 from infl_array.engine.block_engine import BlockEngine
 from infl_array.engine.sources import BlockFunction, BlockSource, FunctionSource, capabilities
-from infl_array.errors import format_bytes
 from infl_array.executors.dispatch import fill_store
 from infl_array.storage.factors import DEFAULT_FACTOR_DISK_BUDGET, FactorStore
 from infl_array.storage.grid import BlockCoords
@@ -36,7 +35,6 @@ from infl_array.storage.meta import (
     check_shapes,
     clip_block_shape,
 )
-from infl_array.storage.notes import format_notes, read_notes
 from infl_array.storage.store import InfluenceStore
 
 __all__ = ["InfluenceArray", "open_array"]
@@ -44,7 +42,7 @@ __all__ = ["InfluenceArray", "open_array"]
 DEFAULT_BLOCK_SHAPE = (256, 4096)
 
 
-class InfluenceArray(LazyArray):
+class InfluenceArray(DescribedMixin, LazyArray):
     """A lazily computed, cached influence matrix of shape ``(n_test, n_train)``.
 
     Create one with :meth:`create` (from an influence model) or :meth:`from_function`, or
@@ -307,69 +305,6 @@ class InfluenceArray(LazyArray):
                 "ia.open(store, model, test=..., train=...) or ia.open(store, fn=...)."
             )
 
-    # ------------------------------------------------------------------ description
-    def _described(self) -> dict[str, str]:
-        """What ``repr`` and the notebook's view show, as text."""
-        engine = self._engine
-        known = engine.refresh()
-        n_blocks = self.grid_shape[0] * self.grid_shape[1]
-        stored = self.stored_bytes()
-        raw = sum(_block_bytes(engine, c) for c in known)
-        ratio = f"{raw / stored:.2f}x" if stored else "n/a"
-        if stored and raw < stored:
-            block_bytes = self.block_shape[0] * self.block_shape[1] * self.dtype.itemsize
-            ratio += (
-                f" (blocks of {format_bytes(block_bytes)} are too small to compress: each chunk's "
-                "codec header and checksum outweigh the savings; prefer larger blocks)"
-            )
-        by = self.meta.computed_by
-        backend = str(by.get("backend") or by.get("name") or by.get("kind", "?"))
-        config = by.get("config")
-        if isinstance(config, dict) and config.get("curvature"):
-            backend += f" ({config['curvature']})"
-        return {
-            "blocks computed": f"{len(known)}/{n_blocks} ({100 * len(known) / n_blocks:.1f}%)",
-            "stored": format_bytes(stored),
-            "compression ratio": ratio,
-            "backend": backend,
-            "mode": "computes missing blocks" if self.can_compute else "read-only",
-            "store": engine.store.where,
-        }
-
-    def __repr__(self) -> str:
-        d = self._described()
-        notes = self.notes
-        return (
-            f"InfluenceArray(shape={self.shape}, dtype={self.dtype}, "
-            f"block_shape={self.block_shape}, blocks computed {d['blocks computed']}, "
-            f"stored {d['stored']}, compression ratio {d['compression ratio']}, "
-            f"backend={d['backend']}, {d['mode']}, store={d['store']})"
-        ) + (f"\nnotes on how its values were computed:\n{format_notes(notes)}" if notes else "")
-
-    def _repr_html_(self) -> str:
-        """The notebook's view: :func:`infl_array.display.html.array_html` of these facts."""
-        d = self._described()
-        facts: tuple[tuple[str, str], ...] = (
-            ("shape", str(self.shape)),
-            ("dtype", str(self.dtype)),
-        )
-        facts += (("block shape", f"{self.block_shape}, grid {self.grid_shape}"),)
-        facts += tuple(
-            (k, d[k]) for k in ("stored", "compression ratio", "backend", "mode", "store")
-        )
-        return array_html(ArraySummary("InfluenceArray", facts, self.computed, self.notes))
-
-    @property
-    def notes(self) -> dict[str, str]:
-        """What computing the stored values found, ``{key: message}``.
-
-        E.g. ``"not_positive_definite"`` when a torch backend's ``H + lambda*Id`` was indefinite
-        (its values solve an indefinite system). Empty when all was well. Read from the store
-        (:mod:`infl_array.storage.notes`), so a store opened without a model shows what its
-        computation found.
-        """
-        return read_notes(self._engine.store.matrix.zarr_store)
-
     # ------------------------------------------------------------------ analysis
     def to_dask(self) -> Any:
         """A ``dask.array.Array`` with one chunk per block, computing missing blocks on touch."""
@@ -439,22 +374,7 @@ def open_array(
     ``dtype``), else :class:`~infl_array.errors.StaleCacheError` names what differs.
     ``storage_options`` are the fsspec options of a URL store (credentials, endpoint).
     """
-    if model is not None and fn is not None:
-        raise TypeError(
-            "pass either a model (with test= and train=) or fn=, not both; the store records "
-            "which one computed it."
-        )
-    if model is None and (test is not None or train is not None):
-        raise TypeError(
-            "test= and train= were given without a model; pass the model as the second "
-            "argument: ia.open(store, model, test=..., train=...)."
-        )
-    if model is not None and (test is None or train is None):
-        raise TypeError(
-            "opening with a model needs both data sets: ia.open(store, model, test=..., train=...)."
-        )
-    if fn is not None and not callable(fn):
-        raise TypeError(f"fn must be callable as fn(rows, cols); got {type(fn).__name__}.")
+    _check_open_args(model, test, train, fn)
     computing = model is not None or fn is not None
     opened = InfluenceStore.open(store, read_only=not computing, storage_options=storage_options)
     meta = opened.meta
@@ -483,6 +403,27 @@ def open_array(
     engine = BlockEngine(opened, opened.matrix, source)
     _attach_factor_store(engine, factor_disk_budget_bytes)
     return InfluenceArray(engine)
+
+
+def _check_open_args(model: Any, test: Any, train: Any, fn: Any) -> None:
+    """``TypeError`` unless :func:`open_array` was given a model with both data sets, a
+    callable ``fn``, or neither."""
+    if model is not None and fn is not None:
+        raise TypeError(
+            "pass either a model (with test= and train=) or fn=, not both; the store records "
+            "which one computed it."
+        )
+    if model is None and (test is not None or train is not None):
+        raise TypeError(
+            "test= and train= were given without a model; pass the model as the second "
+            "argument: ia.open(store, model, test=..., train=...)."
+        )
+    if model is not None and (test is None or train is None):
+        raise TypeError(
+            "opening with a model needs both data sets: ia.open(store, model, test=..., train=...)."
+        )
+    if fn is not None and not callable(fn):
+        raise TypeError(f"fn must be callable as fn(rows, cols); got {type(fn).__name__}.")
 
 
 def _attach_factor_store(engine: BlockEngine, disk_budget: int) -> None:
@@ -526,8 +467,3 @@ def _dtype_name(dtype: Any) -> str:
     if name not in ("float32", "float64"):
         raise TypeError(f'dtype must be "float32" or "float64"; got {dtype!r}.')
     return name
-
-
-def _block_bytes(engine: BlockEngine, coords: BlockCoords) -> int:
-    rows, cols = engine.grid.block_bounds(coords)
-    return (rows.stop - rows.start) * (cols.stop - cols.start) * engine.dtype.itemsize

@@ -7,7 +7,8 @@ blocks and the package's one bounded LRU (:mod:`~infl_array.engine.cache`), the 
 machine every stored block goes through, matrix and factor blocks alike (memo -> store -> claim
 -> compute: :mod:`~infl_array.engine.keeper`), computing missing blocks once
 (:mod:`~infl_array.engine.work`), checks of computed blocks (:mod:`~infl_array.engine.validate`),
-progress bars (:mod:`~infl_array.engine.progress`) and the block-source contract and its
+the error for blocks nothing can compute (:mod:`~infl_array.engine.missing`), progress bars
+(:mod:`~infl_array.engine.progress`) and the block-source contract and its
 capabilities (:mod:`~infl_array.engine.sources`).
 
 May import: numpy, :mod:`infl_array.storage`, and :mod:`infl_array.errors`,

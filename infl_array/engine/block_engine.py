@@ -37,6 +37,7 @@ import numpy as np
 
 from infl_array.engine.cache import SMALL_READ_BLOCKS, BlockCache, assemble
 from infl_array.engine.keeper import BlockKeeper, GridShelf
+from infl_array.engine.missing import MissingBlocksMixin
 from infl_array.engine.plan import (
     AxisSel,
     BlockProjection,
@@ -50,7 +51,6 @@ from infl_array.engine.sources import BlockSource, capabilities
 from infl_array.engine.tiling import compute_tiles, prefetch_tile
 from infl_array.engine.validate import checked_block
 from infl_array.engine.work import BlockSteps, Sharing, compute_blocks
-from infl_array.errors import MissingBlockError
 from infl_array.storage.grid import BlockCoords, BlockGrid
 from infl_array.storage.notes import write_notes
 from infl_array.storage.store import InfluenceStore
@@ -102,7 +102,7 @@ class ArrayStats:
         return cls(**{k: v + int(workers.get(k, 0)) for k, v in local.items()})
 
 
-class BlockEngine:
+class BlockEngine(MissingBlocksMixin):
     """Block state and block computation of one stored array (see the module docstring).
 
     Parameters
@@ -225,29 +225,6 @@ class BlockEngine:
             bar.close()
 
     # ------------------------------------------------------------------ computing
-    def require_source(self, missing: list[BlockCoords]) -> None:
-        """``MissingBlockError`` naming the first of ``missing`` when nothing can compute it."""
-        if self.source is not None:
-            return
-        first = missing[0]
-        more = f" (and {len(missing) - 1} more missing)" if len(missing) > 1 else ""
-        raise MissingBlockError(
-            first,
-            f"{self.describe_block(first)}{more} is not in the store {self.store.where}, which "
-            f"was opened without a model or function, so it cannot be computed. {self.missing_fix}",
-        )
-
-    def describe_block(self, coords: BlockCoords) -> str:
-        """A block named for messages, with the data it covers."""
-        rows, cols = self.grid.block_bounds(coords)
-        if self.grid.ndim == 1:
-            name = self.grid.name.replace("_", "-")
-            return f"{name} block {coords[1]} (train points {cols.start}:{cols.stop})"
-        return (
-            f"block {coords} (test rows {rows.start}:{rows.stop}, train cols "
-            f"{cols.start}:{cols.stop})"
-        )
-
     def block_values(self, coords: BlockCoords) -> np.ndarray:
         """The checked values of one block from the source (nothing is written)."""
         self.require_source([coords])

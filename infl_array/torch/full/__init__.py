@@ -5,7 +5,8 @@ backend's ``fit`` (:mod:`~infl_array.torch.full.deferred`), the checks of a mode
 before any influence is computed (:mod:`~infl_array.torch.full.checks`), the functional model,
 per-sample gradients and model fingerprint (:mod:`~infl_array.torch.full.functional`),
 parameter blocks (:mod:`~infl_array.torch.full.param_blocks`), data passes and curvature
-products (:mod:`~infl_array.torch.full.curvature`), batched conjugate gradient
+products (:mod:`~infl_array.torch.full.curvature`), a backend's config and fingerprints
+(:mod:`~infl_array.torch.full.identity`), batched conjugate gradient
 (:mod:`~infl_array.torch.full.cg_solver`), diagnostics, preconditioners, low-rank helpers, and
 the backends themselves: direct, CG, LiSSA, Arnoldi, Nyström sketch and DataInf.
 

@@ -62,13 +62,13 @@ from infl_array.torch.full.functional import (
     parameter_fingerprints,
 )
 from infl_array.torch.full.gradients import DEFAULT_BATCH_SIZE, GradientsMixin
+from infl_array.torch.full.identity import IdentityMixin
 from infl_array.torch.full.param_blocks import (
     BlockMode,
     BlockStructure,
     ParameterBlocks,
     SecondOrderMode,
     block_regularization,
-    block_structure_config,
     parse_block_structure,
     parse_second_order_mode,
     resolve_blocks,
@@ -79,7 +79,7 @@ __all__ = ["DEFAULT_BATCH_SIZE", "TorchInfluenceBase"]
 _B = TypeVar("_B", bound="TorchInfluenceBase")
 
 
-class TorchInfluenceBase(GradientsMixin, CurvatureMixin, DeferredBuild):
+class TorchInfluenceBase(GradientsMixin, CurvatureMixin, IdentityMixin, DeferredBuild):
     """Base class of the torch backends (see the module docstring).
 
     Parameters
@@ -340,62 +340,3 @@ class TorchInfluenceBase(GradientsMixin, CurvatureMixin, DeferredBuild):
         Positive entries mean the training point helps (lowers) the test loss.
         """
         return self.test_factors(x_test, y_test) @ self.train_factors(x_train, y_train).T
-
-    def _settings(self) -> dict[str, Any]:
-        """Backend-specific settings that change results (for :meth:`influence_config`)."""
-        return {}
-
-    def influence_config(self) -> dict[str, Any]:
-        """JSON-able identification of backend, settings, loss and fit data.
-
-        Returns
-        -------
-        dict
-            ``{"backend", "regularization", "block_structure", "second_order_mode",
-            <settings>, "loss", "fit_data"}``; ``fit_data`` is the fit data's fingerprint, or
-            ``None`` before :meth:`fit`.
-        """
-        return {
-            "backend": type(self).__name__,
-            "regularization": self.regularization,
-            "block_structure": block_structure_config(self.block_structure),
-            "second_order_mode": self.second_order_mode.value,
-            **self._settings(),
-            "loss": loss_name(self.loss),
-            "fit_data": self._fit_fingerprint,
-        }
-
-    def description(self) -> dict[str, Any]:
-        """What the backend computes, as ``info`` and the store's ``computed_by`` show it.
-
-        The :meth:`influence_config` by default; backends whose config carries settings they
-        do not use (the per-layer backends) describe what they use instead.
-        """
-        return self.influence_config()
-
-    def model_fingerprint(self) -> str:
-        """sha256 hex digest of the parameters influence is computed at.
-
-        The parameters as of :meth:`fit` once fitted, the model's current ones before.
-        """
-        if self._model_fingerprint is not None:
-            return self._model_fingerprint
-        return model_fingerprint(self.model)
-
-    def parameter_fingerprints(self) -> dict[str, str]:
-        """``{parameter name: digest}`` as of :meth:`fit` once fitted, the current ones before."""
-        if self._parameter_fingerprints is not None:
-            return dict(self._parameter_fingerprints)
-        return parameter_fingerprints(self.model)
-
-    def changed_parameters(self) -> list[str]:
-        """Parameters whose values (or shapes) changed since :meth:`fit`; empty before it.
-
-        A model edited after ``fit`` (trained further, weights loaded) would mix curvature of
-        the old weights with gradients of the new ones: ``create`` and ``open`` refuse it.
-        """
-        if self._parameter_fingerprints is None:
-            return []
-        now = parameter_fingerprints(self.model)
-        fit = self._parameter_fingerprints
-        return [n for n in fit.keys() | now.keys() if fit.get(n) != now.get(n)]
