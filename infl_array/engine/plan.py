@@ -33,6 +33,7 @@ from typing import Any, TypeAlias, TypeVar
 import numpy as np
 
 from infl_array.storage.grid import BlockCoords, block_range
+from infl_array.storage.layout import unit_claim
 
 __all__ = [
     "AxisSel",
@@ -374,10 +375,8 @@ class ClaimUnits:
         return coords[0] // self.rows, coords[1] // self.cols
 
     def name(self, unit: BlockCoords) -> str:
-        """The claim name of a unit; it names the cut too, so units of another cut never
-        share a name (letters, digits and dots: see
-        :meth:`~infl_array.storage.grid.BlockGrid.clean_partials`)."""
-        return f"u{self.rows}x{self.cols}.{unit[0]}.{unit[1]}"
+        """The claim name of a unit (:func:`~infl_array.storage.layout.unit_claim`)."""
+        return unit_claim((self.rows, self.cols), unit)
 
 
 # ---------------------------------------------------------------------- fills across workers

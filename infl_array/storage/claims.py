@@ -51,8 +51,9 @@ class ClaimBook:
         The store's zarr Store object.
     prefix : str
         Key prefix of the claims (e.g. ``"influence/claims/"``).
-    ttl_s : float
-        Seconds a claim lives after its last refresh.
+    ttl_s : float, optional
+        Seconds a claim lives after its last refresh (default :data:`CLAIM_TTL_S`, read at
+        construction).
     clock : callable
         The wall clock claims expire by (``time.time``; tests pass a clock they move).
     """
@@ -61,12 +62,12 @@ class ClaimBook:
         self,
         zarr_store: Any,
         prefix: str,
-        ttl_s: float = CLAIM_TTL_S,
+        ttl_s: float | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = zarr_store
         self._prefix = prefix
-        self.ttl_s = float(ttl_s)
+        self.ttl_s = float(CLAIM_TTL_S if ttl_s is None else ttl_s)
         self._clock = clock
         self._unreadable: dict[str, float] = {}  # claim name -> when first seen unreadable
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"

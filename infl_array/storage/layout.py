@@ -8,15 +8,16 @@ on a local directory, the file of that name)::
     influence/zarr.json                    the matrix, shape (n_test, n_train), one chunk per
                                            block, dimension names ("test", "train")
     influence/c/<i>/<j>                    matrix block (i, j): compressed, CRC32C checksum
-    influence/claims/<i>.<j>               a filler's claim on matrix block (i, j): JSON
-                                           {"owner", "expires"}, deleted when the block is done
+    influence/claims/u<r>x<c>.<i>.<j>      a filler's claim on unit (i, j) of r x c matrix
+                                           blocks: JSON {"owner", "expires"}, deleted when its
+                                           blocks are done
     influence/claims/factors.<side>.<b>    a claim on factor block b of side "test" or "train"
     influence/notes/<key>.json             a note on how the values were computed: JSON
                                            {"key", "message"}
     self_influence/zarr.json               self-influence, shape (n_train,), one chunk per train
                                            block, dimension names ("train",); made on first use
     self_influence/c/<j>                   self-influence of train block j
-    self_influence/claims/0.<j>            a claim on self-influence block j
+    self_influence/claims/u1x<c>.0.<j>     a claim on unit j of c self-influence blocks
     factors/zarr.json                      the group of stored factors (once a side is stored)
     factors/test/zarr.json                 test factors, shape (n_test, width), one chunk per
                                            test block, dimension names ("test", "factor")
@@ -65,7 +66,7 @@ __all__ = [
     "ArrayLayout",
     "TopKLayout",
     "array_layout",
-    "block_claim",
+    "unit_claim",
     "factor_claim",
     "factors",
     "note_key",
@@ -270,13 +271,17 @@ def array_layout(path: str) -> ArrayLayout:
     )
 
 
-def block_claim(chunk: Sequence[int]) -> str:
-    """The claim name of a block, by its block coordinates ``(i, j)``.
+def unit_claim(unit_shape: Sequence[int], unit: Sequence[int]) -> str:
+    """The claim name of unit ``(i, j)`` of blocks cut ``unit_shape`` (blocks per unit) at a time.
 
-    >>> MATRIX.claims_prefix + block_claim((1, 2))
-    'influence/claims/1.2'
+    The name says the cut too, so units of another cut never share a name (letters, digits and
+    dots: see :meth:`~infl_array.storage.grid.BlockGrid.clean_partials`).
+
+    >>> MATRIX.claims_prefix + unit_claim((4, 16), (1, 2))
+    'influence/claims/u4x16.1.2'
     """
-    return ".".join(str(int(c)) for c in chunk)
+    rows, cols = (int(n) for n in unit_shape)
+    return f"u{rows}x{cols}.{int(unit[0])}.{int(unit[1])}"
 
 
 def factor_claim(side: str, b: int) -> str:

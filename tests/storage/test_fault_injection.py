@@ -32,6 +32,7 @@ from zarr.storage import LocalStore
 
 import infl_array as ia
 from infl_array.cli import main
+from infl_array.engine.plan import ClaimUnits
 from infl_array.storage import layout
 from infl_array.storage.claims import ClaimBook
 from infl_array.storage.zarr_compat import read_key, write_key
@@ -328,7 +329,8 @@ def test_a_damaged_claim_is_reported_never_hangs_a_fill_and_repair_deletes_it(
     damage: Callable[[str, str], Damaged], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     d = damage("influence", "delete")  # block (1, 2) missing ...
-    key = layout.MATRIX.claims_prefix + layout.block_claim((1, 2))
+    units = ClaimUnits.for_grid(ia.open(d.path).grid_shape)  # the unit a fill claims
+    key = layout.MATRIX.claims_prefix + units.name(units.unit_of((1, 2)))
     (d.path / key).parent.mkdir(parents=True, exist_ok=True)
     (d.path / key).write_bytes(GARBLED_CLAIM)  # ... and held by a damaged claim
     report = _report(d.path)
