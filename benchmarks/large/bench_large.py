@@ -227,7 +227,7 @@ def jobs(size: str, a: argparse.Namespace) -> dict[str, tuple[Path | str, str, d
                 "rows": a.n_test,
                 "dim": a.dim,
                 "reg": a.reg,
-                "batch": 100,
+                "batch": a.trak_batch,
                 "checkpoints": a.trak_checkpoints,
             },
         )
@@ -302,6 +302,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--trak-checkpoints", type=int, default=3, help="TRAK's independently trained models"
     )
+    p.add_argument(
+        "--trak-batch",
+        type=int,
+        default=1000,
+        help="TRAK's featurize/score batch (its CPU projector regenerates its matrix per batch)",
+    )
     p.add_argument("--trak-sizes", default="1e5", help="sizes TRAK runs at (slow on CPU)")
     p.add_argument("--pydvl-sizes", default="1e5,1e6", help="sizes pyDVL's CG runs at")
     p.add_argument("--timeout", type=float, default=3600)
@@ -371,6 +377,7 @@ def save(
         "pydvl_rows": a.pydvl_rows,
         "kronfluence_query_batch": a.kronfluence_query_batch,
         "trak_checkpoints": a.trak_checkpoints,
+        "trak_batch": a.trak_batch,
         "planned_sizes": a.sizes,
     }
     data = {"settings": settings, "models": info, "sizes": sizes}

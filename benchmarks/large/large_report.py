@@ -151,7 +151,8 @@ def note(name: str, runs: Sequence[Mapping[str, Any]], settings: Mapping[str, An
         rel = ", ".join(f"{x:.3g}" for x in r.get("relative_damping", []))
         return (
             f"fit = featurize + finalize_features, matrix = score; proj_dim {r.get('dim')}, "
-            f"{r.get('checkpoints')} independently trained checkpoint(s); `lambda_reg` {lams} "
+            f"{r.get('checkpoints')} independently trained checkpoint(s), batch {r.get('batch')}; "
+            f"`lambda_reg` {lams} "
             f"(our damping relative to our Fisher's mean eigenvalue: {rel})"
         )
     if name == "pydvl":
@@ -259,12 +260,17 @@ def render(record: Mapping[str, Any]) -> str:
         "gradients, whose scale is not our Fisher's: it is set so that `lambda_reg` divided by "
         "the mean eigenvalue of its `X^T X` equals our damping divided by the mean eigenvalue "
         "of our Fisher (measured in its worker), so the damping is chosen the same way for "
-        'both. TRAK\'s docs ("Quickstart", "Using more checkpoints") recommend an ensemble '
-        "of checkpoints; the number used is in its row.",
-        f"- pyDVL 0.10: its batched calculator (`SequentialInfluenceCalculator`, pyDVL docs "
-        '"Influence function: computing influences in batches"), influence factors of the '
-        f"test rows then influences against the train loader in batches, not `influences()` "
-        f"on all points in memory; `CgInfluence` with maxiter {st['cg_maxiter']}.",
+        'both. TRAK\'s docs ("Quickstart") train three independent models and say that '
+        "multiple checkpoints significantly improve TRAK; here "
+        f"{st.get('trak_checkpoints')} independently trained models (seeds 0, 1, ...; seed 0 "
+        "is the model every method explains). Its CPU projector (`BasicProjector`) draws its "
+        "random matrix again for every batch, so it runs with a large batch, "
+        f"{st.get('trak_batch')}.",
+        "- pyDVL 0.10: its batched calculator (`SequentialInfluenceCalculator`; pyDVL's "
+        "influence-function docs describe these calculators for data processed in batches): "
+        "influence factors of the test rows, then influences against the train loader in "
+        "batches, not `influences()` on all points in memory; `CgInfluence` with maxiter "
+        f"{st['cg_maxiter']}.",
         "",
     ]
     missing = [z for z in st.get("planned_sizes", []) if z not in d["sizes"]]

@@ -114,6 +114,7 @@ def main() -> None:
         "rows": args["rows"],
         "dim": args["dim"],
         "checkpoints": len(ckpts),
+        "batch": bs,
         "lambda_reg": lambdas,
         "relative_damping": relative,
     }
