@@ -317,3 +317,43 @@ def render(record: Mapping[str, Any]) -> str:
         )
         lines += ["", *target_lines(s, runs), ""]
     return "\n".join(lines)
+
+
+def readme(record: Mapping[str, Any]) -> str:
+    """A short table for README.md (a marked block ``<!-- render large
+    large/large_report.py:readme -->``): per size, the median fit + matrix of each method."""
+    d = record["data"]
+    n_test = d["settings"]["n_test"]
+    names = [
+        m
+        for m in ("floor", "projected", "ekfac", "kronfluence", "trak")
+        if any(m in res["runs"] for res in d["sizes"].values())
+    ]
+    label = {
+        "floor": "floor",
+        "projected": "ProjectedInfluence",
+        "ekfac": "EkfacInfluence",
+        "kronfluence": "Kronfluence EK-FAC",
+        "trak": "TRAK",
+    }
+    rows = []
+    for size, res in d["sizes"].items():
+        cells = []
+        for m in names:
+            rs = res["runs"].get(m)
+            if not rs:
+                cells.append("")
+                continue
+            sm = summary(m, rs, n_test)
+            cells.append(cell(sm["total"], sm["basis"] is not None))
+        rows.append([f"{d['models'][size]['params']:,}", *cells])
+    st = d["settings"]
+    head = [
+        f"Fit + full matrix in seconds (median [min-max] over repetitions; `(est.)`: estimated, "
+        f"see the section) for {st['n_train']:,} train x {n_test:,} test points, "
+        f"{st['threads']} CPU threads, from `benchmarks/results/{record['name']}.json` "
+        f'({record["date"][:10]}; section "{record["section"][3:]}" of '
+        "`benchmarks/RESULTS.md`):",
+        "",
+    ]
+    return "\n".join(head + table(["parameters", *(label[m] for m in names)], rows))

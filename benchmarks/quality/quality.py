@@ -21,12 +21,14 @@ Spearman correlation (changes of the total test output, ``N_LOO`` points), detec
 the 10% flipped labels by self-influence on a separate noisy model, and wall time (fit +
 full matrix; fit + self-influence). Results (scores included) are cached per case, method and
 settings (ours also per version of ``infl_array``'s code, in ``scores-*``; the peers' in
-``peers-*``, which our code does not affect); ``--fresh`` recomputes them. The table goes
-into the section "Attribution quality (issue 12)" of ``benchmarks/RESULTS.md``.
+``peers-*``, which our code does not affect); ``--fresh`` recomputes them. The measured
+values are saved as the record ``benchmarks/results/quality.json`` (``results_md.save_result``),
+from which ``quality_report.render`` renders the section "Attribution quality (issue 12)" of
+``benchmarks/RESULTS.md`` (``python benchmarks/render.py`` re-renders it without a run).
 
 ``--methods`` is a comma-separated list of ``peer:label`` (``ours:CG``), ``label`` (that label
 in every peer: ``CG``) or ``peer`` (all of it: ``pyDVL``); default: everything.
-``--quick`` uses 20 subsets instead of 100 and does not write RESULTS.md.
+``--quick`` uses 20 subsets instead of 100 and writes neither the record nor RESULTS.md.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 import quality_damping as damping
-from results_md import record_head
+from results_md import record_head, table
 
 SECTION = "## Attribution quality (issue 12)"
 SAME_METHOD_TOLERANCE = 0.02
@@ -232,3 +232,28 @@ def notes(results: list[dict[str, Any]], grid: str) -> str:
   given in the target lines.
 - Backends of ours that `infl_array.torch` does not have yet are skipped with a printed note
   and appear in the next run (one line each in `benchmarks/quality/quality_ours.py`)."""
+
+
+def readme(record: dict[str, Any]) -> str:
+    """A short LDS table for README.md (a marked block ``<!-- render quality
+    quality/quality_report.py:readme -->``): each method's LDS per case, from the record."""
+    results = record["data"]["results"]
+    methods: list[str] = []
+    for result in results:
+        methods += [m for m in result["rows"] if m not in methods]
+    rows = []
+    for m in methods:
+        cells = []
+        for result in results:
+            row = result["rows"].get(m)
+            cells.append("" if row is None or "skipped" in row else f"{row['lds']:.3f}")
+        rows.append([m, *cells])
+    header = ["method", *(f"LDS, {r['case']} ({r['meta']['n_params']:,} params)" for r in results)]
+    counts = ", ".join(f"{r['case']}: {r['n_subsets']} subsets" for r in results)
+    lines = [
+        f"LDS from `benchmarks/results/{record['name']}.json` ({record['date'][:10]}; {counts}; "
+        f'section "{record["section"][3:]}" of `benchmarks/RESULTS.md`):',
+        "",
+        *table(header, rows, align="l" + "r" * len(results)),
+    ]
+    return "\n".join(lines)

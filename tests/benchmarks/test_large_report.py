@@ -103,3 +103,12 @@ def test_estimates_are_labelled_with_their_basis_and_failures_counted() -> None:
 )
 def test_spread_ignores_missing_values(values: list[float | None], expected: object) -> None:
     assert large_report.spread(values) == expected
+
+
+def test_readme_table_gives_each_size_its_medians() -> None:
+    text = large_report.readme(sample_record())
+    assert (
+        "| parameters | floor | ProjectedInfluence | EkfacInfluence | Kronfluence EK-FAC |" in text
+    )
+    assert "| 105,506 | 3.0 [2.0-4.0] | 5.0 [4.0-7.0] |  | 60.0 (est.) |" in text
+    assert "| 9,984,650 |  |  | 1,140 (est.) |  |" in text

@@ -75,3 +75,10 @@ def test_every_figure_comes_from_the_record() -> None:
     # no LDS-like figure (0.xyz) appears in the notes that the record does not hold
     notes = b[b.index("### Settings and conventions") :]
     assert re.findall(r"\b0\.\d{3}\b", notes) == []
+
+
+def test_readme_table_lists_each_method_per_case() -> None:
+    text = quality_report.readme(sample_record())
+    assert "| method | LDS, logreg (650 params) |" in text
+    assert "| ours Direct | 0.612 |" in text and "| pyDVL Direct | 0.599 |" in text
+    assert "logreg: 30 subsets" in text
