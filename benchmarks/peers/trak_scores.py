@@ -96,6 +96,10 @@ def main() -> None:
                 feats = torch.as_tensor(traker.saver.current_store["grads"])
                 lam = rel * float((feats.double() ** 2).sum()) / args["dim"]
                 traker.score_computer.lambda_reg = lam
+                if not hasattr(traker.projector, "proj_matrix"):
+                    # traker 0.3.2's finalize_features starts with projector.free_memory(),
+                    # which deletes proj_matrix and fails when called a second time
+                    traker.projector.proj_matrix = None
                 traker.finalize_features(model_ids=[mid])
                 lambdas.append(lam)
                 relative.append(rel)
