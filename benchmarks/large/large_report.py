@@ -107,8 +107,25 @@ def cell(s: dict[str, float] | None, estimate: bool = False) -> str:
 
 
 # ---------------------------------------------------------------------- notes per method
+def shared(record: Mapping[str, Any]) -> str:
+    """A sentence when the load average exceeded the cores during the run, else empty."""
+    loads = [x for k in ("start", "end") for x in record["load"].get(k, [])]
+    cores = float(record["machine"].get("nproc", "0") or 0)
+    if not loads or not cores or max(loads) <= cores:
+        return ""
+    return (
+        f" The machine was shared: the load average reached {max(loads):.0f} on its "
+        f"{cores:.0f} cores, so every absolute time here is inflated (the methods shared the "
+        "slowdown; compare ratios within this run, not with runs on a quiet machine)."
+    )
+
+
 def note(name: str, runs: Sequence[Mapping[str, Any]], settings: Mapping[str, Any]) -> str:
-    """What a method's row ran, from its first successful run."""
+    """What a method's row ran, from its first successful run (``|`` kept out of the table)."""
+    return _note(name, runs, settings).replace("|", "/")
+
+
+def _note(name: str, runs: Sequence[Mapping[str, Any]], settings: Mapping[str, Any]) -> str:
     r = next((r for r in runs if "error" not in r), None)
     if r is None:
         return "failed: " + "; ".join(str(x["error"])[:150] for x in runs)
@@ -240,7 +257,8 @@ def render(record: Mapping[str, Any]) -> str:
         f"and absolute damping {st['reg']} for ours, Kronfluence and pyDVL; {st['threads']} "
         f"torch threads; torch {st['torch']}. Every method runs in its own process (peak RSS "
         "of that process), all in this one invocation: each repetition runs the floor and "
-        "every method back to back, so ratios compare runs minutes apart under the same load. "
+        "the repeated methods back to back, so ratios compare runs minutes apart under the "
+        f"same load.{shared(record)} "
         "Times in seconds: the median over the repetitions with [min-max] where there were "
         f"several; {', '.join(st['once']) or 'no method'} ran once, after the repetitions. "
         '"matrix": the full n_test x n_train matrix after fit; `(est.)`: an estimate '
@@ -251,8 +269,11 @@ def render(record: Mapping[str, Any]) -> str:
         "",
         "Peer settings, as their documentation recommends:",
         "",
-        f"- Kronfluence 1.0.1: {KRONFLUENCE_DOC}; here {st['kronfluence_query_batch']} (all "
-        "1,000 queries in one batch where n_test is 1,000), its `ekfac` factor strategy with "
+        f"- Kronfluence 1.0.1: {KRONFLUENCE_DOC}; here "
+        f"{min(st['kronfluence_query_batch'], n_test):,} (at most "
+        f"{st['kronfluence_query_batch']:,}; all {n_test:,} queries in "
+        f"{-(-n_test // st['kronfluence_query_batch'])} pass(es)), its `ekfac` factor "
+        "strategy with "
         "`use_empirical_fisher=True` (our curvature) and `damping_factor` equal to our damping "
         "(its default, a heuristic 0.1 x the mean eigenvalue, is not the same way as ours).",
         "- TRAK 0.3.2: `proj_dim` equal to our projection width (its default is 2048); its "

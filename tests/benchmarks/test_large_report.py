@@ -112,3 +112,12 @@ def test_readme_table_gives_each_size_its_medians() -> None:
     )
     assert "| 105,506 | 3.0 [2.0-4.0] | 5.0 [4.0-7.0] |  | 60.0 (est.) |" in text
     assert "| 9,984,650 |  |  | 1,140 (est.) |  |" in text
+
+
+def test_a_shared_machine_is_said_and_failures_keep_the_table_intact() -> None:
+    rec = sample_record()
+    rec["data"]["sizes"]["1e7"]["runs"]["trak"] = [{"error": "a | b"}]
+    text = render_record(rec)
+    assert "the load average reached 4 on its 2 cores" in text
+    row = next(line for line in text.splitlines() if line.startswith("| trak"))
+    assert row.count("|") == 9 and "failed: a / b" in row
