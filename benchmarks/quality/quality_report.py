@@ -154,6 +154,14 @@ def render(record: dict[str, Any]) -> str:
         "",
     ]
     grid = ", ".join(f"{f:g}x" for f in d["grid_factors"])
+    swept = [r["case"] for r in results if r.get("sweep")]
+    parts += [
+        f"This run: case(s) {', '.join(r['case'] for r in results)}; retrained subsets "
+        f"{', '.join(str(r['n_subsets']) for r in results)}; damping sweep on "
+        f"{', '.join(swept) or 'no case'}; methods: those in the tables (the command lists "
+        "them where it chose a subset).",
+        "",
+    ]
     for result in results:
         parts += [_describe(result), "", case_table(result), ""]
         if result.get("sweep"):
