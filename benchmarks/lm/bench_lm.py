@@ -91,6 +91,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="only retrain, from the last model down, until --retrain-minutes from now, and "
         "exit (no record): a second process that shares the retrainings with a run",
     )
+    p.add_argument(
+        "--retrain-from", type=int, default=None, help="the helper's first model (default last)"
+    )
     add_output_args(p)
     return p.parse_args(argv)
 
@@ -182,7 +185,7 @@ NOTES = {
         "preconditioner per layer, its default damping) on its default layers, every "
         "`nn.Linear` (GPT-2's `Conv1D` replaced by `nn.Linear` first, as for Kronfluence); "
         "its `proj_dim` is per layer and a perfect square, so the width is the nearest below "
-        "the others' ({q} queries)."
+        "the others'."
     ),
     "kronfluence": (
         "Configured as its language-model example (examples/wikitext: GPT-2's `Conv1D` "
@@ -252,7 +255,8 @@ def main(argv: list[str] | None = None) -> None:
     data_path, facts = prepare(work, settings)
     print(f"model: {facts}", flush=True)
     if a.retrain_helper:
-        done = retrain(work, settings, data_path, time.time() + 60 * a.retrain_minutes, True)
+        until = time.time() + 60 * a.retrain_minutes
+        done = retrain(work, settings, data_path, until, True, a.retrain_from)
         print(f"{len(done['losses'])} retrained models in the cache", flush=True)
         return
     blob = torch.load(data_path, weights_only=True)

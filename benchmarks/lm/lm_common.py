@@ -10,8 +10,9 @@ Runs in the main environment and in every peer's venv: standard library, numpy, 
 - The model: a 2-layer GPT-2 config from ``transformers`` (random init, no download), trained
   here by :func:`train`; its ``state_dict``, config and the data go to one ``.pt`` file that
   every worker loads (:func:`load`).
-- Workers: :func:`worker_args` (one JSON argument), :func:`write_result` (timings, peak RSS and
-  the score matrix next to the JSON as ``.npy``).
+- Workers: :func:`worker_args` (one JSON argument), ``Timer`` (named phases, from
+  ``benchmarks/large/large_common.py``), :func:`write_result` (timings, peak RSS and the score
+  matrix next to the JSON as ``.npy``).
 """
 
 from __future__ import annotations
@@ -20,15 +21,15 @@ import json
 import resource
 import sys
 import sysconfig
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import transformers
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "large"))
+from large_common import Timer  # noqa: F401  (the workers' phase timer, re-exported)
 
 LENGTH = 64
 VOCAB = 256
@@ -195,21 +196,6 @@ def worker_args() -> dict[str, Any]:
     args: dict[str, Any] = json.loads(sys.argv[1])
     torch.set_num_threads(int(args["threads"]))
     return args
-
-
-class Timer:
-    """Named wall-clock phases: ``with timer("fit"): ...``; ``timer.times`` in seconds."""
-
-    def __init__(self) -> None:
-        self.times: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - start
 
 
 def peak_rss_bytes() -> int:

@@ -72,19 +72,26 @@ def subset_masks(s: dict[str, Any], n_train: int) -> np.ndarray:
 
 
 def retrain(
-    work: Path, s: dict[str, Any], data_path: Path, deadline: float, reverse: bool = False
+    work: Path,
+    s: dict[str, Any],
+    data_path: Path,
+    deadline: float,
+    reverse: bool = False,
+    start: int | None = None,
 ) -> dict[str, Any]:
     """Subset masks ``(m, n_train)`` and the query losses ``(m, n_test)`` of retrained models.
 
     Each retraining is cached in its own file, so an interrupted run keeps what it did and a
-    second process (``reverse=True``: from the last model down) can share the work; no
+    second process (``reverse=True``: from model ``start``, default the last, down) can share
+    the work; no
     retraining starts after ``deadline`` (``time.time()``): the models done by then are used.
     """
     blob = torch.load(data_path, weights_only=True)
     masks = subset_masks(s, len(blob["train"]))
     order = range(s["retrainings"])
+    first = s["retrainings"] - 1 if start is None else start
     seconds = []
-    for m in reversed(order) if reverse else order:
+    for m in range(first, -1, -1) if reverse else order:
         if time.time() > deadline:
             break
         if not path_of(data_path, m, s).exists():
