@@ -203,9 +203,9 @@ class InfluenceStore:
 
     def side_grid(self, name: str) -> BlockGrid | None:
         """The 1-D array ``name`` beside the matrix, or None when it does not exist yet."""
-        if name not in self.group:
-            return None
-        with lossy_codec_warning_silenced():
+        with lossy_codec_warning_silenced():  # lossy factor arrays
+            if name not in self.group:
+                return None
             array = self.group[name]
         if not isinstance(array, zarr.Array):
             raise NotAStoreError(
@@ -226,14 +226,16 @@ class InfluenceStore:
     ) -> BlockGrid:
         """Create the factor array of ``side`` ("test" or "train"), shape ``(n, width)``.
 
-        One chunk per block of rows (test) or columns (train), lossless (the matrix's codec
-        without rounding: blocks computed from stored factors equal those computed directly).
-        When another process created it first, the existing array is returned.
+        One chunk per block of rows (test) or columns (train), with the store's
+        ``factor_compression``; without one, lossless (the matrix's codec without rounding).
+        Either way a block computed from stored factors equals one computed directly: lossy
+        factors are rounded before they are used (:mod:`infl_array.storage.factors`). When
+        another process created it first, the existing array is returned.
         """
         if layout.FACTORS_GROUP not in self.group:
             with contextlib.suppress(zarr.errors.ContainsGroupError):
                 self.group.create_group(layout.FACTORS_GROUP)
-        lossless = Compression(
+        codec = self.meta.factor_compression or Compression(
             cname=self.meta.compression.cname, clevel=self.meta.compression.clevel
         )
         return self._create_grid(
@@ -241,7 +243,7 @@ class InfluenceStore:
             (n, width),
             (block_len, width),
             np.dtype(dtype).name,
-            lossless,
+            codec,
         )
 
     def _create_grid(
