@@ -300,10 +300,10 @@ def measure(args: argparse.Namespace, tmp: Path, started: float) -> dict[str, An
     out["kb_max_rel_value_change"] = float(np.abs(kb_v - ours_v).max() / np.abs(ours_v).max())
     _save(out, "keepbits")
 
-    if args.lds_subsets:
+    if args.lds_subsets and time.perf_counter() - started < args.budget_s - 600:
         from topk_lds import lds_with_keepbits
 
-        out["lds"] = lds_with_keepbits(args.keepbits, args.lds_subsets)
+        out["lds"] = lds_with_keepbits(args.keepbits, args.lds_subsets, args.lds_case)
         _save(out, "lds")
 
     # exact skipping by factor norms: last, and only when the budget leaves time for a scan
@@ -362,6 +362,7 @@ def main() -> None:
     parser.add_argument("--faiss-rows", type=int, default=200_000, help="train rows FAISS holds")
     parser.add_argument("--no-skip", dest="skip", action="store_false")
     parser.add_argument("--lds-subsets", type=int, default=20, help="0: no LDS")
+    parser.add_argument("--lds-case", default="logreg", help="a case of benchmarks/quality")
     parser.add_argument("--budget-s", type=float, default=3600.0, help="skip the skip scan after")
     rmd.add_output_args(parser)
     args = parser.parse_args()
