@@ -101,12 +101,18 @@ def test_workers_fill_the_new_blocks(setup: dict[str, Any], tmp_path: Path) -> N
         tmp_path / "a", infl, test=setup["test"], train=setup["train"], block_shape=BLOCK
     )
     arr.fill(progress=False)
+    arr.top_k_array(3).fill(progress=False)
     arr.append_train(setup["more"])
+    tk = arr.top_k_array(3)
+    assert tk.fill(progress=False, workers=2) == 2  # both row blocks, from their bases
     assert arr.fill(progress=False, workers=2) == 2 * 2  # block columns 2 (partial) and 3
     assert arr.computed.all() and arr.store_report().ok
     train = cat(setup["train"], setup["more"])
     fresh = ia.InfluenceArray.create(tmp_path / "b", infl, test=setup["test"], train=train)
     np.testing.assert_allclose(np.asarray(arr), np.asarray(fresh), rtol=1e-5, atol=1e-7)
+    values, indices = brute_top_k(np.asarray(arr), 3, 1, True)
+    np.testing.assert_array_equal(tk.indices[:], indices)
+    np.testing.assert_array_equal(tk.values[:], values)
 
 
 @settings(
