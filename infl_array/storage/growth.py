@@ -22,17 +22,21 @@ three steps (the commit protocol of :mod:`infl_array.storage.segments`):
 
 Blocks, factor blocks, self-influence and top-k rows not named above stay stored and valid: a
 grown store computes only the new blocks (plus the partial ones). One process appends at a
-time, and no fill should run on the store meanwhile (a filler holding the old shape would
-write old-shaped blocks).
+time, and no fill may run on the store meanwhile (a filler holding the old shape would write
+old-shaped blocks): an append refuses to start while another process holds live claims on the
+store's units (:func:`~infl_array.storage.claims.live_owners`); the claims of a killed filler
+expire within a claim's lifetime.
 
 This module knows zarr and numpy, not torch.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from infl_array.storage import layout
+from infl_array.storage.claims import CLAIM_TTL_S, live_owners
 from infl_array.storage.grid import BlockGrid
 from infl_array.storage.segments import Segment, settled_meta, write_segment
 from infl_array.storage.store import InfluenceStore
@@ -90,12 +94,31 @@ def grow_store(store: InfluenceStore, growth: AxisGrowth, segment: Segment) -> N
     to read them at the new shape.
     """
     store.matrix.check_writable()
+    _check_no_fill_running(store)
     _drop_partial_blocks(store, growth)
     for where in top_k_arrays(store):
         if _reduced_side(where) == growth.side:
             keep_rows_as_base(store, where, growth.n)
     write_segment(store.matrix.zarr_store, segment)
     store.meta = settled_meta(store.group, store.meta, store.where, read_only=False)
+
+
+def _check_no_fill_running(store: InfluenceStore) -> None:
+    """``RuntimeError`` while other processes hold live claims on the store's units."""
+    owners: set[str] = set()
+    for path in store.array_paths():
+        part = layout.top_k_part(path)
+        if part is None or part[1] == "values":  # a top-k array's claims are its values'
+            with contextlib.suppress(ValueError):  # an array the layout does not name
+                prefix = layout.array_layout(path).claims_prefix
+                owners |= live_owners(store.matrix.zarr_store, prefix)
+    if owners:
+        raise RuntimeError(
+            f"cannot append to {store.where} while it is being filled: {len(owners)} other "
+            f"process(es) hold claims on its blocks ({', '.join(sorted(owners)[:3])}). Append "
+            f"when the fills finish (the claims of a killed filler expire within "
+            f"{CLAIM_TTL_S:.0f} s); nothing was changed."
+        )
 
 
 def _reduced_side(where: layout.TopKLayout) -> str:

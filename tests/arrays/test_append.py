@@ -4,6 +4,7 @@ only what is new is computed; segments are recorded, checked at open and shown."
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +164,12 @@ def test_refusals(tmp_path: Path) -> None:
     read_only = zarr.storage.LocalStore(tmp_path / "s", read_only=True)
     with pytest.raises(PermissionError, match="read-only"):
         ia.open(read_only, FeatureFactors(), **data).append_train(integer_data(2, 3, 2))
+    claim = tmp_path / "s" / layout.MATRIX.claims_prefix / layout.unit_claim((1, 1), (0, 0))
+    claim.parent.mkdir(parents=True, exist_ok=True)
+    claim.write_text(json.dumps({"owner": "elsewhere:1:ab", "expires": time.time() + 60}))
+    with pytest.raises(RuntimeError, match=r"while it is being filled: 1 other process\(es\)"):
+        arr.append_train(integer_data(2, 3, 2))
+    claim.unlink()
     assert arr.shape == (7, 10) and arr.segments == []  # nothing was appended
     assert ia.open(tmp_path / "s").shape == (7, 10)
 
