@@ -52,12 +52,8 @@ def scan_rows(
             matrix.ensure([c for c in needed if c[axis] >= first])
         scanned = scan_top_k(matrix, k, axis, largest, group, counts, start=start)
         for b in group:
-            base, new = kept.get(b), scanned.get(b)
-            found = (
-                new if base is None else base if new is None else merge_best(base, new, k, largest)
-            )
-            assert found is not None, "a row block with no base scans every point"
-            out[b] = found
+            new = scanned.get(b)  # None: no new point to scan (a base over every point)
+            out[b] = kept[b] if new is None else merge_best(kept.get(b), new, k, largest)
     return out
 
 
@@ -65,7 +61,7 @@ def _kept_rows(
     matrix: BlockEngine, where: layout.TopKLayout, blocks: list[int]
 ) -> tuple[dict[int, Rows], dict[int, int]]:
     """The base rows of each row block that has some, and where each row block's scan starts."""
-    bases = find_bases(matrix.store, where) if matrix.store.group is not None else []
+    bases = find_bases(matrix.store, where)
     n_rows, per_block = matrix.shape[1 - where.axis], matrix.block_shape[1 - where.axis]
     kept: dict[int, Rows] = {}
     start_of = dict.fromkeys(blocks, 0)
