@@ -171,10 +171,9 @@ def scan_top_k(
     counts = counts if counts is not None else ScanCounts()
     known = engine.refresh()
     rows = sorted(set(row_blocks))
-    first = (
-        start // engine.block_shape[axis] if start < engine.shape[axis] else engine.grid_shape[axis]
-    )
-    inner = list(range(first, engine.grid_shape[axis]))
+    n_inner = engine.grid_shape[axis]
+    first_inner = start // engine.block_shape[axis] if start < engine.shape[axis] else n_inner
+    inner = list(range(first_inner, n_inner))
     bounds = NormBounds.of(engine, axis, rows, inner) if skip and k > 0 and rows else None
     if bounds is not None:
         inner = bounds.order

@@ -64,6 +64,7 @@ __all__ = [
     "NOTES_PREFIX",
     "PARTIAL_BLOCK",
     "PARTIAL_CLAIM",
+    "SEGMENTS_PREFIX",
     "SELF_INFLUENCE",
     "ArrayLayout",
     "TopKLayout",
@@ -255,6 +256,10 @@ def top_k(k: int, axis: int, largest: bool) -> TopKLayout:
     return TopKLayout(int(k), axis, bool(largest))
 
 
+SEGMENTS_PREFIX = f"{MATRIX.path}/{_SEGMENTS}/"
+"""The key prefix of every segment record (:func:`segment_key`)."""
+
+
 def segment_key(side: str, n: int) -> str:
     """The key recording appended segment ``n`` of the ``side`` axis.
 
@@ -273,7 +278,7 @@ def segments_prefix(side: str) -> str:
     """
     if side not in FACTOR_SIDES:
         raise ValueError(f"a segment's axis is 'test' or 'train'; got {side!r}.")
-    return f"{MATRIX.path}/{_SEGMENTS}/{side}/"
+    return f"{SEGMENTS_PREFIX}{side}/"
 
 
 def array_layout(path: str) -> ArrayLayout:

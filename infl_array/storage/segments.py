@@ -162,13 +162,14 @@ def read_segments(zarr_store: Any, where: str) -> list[Segment]:
     ``NotAStoreError`` when a record does not decode or the ranges of a side do not follow one
     another.
     """
+    keys = list_prefix(zarr_store, layout.SEGMENTS_PREFIX)  # one listing for both sides
     found: list[Segment] = []
     for side in layout.FACTOR_SIDES:
         prefix = layout.segments_prefix(side)
         records = []
-        for key in list_prefix(zarr_store, prefix):
+        for key in keys:
             name = key.removeprefix(prefix)
-            if name.removesuffix(".json").isdigit() and name.endswith(".json"):
+            if key.startswith(prefix) and name.endswith(".json") and name[:-5].isdigit():
                 records.append(_decode(read_key(zarr_store, key), key, where))
         records.sort(key=lambda s: s.index)
         for before, after in itertools.pairwise(records):
