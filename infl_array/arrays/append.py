@@ -54,7 +54,20 @@ __all__ = [
 
 
 class AppendMixin:
-    """``append_train``, ``append_test`` and ``segments`` of an influence array."""
+    """``append_train``, ``append_test`` and ``segments`` of an influence array.
+
+    Examples
+    --------
+    >>> import numpy as np, infl_array as ia
+    >>> fn = lambda rows, cols: np.add.outer(np.asarray(rows), np.asarray(cols))
+    >>> arr = ia.InfluenceArray.from_function({}, fn, shape=(2, 3), block_shape=(2, 2))
+    >>> arr.fill(progress=False)
+    2
+    >>> str(arr.append_train(2)), arr.shape, arr.computed.tolist()
+    ('train segment 1 (3:5)', (2, 5), [[True, False, False]])
+    >>> arr[1].tolist()
+    [1.0, 2.0, 3.0, 4.0, 5.0]
+    """
 
     _engine: BlockEngine
     _shape: tuple[int, ...]
