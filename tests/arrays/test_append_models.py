@@ -134,10 +134,11 @@ def test_append_then_index_equals_numpy(
 ) -> None:
     data = {"test": integer_data(n[0], 2, seed), "train": integer_data(n[1], 2, seed + 1)}
     arr = ia.InfluenceArray.create({}, FeatureFactors(), block_shape=block, **data)
-    k = min(2, n[1])
+    k, k0 = min(2, n[1]), min(2, n[0])
     if read_first:
         arr[::2, 1:]
         arr.top_k_array(k).values[:]
+        arr.top_k_array(k0, axis=0, largest=False).values[:1]
     for step, (side, m) in enumerate(grow):
         more = integer_data(m, 2, seed + 10 + step)
         arr.append_train(more) if side == "train" else arr.append_test(more)
@@ -151,3 +152,6 @@ def test_append_then_index_equals_numpy(
     values, indices = brute_top_k(full, k, 1, True)
     np.testing.assert_array_equal(arr.top_k_array(k).indices[:], indices)
     np.testing.assert_array_equal(arr.top_k_array(k).values[:], values)
+    values, indices = brute_top_k(full, k0, 0, False)
+    np.testing.assert_array_equal(arr.top_k_array(k0, axis=0, largest=False).indices[:].T, indices)
+    np.testing.assert_array_equal(arr.top_k_array(k0, axis=0, largest=False).values[:].T, values)
