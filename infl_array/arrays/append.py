@@ -75,13 +75,14 @@ class AppendMixin:
     def append_train(self, train_data: Any) -> Segment:
         """Append train points (new columns); returns the segment recorded.
 
-        Stored blocks, factors, self-influence and top-k rows stay valid; only the new blocks
-        and factors are computed, when read or filled (``arr.fill(workers=...)`` fills them),
-        and top-k rows along the train axis are brought up to date by scanning only the new
-        points. ``train_data`` takes the forms ``create`` takes (a block function's array takes
-        a count of points). The curvature stays the one fitted: refit and create a new store
-        when the new points change the training distribution or are more than a small fraction
-        of it (:mod:`infl_array.arrays.append`).
+        Stored blocks, factors, self-influence and top-k rows stay valid; only the new
+        blocks and factors are computed, when read or filled (``arr.fill(workers=...)``
+        fills them), and top-k rows along the train axis are brought up to date by scanning
+        only the new points (on read, or all at once by ``arr.top_k_array(k).fill()``).
+        ``train_data`` takes the forms ``create`` takes (a block function's array takes a
+        count of points). The curvature stays the one fitted: refit and create a new store
+        when the new points change the training distribution or are more than a small
+        fraction of it (:mod:`infl_array.arrays.append`).
         """
         return self._append("train", train_data)
 
