@@ -215,3 +215,15 @@ def test_factors_keepbits_cannot_round_are_refused_when_computed(
     )
     with pytest.raises(error, match=match):
         arr[0, 0]
+
+
+def test_appended_train_points_get_the_recorded_rounding(tmp_path: Path) -> None:
+    arr, test, train = lossy_array(tmp_path / "s", 5, dtype="float64")
+    np.asarray(arr)  # the first segment's factors are stored
+    more = features(7, 5, 9)
+    arr.append_train(more)
+    reopened = ia.open(tmp_path / "s")
+    assert reopened.meta.factor_compression == Compression(keepbits=5)
+    rounded = Compression(keepbits=5).stored_values
+    every = np.concatenate([train[0], more[0]])
+    np.testing.assert_array_equal(np.asarray(arr), rounded(test[0]) @ rounded(every).T)
