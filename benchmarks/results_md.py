@@ -230,10 +230,9 @@ def save_result(
         "data": data,
     }
     record = json.loads(json.dumps(record))  # render exactly what the file will hold
-    text = render_record(record)
     if not args.no_write:
-        write_record(record)
-    publish(section, text, args)
+        write_record(record)  # first: a renderer's error must not lose the measurements
+    publish(section, render_record(record), args)
     return record
 
 
