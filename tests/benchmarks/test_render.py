@@ -124,7 +124,7 @@ def test_readme_block_is_rendered_then_checked(tree: dict[str, Path]) -> None:
     assert "typed 9.99x" in tree["readme"].read_text()  # --check writes nothing
     assert run(tree, check=False) == []
     block = tree["readme"].read_text()
-    assert "typed 9.99x" not in block and "took 0.90-1.10x zarr's time" in block
+    assert "typed 9.99x" not in block and "0.90-1.10x zarr's time" in block
     assert block.startswith("# Project\n\nBefore.\n") and block.endswith("/render -->\nAfter.\n")
     assert run(tree, check=True) == []
 
