@@ -165,3 +165,15 @@ def test_check_finds_a_marker_naming_a_missing_record(tree: dict[str, Path]) -> 
     assert problems == [
         "docs/page.md: a marker names the result 'speed', which has no file",
     ]
+
+
+RECORDS = sorted((BENCH / "results").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", RECORDS, ids=[p.stem for p in RECORDS])
+def test_every_committed_record_renders_its_section(path: Path) -> None:
+    record = results_md.load_record(path)
+    assert record["name"] == path.stem
+    text = results_md.render_record(record)
+    assert text.startswith(str(record["section"]) + "\n")
+    assert f"`benchmarks/results/{path.stem}.json`" in text
