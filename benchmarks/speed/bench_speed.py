@@ -14,7 +14,9 @@ Cases (each in a fresh subprocess, torch threads set to 2):
    sides. Ours: ``fit`` + ``InfluenceArray.create`` + ``fill()`` into a local store (writes
    included). pyDVL: ``SequentialInfluenceCalculator(model).influences(test_loader,
    train_loader).compute(aggregator=NestedTorchCatAggregator())`` and one in-memory
-   ``model.influences(x_test, y_test, x_train, y_train)``. Max relative difference of values.
+   ``model.influences(x_test, y_test, x_train, y_train)``. Side by side: rounds of one fresh
+   process per side, the order alternating (5 rounds for ``small``, 3 for ``medium``). CG on
+   both sides at ``CgInfluence``'s documented defaults. Max relative difference of values.
 2. ``floor`` (``speed_cases.py``): a larger CG case; the time to compute all test factors once,
    all train factors once and one float32 matrix product, against ``fill()`` of the same
    matrix, same process.
@@ -25,9 +27,11 @@ Cases (each in a fresh subprocess, torch threads set to 2):
    the first (computing) read of a slice against its repeated (cached) read.
 
 This file is the driver: it runs each case's workers (this script again, with ``--worker``),
-collects their JSON results, compares values, and writes the section "Speed (issue 4)" of
-``benchmarks/RESULTS.md`` (``speed_report.py``; other sections are left as they are). Scratch
-stores live under ``benchmarks/_work/`` (git-ignored) and are deleted afterwards.
+collects their JSON results, compares values, and saves the record
+``benchmarks/results/speed.json`` (``results_md.save_result``), from which ``speed_report.py``
+renders the section "Speed (issue 4)" of ``benchmarks/RESULTS.md`` (other sections are left as
+they are). Scratch stores live under ``benchmarks/_work/`` (git-ignored) and are deleted
+afterwards.
 """
 
 from __future__ import annotations
