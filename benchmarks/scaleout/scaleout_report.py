@@ -155,7 +155,7 @@ def readme_malloc(record: Mapping[str, Any]) -> str:
     m = record["data"]["malloc_trim"]
     ratio = median(m["runs"]["malloc_trim_65536"]) / median(m["runs"]["plain"])
     return (
-        f"dask workers set `MALLOC_TRIM_THRESHOLD_=65536`; with it, CG's test factors cost "
+        f"  dask workers set `MALLOC_TRIM_THRESHOLD_=65536`; with it, CG's test factors cost "
         f"{ratio:.2f}x the CPU of a plain process here (median of {len(m['runs']['plain'])}, "
         f"`{record['command']}`, {record['date'][:10]}).\n"
     )
