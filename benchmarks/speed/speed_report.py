@@ -341,8 +341,10 @@ HEADER: Sequence[str] = ("case", "ours", "theirs / floor", "ratio", "target", "m
 def readme(record: Mapping[str, Any]) -> str:
     """README's Performance figures, from the record ``speed``."""
     res = record["data"]
+    load = "/".join(f"{x:.0f}" for x in record["load"]["start"][:1] + record["load"]["end"][:1])
     out = [
-        f"Measured side by side on 2 shared cores (`{record['command']}`, {record['date'][:10]}):"
+        f"Measured side by side on 2 shared cores (`{record['command']}`, {record['date'][:10]}, "
+        f"load average {load} at start/end):"
     ]
     small = next((res[k] for k in sorted(res) if k.startswith("small")), None)
     if small and "error" not in small:
@@ -365,8 +367,8 @@ def readme(record: Mapping[str, Any]) -> str:
         o, t = m["ours"], m["theirs"]
         inmem, seq = median(t["inmem"]), median(t["seq"])
         shapes = "; ".join(
-            f"blocks {b}: {fmt_t(median(v))}, {seq / median(v):.0f}x faster than its sequential "
-            f"calculator and {median(v) / inmem:.1f}x the time of its in-memory call"
+            f"blocks {b}: {fmt_t(median(v))}, {seq / median(v):.0f}x faster than pyDVL's "
+            f"sequential calculator and {median(v) / inmem:.1f}x the time of its in-memory call"
             for b, v in o["fill"].items()
             if b in ("(100, 100)", "(256, 4096)")
         )
