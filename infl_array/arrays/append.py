@@ -38,6 +38,7 @@ import numpy as np
 
 from infl_array.engine.block_engine import BlockEngine
 from infl_array.engine.sources import BlockSource, capabilities
+from infl_array.errors import StaleCacheError
 from infl_array.storage import layout
 from infl_array.storage.factors import DEFAULT_FACTOR_DISK_BUDGET, FactorStore
 from infl_array.storage.growth import AxisGrowth, grow_store
@@ -167,6 +168,7 @@ def check_segments(
     segments = store_segments(opened)
     created = created_shape(opened.meta.shape, segments)
     growth = capabilities(source).growth
+    _check_not_longer(opened, source)
     if not segments or growth is None or source.shape != opened.meta.shape:
         return
     for axis, side in enumerate(layout.FACTOR_SIDES):
@@ -174,6 +176,22 @@ def check_segments(
             given[side] = (given[side][0], growth.span_fingerprint(side, range(created[axis])))
     for s in segments:
         given[str(s)] = (s.fingerprint, growth.span_fingerprint(s.side, s.span))
+
+
+def _check_not_longer(opened: InfluenceStore, source: BlockSource) -> None:
+    """``StaleCacheError`` naming the fix when the data given have more points than the store
+    holds (data grown past a store that was not appended to)."""
+    given = tuple(source.shape or opened.meta.shape)
+    for axis, side in enumerate(layout.FACTOR_SIDES):
+        n, m = opened.meta.shape[axis], given[axis]
+        if m > n:
+            raise StaleCacheError(
+                ["shape"],
+                f"{opened.where} holds {n} {side} points, but the {side} data given have {m}: "
+                f"the store was not grown to them (nothing was appended past {n}). Open it "
+                f"with the {side} data it holds (the first {n} points) and call "
+                f"arr.append_{side}(the other {m - n}) to grow it, or create a new store.",
+            )
 
 
 def created_shape_of(opened: InfluenceStore) -> tuple[int, int]:
