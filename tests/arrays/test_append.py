@@ -16,7 +16,7 @@ from helpers import FeatureFactors, brute_top_k, integer_data
 import infl_array as ia
 from infl_array.cli import main
 from infl_array.errors import NotAStoreError
-from infl_array.storage import layout
+from infl_array.storage import growth, layout
 from infl_array.storage.growth import AxisGrowth, grow_store
 from infl_array.storage.segments import Segment
 from infl_array.storage.store import InfluenceStore
@@ -297,3 +297,26 @@ def test_a_top_k_over_every_old_point_grows_exactly(
         got_v, got_i = (got_v, got_i) if axis == 1 else (got_v.T, got_i.T)
         np.testing.assert_array_equal(got_i, indices)
         np.testing.assert_array_equal(got_v, values)
+
+
+def test_a_reader_storing_the_partial_block_during_an_append_leaves_no_short_chunk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader opened before the append computes the partial last block column after the
+    append dropped it and before the append's record: its short chunk is dropped again."""
+    arr, data = filled(tmp_path / "s", 7, 10)
+    reader = ia.open(tmp_path / "s", FeatureFactors(), **data)
+    real = growth.write_segment
+
+    def reader_between(zarr_store: Any, segment: Segment) -> None:
+        assert not reader.computed[:, 2].any()  # the append dropped the partial block column
+        reader[:, 8:10]  # computed and stored at the old shape
+        assert reader.computed[:, 2].all()
+        real(zarr_store, segment)
+
+    monkeypatch.setattr(growth, "write_segment", reader_between)
+    more = integer_data(3, 3, 2)
+    arr.append_train(more)
+    train = joined(data["train"], more)
+    grown = ia.open(tmp_path / "s", FeatureFactors(), test=data["test"], train=train)
+    np.testing.assert_array_equal(grown[:], data["test"][0] @ train[0].T)
