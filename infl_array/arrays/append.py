@@ -26,8 +26,11 @@ then no longer negligible.
 every segment (:func:`check_segments`): the points ``0:n`` with the data the store was created
 with, each appended range with its segment; a difference raises
 :class:`~infl_array.errors.StaleCacheError` naming the segment (``"train segment 1 (100:110)"``).
-Top-k arrays and self-influence arrays taken from ``arr`` before an append keep the old shape:
-ask ``arr`` for them again.
+Top-k arrays and self-influence arrays taken from ``arr`` before an append, and arrays opened
+elsewhere before it, keep the old shape: what they would store short of the appended points
+(the partial last blocks, a top-k row over the old points) raises
+:class:`~infl_array.errors.StaleCacheError` naming the segment, and nothing is written
+(:func:`~infl_array.storage.segments.check_not_grown`). Ask ``arr`` for them again, or reopen.
 """
 
 from __future__ import annotations
