@@ -241,7 +241,9 @@ def test_a_handle_opened_before_an_append_stores_nothing_short(tmp_path: Path) -
     arr = ia.open(tmp_path / "s", FeatureFactors(), **data)
     ia.InfluenceArray.create(tmp_path / "s2", FeatureFactors(), block_shape=BLOCK, **data)
     other = ia.open(tmp_path / "s2", FeatureFactors(), **data)  # nothing stored yet
-    old_top_k = ia.open(tmp_path / "s", FeatureFactors(), **data).top_k_array(4)
+    old_top_k_source = ia.open(tmp_path / "s", FeatureFactors(), **data)
+    old_top_k = old_top_k_source.top_k_array(4)
+    arr.self_influence()[:1]  # the self-influence array exists (at the old length)
     more = integer_data(3, 3, 2)
     arr.append_train(more)
     ia.open(tmp_path / "s2", FeatureFactors(), **data).append_train(more)
@@ -250,6 +252,8 @@ def test_a_handle_opened_before_an_append_stores_nothing_short(tmp_path: Path) -
     with pytest.raises(ia.StaleCacheError, match="without the appended points") as e:
         old_top_k.fill(progress=False)
     assert e.value.differences == ["train segment 1 (10:13)"]
+    with pytest.raises(ia.StaleCacheError, match="self_influence computed here"):
+        old_top_k_source.self_influence()
     train = joined(data["train"], more)
     full = data["test"][0] @ train[0].T
     for path in ("s", "s2"):
