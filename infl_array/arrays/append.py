@@ -45,7 +45,7 @@ from infl_array.errors import StaleCacheError
 from infl_array.storage import layout
 from infl_array.storage.factors import DEFAULT_FACTOR_DISK_BUDGET, FactorStore
 from infl_array.storage.growth import AxisGrowth, grow_store
-from infl_array.storage.segments import Segment, created_shape, read_segments
+from infl_array.storage.segments import Segment, check_not_grown, created_shape, read_segments
 from infl_array.storage.store import InfluenceStore
 
 __all__ = [
@@ -122,6 +122,8 @@ def append_points(engine: BlockEngine, side: str, data: Any) -> tuple[BlockEngin
             "ia.open(store, model, test=..., train=...) (or fn=...) and append again."
         )
     engine.grid.check_writable()
+    held = dict(zip(layout.FACTOR_SIDES, engine.shape, strict=True))
+    check_not_grown(engine.store.matrix.zarr_store, engine.store.where, held, f"{what}'s segment")
     growth = capabilities(engine.source).growth
     if growth is None:
         raise TypeError(

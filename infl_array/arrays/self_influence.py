@@ -81,7 +81,7 @@ def open_self_influence(matrix: BlockEngine) -> SelfInfluenceArray:
         grid = store.create_side_grid(SELF_INFLUENCE.path, n_train, block_cols)
     elif grid.shape[1] != matrix.shape[1]:  # the store grew since ``matrix`` was opened
         held = {"train": matrix.shape[1]}
-        check_not_grown(store.matrix.zarr_store, store.where, held, SELF_INFLUENCE.path)
+        check_not_grown(store.matrix.zarr_store, store.where, held, "its self-influence")
     return SelfInfluenceArray(self_influence_engine(matrix, grid))
 
 

@@ -103,13 +103,14 @@ class TopKSource(PlainSource):
         its new points only, for rows kept by an append: :mod:`infl_array.engine.top_k_bases`)."""
         where = layout.top_k(self.k, self.axis, self.largest)
         rows = scan_rows(self.matrix, where, row_blocks, self.counts)
-        reduced = layout.FACTOR_SIDES[self.axis]  # rows over fewer points than the store has
-        store = self.matrix.store
+        reduced = {layout.FACTOR_SIDES[self.axis]: self.matrix.shape[self.axis]}
+        store = self.matrix.store  # rows over fewer points than the store has are not stored
+        what = f"the rows of {where.path} computed here"
         check_not_grown(
             store.matrix.zarr_store,
             store.where,
-            {reduced: self.matrix.shape[self.axis]},
-            where.path,
+            reduced,
+            what,
         )
         return rows
 

@@ -196,7 +196,8 @@ class FactorSide:
                 )
                 self._grid = grid
         if grid.shape[0] != self.n:  # the store grew since this handle opened it
-            check_not_grown(grid.zarr_store, self.store.where, {self.side: self.n}, grid.name)
+            held, what = {self.side: self.n}, f"{grid.name} computed here"
+            check_not_grown(grid.zarr_store, self.store.where, held, what)
         if grid.shape[1] != width or grid.dtype != values.dtype:
             raise ValueError(
                 f"the stored {self.side} factors of {self.store.where} have width "

@@ -201,7 +201,7 @@ class BlockGrid:
                 edges[name] = int(n)
         if edges:
             what = self.layout.block_name(self.chunk_index(coords))
-            check_not_grown(self.zarr_store, self.where, edges, f"{self.name} {what}")
+            check_not_grown(self.zarr_store, self.where, edges, f"{self.name} {what} computed here")
 
     # ------------------------------------------------------------------ reads
     def read_block(self, coords: BlockCoords) -> np.ndarray:

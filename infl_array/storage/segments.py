@@ -209,8 +209,8 @@ def check_not_grown(zarr_store: Any, where: str, sizes: Mapping[str, int], what:
         raise StaleCacheError(
             [str(s) for s in late],
             f"{where} grew since this array was opened ({', '.join(map(str, late))}), but it "
-            f"holds the points it had then ({held}): {what} computed here would be stored "
-            "without the appended points, so nothing was written. Reopen the store "
+            f"holds the points it had then ({held}): {what} would miss the appended points, so "
+            "nothing was written. Reopen the store "
             "(ia.open(store, model, test=..., train=...) with the grown data) or, in the "
             "process that appended, ask the grown array again (arr.top_k_array(...), "
             "arr.self_influence()).",

@@ -254,7 +254,8 @@ class InfluenceStore:
         compression: Compression,
     ) -> BlockGrid:
         names = layout.array_layout(name).dimension_names
-        check_not_grown(self.group.store, self.where, dict(zip(names, shape, strict=True)), name)
+        held = dict(zip(names, shape, strict=True))
+        check_not_grown(self.group.store, self.where, held, f"the array {name} created here")
         try:
             array = _create_array(self.group, name, shape, chunks, dtype, compression)
         except zarr.errors.ContainsArrayError:

@@ -89,7 +89,8 @@ def create_top_k_grid(
     lossless = Compression(cname=store.meta.compression.cname, clevel=store.meta.compression.clevel)
     shape, chunks = (n_rows, where.k), (rows_per_block, where.k)
     rows = where.values.dimension_names[0]
-    check_not_grown(store.group.store, store.where, {rows: n_rows}, where.path)
+    what = f"the array {where.path} created here"
+    check_not_grown(store.group.store, store.where, {rows: n_rows}, what)
     # indices first: an existing values array means both exist
     for part, dtype, fill in (
         (where.indices, np.dtype(np.int64), -1),

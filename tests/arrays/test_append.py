@@ -249,10 +249,10 @@ def test_a_handle_opened_before_an_append_stores_nothing_short(tmp_path: Path) -
     ia.open(tmp_path / "s2", FeatureFactors(), **data).append_train(more)
     with pytest.raises(ia.StaleCacheError, match=r"grew since this array was opened \(train se"):
         other[:, 8:10]  # the partial last block column: dropped by the append, and short here
-    with pytest.raises(ia.StaleCacheError, match="without the appended points") as e:
+    with pytest.raises(ia.StaleCacheError, match="computed here would miss the appended") as e:
         old_top_k.fill(progress=False)
     assert e.value.differences == ["train segment 1 (10:13)"]
-    with pytest.raises(ia.StaleCacheError, match="self_influence computed here"):
+    with pytest.raises(ia.StaleCacheError, match="its self-influence would miss the appended"):
         old_top_k_source.self_influence()
     train = joined(data["train"], more)
     full = data["test"][0] @ train[0].T
@@ -324,3 +324,33 @@ def test_a_reader_storing_the_partial_block_during_an_append_leaves_no_short_chu
     train = joined(data["train"], more)
     grown = ia.open(tmp_path / "s", FeatureFactors(), test=data["test"], train=train)
     np.testing.assert_array_equal(grown[:], data["test"][0] @ train[0].T)
+
+
+def test_an_append_from_a_handle_opened_before_another_append_is_refused(tmp_path: Path) -> None:
+    """Two handles append in turn: the second holds the old shape, so its segment would not
+    follow the first one (a damaged record for every later open); it is refused, named."""
+    _, data = filled(tmp_path / "s", 7, 10)
+    first, second = (ia.open(tmp_path / "s", FeatureFactors(), **data) for _ in range(2))
+    more = integer_data(3, 3, 2)
+    first.append_train(more)
+    with pytest.raises(ia.StaleCacheError, match=r"grew since .*\(train segment 1 \(10:13\)\)"):
+        second.append_test(integer_data(2, 3, 3))
+    assert [str(s) for s in ia.open(tmp_path / "s").segments] == ["train segment 1 (10:13)"]
+    train = joined(data["train"], more)
+    grown = ia.open(tmp_path / "s", FeatureFactors(), test=data["test"], train=train)
+    assert str(grown.append_train(integer_data(2, 3, 4))) == "train segment 2 (13:15)"
+
+
+def test_a_top_k_array_taken_before_an_append_stores_no_row_over_the_old_points(
+    tmp_path: Path,
+) -> None:
+    """No partial block (8 train points, blocks of 4): the rows kept as a base cover every
+    point the old handle holds, so it would store them as they were; refused."""
+    arr, data = filled(tmp_path / "s", 7, 8)
+    old_top_k = arr.top_k_array(3)
+    more = integer_data(3, 3, 2)
+    arr.append_train(more)
+    with pytest.raises(ia.StaleCacheError, match="the rows of topk/axis1-largest-k3 computed h"):
+        old_top_k.values[:]
+    full = data["test"][0] @ joined(data["train"], more)[0].T
+    np.testing.assert_array_equal(arr.top_k_array(3).indices[:], brute_top_k(full, 3, 1, True)[1])
