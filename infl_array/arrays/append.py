@@ -26,8 +26,11 @@ then no longer negligible.
 every segment (:func:`check_segments`): the points ``0:n`` with the data the store was created
 with, each appended range with its segment; a difference raises
 :class:`~infl_array.errors.StaleCacheError` naming the segment (``"train segment 1 (100:110)"``).
-Top-k arrays and self-influence arrays taken from ``arr`` before an append keep the old shape:
-ask ``arr`` for them again.
+Top-k arrays and self-influence arrays taken from ``arr`` before an append, and arrays opened
+elsewhere before it, keep the old shape: what they would store short of the appended points
+(the partial last blocks, a top-k row over the old points) raises
+:class:`~infl_array.errors.StaleCacheError` naming the segment, and nothing is written
+(:func:`~infl_array.storage.segments.check_not_grown`). Ask ``arr`` for them again, or reopen.
 """
 
 from __future__ import annotations
@@ -38,10 +41,11 @@ import numpy as np
 
 from infl_array.engine.block_engine import BlockEngine
 from infl_array.engine.sources import BlockSource, capabilities
+from infl_array.errors import StaleCacheError
 from infl_array.storage import layout
 from infl_array.storage.factors import DEFAULT_FACTOR_DISK_BUDGET, FactorStore
 from infl_array.storage.growth import AxisGrowth, grow_store
-from infl_array.storage.segments import Segment, created_shape, read_segments
+from infl_array.storage.segments import Segment, check_not_grown, created_shape, read_segments
 from infl_array.storage.store import InfluenceStore
 
 __all__ = [
@@ -118,6 +122,8 @@ def append_points(engine: BlockEngine, side: str, data: Any) -> tuple[BlockEngin
             "ia.open(store, model, test=..., train=...) (or fn=...) and append again."
         )
     engine.grid.check_writable()
+    held = dict(zip(layout.FACTOR_SIDES, engine.shape, strict=True))
+    check_not_grown(engine.store.matrix.zarr_store, engine.store.where, held, f"{what}'s segment")
     growth = capabilities(engine.source).growth
     if growth is None:
         raise TypeError(
@@ -167,6 +173,7 @@ def check_segments(
     segments = store_segments(opened)
     created = created_shape(opened.meta.shape, segments)
     growth = capabilities(source).growth
+    _check_not_longer(opened, source)
     if not segments or growth is None or source.shape != opened.meta.shape:
         return
     for axis, side in enumerate(layout.FACTOR_SIDES):
@@ -174,6 +181,22 @@ def check_segments(
             given[side] = (given[side][0], growth.span_fingerprint(side, range(created[axis])))
     for s in segments:
         given[str(s)] = (s.fingerprint, growth.span_fingerprint(s.side, s.span))
+
+
+def _check_not_longer(opened: InfluenceStore, source: BlockSource) -> None:
+    """``StaleCacheError`` naming the fix when the data given have more points than the store
+    holds (data grown past a store that was not appended to)."""
+    given = tuple(source.shape or opened.meta.shape)
+    for axis, side in enumerate(layout.FACTOR_SIDES):
+        n, m = opened.meta.shape[axis], given[axis]
+        if m > n:
+            raise StaleCacheError(
+                ["shape"],
+                f"{opened.where} holds {n} {side} points, but the {side} data given have {m}: "
+                f"the store was not grown to them (nothing was appended past {n}). Open it "
+                f"with the {side} data it holds (the first {n} points) and call "
+                f"arr.append_{side}(the other {m - n}) to grow it, or create a new store.",
+            )
 
 
 def created_shape_of(opened: InfluenceStore) -> tuple[int, int]:

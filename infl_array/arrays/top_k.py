@@ -35,6 +35,7 @@ from infl_array.errors import MissingBlockError
 from infl_array.executors.dispatch import fill_store
 from infl_array.storage import layout
 from infl_array.storage.grid import BlockCoords
+from infl_array.storage.segments import check_not_grown
 from infl_array.storage.store import InfluenceStore
 from infl_array.storage.topk import TopKGrid, create_top_k_grid, find_top_k_grid, top_k_dtype
 
@@ -101,7 +102,17 @@ class TopKSource(PlainSource):
         """``{b: (values, indices)}`` of row blocks ``row_blocks``, in one scan of the matrix (of
         its new points only, for rows kept by an append: :mod:`infl_array.engine.top_k_bases`)."""
         where = layout.top_k(self.k, self.axis, self.largest)
-        return scan_rows(self.matrix, where, row_blocks, self.counts)
+        rows = scan_rows(self.matrix, where, row_blocks, self.counts)
+        reduced = {layout.FACTOR_SIDES[self.axis]: self.matrix.shape[self.axis]}
+        store = self.matrix.store  # rows over fewer points than the store has are not stored
+        what = f"the rows of {where.path} computed here"
+        check_not_grown(
+            store.matrix.zarr_store,
+            store.where,
+            reduced,
+            what,
+        )
+        return rows
 
     def compute_block(self, rows: range, cols: range) -> Any:
         """The top-k values of ``rows`` (one row block)."""

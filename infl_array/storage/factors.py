@@ -53,6 +53,7 @@ from infl_array.storage import layout
 from infl_array.storage.claims import ClaimBook
 from infl_array.storage.grid import BlockGrid, block_range
 from infl_array.storage.meta import MAX_CHUNK_BYTES, Compression
+from infl_array.storage.segments import check_not_grown
 from infl_array.storage.store import InfluenceStore
 
 __all__ = ["DEFAULT_FACTOR_DISK_BUDGET", "SIDES", "FactorSide", "FactorStore"]
@@ -207,6 +208,9 @@ class FactorSide:
                     self.side, self.n, self.chunk_rows, width, values.dtype
                 )
                 self._grid = grid
+        if grid.shape[0] != self.n:  # the store grew since this handle opened it
+            held, what = {self.side: self.n}, f"{grid.name} computed here"
+            check_not_grown(grid.zarr_store, self.store.where, held, what)
         if grid.shape[1] != width or grid.dtype != values.dtype:
             raise ValueError(
                 f"the stored {self.side} factors of {self.store.where} have width "

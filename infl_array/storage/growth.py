@@ -16,7 +16,10 @@ three steps (the commit protocol of :mod:`infl_array.storage.segments`):
      train grows): their stored rows move to a base over ``n`` points
      (:mod:`infl_array.storage.topk_bases`), so computing a row again scans only the new points.
 
-2. **Commit**: the segment record is written.
+2. **Commit**: the segment record is written, and the chunks of the partial last block are
+   deleted again (a reader opened before the append may have computed and stored them, short,
+   before the record; from the record on, such a write is refused:
+   :func:`~infl_array.storage.segments.check_not_grown`).
 3. **Settle**: the arrays whose axis grew are resized (new blocks are simply not computed yet)
    and the metadata records the new shape (:func:`~infl_array.storage.segments.settled_meta`).
 
@@ -100,6 +103,9 @@ def grow_store(store: InfluenceStore, growth: AxisGrowth, segment: Segment) -> N
         if _reduced_side(where) == growth.side:
             keep_rows_as_base(store, where, growth.n)
     write_segment(store.matrix.zarr_store, segment)
+    # again: a handle opened before the append may have stored the partial block since the
+    # first pass; from the record on, such writes are refused (segments.check_not_grown)
+    _drop_partial_blocks(store, growth)
     store.meta = settled_meta(store.group, store.meta, store.where, read_only=False)
 
 

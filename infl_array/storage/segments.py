@@ -34,7 +34,7 @@ from typing import Any
 
 import zarr
 
-from infl_array.errors import NotAStoreError
+from infl_array.errors import NotAStoreError, StaleCacheError
 from infl_array.storage import layout
 from infl_array.storage.meta import StoreMeta
 from infl_array.storage.zarr_compat import (
@@ -47,6 +47,7 @@ from infl_array.storage.zarr_compat import (
 __all__ = [
     "CURVATURE_NOTE",
     "Segment",
+    "check_not_grown",
     "created_shape",
     "grown_shape",
     "read_segments",
@@ -196,6 +197,24 @@ def _decode(raw: bytes | None, key: str, where: str) -> Segment:
 def write_segment(zarr_store: Any, segment: Segment) -> None:
     """Record ``segment`` (the commit point of an append, see the module docstring)."""
     write_key(zarr_store, segment.key, json.dumps(segment.to_json(), sort_keys=True).encode())
+
+
+def check_not_grown(zarr_store: Any, where: str, sizes: Mapping[str, int], what: str) -> None:
+    """``StaleCacheError`` when the store grew past ``sizes`` (side: the points a handle opened
+    before an append holds) along a side: ``what`` (computed over those points only) would be
+    stored short of the appended points. Nothing is written; the fix is to reopen."""
+    late = [s for s in read_segments(zarr_store, where) if s.stop > sizes.get(s.side, s.stop)]
+    if late:
+        held = ", ".join(f"{side} {n}" for side, n in sizes.items())
+        raise StaleCacheError(
+            [str(s) for s in late],
+            f"{where} grew since this array was opened ({', '.join(map(str, late))}), but it "
+            f"holds the points it had then ({held}): {what} would miss the appended points, so "
+            "nothing was written. Reopen the store "
+            "(ia.open(store, model, test=..., train=...) with the grown data) or, in the "
+            "process that appended, ask the grown array again (arr.top_k_array(...), "
+            "arr.self_influence()).",
+        )
 
 
 def grown_shape(shape: tuple[int, int], segments: list[Segment]) -> tuple[int, int]:

@@ -37,7 +37,7 @@ from infl_array.storage import layout
 from infl_array.storage.grid import BlockGrid
 from infl_array.storage.meta import Compression, StoreMeta
 from infl_array.storage.remote_errors import StorageOptionsError, explained_url_errors
-from infl_array.storage.segments import settled_meta
+from infl_array.storage.segments import check_not_grown, settled_meta
 from infl_array.storage.zarr_compat import lossy_codec_warning_silenced
 
 __all__ = ["InfluenceStore", "describe_store", "local_path"]
@@ -255,6 +255,9 @@ class InfluenceStore:
         dtype: str,
         compression: Compression,
     ) -> BlockGrid:
+        names = layout.array_layout(name).dimension_names
+        held = dict(zip(names, shape, strict=True))
+        check_not_grown(self.group.store, self.where, held, f"the array {name} created here")
         try:
             array = _create_array(self.group, name, shape, chunks, dtype, compression)
         except zarr.errors.ContainsArrayError:

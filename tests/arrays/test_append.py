@@ -16,7 +16,7 @@ from helpers import FeatureFactors, brute_top_k, integer_data
 import infl_array as ia
 from infl_array.cli import main
 from infl_array.errors import NotAStoreError
-from infl_array.storage import layout
+from infl_array.storage import growth, layout
 from infl_array.storage.growth import AxisGrowth, grow_store
 from infl_array.storage.segments import Segment
 from infl_array.storage.store import InfluenceStore
@@ -231,3 +231,126 @@ def test_an_append_killed_after_its_record_is_finished_by_the_next_open(
     reopened = ia.open(tmp_path / "s")  # the failed open above settled the store
     assert reopened.shape == (7, 13)
     assert zarr.open_group(tmp_path / "s", mode="r")[layout.factors("train").path].shape[0] == 13
+
+
+def test_a_handle_opened_before_an_append_stores_nothing_short(tmp_path: Path) -> None:
+    """Another handle (as another process) opened before the append, and a top-k array taken
+    before it, would store blocks and rows over the old points only: they are refused, named,
+    and the grown store stays exact."""
+    _, data = filled(tmp_path / "s", 7, 10)
+    arr = ia.open(tmp_path / "s", FeatureFactors(), **data)
+    ia.InfluenceArray.create(tmp_path / "s2", FeatureFactors(), block_shape=BLOCK, **data)
+    other = ia.open(tmp_path / "s2", FeatureFactors(), **data)  # nothing stored yet
+    old_top_k_source = ia.open(tmp_path / "s", FeatureFactors(), **data)
+    old_top_k = old_top_k_source.top_k_array(4)
+    arr.self_influence()[:1]  # the self-influence array exists (at the old length)
+    more = integer_data(3, 3, 2)
+    arr.append_train(more)
+    ia.open(tmp_path / "s2", FeatureFactors(), **data).append_train(more)
+    with pytest.raises(ia.StaleCacheError, match=r"grew since this array was opened \(train se"):
+        other[:, 8:10]  # the partial last block column: dropped by the append, and short here
+    with pytest.raises(ia.StaleCacheError, match="computed here would miss the appended") as e:
+        old_top_k.fill(progress=False)
+    assert e.value.differences == ["train segment 1 (10:13)"]
+    with pytest.raises(ia.StaleCacheError, match="its self-influence would miss the appended"):
+        old_top_k_source.self_influence()
+    train = joined(data["train"], more)
+    full = data["test"][0] @ train[0].T
+    for path in ("s", "s2"):
+        grown = ia.open(tmp_path / path, FeatureFactors(), test=data["test"], train=train)
+        np.testing.assert_array_equal(grown[:], full)
+        values, indices = brute_top_k(full, 4, 1, True)
+        np.testing.assert_array_equal(grown.top_k_array(4).indices[:], indices)
+        np.testing.assert_array_equal(grown.top_k_array(4).values[:], values)
+
+
+def test_grown_data_given_to_a_store_not_appended_to_is_refused_with_the_fix(
+    tmp_path: Path,
+) -> None:
+    _, data = filled(tmp_path / "s", 7, 10)
+    train = joined(data["train"], integer_data(3, 3, 2))
+    with pytest.raises(
+        ia.StaleCacheError, match=r"holds 10 train points, but the train data given have 13.*"
+        r"arr.append_train\(the other 3\)",
+    ):  # fmt: skip
+        ia.open(tmp_path / "s", FeatureFactors(), test=data["test"], train=train)
+
+
+@pytest.mark.parametrize(("axis", "largest"), [(1, False), (0, True)])
+def test_a_top_k_over_every_old_point_grows_exactly(
+    tmp_path: Path, axis: int, largest: bool
+) -> None:
+    """k equal to the old length of the reduced axis (the base covers every old point), then k
+    larger than the old length once it grew; ties to the lower index."""
+    arr, data = filled(tmp_path / "s", 7, 10)
+    old_n = arr.shape[axis]
+    arr.top_k_array(old_n, axis=axis, largest=largest).fill(progress=False)
+    more = integer_data(5, 3, 2)
+    test, train = data["test"], data["train"]
+    if axis == 1:
+        arr.append_train(more)
+        train = joined(train, more)
+    else:
+        arr.append_test(more)
+        test = joined(test, more)
+    full = test[0] @ train[0].T
+    for k in (old_n, old_n + 2):
+        values, indices = brute_top_k(full, k, axis, largest)
+        tk = arr.top_k_array(k, axis=axis, largest=largest)
+        got_v, got_i = (tk.values[:], tk.indices[:])
+        got_v, got_i = (got_v, got_i) if axis == 1 else (got_v.T, got_i.T)
+        np.testing.assert_array_equal(got_i, indices)
+        np.testing.assert_array_equal(got_v, values)
+
+
+def test_a_reader_storing_the_partial_block_during_an_append_leaves_no_short_chunk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader opened before the append computes the partial last block column after the
+    append dropped it and before the append's record: its short chunk is dropped again."""
+    arr, data = filled(tmp_path / "s", 7, 10)
+    reader = ia.open(tmp_path / "s", FeatureFactors(), **data)
+    real = growth.write_segment
+
+    def reader_between(zarr_store: Any, segment: Segment) -> None:
+        assert not reader.computed[:, 2].any()  # the append dropped the partial block column
+        reader[:, 8:10]  # computed and stored at the old shape
+        assert reader.computed[:, 2].all()
+        real(zarr_store, segment)
+
+    monkeypatch.setattr(growth, "write_segment", reader_between)
+    more = integer_data(3, 3, 2)
+    arr.append_train(more)
+    train = joined(data["train"], more)
+    grown = ia.open(tmp_path / "s", FeatureFactors(), test=data["test"], train=train)
+    np.testing.assert_array_equal(grown[:], data["test"][0] @ train[0].T)
+
+
+def test_an_append_from_a_handle_opened_before_another_append_is_refused(tmp_path: Path) -> None:
+    """Two handles append in turn: the second holds the old shape, so its segment would not
+    follow the first one (a damaged record for every later open); it is refused, named."""
+    _, data = filled(tmp_path / "s", 7, 10)
+    first, second = (ia.open(tmp_path / "s", FeatureFactors(), **data) for _ in range(2))
+    more = integer_data(3, 3, 2)
+    first.append_train(more)
+    with pytest.raises(ia.StaleCacheError, match=r"grew since .*\(train segment 1 \(10:13\)\)"):
+        second.append_test(integer_data(2, 3, 3))
+    assert [str(s) for s in ia.open(tmp_path / "s").segments] == ["train segment 1 (10:13)"]
+    train = joined(data["train"], more)
+    grown = ia.open(tmp_path / "s", FeatureFactors(), test=data["test"], train=train)
+    assert str(grown.append_train(integer_data(2, 3, 4))) == "train segment 2 (13:15)"
+
+
+def test_a_top_k_array_taken_before_an_append_stores_no_row_over_the_old_points(
+    tmp_path: Path,
+) -> None:
+    """No partial block (8 train points, blocks of 4): the rows kept as a base cover every
+    point the old handle holds, so it would store them as they were; refused."""
+    arr, data = filled(tmp_path / "s", 7, 8)
+    old_top_k = arr.top_k_array(3)
+    more = integer_data(3, 3, 2)
+    arr.append_train(more)
+    with pytest.raises(ia.StaleCacheError, match="the rows of topk/axis1-largest-k3 computed h"):
+        old_top_k.values[:]
+    full = data["test"][0] @ joined(data["train"], more)[0].T
+    np.testing.assert_array_equal(arr.top_k_array(3).indices[:], brute_top_k(full, 3, 1, True)[1])

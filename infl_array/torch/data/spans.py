@@ -11,18 +11,21 @@ of the data views (:mod:`infl_array.torch.data.views`):
   appended samples of another shape or dtype than the data's.
 * :func:`span_fingerprint`: the fingerprint of the points ``span`` of a data set, equal to the
   fingerprint those points have when given alone: tensors are sliced (no copy), a dataset's
-  items are fingerprinted under the dataset's type name, as ``DatasetData`` does.
+  items are fingerprinted under the dataset's type name, as ``DatasetData`` does (under the
+  part's, for a range inside one part of torch's ``ConcatDataset``).
 
 A grown store checks at ``open`` that the data given hold each segment's points at its range
 (the data the store was created with at ``0:n``, each appended segment at its own) by these
 fingerprints. A dataset's fingerprint includes its class: give the grown data as a dataset of
-the class each segment was given as (for tensors, any tensors of equal values do).
+the class each segment was given as, or as a ``ConcatDataset`` of the parts as they were given
+(for tensors, any tensors of equal values do).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -134,14 +137,24 @@ def span_fingerprint(data: IndexedData, span: range) -> str:
             data.x[span.start : span.stop], data.y[span.start : span.stop]
         ).fingerprint()
     if isinstance(data, DatasetData):
-        dataset = data.dataset
-        return items_fingerprint(type(dataset), len(span), lambda i: dataset[span.start + i])
+        return _dataset_span(data.dataset, span)
     if isinstance(data, JoinedData):
         for p, part in enumerate(data.parts):
             start = int(data.starts[p])
             if start <= span.start and span.stop <= start + len(part):
                 return span_fingerprint(part, range(span.start - start, span.stop - start))
     return _sampled(data, span)
+
+
+def _dataset_span(dataset: Any, span: range) -> str:
+    """A dataset's items at ``span`` under its type's name; inside one part of torch's
+    ``ConcatDataset`` (the grown data as appended), under that part's."""
+    if isinstance(dataset, ConcatDataset):
+        starts = [0, *dataset.cumulative_sizes]
+        for p, part in enumerate(dataset.datasets):
+            if starts[p] <= span.start and span.stop <= starts[p + 1]:
+                return _dataset_span(part, range(span.start - starts[p], span.stop - starts[p]))
+    return items_fingerprint(type(dataset), len(span), lambda i: dataset[span.start + i])
 
 
 def _sampled(data: IndexedData, span: range) -> str:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import FeatureFactors
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 import infl_array as ia
 from infl_array.torch.data.spans import JoinedData, check_joinable, joined, span_fingerprint
@@ -94,3 +94,18 @@ def test_a_dataset_store_grows_and_reopens_with_the_grown_dataset(tmp_path: Path
     np.testing.assert_array_equal(again[:], expected)
     with pytest.raises(ia.StaleCacheError, match=r"train segment 1 \(6:9\)"):
         ia.open(tmp_path / "s", FeatureFactors(), test=test, train=Points(rows(9)[::-1]))
+
+
+def test_a_grown_dataset_store_reopens_with_the_parts_concatenated(tmp_path: Path) -> None:
+    """The grown data given as torch's ConcatDataset of the parts (as appended) are checked
+    part by part: each part fingerprints as it did given alone."""
+    test, train, more = Points(rows(4, 100)), Points(rows(6)), Points(rows(3, 6))
+    arr = ia.InfluenceArray.create(
+        tmp_path / "s", FeatureFactors(), test=test, train=train, block_shape=(2, 4)
+    )
+    arr.append_train(more)
+    again = ia.open(tmp_path / "s", FeatureFactors(), test=test, train=ConcatDataset([train, more]))
+    np.testing.assert_array_equal(again[:], np.array(rows(4, 100)) @ np.array(rows(9)).T)
+    other = ConcatDataset([train, Points(rows(3, 7))])
+    with pytest.raises(ia.StaleCacheError, match=r"train segment 1 \(6:9\)"):
+        ia.open(tmp_path / "s", FeatureFactors(), test=test, train=other)
