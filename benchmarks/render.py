@@ -35,15 +35,16 @@ MARKED = re.compile(
 SECTION = re.compile(r"^## .*$", re.M)
 
 
-def marked_files() -> list[Path]:
-    """The markdown files whose marked blocks are rendered."""
-    files = [ROOT / "README.md", HERE / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+def marked_files(root: Path = ROOT) -> list[Path]:
+    """The markdown files under ``root`` whose marked blocks are rendered."""
+    files = [root / "README.md", root / "benchmarks" / "README.md"]
+    files += sorted((root / "docs").rglob("*.md"))
     return [f for f in files if f.is_file()]
 
 
-def records() -> dict[str, dict[str, object]]:
-    """Every result record, by name."""
-    return {p.stem: load_record(p) for p in sorted(RESULTS_DIR.glob("*.json"))}
+def records(results_dir: Path = RESULTS_DIR) -> dict[str, dict[str, object]]:
+    """Every result record in ``results_dir``, by name."""
+    return {p.stem: load_record(p) for p in sorted(results_dir.glob("*.json"))}
 
 
 def sections_of(text: str) -> dict[str, str]:
@@ -55,14 +56,19 @@ def sections_of(text: str) -> dict[str, str]:
     }
 
 
-def render_results(text: str, recs: dict[str, dict[str, object]], problems: list[str]) -> str:
+def render_results(
+    text: str,
+    recs: dict[str, dict[str, object]],
+    problems: list[str],
+    results_dir: Path = RESULTS_DIR,
+) -> str:
     """RESULTS.md's text with every section that a record names rendered anew, in file order."""
     head = text[: m.start()] if (m := SECTION.search(text)) else text
     old = sections_of(text)
     by_section = {str(r["section"]): r for r in recs.values()}
     for heading in old:
         if heading not in by_section:
-            problems.append(f"RESULTS.md: section {heading!r} has no result file in {RESULTS_DIR}")
+            problems.append(f"RESULTS.md: section {heading!r} has no result file in {results_dir}")
     new = dict(old)
     for heading, rec in by_section.items():
         new[heading] = render_record(rec)
@@ -85,22 +91,27 @@ def render_marked(
     return MARKED.sub(one, text)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--check", action="store_true", help="write nothing; exit 1 if anything differs"
-    )
-    args = parser.parse_args(argv)
-    recs = records()
+def render_all(
+    check: bool,
+    *,
+    results: Path = RESULTS,
+    results_dir: Path = RESULTS_DIR,
+    root: Path = ROOT,
+) -> list[str]:
+    """Render (or with ``check``, only compare) RESULTS.md and the marked blocks under ``root``.
+
+    Returns the problems found: sections without a record, markers naming a missing record and,
+    with ``check``, every file that differs from what its records render (with a short diff).
+    Without ``check`` the differing files are rewritten.
+    """
+    recs = records(results_dir)
     problems: list[str] = []
-    targets = {RESULTS: render_results(RESULTS.read_text(), recs, problems)}
-    for f in marked_files():
-        targets[f] = render_marked(f.read_text(), str(f.relative_to(ROOT)), recs, problems)
+    targets = {results: render_results(results.read_text(), recs, problems, results_dir)}
+    for f in marked_files(root):
+        targets[f] = render_marked(f.read_text(), str(f.relative_to(root)), recs, problems)
     changed = [f for f, new in targets.items() if f.read_text() != new]
     for f in changed:
-        if args.check:
+        if check:
             diff = difflib.unified_diff(
                 f.read_text().splitlines(),
                 targets[f].splitlines(),
@@ -109,11 +120,25 @@ def main(argv: list[str] | None = None) -> int:
                 lineterm="",
                 n=1,
             )
-            problems.append(f"{f.relative_to(ROOT)} differs from what its result files render:")
+            problems.append(f"{f.relative_to(root)} differs from what its result files render:")
             problems.extend("    " + line for line in list(diff)[:40])
         else:
             f.write_text(targets[f])
-            print(f"rendered {f.relative_to(ROOT)}")
+            print(f"rendered {f.relative_to(root)}")
+    done = "checked" if check else f"rendered, {len(changed)} changed"
+    print(f"{len(recs)} result files, {len(targets)} files {done}")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 if anything differs"
+    )
+    args = parser.parse_args(argv)
+    problems = render_all(args.check)
     for p in problems:
         print(p, file=sys.stderr)
     if args.check and problems:
@@ -122,8 +147,6 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    done = "checked" if args.check else f"rendered, {len(changed)} changed"
-    print(f"{len(recs)} result files, {len(targets)} files {done}")
     return 0
 
 

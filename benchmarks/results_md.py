@@ -230,10 +230,9 @@ def save_result(
         "data": data,
     }
     record = json.loads(json.dumps(record))  # render exactly what the file will hold
-    text = render_record(record)
     if not args.no_write:
-        write_record(record)
-    publish(section, text, args)
+        write_record(record)  # first: a renderer's error must not lose the measurements
+    publish(section, render_record(record), args)
     return record
 
 
@@ -241,7 +240,9 @@ def write_record(record: Mapping[str, object]) -> Path:
     """Write ``record`` to ``RESULTS_DIR/<name>.json`` and return the path."""
     RESULTS_DIR.mkdir(exist_ok=True)
     path = RESULTS_DIR / f"{record['name']}.json"
-    path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    # keys in the order measured, not sorted: the renderers show mappings (the machine) in
+    # their order, and the section a run prints must be the one render.py makes of the file
+    path.write_text(json.dumps(record, indent=1) + "\n")
     print(f"wrote {path}", flush=True)
     return path
 
@@ -286,23 +287,31 @@ def render_record(record: Mapping[str, Any], renderer: str | None = None) -> str
 
 
 def record_head(record: Mapping[str, Any], title: str | None = None) -> list[str]:
-    """A section's first lines from its record: title, command, machine, date, load, wall time."""
+    """A section's first lines from its record: title, command, machine, date, load, wall time.
+
+    A record converted from an earlier result format may lack ``wall_s`` (shown as not
+    recorded) and carries a ``note`` saying where it came from; the note is shown too.
+    """
     machine = ", ".join(f"{k} {v}" for k, v in record["machine"].items() if k != "load at start")
     load = record["load"]
     loads = " -> ".join(
         "/".join(f"{x:.1f}" for x in load[k]) for k in ("start", "end") if load.get(k)
     )
     dirty = " (with uncommitted changes)" if record.get("dirty") else ""
+    wall = record.get("wall_s")
+    wall_text = "not recorded" if wall is None else f"{float(wall) / 60:.1f} min"
+    note = [f"Note: {record['note']}", ""] if record.get("note") else []
     return [
         title or str(record["section"]),
         "",
         f"Command: `{record['command']}`",
         "",
         f"Commit `{str(record['commit'])[:10]}`{dirty}; run {record['date']}, wall time "
-        f"{float(record['wall_s']) / 60:.1f} min; load average (1/5/15 min) {loads}.",
+        f"{wall_text}; load average (1/5/15 min) {loads}.",
         "",
         f"Machine: {machine}.",
         "",
+        *note,
         f"Result file: `benchmarks/results/{record['name']}.json` (this section is rendered "
         "from it by `python benchmarks/render.py`).",
     ]
