@@ -28,6 +28,7 @@ import zarr
 
 from infl_array.errors import CorruptBlockError
 from infl_array.storage import layout
+from infl_array.storage.remote_errors import storage_error
 from infl_array.storage.zarr_compat import (
     delete_key,
     empty_chunks_kept,
@@ -190,6 +191,9 @@ class BlockGrid:
         rows, cols = self.block_bounds(coords)
         try:
             out = np.asarray(self.array[self._selection(rows, cols)])
+        except OSError as exc:  # the request failed, not the stored bytes
+            what = f"read {self.layout.block_name(self.chunk_index(coords))} of {self.name!r}"
+            raise storage_error(exc, what, self.where) from exc
         except Exception as exc:
             raise self._corrupt(coords, exc) from exc
         return out.reshape(rows.stop - rows.start, cols.stop - cols.start)
@@ -209,6 +213,8 @@ class BlockGrid:
         """The orthogonal selection ``rows x cols`` (2-D), naming the corrupt block on failure."""
         try:
             out = np.asarray(self.array.get_orthogonal_selection(self._selection(rows, cols)))
+        except OSError as exc:
+            raise storage_error(exc, f"read from {self.name!r}", self.where) from exc
         except Exception:
             self._raise_first_corrupt(blocks)
             raise
@@ -220,6 +226,8 @@ class BlockGrid:
         """The points ``(rows[k], cols[k])`` as a 1-D array."""
         try:
             return np.asarray(self.array.get_coordinate_selection(self._selection(rows, cols)))
+        except OSError as exc:
+            raise storage_error(exc, f"read from {self.name!r}", self.where) from exc
         except Exception:
             self._raise_first_corrupt(blocks)
             raise

@@ -33,10 +33,14 @@ from zarr.abc.store import Store
 from zarr.codecs import BytesCodec
 
 from infl_array.errors import NotAStoreError
-from infl_array.storage import layout
+from infl_array.storage import layout, nodes
 from infl_array.storage.grid import BlockGrid
 from infl_array.storage.meta import Compression, StoreMeta
-from infl_array.storage.remote_errors import StorageOptionsError, explained_url_errors
+from infl_array.storage.remote_errors import (
+    StorageOptionsError,
+    explained_url_errors,
+    storage_error,
+)
 from infl_array.storage.zarr_compat import lossy_codec_warning_silenced
 
 __all__ = ["InfluenceStore", "describe_store", "local_path"]
@@ -182,6 +186,8 @@ class InfluenceStore:
                 f"{where} is not an infl_array store: no zarr group there. Create one with "
                 "InfluenceArray.create(...) or InfluenceArray.from_function(...)."
             ) from exc
+        except OSError as exc:  # a failed request (S3 500, timeout): not a damaged store
+            raise storage_error(exc, "open the store", where) from exc
         except (ValueError, TypeError, json.JSONDecodeError) as exc:
             raise NotAStoreError(
                 f"{where} has damaged zarr metadata ({type(exc).__name__}: {exc}); "
@@ -196,17 +202,15 @@ class InfluenceStore:
         return self.matrix if name == self.matrix.name else self.side_grid(name)
 
     def array_paths(self) -> list[str]:
-        """The path of every array in the group now (nested ones too), sorted."""
-        with lossy_codec_warning_silenced():
-            members = self.group.members(max_depth=None)
-        return sorted(path for path, node in members if isinstance(node, zarr.Array))
+        """The path of every array in the group now (nested ones too), sorted; arrays whose
+        metadata (or a parent group's) is damaged are left out (:mod:`~.nodes`)."""
+        return sorted([self.matrix.name, *nodes.array_paths(self.matrix.zarr_store)])
 
     def side_grid(self, name: str) -> BlockGrid | None:
         """The 1-D array ``name`` beside the matrix, or None when it does not exist yet."""
-        if name not in self.group:
+        array = nodes.open_node(self.group, name, self.where)
+        if array is None:
             return None
-        with lossy_codec_warning_silenced():
-            array = self.group[name]
         if not isinstance(array, zarr.Array):
             raise NotAStoreError(
                 f"{self.where}: {name!r} is not an array; the store is damaged. Recreate it "
@@ -286,6 +290,10 @@ def _matrix_array(group: zarr.Group, meta: StoreMeta, where: str) -> zarr.Array:
     try:
         with lossy_codec_warning_silenced():
             array = group[name]
+    except OSError as exc:  # a failed request (S3 500, timeout): not a damaged store
+        if isinstance(exc, FileNotFoundError):
+            raise NotAStoreError(f"{where} lacks its array {name!r} ({exc}).") from exc
+        raise storage_error(exc, f"read the metadata of {name!r}", where) from exc
     except Exception as exc:
         raise NotAStoreError(
             f"{where} lacks its array {name!r} or its metadata is damaged "
@@ -438,8 +446,22 @@ def _exists(store: Any) -> bool:
 
 
 def _is_infl_store(store: Any) -> bool:
+    """Whether ``store`` holds an infl_array store: its group records one, or (a local store
+    whose group metadata is damaged or gone) its matrix's metadata is intact."""
     try:
         group = zarr.open_group(store, mode="r")
     except Exception:
-        return False
+        return _has_matrix_metadata(local_path(store))
     return layout.ATTRS_KEY in group.attrs
+
+
+def _has_matrix_metadata(path: Path | None) -> bool:
+    """Whether the local directory ``path`` holds an infl_array matrix's intact metadata."""
+    if path is None:
+        return False
+    try:
+        meta = json.loads((path / layout.MATRIX.metadata_key).read_bytes())
+    except (OSError, ValueError):
+        return False
+    names = meta.get("dimension_names") if isinstance(meta, dict) else None
+    return names == list(layout.MATRIX.dimension_names)
