@@ -38,7 +38,14 @@ from infl_array.storage.zarr_compat import (
     size_under,
 )
 
-__all__ = ["BlockCoords", "BlockGrid", "PARTIAL_MIN_AGE_S", "block_range", "write_error"]
+__all__ = [
+    "PARTIAL_MIN_AGE_S",
+    "BlockCoords",
+    "BlockGrid",
+    "block_range",
+    "create_error",
+    "write_error",
+]
 
 BlockCoords = tuple[int, int]
 """A block's ``(i, j)``: its block row and block column (the package's one definition)."""
@@ -338,18 +345,38 @@ def _list_local(base: Path, ndim: int, rows: set[int] | None = None) -> set[Bloc
 
 def write_error(exc: OSError, coords: BlockCoords, where: str) -> OSError:
     """``exc`` restated to name the block and the fix, keeping its type and errno."""
-    reason = exc.strerror or str(exc) or type(exc).__name__
-    if exc.errno == errno.ENOSPC:
-        fix = "free disk space (or move the store)"
-    elif isinstance(exc, PermissionError):
-        fix = "make the store writable (or copy it to a writable location)"
-    else:
-        fix = "fix the storage problem"
     message = (
-        f"could not write block {coords} to the store {where}: {reason}. Nothing was stored "
-        "for this block and the blocks already in the store are intact; "
-        f"{fix}, then call arr.fill() again to compute the missing blocks."
+        f"could not write block {coords} to the store {where}: {_reason(exc)}. Nothing was "
+        "stored for this block and the blocks already in the store are intact; "
+        f"{_fix(exc)}, then call arr.fill() again to compute the missing blocks."
     )
+    return _restated(exc, message)
+
+
+def create_error(exc: OSError, name: str, where: str) -> OSError:
+    """``exc``, raised while creating the array ``name`` beside the matrix (its metadata),
+    restated to name the array and the fix, keeping its type and errno."""
+    message = (
+        f"could not create the array {name!r} in the store {where}: {_reason(exc)}. The "
+        f"blocks already in the store are intact; {_fix(exc)}, then try again."
+    )
+    return _restated(exc, message)
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def _fix(exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return "free disk space (or move the store)"
+    if isinstance(exc, PermissionError):
+        return "make the store writable (or copy it to a writable location)"
+    return "fix the storage problem"
+
+
+def _restated(exc: OSError, message: str) -> OSError:
+    """An error of ``exc``'s type and errno with ``message``."""
     try:
         return type(exc)(exc.errno, message) if exc.errno is not None else type(exc)(message)
     except Exception:

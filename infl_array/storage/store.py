@@ -34,7 +34,7 @@ from zarr.codecs import BytesCodec
 
 from infl_array.errors import NotAStoreError
 from infl_array.storage import layout, nodes
-from infl_array.storage.grid import BlockGrid
+from infl_array.storage.grid import BlockGrid, create_error
 from infl_array.storage.meta import Compression, StoreMeta
 from infl_array.storage.remote_errors import (
     StorageOptionsError,
@@ -235,8 +235,11 @@ class InfluenceStore:
         When another process created it first, the existing array is returned.
         """
         if layout.FACTORS_GROUP not in self.group:
-            with contextlib.suppress(zarr.errors.ContainsGroupError):
-                self.group.create_group(layout.FACTORS_GROUP)
+            try:
+                with contextlib.suppress(zarr.errors.ContainsGroupError):
+                    self.group.create_group(layout.FACTORS_GROUP)
+            except OSError as exc:
+                raise create_error(exc, layout.FACTORS_GROUP, self.where) from exc
         lossless = Compression(
             cname=self.meta.compression.cname, clevel=self.meta.compression.clevel
         )
@@ -258,6 +261,8 @@ class InfluenceStore:
     ) -> BlockGrid:
         try:
             array = _create_array(self.group, name, shape, chunks, dtype, compression)
+        except OSError as exc:  # a full disk, a read-only mount, a failed request
+            raise create_error(exc, name, self.where) from exc
         except zarr.errors.ContainsArrayError:
             self.group = zarr.open_group(self.group.store, mode="r+")  # sees the new array
             existing = self.side_grid(name)

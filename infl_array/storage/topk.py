@@ -17,7 +17,7 @@ are int64 with fill value -1. This module knows zarr and numpy, not torch.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,7 @@ from zarr.codecs import BytesCodec
 
 from infl_array.errors import NotAStoreError
 from infl_array.storage import layout, nodes
-from infl_array.storage.grid import BlockCoords, BlockGrid
+from infl_array.storage.grid import BlockCoords, BlockGrid, create_error
 from infl_array.storage.meta import Compression
 from infl_array.storage.store import InfluenceStore
 
@@ -95,6 +95,15 @@ def find_top_k_grid(store: InfluenceStore, where: layout.TopKLayout) -> TopKGrid
     return TopKGrid(values, indices, store.where, store.local_root)
 
 
+@contextlib.contextmanager
+def _creating(name: str, store: InfluenceStore) -> Iterator[None]:
+    """Restate an ``OSError`` (a full disk, a read-only mount) as failing to create ``name``."""
+    try:
+        yield
+    except OSError as exc:
+        raise create_error(exc, name, store.where) from exc
+
+
 def create_top_k_grid(
     store: InfluenceStore, where: layout.TopKLayout, n_rows: int, rows_per_block: int
 ) -> TopKGrid:
@@ -109,7 +118,7 @@ def create_top_k_grid(
         (where.indices, np.dtype(np.int64), -1),
         (where.values, np.dtype(store.meta.dtype), np.nan),
     ):
-        with contextlib.suppress(zarr.errors.ContainsArrayError):
+        with contextlib.suppress(zarr.errors.ContainsArrayError), _creating(part.path, store):
             store.group.create_array(
                 part.path,
                 shape=shape,
