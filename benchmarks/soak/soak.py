@@ -106,8 +106,9 @@ DESCRIPTION = {
     "or deleted, or a claim garbled, on a function store and a `ProjectedInfluence` store; then "
     "a random read, fill, `top_k`, `top_k_array`, `self_influence`, `verify`, `store_report` or "
     "`repair`; then `repair()` and `fill()`",
-    "filler kill": "one or two filler processes SIGKILLed at a random moment (some kill "
-    "themselves inside a block write)",
+    "filler kill": "one or two forked filler processes (fill, or a top-k array's fill) "
+    "SIGKILLed at a random moment, 1-4 rounds per store (30% armed to kill themselves inside "
+    "a block write: the outcomes say how many did before the SIGKILL)",
     "worker kill": "a worker of `fill(workers=2)`, or its filler, SIGKILLed mid-fill",
     "concurrent kill": "three fillers and a checking reader on one store; all fillers "
     "SIGKILLed at once",
