@@ -141,7 +141,7 @@ def _kill_round(ctx: Any, store: Path, rng: random.Random, tally: Tally) -> None
     for k in range(rng.choice((1, 1, 2))):
         opts: dict[str, Any] = {"seed": rng.randrange(1 << 30), "top_k": rng.random() < 0.2}
         if k == 0 and rng.random() < 0.3:
-            opts.update(inject=rng.choice(["mid-write", "before-rename"]), nth=rng.randint(1, 20))
+            opts.update(inject=rng.choice(["mid-write", "before-rename"]), nth=rng.randint(1, 4))
         p = ctx.Process(target=_child_fill, args=(str(store), opts), daemon=True)
         p.start()
         procs.append((p, opts))
