@@ -121,7 +121,7 @@ DESCRIPTION = {
 def render(record: dict[str, Any]) -> str:
     """The section, from the record alone."""
     data = record["data"]
-    kinds = data["kinds"]
+    kinds = {k: data["kinds"][k] for k in KINDS if k in data["kinds"]}  # the file sorts keys
     tot = totals(data)
     lines = results_md.record_head(record)
     lines += [
