@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from infl_array.arrays.append import AppendMixin, check_segments, created_shape_of
 from infl_array.arrays.describe import DescribedMixin
 from infl_array.arrays.front import LazyArray
 from infl_array.arrays.indexing import get_oindex
@@ -42,7 +43,7 @@ __all__ = ["InfluenceArray", "open_array"]
 DEFAULT_BLOCK_SHAPE = (256, 4096)
 
 
-class InfluenceArray(DescribedMixin, LazyArray):
+class InfluenceArray(AppendMixin, DescribedMixin, LazyArray):
     """A lazily computed, cached influence matrix of shape ``(n_test, n_train)``.
 
     Create one with :meth:`create` (from an influence model) or :meth:`from_function`, or
@@ -380,8 +381,9 @@ def open_array(
     meta = opened.meta
     given: dict[str, tuple[Any, Any]] = {}
     if block_shape is not None:
-        asked = clip_block_shape(meta.shape, _as_pair(block_shape, "block_shape"))
-        given["block_shape"] = (list(clip_block_shape(meta.shape, meta.block_shape)), list(asked))
+        created = created_shape_of(opened)  # blocks were clipped to the shape at creation
+        asked = clip_block_shape(created, _as_pair(block_shape, "block_shape"))
+        given["block_shape"] = (list(clip_block_shape(created, meta.block_shape)), list(asked))
     if dtype is not None:
         given["dtype"] = (meta.dtype, _dtype_name(dtype))
     kind = meta.computed_by.get("kind", "function")
@@ -393,6 +395,7 @@ def open_array(
             if name in stored or name in ("model", "backend", "test", "train"):
                 given[name] = (stored.get(name), value)  # what older stores lack is not asked
         given["shape"] = (list(meta.shape), list(source.shape or ()))
+        check_segments(opened, source, given)
         check_same(opened, given, kind_given="model", kind_stored=kind)
         source.set_output_dtype(np.dtype(meta.dtype))
     elif fn is not None:

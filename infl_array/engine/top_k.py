@@ -152,8 +152,13 @@ def scan_top_k(
     row_blocks: Iterable[int],
     counts: ScanCounts | None = None,
     skip: bool = False,
+    start: int = 0,
 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """The top-``k`` along ``axis`` of every row of ``row_blocks``: ``{block: (values, indices)}``.
+
+    Only the entries from index ``start`` on along the reduced axis are candidates (a top-k
+    row brought up to date after an append scans only the new points,
+    :mod:`infl_array.engine.top_k_bases`); a row with none gets no entry.
 
     Stored blocks are read, missing ones computed in memory (nothing is written); a missing
     block with no source raises :class:`~infl_array.errors.MissingBlockError` naming it. With
@@ -166,7 +171,9 @@ def scan_top_k(
     counts = counts if counts is not None else ScanCounts()
     known = engine.refresh()
     rows = sorted(set(row_blocks))
-    inner = list(range(engine.grid_shape[1 if axis == 1 else 0]))
+    n_inner = engine.grid_shape[axis]
+    first_inner = start // engine.block_shape[axis] if start < engine.shape[axis] else n_inner
+    inner = list(range(first_inner, n_inner))
     bounds = NormBounds.of(engine, axis, rows, inner) if skip and k > 0 and rows else None
     if bounds is not None:
         inner = bounds.order
@@ -187,6 +194,8 @@ def scan_top_k(
         rows_of, cols_of = engine.grid.block_bounds(coords)
         first = cols_of.start if axis == 1 else rows_of.start
         values = block if axis == 1 else block.T
+        if first < start:  # a block the new points share with old ones: the new ones only
+            values, first = values[:, start - first :], start
         best[r] = merge_best(found, block_best(values, first, k, largest), k, largest)
     return {r: (np.ascontiguousarray(v), np.ascontiguousarray(i)) for r, (v, i) in best.items()}
 

@@ -41,6 +41,7 @@ from infl_array.storage.remote_errors import (
     explained_url_errors,
     storage_error,
 )
+from infl_array.storage.segments import settled_meta
 from infl_array.storage.zarr_compat import lossy_codec_warning_silenced
 
 __all__ = ["InfluenceStore", "describe_store", "local_path"]
@@ -193,7 +194,7 @@ class InfluenceStore:
                 f"{where} has damaged zarr metadata ({type(exc).__name__}: {exc}); "
                 "expected a zarr v3 group written by infl_array. Recreate it with overwrite=True."
             ) from exc
-        meta = _recorded_meta(group, where)
+        meta = settled_meta(group, _recorded_meta(group, where), where, read_only)
         return cls(store, group, _matrix_array(group, meta, where), meta, storage_options)
 
     # ------------------------------------------------------------------ arrays beside the matrix
