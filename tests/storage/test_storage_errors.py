@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import bounded
 from zarr.storage import LocalStore
 
 import infl_array as ia
@@ -74,3 +75,34 @@ def test_a_failed_metadata_read_is_a_named_oserror_never_a_store_to_recreate(
     assert "overwrite=True" not in str(info.value)
     FlakyStore.failing = None
     np.testing.assert_array_equal(np.asarray(ia.open(flaky)), _fn(range(6), range(8)))
+
+
+class LateFailingClaims(LocalStore):
+    """A local store whose claim writes are carried out, then reported failed (``late``): a
+    request that timed out on the client after the server stored it."""
+
+    late = False
+
+    async def set_if_not_exists(self, key: str, value: Any) -> None:
+        await super().set_if_not_exists(key, value)
+        if LateFailingClaims.late and "/claims/" in key:
+            raise OSError(errno.ETIMEDOUT, "Read timeout on endpoint URL")
+
+
+def test_a_claim_stored_by_a_failed_request_does_not_hold_its_unit(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    arr = ia.InfluenceArray.from_function(
+        LateFailingClaims(path), _fn, shape=(6, 8), block_shape=(3, 4)
+    )
+    LateFailingClaims.late = True
+    try:
+        with pytest.raises(OSError, match="Read timeout"):
+            arr.fill(progress=False)
+    finally:
+        LateFailingClaims.late = False
+    assert not list(path.rglob("claims/*"))  # the claim the server kept is gone
+    # the next fill in this process does not wait a claim lifetime on its own claim
+    filled, seconds = bounded(
+        lambda: ia.open(LateFailingClaims(path), fn=_fn).fill(progress=False), 20
+    )
+    assert filled == 4 and seconds < 20
