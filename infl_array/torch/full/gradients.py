@@ -107,7 +107,8 @@ class GradientsMixin:
         except Exception:
             self._check_sample(flat, xt, yt, "input")  # a clear error when it finds the cause
             raise
-        return check_finite(self._select(torch.cat(parts)), "per-sample gradients")
+        grads = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return check_finite(self._select(grads), "per-sample gradients")
 
     def _column_regularization(
         self: _Fitted, col_block: torch.Tensor, dtype: torch.dtype
