@@ -15,8 +15,12 @@ claims they hold every ``ttl_s / 4`` from a background thread, so a live filler 
 claims, and a killed one (even with SIGKILL) loses them by expiry: a claim never blocks a unit
 forever. A claim object that does not decode (damaged, or being written on a store without
 atomic writes) holds its unit for one ``ttl_s`` from when a filler first sees it so, then is
-taken over like an expired one. Expiry compares wall clocks, so machines sharing a store need
-clocks within a fraction of ``ttl_s`` of each other (NTP). Claims are released
+taken over like an expired one. A live owner holds a unit for at most ``max_wait_s`` (default
+:data:`MAX_WAIT_TTLS` lifetimes) as seen by one waiting filler: its heartbeat refreshes the
+claim even when its computation is stuck (a request that never ends), so past that the waiter
+warns, naming the owner and the unit, and computes the unit as well (the values are identical
+and writes atomic: only work is doubled). Expiry compares wall clocks, so machines sharing a
+store need clocks within a fraction of ``ttl_s`` of each other (NTP). Claims are released
 (deleted) as soon as their unit is done; a claim left by a killed filler is removed by the
 filler that takes the unit over.
 
@@ -39,6 +43,7 @@ import socket
 import threading
 import time
 import uuid
+import warnings
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -56,6 +61,9 @@ __all__ = ["CLAIM_TTL_S", "ClaimBook", "is_claim", "live_owners"]
 CLAIM_TTL_S = 60.0
 """Seconds a claim lives after its owner's last refresh."""
 
+MAX_WAIT_TTLS = 10
+"""Claim lifetimes a filler waits at most on a unit one live owner holds (``max_wait_s``)."""
+
 _OPEN_BOOKS: weakref.WeakValueDictionary[str, ClaimBook] = weakref.WeakValueDictionary()
 """The claim books of this process, by owner (what tells a held claim from an abandoned one)."""
 
@@ -72,6 +80,9 @@ class ClaimBook:
     ttl_s : float, optional
         Seconds a claim lives after its last refresh (default :data:`CLAIM_TTL_S`, read at
         construction).
+    max_wait_s : float, optional
+        Seconds this filler lets one live owner hold a unit it waits for, at most (default
+        :data:`MAX_WAIT_TTLS` times ``ttl_s``); then it takes the unit over, with a warning.
     clock : callable
         The wall clock claims expire by (``time.time``; tests pass a clock they move).
     """
@@ -82,12 +93,15 @@ class ClaimBook:
         prefix: str,
         ttl_s: float | None = None,
         clock: Callable[[], float] = time.time,
+        max_wait_s: float | None = None,
     ) -> None:
         self._store = zarr_store
         self._prefix = prefix
         self.ttl_s = float(CLAIM_TTL_S if ttl_s is None else ttl_s)
         self._clock = clock
+        self.max_wait_s = float(MAX_WAIT_TTLS * self.ttl_s if max_wait_s is None else max_wait_s)
         self._unreadable: dict[str, float] = {}  # claim name -> when first seen unreadable
+        self._waiting: dict[str, tuple[str, float]] = {}  # name -> (live owner, first seen)
         self.owner = f"{_this_process()}{uuid.uuid4().hex[:12]}"
         self._held: set[str] = set()
         self._claiming: set[str] = set()  # written, not yet read back
@@ -122,9 +136,32 @@ class ClaimBook:
         that long is damage, and a wait on it ends.
         """
         if found:
-            return not _is_stale(found, self._clock()) and not _abandoned_here(name, found)
+            if _is_stale(found, self._clock()) or _abandoned_here(name, found):
+                return False
+            return not self._waited_out(name, str(found["owner"]))
         first = self._unreadable.setdefault(name, time.monotonic())
         return time.monotonic() - first < self.ttl_s
+
+    def _waited_out(self, name: str, owner: str) -> bool:
+        """Whether this filler has seen ``owner`` hold ``name`` for ``max_wait_s`` (then it
+        warns and takes the unit over: see the module docstring)."""
+        now = time.monotonic()
+        seen = self._waiting.get(name)
+        if seen is None or seen[0] != owner:
+            self._waiting[name] = (owner, now)
+            return False
+        if now - seen[1] < self.max_wait_s:
+            return False
+        del self._waiting[name]
+        warnings.warn(
+            f"infl_array: the claim {self._prefix + name!r} has been held by the live filler "
+            f"{owner!r} for over {self.max_wait_s:g} s (it refreshes its claim, but its unit "
+            "is not done: it may be stuck); this filler computes the unit as well. The values "
+            "are identical and writes atomic: only work is doubled.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return True
 
     def try_claim(self, name: str) -> bool:
         """Claim ``name``; True when this filler now owns it (also when it already did)."""

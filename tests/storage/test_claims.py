@@ -126,3 +126,19 @@ def test_a_claim_whose_read_back_failed_is_deleted_or_abandoned(store: Any) -> N
     assert other.try_claim("a")  # abandoned by this process: not waited on
     other.close()
     book.close()
+
+
+def test_a_unit_a_live_owner_holds_past_max_wait_is_taken_over_with_a_warning(
+    store: Any,
+) -> None:
+    owner = ClaimBook(store, PREFIX)  # alive and refreshing, but its unit never gets done
+    assert owner.try_claim("a")
+    waiter = ClaimBook(store, PREFIX, max_wait_s=0.3)
+    assert waiter.max_wait_s == 0.3 and ClaimBook(store, PREFIX, ttl_s=2.0).max_wait_s == 20.0
+    assert not waiter.try_claim("a")  # the wait starts
+    assert not waiter.try_claim("a")
+    time.sleep(0.35)
+    with pytest.warns(RuntimeWarning, match=r"held by the live filler .* for over 0.3 s"):
+        assert waiter.try_claim("a")
+    waiter.close()
+    owner.close()
