@@ -141,6 +141,9 @@ class BlockEngine(MissingBlocksMixin):
         self.keeper: BlockKeeper[BlockCoords, np.ndarray] = BlockKeeper(GridShelf(grid))
         """Which blocks are stored (the cache machine's presence memo and store steps)."""
         self._noted: dict[str, str] = {}
+        self.column_group = 1
+        """Block columns whose blocks are computed from one product (set by :meth:`tiles`; the
+        same for every compute of this engine, see :mod:`~infl_array.engine.tiling`)."""
         self.task_lock = threading.Lock()
         """Held by a fill task running on this engine (tasks of one worker run one at a time)."""
 
@@ -253,8 +256,11 @@ class BlockEngine(MissingBlocksMixin):
 
     def tiles(self, blocks: list[BlockCoords]) -> list[list[BlockCoords]]:
         """``blocks`` cut into the tiles they are computed in (:mod:`~infl_array.engine.tiling`;
-        a subclass may regroup them, as the top-k arrays do)."""
-        return compute_tiles(blocks, self.grid, capabilities(self.source).factor_reuse)
+        a subclass may regroup them, as the top-k arrays do). Sets :attr:`column_group`."""
+        tiles, self.column_group = compute_tiles(
+            blocks, self.grid, capabilities(self.source).factor_reuse
+        )
+        return tiles
 
     def compute(
         self,
@@ -281,9 +287,9 @@ class BlockEngine(MissingBlocksMixin):
         reuse = capabilities(self.source).factor_reuse
         steps = BlockSteps(
             values=self.block_values,
-            write=self.grid.write_block,
+            write=self.grid.write_run,
             stored=self.grid.has_blocks,
-            prefetch=lambda tile: prefetch_tile(tile, self.grid, reuse),
+            prefetch=lambda tile: prefetch_tile(tile, self.grid, reuse, self.column_group),
             finished=finished,
         )
         # an in-process store: no other process can fill it, so nothing to share

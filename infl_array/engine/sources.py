@@ -88,10 +88,14 @@ class FactorReuse(Protocol):
         """Compute and memoise the factors of ``test[rows]`` and ``train[cols]`` now (a hint)."""
         ...
 
-    def begin_tile(self, runs: list[range], block_rows: int) -> None:
+    def begin_tile(
+        self, runs: list[range], block_rows: int, groups: list[list[range]] | None = None
+    ) -> None:
         """The tile the calling thread computes next covers the test rows ``runs`` (runs of
         whole block rows of ``block_rows`` each): a hint that its blocks may be computed from
-        one product per run and block column."""
+        one product per run and block column, or per run and column group (``groups``: lists
+        of consecutive block columns, as train ranges, whose train factors may be computed in
+        one call)."""
         ...
 
 

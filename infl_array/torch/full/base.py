@@ -93,8 +93,9 @@ class TorchInfluenceBase(GradientsMixin, CurvatureMixin, IdentityMixin, Deferred
         ``{block name: value or None}`` (keys a subset of the block names) sets it per block.
     batch_size : int or None
         Samples per vectorised pass over data (memory control; does not change results up to
-        rounding). ``None``: the larger of 1024 and the fit DataLoader's batch size (small
-        passes cost mostly fixed overhead; lower it if a pass runs out of memory).
+        rounding). ``None``: the larger of 1024 and the fit DataLoader's batch size, and for
+        per-sample gradients as many samples as 32 MiB of gradients hold if that is more
+        (small passes cost mostly fixed overhead; lower it if a pass runs out of memory).
     block_structure : BlockMode or mapping
         Parameter blocks of the block-diagonal curvature (see
         :mod:`~infl_array.torch.full.param_blocks`).

@@ -20,10 +20,13 @@ from infl_array.torch.full.checks import model_inputs, require_eval_mode
 from infl_array.torch.full.functional import FlatModel, check_finite
 from infl_array.torch.full.param_blocks import ParameterBlocks
 
-__all__ = ["DEFAULT_BATCH_SIZE", "GradientsMixin"]
+__all__ = ["DEFAULT_BATCH_SIZE", "GRADIENT_PASS_BYTES", "GradientsMixin"]
 
 DEFAULT_BATCH_SIZE = 1024
 """Samples per pass when neither ``batch_size`` nor the fit DataLoader gives one."""
+
+GRADIENT_PASS_BYTES = 32 << 20
+"""Per-sample gradients one pass may return (32 MiB) when no ``batch_size`` is given."""
 
 
 class _Fitted(Protocol):
@@ -40,6 +43,9 @@ class _Fitted(Protocol):
 
     @property
     def pass_size(self) -> int: ...
+
+    @property
+    def gradient_pass_size(self) -> int: ...
 
     def _require_fit(self) -> FlatModel: ...
 
@@ -63,6 +69,16 @@ class GradientsMixin:
             return max(self._fit_data.batch_size, DEFAULT_BATCH_SIZE)
         return DEFAULT_BATCH_SIZE
 
+    @property
+    def gradient_pass_size(self: _Fitted) -> int:
+        """Samples per vectorised pass of per-sample gradients: ``batch_size`` when given,
+        else :attr:`pass_size` raised to fill :data:`GRADIENT_PASS_BYTES` of gradients (a
+        small model's gradients are computed in few large passes: each pass has a fixed cost)."""
+        if self.batch_size is not None:
+            return self.batch_size
+        row = self.n_params * self._require_fit().dtype.itemsize
+        return max(self.pass_size, GRADIENT_PASS_BYTES // max(1, row))
+
     def _prepare(self: _Fitted, x: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """``x``, ``y`` as tensors on the model's device (floats in the model dtype, integer
         targets as int64; :func:`~infl_array.torch.full.checks.model_inputs`)."""
@@ -83,7 +99,7 @@ class GradientsMixin:
         n = xt.shape[0]
         if n == 0:
             return torch.zeros((0, self.n_params), dtype=flat.dtype, device=flat.device)
-        size = self.pass_size
+        size = self.gradient_pass_size
         try:
             parts = [
                 flat.per_sample_grads(xt[s : s + size], yt[s : s + size]) for s in range(0, n, size)
@@ -91,7 +107,8 @@ class GradientsMixin:
         except Exception:
             self._check_sample(flat, xt, yt, "input")  # a clear error when it finds the cause
             raise
-        return check_finite(self._select(torch.cat(parts)), "per-sample gradients")
+        grads = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return check_finite(self._select(grads), "per-sample gradients")
 
     def _column_regularization(
         self: _Fitted, col_block: torch.Tensor, dtype: torch.dtype

@@ -6,7 +6,8 @@ the samples ``r``.
 
 * Without a factor store, or for a range that is not made of whole factor blocks, or for
   ``"self"``: from the memo (an exact range, or a slice of a memoised range holding it), else
-  computed by the influence model and memoised.
+  computed by the influence model (only past a memoised range holding its start) and
+  memoised.
 * With a factor store (:meth:`FactorCache.attach`), a range of whole blocks of a side goes
   through that side's :class:`~infl_array.engine.keeper.BlockKeeper`, the cache machine every
   stored block goes through: each block from the memo, else from the store, else computed
@@ -171,8 +172,13 @@ class FactorCache:
         if hit is not None:
             self.stats["hits"] += 1
             return hit
-        f = self.compute(axis, r)
-        self.memo.put(key, f)
+        head = self.memo.find(lambda k: k[0] == axis and k[1] <= r.start < k[2] < r.stop)
+        if head is None:
+            f = self.compute(axis, r)
+        else:  # a memoised range holds the start of ``r`` (a tile's sizing, say): compute the rest
+            (_, start, stop), known = head
+            f = torch.cat([known[r.start - start :], self.compute(axis, range(stop, r.stop))])
+        self.memo.join(key, f)
         return f
 
     def _compute_blocks(self, axis: str, side: FactorSide, blocks: list[int]) -> list[torch.Tensor]:

@@ -332,11 +332,13 @@ class ModelBlockSource(GrowthMixin):
         if cols is not None and len(_check_range(cols, self.n_train, "cols")):
             self.pairing.prefetch_train(cols)
 
-    def begin_tile(self, runs: list[range], block_rows: int) -> None:
+    def begin_tile(
+        self, runs: list[range], block_rows: int, groups: list[list[range]] | None = None
+    ) -> None:
         """The tile this thread computes next covers the test rows ``runs`` (whole block rows
-        of ``block_rows``): its blocks come from one product per strip of rows and block column
-        (:mod:`~infl_array.torch.source.strips`)."""
-        self.strips.begin_tile(runs, block_rows)
+        of ``block_rows``) and the column groups ``groups``: its blocks come from one product
+        per strip of rows and block column or group (:mod:`~infl_array.torch.source.strips`)."""
+        self.strips.begin_tile(runs, block_rows, groups)
 
     # -- blocks -----------------------------------------------------------------------------
     def set_output_dtype(self, dtype: Any) -> None:
