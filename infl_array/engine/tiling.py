@@ -3,7 +3,8 @@
 A block source that memoises factors (its ``factor_reuse`` capability,
 :mod:`infl_array.engine.sources`) computes each test factor once and each train factor once per
 tile when blocks are computed tile by tile. :func:`compute_tiles` cuts blocks into tiles whose
-test factors fit the memo's budget (:func:`~infl_array.engine.plan.plan_budget_tiles`);
+test factors fit what the memo may hold now, its share of the memory budget
+(:func:`~infl_array.engine.plan.plan_budget_tiles`);
 :func:`prefetch_tile` computes a tile's test factors in one call per run of block rows (one
 batched solve). Without the capability, blocks are tiled without a budget and nothing is
 prefetched.
@@ -28,8 +29,7 @@ def compute_tiles(
     rows, cols = grid.block_bounds(min(blocks))
     first, first_cols = range(rows.start, rows.stop), range(cols.start, cols.stop)
     row_bytes = reuse.test_factor_bytes(first, first_cols) / len(first)
-    budget = reuse.factor_budget_bytes
-    return plan_budget_tiles(blocks, shape, block_shape, row_bytes, budget)
+    return plan_budget_tiles(blocks, shape, block_shape, row_bytes, reuse.memo_room())
 
 
 def prefetch_tile(tile: list[BlockCoords], grid: BlockGrid, reuse: FactorReuse | None) -> None:

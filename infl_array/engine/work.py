@@ -3,7 +3,8 @@
 :func:`compute_blocks` runs planned tiles (:func:`~infl_array.engine.plan.plan_tiles`) through plain
 callables (:class:`BlockSteps`): it knows nothing of engines, sources or stores. Checked
 blocks go to a writer thread (compression and the atomic chunk write release the GIL), with
-at most :data:`MAX_WRITES_IN_FLIGHT` blocks in flight, so memory stays bounded; a block counts
+at most :data:`MAX_WRITES_IN_FLIGHT` blocks in flight (fewer when the memory budget,
+:mod:`infl_array.engine.budget`, has no room for more), so memory stays bounded; a block counts
 as computed once its write has finished.
 
 When the work is *shared* (``fill``: other processes or machines may be filling the same
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from infl_array.engine.budget import Budget
 from infl_array.engine.plan import ClaimUnits
 from infl_array.errors import add_note
 from infl_array.storage.claims import ClaimBook
@@ -36,6 +38,9 @@ __all__ = ["MAX_WRITES_IN_FLIGHT", "POLL_S", "BlockSteps", "Sharing", "compute_b
 
 MAX_WRITES_IN_FLIGHT = 4
 """Computed blocks waiting for (or in) their write at most."""
+
+WRITES = "blocks waiting for their write"
+"""What blocks in flight are held as in the memory budget."""
 
 POLL_S = (0.05, 1.0)
 """First and longest wait between looks at blocks other fillers hold."""
@@ -58,6 +63,8 @@ class BlockSteps:
     finished : callable
         ``finished(coords, values)``: ``coords`` is in the store; ``values`` are what this
         call wrote, or None when another filler wrote it.
+    budget : Budget or None
+        The memory budget blocks waiting for their write are held in.
     """
 
     values: Callable[[BlockCoords], np.ndarray]
@@ -65,6 +72,7 @@ class BlockSteps:
     stored: Callable[[list[BlockCoords]], set[BlockCoords]]
     prefetch: Callable[[list[BlockCoords]], None]
     finished: Callable[[BlockCoords, np.ndarray | None], None]
+    budget: Budget | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,13 +111,29 @@ class _Writes:
 
     def compute(self, coords: BlockCoords) -> None:
         values = self.steps.values(coords)
+        self._hold(values.nbytes)
         self.pending.append((coords, self.writer.submit(self.steps.write, coords, values), values))
         while len(self.pending) >= MAX_WRITES_IN_FLIGHT:
             self.finish_one()
 
+    def _hold(self, nbytes: int) -> None:
+        """Hold a block waiting for its write in the budget, waiting for earlier writes when
+        the budget has no room for it."""
+        budget = self.steps.budget
+        if budget is None:
+            return
+        while self.pending and not budget.try_reserve(nbytes, WRITES):
+            self.finish_one()
+        if not self.pending:
+            budget.reserve(nbytes, WRITES, "raise memory_budget, or use a smaller block_shape.")
+
     def finish_one(self) -> None:
         coords, future, values = self.pending.popleft()
-        future.result()
+        try:
+            future.result()
+        finally:
+            if self.steps.budget is not None:
+                self.steps.budget.release(values.nbytes, WRITES)
         self.written += 1
         self.steps.finished(coords, values)
         self.on_written(coords)
@@ -122,6 +146,8 @@ class _Writes:
         """After an error: let submitted writes complete; count the blocks they stored."""
         kept = 0
         for coords, future, values in self.pending:
+            if self.steps.budget is not None:
+                self.steps.budget.release(values.nbytes, WRITES)
             if future.exception() is None:
                 self.steps.finished(coords, values)
                 kept += 1
