@@ -47,7 +47,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     arr = _open(args.store)
     print(repr(arr))
-    print(json.dumps({**arr.meta.to_json(), "notes": arr.notes}, indent=2, sort_keys=True))
+    segments = [s.to_json() for s in arr.segments]
+    print(
+        json.dumps(
+            {**arr.meta.to_json(), "notes": arr.notes, "segments": segments},
+            indent=2,
+            sort_keys=True,
+        )
+    )
     return 0
 
 

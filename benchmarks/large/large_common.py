@@ -65,8 +65,10 @@ def data_path(n_train: int, n_test: int) -> Path:
     return WORK / f"data_{n_train}_{n_test}.pt"
 
 
-def model_path(size: str, n_train: int) -> Path:
-    return WORK / f"model_{size}_{n_train}.pt"
+def model_path(size: str, n_train: int, seed: int = 0) -> Path:
+    """The trained ladder model; ``seed`` > 0: another independent training run (TRAK's
+    ensemble of checkpoints)."""
+    return WORK / f"model_{size}_{n_train}{f'_seed{seed}' if seed else ''}.pt"
 
 
 def load(size: str, n_train: int, n_test: int) -> tuple[nn.Module, dict[str, torch.Tensor]]:

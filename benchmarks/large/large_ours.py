@@ -16,15 +16,17 @@ batch, out`` (and ``store`` for ``projected``). Each writes its timings and peak
   factors would cost (``bf16``: max error relative to the largest value, per-row Spearman);
   then fit and fill again with ``reuse_fit_gradients=False`` (``no_reuse``: the fill passes
   over the train data itself instead of taking the projected gradients the fit computed).
-* ``ekfac``: ``EkfacInfluence(update_diagonal=True)`` fit, then the first ``rows`` test rows
-  against all train points: test factors, train factors in chunks of ``batch`` and
-  ``factor_product``, each timed, so the full matrix can be extrapolated
-  (``(test + product) * n_test / rows + train``: the train side once, a lower bound where its
-  factors do not fit in memory).
+* ``ekfac``: ``EkfacInfluence(update_diagonal=True)`` fit, then the matrix THROUGH THE ARRAY:
+  ``InfluenceArray.create(store, infl, ..., block_shape)`` (``block_shape`` from the JSON, else
+  the library's default) and ``fill()`` when ``rows >= n_test``; otherwise the first two block
+  rows are read (``arr[:b]``, ``arr[b:2b]``, each timed: the driver estimates the whole matrix
+  as the first plus ``n_test / b - 1`` times the second, labelled as an estimate), with the
+  array's work counts (``stats``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import sys
 from pathlib import Path
@@ -37,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from large_common import Timer, load, make_data, spearman_rows, worker_args, write_result
 
 import infl_array as ia
+from infl_array.arrays.influence import DEFAULT_BLOCK_SHAPE
 from infl_array.torch import EkfacInfluence, ProjectedInfluence
 
 CE = F.cross_entropy
@@ -135,27 +138,37 @@ def bf16_cost(test_f: torch.Tensor, train_f: torch.Tensor, full: torch.Tensor, r
 
 
 def ekfac(args: dict, model: torch.nn.Module, data: dict) -> tuple[dict, np.ndarray]:
+    """``EkfacInfluence`` through the array: fit, then ``create`` and ``fill`` (or reads)."""
     timer = Timer()
-    x, y = data["x_train"], data["y_train"]
+    train, test = (data["x_train"], data["y_train"]), (data["x_test"], data["y_test"])
     infl = EkfacInfluence(
         model, CE, args["reg"], update_diagonal=True, fisher_type="empirical", batch_size=256
     )
     with timer("fit"):
-        infl.fit((x, y))
+        infl.fit(train)
+    store = Path(args["store"])
+    shutil.rmtree(store, ignore_errors=True)
+    block = tuple(args["block_shape"]) if args.get("block_shape") else DEFAULT_BLOCK_SHAPE
+    with timer("create"):
+        arr = ia.InfluenceArray.create(
+            store, infl, test=test, train=train, block_shape=block, dtype="float32"
+        )
     rows = args["rows"]
-    with timer("test_factors"):
-        test_f = infl.test_factors(data["x_test"][:rows], data["y_test"][:rows])
-    out = np.empty((rows, len(x)))
-    for s in range(0, len(x), args["batch"]):
-        with timer("train_factors"):
-            train_f = infl.train_factors(x[s : s + args["batch"]], y[s : s + args["batch"]])
-        with timer("product"):
-            out[:, s : s + args["batch"]] = infl.factor_product(test_f, train_f).numpy()
-    t = timer.times
-    scale = args["n_test"] / rows
-    t["extrapolated_matrix"] = (t["test_factors"] + t["product"]) * scale + t["train_factors"]
+    if rows >= args["n_test"]:
+        with timer("fill"):
+            arr.fill(progress=False)
+        out = np.asarray(arr[:])
+    else:  # the first two block rows read through the array; the rest estimated from them
+        b = block[0]
+        with timer("first_block_row"):
+            out = np.asarray(arr[:b])
+        with timer("second_block_row"):
+            np.asarray(arr[b : 2 * b])
     widths = {"test": infl.test_factor_width, "train": infl.train_factor_width}
-    return {"times": t, "widths": widths, "rows": rows}, out
+    stats = dataclasses.asdict(arr.stats)
+    shutil.rmtree(store, ignore_errors=True)
+    result = {"times": timer.times, "widths": widths, "rows": rows, "block_shape": list(block)}
+    return {**result, "stats": stats}, out[: min(rows, len(out))]
 
 
 def main() -> None:

@@ -4,7 +4,8 @@ Usage: ``python benchmarks/large/trak_check.py [--work DIR]`` from the repositor
 ladder CNN with 500 train and 50 test points it runs, each in its own process (outputs kept in
 ``DIR``, default ``benchmarks/_work/trak_check``, and reused when present): ``EkfacInfluence``,
 ``ProjectedInfluence`` (width 4096) and TRAK 0.3.2 (``.venv-trak``) at widths 4096 and 256,
-undamped (``lambda_reg = 0``, TRAK's default) and damped (``lambda_reg = n_train * reg``); then,
+undamped (``lambda_reg = 0``, TRAK's default) and damped (``lambda_reg`` relative to its
+curvature's mean eigenvalue as ours, see ``peers/trak_scores.py``); then,
 without any projection, the exact TRAK formula (margin gradients, ``(G^T G + n reg I)^-1``,
 train side weighted by ``1 - p_y``) and the exact damped empirical-Fisher influence. Prints the
 mean per-row Spearman correlations. About 5 minutes on 2 cores.
@@ -21,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_large import prepare
-from large_common import load, spearman_rows
+from bench_large import PEER_VENVS, train
+from large_common import data_path, load, make_data, spearman_rows
 from torch.func import functional_call, grad, vmap
 
 BENCH = Path(__file__).resolve().parents[1]  # benchmarks/
@@ -89,18 +90,23 @@ def main() -> None:
     work = Path(p.parse_args().work)
     work.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
-    prepare([CASE["size"]], CASE["n_train"], CASE["n_test"])
+    path = data_path(CASE["n_train"], CASE["n_test"])
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(make_data(CASE["n_train"], CASE["n_test"]), path)
+    train(CASE["size"], torch.load(path), CASE["n_train"], 0)
     ours = str(BENCH / "large" / "large_ours.py")
-    ek = worker(work, "ekfac", sys.executable, [ours, "ekfac", json.dumps(CASE | {"reg": REG})])
+    ek_args = CASE | {"reg": REG, "store": str(work / "store")}
+    ek = worker(work, "ekfac", sys.executable, [ours, "ekfac", json.dumps(ek_args)])
     proj_args = CASE | {"reg": REG, "dim": 4096, "store": str(work / "store")}
     proj = worker(work, "projected", sys.executable, [ours, "projected", json.dumps(proj_args)])
     rho, traks = {}, {}
-    trak_py = str(BENCH.parent / ".venv-trak" / "bin" / "python")
+    trak_py = str(PEER_VENVS / ".venv-trak" / "bin" / "python")
     trak_script = str(BENCH / "peers" / "trak_scores.py")
     for reg, dim in TRAK:
-        args = json.dumps(CASE | {"reg": reg, "dim": dim, "batch": 100})
+        args = json.dumps(CASE | {"reg": reg, "dim": dim, "batch": 100, "checkpoints": 1})
         traks[reg, dim] = t = worker(work, f"trak_{reg}_{dim}", trak_py, [trak_script, args])
-        label = f"TRAK 0.3.2 width {dim}, lambda_reg {'n * reg' if reg else '0'}"
+        label = f"TRAK 0.3.2 width {dim}, lambda_reg {'relative as ours' if reg else '0'}"
         rho[f"{label} vs EK-FAC"] = spearman_rows(t, ek).mean()
         rho[f"{label} vs projected"] = spearman_rows(t, proj).mean()
     damped = traks[TRAK[0]]

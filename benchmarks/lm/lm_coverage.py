@@ -41,6 +41,26 @@ def configs(vocab: int, width: int, layers: int, positions: int) -> dict[str, to
     }
 
 
+def coverage(vocab: int = 256, width: int = 64, layers: int = 2, length: int = 64) -> dict:
+    """Fraction of the trainable parameters each backend covers, per config (fitted on 16
+    random sequences), and the ``PartialCoverageWarning`` messages ``fit`` gave (none when all
+    are covered)."""
+    torch.manual_seed(0)
+    x = torch.randint(0, vocab, (16, length), generator=torch.Generator().manual_seed(1))
+    out: dict[str, dict] = {}
+    for name, model in configs(vocab, width, layers, length).items():
+        model.eval()
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        out[name] = {"parameters": trainable}
+        for cls, kwargs in ((EkfacInfluence, {}), (ProjectedInfluence, {"projection_dim": 512})):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                infl = cls(model, causal_lm_loss, 1.0, batch_size=16, **kwargs).fit((x, x))
+            partial = [str(w.message) for w in caught if "Coverage" in type(w.message).__name__]
+            out[name][cls.__name__] = {"fraction": infl.coverage.fraction, "warnings": partial}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n-train", type=int, default=256)

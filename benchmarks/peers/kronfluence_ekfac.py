@@ -81,7 +81,7 @@ def main() -> None:
                     "ekfac",
                     query,
                     train,
-                    per_device_query_batch_size=min(r, args.get("query_batch", 64)),
+                    per_device_query_batch_size=min(r, args["query_batch"]),
                     per_device_train_batch_size=args["batch"],
                     dataloader_kwargs=loader,
                     score_args=ScoreArguments(damping_factor=args["damping"]),
@@ -90,7 +90,8 @@ def main() -> None:
             done = [q for q in args["rows"] if f"scores_{q}" in timer.times]
             write_result(args["out"], {"times": timer.times, "rows": done, "partial": True}, None)
         scores = analyzer.load_pairwise_scores(f"pairs_{r}")["all_modules"].numpy()
-    write_result(args["out"], {"times": timer.times, "rows": args["rows"]}, scores)
+    config = {"query_batch": args["query_batch"], "batch": args["batch"]}
+    write_result(args["out"], {"times": timer.times, "rows": args["rows"], **config}, scores)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,11 @@
 #
 #   bash benchmarks/peers/peer_envs.sh kronfluence   # <repo>/.venv-kronfluence: kronfluence==1.0.1
 #   bash benchmarks/peers/peer_envs.sh trak          # <repo>/.venv-trak: traker==0.3.2
-#   bash benchmarks/peers/peer_envs.sh all           # both (pyDVL has its own: bash .ci/pydvl_env.sh)
+#   bash benchmarks/peers/peer_envs.sh bergson       # <repo>/.venv-bergson: bergson (+ faiss-cpu)
+#   bash benchmarks/peers/peer_envs.sh kronfluence-lm  # <repo>/.venv-kronfluence-lm: the same
+#                                                    # kronfluence + transformers (benchmarks/lm)
+#   bash benchmarks/peers/peer_envs.sh dattri        # <repo>/.venv-dattri: dattri (+ transformers)
+#   bash benchmarks/peers/peer_envs.sh all           # every one (pyDVL has its own: bash .ci/pydvl_env.sh)
 #
 # Each venv gets torch==2.13.0 FIRST (the local CPU wheel) and a constraints file that pins it
 # for every later install, so pip never resolves another, multi-GB CUDA build; then the peer
@@ -11,6 +15,7 @@
 # Idempotent: a stamp in the venv records what was installed; a second call with nothing changed
 # only checks the imports. Prints one line per step with its duration.
 #
+# REMOVE (set by a peer's function): packages uninstalled after the peer's install.
 # Environment: PYTHON (interpreter for the venvs, default python3.11 or python3),
 #              PEER_VENV_DIR (where the venvs go, default the repository root).
 set -euo pipefail
@@ -20,7 +25,7 @@ DIR="${PEER_VENV_DIR:-$ROOT}"
 PY="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 
 usage() {
-    echo "usage: bash benchmarks/peers/peer_envs.sh kronfluence|trak|all" >&2
+    echo "usage: bash benchmarks/peers/peer_envs.sh kronfluence|kronfluence-lm|trak|bergson|dattri|all" >&2
     exit 2
 }
 
@@ -54,6 +59,12 @@ build() {
     }
     step "torch==2.13.0"
     step "$@"
+    if [[ -n "${REMOVE:-}" ]]; then
+        # PyPI's torchvision/torchaudio are built against CUDA torch: with the CPU torch they
+        # fail to load, and transformers imports torchvision whenever it is installed
+        "$vpy" -m pip uninstall -y -q $REMOVE
+        echo "peer_envs:   $name: removed $REMOVE"
+    fi
     "$vpy" -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
     "$vpy" -c "$check"
     echo "$want" > "$stamp"
@@ -70,10 +81,27 @@ trak() {
     build trak "import trak, scipy" "traker==0.3.2" numpy scipy
 }
 
+bergson() {
+    # the language-model benchmark (benchmarks/lm) loads a transformers model there
+    REMOVE="torchvision torchaudio" build bergson "import bergson, faiss; from transformers import GPT2LMHeadModel" bergson faiss-cpu transformers numpy scipy
+}
+
+kronfluence_lm() {
+    REMOVE="torchvision torchaudio" build kronfluence-lm "import kronfluence, scipy; from transformers import GPT2LMHeadModel" "kronfluence==1.0.1" \
+        transformers numpy scipy
+}
+
+dattri() {
+    REMOVE="torchvision torchaudio" build dattri "import dattri; from transformers import GPT2LMHeadModel" dattri transformers numpy scipy
+}
+
 [[ $# -eq 1 ]] || usage
 case "$1" in
     kronfluence) kronfluence ;;
     trak) trak ;;
-    all) kronfluence && trak ;;
+    bergson) bergson ;;
+    kronfluence-lm) kronfluence_lm ;;
+    dattri) dattri ;;
+    all) kronfluence && trak && bergson && dattri && kronfluence_lm ;;
     *) usage ;;
 esac

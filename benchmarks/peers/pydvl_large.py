@@ -7,7 +7,11 @@ Usage: ``.venv-pydvl/bin/python benchmarks/peers/pydvl_large.py '<json>'`` with 
   records the exception it raises (its type and message).
 * ``CgInfluence``: fitted, then the influences of the first ``rows`` test points against all
   train points with at most ``maxiter`` CG iterations per right-hand side (``solve`` time;
-  not necessarily converged: a lower bound of a converged solve).
+  not necessarily converged: a lower bound of a converged solve), through pyDVL's batched
+  calculator as its docs recommend for data that do not fit in memory
+  (``SequentialInfluenceCalculator``: ``influence_factors`` of the test rows, then
+  ``influences_from_factors`` against the train loader in batches of ``batch``), not
+  ``influences()`` on all points at once.
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from pydvl.influence import InfluenceMode
+from pydvl.influence import InfluenceMode, SequentialInfluenceCalculator
 from pydvl.influence.torch import CgInfluence, EkfacInfluence
+from pydvl.influence.torch.util import NestedTorchCatAggregator, TorchCatAggregator
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "large"))
@@ -46,9 +51,16 @@ def main() -> None:
     with timer("fit"):
         cg.fit(loader)
     xt, yt = data["x_test"][: args["rows"]], data["y_test"][: args["rows"]]
+    test_loader = DataLoader(TensorDataset(xt, yt), batch_size=args["rows"])
+    calc = SequentialInfluenceCalculator(cg)
     with timer("solve"):
-        scores = cg.influences(xt, yt, x, y, mode=InfluenceMode.Up).detach().numpy()
-    result.update(times=timer.times, rows=args["rows"], maxiter=args["maxiter"])
+        factors = calc.influence_factors(test_loader).compute(aggregator=TorchCatAggregator())
+    with timer("products"):
+        lazy = calc.influences_from_factors([factors], loader, mode=InfluenceMode.Up)
+        scores = lazy.compute(aggregator=NestedTorchCatAggregator()).detach().numpy()
+    result.update(
+        times=timer.times, rows=args["rows"], maxiter=args["maxiter"], batch=args["batch"]
+    )
     write_result(args["out"], result, scores)
 
 

@@ -21,12 +21,14 @@ Spearman correlation (changes of the total test output, ``N_LOO`` points), detec
 the 10% flipped labels by self-influence on a separate noisy model, and wall time (fit +
 full matrix; fit + self-influence). Results (scores included) are cached per case, method and
 settings (ours also per version of ``infl_array``'s code, in ``scores-*``; the peers' in
-``peers-*``, which our code does not affect); ``--fresh`` recomputes them. The table goes
-into the section "Attribution quality (issue 12)" of ``benchmarks/RESULTS.md``.
+``peers-*``, which our code does not affect); ``--fresh`` recomputes them. The measured
+values are saved as the record ``benchmarks/results/quality.json`` (``results_md.save_result``),
+from which ``quality_report.render`` renders the section "Attribution quality (issue 12)" of
+``benchmarks/RESULTS.md`` (``python benchmarks/render.py`` re-renders it without a run).
 
 ``--methods`` is a comma-separated list of ``peer:label`` (``ours:CG``), ``label`` (that label
 in every peer: ``CG``) or ``peer`` (all of it: ``pyDVL``); default: everything.
-``--quick`` uses 20 subsets instead of 100 and does not write RESULTS.md.
+``--quick`` uses 20 subsets instead of 100 and writes neither the record nor RESULTS.md.
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -52,6 +53,7 @@ sys.path[:0] = [str(ROOT), str(BENCH), str(HERE)]  # the checkout; harness, resu
 import quality_cases as qc  # noqa: E402
 import quality_damping as damping  # noqa: E402
 import quality_report as report  # noqa: E402
+from results_md import RESULTS  # noqa: E402
 
 from infl_array.quality import detection_auc, lds_bootstrap, loo_correlation  # noqa: E402
 
@@ -62,6 +64,10 @@ LISSA_MAXITER = 100
 PROJECTION_DIM = 512
 THREADS = 1
 
+PEER_VENVS = Path(os.environ.get("PEER_VENV_DIR") or ROOT)
+"""Where the peers' venvs are (``$PEER_VENV_DIR``, as ``peer_envs.sh`` builds them; default the
+repository root); pyDVL's is always ``<repository>/.venv-pydvl`` (``.ci/pydvl_env.sh``)."""
+
 # peer: (interpreter, script, how to build the environment, method labels)
 PEERS: dict[str, tuple[Path, Path, str, list[str]]] = {
     "pyDVL": (
@@ -71,13 +77,13 @@ PEERS: dict[str, tuple[Path, Path, str, list[str]]] = {
         ["Direct", "CG", "LiSSA", "Arnoldi", "EK-FAC", "K-FAC", "Nystroem", "DataInf"],
     ),
     "Kronfluence": (
-        ROOT / ".venv-kronfluence/bin/python",
+        PEER_VENVS / ".venv-kronfluence/bin/python",
         BENCH / "peers/quality_kronfluence.py",
         "bash benchmarks/peers/peer_envs.sh kronfluence",
         ["EK-FAC", "K-FAC", "EK-FAC empirical"],
     ),
     "TRAK": (
-        ROOT / ".venv-trak/bin/python",
+        PEER_VENVS / ".venv-trak/bin/python",
         BENCH / "peers/quality_trak.py",
         "bash benchmarks/peers/peer_envs.sh trak",
         ["TRAK", "TRAK undamped"],
@@ -107,8 +113,9 @@ def settings_for(
         "lissa_maxiter": LISSA_MAXITER,
         "lissa_scale": lissa_scale(top + reg),
         "projection_dim": PROJECTION_DIM,
-        # TRAK's X^T X is singular when the projection is wider than the gradient
-        "trak_proj_dim": int(min(2048, 2 ** int(np.log2(n_params)))),
+        # ours Projected's width (issue 22: equal widths); TRAK's X^T X is singular when the
+        # projection is wider than the gradient, so never above the parameter count
+        "trak_proj_dim": int(min(PROJECTION_DIM, 2 ** int(np.log2(n_params)))),
     }
 
 
@@ -347,9 +354,11 @@ def main() -> None:
         print(msg, flush=True)
 
     import torch
+    from harness import machine_info
+    from results_md import load_now, save_result
 
     torch.set_num_threads(THREADS)
-    start = time.perf_counter()
+    load_start, start = load_now(), time.perf_counter()
     results = []
     for name in args.cases.split(","):
         log(f"case {name}")
@@ -357,20 +366,22 @@ def main() -> None:
         log(report.case_table(results[-1]))
     wall = time.perf_counter() - start
     (qc.WORK / "results.json").write_text(json.dumps(results, indent=1, default=float))
-    command = "python benchmarks/quality/quality.py " + " ".join(sys.argv[1:])
-    machine = (
-        f"nproc {os.cpu_count()}, {platform.machine()}, Python {platform.python_version()}, "
-        f"load average now {os.getloadavg()[0]:.1f}"
+    data = {"results": results, "threads": THREADS, "grid_factors": list(damping.GRID_FACTORS)}
+    args.no_write = args.no_write or args.quick
+    args.results = RESULTS
+    save_result(
+        "quality",
+        report.SECTION,
+        "quality/quality_report.py:render",
+        json.loads(json.dumps(data, default=float)),
+        args,
+        script="quality/quality.py",
+        argv=sys.argv[1:],
+        wall_s=wall,
+        machine=machine_info(["torch", "numpy"]),
+        load_start=load_start,
     )
-    text = report.section(results, command.strip(), machine, wall)
     log(report.targets(results))
-    if args.quick or args.no_write:
-        log("(not written to RESULTS.md: --quick or --no-write)")
-        return
-    from results_md import write_section
-
-    write_section(report.SECTION, text)
-    log(f"wrote section {report.SECTION!r} of benchmarks/RESULTS.md")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import numpy as np
 
 from infl_array.quality import held_out_choice
 
-GRID_FACTORS = (0.1, 0.3, 1.0, 3.0, 10.0)
+GRID_FACTORS = (0.01, 0.1, 1.0, 10.0, 100.0)
 """Dampings of the sweep, as multiples of the case's ``regularization``."""
 
 SWEEP_METHODS = [

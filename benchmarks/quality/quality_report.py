@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
 import quality_damping as damping
+from results_md import record_head, table
 
 SECTION = "## Attribution quality (issue 12)"
 SAME_METHOD_TOLERANCE = 0.02
@@ -130,47 +130,55 @@ def targets(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def section(results: list[dict[str, Any]], command: str, machine: str, wall: float) -> str:
-    """The whole RESULTS.md section."""
+def render(record: dict[str, Any]) -> str:
+    """The whole RESULTS.md section, from the record ``quality`` alone."""
+    d = record["data"]
+    results = d["results"]
     parts = [
-        SECTION,
+        *record_head(record),
         "",
-        f"Command: `{command}`  ",
-        f"Machine: {machine}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; wall time "
-        f"{wall / 60:.1f} min (methods whose results were cached from an earlier run with the "
-        "same settings and code are not rerun).",
-        "",
+        "Methods whose results were cached from an earlier run with the same settings (and, "
+        "for ours, the same library code) are not rerun: their time columns are from the run "
+        "that computed them. "
         "LDS: Spearman correlation over the retrained subsets between the sum of a subset's "
         "scores and the retrained model's output (log p of the true class), mean over the test "
         "points; +- the standard deviation over 200 bootstrap resamples of the subsets. LOO: "
         "correlation over the removed points between minus the summed scores and the change "
         "of the summed test output when the point is removed. Detection AUC: flipped labels "
         "ranked by self-influence on the noisy model, largest first. Times: wall time of one "
-        "fresh process on 1 thread (fit + full matrix; fit on the noisy model + "
-        "self-influence), measured when the method first ran (results are cached), on a "
-        "machine shared with other jobs (load average 3-10 on 2 cores in these runs): "
+        f"fresh process on {d['threads']} thread(s) (fit + full matrix; fit on the noisy model "
+        "+ self-influence) on a machine shared with other jobs (load in the head above): "
         "compare them within a factor of 2 only. "
         "`corr. with our Direct`: mean over test points of the Pearson correlation of a score "
         "row with our Direct's (how close a method is to the exact inverse).",
+        "",
+    ]
+    grid = ", ".join(f"{f:g}x" for f in d["grid_factors"])
+    swept = [r["case"] for r in results if r.get("sweep")]
+    parts += [
+        f"This run: case(s) {', '.join(r['case'] for r in results)}; retrained subsets "
+        f"{', '.join(str(r['n_subsets']) for r in results)}; damping sweep on "
+        f"{', '.join(swept) or 'no case'}; methods: those in the tables (the command lists "
+        "them where it chose a subset).",
         "",
     ]
     for result in results:
         parts += [_describe(result), "", case_table(result), ""]
         if result.get("sweep"):
             parts += [
-                f"Damping sweep ({result['case']}): LDS at each damping (all test points; bold: "
-                "the best), the damping chosen on each half of the test points, and the "
-                "held-out LDS (each half scored at the damping chosen on the other; see "
-                "`benchmarks/quality/quality_damping.py`).",
+                f"Damping sweep ({result['case']}): LDS at each damping ({grid} the case's; "
+                "all test points; bold: the best), the damping chosen on each half of the test "
+                "points, and the held-out LDS (each half scored at the damping chosen on the "
+                "other; see `benchmarks/quality/quality_damping.py`).",
                 "",
                 damping.sweep_table(result["sweep"]),
                 "",
             ]
-    parts += ["### Targets", "", targets(results), "", notes(results), ""]
+    parts += ["### Targets", "", targets(results), "", notes(results, grid), ""]
     return "\n".join(parts)
 
 
-def notes(results: list[dict[str, Any]]) -> str:
+def notes(results: list[dict[str, Any]], grid: str) -> str:
     """What every method got, and the conventions that differ between libraries."""
     s = results[0]["settings"] if results else {}
     return f"""### Settings and conventions
@@ -182,8 +190,7 @@ def notes(results: list[dict[str, Any]]) -> str:
   `regularization`, pyDVL's EK-FAC `hessian_regularization`, Kronfluence's `damping_factor`,
   TRAK's `lambda_reg = n_train * lambda`, its scale). Arnoldi and Nystroem: rank
   {s.get("rank")}; Nystroem's random sketch is drawn after `torch.manual_seed(0)` on both
-  sides, so ours and pyDVL's use the same sketch (another draw moved its LDS by about 0.01:
-  0.701 on logreg, 0.649 on the MLP). LiSSA (ours and pyDVL's):
+  sides, so ours and pyDVL's use the same sketch. LiSSA (ours and pyDVL's):
   `maxiter={s.get("lissa_maxiter")}`, `scale` = 1.2 x the top eigenvalue of H + lambda Id
   (rounded up), `dampen=0`: a series truncated after {s.get("lissa_maxiter")} terms leaves
   directions with eigenvalues below about scale/{s.get("lissa_maxiter")} under-inverted,
@@ -209,35 +216,52 @@ def notes(results: list[dict[str, Any]]) -> str:
   the parameters of every case, so the gradients are really projected (at `projection_dim`
   >= the parameters it equals our EK-FAC exactly, and 4096 would be that here); EK-FAC
   preconditioner in the projected space, seed 0.
-- TRAK: one checkpoint (the same trained model), its margin output and `1 - p` weights, a
-  Gauss-Newton matrix in a random projection (BasicProjector, normal, CPU); `TRAK undamped`
-  is its default `lambda_reg = 0`, which on one checkpoint is noise.
-- CNN (float32 influence): LiSSA (100 terms) ran over the time budget on both sides; with a
-  900 s budget (`--cases cnn --methods ours:LiSSA,pyDVL:LiSSA --budget 900 --no-write`,
-  2026-12-02) both gave LDS 0.461 (ours 93 s fit + matrix and 243 s fit + self-influence,
-  pyDVL's 91 s and 254 s; detection AUC 1.000). At the shared damping TRAK's LDS is above
-  our best (Nystroem, about one bootstrap sd): it uses a Gauss-Newton matrix of the margin in
-  a random projection, a positive semi-definite curvature that ignores the negative
-  eigenvalues of this non-convex model's Hessian. Our
-  per-layer backends (EK-FAC, K-FAC, Projected) do not close that gap either: their curvature
-  is block-diagonal over layers (no cross-layer terms) and built from a Fisher, not the
-  margin's Gauss-Newton matrix.
+- TRAK: one checkpoint (the same trained model; TRAK's docs, "Quickstart", recommend an
+  ensemble of independently trained checkpoints, not run here), `proj_dim`
+  {s.get("trak_proj_dim")} (ours Projected: {s.get("projection_dim")}), its margin output and
+  `1 - p` weights, a Gauss-Newton matrix in a random projection (BasicProjector, normal,
+  CPU); `TRAK undamped` is its default `lambda_reg = 0`, which on one checkpoint is noise.
+- Methods that ran over the time budget show it in their row (`skipped`), on each side.
+- TRAK's curvature is a Gauss-Newton matrix of the margin in a random projection (positive
+  semi-definite); ours per-layer backends (EK-FAC, K-FAC, Projected) use a Fisher,
+  block-diagonal over layers (no cross-layer terms); the tables show what each gives.
 - Damping: the case's one damping was chosen for the iterative solvers' condition number,
-  not for LDS. The sweep tables run the fast methods of every library at 0.1x to 10x of it
+  not for LDS. The sweep tables run the fast methods of every library at {grid} of it
   (each peer in its own scale, as above) and score each at the damping chosen on held-out
   test points (`infl_array.quality.held_out_choice`: chosen on the even test points, scored
-  on the odd ones, and the other way round), so the choice does not flatter itself. On the
-  CNN the exact inverse (ours Direct, equal to pyDVL's) gains most at the grid's lowest
-  damping (the Hessian's smallest eigenvalue is about -0.003, so lower values approach a
-  singular matrix), while TRAK is best at the shared one; the target line "each method at
-  its held-out damping" compares the methods so.
+  on the odd ones, and the other way round), so the choice does not flatter itself; the
+  target line "each method at its held-out damping" compares the methods so. A best value at
+  the grid's edge (first or last column) means the grid did not bracket the optimum.
 - `GN` rows (ours only): Direct, CG and Nystroem with `second_order_mode=GAUSS_NEWTON` at the
   same regularization as the Hessian rows. That mode is pyDVL's: the mean of the per-sample
   loss-gradient outer products (an empirical Fisher with the true labels), not TRAK's
-  `J^T diag(p(1-p)) J` of the margin; it scored below the Hessian on every case (CNN 0.40
-  against 0.51), so it does not close the gap to TRAK either.
-- Mislabelled digits are easy to find: the loss of a flipped point alone nearly separates it,
-  so almost every method's detection AUC is above 0.99 and the differences in the third
-  decimal are within one standard error.
+  `J^T diag(p(1-p)) J` of the margin.
+- Detection AUC: the differences between methods are to be read against the standard error
+  given in the target lines.
 - Backends of ours that `infl_array.torch` does not have yet are skipped with a printed note
   and appear in the next run (one line each in `benchmarks/quality/quality_ours.py`)."""
+
+
+def readme(record: dict[str, Any]) -> str:
+    """A short LDS table for README.md (a marked block ``<!-- render quality
+    quality/quality_report.py:readme -->``): each method's LDS per case, from the record."""
+    results = record["data"]["results"]
+    methods: list[str] = []
+    for result in results:
+        methods += [m for m in result["rows"] if m not in methods]
+    rows = []
+    for m in methods:
+        cells = []
+        for result in results:
+            row = result["rows"].get(m)
+            cells.append("" if row is None or "skipped" in row else f"{row['lds']:.3f}")
+        rows.append([m, *cells])
+    header = ["method", *(f"LDS, {r['case']} ({r['meta']['n_params']:,} params)" for r in results)]
+    counts = ", ".join(f"{r['case']}: {r['n_subsets']} subsets" for r in results)
+    lines = [
+        f"LDS from `benchmarks/results/{record['name']}.json` ({record['date'][:10]}; {counts}; "
+        f'section "{record["section"][3:]}" of `benchmarks/RESULTS.md`):',
+        "",
+        *table(header, rows, align="l" + "r" * len(results)),
+    ]
+    return "\n".join(lines)

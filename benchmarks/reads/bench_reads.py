@@ -21,8 +21,10 @@ What it measures, in one process, warm cache, interleaved and repeated (medians)
    (the default) and off.
 
 The store is written under ``benchmarks/_work/`` (git-ignored) and deleted afterwards. The
-section "Reads against plain zarr (issue 2)" is printed and written to ``benchmarks/RESULTS.md``
-(other sections are left as they are; ``--no-write`` only prints it).
+measurements go to the record ``benchmarks/results/reads.json`` (``results_md.save_result``);
+the section "Reads against plain zarr (issue 2)" of ``benchmarks/RESULTS.md`` is rendered from
+it by ``reads_report.render`` (other sections are left as they are; ``--no-write`` only prints
+it and writes nothing).
 """
 
 from __future__ import annotations
@@ -56,12 +58,11 @@ from harness import (
     timed,
 )
 from reads_data import BLOCK, SHAPE, cheap_block, matmul_factory, t_block
-from reads_micro import bench_codecs, bench_planning, codecs_markdown, planning_markdown
-from results_md import fmt_t, table
+from reads_micro import PLAN_SHAPE, bench_codecs, bench_planning
+from reads_report import SECTION
+from results_md import fmt_t
 
 import infl_array as ia
-
-SECTION = "## Reads against plain zarr (issue 2)"
 
 
 # ---------------------------------------------------------------------- 1. reads vs zarr
@@ -155,24 +156,20 @@ def measure(case: Case) -> dict[str, Any]:
         case.ours.arr = None
     gc.collect()
     ma, mb = median(ta), median(tb)
-    ratio = ma / mb
-    target = "" if case.target is None else f"<= {case.target}x"
     row = {
         "case": case.name,
         "ia": ma,
         "zarr": mb,
-        "ratio": ratio,
         "ratio_min": min(ta) / min(tb),
         "ratio_cpu": median(ca) / median(cb),
-        "target": target,
-        "met": results_md.yes_no(None if case.target is None else ratio <= case.target),
+        "target": case.target,
         "reps": case.reps,
         "spread": (min(ta), max(ta), min(tb), max(tb)),
         "cache": cache,
     }
     log(
-        f"  {case.name:52s} ia {fmt_t(ma):>10s}  zarr {fmt_t(mb):>10s}  ratio {ratio:5.2f}"
-        f"  {target:>8s} {row['met']}  (n={case.reps}, minima {row['ratio_min']:.2f}, "
+        f"  {case.name:52s} ia {fmt_t(ma):>10s}  zarr {fmt_t(mb):>10s}  ratio {ma / mb:5.2f}"
+        f"  target {case.target}  (n={case.reps}, minima {row['ratio_min']:.2f}, "
         f"cpu {row['ratio_cpu']:.2f})"
     )
     return row
@@ -192,58 +189,6 @@ def bench_reads(workdir: Path, quick: bool) -> tuple[list[dict[str, Any]], dict[
     rows = [measure(case) for case in read_cases(path, quick)]
     shutil.rmtree(path, ignore_errors=True)
     return rows, store
-
-
-def reads_markdown(reads: list[dict[str, Any]], store: dict[str, Any]) -> list[str]:
-    def cells(r: dict[str, Any]) -> list[str]:
-        c = r["cache"]
-        cache = "off" if c is None else f"{c[0]} ({c[1] / 2**20:.0f} MiB)"
-        target = r["target"] or ("(info)" if c is not None else "")
-        return [
-            r["case"],
-            fmt_t(r["ia"]),
-            fmt_t(r["zarr"]),
-            f"{r['ratio']:.3g}",
-            target,
-            r["met"],
-            str(r["reps"]),
-            f"{r['ratio_min']:.3g}",
-            f"{r['ratio_cpu']:.3g}",
-            cache,
-        ]
-
-    head = [
-        "case",
-        "infl_array",
-        "zarr",
-        "ratio",
-        "target",
-        "met",
-        "n",
-        "ratio of minima",
-        "CPU ratio",
-        "blocks in cache",
-    ]
-    return [
-        f"Fully cached {SHAPE[0]} x {SHAPE[1]} float32 store, blocks {BLOCK}, Student-t (df=3) "
-        f"x 1e-3 values: filled in {store['fill_s']:.1f} s, {store['raw'] / 1e6:.0f} MB raw, "
-        f"{store['stored'] / 1e6:.0f} MB stored (ratio {store['raw'] / store['stored']:.3f}). "
-        "`ia.open(path)` against `zarr.open_array(path + '/influence', mode='r')`, same process, "
-        "warm page cache, interleaved; medians of n runs. Like with like: the rows with targets "
-        "(and the other unlabelled rows) run with infl_array's in-process block cache off "
-        "(`arr.block_cache.max_bytes = 0`), so each read decodes its chunks as zarr does. The "
-        "rows labelled 'cache on, repeated' are the same reads on a freshly opened array with "
-        "the default block cache (256 MiB), repeated after one warm-up read that fills it; the "
-        "cache serves reads touching at most 8 blocks, or whose blocks are all cached, so "
-        "larger reads bypass it (and leave it empty) and cost what the cache-off rows do. No "
-        "target applies to them: plain zarr has no such cache.",
-        "",
-        *table(head, map(cells, reads), align="lrrrllrrrr"),
-        "",
-        "Times are medians; ratio = infl_array / zarr medians (the measure the targets apply "
-        "to). The ratio of minima and the CPU ratio (medians of process CPU time, all threads) "
-        "are less sensitive to other load on a shared machine.",
-    ]
 
 
 # ---------------------------------------------------------------------- 4. first vs cached
@@ -276,9 +221,7 @@ def first_vs_cached(
         "fn": name,
         "first": mf,
         "cached": mc,
-        "ratio": mf / mc,
         "decoded": md,
-        "ratio_decoded": mf / md,
         "fn_block": fb,
         "need": max(0.0, (100 * mc - overhead) / 4),
         "need_decoded": max(0.0, (100 * md - overhead) / 4),
@@ -298,46 +241,6 @@ def bench_first_vs_cached(workdir: Path, quick: bool) -> list[dict[str, Any]]:
     return out
 
 
-def first_markdown(first: list[dict[str, Any]]) -> list[str]:
-    head = [
-        "block function",
-        "fn alone per block",
-        "first read",
-        "repeated, cache on",
-        "ratio",
-        "repeated, cache off",
-        "ratio",
-        "fn cost per block for 100x (cache on / off)",
-    ]
-    rows = [
-        [
-            f["fn"],
-            fmt_t(f["fn_block"]),
-            fmt_t(f["first"]),
-            fmt_t(f["cached"]),
-            f"{f['ratio']:.1f}x",
-            fmt_t(f["decoded"]),
-            f"{f['ratio_decoded']:.1f}x",
-            f"{fmt_t(f['need'])} / {fmt_t(f['need_decoded'])}",
-        ]
-        for f in first
-    ]
-    return [
-        "### First (computing) read against the repeated read",
-        "",
-        "A 512 x 8192 slice (2 x 2 blocks) of the store, a slice not read before each time: the "
-        "first read computes and writes 4 blocks (checked with `arr.stats.blocks_computed`); the "
-        "repeated read (3 times) is served by the block cache, which keeps computed blocks as "
-        "they are written; then, with the cache off, 3 more repeats decode the 4 chunks. Medians.",
-        "",
-        *table(head, rows, align="lrrrrrrr"),
-        "",
-        "The last column is the block function cost at which this first read would be 100x "
-        "its repeated read (the SPEC's cache promise), from the measured repeated time and the "
-        "first read's non-fn overhead (encode + write).",
-    ]
-
-
 # ---------------------------------------------------------------------- main
 def reads_machine_info() -> dict[str, str]:
     info = machine_info(("numpy", "zarr", "numcodecs", "infl_array"))
@@ -354,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     info = reads_machine_info()
     log("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
-    t = Timer()
+    t, load_start = Timer(), results_md.load_now()
     with scratch_dir("bench_reads") as workdir:
         log("1. reads against plain zarr")
         reads, store = bench_reads(workdir, args.quick)
@@ -364,14 +267,29 @@ def main(argv: list[str] | None = None) -> int:
         codecs = bench_codecs(args.quick)
         log("4. first (computing) read against cached read")
         first = bench_first_vs_cached(workdir, args.quick)
-    flags = ["--quick"] if args.quick else []
-    lines = results_md.section_head(
-        SECTION, results_md.command("reads/bench_reads.py", flags), info, t.lap()
+    data = {
+        "quick": args.quick,
+        "shape": SHAPE,
+        "block": BLOCK,
+        "plan_shape": PLAN_SHAPE,
+        "store": store,
+        "reads": reads,
+        "plans": plans,
+        "codecs": {"rows": codecs[0], "names": codecs[1]},
+        "first": first,
+    }
+    results_md.save_result(
+        "reads",
+        SECTION,
+        "reads/reads_report.py:render",
+        data,
+        args,
+        script="reads/bench_reads.py",
+        argv=sys.argv[1:] if argv is None else argv,
+        wall_s=t.lap(),
+        machine=info,
+        load_start=load_start,
     )
-    for part in (reads_markdown(reads, store), planning_markdown(plans), codecs_markdown(codecs)):
-        lines += ["", *part]
-    lines += ["", *first_markdown(first), ""]
-    results_md.publish(SECTION, "\n".join(lines), args)
     return 0
 
 

@@ -7,8 +7,8 @@
    raw data, medians) of codec chains on one 256 x 4096 block of influence-like data, and the
    maximal relative error of the lossy (BitRound) chains against their bound.
 
-Each study has a ``bench_*`` function (measures, prints progress) and a ``*_markdown`` function
-(its part of the section).
+Each study has a ``bench_*`` function (measures, prints progress, returns raw figures); its
+part of the section is rendered from the record by ``reads_report.py``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: har
 from harness import log, median, timed
 from numcodecs import CRC32C, BitRound, Blosc, Zstd
 from reads_data import BLOCK, lowrank_block, t_block
-from results_md import fmt_t, table, yes_no
+from results_md import fmt_t
 
 from infl_array.arrays import indexing
 from infl_array.engine.plan import plan_outer
@@ -88,22 +88,9 @@ def bench_planning(quick: bool) -> list[dict[str, Any]]:
     rows = []
     for name, fn in cases:
         t = per_call(fn, quick)
-        rows.append({"case": name, "time": t, "met": yes_no(t < 1e-3)})
-        log(f"  {name:52s} {fmt_t(t):>10s}  target < 1 ms  {rows[-1]['met']}")
+        rows.append({"case": name, "time": t})
+        log(f"  {name:52s} {fmt_t(t):>10s}  target < 1 ms")
     return rows
-
-
-def planning_markdown(plans: list[dict[str, Any]]) -> list[str]:
-    n0, n1 = PLAN_SHAPE
-    return [
-        f"### Block planning for one element of a {n0:,} x {n1:,} array",
-        "",
-        *table(
-            ["case", "time per call", "target", "met"],
-            [(p["case"], fmt_t(p["time"]), "< 1 ms", p["met"]) for p in plans],
-            align="lrll",
-        ),
-    ]
 
 
 # ---------------------------------------------------------------------- codecs
@@ -185,39 +172,3 @@ def bench_codecs(quick: bool) -> tuple[list[dict[str, Any]], list[str]]:
         )
         log(f"  {cname:44s} {cells}")
     return results, list(datasets)
-
-
-def codecs_markdown(codecs: tuple[list[dict[str, Any]], list[str]]) -> list[str]:
-    rows, names = codecs
-
-    def cells(r: dict[str, Any]) -> list[str]:
-        e = r["t3 x 1e-3"]
-        err = "0 (lossless)" if e["bound"] == 0 else f"{e['err']:.2e} ({e['bound']:.2e})"
-        by_data = [f"{r[n]['ratio']:.3f}, {r[n]['enc']:.0f}, {r[n]['dec']:.0f}" for n in names]
-        return [r["codec"], *by_data, err]
-
-    default = rows[0]["t3 x 1e-3"]
-    return [
-        f"### Codecs on one {BLOCK[0]} x {BLOCK[1]} float32 block of influence-like data",
-        "",
-        "Data: `t3` = Student-t df=3; `t3 x 1e-3` = the same scaled; `low-rank` = "
-        "(256 x 512 t3) @ (512 x 4096 t3) x 1e-3/512. Ratio = raw / encoded bytes; MB/s of raw "
-        "data (1 MB = 1e6 B), numcodecs directly, medians. Max rel. err is measured on "
-        "`t3 x 1e-3` against the bound 2^-(keepbits+1).",
-        "",
-        *table(
-            ["codec", *(f"{n}: ratio, enc, dec MB/s" for n in names), "max rel. err (bound)"],
-            [cells(r) for r in rows],
-            align="l" + "r" * len(names) + "l",
-        ),
-        "",
-        "Chosen default (`ia.Compression()`): blosc lz4 level 5 with bit-shuffle "
-        f"plus a CRC32C checksum; on `t3 x 1e-3` ratio {default['ratio']:.3f}, encode "
-        f"{default['enc']:.0f} MB/s, decode {default['dec']:.0f} MB/s. The mantissas of "
-        "heavy-tailed float32 values are close to random, so every lossless codec lands at "
-        "1.04-1.16x; bit-shuffle wins what there is (the sign and exponent bits). zstd-3 with "
-        "bit-shuffle is under 1% smaller but encodes 1.3-2.5x slower across runs here, which "
-        "showed on the write path of `fill()` (issue 4), so lz4 is the default "
-        "(`Compression(cname='zstd')` remains); real gains need "
-        "`Compression(keepbits=...)` (BitRound, relative error at most 2^-(keepbits+1)).",
-    ]

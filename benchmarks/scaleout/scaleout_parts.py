@@ -1,13 +1,17 @@
-"""The measurements of ``bench_scaleout.py``: factor work per fill, concurrent fillers, and the
-store operations a block costs on S3 (a local moto server)."""
+"""The measurements of ``bench_scaleout.py``: factor work per fill, concurrent fillers, the HTTP
+requests a block costs on S3 (a local moto server's request log) and the CPU cost of dask's
+``MALLOC_TRIM_THRESHOLD_`` setting."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -182,64 +186,118 @@ def concurrent_fillers(path: Path, fillers: int, shape: tuple[int, int]) -> dict
     }
 
 
-def s3_operations(path: Path, n_rows: int, block: tuple[int, int]) -> dict[str, Any]:
-    """Store operations per block for a fill of a ``from_function`` store on a local moto S3
-    server, counted at zarr's store interface (each one request, listings one per page)."""
+def s3_requests(path: Path, n_rows: int, block: tuple[int, int]) -> dict[str, Any]:
+    """The HTTP requests a fill of a ``from_function`` store makes on a local moto S3 server, and
+    those of a fresh handle reading one block row: every request the server logged, by method
+    and by what it touched (:func:`request_kind`)."""
     import logging
 
     import numpy as np
     import s3fs
     from moto.server import ThreadedMotoServer
-    from zarr.storage import FsspecStore
 
     import infl_array as ia
 
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    log = RequestLog()
+    werkzeug = logging.getLogger("werkzeug")  # the server logs one line per request here
+    saved = (werkzeug.level, werkzeug.propagate)
+    werkzeug.setLevel(logging.INFO)
+    werkzeug.propagate = False
+    werkzeug.addHandler(log)
     with socket.socket() as probe:  # a free port (moto does not say which port=0 chose)
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     opts = {"endpoint_url": f"http://127.0.0.1:{port}", "key": "k", "secret": "s"}
-    s3fs.S3FileSystem(**opts).mkdir("bench")
-    counts: Counter[str] = Counter()
-    originals = {}
-    for name in ("get", "set", "exists", "delete", "set_if_not_exists", "list_prefix", "list_dir"):
-        if hasattr(FsspecStore, name):
-            originals[name] = getattr(FsspecStore, name)
-            setattr(FsspecStore, name, _counted(originals[name], name, counts))
     try:
+        s3fs.S3FileSystem(**opts).mkdir("bench")
         fn = BusyBlocks(str(path.with_suffix(".log")), inner=64)
         arr = ia.InfluenceArray.from_function(
             "s3://bench/store", fn, shape=(n_rows, block[1] * 8), block_shape=block,
             storage_options=opts,
         )  # fmt: skip
-        counts.clear()
-        n = arr.fill(progress=False)
-        fill_counts = dict(counts)
-        counts.clear()
+        fill = log.during(lambda: arr.fill(progress=False))
         reopened = ia.open("s3://bench/store", storage_options=opts)
-        np.asarray(reopened[: block[0]])
-        read_counts = dict(counts)
+        read = log.during(lambda: np.asarray(reopened[: block[0]]))
     finally:
-        for name, fn_ in originals.items():
-            setattr(FsspecStore, name, fn_)
         server.stop()
-    return {"blocks": n, "fill": fill_counts, "read_row": read_counts, "row_blocks": 8}
+        werkzeug.removeHandler(log)
+        werkzeug.setLevel(saved[0])
+        werkzeug.propagate = saved[1]
+    return {"blocks": fill["result"], "fill": fill["requests"], "read_row": read["requests"],
+            "row_blocks": 8}  # fmt: skip
 
 
-def _counted(fn: Any, name: str, counts: Counter[str]) -> Any:
-    if name in ("list_prefix", "list_dir"):
+REQUEST = re.compile(r"(GET|PUT|HEAD|DELETE|POST) (\S+) HTTP/")
 
-        async def gen(self: Any, *a: Any, **k: Any) -> Any:
-            counts[name] += 1
-            async for x in fn(self, *a, **k):
-                yield x
 
-        return gen
+def request_kind(target: str) -> str:
+    """What a request touched: ``listing``, ``bulk delete`` (one request for several keys),
+    ``claim``, ``chunk``, ``metadata`` or ``other``."""
+    path, _, query = target.partition("?")
+    if "list-type=" in query:
+        return "listing"
+    if query.startswith("delete"):
+        return "bulk delete"
+    if "/claims/" in path:
+        return "claim"
+    if "/c/" in path:
+        return "chunk"
+    return "metadata" if path.endswith("zarr.json") else "other"
 
-    async def call(self: Any, *a: Any, **k: Any) -> Any:
-        counts[name] += 1
-        return await fn(self, *a, **k)
 
-    return call
+class RequestLog(logging.Handler):
+    """Counts the requests a moto server logs (werkzeug's request lines), by method and kind."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[tuple[str, str]] = []
+        self.lock_ = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        m = REQUEST.search(record.getMessage())
+        if m:
+            with self.lock_:
+                self.lines.append((m[1], request_kind(m[2])))
+
+    def during(self, fn: Any) -> dict[str, Any]:
+        """Run ``fn``; the requests logged meanwhile, as ``{"METHOD kind": count}``."""
+        with self.lock_:
+            start = len(self.lines)
+        result = fn()
+        time.sleep(0.5)  # the server logs a request after answering it
+        with self.lock_:
+            lines = self.lines[start:]
+        return {"result": result, "requests": dict(Counter(f"{m} {k}" for m, k in lines))}
+
+
+def malloc_trim_cpu(backend: Any, test: Any, rows: int, path: Path, reps: int) -> dict[str, Any]:
+    """CPU seconds of CG test factors of ``rows`` test points in a fresh process, with dask's
+    worker setting ``MALLOC_TRIM_THRESHOLD_=65536`` and without it (glibc reads it at start),
+    ``reps`` times each, alternating. The fitted backend reaches the children pickled."""
+    import pickle
+
+    with path.open("wb") as f:
+        pickle.dump((backend, test[0][:rows], test[1][:rows]), f)
+    runs: dict[str, list[float]] = {"plain": [], "malloc_trim_65536": []}
+    for k in range(reps):
+        for side in ("plain", "malloc_trim_65536")[:: 1 if k % 2 == 0 else -1]:
+            env = {key: v for key, v in os.environ.items() if key != "MALLOC_TRIM_THRESHOLD_"}
+            if side != "plain":
+                env["MALLOC_TRIM_THRESHOLD_"] = "65536"
+            cmd = [sys.executable, str(BENCH / "bench_scaleout.py"), "--malloc-child", str(path)]
+            out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+            runs[side].append(json.loads(out.stdout.strip().splitlines()[-1])["cpu_s"])
+    return {"rows": rows, "runs": runs}
+
+
+def malloc_child(path: str) -> None:
+    """The child of :func:`malloc_trim_cpu`: prints the CPU seconds of the test factors."""
+    import pickle
+
+    with open(path, "rb") as f:
+        backend, x, y = pickle.load(f)
+    c0 = time.process_time()
+    backend.test_factors(x, y)
+    print(json.dumps({"cpu_s": time.process_time() - c0}))

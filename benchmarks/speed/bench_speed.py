@@ -14,7 +14,9 @@ Cases (each in a fresh subprocess, torch threads set to 2):
    sides. Ours: ``fit`` + ``InfluenceArray.create`` + ``fill()`` into a local store (writes
    included). pyDVL: ``SequentialInfluenceCalculator(model).influences(test_loader,
    train_loader).compute(aggregator=NestedTorchCatAggregator())`` and one in-memory
-   ``model.influences(x_test, y_test, x_train, y_train)``. Max relative difference of values.
+   ``model.influences(x_test, y_test, x_train, y_train)``. Side by side: rounds of one fresh
+   process per side, the order alternating (5 rounds for ``small``, 3 for ``medium``). CG on
+   both sides at ``CgInfluence``'s documented defaults. Max relative difference of values.
 2. ``floor`` (``speed_cases.py``): a larger CG case; the time to compute all test factors once,
    all train factors once and one float32 matrix product, against ``fill()`` of the same
    matrix, same process.
@@ -25,9 +27,11 @@ Cases (each in a fresh subprocess, torch threads set to 2):
    the first (computing) read of a slice against its repeated (cached) read.
 
 This file is the driver: it runs each case's workers (this script again, with ``--worker``),
-collects their JSON results, compares values, and writes the section "Speed (issue 4)" of
-``benchmarks/RESULTS.md`` (``speed_report.py``; other sections are left as they are). Scratch
-stores live under ``benchmarks/_work/`` (git-ignored) and are deleted afterwards.
+collects their JSON results, compares values, and saves the record
+``benchmarks/results/speed.json`` (``results_md.save_result``), from which ``speed_report.py``
+renders the section "Speed (issue 4)" of ``benchmarks/RESULTS.md`` (other sections are left as
+they are). Scratch stores live under ``benchmarks/_work/`` (git-ignored) and are deleted
+afterwards.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +59,8 @@ from harness import (
     package_versions,
     scratch_dir,
 )
-from speed_report import SECTION, markdown
+from speed_models import CG_TOL
+from speed_report import SECTION
 
 ALL_CASES = ("small", "medium", "floor", "memory", "reads")
 
@@ -76,8 +82,11 @@ def run_as_worker(args: argparse.Namespace) -> dict[str, Any]:
     from speed_pydvl import worker_ours, worker_pydvl
 
     w = args.worker
+    first = not args.later_round
     if w.startswith("ours-"):
-        return worker_ours(w[5:], args.quick, args.reps, args.path, args.small_reg)
+        return worker_ours(
+            w[5:], args.quick, args.reps, args.path, args.small_reg, first, args.profile
+        )
     if w.startswith("pydvl-"):
         return worker_pydvl(
             w[6:],
@@ -87,6 +96,7 @@ def run_as_worker(args: argparse.Namespace) -> dict[str, Any]:
             args.path,
             args.small_reg,
             args.slow_cg_pairs,
+            first,
         )
     if w.startswith("memory-"):
         return worker_memory(w.split("-", 1)[1], args.path, args.quick)
@@ -139,27 +149,59 @@ def compare_values(d: Path) -> dict[str, float]:
     return out
 
 
+def merge_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One side's results of every round: the first round's, with every round's timings."""
+    out = dict(rounds[0])
+    for later in rounds[1:]:
+        for k in ("fit", "inmem", "seq"):
+            if k in later:
+                out[k] = out.get(k, []) + later[k]
+        for b, times in later.get("fill", {}).items():
+            out["fill"] = {**out["fill"], b: out["fill"][b] + times}
+        out["warnings"] = sorted(set(out.get("warnings", [])) | set(later.get("warnings", [])))
+    return out
+
+
 def pydvl_case(case: str, args: argparse.Namespace, d: Path) -> dict[str, Any]:
-    """Ours (this environment) then pyDVL (.venv-pydvl), same seeded model and data."""
+    """Ours (this environment) and pyDVL (.venv-pydvl), same seeded model and data, side by side.
+
+    ``reps`` rounds; each round runs one repetition of ours and one of pyDVL's, each in a fresh
+    process, the order alternating (ours first in even rounds), so both sides see the same load.
+    The first round also saves the values and runs the once-only parts (pyDVL's sequential
+    calculator on ``medium``, its one-right-hand-side CG on ``small``).
+    """
     q = ["--quick"] if args.quick else []
     reps = (5 if case == "small" else 3) if not args.quick else 2
-    r = ["--reps", str(reps), "--small-reg", str(args.small_reg)]
-    ours = run_worker([f"ours-{case}", *q, *r, "--path", str(d / "ours.npy")], f"{case} ours")
+    common = [*q, "--reps", "1", "--small-reg", str(args.small_reg)]
     extra = ["--skip-slow-cg"] if args.skip_slow_cg else []
     extra += ["--slow-cg-pairs", str(args.slow_cg_pairs)]
-    theirs = run_worker(
-        [f"pydvl-{case}", *q, *r, *extra, "--path", str(d / "theirs")],
-        f"{case} pyDVL",
-        python=str(VENV_PY),
-    )
-    out: dict[str, Any] = {"ours": ours, "theirs": theirs, "reps": reps}
-    if "error" in ours or ("error" not in theirs and ours["model_sha"] != theirs["model_sha"]):
-        out["error"] = f"ours: {ours.get('error')}; or the two models differ"
-    elif "error" in theirs:
-        out["error"] = f"pyDVL: {theirs['error']}"
-    else:
-        out |= compare_values(d)
-    return out
+    ours_r: list[dict[str, Any]] = []
+    theirs_r: list[dict[str, Any]] = []
+    order: list[str] = []
+    for r in range(reps):
+        later = ["--later-round"] if r else []
+        prof = ["--profile"] if args.profile and r == 0 else []
+        label = f"round {r + 1}/{reps}"
+        ours_args = [f"ours-{case}", *common, *later, *prof, "--path", str(d / "ours.npy")]
+        theirs_args = [f"pydvl-{case}", *common, *extra, *later, "--path", str(d / "theirs")]
+        sides = [
+            ("ours", partial(run_worker, ours_args, f"{case} ours, {label}")),
+            ("pyDVL", partial(run_worker, theirs_args, f"{case} pyDVL, {label}", str(VENV_PY))),
+        ]
+        for name, run in sides if r % 2 == 0 else sides[::-1]:
+            (ours_r if name == "ours" else theirs_r).append(run())
+            order.append(name)
+        if any("error" in x for x in (ours_r[-1], theirs_r[-1])):
+            break
+    bad = [x["error"] for x in ours_r + theirs_r if "error" in x]
+    out: dict[str, Any] = {"reps": len(ours_r), "order": order}
+    if bad:
+        return out | {"error": "; ".join(bad)}
+    out |= {"ours": merge_rounds(ours_r), "theirs": merge_rounds(theirs_r)}
+    shas = {x["model_sha"] for x in ours_r + theirs_r}
+    if len(shas) != 1:
+        return out | {"error": f"the two sides trained different models: {sorted(shas)}"}
+    return out | compare_values(d)
 
 
 def run_case(case: str, args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
@@ -200,25 +242,33 @@ def drive(args: argparse.Namespace, argv: list[str]) -> int:
         raise SystemExit(f"unknown case(s) {bad}; choose from {', '.join(ALL_CASES)}")
     if "small" in cases or "medium" in cases:
         ensure_pydvl_venv()
+    load_start = results_md.load_now()
     info = speed_machine_info()
     log("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
     results: dict[str, Any] = {}
     if args.merge:
         results = json.loads(Path(args.merge).read_text())
-        for k in ("_info", "_flags", "_total"):
-            results.pop(k, None)
+        results.pop("settings", None)
     t_all = Timer()
     for case in cases:
         key, results[key] = run_case(case, args)
         shown = {k: v for k, v in results[key].items() if not str(k).startswith("profile")}
         print(json.dumps({key: shown}, default=str), flush=True)
-    total = t_all.lap()
-    flags = results_md.shown_args(argv)
-    text = markdown(info, results_md.command("speed/bench_speed.py", flags), results, total)
+    results["settings"] = {"cg_tol": CG_TOL, "quick": args.quick, "small_reg": args.small_reg}
     if args.json:
-        meta = {"_info": info, "_flags": flags, "_total": total}
-        Path(args.json).write_text(json.dumps({**results, **meta}, indent=1, default=str))
-    results_md.publish(SECTION, text, args)
+        Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+    results_md.save_result(
+        "speed",
+        SECTION,
+        "speed/speed_report.py:render",
+        json.loads(json.dumps(results, default=str)),
+        args,
+        script="speed/bench_speed.py",
+        argv=argv,
+        wall_s=t_all.lap(),
+        machine=info,
+        load_start=load_start,
+    )
     return 0
 
 
@@ -235,6 +285,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
     parser.add_argument("--reps", type=int, default=3, help=argparse.SUPPRESS)
+    parser.add_argument("--later-round", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--profile", action="store_true", help="keep cProfile texts of the medium case's fills"
+    )
     parser.add_argument(
         "--slow-cg-pairs",
         type=int,

@@ -14,29 +14,28 @@ side goes first), on fresh local directory stores:
   product, no store. pyDVL's in-memory call is measured by ``bench_speed.py`` in
   ``.venv-pydvl``; this script does not need that environment.
 
-Each repetition gives seconds per side; the JSON result (``--out``) holds the command, commit,
-machine, load before and after, date, and per side every repetition with its median, min and
-max, and the ratios of the medians. Usage::
+Each repetition gives seconds per side; the record ``benchmarks/results/fill_overhead.json``
+(``results_md.save_result``: command, commit, machine, load at start and end, date) holds per
+side every repetition with its median, min and max; the section "Fill overhead (issue 22)" of
+``RESULTS.md`` is rendered from it by ``overhead_report.render``. Usage::
 
-    python benchmarks/speed/fill_overhead.py [--reps 3] [--case function|model|both] [--out PATH]
+    python benchmarks/speed/fill_overhead.py [--reps 3] [--case function|model|both] [--no-write]
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: harness
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: harness, results_md
 
-from harness import ROOT, Timer, log, machine_info, scratch_dir
+import results_md
+from harness import Timer, log, machine_info, scratch_dir
+from overhead_report import SECTION
 
 FUNCTION_SHAPE, BLOCK = (2_000, 10_000), (100, 100)
 
@@ -102,7 +101,7 @@ def function_case(work: Path, reps: int) -> dict[str, Any]:
 
     out = side_by_side({"ours_fill": ours, "plain_zarr": plain}, reps)
     out["blocks"] = (FUNCTION_SHAPE[0] // BLOCK[0]) * (FUNCTION_SHAPE[1] // BLOCK[1])
-    out["ratio_fill_to_plain_zarr"] = out["ours_fill"]["median"] / out["plain_zarr"]["median"]
+    out |= {"shape": FUNCTION_SHAPE, "block": BLOCK}
     return out
 
 
@@ -148,49 +147,40 @@ def model_case(work: Path, reps: int) -> dict[str, Any]:
     out = side_by_side({"ours_fill": ours, "plain_zarr": plain, "in_memory_floor": floor}, reps)
     out |= {k: prob[k] for k in ("n_params", "n_test", "n_train")}
     out["torch_threads"] = torch.get_num_threads()
-    out["ratio_fill_to_plain_zarr"] = out["ours_fill"]["median"] / out["plain_zarr"]["median"]
-    out["ratio_fill_to_in_memory_floor"] = (
-        out["ours_fill"]["median"] / out["in_memory_floor"]["median"]
-    )
+    out["block"] = BLOCK
     return out
 
 
-def commit() -> str:
-    """The checkout's commit (with ``+dirty`` when it has uncommitted changes)."""
-
-    def git(*args: str) -> str:
-        run = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
-        return run.stdout.strip()
-
-    return git("rev-parse", "HEAD") + (
-        "+dirty" if git("status", "--porcelain", "--", "infl_array") else ""
-    )
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--case", choices=("function", "model", "both"), default="both")
-    parser.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
-    args = parser.parse_args()
-    result: dict[str, Any] = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "commit": commit(),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": machine_info(["numpy", "zarr", "torch"]),
-        "load_before": os.getloadavg(),
-    }
+    results_md.add_output_args(parser)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    load_start, t = results_md.load_now(), Timer()
+    data: dict[str, Any] = {"reps": args.reps}
     with scratch_dir("fill_overhead") as work:
         if args.case in ("function", "both"):
             log("function case")
-            result["function"] = function_case(work, args.reps)
+            data["function"] = function_case(work, args.reps)
         if args.case in ("model", "both"):
             log("model case")
-            result["model"] = model_case(work, args.reps)
-    result["load_after"] = os.getloadavg()
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=1))
+            data["model"] = model_case(work, args.reps)
+    results_md.save_result(
+        "fill_overhead",
+        SECTION,
+        "speed/overhead_report.py:render",
+        data,
+        args,
+        script="speed/fill_overhead.py",
+        argv=argv,
+        wall_s=t.lap(),
+        machine=machine_info(["numpy", "zarr", "torch"]),
+        load_start=load_start,
+    )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

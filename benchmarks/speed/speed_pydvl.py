@@ -2,7 +2,7 @@
 
 Both sides run on the same seeded model and data (:func:`speed_models.problem_for`), each in its
 own process: :func:`worker_ours` in the project's environment (``fit`` + ``create`` + ``fill()``
-per block shape, then the pieces of the floor and, for ``medium``, profiles), and
+per block shape, then the pieces of the floor and, on request, profiles), and
 :func:`worker_pydvl` in ``.venv-pydvl`` (fit, one in-memory ``influences`` call, the
 ``SequentialInfluenceCalculator``, and for ``small`` its one-right-hand-side-at-a-time CG, timed on
 a few (test batch, train batch) pairs and scaled). Each saves its values to ``.npy`` files for
@@ -35,9 +35,20 @@ from speed_models import (
 
 # ---------------------------------------------------------------------- ours
 def worker_ours(
-    case: str, quick: bool, reps: int, save: str | None, reg: float = 0.01
+    case: str,
+    quick: bool,
+    reps: int,
+    save: str | None,
+    reg: float = 0.01,
+    first: bool = True,
+    profile: bool = False,
 ) -> dict[str, Any]:
-    """Our side of ``small`` (CG) or ``medium`` (Direct): fit + create + fill, ``reps`` times."""
+    """Our side of ``small`` (CG) or ``medium`` (Direct): fit + create + fill, ``reps`` times.
+
+    ``first`` (the driver's first round): also the values (``save``), the fill's stats, the
+    Hessian's eigenvalues (``small``) and the pieces of the floor; ``profile``: cProfile texts
+    of one fit and of fills with blocks (256, 4096) and (100, 100).
+    """
     prob = case_problem(case, quick)
     import torch
 
@@ -54,16 +65,16 @@ def worker_ours(
 
     res: dict[str, Any] = {
         k: prob[k] for k in ("n_train", "n_test", "batch", "n_params", "acc")
-    } | {"model_sha": model_sha(model), "blocks": blocks}
+    } | {"model_sha": model_sha(model), "blocks": blocks, "reg": reg if case == "small" else 0.01}
     with scratch_dir(f"bench_speed_{case}") as work, caught_warnings() as w:
-        infl = fill_reps(case, reps, fit, prob, blocks, work, save, res)
+        infl = fill_reps(case, reps, fit, prob, blocks, work, save if first else None, res)
         res["cg_iters_last_call"] = getattr(infl, "n_iter_", None)
-        if case == "small":
+        if first and case == "small":
             ev = torch.linalg.eigvalsh(infl.hessian().double())
             res["h_eig"] = (float(ev.min()), float(ev.max()))
-            res["reg"] = reg
-        res |= factor_pieces(infl, train, test)
-        if case == "medium":
+        if first:
+            res |= factor_pieces(infl, train, test)
+        if profile and case == "medium":
             for b in ((256, 4096), (100, 100)):
                 fill = partial(ours_fill, infl, train, test, b, work / "p.zarr")
                 res[f"profile_fill_{b[0]}x{b[1]}"] = profile_text(fill)
@@ -84,7 +95,7 @@ def fill_reps(
 ) -> Any:
     """``reps`` times: fit, then create + fill per block shape; times into ``res["fit"]`` and
     ``res["fill"]``, the stats of the first fill of the reported block shape into
-    ``res["stats"]`` (and its values into ``save``). Returns the last fitted model."""
+    ``res["stats"]`` (and, with ``save``, its values). Returns the last fitted model."""
     import numpy as np
 
     train, test = prob["train"], prob["test"]
@@ -98,8 +109,6 @@ def fill_reps(
         infl = fit()
         fits.append(t.lap())
         for b in blocks:
-            if b == (100, 100) and case == "medium" and r > 0:
-                continue  # 2000 blocks: once is enough
             dt, arr = ours_fill(infl, train, test, b, work / "s.zarr")
             fills[str(b)].append(dt)
             if r == 0 and b == reported:
@@ -137,8 +146,13 @@ def worker_pydvl(
     save: str,
     reg: float = 0.01,
     slow_pairs: int = 0,
+    first: bool = True,
 ) -> dict[str, Any]:
-    """pyDVL's side: fit, one in-memory call, the sequential calculator (runs in .venv-pydvl)."""
+    """pyDVL's side: fit, one in-memory call, the sequential calculator (runs in .venv-pydvl).
+
+    ``first`` (the driver's first round): also the values (``save``), the medium case's
+    sequential calculator (about 2 minutes: once) and the small case's one-right-hand-side CG.
+    """
     prob = case_problem(case, quick)
     import numpy as np
     import pydvl
@@ -164,16 +178,17 @@ def worker_pydvl(
             fits.append(t.lap())
             dt, out_inmem = pydvl_inmem(pm, test, train)
             inmem.append(dt)
-            if r == 0:
+            keep = first and r == 0
+            if keep:
                 np.save(save + ".inmem.npy", out_inmem.detach().numpy())
-            if case == "small" or r == 0:  # medium: 42 s, once
+            if case == "small" or keep:  # medium: about 2 minutes, once
                 dt, out_seq = pydvl_seq(pm, test_loader, train_loader)
                 seq.append(dt)
-                if r == 0:
+                if keep:
                     np.save(save + ".seq.npy", out_seq.detach().numpy())
             del pm
             gc.collect()
-        if case == "small" and not skip_slow:
+        if case == "small" and first and not skip_slow:
             pm1 = fit(simultaneous=False)
             res |= pydvl_one_rhs(pm1, test_loader, train_loader, slow_pairs, save)
     res["warnings"] = list(w)
@@ -202,4 +217,5 @@ def pydvl_one_rhs(
         train_part = [b for _, b in zip(range(pairs), train_loader, strict=False)]
         dt, out = pydvl_seq(pm, first_test, train_part)
     np.save(save + ".seq_one.npy", out.detach().numpy())
-    return {"seq_one": [dt * n_pairs / pairs], "seq_one_pairs": (pairs, n_pairs, dt)}
+    # measured on ``pairs`` of ``n_pairs`` pairs; the report labels the scaled time so
+    return {"seq_one_measured": dt, "seq_one_pairs": pairs, "seq_one_all_pairs": n_pairs}

@@ -1,25 +1,55 @@
-"""The section "Speed (issue 4)" of RESULTS.md, from the results of ``bench_speed.py``.
+"""The section "Speed (issue 4)" of RESULTS.md, from the record ``benchmarks/results/speed.json``.
 
-One table (case, ours, theirs or floor, ratio = theirs / ours, target, met) and one note per
-case. Each case has a ``*_part`` function that returns its rows and its note; a case missing
-from the results is left out, a case that failed shows its error in its note. The results are
-the JSON the workers wrote (``--json`` / ``--merge`` keep them between runs), so their keys are
-kept as they are.
+:func:`render` takes the record ``bench_speed.py`` writes (``results_md.save_result``) and
+returns the section: one table (case, ours, theirs or floor, ratio = theirs / ours, target,
+met), one note per case and the targets, every figure from the record's ``data`` (the workers'
+raw timings, kept as they wrote them). Each case has a ``*_part`` function that returns its rows
+and its note; a case missing from the results is left out, a case that failed shows its error.
+:func:`readme` gives README's Performance paragraph from the same record. Standard library only.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: harness, results_md
 from harness import median
-from results_md import fmt_mb, fmt_t, section_head, table, yes_no
+from results_md import fmt_mb, fmt_t, record_head, table, yes_no
 
 SECTION = "## Speed (issue 4)"
 Part = tuple[list[list[str]], list[str]]
+
+__all__ = ["SECTION", "readme", "render"]
+
+
+def spread(xs: Sequence[float]) -> str:
+    """``median (min-max, n)`` of repeated timings."""
+    return f"{fmt_t(median(xs))} ({fmt_t(min(xs))}-{fmt_t(max(xs))}, n={len(xs)})"
+
+
+def one_rhs(t: Mapping[str, Any]) -> tuple[float, bool, str]:
+    """pyDVL's one-right-hand-side CG: (time for all pairs, extrapolated?, how it was had)."""
+    pairs, n_pairs, measured = t["seq_one_pairs"], t["seq_one_all_pairs"], t["seq_one_measured"]
+    if pairs >= n_pairs:
+        return measured, False, f"measured on all {n_pairs} (test batch, train batch) pairs"
+    how = (
+        f"extrapolated: {fmt_t(measured)} measured on {pairs} of {n_pairs} (test batch, train "
+        f"batch) pairs, times {n_pairs / pairs:g}"
+    )
+    return measured * n_pairs / pairs, True, how
+
+
+def tol_text(settings: Mapping[str, Any]) -> str:
+    tol = settings["cg_tol"]
+    return (
+        f"rtol={tol['rtol']:g}, atol={tol['atol']:g}, maxiter={tol['maxiter']} on both sides "
+        "(the documented defaults of `CgInfluence`, pyDVL 0.10's and ours, with pyDVL's stopping "
+        "rule `||r|| < max(rtol**2 ||g||, atol**2)`; maxiter None is 10 x n_params)"
+    )
 
 
 def row(case: str, ours: float, theirs: float, target: str, met: bool | None, what: str) -> list:
@@ -28,44 +58,36 @@ def row(case: str, ours: float, theirs: float, target: str, met: bool | None, wh
 
 
 # ---------------------------------------------------------------------- small
-def small_note(small: dict[str, Any], blk: str, tot: list[float]) -> str:
+def small_note(small: dict[str, Any], blk: str, tot: list[float], tol: str) -> str:
     o, t = small["ours"], small["theirs"]
     lo, hi = o.get("h_eig", ("?", "?"))
-    if "seq_one" in t:
-        pairs, n_pairs, measured = t["seq_one_pairs"]
-        one_rhs = (
-            f", sequential one rhs at a time {fmt_t(t['seq_one'][0])} (once; {fmt_t(measured)} "
-            f"measured on the first {pairs} of {n_pairs} (test batch, train batch) pairs and "
-            "scaled: every pair repeats its solves, so they cost alike)"
-        )
+    if "seq_one_pairs" in t:
+        seconds, _, how = one_rhs(t)
+        one = f", sequential one rhs at a time {fmt_t(seconds)} (once; {how})"
     else:
-        one_rhs = " (one rhs at a time: skipped)"
+        one = " (one rhs at a time: skipped)"
     vs_one = f", vs one-at-a-time {small['rel_seq_one']:.2e}" if "rel_seq_one" in small else ""
     return (
         f"**small** (MLP 20 -> 32 -> 3, {o['n_params']} params, train/test accuracy "
         f"{o['acc'][0]:.2f}/{o['acc'][1]:.2f}; {o['n_train']} train, {o['n_test']} test, "
-        f"loaders of batch {o['batch']}, regularization {o.get('reg', 0.01)}; eigenvalues of H "
-        f"in [{lo:.3g}, {hi:.3g}]; CG on both sides with rtol=1e-7, atol=1e-7, maxiter=None "
-        "(pyDVL's defaults; maxiter is then 10 x n_params on both sides); "
-        f"{small['reps']} repetitions each): ours fit {fmt_t(median(o['fit']))} + create+fill "
-        f"{fmt_t(median(o['fill'][blk]))}; pyDVL fit {fmt_t(median(t['fit']))} (not counted on "
-        f"their side), in-memory {fmt_t(median(t['inmem']))} (solve_simultaneously=True), "
-        f"sequential simultaneous {fmt_t(median(t['seq']))}{one_rhs}. Our factor computations "
-        f"{o.get('stats')}; our CG iterations (last call) {o.get('cg_iters_last_call')}. With "
-        f"our backend, all test factors in one call take {fmt_t(o['piece_test_factors'])}, all "
-        f"train factors {fmt_t(o['piece_train_factors'])}, the product "
-        f"{fmt_t(o['piece_product_f32'])} (float64: {fmt_t(o['piece_product_f64'])}). Max "
-        "relative difference (max|ours - theirs| / max|theirs|): vs in-memory "
-        f"{small['rel_inmem']:.2e}, vs sequential simultaneous {small['rel_seq']:.2e}{vs_one}; "
-        f"pyDVL's sequential vs its in-memory {small['rel_theirs_seq_vs_inmem']:.2e}. Best "
-        f"(minimum) times: ours fit + create + fill {fmt_t(min(tot))}, pyDVL in-memory "
-        f"{fmt_t(min(t['inmem']))}, sequential simultaneous {fmt_t(min(t['seq']))}."
+        f"loaders of batch {o['batch']}, regularization {o['reg']}; eigenvalues of H in "
+        f"[{lo:.3g}, {hi:.3g}]; CG with {tol}; {small['reps']} rounds): ours fit + create + "
+        f"fill {spread(tot)}; pyDVL fit {spread(t['fit'])} (not counted on their side), "
+        f"in-memory {spread(t['inmem'])} (solve_simultaneously=True), sequential simultaneous "
+        f"{spread(t['seq'])}{one}. Our factor computations {o.get('stats')}; our CG iterations "
+        f"(last call) {o.get('cg_iters_last_call')}. With our backend, all test factors in one "
+        f"call take {fmt_t(o['piece_test_factors'])}, all train factors "
+        f"{fmt_t(o['piece_train_factors'])}, the product {fmt_t(o['piece_product_f32'])} "
+        f"(float64: {fmt_t(o['piece_product_f64'])}). Max relative difference (max|ours - "
+        f"theirs| / max|theirs|): vs in-memory {small['rel_inmem']:.2e}, vs sequential "
+        f"simultaneous {small['rel_seq']:.2e}{vs_one}; pyDVL's sequential vs its in-memory "
+        f"{small['rel_theirs_seq_vs_inmem']:.2e}."
         + (f" Our warnings: {o['warnings']}." if o["warnings"] else "")
         + (f" pyDVL warnings: {t['warnings']}." if t["warnings"] else "")
     )
 
 
-def small_part(small: dict[str, Any]) -> Part:
+def small_part(small: dict[str, Any], tol: str) -> Part:
     if "error" in small:
         return [], [f"**small**: {small['error']}"]
     o, t = small["ours"], small["theirs"]
@@ -73,42 +95,38 @@ def small_part(small: dict[str, Any]) -> Part:
     tot = [a + b for a, b in zip(o["fit"], o["fill"][blk], strict=True)]
     ours = median(tot)
     name = (
-        f"small CG (reg {o.get('reg', 0.01)}), {o['n_test']} x {o['n_train']}, "
+        f"small CG (reg {o['reg']}), {o['n_test']} x {o['n_train']}, "
         f"{o['n_params']} params, blocks {blk}: fit + create + fill"
     )
     rows = []
-    if "seq_one" in t:
-        t1 = t["seq_one"][0]
-        rows.append(row(name, ours, t1, ">= 100x", t1 / ours >= 100, "seq CG one rhs"))
+    if "seq_one_pairs" in t:
+        t1, extrapolated, _ = one_rhs(t)
+        what = "seq CG one rhs, **extrapolated**" if extrapolated else "seq CG one rhs"
+        rows.append(row(name, ours, t1, ">= 100x", t1 / ours >= 100, what))
     ts, ti = median(t["seq"]), median(t["inmem"])
     rows.append(row(name, ours, ts, ">= 5x", ts / ours >= 5, "seq CG simult."))
     rows.append(row(name, ours, ti, ">= 1/1.5x", ti / ours >= 1 / 1.5, "in-memory call"))
-    return rows, [small_note(small, blk, tot)]
+    return rows, [small_note(small, blk, tot, tol)]
 
 
 # ---------------------------------------------------------------------- medium
 def medium_note(medium: dict[str, Any]) -> str:
     o, t = medium["ours"], medium["theirs"]
-    by_block = ", ".join(
-        f"{tuple(b)} {fmt_t(median(o['fill'][str(tuple(b))]))}" for b in o["blocks"]
-    )
-    best = ", ".join(f"{b} {fmt_t(min(v))}" for b, v in o["fill"].items())
+    by_block = "; ".join(f"{b} {spread(v)}" for b, v in o["fill"].items())
     return (
         f"**medium** (MLP 20 -> 64 -> 3, {o['n_params']} params, train/test accuracy "
         f"{o['acc'][0]:.2f}/{o['acc'][1]:.2f}; {o['n_train']} train, {o['n_test']} test, "
-        f"loaders of batch {o['batch']}, DirectInfluence, regularization 0.01; "
-        f"{medium['reps']} repetitions, blocks (100, 100) and pyDVL's sequential once): ours "
-        f"fit {fmt_t(median(o['fit']))}, pyDVL fit {fmt_t(median(t['fit']))}, pyDVL in-memory "
-        f"{fmt_t(median(t['inmem']))}, sequential {fmt_t(median(t['seq']))}. Our create + fill "
-        f"by block shape: {by_block}. Our factor computations ((256, 4096)): {o.get('stats')}. "
-        f"The pieces, with our backend: all test factors {fmt_t(o['piece_test_factors'])}, all "
-        f"train factors {fmt_t(o['piece_train_factors'])}, one float32 product "
+        f"loaders of batch {o['batch']}, DirectInfluence, regularization {o['reg']}; "
+        f"{medium['reps']} rounds, side by side (process order {', '.join(medium['order'])}), "
+        f"pyDVL's sequential calculator in the first round only): ours fit {spread(o['fit'])}, "
+        f"pyDVL fit {spread(t['fit'])}, pyDVL in-memory {spread(t['inmem'])}, sequential "
+        f"{spread(t['seq'])}. Our create + fill by block shape: {by_block}. Our factor "
+        f"computations ((256, 4096)): {o.get('stats')}. The pieces, with our backend: all test "
+        f"factors {fmt_t(o['piece_test_factors'])}, all train factors "
+        f"{fmt_t(o['piece_train_factors'])}, one float32 product "
         f"{fmt_t(o['piece_product_f32'])}, one float64 product "
         f"{fmt_t(o['piece_product_f64'])}. Max relative difference of values: vs in-memory "
-        f"{medium['rel_inmem']:.2e}, vs sequential {medium['rel_seq']:.2e}. Best (minimum) "
-        f"times, less sensitive to other load: ours fit {fmt_t(min(o['fit']))} vs pyDVL "
-        f"{fmt_t(min(t['fit']))}; ours create + fill {best} vs pyDVL in-memory "
-        f"{fmt_t(min(t['inmem']))}."
+        f"{medium['rel_inmem']:.2e}, vs sequential {medium['rel_seq']:.2e}."
     )
 
 
@@ -126,7 +144,7 @@ def medium_part(medium: dict[str, Any]) -> Part:
             f"blocks {tuple(b)}: create + fill (fit apart)"
         )
         rows.append(row(name, fl, tseq, ">= 40x", tseq / fl >= 40, "sequential"))
-        rows.append(row(name, fl, tin, ">= 0.5x", tin / fl >= 0.5, "in-memory call"))
+        rows.append(row(name, fl, tin, ">= 1/2x", tin / fl >= 0.5, "in-memory call"))
     rows.append(row("medium Direct: `fit`", fit, pfit, ">= 1x", pfit / fit >= 1, "pyDVL fit"))
     best = min(median(v) for v in o["fill"].values())
     name = "medium Direct, best block shape: fit + create + fill"
@@ -248,11 +266,37 @@ def reads_part(reads: dict[str, Any]) -> Part:
 
 
 # ---------------------------------------------------------------------- the section
-def markdown(info: Mapping[str, str], command: str, res: dict[str, Any], total: float) -> str:
-    """The section, from ``res`` (case name -> the case's results)."""
+def targets(res: Mapping[str, Any]) -> list[str]:
+    """The issue's two medium-case targets, with each side's spread."""
+    m = res.get("medium")
+    if not m or "error" in m:
+        return []
+    o, t = m["ours"], m["theirs"]
+    fill, inmem, seq = o["fill"]["(100, 100)"], t["inmem"], t["seq"]
+    r_in, r_seq = median(inmem) / median(fill), median(seq) / median(fill)
+    return [
+        "",
+        "### Targets for the medium case with blocks (100, 100)",
+        "",
+        f"- Within 2x of pyDVL's in-memory call (issue 22), side by side in one run: ours "
+        f"create + fill {spread(fill)} against pyDVL's in-memory call {spread(inmem)}: ratio of "
+        f"medians {r_in:.2f}x, so ours takes {1 / r_in:.1f}x its time (ratio of minima "
+        f"{min(inmem) / min(fill):.2f}x, of maxima {max(inmem) / max(fill):.2f}x); target >= "
+        f"0.5x: {yes_no(r_in >= 0.5)}.",
+        f"- At least 40x faster than pyDVL's sequential calculator (issue 4): {r_seq:.1f}x "
+        f"(its sequential run once, {fmt_t(median(seq))}): {yes_no(r_seq >= 40)}.",
+    ]
+
+
+def render(record: Mapping[str, Any]) -> str:
+    """The whole section from the record ``speed``."""
+    res = record["data"]
+    tol = tol_text(res["settings"])
     rows: list[list[str]] = []
     notes: list[str] = []
-    parts: list[tuple[str, Any]] = [(k, small_part) for k in sorted(res) if k.startswith("small")]
+    parts: list[tuple[str, Any]] = [
+        (k, partial(small_part, tol=tol)) for k in sorted(res) if k.startswith("small")
+    ]
     parts += [("medium", medium_part), ("floor", floor_part), ("memory", memory_part)]
     parts += [("reads", reads_part)]
     for key, part in parts:
@@ -260,54 +304,85 @@ def markdown(info: Mapping[str, str], command: str, res: dict[str, Any], total: 
             case_rows, case_notes = part(res[key])
             rows += case_rows
             notes += case_notes
-    lines = section_head(SECTION, command, info, total)
+    lines = record_head(record)
     lines += [
         "",
         "Each case runs in fresh processes: ours in the project's environment, pyDVL in "
-        "`.venv-pydvl` (numpy<2) right after it, on the same seeded model (parameter hashes "
-        "checked equal) and data, float32. The machine is shared: compare the ratios, not the "
+        "`.venv-pydvl` (numpy<2), on the same seeded model (parameter hashes checked equal) and "
+        "data, float32; the small and medium cases alternate one process of each side per "
+        "round. The machine is shared (see the load above): compare the ratios, not the "
         "absolute times.",
         "",
         "Ratio = theirs (or floor) / ours: above 1 means ours is faster. Times are medians of "
-        "the repetitions stated.",
+        "the rounds stated; **extrapolated** marks a time scaled from part of a run.",
         "",
         *table(HEADER, rows, align="lrrrll"),
         "",
         *(f"- {n}" for n in notes),
-        DIAGNOSIS,
+        *targets(res),
+        "",
+        "Settings: the small case's regularization is above minus the most negative eigenvalue "
+        "of H (shown in its note), so `H + lambda Id` is positive definite and CG converges on "
+        "both sides."
+        + (
+            " The floor case fits CG's Hessian on a seeded subsample of the train points (shown "
+            "in its note); matrix shape, parameter count and block shape are issue 4's, and "
+            "floor and fill do the same solves."
+            if "floor" in res
+            else ""
+        ),
     ]
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
 
 
 HEADER: Sequence[str] = ("case", "ours", "theirs / floor", "ratio", "target", "met")
 
-DIAGNOSIS = """
-### What the runs measured, and the shortfalls left
 
-Written by hand (the script does not regenerate this text). Three runs, 2026-11-28:
-1. 21:37-22:06, before the commit "Speed: batched solves per tile, ...": small CG in-memory
-   0.33x, medium Direct 9.8-16.9x sequential and 0.05-0.09x in-memory, repeated reads 22-38x
-   their first read. Causes found: passes over the data cut at the loader's batch size, one CG
-   solve per block row, float64 products and copies, no cache of decoded blocks.
-2. 22:23-22:34, after those fixes (passes of at least 1024 samples, one batched solve per tile,
-   float32 products for float32 stores, the decoded-block cache): small CG 1.34x its in-memory
-   call, repeated reads 146-4045x their first read; medium still 0.28-0.44x in-memory.
-3. 22:46-22:54 (medium, floor and memory cases; small and reads cases merged from run 2),
-   after switching the default codec to blosc-lz4 with bit-shuffle (encodes ~750 MB/s against
-   255-309 MB/s for zstd-3, ratio 1.145x against 1.153x on influence-like data) and keeping
-   `fill()` from filling the read cache: medium Direct (256, 4096) 105x sequential and 0.64x
-   in-memory, fit 1.38x pyDVL's, floor 0.86x, fill peak RSS +49 MiB. This table is run 3.
-
-Shortfall left: medium Direct with (100, 100) blocks, 16.6x sequential (target 40x) and 0.10x
-in-memory. 2000 blocks at about 3.5 ms of fixed cost each (a small product, one chunk write,
-one `stat`); the cost is per block, not per byte. Blocks of at least (256, 4096) meet every
-target; the README recommends them.
-
-Settings: the small case's regularization is 0.1, not 0.01 (at 0.01 `H + 0.01 Id` is
-indefinite for this trained MLP: smallest eigenvalue of H -0.0153; our CG stops with a
-`ConvergenceWarning`, pyDVL's runs to maxiter = 7710). pyDVL's one-right-hand-side-at-a-time
-CG is timed on 1 of its 32 (test batch, train batch) pairs and scaled (every pair repeats the
-same solves). The floor case fits CG's Hessian on a seeded 500-point subsample (one CG
-iteration over all 20,000 points costs ~800 s for 2,000 right-hand sides here); matrix shape,
-parameter count and block shape are the issue's, and floor and fill do the same solves.
-"""
+def readme(record: Mapping[str, Any]) -> str:
+    """README's Performance figures, from the record ``speed``."""
+    res = record["data"]
+    load = "/".join(f"{x:.0f}" for x in record["load"]["start"][:1] + record["load"]["end"][:1])
+    out = [
+        f"Measured side by side on 2 shared cores (`{record['command']}`, {record['date'][:10]}, "
+        f"load average {load} at start/end):"
+    ]
+    small = next((res[k] for k in sorted(res) if k.startswith("small")), None)
+    if small and "error" not in small:
+        o, t = small["ours"], small["theirs"]
+        blk = str(tuple(o["blocks"][0]))
+        ours = median([a + b for a, b in zip(o["fit"], o["fill"][blk], strict=True)])
+        text = (
+            f"filling a {o['n_test']} x {o['n_train']} CG store (fit included) took "
+            f"{fmt_t(ours)}, {median(t['seq']) / ours:.0f}x faster than pyDVL's sequential "
+            f"calculator solving all right-hand sides at once and "
+            f"{median(t['inmem']) / ours:.2f}x its single in-memory call"
+        )
+        if "seq_one_pairs" in t:
+            t1, extrapolated, how = one_rhs(t)
+            label = f" ({how})" if extrapolated else ""
+            text += f"; against its one-right-hand-side-at-a-time CG {t1 / ours:,.0f}x{label}"
+        out.append(f"- {text}.")
+    m = res.get("medium")
+    if m and "error" not in m:
+        o, t = m["ours"], m["theirs"]
+        inmem, seq = median(t["inmem"]), median(t["seq"])
+        shapes = "; ".join(
+            f"blocks {b}: {fmt_t(median(v))}, {seq / median(v):.0f}x faster than pyDVL's "
+            f"sequential calculator and {median(v) / inmem:.1f}x the time of its in-memory call"
+            for b, v in o["fill"].items()
+            if b in ("(100, 100)", "(256, 4096)")
+        )
+        out.append(
+            f"- a {o['n_test']:,} x {o['n_train']:,} `DirectInfluence` store "
+            f"({o['n_params']:,} parameters; create + fill, fit apart): {shapes} (medians of "
+            f"{m['reps']} rounds; pyDVL's in-memory call {fmt_t(inmem)})."
+        )
+    f = res.get("floor")
+    if f and "error" not in f:
+        floor = f["floor_test_factors"] + f["floor_train_factors"] + f["floor_product_f32"]
+        out.append(
+            f"- a fill computes each test and train factor once per tile: {f['fill'] / floor:.2f}x "
+            "the floor (all factors once plus one product) on a CG case of "
+            f"{f['n_params']:,} parameters."
+        )
+    return "\n".join(out) + "\n"

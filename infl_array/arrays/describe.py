@@ -19,6 +19,7 @@ from infl_array.errors import format_bytes
 from infl_array.storage.grid import BlockCoords
 from infl_array.storage.meta import StoreMeta
 from infl_array.storage.notes import format_notes, read_notes
+from infl_array.storage.segments import Segment
 
 __all__ = ["DescribedMixin"]
 
@@ -54,6 +55,9 @@ class _Described(Protocol):
 
     def stored_bytes(self) -> int: ...
 
+    @property
+    def segments(self) -> list[Segment]: ...
+
     def _described(self) -> dict[str, str]: ...
 
 
@@ -79,7 +83,9 @@ class DescribedMixin:
         config = by.get("config")
         if isinstance(config, dict) and config.get("curvature"):
             backend += f" ({config['curvature']})"
+        grown = describe_segments(self.segments)
         return {
+            **({"segments": grown} if grown else {}),
             "blocks computed": f"{len(known)}/{n_blocks} ({100 * len(known) / n_blocks:.1f}%)",
             "stored": format_bytes(stored),
             "compression ratio": ratio,
@@ -93,7 +99,9 @@ class DescribedMixin:
         notes = self.notes
         return (
             f"InfluenceArray(shape={self.shape}, dtype={self.dtype}, "
-            f"block_shape={self.block_shape}, blocks computed {d['blocks computed']}, "
+            f"block_shape={self.block_shape}, "
+            + (f"appended {d['segments']}, " if "segments" in d else "")
+            + f"blocks computed {d['blocks computed']}, "
             f"stored {d['stored']}, compression ratio {d['compression ratio']}, "
             f"backend={d['backend']}, {d['mode']}, store={d['store']})"
         ) + (f"\nnotes on how its values were computed:\n{format_notes(notes)}" if notes else "")
@@ -107,7 +115,9 @@ class DescribedMixin:
         )
         facts += (("block shape", f"{self.block_shape}, grid {self.grid_shape}"),)
         facts += tuple(
-            (k, d[k]) for k in ("stored", "compression ratio", "backend", "mode", "store")
+            (k, d[k])
+            for k in ("segments", "stored", "compression ratio", "backend", "mode", "store")
+            if k in d
         )
         return array_html(ArraySummary("InfluenceArray", facts, self.computed, self.notes))
 
@@ -121,6 +131,21 @@ class DescribedMixin:
         computation found.
         """
         return read_notes(self._engine.store.matrix.zarr_store)
+
+
+def describe_segments(segments: list[Segment]) -> str:
+    """The appended segments in a few words (empty: none).
+
+    >>> two = [Segment("train", 1, 10, 16, None, "t"), Segment("train", 2, 16, 20, None, "t")]
+    >>> describe_segments(two)
+    'train 10:16, 16:20'
+    """
+    parts = []
+    for side in ("test", "train"):
+        spans = [f"{s.start}:{s.stop}" for s in segments if s.side == side]
+        if spans:
+            parts.append(f"{side} {', '.join(spans)}")
+    return "; ".join(parts)
 
 
 def _block_bytes(engine: BlockEngine, coords: BlockCoords) -> int:

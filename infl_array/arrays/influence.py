@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from infl_array.arrays.append import AppendMixin, check_segments, created_shape_of
 from infl_array.arrays.describe import DescribedMixin
 from infl_array.arrays.front import LazyArray
 from infl_array.arrays.indexing import get_oindex
@@ -43,7 +44,7 @@ __all__ = ["InfluenceArray", "open_array"]
 DEFAULT_BLOCK_SHAPE = (256, 4096)
 
 
-class InfluenceArray(DescribedMixin, LazyArray):
+class InfluenceArray(AppendMixin, DescribedMixin, LazyArray):
     """A lazily computed, cached influence matrix of shape ``(n_test, n_train)``.
 
     Create one with :meth:`create` (from an influence model) or :meth:`from_function`, or
@@ -116,6 +117,7 @@ class InfluenceArray(DescribedMixin, LazyArray):
         dtype: str = "float32",
         overwrite: bool = False,
         compression: Compression | None = None,
+        factor_compression: Compression | None = None,
         memory_budget: int | None = None,
         disk_budget: int | None = None,
         storage_options: dict[str, Any] | None = None,
@@ -140,6 +142,16 @@ class InfluenceArray(DescribedMixin, LazyArray):
         memory only); ``storage_options`` are the fsspec options of a URL store. Needs the
         ``torch`` extra.
 
+        ``factor_compression`` (an :class:`~infl_array.storage.meta.Compression`; None, the
+        default, is lossless) rounds every test and train factor to ``keepbits`` mantissa bits,
+        a relative error of at most ``2 ** -(keepbits + 1)`` per value, the bound of the
+        matrix's ``keepbits`` (``keepbits=7``: bfloat16's precision, under half the bytes read
+        per query). It is recorded in the store: ``ia.open`` uses it without being told. The
+        matrix is then the product of the rounded factors: every read, ``top_k`` and top-k array
+        is exact for those (the values the array gives), and each entry is within
+        ``(2 * 2 ** -(keepbits + 1) + 2 ** -(2 * keepbits + 2)) * |t| |g|`` of the product of the
+        unrounded factors ``t`` and ``g``.
+
         Older names, kept for compatibility: ``factor_budget_bytes`` (caps the factor memo
         within the memory budget) and ``factor_disk_budget_bytes`` (``disk_budget``).
         """
@@ -159,6 +171,7 @@ class InfluenceArray(DescribedMixin, LazyArray):
             overwrite,
             compression,
             storage_options,
+            factor_compression,
         )
         _attach_factor_store(arr._engine, disk)
         return arr
@@ -174,6 +187,7 @@ class InfluenceArray(DescribedMixin, LazyArray):
         overwrite: bool,
         compression: Compression | None,
         storage_options: dict[str, Any] | None,
+        factor_compression: Compression | None = None,
     ) -> InfluenceArray:
         block_shape = clip_block_shape(shape, _as_pair(block_shape, "block_shape"))
         check_chunk_bytes(block_shape, _dtype_name(dtype))
@@ -184,6 +198,7 @@ class InfluenceArray(DescribedMixin, LazyArray):
             computed_by=source.describe(),
             fingerprints=source.fingerprints(),
             compression=compression or Compression(),
+            factor_compression=factor_compression,
         )
         opened = InfluenceStore.create(
             store, meta, overwrite=overwrite, storage_options=storage_options
@@ -217,6 +232,7 @@ class InfluenceArray(DescribedMixin, LazyArray):
             overwrite,
             meta.compression,
             storage_options,
+            meta.factor_compression,
         )
         share_train_factors(self._engine, new._engine)
         return new
@@ -375,6 +391,7 @@ def open_array(
     fn: BlockFunction | None = None,
     block_shape: tuple[int, int] | None = None,
     dtype: str | None = None,
+    factor_compression: Compression | None = None,
     memory_budget: int | None = None,
     disk_budget: int | None = None,
     storage_options: dict[str, Any] | None = None,
@@ -387,7 +404,8 @@ def open_array(
     :class:`~infl_array.errors.MissingBlockError`. ``ia.open(store, model, test=..., train=...)``
     or ``ia.open(store, fn=fn)`` can compute missing blocks. Whatever is given must match what
     the store was created with (model parameters, data, backend settings, ``block_shape``,
-    ``dtype``), else :class:`~infl_array.errors.StaleCacheError` names what differs.
+    ``dtype``, ``factor_compression``), else :class:`~infl_array.errors.StaleCacheError` names
+    what differs; the factor compression recorded at ``create`` applies without being given.
     ``storage_options`` are the fsspec options of a URL store (credentials, endpoint);
     ``memory_budget``, ``disk_budget`` (and their older names ``factor_budget_bytes``,
     ``factor_disk_budget_bytes``) are as for :meth:`InfluenceArray.create`.
@@ -399,10 +417,16 @@ def open_array(
     meta = opened.meta
     given: dict[str, tuple[Any, Any]] = {}
     if block_shape is not None:
-        asked = clip_block_shape(meta.shape, _as_pair(block_shape, "block_shape"))
-        given["block_shape"] = (list(clip_block_shape(meta.shape, meta.block_shape)), list(asked))
+        created = created_shape_of(opened)  # blocks were clipped to the shape at creation
+        asked = clip_block_shape(created, _as_pair(block_shape, "block_shape"))
+        given["block_shape"] = (list(clip_block_shape(created, meta.block_shape)), list(asked))
     if dtype is not None:
         given["dtype"] = (meta.dtype, _dtype_name(dtype))
+    if factor_compression is not None:
+        given["factor_compression"] = (
+            _compression_json(meta.factor_compression),
+            _compression_json(_check_compression(factor_compression, "factor_compression")),
+        )
     kind = meta.computed_by.get("kind", "function")
     source: BlockSource | None = None
     if model is not None:
@@ -413,6 +437,7 @@ def open_array(
                 given[name] = (stored.get(name), value)  # what older stores lack is not asked
         given["backend"] = (same_settings(*given["backend"]), given["backend"][1])
         given["shape"] = (list(meta.shape), list(source.shape or ()))
+        check_segments(opened, source, given)
         check_same(opened, given, kind_given="model", kind_stored=kind)
         source.set_output_dtype(np.dtype(meta.dtype))
     elif fn is not None:
@@ -508,6 +533,21 @@ def _as_pair(value: Any, name: str) -> tuple[int, int]:
     value = tuple(value) if isinstance(value, list | tuple) else value
     check_shapes(value, (1, 1)) if name == "shape" else check_shapes((1, 1), value)
     return (int(value[0]), int(value[1]))
+
+
+def _check_compression(value: Any, name: str) -> Compression:
+    if not isinstance(value, Compression):
+        raise TypeError(
+            f"{name} must be None or an ia.Compression; got {value!r}. Pass e.g. "
+            f"{name}=ia.Compression(keepbits=7)."
+        )
+    return value
+
+
+def _compression_json(value: Compression | None) -> dict[str, Any]:
+    """What of a factor compression is compared at open: its rounding, which decides the
+    values (the codec decides only the bytes); None is lossless."""
+    return {"keepbits": "None (lossless)" if value is None else value.keepbits}
 
 
 def _dtype_name(dtype: Any) -> str:

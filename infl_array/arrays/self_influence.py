@@ -20,6 +20,7 @@ from infl_array.engine.sources import DiagonalBlocks, capabilities
 from infl_array.errors import MissingBlockError
 from infl_array.storage.grid import BlockGrid
 from infl_array.storage.layout import SELF_INFLUENCE
+from infl_array.storage.segments import check_not_grown
 
 __all__ = ["SelfInfluenceArray", "open_self_influence"]
 
@@ -78,6 +79,9 @@ def open_self_influence(matrix: BlockEngine) -> SelfInfluenceArray:
             )
         n_train, block_cols = matrix.shape[1], matrix.block_shape[1]
         grid = store.create_side_grid(SELF_INFLUENCE.path, n_train, block_cols)
+    elif grid.shape[1] != matrix.shape[1]:  # the store grew since ``matrix`` was opened
+        held = {"train": matrix.shape[1]}
+        check_not_grown(store.matrix.zarr_store, store.where, held, "its self-influence")
     return SelfInfluenceArray(self_influence_engine(matrix, grid))
 
 

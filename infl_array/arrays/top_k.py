@@ -29,11 +29,13 @@ from infl_array.display.html import ArraySummary, array_html
 from infl_array.engine.block_engine import BlockEngine
 from infl_array.engine.plan import AxisSel, plan_outer, plan_points
 from infl_array.engine.sources import PlainSource
-from infl_array.engine.top_k import ScanCounts, check_k, computes_stored, scan_coords, scan_top_k
+from infl_array.engine.top_k import ScanCounts, check_k
+from infl_array.engine.top_k_bases import scan_rows
 from infl_array.errors import MissingBlockError
 from infl_array.executors.dispatch import fill_store
 from infl_array.storage import layout
 from infl_array.storage.grid import BlockCoords
+from infl_array.storage.segments import check_not_grown
 from infl_array.storage.store import InfluenceStore
 from infl_array.storage.topk import TopKGrid, create_top_k_grid, find_top_k_grid, top_k_dtype
 
@@ -97,10 +99,20 @@ class TopKSource(PlainSource):
         return (self.matrix.shape[1 - self.axis], self.k)
 
     def scan(self, row_blocks: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        """``{b: (values, indices)}`` of row blocks ``row_blocks``, in one scan of the matrix."""
-        if computes_stored(self.matrix):
-            self.matrix.ensure(scan_coords(self.matrix.grid_shape, self.axis, row_blocks))
-        return scan_top_k(self.matrix, self.k, self.axis, self.largest, row_blocks, self.counts)
+        """``{b: (values, indices)}`` of row blocks ``row_blocks``, in one scan of the matrix (of
+        its new points only, for rows kept by an append: :mod:`infl_array.engine.top_k_bases`)."""
+        where = layout.top_k(self.k, self.axis, self.largest)
+        rows = scan_rows(self.matrix, where, row_blocks, self.counts)
+        reduced = {layout.FACTOR_SIDES[self.axis]: self.matrix.shape[self.axis]}
+        store = self.matrix.store  # rows over fewer points than the store has are not stored
+        what = f"the rows of {where.path} computed here"
+        check_not_grown(
+            store.matrix.zarr_store,
+            store.where,
+            reduced,
+            what,
+        )
+        return rows
 
     def compute_block(self, rows: range, cols: range) -> Any:
         """The top-k values of ``rows`` (one row block)."""

@@ -8,7 +8,9 @@ machine every stored block goes through, matrix and factor blocks alike (memo ->
 -> compute: :mod:`~infl_array.engine.keeper`), computing missing blocks once
 (:mod:`~infl_array.engine.work`), checks of computed blocks (:mod:`~infl_array.engine.validate`),
 the error for blocks nothing can compute (:mod:`~infl_array.engine.missing`), progress bars
-(:mod:`~infl_array.engine.progress`) and the block-source contract and its
+(:mod:`~infl_array.engine.progress`), streaming top-k and top-k rows brought up to date after
+an append (:mod:`~infl_array.engine.top_k`, :mod:`~infl_array.engine.top_k_bases`) and the
+block-source contract and its
 capabilities (:mod:`~infl_array.engine.sources`).
 
 May import: numpy, :mod:`infl_array.storage`, and :mod:`infl_array.errors`,

@@ -16,7 +16,9 @@ probed with ``getattr``:
   test set (``InfluenceArray.with_test``), without the core knowing what the model is;
 * ``factor_norms`` (:class:`FactorNorms`): every entry is the plain inner product of a test and
   a train factor, so ``|I[i, j]| <= |t_i| |g_j|``, and the source gives the factors' norms
-  (a top-k skips the blocks that provably cannot enter it, :mod:`infl_array.engine.top_k`).
+  (a top-k skips the blocks that provably cannot enter it, :mod:`infl_array.engine.top_k`);
+* ``growth`` (:class:`Growth`): the source's test or train data can grow by appended points
+  (``arr.append_train`` / ``arr.append_test``, :mod:`infl_array.arrays.append`).
 
 :func:`capabilities` is the one place that reads them off a source that may be absent (a
 read-only store has none): ``capabilities(engine.source).factor_store``.
@@ -48,6 +50,8 @@ __all__ = [
     "FactorNorms",
     "FactorReuse",
     "FunctionSource",
+    "Grown",
+    "Growth",
     "PlainSource",
     "qualname",
 ]
@@ -139,6 +143,32 @@ class FactorNorms(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Grown:
+    """What :meth:`Growth.appended` gives: the grown source, how many points were appended,
+    and the fingerprint of the appended data (None where a source has no data)."""
+
+    source: BlockSource
+    n: int
+    fingerprint: str | None
+
+
+@runtime_checkable
+class Growth(Protocol):
+    """Capability: the test or train data grow by appended points (the model stays)."""
+
+    def appended(self, side: str, data: Any) -> Grown:
+        """A source whose ``side`` (``"test"`` or ``"train"``) data are this one's followed by
+        ``data``, checked as ``create`` checks data (``ValueError``/``TypeError`` naming what
+        is wrong); nothing is computed."""
+        ...
+
+    def span_fingerprint(self, side: str, span: range) -> str | None:
+        """The fingerprint of the ``side`` data at ``span``: equal to the fingerprint of those
+        points given alone (as :meth:`appended` records it), None where a source has no data."""
+        ...
+
+
 @runtime_checkable
 class BlockSource(Protocol):
     """What computes the blocks of a stored array.
@@ -190,6 +220,11 @@ class BlockSource(Protocol):
         ...
 
     @property
+    def growth(self) -> Growth | None:
+        """The growing-data capability, or None."""
+        ...
+
+    @property
     def stats(self) -> Mapping[str, int]:
         """Counters of work done (e.g. factor computations); empty when there are none."""
         ...
@@ -213,6 +248,7 @@ class Capabilities:
     diagonal: DiagonalSource | None = None
     retest: Retest | None = None
     factor_norms: FactorNorms | None = None
+    growth: Growth | None = None
 
     @property
     def factor_store(self) -> FactorStore | None:
@@ -232,7 +268,9 @@ def capabilities(source: BlockSource | None) -> Capabilities:
     """
     if source is None:
         return Capabilities()
-    return Capabilities(source.factor_reuse, source.diagonal, source.retest, source.factor_norms)
+    return Capabilities(
+        source.factor_reuse, source.diagonal, source.retest, source.factor_norms, source.growth
+    )
 
 
 class PlainSource:
@@ -258,6 +296,10 @@ class PlainSource:
 
     @property
     def factor_norms(self) -> None:
+        return None
+
+    @property
+    def growth(self) -> Growth | None:
         return None
 
     @property
@@ -297,6 +339,26 @@ class FunctionSource(PlainSource):
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "function", "name": qualname(self.fn)}
+
+    @property
+    def growth(self) -> FunctionSource:
+        """A block function has no data: its axes grow by a count, ``arr.append_train(n)``
+        (the function must accept the grown ranges)."""
+        return self
+
+    def appended(self, side: str, data: Any) -> Grown:
+        """This source, grown by ``data`` points (a positive int) along ``side``."""
+        if isinstance(data, bool) or not isinstance(data, int | np.integer) or data < 1:
+            raise TypeError(
+                f"an array of a block function has no {side} data to append; pass how many "
+                f"{side} points to add, a positive int (the function must accept the grown "
+                f"ranges), got {type(data).__name__}."
+            )
+        return Grown(self, int(data), None)
+
+    def span_fingerprint(self, side: str, span: range) -> None:
+        """A block function has no data to fingerprint."""
+        return None
 
 
 class DiagonalBlocks(PlainSource):

@@ -27,11 +27,13 @@ import numpy as np
 from infl_array.engine.block_engine import BlockEngine
 from infl_array.engine.sources import capabilities
 from infl_array.storage.grid import BlockCoords
+from infl_array.storage.meta import StoreMeta
 
 __all__ = [
     "NormBounds",
     "ScanCounts",
     "block_best",
+    "bound_slack",
     "check_k",
     "computes_stored",
     "merge_best",
@@ -152,8 +154,13 @@ def scan_top_k(
     row_blocks: Iterable[int],
     counts: ScanCounts | None = None,
     skip: bool = False,
+    start: int = 0,
 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """The top-``k`` along ``axis`` of every row of ``row_blocks``: ``{block: (values, indices)}``.
+
+    Only the entries from index ``start`` on along the reduced axis are candidates (a top-k
+    row brought up to date after an append scans only the new points,
+    :mod:`infl_array.engine.top_k_bases`); a row with none gets no entry.
 
     Stored blocks are read, missing ones computed in memory (nothing is written); a missing
     block with no source raises :class:`~infl_array.errors.MissingBlockError` naming it. With
@@ -166,7 +173,9 @@ def scan_top_k(
     counts = counts if counts is not None else ScanCounts()
     known = engine.refresh()
     rows = sorted(set(row_blocks))
-    inner = list(range(engine.grid_shape[1 if axis == 1 else 0]))
+    n_inner = engine.grid_shape[axis]
+    first_inner = start // engine.block_shape[axis] if start < engine.shape[axis] else n_inner
+    inner = list(range(first_inner, n_inner))
     bounds = NormBounds.of(engine, axis, rows, inner) if skip and k > 0 and rows else None
     if bounds is not None:
         inner = bounds.order
@@ -187,6 +196,8 @@ def scan_top_k(
         rows_of, cols_of = engine.grid.block_bounds(coords)
         first = cols_of.start if axis == 1 else rows_of.start
         values = block if axis == 1 else block.T
+        if first < start:  # a block the new points share with old ones: the new ones only
+            values, first = values[:, start - first :], start
         best[r] = merge_best(found, block_best(values, first, k, largest), k, largest)
     return {r: (np.ascontiguousarray(v), np.ascontiguousarray(i)) for r, (v, i) in best.items()}
 
@@ -197,9 +208,8 @@ class NormBounds:
     ``order``: the inner blocks (along the reduced axis) by their largest factor norm, largest
     first, so the running top-k fills with large values early and later blocks are skipped.
     A block cannot enter a row block's top-k when, for every row, even its bound (inflated by
-    the rounding of a float32 product of the factors' width, and the store's ``keepbits``) is
-    strictly worse than the row's current ``k``-th value: a tie could still enter by a lower
-    index, so ties are never skipped.
+    :func:`bound_slack`) is strictly worse than the row's current ``k``-th value: a tie could
+    still enter by a lower index, so ties are never skipped.
     """
 
     def __init__(
@@ -231,9 +241,7 @@ class NormBounds:
         for b in inner:
             found, width = norms.norms_of(inner_side, span(inner_side, b))
             inner_max[b] = float(found.max())
-        keepbits = engine.store.meta.compression.relative_error_bound
-        slack = (1.0 + (width + 4) * 2.0**-23) * (1.0 + keepbits) * (1.0 + 2.0**-23)
-        return cls(row_norms, inner_max, slack)
+        return cls(row_norms, inner_max, bound_slack(engine.store.meta, width))
 
     def cannot_enter(
         self, r: int, b: int, best: tuple[np.ndarray, np.ndarray], k: int, largest: bool
@@ -244,6 +252,30 @@ class NormBounds:
         kth = best[0][:, -1].astype(np.float64)
         bound = self.row_norms[r] * self.inner_max[b] * self.slack
         return bool(np.all(bound < (kth if largest else -kth)))
+
+
+def bound_slack(meta: StoreMeta, width: int) -> float:
+    """The factor by which ``|t| |g|`` is inflated so it bounds every stored ``|I[i, j]|``.
+
+    Three roundings can make a stored value larger than ``|t| |g|`` (the norms of the factors
+    as the source serves them): the float32 product of ``width`` terms (at most
+    ``(width + 4) * 2 ** -23`` relative, with the norms' own rounding), the matrix's
+    ``keepbits`` (``2 ** -(keepbits + 1)``) and the factors' ``keepbits`` (each factor within
+    ``2 ** -(keepbits + 1)`` of the one its norm was taken of, so the product within
+    ``(1 + 2 ** -(keepbits + 1)) ** 2``). The served factors are already rounded (their norms
+    bound their products as they are), so the last term only keeps the bound valid if norms
+    ever come from unrounded factors; it costs under 1% of the bound at ``keepbits=7``.
+
+    >>> from infl_array.storage.meta import Compression, StoreMeta
+    >>> meta = StoreMeta((4, 4), (2, 2), factor_compression=Compression(keepbits=7))
+    >>> round(bound_slack(meta, 1024), 5)
+    1.00795
+    """
+    product = 1.0 + (width + 4) * 2.0**-23
+    matrix = 1.0 + meta.compression.relative_error_bound
+    factors = meta.factor_compression
+    factor = 1.0 + (0.0 if factors is None else factors.relative_error_bound)
+    return product * matrix * factor**2 * (1.0 + 2.0**-23)
 
 
 def _block(

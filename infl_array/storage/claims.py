@@ -34,9 +34,15 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from infl_array.storage.zarr_compat import delete_key, read_key, write_key, write_key_if_absent
+from infl_array.storage.zarr_compat import (
+    delete_key,
+    list_prefix,
+    read_key,
+    write_key,
+    write_key_if_absent,
+)
 
-__all__ = ["CLAIM_TTL_S", "ClaimBook", "is_claim"]
+__all__ = ["CLAIM_TTL_S", "ClaimBook", "is_claim", "live_owners"]
 
 CLAIM_TTL_S = 60.0
 """Seconds a claim lives after its owner's last refresh."""
@@ -183,6 +189,22 @@ def is_claim(found: Any) -> bool:
         and isinstance(found.get("expires"), int | float)
         and not isinstance(found.get("expires"), bool)
     )
+
+
+def live_owners(zarr_store: Any, prefix: str) -> set[str]:
+    """The owners of the live claims under ``prefix`` held by other processes (fillers at work
+    on the store now); claims of this process, expired ones and unreadable ones are left out."""
+    owners = set()
+    mine = f"{socket.gethostname()}:{os.getpid()}:"
+    now = time.time()
+    for key in list_prefix(zarr_store, prefix):
+        try:
+            found = json.loads(read_key(zarr_store, key) or b"")
+        except ValueError:
+            continue
+        if is_claim(found) and not _is_stale(found, now) and not found["owner"].startswith(mine):
+            owners.add(found["owner"])
+    return owners
 
 
 def _is_stale(claim: dict[str, Any], now: float) -> bool:

@@ -5,8 +5,15 @@ train factors of train block ``j``. A :class:`FactorStore` keeps those factors i
 group ``"factors"``: array ``"test"`` of shape ``(n_test, width)`` with one chunk per test
 block, array ``"train"`` of shape ``(n_train, width)`` with one chunk per train block. Like the
 matrix, a factor block is present exactly when its chunk exists, is written with one atomic
-chunk write, and carries a checksum; it is stored lossless, so a block computed from stored
-factors equals a block computed from fresh ones.
+chunk write, and carries a checksum.
+
+Factors are stored lossless by default. ``create(..., factor_compression=ia.Compression(
+keepbits=...))`` (recorded in the store's metadata, :attr:`FactorSide.compression`) stores them
+lossily: every factor value is rounded to ``keepbits`` mantissa bits (relative error at most
+``2 ** -(keepbits + 1)``, as the matrix's ``keepbits``) *before* it is used, by whoever computes
+it (:mod:`infl_array.torch.source.factor_cache`), and the array's codec rounds the same way. So
+a block computed from stored factors still equals a block computed from fresh ones, in any
+process, and the matrix is the product of the rounded factors.
 
 Each side is one :class:`FactorSide`: the array of one side of one store, with its claims. It
 is the store step of the cache machine (a :class:`~infl_array.engine.keeper.Shelf`): it tells
@@ -45,7 +52,8 @@ from infl_array.errors import CorruptBlockError
 from infl_array.storage import layout
 from infl_array.storage.claims import ClaimBook
 from infl_array.storage.grid import BlockGrid, block_range
-from infl_array.storage.meta import MAX_CHUNK_BYTES
+from infl_array.storage.meta import MAX_CHUNK_BYTES, Compression
+from infl_array.storage.segments import check_not_grown
 from infl_array.storage.store import InfluenceStore
 
 __all__ = ["DEFAULT_FACTOR_DISK_BUDGET", "SIDES", "FactorSide", "FactorStore"]
@@ -113,6 +121,12 @@ class FactorSide:
     def bounds(self, b: int) -> range:
         """The samples of factor block ``b``."""
         return block_range(b, self.block_len, self.n)
+
+    @property
+    def compression(self) -> Compression | None:
+        """How this side's factors are rounded and stored (the store's ``factor_compression``;
+        None: lossless)."""
+        return self.store.meta.factor_compression
 
     # ------------------------------------------------------------------ which blocks
     def grid(self) -> BlockGrid | None:
@@ -194,6 +208,9 @@ class FactorSide:
                     self.side, self.n, self.chunk_rows, width, values.dtype
                 )
                 self._grid = grid
+        if grid.shape[0] != self.n:  # the store grew since this handle opened it
+            held, what = {self.side: self.n}, f"{grid.name} computed here"
+            check_not_grown(grid.zarr_store, self.store.where, held, what)
         if grid.shape[1] != width or grid.dtype != values.dtype:
             raise ValueError(
                 f"the stored {self.side} factors of {self.store.where} have width "

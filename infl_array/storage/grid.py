@@ -28,6 +28,7 @@ import zarr
 
 from infl_array.errors import CorruptBlockError
 from infl_array.storage import layout
+from infl_array.storage.segments import check_not_grown
 from infl_array.storage.zarr_compat import (
     delete_key,
     empty_chunks_kept,
@@ -174,6 +175,7 @@ class BlockGrid:
         untouched.
         """
         self.check_writable(coords)
+        self._check_edge_current(coords)
         rows, cols = self.block_bounds(coords)
         try:
             with empty_chunks_kept():
@@ -183,6 +185,23 @@ class BlockGrid:
                     self.array[rows, cols] = values
         except OSError as exc:
             raise write_error(exc, coords, self.where) from exc
+
+    def _check_edge_current(self, coords: BlockCoords) -> None:
+        """A partial last block along a data axis is written only while no append has grown
+        that axis since this grid was opened (its chunk would be stored short otherwise,
+        :func:`~infl_array.storage.segments.check_not_grown`): one listing, edge blocks only."""
+        edges = {}
+        for d, index in enumerate(self.chunk_index(coords)):
+            name, n, length = (
+                self.layout.dimension_names[d],
+                self.array.shape[d],
+                self.array.chunks[d],
+            )
+            if name in layout.FACTOR_SIDES and n % length and (index + 1) * length >= n:
+                edges[name] = int(n)
+        if edges:
+            what = self.layout.block_name(self.chunk_index(coords))
+            check_not_grown(self.zarr_store, self.where, edges, f"{self.name} {what} computed here")
 
     # ------------------------------------------------------------------ reads
     def read_block(self, coords: BlockCoords) -> np.ndarray:

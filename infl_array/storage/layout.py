@@ -30,11 +30,13 @@ on a local directory, the file of that name)::
                                                    first: a row block is stored when its
                                                    values chunk exists)
     topk/.../values/claims/<unit>                  a claim on a unit of top-k row blocks
-
-Reserved for the stored arrays of the next versions (named here, written by none yet)::
-
-    segments/<test|train>/<n>.json                 appended segment n of an axis: its range
-                                                   and data fingerprint
+    topk/.../upto<n>/values|indices                a top-k array's rows as they were when its
+                                                   reduced axis had n points, kept by an
+                                                   append: a row is brought up to date by
+                                                   scanning only the points from n on
+    influence/segments/<test|train>/<n>.json       appended segment n (1, 2, ...) of an axis:
+                                                   its range, data fingerprint and time
+                                                   (:mod:`infl_array.storage.segments`)
 
 Temporary files, local directories only: zarr's ``LocalStore`` writes every object to
 ``<name>.<uuid4 hex>.partial`` beside its final name and renames it into place, so a key that
@@ -62,6 +64,7 @@ __all__ = [
     "NOTES_PREFIX",
     "PARTIAL_BLOCK",
     "PARTIAL_CLAIM",
+    "SEGMENTS_PREFIX",
     "SELF_INFLUENCE",
     "ArrayLayout",
     "TopKLayout",
@@ -72,7 +75,9 @@ __all__ = [
     "note_key",
     "note_name",
     "segment_key",
+    "segments_prefix",
     "top_k",
+    "top_k_part",
 ]
 
 ATTRS_KEY = "infl_array"
@@ -87,12 +92,12 @@ FACTOR_SIDES = ("test", "train")
 TOPK_GROUP = "topk"
 """The group of the stored top-k arrays (:mod:`infl_array.storage.topk`)."""
 
-SEGMENTS_DIR = "segments"
-"""Where appended segments are recorded (reserved)."""
 
 _CHUNKS = "c"
+_BASE = "upto"
 _CLAIMS = "claims"
 _NOTES = "notes"
+_SEGMENTS = "segments"
 
 PARTIAL_BLOCK = re.compile(r"^\d+\.[0-9a-f]+\.partial$")
 """Name of a block's temporary file (``<j>.<uuid4 hex>.partial``) in a chunk folder."""
@@ -207,17 +212,27 @@ class TopKLayout:
     >>> tk = top_k(10, axis=1, largest=True)
     >>> tk.values.path, tk.indices.chunk_key((2, 0))
     ('topk/axis1-largest-k10/values', 'topk/axis1-largest-k10/indices/c/2/0')
+    >>> tk.base(500).values.path
+    'topk/axis1-largest-k10/upto500/values'
     """
 
     k: int
     axis: int
     largest: bool
+    covered: int | None = None
+    """For a base (:meth:`base`): the length of the reduced axis its rows were computed over."""
 
     @property
     def path(self) -> str:
         """The group of the values and indices arrays."""
         order = "largest" if self.largest else "smallest"
-        return f"{TOPK_GROUP}/axis{self.axis}-{order}-k{self.k}"
+        top = f"{TOPK_GROUP}/axis{self.axis}-{order}-k{self.k}"
+        return top if self.covered is None else f"{top}/{_BASE}{int(self.covered)}"
+
+    def base(self, covered: int) -> TopKLayout:
+        """The rows this array held when its reduced axis had ``covered`` points (an append
+        keeps them, so a row is brought up to date by scanning only the points after)."""
+        return TopKLayout(self.k, self.axis, self.largest, int(covered))
 
     def _array(self, name: str) -> ArrayLayout:
         rows = FACTOR_SIDES[0] if self.axis == 1 else FACTOR_SIDES[1]
@@ -241,15 +256,29 @@ def top_k(k: int, axis: int, largest: bool) -> TopKLayout:
     return TopKLayout(int(k), axis, bool(largest))
 
 
+SEGMENTS_PREFIX = f"{MATRIX.path}/{_SEGMENTS}/"
+"""The key prefix of every segment record (:func:`segment_key`)."""
+
+
 def segment_key(side: str, n: int) -> str:
-    """The key recording appended segment ``n`` of the ``side`` axis (reserved).
+    """The key recording appended segment ``n`` of the ``side`` axis.
 
     >>> segment_key("train", 2)
-    'segments/train/2.json'
+    'influence/segments/train/2.json'
+    """
+    return f"{segments_prefix(side)}{int(n)}.json"
+
+
+def segments_prefix(side: str) -> str:
+    """The key prefix of the segment records of the ``side`` axis (beside the matrix's chunks,
+    claims and notes, so plain zarr readers never see them).
+
+    >>> segments_prefix("test")
+    'influence/segments/test/'
     """
     if side not in FACTOR_SIDES:
         raise ValueError(f"a segment's axis is 'test' or 'train'; got {side!r}.")
-    return f"{SEGMENTS_DIR}/{side}/{int(n)}.json"
+    return f"{SEGMENTS_PREFIX}{side}/"
 
 
 def array_layout(path: str) -> ArrayLayout:
@@ -261,14 +290,32 @@ def array_layout(path: str) -> ArrayLayout:
     known = {a.path: a for a in (MATRIX, SELF_INFLUENCE, *map(factors, FACTOR_SIDES))}
     if path in known:
         return known[path]
-    m = re.fullmatch(rf"{TOPK_GROUP}/axis([01])-(largest|smallest)-k(\d+)/(values|indices)", path)
-    if m:
-        tk = top_k(int(m[3]), int(m[1]), m[2] == "largest")
-        return tk.values if m[4] == "values" else tk.indices
+    found = top_k_part(path)
+    if found is not None:
+        tk, part = found
+        return tk.values if part == "values" else tk.indices
     raise ValueError(
         f"{path!r} is not an array of an infl_array store; expected one of {sorted(known)} "
         "or a top-k array. See infl_array.storage.layout."
     )
+
+
+def top_k_part(path: str) -> tuple[TopKLayout, str] | None:
+    """The top-k array (or base) and the part (``"values"`` or ``"indices"``) at ``path``,
+    or None when ``path`` is not a top-k array's part.
+
+    >>> tk, part = top_k_part("topk/axis0-smallest-k3/upto40/indices")
+    >>> (tk.k, tk.axis, tk.largest, tk.covered), part
+    ((3, 0, False, 40), 'indices')
+    """
+    m = re.fullmatch(
+        rf"{TOPK_GROUP}/axis([01])-(largest|smallest)-k(\d+)(?:/{_BASE}(\d+))?/(values|indices)",
+        path,
+    )
+    if m is None:
+        return None
+    tk = top_k(int(m[3]), int(m[1]), m[2] == "largest")
+    return (tk if m[4] is None else tk.base(int(m[4]))), m[5]
 
 
 def unit_claim(unit_shape: Sequence[int], unit: Sequence[int]) -> str:

@@ -31,6 +31,8 @@ MAX_CHUNK_BYTES = (1 << 31) - (1 << 16)
 """Most bytes one stored chunk may take: blosc refuses buffers over 2**31 - 1 bytes (less its
 header), so every chunk the package writes stays below this."""
 SUPPORTED_DTYPES = ("float32", "float64")
+MANTISSA_LIMITS = {"float32": 22, "float64": 51}
+"""Largest ``keepbits`` per dtype: one bit fewer than the mantissa (numcodecs BitRound)."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,10 @@ class Compression:
     that many bits (numcodecs BitRound), which bounds the relative error of every value by
     ``2 ** -(keepbits + 1)`` and makes blocks compress much better. A CRC32C checksum is always
     added, so corrupt bytes raise instead of decoding to wrong numbers.
+
+    The same class describes the stored factors (``create(..., factor_compression=...)``): there
+    ``keepbits`` rounds every factor value, with the same relative bound, before it is used or
+    stored (:mod:`infl_array.storage.factors`).
     """
 
     keepbits: int | None = None
@@ -78,6 +84,7 @@ class Compression:
         """
         if self.keepbits is None:
             return values
+        self.check_dtype(values.dtype)
         from numcodecs import BitRound
 
         rounded = np.asarray(BitRound(keepbits=self.keepbits).encode(np.ascontiguousarray(values)))
@@ -86,17 +93,54 @@ class Compression:
     def to_json(self) -> dict[str, Any]:
         return {"keepbits": self.keepbits, "cname": self.cname, "clevel": self.clevel}
 
+    @classmethod
+    def from_json(cls, recorded: Mapping[str, Any]) -> Compression:
+        """The compression :meth:`to_json` recorded (stores before the codec was recorded:
+        zstd at level 3).
+
+        >>> Compression.from_json(Compression(keepbits=7).to_json()) == Compression(keepbits=7)
+        True
+        """
+        return cls(
+            keepbits=recorded.get("keepbits"),
+            cname=recorded.get("cname", "zstd"),
+            clevel=int(recorded.get("clevel", 3)),
+        )
+
+    def check_dtype(self, dtype: Any, what: str = "values") -> None:
+        """``ValueError`` unless ``keepbits`` fits the mantissa of ``dtype`` (float32: 1..22,
+        float64: 1..51); ``TypeError`` for a dtype rounding does not support.
+
+        >>> Compression(keepbits=30).check_dtype("float32", "matrix values")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: keepbits=30 exceeds the 22 mantissa bits of float32 matrix values; ...
+        """
+        if self.keepbits is None:
+            return
+        try:
+            name = np.dtype(dtype).name
+        except TypeError:  # a dtype numpy does not know (torch.bfloat16)
+            name = str(dtype)
+        limit = MANTISSA_LIMITS.get(name)
+        if limit is None:
+            raise TypeError(
+                f"keepbits rounds float32 and float64 values only, but the {what} are {name}; "
+                "make them float32, or use keepbits=None (lossless)."
+            )
+        if self.keepbits > limit:
+            raise ValueError(
+                f"keepbits={self.keepbits} exceeds the {limit} mantissa bits of {name} {what}; "
+                f"use keepbits <= {limit} (keepbits=7 keeps bfloat16's precision) or "
+                "keepbits=None for lossless storage."
+            )
+
     def filters(self, dtype: np.dtype[Any]) -> list[Any]:
         if self.keepbits is None:
             return []
         from zarr.codecs.numcodecs import BitRound
 
-        limit = 22 if dtype == np.float32 else 51
-        if self.keepbits > limit:
-            raise ValueError(
-                f"keepbits={self.keepbits} exceeds the {limit} mantissa bits of {dtype}; "
-                f"use keepbits <= {limit} or keepbits=None for lossless storage."
-            )
+        self.check_dtype(dtype)
         return [BitRound(keepbits=self.keepbits)]
 
     def compressors(self) -> list[Any]:
@@ -116,6 +160,7 @@ class StoreMeta:
     computed_by: Mapping[str, Any] = field(default_factory=dict)
     fingerprints: Mapping[str, str] = field(default_factory=dict)
     compression: Compression = field(default_factory=Compression)
+    factor_compression: Compression | None = None
     format_version: int = FORMAT_VERSION
     library_version: str = ""
 
@@ -126,6 +171,14 @@ class StoreMeta:
                 f"dtype must be one of {SUPPORTED_DTYPES}; got {self.dtype!r}. "
                 'Pass dtype="float32" (the default) or dtype="float64".'
             )
+        if self.factor_compression is not None:
+            if not isinstance(self.factor_compression, Compression):
+                raise TypeError(
+                    "factor_compression must be None (lossless factors) or an "
+                    f"ia.Compression; got {self.factor_compression!r}. Pass e.g. "
+                    "factor_compression=ia.Compression(keepbits=7)."
+                )
+            self.factor_compression.check_dtype(self.dtype, f"factors of a {self.dtype} store")
 
     @property
     def grid_shape(self) -> tuple[int, int]:
@@ -144,6 +197,9 @@ class StoreMeta:
             "computed_by": dict(self.computed_by),
             "fingerprints": dict(self.fingerprints),
             "compression": self.compression.to_json(),
+            "factor_compression": (
+                None if self.factor_compression is None else self.factor_compression.to_json()
+            ),
         }
 
     @classmethod
@@ -155,17 +211,16 @@ class StoreMeta:
                     f"{where} has infl_array store format {version}, newer than this version "
                     f"of infl_array understands ({FORMAT_VERSION}); upgrade infl_array."
                 )
-            comp = attrs.get("compression", {})
+            factor_comp = attrs.get("factor_compression")
             return cls(
                 shape=_pair(attrs["shape"]),
                 block_shape=_pair(attrs["block_shape"]),
                 dtype=str(attrs["dtype"]),
                 computed_by=dict(attrs.get("computed_by", {})),
                 fingerprints={str(k): str(v) for k, v in attrs.get("fingerprints", {}).items()},
-                compression=Compression(
-                    keepbits=comp.get("keepbits"),
-                    cname=comp.get("cname", "zstd"),
-                    clevel=int(comp.get("clevel", 3)),
+                compression=Compression.from_json(attrs.get("compression", {})),
+                factor_compression=(
+                    None if factor_comp is None else Compression.from_json(factor_comp)
                 ),
                 format_version=version,
                 library_version=str(attrs.get("library_version", "")),

@@ -37,6 +37,7 @@ from infl_array.storage import layout
 from infl_array.storage.grid import BlockGrid
 from infl_array.storage.meta import Compression, StoreMeta
 from infl_array.storage.remote_errors import StorageOptionsError, explained_url_errors
+from infl_array.storage.segments import check_not_grown, settled_meta
 from infl_array.storage.zarr_compat import lossy_codec_warning_silenced
 
 __all__ = ["InfluenceStore", "describe_store", "local_path"]
@@ -187,7 +188,7 @@ class InfluenceStore:
                 f"{where} has damaged zarr metadata ({type(exc).__name__}: {exc}); "
                 "expected a zarr v3 group written by infl_array. Recreate it with overwrite=True."
             ) from exc
-        meta = _recorded_meta(group, where)
+        meta = settled_meta(group, _recorded_meta(group, where), where, read_only)
         return cls(store, group, _matrix_array(group, meta, where), meta, storage_options)
 
     # ------------------------------------------------------------------ arrays beside the matrix
@@ -203,9 +204,9 @@ class InfluenceStore:
 
     def side_grid(self, name: str) -> BlockGrid | None:
         """The 1-D array ``name`` beside the matrix, or None when it does not exist yet."""
-        if name not in self.group:
-            return None
-        with lossy_codec_warning_silenced():
+        with lossy_codec_warning_silenced():  # lossy factor arrays
+            if name not in self.group:
+                return None
             array = self.group[name]
         if not isinstance(array, zarr.Array):
             raise NotAStoreError(
@@ -226,14 +227,16 @@ class InfluenceStore:
     ) -> BlockGrid:
         """Create the factor array of ``side`` ("test" or "train"), shape ``(n, width)``.
 
-        One chunk per block of rows (test) or columns (train), lossless (the matrix's codec
-        without rounding: blocks computed from stored factors equal those computed directly).
-        When another process created it first, the existing array is returned.
+        One chunk per block of rows (test) or columns (train), with the store's
+        ``factor_compression``; without one, lossless (the matrix's codec without rounding).
+        Either way a block computed from stored factors equals one computed directly: lossy
+        factors are rounded before they are used (:mod:`infl_array.storage.factors`). When
+        another process created it first, the existing array is returned.
         """
         if layout.FACTORS_GROUP not in self.group:
             with contextlib.suppress(zarr.errors.ContainsGroupError):
                 self.group.create_group(layout.FACTORS_GROUP)
-        lossless = Compression(
+        codec = self.meta.factor_compression or Compression(
             cname=self.meta.compression.cname, clevel=self.meta.compression.clevel
         )
         return self._create_grid(
@@ -241,7 +244,7 @@ class InfluenceStore:
             (n, width),
             (block_len, width),
             np.dtype(dtype).name,
-            lossless,
+            codec,
         )
 
     def _create_grid(
@@ -252,6 +255,9 @@ class InfluenceStore:
         dtype: str,
         compression: Compression,
     ) -> BlockGrid:
+        names = layout.array_layout(name).dimension_names
+        held = dict(zip(names, shape, strict=True))
+        check_not_grown(self.group.store, self.where, held, f"the array {name} created here")
         try:
             array = _create_array(self.group, name, shape, chunks, dtype, compression)
         except zarr.errors.ContainsArrayError:

@@ -25,6 +25,7 @@ from zarr.codecs import BytesCodec
 from infl_array.storage import layout
 from infl_array.storage.grid import BlockCoords, BlockGrid
 from infl_array.storage.meta import Compression
+from infl_array.storage.segments import check_not_grown
 from infl_array.storage.store import InfluenceStore
 from infl_array.storage.zarr_compat import lossy_codec_warning_silenced
 
@@ -87,6 +88,9 @@ def create_top_k_grid(
     """
     lossless = Compression(cname=store.meta.compression.cname, clevel=store.meta.compression.clevel)
     shape, chunks = (n_rows, where.k), (rows_per_block, where.k)
+    rows = where.values.dimension_names[0]
+    what = f"the array {where.path} created here"
+    check_not_grown(store.group.store, store.where, {rows: n_rows}, what)
     # indices first: an existing values array means both exist
     for part, dtype, fill in (
         (where.indices, np.dtype(np.int64), -1),

@@ -19,7 +19,16 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import LoggedFactors, SlowLoggedFn, indexed_data, logged_blocks, logged_calls
+from helpers import (
+    FeatureFactors,
+    LoggedFactors,
+    SlowLoggedFn,
+    brute_top_k,
+    indexed_data,
+    integer_data,
+    logged_blocks,
+    logged_calls,
+)
 
 import infl_array as ia
 from infl_array.engine.block_engine import BlockEngine
@@ -305,6 +314,39 @@ def test_s3_store_with_storage_options(tmp_path: Path, s3_server: dict[str, Any]
     # a fresh handle reading a few rows computes nothing and reads the right blocks
     np.testing.assert_array_equal(ia.open(url, storage_options=s3_server)[5:15, ::7],
                                   expected[5:15, ::7])  # fmt: skip
+
+
+def test_s3_store_grows_by_an_append_and_reopens_with_the_grown_data(
+    s3_server: dict[str, Any],
+) -> None:
+    """append_train and append_test on S3: segment records, resized arrays, partial blocks and
+    top-k bases all go through the remote store; the grown store reopens and reports clean."""
+    url, opts = "s3://infl-bucket/grown", {"storage_options": s3_server}
+    test, train = integer_data(5, 3, 0), integer_data(7, 3, 1)
+    more_train, more_test = integer_data(4, 3, 2), integer_data(2, 3, 3)
+    arr = ia.InfluenceArray.create(
+        url, FeatureFactors(), test=test, train=train, block_shape=(2, 3), **opts
+    )
+    arr.fill(progress=False)
+    arr.top_k_array(3).fill(progress=False)
+    arr.append_train(more_train)
+    arr.append_test(more_test)
+    grown_test = tuple(np.concatenate(p) for p in zip(test, more_test, strict=True))
+    grown_train = tuple(np.concatenate(p) for p in zip(train, more_train, strict=True))
+    full = grown_test[0] @ grown_train[0].T
+    again = ia.open(url, FeatureFactors(), test=grown_test, train=grown_train, **opts)
+    assert [str(s) for s in again.segments] == ["test segment 1 (5:7)", "train segment 1 (7:11)"]
+    np.testing.assert_array_equal(again[:], full)
+    np.testing.assert_array_equal(again.top_k_array(3).indices[:], brute_top_k(full, 3, 1, True)[1])
+    with pytest.raises(ia.StaleCacheError, match=r"train segment 1 \(7:11\)"):
+        changed = grown_train[0].copy()
+        changed[8] += 1
+        ia.open(url, FeatureFactors(), test=grown_test, train=(changed, grown_train[1]), **opts)
+    reopened = ia.open(url, **opts)
+    assert reopened.shape == (7, 11) and reopened.computed.all()
+    report = reopened.store_report()
+    assert report.ok, report
+    assert reopened.verify() == []
 
 
 def test_a_misspelt_storage_option_is_named_with_the_url(s3_server: dict[str, Any]) -> None:

@@ -212,6 +212,40 @@ def test_store_roundtrip(
     assert err.value.differences == ["test"]
 
 
+def test_a_pydvl_backed_array_grows_by_appends(setup: dict[str, Any], tmp_path: Path) -> None:
+    """append_train / append_test of a pyDVL-backed array: the grown matrix is pyDVL's own
+    influences over the joined data (the fit stays), the top-k rows update, and the store
+    reopens with the grown data and reports clean."""
+    pm = _pydvl_direct(setup["model"], setup["loader"])
+    (xt, yt), (x, y) = setup["test"], setup["train"]
+    arr = ia.InfluenceArray.create(
+        tmp_path / "s",
+        pm,
+        test=(xt[:10], yt[:10]),
+        train=(x[:37], y[:37]),
+        block_shape=(4, 8),
+        dtype="float64",
+    )
+    arr.fill(progress=False)
+    arr.top_k_array(3).fill(progress=False)
+    assert str(arr.append_train((x[37:], y[37:]))) == "train segment 1 (37:60)"
+    assert str(arr.append_test((xt[10:], yt[10:]))) == "test segment 1 (10:15)"
+    own = pm.influences(xt, yt, x, y, mode=InfluenceMode.Up).numpy()
+    got = arr[:]
+    d = rel_diff(got, own)
+    _record("append: grown pyDVL-backed array vs pyDVL influences() max rel diff", d)
+    assert got.shape == (N_TEST, N_TRAIN) and d < 1e-12
+    order = np.argsort(-got, axis=1, kind="stable")[:, :3]
+    np.testing.assert_array_equal(arr.top_k_array(3).indices[:], order)
+    again = ia.open(tmp_path / "s", pm, test=(xt, yt), train=(x, y))
+    np.testing.assert_array_equal(again[:], got)
+    changed = x.clone()
+    changed[40] += 1
+    with pytest.raises(ia.StaleCacheError, match=r"train segment 1 \(37:60\)"):
+        ia.open(tmp_path / "s", pm, test=(xt, yt), train=(changed, y))
+    assert again.store_report().ok and again.verify() == []
+
+
 def test_import_under_numpy1() -> None:
     import numpy
 

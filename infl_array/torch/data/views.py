@@ -64,6 +64,7 @@ __all__ = [
     "IndexedData",
     "TensorData",
     "as_indexed",
+    "items_fingerprint",
     "tensor_bytes",
 ]
 
@@ -287,13 +288,18 @@ class DatasetData(IndexedData):
 
     def fingerprint(self) -> str:
         """sha256 over length, type name and a deterministic sample of items."""
-        h = hashlib.sha256()
-        cls = type(self.dataset)
-        h.update(f"dataset;{cls.__module__}.{cls.__qualname__};n={len(self)}".encode())
-        for i in sample_indices(len(self)).tolist():
-            h.update(f";{i};".encode())
-            _serialise(self.dataset[i], h)
-        return h.hexdigest()
+        return items_fingerprint(type(self.dataset), len(self), self.dataset.__getitem__)
+
+
+def items_fingerprint(cls: type, n: int, item: Callable[[int], Any]) -> str:
+    """The fingerprint of ``n`` items of a dataset of type ``cls``, item ``i`` being
+    ``item(i)``: sha256 over length, type name and a deterministic sample of items."""
+    h = hashlib.sha256()
+    h.update(f"dataset;{cls.__module__}.{cls.__qualname__};n={n}".encode())
+    for i in sample_indices(n).tolist():
+        h.update(f";{i};".encode())
+        _serialise(item(i), h)
+    return h.hexdigest()
 
 
 def numpy_to_tensor(a: np.ndarray) -> torch.Tensor:

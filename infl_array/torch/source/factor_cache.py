@@ -14,6 +14,9 @@ the samples ``r``.
   claimed first once the side is stored, so processes sharing the store compute each block
   once) and written to the store where its side is kept there. A damaged stored block is
   recomputed, never waited for.
+* With a store whose ``factor_compression`` rounds (``keepbits``), every factor the model
+  returns is rounded first (:meth:`FactorCache.compute`), so the memo, the store and every
+  product see the same rounded values (:mod:`infl_array.storage.factors`).
 
 The memo is an LRU of tensors drawn from the memory budget
 (:class:`~infl_array.torch.source.memo.FactorMemo`) keyed by ``(axis, start, stop)``, kept where
@@ -39,6 +42,7 @@ from infl_array.engine.keeper import BlockKeeper
 from infl_array.engine.plan import runs
 from infl_array.errors import MemoryBudgetError
 from infl_array.storage.factors import SIDES, FactorSide, FactorStore
+from infl_array.storage.meta import Compression
 from infl_array.torch.data.views import IndexedData
 from infl_array.torch.source.adapters import ModelAdapter
 from infl_array.torch.source.blame import blamed
@@ -254,4 +258,21 @@ class FactorCache:
                 f"{self.adapter.name} returned {f.shape[0]} rows of {axis} factors for "
                 f"{len(r)} samples; factors need one row per sample."
             )
+        compression = self._compression(axis)
+        if compression is not None and compression.keepbits is not None:
+            f = _rounded(f, compression, f"{kind} factors of {self.adapter.name}")
         return f
+
+    def _compression(self, axis: str) -> Compression | None:
+        """The store's ``factor_compression`` for ``axis`` (``"self"`` pairs with the train
+        side), or None without a factor store."""
+        if self.store is None:
+            return None
+        return self.store.side("test" if axis == "test" else "train").compression
+
+
+def _rounded(f: torch.Tensor, compression: Compression, what: str) -> torch.Tensor:
+    """``f`` rounded as the store holds it (``keepbits`` mantissa bits), on ``f``'s device."""
+    compression.check_dtype(str(f.dtype).removeprefix("torch."), what)
+    values = compression.stored_values(f.detach().cpu().numpy())
+    return torch.from_numpy(values).to(f.device)

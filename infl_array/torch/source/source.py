@@ -28,8 +28,9 @@ Contract
 * :meth:`ModelBlockSource.compute_diagonal` returns the 1-D float64 self-influence
   ``grad^T (H + lambda Id)^-1 grad`` of ``train[cols]``.
 * Capabilities (:mod:`infl_array.engine.sources`): ``factor_reuse`` (the factors below),
-  ``diagonal`` (the self-influence) and ``retest`` (:meth:`ModelBlockSource.with_test`: the
-  same model and train data against a new test set) are the source itself.
+  ``diagonal`` (the self-influence), ``retest`` (:meth:`ModelBlockSource.with_test`: the
+  same model and train data against a new test set) and ``growth`` (appended test or train
+  points, :mod:`~infl_array.torch.source.growth`) are the source itself.
 
 Accepted models
 ---------------
@@ -95,6 +96,7 @@ from infl_array.torch.source.adapters import (
     check_unchanged_since_fit,
 )
 from infl_array.torch.source.factor_cache import FactorCache
+from infl_array.torch.source.growth import GrowthMixin
 from infl_array.torch.source.pairing import FactorPairing
 from infl_array.torch.source.pydvl import PyDVLAdapter, is_pydvl_model
 from infl_array.torch.source.strips import Strips
@@ -159,7 +161,7 @@ def _check_data(adapter: ModelAdapter, data: IndexedData, name: str) -> IndexedD
     return data
 
 
-class ModelBlockSource:
+class ModelBlockSource(GrowthMixin):
     """Block function of a model-backed influence array (see the module docstring).
 
     Parameters

@@ -1,0 +1,307 @@
+"""Language models (issue 24): throughput, peak RSS, LDS and planted duplicates, ours vs peers.
+
+Usage (niced; one invocation runs everything and writes ``benchmarks/results/lm.json`` and the
+section of RESULTS.md)::
+
+    PEER_VENV_DIR=/work/venvs nice -n 10 python benchmarks/lm/bench_lm.py
+
+1. :func:`lm_prepare.prepare`: a 2-layer GPT-2 config (``transformers``, random init, byte
+   tokens) trained on sequences of 64 bytes of the standard library's ``.py`` sources, with
+   ``--dups`` query sequences planted in the train set; saved (state_dict + config + data) to
+   one file that every worker loads.
+2. One worker process per method, each in its own environment, same model, data and threads:
+   ours (``EkfacInfluence``, ``ProjectedInfluence``: ``lm_ours.py``, through
+   ``ia.InfluenceArray.create`` + ``fill`` + a full read), bergson (``lm_bergson.py``, gradient
+   store + FAISS), Kronfluence 1.0.1 (``lm_kronfluence.py``), dattri (``lm_dattri.py``). Each
+   computes the full ``(n_query, n_train)`` matrix; its time (fit + matrix), peak RSS and
+   matrix come back; a failure keeps its exact error.
+3. :func:`lm_prepare.retrain`: ``--retrainings`` models on random halves of the train set; the
+   LDS of each method against their query losses, and the rank of each planted duplicate in
+   its query's row.
+4. Coverage of every trainable parameter on GPT-2, Llama and GPT-NeoX configs
+   (:func:`lm_coverage.coverage`).
+
+The retrainings are cached one file per model; ``--retrain-helper`` (same arguments) runs
+them from the last model down in a second process while the run measures the methods (the
+run then retrains only what is missing).
+
+Raw outputs (each worker's JSON, log tail and matrix) go compressed to
+``benchmarks/results/raw/lm/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from harness import WORK, machine_info
+from lm_coverage import coverage
+from lm_prepare import prepare, retrain
+from results_md import RESULTS_DIR, add_output_args, load_now, save_result
+
+from infl_array.quality import lds_bootstrap
+
+HERE = Path(__file__).resolve().parent
+SECTION = "## Language models (issue 24)"
+RAW = RESULTS_DIR / "raw" / "lm"
+VENVS = Path(os.environ.get("PEER_VENV_DIR", HERE.parents[1]))
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--n-train", type=int, default=1000)
+    p.add_argument("--n-test", type=int, default=100)
+    p.add_argument("--dups", type=int, default=10, help="queries planted in the train set")
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--batch", type=int, default=32, help="training batch")
+    p.add_argument("--retrainings", type=int, default=40)
+    p.add_argument("--subset-fraction", type=float, default=0.5)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--regularization", type=float, default=0.1, help="ours (absolute)")
+    p.add_argument("--projection-dim", type=int, default=2048, help="width of projected methods")
+    p.add_argument("--method-batch", type=int, default=64, help="batch of the attributions")
+    p.add_argument("--worker-timeout", type=int, default=1800)
+    p.add_argument("--retrain-minutes", type=float, default=40.0, help="stop starting after")
+    p.add_argument("--methods", default="ekfac,projected,bergson,kronfluence,dattri")
+    p.add_argument(
+        "--after-retraining",
+        default="dattri",
+        help="methods run after the retrainings (the slowest, so that a timeout costs no LDS)",
+    )
+    p.add_argument(
+        "--retrain-helper",
+        action="store_true",
+        help="only retrain, from the last model down, until --retrain-minutes from now, and "
+        "exit (no record): a second process that shares the retrainings with a run",
+    )
+    p.add_argument(
+        "--retrain-from", type=int, default=None, help="the helper's first model (default last)"
+    )
+    add_output_args(p)
+    return p.parse_args(argv)
+
+
+def methods(a: argparse.Namespace, data: Path, store: Path) -> dict[str, tuple[Path, dict]]:
+    """Each method's interpreter and worker arguments (same data, threads and widths)."""
+    common = {"data": str(data), "threads": a.threads, "batch": a.method_batch}
+    side = round((a.projection_dim / (4 * a.layers)) ** 0.5)  # bergson: per module
+    main_py = Path(sys.executable)
+    return {
+        "ekfac": (main_py, {**common, "kind": "ekfac", "regularization": a.regularization}),
+        "projected": (
+            main_py,
+            {
+                **common,
+                "kind": "projected",
+                "regularization": a.regularization,
+                "projection_dim": a.projection_dim,
+            },
+        ),
+        "bergson": (VENVS / ".venv-bergson/bin/python", {**common, "projection_dim": side}),
+        "kronfluence": (
+            VENVS / ".venv-kronfluence-lm/bin/python",
+            {**common, "strategy": "ekfac", "query_batch": a.n_test, "damping": None},
+        ),
+        "dattri": (
+            VENVS / ".venv-dattri/bin/python",
+            {**common, "projection_dim": a.projection_dim, "regularization": a.regularization},
+        ),
+    }
+
+
+SCRIPTS = {
+    "ekfac": "lm_ours.py",
+    "projected": "lm_ours.py",
+    "bergson": "lm_bergson.py",
+    "kronfluence": "lm_kronfluence.py",
+    "dattri": "lm_dattri.py",
+}
+
+
+def run_worker(
+    name: str, python: Path, args: dict, work: Path, timeout: int
+) -> tuple[dict, np.ndarray | None]:
+    """One method in its own process; its result, or its exact error, and its matrix."""
+    out = work / f"{name}.json"
+    out.unlink(missing_ok=True)
+    args = {**args, "store": str(work / f"{name}-store"), "out": str(out)}
+    if not python.exists():
+        return {"error": f"no interpreter {python} (build it: peer_envs.sh)"}, None
+    cmd = [str(python), str(HERE / SCRIPTS[name]), json.dumps(args)]
+    threads = str(args["threads"])
+    env = {**os.environ, "PYTHONPATH": str(HERE.parents[1]), "OMP_NUM_THREADS": threads}
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        log, rc = proc.stdout + proc.stderr, proc.returncode
+    except subprocess.TimeoutExpired as e:
+        log, rc = f"{e.stdout or ''}{e.stderr or ''}\ntimed out after {timeout} s", -9
+    wall = time.perf_counter() - start
+    RAW.mkdir(parents=True, exist_ok=True)
+    with gzip.open(RAW / f"{name}.log.gz", "wt") as f:
+        f.write(log[-20000:])
+    if rc != 0 or not out.exists():
+        lines = [x for x in log.strip().splitlines() if x.strip()]
+        return {"error": lines[-1] if lines else f"exit {rc}", "exit": rc, "wall_s": wall}, None
+    result = json.loads(out.read_text())
+    result["wall_s"] = wall
+    with gzip.open(RAW / f"{name}.json.gz", "wt") as f:
+        f.write(json.dumps(result, indent=1))
+    scores = np.load(f"{out}.npy")
+    with gzip.open(RAW / f"{name}.npy.gz", "wb") as f:
+        np.save(f, scores)
+    return result, scores
+
+
+NOTES = {
+    "bergson": (
+        "bergson 2.5.1 as `bergson build` + query run it, called as a library: "
+        "`collect_gradients` (projected per-sequence gradients, {side} x {side} per module, "
+        "no preconditioner, its defaults) for train and queries, then `Attributor` with "
+        "`FaissConfig('Flat')`, k = all train sequences. It tracks the blocks' `Conv1D` "
+        "weights only (no embeddings, biases, norms). Its FAISS path fails on CPU: `{err}` "
+        "(faiss-cpu has no `GpuIndex`); the worker set `faiss.GpuIndex` to an empty class and "
+        "ran bergson's FAISS query unchanged."
+    ),
+    "dattri": (
+        "dattri 0.3.0's `LoGraAttributor` (its block-projected IF; empirical-Fisher "
+        "preconditioner per layer, its default damping) on its default layers, every "
+        "`nn.Linear` (GPT-2's `Conv1D` replaced by `nn.Linear` first, as for Kronfluence); "
+        "its `proj_dim` is per layer and a perfect square, so the width is the nearest below "
+        "the others'."
+    ),
+    "kronfluence": (
+        "Configured as its language-model example (examples/wikitext: GPT-2's `Conv1D` "
+        "replaced by `nn.Linear` via `replace_conv1d_modules`; its DOCUMENTATION.md: only "
+        "`nn.Linear`/`nn.Conv2d` are supported, so embeddings and norms are left out; the tied "
+        "`lm_head` counts through its output use only), `FactorArguments(strategy='ekfac')` "
+        "(its default strategy; sampled labels, the true Fisher), damping its heuristic (0.1 x "
+        "mean eigenvalue), all {q} queries in one query batch (`per_device_query_batch_size`, "
+        "the largest there is)."
+    ),
+}
+
+
+def bergson_coverage(data_path: Path, modules: list[str]) -> float:
+    """Fraction of the trainable parameters in the weights of the modules bergson tracked."""
+    from lm_common import load
+
+    model, _ = load(data_path)
+    total = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    base = model.base_model
+    return sum(base.get_submodule(m).weight.numel() for m in modules) / total
+
+
+def duplicate_ranks(scores: np.ndarray, positions: np.ndarray) -> list[int]:
+    """Rank (1 = first) of each planted duplicate in its query's row, largest score first."""
+    ranks = []
+    for i, j in enumerate(positions):
+        row = scores[i]
+        ranks.append(int((row > row[j]).sum()) + 1)
+    return ranks
+
+
+def one_method(
+    name: str,
+    spec: tuple[Path, dict],
+    a: argparse.Namespace,
+    work: Path,
+    data_path: Path,
+    positions: np.ndarray,
+    results: dict[str, Any],
+    matrices: dict[str, np.ndarray],
+) -> None:
+    """Run one method's worker; keep its result, notes, duplicate ranks and matrix."""
+    python, wargs = spec
+    print(f"running {name} ...", flush=True)
+    results[name], scores = run_worker(name, python, wargs, work, a.worker_timeout)
+    print(f"  {name}: {json.dumps(results[name])[:300]}", flush=True)
+    if scores is None:
+        return
+    if name == "bergson":
+        results[name]["covered"] = bergson_coverage(data_path, results[name]["modules"])
+        side, err = wargs["projection_dim"], results[name]["faiss_error"]
+        results[name]["note"] = NOTES[name].format(side=side, err=err)
+    if name in NOTES and name != "bergson":
+        results[name]["note"] = NOTES[name].format(q=a.n_test)
+    matrices[name] = scores
+    results[name]["duplicate_ranks"] = duplicate_ranks(scores, positions)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    a = parse_args(argv)
+    start, load_start = time.perf_counter(), load_now()
+    work = WORK / "lm"
+    work.mkdir(parents=True, exist_ok=True)
+    settings = vars(a) | {"n_train": a.n_train}
+    data_path, facts = prepare(work, settings)
+    print(f"model: {facts}", flush=True)
+    if a.retrain_helper:
+        until = time.time() + 60 * a.retrain_minutes
+        done = retrain(work, settings, data_path, until, True, a.retrain_from)
+        print(f"{len(done['losses'])} retrained models in the cache", flush=True)
+        return
+    blob = torch.load(data_path, weights_only=True)
+    positions = blob["dup_positions"].numpy()
+    results: dict[str, Any] = {}
+    matrices: dict[str, np.ndarray] = {}
+    table = methods(a, data_path, work)
+    late = set(a.after_retraining.split(","))
+    names = a.methods.split(",")
+    for name in [n for n in names if n not in late]:
+        one_method(name, table[name], a, work, data_path, positions, results, matrices)
+    deadline = time.time() + 60 * a.retrain_minutes
+    truth = retrain(work, settings, data_path, deadline)
+    n_models = len(truth["losses"])
+    print(f"retrained {n_models} models", flush=True)
+    for name in [n for n in names if n in late]:
+        one_method(name, table[name], a, work, data_path, positions, results, matrices)
+    if n_models >= 3:
+        for name, scores in matrices.items():
+            value, spread = lds_bootstrap(scores, truth["masks"], -truth["losses"])
+            results[name]["lds"], results[name]["lds_std"] = value, spread
+    data = {
+        "settings": {k: v for k, v in vars(a).items() if k not in ("no_write", "results")},
+        "model": facts,
+        "tokens_per_sequence": int(blob["train"].shape[1]),
+        "dup_positions": positions.tolist(),
+        "methods": results,
+        "retrained": {"models": n_models, "seconds_each": truth["seconds_each"]},
+        "coverage": coverage(),
+    }
+    info = machine_info(["torch", "transformers", "numpy"])
+    save_result(
+        "lm",
+        SECTION,
+        "lm/lm_report.py:render",
+        data,
+        a,
+        script="lm/bench_lm.py",
+        argv=argv,
+        wall_s=time.perf_counter() - start,
+        machine=info,
+        load_start=load_start,
+    )
+    shutil.rmtree(work / "ekfac-store", ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

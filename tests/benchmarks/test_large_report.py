@@ -1,0 +1,123 @@
+"""The large-model section renders from its record alone: medians, ranges, estimates labelled."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path[:0] = [str(Path(__file__).parent), str(BENCH), str(BENCH / "large")]
+
+import large_report  # noqa: E402
+from records import sample_record as record  # noqa: E402
+from results_md import render_record  # noqa: E402
+
+
+def _run(times: dict[str, float], **extra: Any) -> dict[str, Any]:
+    return {"times": times, "peak_rss_mib": 1024.0, **extra}
+
+
+def sample_record() -> dict[str, Any]:
+    """A record as ``bench_large.py`` writes it: three runs at 1e5 (the matrix of EK-FAC read
+    in block rows at 1e7, Kronfluence on 100 of 1,000 query rows), one failed run."""
+    ekfac_rows = {"rows": 20, "block_shape": [20, 4096], "widths": {}, "stats": {}}
+    runs_1e5 = {
+        "floor": [_run({"passes": p, "product": 1.0}) for p in (1.0, 2.0, 3.0)],
+        "projected": [
+            _run({"fit": 3.0, "fill": f, "with_test": 0.1, "memory": 1.0}) for f in (1.0, 2.0, 4.0)
+        ],
+        "kronfluence": [
+            _run({"fit": 10.0, "scores_100": 5.0}, rows=[100], query_batch=100, batch=128),
+            {"error": "timed out after 3600 s"},
+        ],
+    }
+    data = {
+        "settings": {
+            "n_train": 10000,
+            "n_test": 1000,
+            "dim": 4096,
+            "reg": 0.001,
+            "threads": 2,
+            "torch": "2.13.0",
+            "once": ["trak"],
+            "ekfac_rows": {"1e5": 1000, "1e7": 20},
+            "cg_maxiter": 10,
+            "pydvl_rows": 2,
+            "kronfluence_query_batch": 1000,
+        },
+        "models": {
+            s: {"params": p, "test_acc": 1.0, "epochs": 3, "train_s": 1.0}
+            for s, p in (("1e5", 105506), ("1e7", 9984650))
+        },
+        "sizes": {
+            "1e5": {"runs": runs_1e5, "spearman": {}, "repeats": 3},
+            "1e7": {
+                "runs": {
+                    "ekfac": [
+                        _run(
+                            {
+                                "fit": 100.0,
+                                "create": 0.0,
+                                "first_block_row": 60.0,
+                                "second_block_row": 20.0,
+                            },
+                            **ekfac_rows,
+                        )
+                    ]
+                },
+                "spearman": {},
+                "repeats": 1,
+            },
+        },
+    }
+    return record("large", large_report.SECTION, "large/large_report.py:render", data)
+
+
+def test_renders_medians_ranges_and_ratios_from_the_record() -> None:
+    text = render_record(sample_record())
+    assert text.startswith(large_report.SECTION)
+    # floor: passes + product per run = 2, 3, 4 -> median 3.0 [2.0-4.0]
+    assert "| floor | 3/3 | n/a | 3.0 [2.0-4.0] |" in text
+    # fill / floor paired per run: 1/2, 2/3, 4/4 -> median of medians 2/3
+    assert "fill / floor: 0.67 (paired runs 0.50-1.00)" in text
+    assert "Result file: `benchmarks/results/large.json`" in text
+
+
+def test_estimates_are_labelled_with_their_basis_and_failures_counted() -> None:
+    text = render_record(sample_record())
+    # 1e7 EK-FAC: 60 + 49 x 20 = 1,040 s, an estimate, never a bound
+    assert "1,040 (est.)" in text
+    assert "first block row (20 rows, train side computed) + 49 x the second" in text
+    # Kronfluence: 100 rows in 5 s, scaled to 1,000 rows: 50 s; one of two runs failed
+    assert "| kronfluence | 1/2 | 10.0 | 50.0 (est.) | 60.0 (est.) |" in text
+    assert "100 query rows scaled linearly to 1000" in text
+    assert "lower bound" not in text
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [([1.0, None, 3.0], {"median": 2.0, "min": 1.0, "max": 3.0, "n": 2}), ([None], None)],
+)
+def test_spread_ignores_missing_values(values: list[float | None], expected: object) -> None:
+    assert large_report.spread(values) == expected
+
+
+def test_readme_table_gives_each_size_its_medians() -> None:
+    text = large_report.readme(sample_record())
+    assert (
+        "| parameters | floor | ProjectedInfluence | EkfacInfluence | Kronfluence EK-FAC |" in text
+    )
+    assert "| 105,506 | 3.0 [2.0-4.0] | 5.0 [4.0-7.0] |  | 60.0 (est.) |" in text
+    assert "| 9,984,650 |  |  | 1,140 (est.) |  |" in text
+
+
+def test_a_shared_machine_is_said_and_failures_keep_the_table_intact() -> None:
+    rec = sample_record()
+    rec["data"]["sizes"]["1e7"]["runs"]["trak"] = [{"error": "a | b"}]
+    text = render_record(rec)
+    assert "the load average reached 4 on its 2 cores" in text
+    row = next(line for line in text.splitlines() if line.startswith("| trak"))
+    assert row.count("|") == 9 and "failed: a / b" in row
