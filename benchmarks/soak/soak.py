@@ -1,342 +1,222 @@
-"""Soak test: SIGKILL concurrent fillers at random moments, read along the way, check every block.
+"""Soak (issue 21): random faults of every kind, counting blocks lost or wrong and hangs.
 
-Each trial creates a store (a random block shape over a fixed matrix), starts a read-only reader
-process and several filler processes on it (each filler computes the blocks in its own random
-order, then ``fill()``; some trials also make one filler kill itself half-way through writing a
-block, or after writing it but before renaming it), and SIGKILLs every filler at a random moment.
-Then, while the reader keeps reading:
+Fault kinds (each in its module, each step bounded in time, every block checked against a
+reference matrix afterwards):
 
-* every block in the store must decode, pass ``verify()`` and equal the expected values;
-* every block the reader ever saw complete must still be there (else it was lost);
-* ``ia.open(store, fn=...).fill()`` must compute exactly the missing blocks, and the whole matrix
-  must equal the expected one.
+- ``damage`` (:mod:`kind_damage`): one chunk or metadata object of any stored array truncated,
+  bit-flipped or deleted, or a claim garbled, on a function store and a model store;
+- ``filler kill`` and ``worker kill`` (:mod:`kind_kill`): fillers SIGKILLed at random moments
+  (some inside a block write), and workers of ``fill(workers=2)``;
+- ``concurrent kill`` (:mod:`kind_concurrent`): three fillers and a reader on one store, all
+  fillers SIGKILLed at once while the reader checks every read;
+- ``full disk`` (:mod:`kind_disk`): ``ENOSPC`` on a small tmpfs;
+- ``S3 error`` (:mod:`kind_s3`): 500, 503 and timeouts from a local moto S3 server.
 
-The reader checks each slice it reads (correct, or ``MissingBlockError``) and whole raw blocks
-read with plain zarr (all NaN, or exactly correct); the processes are in ``soak_procs.py``.
-Results are printed and written to the section "Soak: kill and concurrency" of
-``benchmarks/RESULTS.md`` (other sections are kept; ``--no-write`` only prints).
+The record goes to ``benchmarks/results/soak.json`` and the section "Soak: kill and
+concurrency" of RESULTS.md is rendered from it (:func:`render`).
 
-    python benchmarks/soak/soak.py --trials 60 --fillers 3
+    python benchmarks/soak/soak.py --damage 400 --filler-kills 120 --worker-kills 5 \
+        --concurrent 3 --disk 100 --s3 10000 --budget-min 25
+
+The S3 trials run last and stop at ``--s3`` faults or when ``--budget-min`` minutes are spent.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import random
-import shutil
-import signal
-import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: harness, results_md
 import results_md
-from harness import ROOT, Timer, machine_info, scratch_dir
-from soak_procs import SHAPE, TIMEOUT_S, block_sel, expected, grid_of, values
+from harness import Timer, machine_info, scratch_dir
+from soak_common import Tally
 
 SECTION = "## Soak: kill and concurrency"
-BLOCK_SHAPES = [(6, 10), (8, 6), (5, 7), (12, 12), (7, 11)]
-PROCS = Path(__file__).resolve().parent / "soak_procs.py"
+KINDS = ("damage", "filler kill", "worker kill", "concurrent kill", "full disk", "S3 error")
+TARGET_FAULTS = 10_000
+FAILURES = ("blocks_lost", "blocks_wrong", "hangs", "unclear_errors")
 
 
-class CountingFn:
-    """The block function of the refill: ``values``, recording which blocks it computed."""
+def _concurrent(n: int, work: Path, rng: random.Random, tally: Tally) -> None:
+    import kind_concurrent
 
-    def __init__(self) -> None:
-        self.calls: list[tuple[int, int]] = []
-
-    def __call__(self, rows: range, cols: range) -> np.ndarray:
-        self.calls.append((rows.start, cols.start))
-        return values(rows, cols)
-
-
-def spawn(cmd: str, store: Path, opts: dict[str, Any], log: Path) -> subprocess.Popen[bytes]:
-    """Start ``soak_procs.py cmd store opts`` in its own session, output to ``log``."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
-    with open(log, "wb") as out:
-        return subprocess.Popen(
-            [sys.executable, str(PROCS), cmd, str(store), json.dumps(opts)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
+    args = argparse.Namespace(fillers=3, delay=0.005)
+    t = Timer()
+    for number in range(n):
+        r = kind_concurrent.run_trial(number, rng, work, args)
+        tally.faults += r["killed"] + r["self_killed"]
+        tally.blocks_checked += r["blocks_checked"]
+        tally.blocks_lost += r["lost"]
+        tally.blocks_wrong += r["wrong"] + r["reader_wrong"] + (not r["final_ok"])
+        tally.blocks_wrong += not r["refill_exact"]
+        tally.unclear_errors += len(r["reader_errors"]) + len(r["filler_failures"])
+        for k, v in r["reader"].items():
+            tally.outcomes[f"reader {k}"] += v
+        if not kind_concurrent.is_ok(r):
+            tally.fail(f"concurrent trial {number}: {r}"[:300])
+    tally.seconds += t.lap()
 
 
-def chunk_count(store: Path) -> int:
-    base = store / "influence" / "c"
-    return sum(1 for p in base.glob("*/*") if p.name.isdigit()) if base.exists() else 0
+def run_all(args: argparse.Namespace) -> dict[str, Any]:
+    import kind_damage
+    import kind_disk
+    import kind_kill
+    import kind_s3
+
+    rng = random.Random(args.seed)
+    t0 = time.monotonic()
+    disk = Path(tempfile.mkdtemp())
+
+    def s3_s() -> float:  # S3 trials run last, in what is left of the time budget
+        return max(60.0, args.budget_min * 60 - (time.monotonic() - t0))
+
+    tallies = {k: Tally() for k in KINDS}
+    notes: dict[str, Any] = {}
+    with scratch_dir("soak") as work:
+        steps = [
+            ("full disk", lambda t: notes.update(disk=kind_disk.run(args.disk, disk, rng, t))),
+            ("filler kill", lambda t: kind_kill.run_fillers(args.filler_kills, work, rng, t)),
+            ("worker kill", lambda t: kind_kill.run_workers(args.worker_kills, work, rng, t)),
+            ("concurrent kill", lambda t: _concurrent(args.concurrent, work, rng, t)),
+            ("damage", lambda t: kind_damage.run(args.damage, work, rng, t)),
+            ("S3 error", lambda t: notes.update(s3_answers=kind_s3.run(args.s3, rng, t, s3_s()))),
+        ]
+        for kind, step in steps:
+            print(f"{kind} ...", flush=True)
+            step(tallies[kind])
+            print(f"{kind}: {tallies[kind].as_json()}", flush=True)
+    notes["budget_min"] = args.budget_min
+    return {"kinds": {k: t.as_json() for k, t in tallies.items()}, **notes}
 
 
-# ---------------------------------------------------------------------- one trial
-@dataclass
-class Trial:
-    """A running trial: its folder, store, block shape and processes."""
-
-    number: int
-    tdir: Path
-    block: tuple[int, int]
-    reader: subprocess.Popen[bytes]
-    fillers: list[subprocess.Popen[bytes]]
-    injected: str | None
-
-    @property
-    def store(self) -> Path:
-        return self.tdir / "store"
-
-    def marker(self, name: str) -> Path:
-        return self.tdir / name
+def totals(data: dict[str, Any]) -> dict[str, int]:
+    keys = ("faults", "blocks_checked", *FAILURES)
+    return {k: sum(int(t[k]) for t in data["kinds"].values()) for k in keys}
 
 
-def start_trial(number: int, rng: random.Random, work: Path, args: argparse.Namespace) -> Trial:
-    """An empty store with a random block shape, its reader and its fillers (waiting for go)."""
-    import infl_array as ia
-
-    block = rng.choice(BLOCK_SHAPES)
-    grid = grid_of(block)
-    tdir = work / f"trial{number:03d}"
-    tdir.mkdir()
-    ia.InfluenceArray.from_function(tdir / "store", CountingFn(), shape=SHAPE, block_shape=block)
-    go = str(tdir / "go")
-    reader_opts = {
-        "seed": number,
-        "block": block,
-        "go": go,
-        "stop": str(tdir / "stop"),
-        "killed": str(tdir / "killed"),
-    }
-    reader = spawn("read", tdir / "store", reader_opts, tdir / "reader.log")
-    injected = rng.choice([None, None, "mid-write", "before-rename"])
-    fillers = []
-    for k in range(args.fillers):
-        opts: dict[str, Any] = {"delay": args.delay, "seed": rng.randrange(1 << 30), "go": go}
-        if k == 0 and injected:
-            opts.update(inject=injected, nth=rng.randint(1, grid[0] * grid[1] // 2))
-        fillers.append(spawn("fill", tdir / "store", opts, tdir / f"filler{k}.log"))
-    return Trial(number, tdir, block, reader, fillers, injected)
+# ---------------------------------------------------------------------- the section
+DESCRIPTION = {
+    "damage": "one chunk or metadata object of any array (matrix, self-influence, factors of "
+    "each side, top-k values and indices, notes, group and array metadata) truncated, flipped "
+    "or deleted, or a claim garbled, on a function store and a `ProjectedInfluence` store; then "
+    "a random read, fill, `top_k`, `top_k_array`, `self_influence`, `verify`, `store_report` or "
+    "`repair`; then `repair()` and `fill()`",
+    "filler kill": "one or two forked filler processes (fill, or a top-k array's fill) "
+    "SIGKILLed at a random moment, 1-4 rounds per store (30% armed to kill themselves inside "
+    "a block write: the outcomes say how many did before the SIGKILL)",
+    "worker kill": "a worker of `fill(workers=2)`, or its filler, SIGKILLed mid-fill",
+    "concurrent kill": "three fillers and a checking reader on one store; all fillers "
+    "SIGKILLed at once",
+    "full disk": "`ENOSPC` on a 20 MiB tmpfs filled to a random free space",
+    "S3 error": "500, 503 or a timeout answered by a local moto S3 server to a random share "
+    "of requests",
+}
 
 
-def kill_fillers(trial: Trial, kill_at: int, extra: float) -> tuple[int, int, list[int]]:
-    """SIGKILL every filler once ``kill_at`` blocks are stored plus ``extra`` seconds.
-
-    Returns (fillers killed, 1 if the injected filler had killed itself, failed exit codes).
-    """
-    deadline = time.monotonic() + TIMEOUT_S
-    fillers = trial.fillers
-    while chunk_count(trial.store) < kill_at and any(f.poll() is None for f in fillers):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"trial {trial.number}: fillers made no progress")
-        time.sleep(0.001)
-    time.sleep(extra)
-    before_kill = [f.poll() for f in fillers]
-    killed = 0
-    for f, rc in zip(fillers, before_kill, strict=True):
-        if rc is None:
-            os.killpg(f.pid, signal.SIGKILL)
-            killed += 1
-        f.wait(timeout=TIMEOUT_S)
-    trial.marker("killed").touch()  # every filler is dead
-    failed = [f.returncode for f in fillers if f.returncode not in (0, -signal.SIGKILL)]
-    self_killed = int(trial.injected is not None and before_kill[0] == -signal.SIGKILL)
-    return killed, self_killed, failed
-
-
-def check_blocks(trial: Trial) -> tuple[set[tuple[int, int]], set[tuple[int, int]]]:
-    """(blocks in the store, blocks wrong): each stored block must pass ``verify()`` and equal
-    the expected values; each missing block must read as all NaN."""
-    import zarr
-
-    import infl_array as ia
-
-    full, block = expected(), trial.block
-    grid = grid_of(block)
-    ro = ia.open(trial.store)
-    computed = {(int(i), int(j)) for i, j in np.argwhere(ro.computed)}
-    bad = set(ro.verify())
-    raw = zarr.open_array(trial.store / "influence", mode="r")
-    wrong = set(bad)
-    for i in range(grid[0]):
-        for j in range(grid[1]):
-            sel = block_sel((i, j), block)
-            got = raw[sel] if (i, j) not in bad else None
-            if (i, j) in computed:
-                if got is None or not np.array_equal(got, full[sel]):
-                    wrong.add((i, j))
-            elif got is not None and not np.isnan(got).all():
-                wrong.add((i, j))
-    return computed, wrong
-
-
-def refill(trial: Trial, missing: int) -> tuple[bool, bool, int]:
-    """``fill()`` with a counting function: (computed exactly the missing blocks, final matrix
-    correct, partial files cleaned afterwards)."""
-    import infl_array as ia
-    from infl_array.storage.store import InfluenceStore
-
-    fn = CountingFn()
-    arr = ia.open(trial.store, fn=fn)
-    refilled = arr.fill(progress=False)
-    exact = refilled == missing and len(fn.calls) == missing
-    final_ok = np.array_equal(np.asarray(arr), expected()) and arr.verify() == []
-    # every writer is dead now: no partial file can belong to a live one
-    cleaned = InfluenceStore.open(trial.store).matrix.clean_partials(min_age_s=0)
-    return exact, final_ok, cleaned
-
-
-def reader_result(trial: Trial) -> dict[str, Any]:
-    trial.marker("stop").touch()
-    trial.reader.wait(timeout=TIMEOUT_S * 3)
-    lines = (trial.tdir / "reader.log").read_text().strip().splitlines()
-    try:
-        out: dict[str, Any] = json.loads(lines[-1])
-    except (IndexError, json.JSONDecodeError):
-        out = {"errors": ["reader failed: " + "\n".join(lines[-5:])], "wrong": [], "seen": []}
-    return out
-
-
-def run_trial(number: int, rng: random.Random, work: Path, args: argparse.Namespace) -> dict:
-    trial = start_trial(number, rng, work, args)
-    grid = grid_of(trial.block)
-    n_blocks = grid[0] * grid[1]
-    kill_at = rng.randint(0, int(0.7 * n_blocks))
-    killed, self_killed, failed = kill_fillers(trial, kill_at, rng.uniform(0.0, 3 * args.delay))
-    computed, wrong = check_blocks(trial)
-    partials = len(list(trial.store.rglob("*.partial")))
-    # refill computes exactly what is missing, while the reader keeps reading
-    refill_exact, final_ok, cleaned = refill(trial, n_blocks - len(computed))
-    rstats = reader_result(trial)
-    lost = {tuple(c) for c in rstats.get("seen", [])} - computed
-    result = {
-        "trial": number,
-        "block_shape": trial.block,
-        "blocks": n_blocks,
-        "kill_at": kill_at,
-        "killed": killed,
-        "self_killed": self_killed,
-        "computed_at_kill": len(computed),
-        "blocks_checked": n_blocks * 2,  # after the kill and after the refill
-        "wrong": len(wrong),
-        "lost": len(lost),
-        "refill_exact": refill_exact,
-        "final_ok": final_ok,
-        "partials_left": partials,
-        "partials_cleaned": cleaned,
-        "filler_failures": failed,
-        "reader": {k: rstats.get(k, 0) for k in ("ok", "missing", "raw_complete", "raw_empty")},
-        "reader_wrong": len(rstats.get("wrong", [])),
-        "reader_errors": rstats.get("errors", [])[:3],
-    }
-    shutil.rmtree(trial.tdir, ignore_errors=True)
-    return result
-
-
-# ---------------------------------------------------------------------- the soak
-def is_ok(r: dict[str, Any]) -> bool:
-    failed = r["wrong"] or r["lost"] or r["reader_wrong"] or r["reader_errors"]
-    return not failed and r["refill_exact"] and r["final_ok"] and not r["filler_failures"]
-
-
-def totals_of(results: list[dict[str, Any]]) -> dict[str, int]:
-    """The table's measures, summed over the trials."""
-
-    def total(f: Any) -> int:
-        return sum(int(f(r)) for r in results)
-
-    return {
-        "trials": len(results),
-        "kill_points": total(lambda r: bool(r["killed"] or r["self_killed"])),
-        "processes_killed": total(lambda r: r["killed"] + r["self_killed"]),
-        "self_kills_inside_a_write": total(lambda r: r["self_killed"]),
-        "blocks_checked": total(lambda r: r["blocks_checked"]),
-        "blocks_stored_at_kill": total(lambda r: r["computed_at_kill"]),
-        "blocks_lost": total(lambda r: r["lost"]),
-        "blocks_wrong": total(lambda r: r["wrong"]),
-        "reader_reads": total(lambda r: sum(r["reader"].values())),
-        "reader_missing_block_errors": total(lambda r: r["reader"]["missing"]),
-        "reader_wrong_values": total(lambda r: r["reader_wrong"]),
-        "reader_other_errors": total(lambda r: len(r["reader_errors"])),
-        "refills_not_exact": total(lambda r: not r["refill_exact"]),
-        "final_matrix_wrong": total(lambda r: not r["final_ok"]),
-        "filler_failures": total(lambda r: len(r["filler_failures"])),
-        "partial_files_left_by_kills": total(lambda r: r["partials_left"]),
-    }
-
-
-FAILURES = (
-    "blocks_lost",
-    "blocks_wrong",
-    "reader_wrong_values",
-    "reader_other_errors",
-    "refills_not_exact",
-    "final_matrix_wrong",
-    "filler_failures",
-)
-"""The measures that must all be 0."""
-
-
-def soak_markdown(args: argparse.Namespace, totals: dict[str, int], wall: float) -> str:
-    flags = ["--trials", args.trials, "--fillers", args.fillers, "--delay", args.delay]
-    flags += ["--seed", args.seed]
-    info = machine_info(("numpy", "zarr", "dask", "infl_array"))
-    bad = sum(totals[k] for k in FAILURES)
-    lines = results_md.section_head(
-        SECTION, results_md.command("soak/soak.py", [str(f) for f in flags]), info, wall
-    )
+def render(record: dict[str, Any]) -> str:
+    """The section, from the record alone."""
+    data = record["data"]
+    kinds = {k: data["kinds"][k] for k in KINDS if k in data["kinds"]}  # the file sorts keys
+    tot = totals(data)
+    lines = results_md.record_head(record)
     lines += [
         "",
-        f"Each trial: a {SHAPE[0]} x {SHAPE[1]} float32 store with a random block shape "
-        f"from {BLOCK_SHAPES}, {args.fillers} filler processes (random block orders, then "
-        f"`fill()`; {args.delay * 1000:.0f} ms per block) and one read-only reader process; "
-        "all fillers SIGKILLed once a random number of blocks (0 to 70%) is stored plus a "
-        "random delay; in about half of the trials one filler also kills itself inside a "
-        "block write (half the bytes written, or written but not renamed). Then every block "
-        "is checked (decode, checksum, values), a new `fill()` must compute exactly the "
-        "missing blocks, and the final matrix is compared.",
+        "Every fault is followed by checks of every block against a reference matrix (exact "
+        "for function stores, 1e-5 of the largest value for the model store): a stored block "
+        "must decode and be right, no block stored before a fault may be missing after it "
+        "(lost), a refill must compute exactly the missing blocks, and every step has a time "
+        "bound (a step past it is a hang). An operation on a damaged store must give the "
+        "right values or raise a clear error (infl_array's own, or an `OSError` naming the "
+        "block and the fix); anything else counts as unclear.",
         "",
         *results_md.table(
-            ["measure", "value"], [(k.replace("_", " "), v) for k, v in totals.items()]
+            [
+                "fault kind",
+                "what",
+                "faults",
+                "blocks checked",
+                "lost",
+                "wrong",
+                "hangs",
+                "unclear errors",
+                "seconds",
+            ],
+            [
+                (
+                    k,
+                    DESCRIPTION[k],
+                    t["faults"],
+                    t["blocks_checked"],
+                    t["blocks_lost"],
+                    t["blocks_wrong"],
+                    t["hangs"],
+                    t["unclear_errors"],
+                    f"{t['seconds']:.0f}",
+                )
+                for k, t in kinds.items()
+            ],
+            align="llrrrrrrr",
         ),
         "",
-        f"Blocks lost or wrong: **{totals['blocks_lost'] + totals['blocks_wrong']}** "
-        f"(target 0); all checks {'passed' if bad == 0 else 'FAILED'}.",
+        "How the faults ended:",
         "",
     ]
-    return "\n".join(lines)
+    for k, t in kinds.items():
+        shown = ", ".join(f"{n} {v}" for n, v in t["outcomes"].items())
+        lines.append(f"- {k}: {shown or 'none'}")
+    if data.get("s3_answers"):
+        lines.append(f"- S3 answers injected: {data['s3_answers']}")
+    if data.get("disk"):
+        lines.append(f"- full disk: {data['disk']}")
+    failures = [f for t in kinds.values() for f in t["failures"]]
+    bad = sum(tot[k] for k in FAILURES)
+    short = ""
+    if tot["faults"] < TARGET_FAULTS:
+        short = (
+            f" (target {TARGET_FAULTS:,}: not reached; the S3 trials, run last, stop when the "
+            f"{data['budget_min']:g} min budget is spent; the seconds column says where it went)"
+        )
+    lines += [
+        "",
+        f"Faults: **{tot['faults']}**{short}. Blocks lost or wrong: "
+        f"**{tot['blocks_lost'] + tot['blocks_wrong']}** (target 0); hangs: **{tot['hangs']}** "
+        f"(target 0); unclear errors: **{tot['unclear_errors']}**; all checks "
+        f"{'passed' if bad == 0 else 'FAILED'}.",
+    ]
+    if failures:
+        lines += ["", "First failures:", "", *(f"- `{f}`" for f in failures[:10])]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--trials", type=int, default=60)
-    parser.add_argument("--fillers", type=int, default=3)
-    parser.add_argument("--delay", type=float, default=0.005, help="seconds per block")
+    parser.add_argument("--damage", type=int, default=600, help="damaged-chunk faults")
+    parser.add_argument("--filler-kills", type=int, default=200, help="filler kill trials")
+    parser.add_argument("--worker-kills", type=int, default=8, help="worker kill trials")
+    parser.add_argument("--concurrent", type=int, default=5, help="concurrent kill trials")
+    parser.add_argument("--disk", type=int, default=100, help="full-disk trials")
+    parser.add_argument("--s3", type=int, default=400, help="S3 faults to inject at most")
+    parser.add_argument(
+        "--budget-min", type=float, default=25.0, help="minutes; S3 trials stop when it is spent"
+    )
     parser.add_argument("--seed", type=int, default=0)
     results_md.add_output_args(parser)
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
-    rng = random.Random(args.seed)
+    load = results_md.load_now()
     t = Timer()
-    results = []
-    with scratch_dir("soak") as work:
-        for number in range(args.trials):
-            r = run_trial(number, rng, work, args)
-            results.append(r)
-            print(
-                f"trial {number:3d} {'OK' if is_ok(r) else 'FAIL'} block {r['block_shape']} "
-                f"kill_at {r['kill_at']:3d} stored {r['computed_at_kill']:3d}/{r['blocks']} "
-                f"killed {r['killed']} self-killed {r['self_killed']} partials "
-                f"{r['partials_left']} reader {r['reader']}",
-                flush=True,
-            )
-    totals = totals_of(results)
-    results_md.publish(SECTION, soak_markdown(args, totals, t.lap()), args)
-    return 0 if sum(totals[k] for k in FAILURES) == 0 else 1
+    data = run_all(args)
+    info = machine_info(("numpy", "zarr", "s3fs", "moto", "infl_array"))
+    results_md.save_result(
+        "soak", SECTION, "soak/soak.py:render", data, args,
+        script="soak/soak.py", argv=argv, wall_s=t.lap(), machine=info, load_start=load,
+    )  # fmt: skip
+    return 0 if sum(totals(data)[k] for k in FAILURES) == 0 else 1
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ claims.
 note (:func:`infl_array.storage.integrity.check_store`), and says which are damaged.
 :func:`repair_store` acts on what it finds, in an order where no step needs a damaged piece:
 
+0. derived arrays and groups whose zarr metadata is damaged are deleted with everything in
+   them (self-influence, factors, top-k arrays: created and computed again on next need);
 1. damaged claims are deleted: a claim object that does not decode would hold its unit (a
    block, a factor block) forever; deleted, the unit is claimed anew by whoever needs it;
 2. damaged factor chunks are deleted: a factor block is an intermediate, recomputed (and
@@ -16,8 +18,9 @@ note (:func:`infl_array.storage.integrity.check_store`), and says which are dama
 5. damaged top-k chunks (values or indices) are deleted with their row block's values chunk:
    the row block then counts as not computed, and the next read or fill computes it again.
 
-Damaged notes are reported and left alone: their message cannot be recovered, and a note is
-never removed (it says how values still in the store were computed).
+6. damaged notes are rewritten as notes saying they were damaged: their message cannot be
+   recovered, and a note is never removed (it says how values still in the store were
+   computed).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from infl_array.storage.integrity import (
     StoreReport,
     check_store,
     delete_damaged,
+    mark_damaged_notes,
 )
 
 __all__ = ["repair_store", "store_report"]
@@ -60,6 +64,7 @@ def repair_store(matrix: BlockEngine, progress: bool = False) -> list[BlockCoord
     store = matrix.store
     bad = report.blocks(layout.MATRIX.path)
     matrix.grid.check_writable(bad[0] if bad else None)
+    delete_damaged(store, [d for d in report.damaged if d.is_metadata])
     delete_damaged(store, [d for d in report.damaged if d.array == CLAIMS])
     for side in layout.FACTOR_SIDES:
         path = layout.factors(side).path
@@ -76,6 +81,7 @@ def repair_store(matrix: BlockEngine, progress: bool = False) -> list[BlockCoord
             else:
                 grid.delete_block(coords)
     delete_damaged(store, _top_k_rows(report))
+    mark_damaged_notes(store, report.damaged)
     return bad
 
 

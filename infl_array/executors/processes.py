@@ -2,7 +2,8 @@
 
 Each worker process is started (``spawn``) with the engine, once; tasks are sent to free
 workers phase by phase. A worker that dies (killed, out of memory) breaks the pool: the fill
-stops and says what was kept. A task that fails stops the fill: its exception comes back with
+stops and says what was kept. A worker whose filler is killed ends too
+(:func:`_exit_with_parent`). A task that fails stops the fill: its exception comes back with
 the worker's traceback, and the tasks not yet started are cancelled. A script that would start
 workers outside an ``if __name__ == "__main__":`` guard is refused first, and a worker that
 cannot load the model says why (:mod:`~infl_array.executors.worker_start`). On Ctrl-C (or a
@@ -13,8 +14,11 @@ failed task) the fill stops at once, without the standard library's ``InvalidSta
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection
+import os
 import pickle
 import sys
+import threading
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 
@@ -32,7 +36,28 @@ _WORKER_ERROR: BaseException | None = None
 
 def _init_worker(payload: bytes) -> None:
     global _WORKER_ENGINE, _WORKER_ERROR
+    _exit_with_parent()
     _WORKER_ENGINE, _WORKER_ERROR = load_engine(payload)
+
+
+def _exit_with_parent() -> None:
+    """End this worker as soon as the filler that started it is gone.
+
+    A filler killed with SIGKILL cannot stop its pool, and a pool's workers hold both ends of
+    its task queue, so they would wait for tasks forever. A thread waits on the parent's
+    sentinel and ends the process when it fires; a task being computed is cut short, which
+    the store allows (its block is not written, or written whole, and its claim is taken over
+    once this process is gone).
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="infl-array-parent-watch", daemon=True).start()
 
 
 def _worker_task(task: Task) -> dict[str, int]:

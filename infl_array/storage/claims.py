@@ -25,6 +25,7 @@ This module knows zarr's store interface only (through :mod:`infl_array.storage.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -118,7 +119,11 @@ class ClaimBook:
         key = self._prefix + name
         for _ in range(2):
             content = self._content()
-            write_key_if_absent(self._store, key, content)
+            try:
+                write_key_if_absent(self._store, key, content)
+            except OSError:
+                self._drop_if_mine(name)  # a failed request may still have stored it
+                raise
             found = self._read(name)
             if found is not None and found.get("owner") == self.owner:
                 with self._lock:
@@ -130,6 +135,18 @@ class ClaimBook:
             delete_key(self._store, key)  # expired (its owner died), or released meanwhile
             self._unreadable.pop(name, None)
         return False
+
+    def _drop_if_mine(self, name: str) -> None:
+        """Delete the claim ``name`` if it is this filler's, as best it can.
+
+        A claim request that failed (a timeout) may have been carried out by the server all
+        the same; left there, the claim of a live process would hold its unit for a whole
+        lifetime, making the next fill in this process wait on itself.
+        """
+        with contextlib.suppress(OSError):
+            found = self._read(name)
+            if found is not None and found.get("owner") == self.owner:
+                delete_key(self._store, self._prefix + name)
 
     def release(self, name: str) -> None:
         """Give up ``name``'s claim (its unit is done, or abandoned)."""

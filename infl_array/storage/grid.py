@@ -28,6 +28,7 @@ import zarr
 
 from infl_array.errors import CorruptBlockError
 from infl_array.storage import layout
+from infl_array.storage.remote_errors import storage_error
 from infl_array.storage.segments import check_not_grown
 from infl_array.storage.zarr_compat import (
     delete_key,
@@ -38,7 +39,14 @@ from infl_array.storage.zarr_compat import (
     size_under,
 )
 
-__all__ = ["BlockCoords", "BlockGrid", "PARTIAL_MIN_AGE_S", "block_range", "write_error"]
+__all__ = [
+    "PARTIAL_MIN_AGE_S",
+    "BlockCoords",
+    "BlockGrid",
+    "block_range",
+    "create_error",
+    "write_error",
+]
 
 BlockCoords = tuple[int, int]
 """A block's ``(i, j)``: its block row and block column (the package's one definition)."""
@@ -209,6 +217,9 @@ class BlockGrid:
         rows, cols = self.block_bounds(coords)
         try:
             out = np.asarray(self.array[self._selection(rows, cols)])
+        except OSError as exc:  # the request failed, not the stored bytes
+            what = f"read {self.layout.block_name(self.chunk_index(coords))} of {self.name!r}"
+            raise storage_error(exc, what, self.where) from exc
         except Exception as exc:
             raise self._corrupt(coords, exc) from exc
         return out.reshape(rows.stop - rows.start, cols.stop - cols.start)
@@ -228,6 +239,8 @@ class BlockGrid:
         """The orthogonal selection ``rows x cols`` (2-D), naming the corrupt block on failure."""
         try:
             out = np.asarray(self.array.get_orthogonal_selection(self._selection(rows, cols)))
+        except OSError as exc:
+            raise storage_error(exc, f"read from {self.name!r}", self.where) from exc
         except Exception:
             self._raise_first_corrupt(blocks)
             raise
@@ -239,6 +252,8 @@ class BlockGrid:
         """The points ``(rows[k], cols[k])`` as a 1-D array."""
         try:
             return np.asarray(self.array.get_coordinate_selection(self._selection(rows, cols)))
+        except OSError as exc:
+            raise storage_error(exc, f"read from {self.name!r}", self.where) from exc
         except Exception:
             self._raise_first_corrupt(blocks)
             raise
@@ -349,18 +364,38 @@ def _list_local(base: Path, ndim: int, rows: set[int] | None = None) -> set[Bloc
 
 def write_error(exc: OSError, coords: BlockCoords, where: str) -> OSError:
     """``exc`` restated to name the block and the fix, keeping its type and errno."""
-    reason = exc.strerror or str(exc) or type(exc).__name__
-    if exc.errno == errno.ENOSPC:
-        fix = "free disk space (or move the store)"
-    elif isinstance(exc, PermissionError):
-        fix = "make the store writable (or copy it to a writable location)"
-    else:
-        fix = "fix the storage problem"
     message = (
-        f"could not write block {coords} to the store {where}: {reason}. Nothing was stored "
-        "for this block and the blocks already in the store are intact; "
-        f"{fix}, then call arr.fill() again to compute the missing blocks."
+        f"could not write block {coords} to the store {where}: {_reason(exc)}. Nothing was "
+        "stored for this block and the blocks already in the store are intact; "
+        f"{_fix(exc)}, then call arr.fill() again to compute the missing blocks."
     )
+    return _restated(exc, message)
+
+
+def create_error(exc: OSError, name: str, where: str) -> OSError:
+    """``exc``, raised while creating the array ``name`` beside the matrix (its metadata),
+    restated to name the array and the fix, keeping its type and errno."""
+    message = (
+        f"could not create the array {name!r} in the store {where}: {_reason(exc)}. The "
+        f"blocks already in the store are intact; {_fix(exc)}, then try again."
+    )
+    return _restated(exc, message)
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def _fix(exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return "free disk space (or move the store)"
+    if isinstance(exc, PermissionError):
+        return "make the store writable (or copy it to a writable location)"
+    return "fix the storage problem"
+
+
+def _restated(exc: OSError, message: str) -> OSError:
+    """An error of ``exc``'s type and errno with ``message``."""
     try:
         return type(exc)(exc.errno, message) if exc.errno is not None else type(exc)(message)
     except Exception:

@@ -5,13 +5,17 @@ self-influence, the test and train factors: whatever :mod:`infl_array.storage.la
 the store holds) and every claim and note object, and returns a :class:`StoreReport`. A chunk
 is damaged when its bytes fail their CRC32C checksum or do not decode (truncated, flipped
 bits, a foreign file under a chunk's key) or when it holds non-finite values; a claim or note
-is damaged when it is not the small JSON object it should be. A deleted chunk is not damage:
-it is a block not computed (yet), which :attr:`ArrayCheck.stored` counts and the next read or
-fill computes.
+is damaged when it is not the small JSON object it should be; a derived array or group (the
+self-influence, factors, top-k arrays and their groups) is damaged when its zarr metadata does
+not decode, or is missing while its chunks remain (:mod:`infl_array.storage.nodes`). A deleted
+chunk is not damage: it is a block not computed (yet), which :attr:`ArrayCheck.stored` counts
+and the next read or fill computes.
 
 What to do about damage is the caller's (``InfluenceArray.repair``): recompute a damaged
 matrix or self-influence block, delete a damaged factor chunk (recomputed on next need) or a
-damaged claim (the unit can be claimed anew). :func:`delete_damaged` does the deleting.
+damaged claim (the unit can be claimed anew), delete a derived node whose metadata is damaged
+(created again on next need), and mark a damaged note as such (its message is lost; a note is
+never removed). :func:`delete_damaged` and :func:`mark_damaged_notes` do that.
 
 This module knows zarr (through :mod:`infl_array.storage.grid` and
 :mod:`infl_array.storage.zarr_compat`) and numpy, not torch.
@@ -24,9 +28,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from infl_array.storage import layout
+from infl_array.storage import layout, nodes
 from infl_array.storage.claims import is_claim
 from infl_array.storage.grid import BlockCoords, BlockGrid
+from infl_array.storage.notes import write_notes
 from infl_array.storage.store import InfluenceStore
 from infl_array.storage.zarr_compat import delete_key, list_prefix, read_key
 
@@ -38,6 +43,7 @@ __all__ = [
     "StoreReport",
     "check_store",
     "delete_damaged",
+    "mark_damaged_notes",
     "stored_grids",
 ]
 
@@ -59,7 +65,8 @@ class Damage:
     ----------
     array : str
         The stored array it belongs to (``"influence"``, ``"self_influence"``,
-        ``"factors/test"``, ``"factors/train"``), or ``"claims"`` / ``"notes"``.
+        ``"factors/test"``, ``"factors/train"``), or ``"claims"`` / ``"notes"``; for
+        damaged metadata (``what == "metadata"``), the derived node's path.
     what : str
         The object named for messages: ``"block (1, 2)"``, ``"train block 3"``,
         ``"claim influence/claims/1.2"``, ``"note not_converged"``.
@@ -77,6 +84,11 @@ class Damage:
     key: str
     problem: str
     coords: BlockCoords | None = None
+
+    @property
+    def is_metadata(self) -> bool:
+        """Whether this is the damaged metadata of a derived node (``array`` is its path)."""
+        return self.key.endswith(nodes.METADATA)
 
     def __str__(self) -> str:
         return f"{self.array}: {self.what} ({self.key}) {self.problem}"
@@ -118,7 +130,7 @@ class StoreReport:
 
     arrays: tuple[ArrayCheck, ...]
     objects: tuple[Damage, ...]
-    """Damaged claims and notes."""
+    """Damaged metadata of derived nodes, claims and notes."""
 
     @property
     def damaged(self) -> tuple[Damage, ...]:
@@ -148,19 +160,11 @@ def stored_grids(store: InfluenceStore) -> Iterator[BlockGrid]:
     """
     first = [layout.MATRIX, layout.SELF_INFLUENCE, *map(layout.factors, layout.FACTOR_SIDES)]
     rank = {a.path: n for n, a in enumerate(first)}
-    paths = [p for p in store.array_paths() if _named(p)]
+    paths = [p for p in store.array_paths() if nodes.is_named(p)]
     for path in sorted(paths, key=lambda p: (rank.get(p, len(rank)), p)):
         grid = store.grid(path)
         if grid is not None:
             yield grid
-
-
-def _named(path: str) -> bool:
-    try:
-        layout.array_layout(path)
-    except ValueError:
-        return False
-    return True
 
 
 def check_store(store: InfluenceStore, each: Each | None = None) -> StoreReport:
@@ -181,7 +185,11 @@ def check_store(store: InfluenceStore, each: Each | None = None) -> StoreReport:
         n_blocks = grid.grid_shape[0] * grid.grid_shape[1]
         checks.append(ArrayCheck(grid.name, n_blocks, len(present), tuple(damaged)))
         claims += _damaged_claims(grid)
-    return StoreReport(tuple(checks), tuple(claims + _damaged_notes(store)))
+    metadata = [
+        Damage(node, "metadata", key, problem)
+        for node, key, problem in nodes.damaged_nodes(store.matrix.zarr_store)
+    ]
+    return StoreReport(tuple(checks), tuple(metadata + claims + _damaged_notes(store)))
 
 
 def _damaged_claims(grid: BlockGrid) -> list[Damage]:
@@ -225,7 +233,8 @@ def _json(raw: bytes | None) -> dict[str, Any] | None:
 def delete_damaged(store: InfluenceStore, damage: Iterable[Damage]) -> int:
     """Delete the stored objects of ``damage`` (keys named by the layout); returns how many.
 
-    A deleted block counts as not computed; a deleted claim frees its unit.
+    A deleted block counts as not computed; a deleted claim frees its unit; damaged metadata
+    deletes its whole node (:func:`infl_array.storage.nodes.delete_node`).
     ``PermissionError`` on a read-only store.
     """
     damage = list(damage)
@@ -234,6 +243,29 @@ def delete_damaged(store: InfluenceStore, damage: Iterable[Damage]) -> int:
     zarr_store = store.matrix.zarr_store
     count = 0
     for d in damage:
-        delete_key(zarr_store, d.key)
+        if d.is_metadata:
+            nodes.delete_node(zarr_store, d.array)
+        else:
+            delete_key(zarr_store, d.key)
         count += 1
     return count
+
+
+def mark_damaged_notes(store: InfluenceStore, damage: Iterable[Damage]) -> int:
+    """Rewrite each damaged note of ``damage`` as a note saying that it was damaged.
+
+    Its message cannot be recovered, but a note is never removed: what it said held for values
+    still in the store, so the rewritten note keeps the warning that something was noted.
+    Returns how many notes were rewritten.
+    """
+    notes = {layout.note_name(d.key): _LOST_NOTE for d in damage if d.array == NOTES}
+    if notes:
+        store.matrix.check_writable()
+        write_notes(store.matrix.zarr_store, notes)
+    return len(notes)
+
+
+_LOST_NOTE = (
+    "this note was found damaged by repair() and its message is lost; it said something about "
+    "how values in this store were computed. Recompute the store (overwrite=True) to be sure."
+)

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["StorageOptionsError", "explain_url_error", "explained_url_errors"]
+__all__ = ["StorageOptionsError", "explain_url_error", "explained_url_errors", "storage_error"]
 
 _UNEXPECTED = re.compile(r"unexpected keyword argument '([^']+)'")
 
@@ -78,6 +78,24 @@ def explain_url_error(
             "storage_options={'anon': True} for a public bucket.",
         )
     return None
+
+
+def storage_error(exc: OSError, what: str, where: str) -> OSError:
+    """``exc``, a failed request to the storage (an S3 500 or 503, a timeout, an I/O error),
+    restated to name the store and what was being done, keeping its errno (and so its type).
+
+    Without it such an error reaches the user bare (``OSError: [Errno 121] Internal Server
+    Error``) or, worse, as damage (a block "corrupt", a store to recreate), when the stored
+    data is fine and a retry is the fix.
+    """
+    reason = f"{type(exc).__name__}: {exc.strerror or exc}"
+    message = (
+        f"{where}: could not {what}: the storage failed the request ({reason}). The request "
+        "failed, not the stored data: such failures are often temporary (a busy or "
+        "unreachable server), so retry; for a URL store, the client's retries can be raised "
+        "in storage_options (for s3://: config_kwargs={'retries': {'max_attempts': 10}})."
+    )
+    return OSError(exc.errno, message) if exc.errno is not None else OSError(message)
 
 
 @contextmanager

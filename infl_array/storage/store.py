@@ -33,10 +33,14 @@ from zarr.abc.store import Store
 from zarr.codecs import BytesCodec
 
 from infl_array.errors import NotAStoreError
-from infl_array.storage import layout
-from infl_array.storage.grid import BlockGrid
+from infl_array.storage import layout, nodes
+from infl_array.storage.grid import BlockGrid, create_error
 from infl_array.storage.meta import Compression, StoreMeta
-from infl_array.storage.remote_errors import StorageOptionsError, explained_url_errors
+from infl_array.storage.remote_errors import (
+    StorageOptionsError,
+    explained_url_errors,
+    storage_error,
+)
 from infl_array.storage.segments import check_not_grown, settled_meta
 from infl_array.storage.zarr_compat import lossy_codec_warning_silenced
 
@@ -183,6 +187,8 @@ class InfluenceStore:
                 f"{where} is not an infl_array store: no zarr group there. Create one with "
                 "InfluenceArray.create(...) or InfluenceArray.from_function(...)."
             ) from exc
+        except OSError as exc:  # a failed request (S3 500, timeout): not a damaged store
+            raise storage_error(exc, "open the store", where) from exc
         except (ValueError, TypeError, json.JSONDecodeError) as exc:
             raise NotAStoreError(
                 f"{where} has damaged zarr metadata ({type(exc).__name__}: {exc}); "
@@ -197,17 +203,16 @@ class InfluenceStore:
         return self.matrix if name == self.matrix.name else self.side_grid(name)
 
     def array_paths(self) -> list[str]:
-        """The path of every array in the group now (nested ones too), sorted."""
-        with lossy_codec_warning_silenced():
-            members = self.group.members(max_depth=None)
-        return sorted(path for path, node in members if isinstance(node, zarr.Array))
+        """The path of every array in the group now (nested ones too), sorted; arrays whose
+        metadata (or a parent group's) is damaged are left out (:mod:`~.nodes`)."""
+        return sorted([self.matrix.name, *nodes.array_paths(self.matrix.zarr_store)])
 
     def side_grid(self, name: str) -> BlockGrid | None:
         """The 1-D array ``name`` beside the matrix, or None when it does not exist yet."""
         with lossy_codec_warning_silenced():  # lossy factor arrays
-            if name not in self.group:
-                return None
-            array = self.group[name]
+            array = nodes.open_node(self.group, name, self.where)
+        if array is None:
+            return None
         if not isinstance(array, zarr.Array):
             raise NotAStoreError(
                 f"{self.where}: {name!r} is not an array; the store is damaged. Recreate it "
@@ -234,8 +239,11 @@ class InfluenceStore:
         another process created it first, the existing array is returned.
         """
         if layout.FACTORS_GROUP not in self.group:
-            with contextlib.suppress(zarr.errors.ContainsGroupError):
-                self.group.create_group(layout.FACTORS_GROUP)
+            try:
+                with contextlib.suppress(zarr.errors.ContainsGroupError):
+                    self.group.create_group(layout.FACTORS_GROUP)
+            except OSError as exc:
+                raise create_error(exc, layout.FACTORS_GROUP, self.where) from exc
         codec = self.meta.factor_compression or Compression(
             cname=self.meta.compression.cname, clevel=self.meta.compression.clevel
         )
@@ -260,6 +268,8 @@ class InfluenceStore:
         check_not_grown(self.group.store, self.where, held, f"the array {name} created here")
         try:
             array = _create_array(self.group, name, shape, chunks, dtype, compression)
+        except OSError as exc:  # a full disk, a read-only mount, a failed request
+            raise create_error(exc, name, self.where) from exc
         except zarr.errors.ContainsArrayError:
             self.group = zarr.open_group(self.group.store, mode="r+")  # sees the new array
             existing = self.side_grid(name)
@@ -292,6 +302,10 @@ def _matrix_array(group: zarr.Group, meta: StoreMeta, where: str) -> zarr.Array:
     try:
         with lossy_codec_warning_silenced():
             array = group[name]
+    except OSError as exc:  # a failed request (S3 500, timeout): not a damaged store
+        if isinstance(exc, FileNotFoundError):
+            raise NotAStoreError(f"{where} lacks its array {name!r} ({exc}).") from exc
+        raise storage_error(exc, f"read the metadata of {name!r}", where) from exc
     except Exception as exc:
         raise NotAStoreError(
             f"{where} lacks its array {name!r} or its metadata is damaged "
@@ -444,8 +458,22 @@ def _exists(store: Any) -> bool:
 
 
 def _is_infl_store(store: Any) -> bool:
+    """Whether ``store`` holds an infl_array store: its group records one, or (a local store
+    whose group metadata is damaged or gone) its matrix's metadata is intact."""
     try:
         group = zarr.open_group(store, mode="r")
     except Exception:
-        return False
+        return _has_matrix_metadata(local_path(store))
     return layout.ATTRS_KEY in group.attrs
+
+
+def _has_matrix_metadata(path: Path | None) -> bool:
+    """Whether the local directory ``path`` holds an infl_array matrix's intact metadata."""
+    if path is None:
+        return False
+    try:
+        meta = json.loads((path / layout.MATRIX.metadata_key).read_bytes())
+    except (OSError, ValueError):
+        return False
+    names = meta.get("dimension_names") if isinstance(meta, dict) else None
+    return names == list(layout.MATRIX.dimension_names)

@@ -6,8 +6,9 @@ the :class:`~infl_array.storage.grid.BlockGrid` of the values array (blocks ``(b
 block of rows) whose :meth:`TopKGrid.write_block` takes both halves of a row block, as one
 structured array with fields ``"values"`` and ``"indices"``, and writes the indices chunk
 first, then the values chunk, each with one atomic chunk write. A row block counts as computed
-exactly when its values chunk exists, so it is never seen with its indices missing; a writer
-killed in between leaves an indices chunk that the next computation of the row overwrites.
+exactly when both chunks exist, so it is never seen with its indices missing (a writer killed
+in between leaves an indices chunk that the next computation of the row overwrites; an indices
+chunk deleted on its own makes the row block computed again).
 
 Values are stored lossless (the matrix's codec without rounding: the answer is exact); indices
 are int64 with fill value -1. This module knows zarr and numpy, not torch.
@@ -16,18 +17,19 @@ are int64 with fill value -1. This module knows zarr and numpy, not torch.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
 import zarr
 from zarr.codecs import BytesCodec
 
-from infl_array.storage import layout
-from infl_array.storage.grid import BlockCoords, BlockGrid
+from infl_array.errors import NotAStoreError
+from infl_array.storage import layout, nodes
+from infl_array.storage.grid import BlockCoords, BlockGrid, create_error
 from infl_array.storage.meta import Compression
 from infl_array.storage.segments import check_not_grown
 from infl_array.storage.store import InfluenceStore
-from infl_array.storage.zarr_compat import lossy_codec_warning_silenced
 
 __all__ = ["TopKGrid", "create_top_k_grid", "find_top_k_grid", "top_k_dtype"]
 
@@ -61,6 +63,17 @@ class TopKGrid(BlockGrid):
         self.indices = BlockGrid(indices, where, local_root)
         self.k = int(values.shape[1])
 
+    def list_computed(self, rows: Iterable[int] | None = None) -> set[BlockCoords]:
+        """The row blocks whose values chunk exists, and their indices chunk too (an indices
+        chunk deleted on its own makes its row block not computed, never read as -1)."""
+        found = super().list_computed(rows)
+        return found & self.indices.list_computed(rows) if found else found
+
+    def has_blocks(self, coords: Iterable[BlockCoords]) -> set[BlockCoords]:
+        """The subset of ``coords`` whose values and indices chunks both exist."""
+        found = super().has_blocks(coords)
+        return self.indices.has_blocks(found) if found else found
+
     def write_block(self, coords: BlockCoords, values: np.ndarray) -> None:
         """Write row block ``coords``: ``values`` has fields ``"values"`` and ``"indices"``
         (indices first, values last: the values chunk says the block is there)."""
@@ -71,12 +84,25 @@ class TopKGrid(BlockGrid):
 
 def find_top_k_grid(store: InfluenceStore, where: layout.TopKLayout) -> TopKGrid | None:
     """The stored top-k arrays at ``where``, or None when the store holds none yet."""
-    if where.values.path not in store.group:
+    values = nodes.open_node(store.group, where.values.path, store.where)
+    if values is None:
         return None
-    with lossy_codec_warning_silenced():
-        values, indices = store.group[where.values.path], store.group[where.indices.path]
-    assert isinstance(values, zarr.Array) and isinstance(indices, zarr.Array)
+    indices = nodes.open_node(store.group, where.indices.path, store.where)
+    if not isinstance(values, zarr.Array) or not isinstance(indices, zarr.Array):
+        raise NotAStoreError(
+            f"{store.where}: the top-k array {where.path!r} lacks its values or indices "
+            f"array (found {type(values).__name__} and {type(indices).__name__}). {nodes.FIX}"
+        )
     return TopKGrid(values, indices, store.where, store.local_root)
+
+
+@contextlib.contextmanager
+def _creating(name: str, store: InfluenceStore) -> Iterator[None]:
+    """Restate an ``OSError`` (a full disk, a read-only mount) as failing to create ``name``."""
+    try:
+        yield
+    except OSError as exc:
+        raise create_error(exc, name, store.where) from exc
 
 
 def create_top_k_grid(
@@ -96,7 +122,7 @@ def create_top_k_grid(
         (where.indices, np.dtype(np.int64), -1),
         (where.values, np.dtype(store.meta.dtype), np.nan),
     ):
-        with contextlib.suppress(zarr.errors.ContainsArrayError):
+        with contextlib.suppress(zarr.errors.ContainsArrayError), _creating(part.path, store):
             store.group.create_array(
                 part.path,
                 shape=shape,

@@ -19,6 +19,8 @@ from typing import Any
 
 import zarr
 
+from infl_array.storage.remote_errors import storage_error
+
 __all__ = [
     "delete_key",
     "empty_chunks_kept",
@@ -65,18 +67,38 @@ def _sync(coro: Any) -> Any:
     return sync(coro)
 
 
+def _where(store: Any) -> str:
+    """The store named for messages: its URL or directory."""
+    fs, path = getattr(store, "fs", None), getattr(store, "path", None)
+    if fs is not None and path is not None:
+        protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
+        return repr(f"{protocol}://{path}")
+    root = getattr(store, "root", None)
+    return repr(str(root)) if root is not None else type(store).__name__
+
+
+def _reading(store: Any, what: str, coro: Any) -> Any:
+    """``_sync(coro)``, a failed request restated to name the store (``storage_error``)."""
+    try:
+        return _sync(coro)
+    except (FileNotFoundError, PermissionError):
+        raise
+    except OSError as exc:
+        raise storage_error(exc, what, _where(store)) from exc
+
+
 def list_prefix(store: Any, prefix: str) -> list[str]:
     """Every key of ``store`` under ``prefix``."""
 
     async def collect() -> list[str]:
         return [key async for key in store.list_prefix(prefix)]
 
-    return list(_sync(collect()))
+    return list(_reading(store, f"list the keys under {prefix!r}", collect()))
 
 
 def key_exists(store: Any, key: str) -> bool:
     """Whether ``key`` exists in ``store``."""
-    return bool(_sync(store.exists(key)))
+    return bool(_reading(store, f"check whether {key!r} exists", store.exists(key)))
 
 
 def _buffer(data: bytes) -> Any:
@@ -89,7 +111,7 @@ def read_key(store: Any, key: str) -> bytes | None:
     """The bytes stored under ``key``, or None when there are none."""
     from zarr.core.buffer import default_buffer_prototype
 
-    found = _sync(store.get(key, default_buffer_prototype()))
+    found = _reading(store, f"read {key!r}", store.get(key, default_buffer_prototype()))
     return None if found is None else bytes(found.to_bytes())
 
 

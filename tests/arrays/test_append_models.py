@@ -76,7 +76,9 @@ def test_grown_array_equals_a_fresh_one_with_the_same_fit(
     values, indices = brute_top_k(np.asarray(arr), 5, 1, True)
     tk = arr.top_k_array(5)
     np.testing.assert_array_equal(tk.indices[:], indices)
-    np.testing.assert_array_equal(tk.values[:], values)
+    # the top-k scan multiplies the factors in its own tiles: equal up to the last bit or so of
+    # a float64 product (1 ulp seen under load), not bitwise
+    np.testing.assert_allclose(tk.values[:], values, rtol=1e-13, atol=0)
     reopened = ia.open(tmp_path / "a", infl, test=test, train=train)
     assert reopened.shape == (9, 27) and reopened.fill(progress=False) == 0
     assert before.train_factors > 0

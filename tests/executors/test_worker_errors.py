@@ -125,7 +125,9 @@ arr.fill(progress=False, workers=2)
     assert proc.returncode == 0 and "filled 4" in out, err
 
 
-def test_ctrl_c_stops_a_fill_with_workers_cleanly(tmp_path: Path) -> None:
+def _start_long_fill(tmp_path: Path) -> subprocess.Popen[str]:
+    """A script filling a large store with 2 workers (0.5 s per block), started in its own
+    session, once it says it is filling."""
     script = _script(
         tmp_path,
         SCRIPT_HEAD.replace("DELAY", "0.5")
@@ -139,6 +141,11 @@ if __name__ == "__main__":
     proc = _run(script, start_new_session=True)
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "filling"
+    return proc
+
+
+def test_ctrl_c_stops_a_fill_with_workers_cleanly(tmp_path: Path) -> None:
+    proc = _start_long_fill(tmp_path)
     time.sleep(4.0)  # workers started and busy, each with a task of many 0.5 s blocks
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group
     start = time.monotonic()
@@ -152,3 +159,48 @@ if __name__ == "__main__":
     assert "KeyboardInterrupt" in err
     assert "InvalidStateError" not in err, err
     assert "fill() again" in err  # what was kept, and how to go on
+
+
+def _workers_of(pid: int) -> list[int]:
+    """The worker processes (not the resource tracker) of process ``pid`` (Linux /proc)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+    found = []
+    for child in children:
+        try:
+            cmd = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"--multiprocessing-fork" in cmd and b"resource_tracker" not in cmd:
+            found.append(int(child))
+    return found
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "State:\tZ" not in status  # a zombie has ended
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_the_workers_end_when_their_filler_is_killed(tmp_path: Path) -> None:
+    proc = _start_long_fill(tmp_path)
+    deadline = time.monotonic() + 60
+    while len(workers := _workers_of(proc.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    try:
+        assert len(workers) == 2
+        os.kill(proc.pid, signal.SIGKILL)  # the filler only: nothing can stop its pool
+        proc.communicate(timeout=60)
+        deadline = time.monotonic() + 30
+        while any(map(_is_running, workers)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(map(_is_running, workers)), "workers outlived their filler"
+    finally:
+        for pid in workers:
+            if _is_running(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -284,3 +284,30 @@ def test_read_only_zarr_store(tmp_path: Path) -> None:
             LocalStore(tmp_path / "new", read_only=True), fn, shape=SHAPE, block_shape=BLOCK
         )
     assert not (tmp_path / "new").exists() or not any((tmp_path / "new").iterdir())
+
+
+class FullForNewArrays(LocalStore):
+    """A local store whose writes outside the matrix raise ``ENOSPC`` (when ``full``)."""
+
+    full = False
+
+    async def set(self, key: str, value: Any) -> None:
+        if self.full and not key.startswith("influence/"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        await super().set(key, value)
+
+
+def test_a_full_disk_while_creating_a_top_k_array_names_it_and_the_fix(tmp_path: Path) -> None:
+    store = FullForNewArrays(tmp_path / "store")
+    arr = ia.InfluenceArray.from_function(
+        store, CountingFn(EXPECTED), shape=SHAPE, block_shape=BLOCK
+    )
+    arr.fill(progress=False)
+    FullForNewArrays.full = True
+    try:
+        with pytest.raises(OSError, match=r"create the array 'topk/.*free disk space") as info:
+            arr.top_k_array(2, axis=1)
+        assert info.value.errno == errno.ENOSPC
+    finally:
+        FullForNewArrays.full = False
+    np.testing.assert_array_equal(arr.top_k_array(2, axis=1).values[:, 0], EXPECTED.max(axis=1))

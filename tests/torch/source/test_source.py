@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,15 @@ from infl_array.torch.full.functional import model_fingerprint
 from infl_array.torch.source.pydvl import PyDVLAdapter, is_pydvl_model
 from infl_array.torch.source.source import ModelBlockSource, make_block_source
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True)
+def _float64_default() -> Iterator[None]:
+    """These tests compare in float64; the default dtype is restored for the tests after them."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(before)
+
 
 # ---------------------------------------------------------------------------------- stand-ins
 
