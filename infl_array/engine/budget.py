@@ -22,6 +22,14 @@ chunk fit), :func:`default_block_shape` (the block shape of a new store).
 :attr:`Budget.high_water` is the most the holdings ever took together (tests instrument it);
 the holdings are an account of what the parts hold, not a measurement of the process.
 
+Nothing here waits: a holding that does not fit is refused, never waited for. The budget's lock
+guards only its own bookkeeping (no call out is made while it is held), and giving bytes back
+never waits for it: :meth:`Budget.release` is called by finalisers (a cache that went away),
+which the garbage collector runs at any allocation in any thread, also inside the budget's own
+critical section, where waiting for the lock would wait for the thread itself, forever. A
+release made while the lock is busy is queued and applied, in order, by the next operation on
+the budget (every reading of it first applies what is queued).
+
 This module imports neither numpy nor torch.
 """
 
@@ -29,6 +37,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
@@ -110,29 +119,33 @@ class Budget:
         self.name = name
         self.high_water = 0
         self._held: dict[str, int] = {}
+        self._sum = 0  # of self._held's values
         self._lasting: set[str] = set()
         self._elastic: list[weakref.ref[Elastic]] = []
         self._lock = threading.Lock()
+        self._returns: deque[tuple[int, str]] = deque()  # releases made while the lock was busy
 
     # ------------------------------------------------------------------ state
     @property
     def reserved(self) -> int:
         """Bytes held now, all holdings together."""
-        return sum(self._held.values())
+        with self._locked():
+            return self._sum
 
     @property
     def available(self) -> int:
         """Bytes not held now (caches may give back more: :meth:`reclaimable`)."""
-        return max(0, self.total - self.reserved)
+        with self._locked():
+            return max(0, self.total - self._sum)
 
     def lasting_bytes(self) -> int:
         """Bytes of the lasting holdings (fitted state)."""
-        with self._lock:
+        with self._locked():
             return sum(v for k, v in self._held.items() if k in self._lasting)
 
     def holders(self) -> dict[str, int]:
         """What holds bytes now: ``{what: bytes}`` (holdings of zero bytes left out)."""
-        with self._lock:
+        with self._locked():
             return {k: v for k, v in self._held.items() if v > 0}
 
     def __repr__(self) -> str:
@@ -145,12 +158,10 @@ class Budget:
     def try_reserve(self, nbytes: int, what: str, *, lasting: bool = False) -> bool:
         """Hold ``nbytes`` for ``what`` if they are available now (nothing is reclaimed)."""
         nbytes = max(0, int(nbytes))
-        with self._lock:
-            if self.reserved + nbytes > self.total:
+        with self._locked():
+            if self._sum + nbytes > self.total:
                 return False
-            self._take(nbytes, what)
-            if lasting:
-                self._lasting.add(what)
+            self._take(nbytes, what, lasting)
             return True
 
     def reserve(
@@ -166,31 +177,29 @@ class Budget:
         if nbytes > self.total:
             raise self._refusal(nbytes, what, fix)
         for _ in range(64):  # caches give back what they hold; a bound against a livelock
-            with self._lock:
-                short = self.reserved + nbytes - self.total
+            with self._locked():
+                short = self._sum + nbytes - self.total
                 if short <= 0:
-                    self._take(nbytes, what)
-                    if lasting:
-                        self._lasting.add(what)
+                    self._take(nbytes, what, lasting)
                     return
             if self._reclaim(short) <= 0:
                 break
         raise self._refusal(nbytes, what, fix)
 
     def release(self, nbytes: int, what: str) -> None:
-        """Give back ``nbytes`` held for ``what``."""
-        with self._lock:
-            left = self._held.get(what, 0) - max(0, int(nbytes))
-            if left > 0:
-                self._held[what] = left
-            else:
-                self._held.pop(what, None)
-                self._lasting.discard(what)
+        """Give back ``nbytes`` held for ``what``. Never waits (see the module docstring): where
+        the lock is busy, the release is applied by the next operation on the budget."""
+        self._returns.append((max(0, int(nbytes)), what))  # atomic: safe in a finaliser
+        if self._lock.acquire(blocking=False):
+            try:
+                self._apply_returns()
+            finally:
+                self._lock.release()
 
     def release_all(self, what: str) -> None:
         """Give back everything held for ``what`` (a refit replaces its lasting state)."""
-        with self._lock:
-            self._held.pop(what, None)
+        with self._locked():
+            self._sum -= self._held.pop(what, 0)
             self._lasting.discard(what)
 
     @contextmanager
@@ -218,11 +227,11 @@ class Budget:
     def add_elastic(self, holder: Elastic) -> None:
         """Register a cache that gives bytes back when a holding needs them (held weakly:
         a cache that goes away unregisters itself)."""
-        with self._lock:
+        with self._locked():
             self._elastic.append(weakref.ref(holder))
 
     def _live_elastic(self) -> list[Elastic]:
-        with self._lock:
+        with self._locked():
             live = [h for h in (r() for r in self._elastic) if h is not None]
             self._elastic = [weakref.ref(h) for h in live]
         return live
@@ -242,11 +251,35 @@ class Budget:
         return given
 
     # ------------------------------------------------------------------ helpers
-    def _take(self, nbytes: int, what: str) -> None:
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The lock held, the releases queued while it was busy applied first. No call out of
+        this module is made while it is held (a finaliser that runs inside only queues)."""
+        with self._lock:
+            self._apply_returns()
+            yield
+
+    def _apply_returns(self) -> None:
+        """Apply the queued releases (the lock is held)."""
+        while self._returns:
+            nbytes, what = self._returns.popleft()
+            left = self._held.get(what, 0)
+            given = min(left, nbytes)
+            self._sum -= given
+            if left - given > 0:
+                self._held[what] = left - given
+            else:
+                self._held.pop(what, None)
+                self._lasting.discard(what)
+
+    def _take(self, nbytes: int, what: str, lasting: bool) -> None:
         """Record a holding (the lock is held)."""
         if nbytes:
             self._held[what] = self._held.get(what, 0) + nbytes
-            self.high_water = max(self.high_water, self.reserved)
+            self._sum += nbytes
+            self.high_water = max(self.high_water, self._sum)
+        if lasting:
+            self._lasting.add(what)
 
     def _refusal(self, nbytes: int, what: str, fix: str) -> MemoryBudgetError:
         holders = self.holders()
@@ -263,15 +296,14 @@ class Budget:
 
     # ------------------------------------------------------------------ pickling
     def __getstate__(self) -> dict[str, Any]:
-        with self._lock:
+        with self._locked():
             lasting = {k: v for k, v in self._held.items() if k in self._lasting}
         return {"total": self.total, "name": self.name, "lasting": lasting}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["total"], state["name"])  # type: ignore[misc]
         for what, nbytes in state["lasting"].items():
-            self._take(nbytes, what)
-            self._lasting.add(what)
+            self._take(nbytes, what, lasting=True)
 
 
 def default_block_shape(

@@ -7,6 +7,7 @@ import pickle
 
 import numpy as np
 import pytest
+from helpers import bounded
 
 from infl_array.engine.budget import Budget, default_block_shape
 from infl_array.engine.cache import BlockCache, BoundedLru
@@ -75,6 +76,33 @@ def test_caches_draw_from_the_budget_and_give_bytes_back() -> None:
     gc.collect()
     assert b.reserved == 0  # a cache that goes away gives its bytes back
     assert b.reclaimable() == 0
+
+
+class _CollectingLabel(str):
+    """A holding's name whose hashing runs the garbage collector, as any allocation inside the
+    budget's own critical section may."""
+
+    def __hash__(self) -> int:
+        gc.collect()
+        return super().__hash__()
+
+
+def test_a_cache_collected_inside_the_budgets_own_lock_gives_its_bytes_back_without_waiting() -> (
+    None
+):
+    # the fault matrix's hang: a cache that went away (in a reference cycle) was finalised by a
+    # collection that ran inside ``reserve``; its finaliser's ``release`` waited for the lock
+    # its own thread held, and every later fill of the backend waited for that thread
+    b = Budget(1000)
+    cache = BoundedLru[int, bytes](1000, len, b, "a cache")
+    cache.put(0, bytes(100))
+    cycle: list[object] = [cache]
+    cycle.append(cycle)  # only the garbage collector frees it
+    del cache, cycle
+    bounded(lambda: b.reserve(10, _CollectingLabel("a batch")), 10.0)
+    assert b.holders() == {"a batch": 10} and b.reserved == 10
+    bounded(lambda: b.reserve(990, "the rest"), 10.0)  # the cache's bytes are free again
+    assert b.available == 0
 
 
 def test_a_cache_keeps_nothing_the_budget_has_no_room_for() -> None:
