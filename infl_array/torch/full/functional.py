@@ -181,6 +181,26 @@ class FlatModel:
             n: p.detach() for n, p in model.named_parameters() if not p.requires_grad
         }
         self.const.update({n: b.detach() for n, b in model.named_buffers()})
+        self.graph_bytes: int | None = None
+        """Bytes the autograd graph of one sample's loss saves (:meth:`measure_graph`)."""
+
+    def measure_graph(self, x: torch.Tensor, y: torch.Tensor) -> int:
+        """Bytes the autograd graph of the loss of the one-sample batch ``(x, y)`` saves for
+        its backward pass (activations and the like), measured once and kept in
+        :attr:`graph_bytes`: the unit the passes over data are accounted in (the backends'
+        memory budget)."""
+        if self.graph_bytes is None:
+            saved = [0]
+
+            def pack(t: torch.Tensor) -> torch.Tensor:
+                saved[0] += t.numel() * t.element_size()
+                return t
+
+            theta = self.theta.detach().requires_grad_()
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                self.batch_loss(theta, x, y)
+            self.graph_bytes = max(1, saved[0])
+        return self.graph_bytes
 
     @property
     def n_params(self) -> int:
