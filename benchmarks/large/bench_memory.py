@@ -158,16 +158,28 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         command = [sys.executable, __file__, "--case", size, name, str(gib)]
         command += ["--n-train", str(args.n_train), "--n-test", str(args.n_test)]
         started = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
-        if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-            case = {"size": size, "backend": name, "budget": int(gib * GIB), "error": last}
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
+        except subprocess.TimeoutExpired:
+            case = {"size": size, "backend": name, "budget": int(gib * GIB)}
+            case["error"] = f"stopped after the case's {args.timeout:g} s (--timeout)"
         else:
-            case = json.loads(done.stdout.strip().splitlines()[-1])
+            case = _case_of(done, size, name, gib)
         case["wall_s"] = time.perf_counter() - started
         print(json.dumps(case), flush=True)
         cases.append(case)
     return {"n_train": args.n_train, "n_test": args.n_test, "cases": cases}
+
+
+def _case_of(
+    done: subprocess.CompletedProcess[str], size: str, name: str, gib: float
+) -> dict[str, Any]:
+    """The record of a case from its process: its JSON line, or its last error line."""
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        return {"size": size, "backend": name, "budget": int(gib * GIB), "error": last}
+    case: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return case
 
 
 def _mib(nbytes: float) -> str:
