@@ -133,7 +133,10 @@ class BlockEngine(MissingBlocksMixin):
         self.grid = grid
         self.source = source
         self.missing_fix = missing_fix
-        self.cache = BlockCache()
+        reuse = capabilities(source).factor_reuse
+        self.budget = reuse.budget if reuse is not None else None
+        """The memory budget the array's parts draw from (a model-backed array's), or None."""
+        self.cache = BlockCache(budget=self.budget)
         self.read_progress = True
         """Whether reads that compute blocks for more than a few seconds show a progress bar."""
         self.blocks_computed = 0
@@ -291,6 +294,7 @@ class BlockEngine(MissingBlocksMixin):
             stored=self.grid.has_blocks,
             prefetch=lambda tile: prefetch_tile(tile, self.grid, reuse, self.column_group),
             finished=finished,
+            budget=self.budget,
         )
         # an in-process store: no other process can fill it, so nothing to share
         sharing = Sharing.of(self.grid) if share and not self.store.is_process_local else None

@@ -3,13 +3,14 @@
 A block source that memoises factors (its ``factor_reuse`` capability,
 :mod:`infl_array.engine.sources`) computes each test factor once and each train factor once per
 tile when blocks are computed tile by tile. :func:`compute_tiles` cuts blocks into tiles whose
-test factors fit the memo's budget (:func:`~infl_array.engine.plan.plan_budget_tiles`), beside
-two *column groups* of train factors: consecutive block columns whose train factors are
-computed in one call and whose blocks come from one product (:func:`column_group`: about
-:data:`GROUP_TRAIN_SAMPLES` train points, so narrow blocks do not cost a gradient pass and a
-product each). :func:`prefetch_tile` computes a tile's test factors in one call per run of
-block rows (one batched solve) and declares its runs and column groups to the source. Without
-the capability, blocks are tiled without a budget and nothing is prefetched.
+test factors fit what the memo may hold now, its share of the memory budget
+(:func:`~infl_array.engine.plan.plan_budget_tiles`), beside two *column groups* of train
+factors: consecutive block columns whose train factors are computed in one call and whose
+blocks come from one product (:func:`column_group`: about :data:`GROUP_TRAIN_SAMPLES` train
+points, so narrow blocks do not cost a gradient pass and a product each). :func:`prefetch_tile`
+computes a tile's test factors in one call per run of block rows (one batched solve) and
+declares its runs and column groups to the source. Without the capability, blocks are tiled
+without a budget and nothing is prefetched.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def compute_tiles(
     rows, cols = grid.block_bounds(min(blocks))
     first, first_cols = range(rows.start, rows.stop), range(cols.start, cols.stop)
     row_bytes = reuse.test_factor_bytes(first, first_cols) / len(first)
-    budget = reuse.factor_budget_bytes
+    budget = reuse.memo_room()
     group = column_group(block_shape[1], shape[1], row_bytes, budget)
     tiles = plan_budget_tiles(blocks, shape, block_shape, row_bytes, budget, group)
     return tiles, group

@@ -8,8 +8,9 @@ blocks go to a writer thread (compression and the atomic chunk writes release th
 :data:`WRITE_RUN_BYTES`, written with one zarr call (zarr encodes and stores a call's chunks
 concurrently, each chunk atomically: a call per block costs several times more for small
 blocks). At most :data:`MAX_RUNS_IN_FLIGHT` runs wait for the writer beside the one being
-gathered, so memory stays bounded (about three runs); a block counts as computed once its
-run's write has finished.
+gathered (fewer when the memory budget, :mod:`infl_array.engine.budget`, has no room for
+their blocks), so memory stays bounded; a block counts as computed once its run's write has
+finished.
 
 When the work is *shared* (``fill``: other processes or machines may be filling the same
 store), blocks are claimed (:mod:`infl_array.storage.claims`) a unit at a time
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from infl_array.engine.budget import Budget
 from infl_array.engine.plan import ClaimUnits
 from infl_array.errors import add_note
 from infl_array.storage.claims import ClaimBook
@@ -58,6 +60,9 @@ WRITE_RUN_BLOCKS = 64
 MAX_RUNS_IN_FLIGHT = 2
 """Runs handed to the writer and not yet written, at most (beside the open run)."""
 
+WRITES = "blocks waiting for their write"
+"""What blocks in flight are held as in the memory budget."""
+
 POLL_S = (0.05, 1.0)
 """First and longest wait between looks at blocks other fillers hold."""
 
@@ -80,6 +85,8 @@ class BlockSteps:
     finished : callable
         ``finished(coords, values)``: ``coords`` is in the store; ``values`` are what this
         call wrote, or None when another filler wrote it.
+    budget : Budget or None
+        The memory budget blocks waiting for their write are held in.
     """
 
     values: Callable[[BlockCoords], np.ndarray]
@@ -87,6 +94,7 @@ class BlockSteps:
     stored: Callable[[list[BlockCoords]], set[BlockCoords]]
     prefetch: Callable[[list[BlockCoords]], None]
     finished: Callable[[BlockCoords, np.ndarray | None], None]
+    budget: Budget | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +137,7 @@ class _Writes:
         values = self.steps.values(coords)
         if self.run and not extends_run([c for c, _ in self.run], coords):
             self.submit()
+        self._hold(values.nbytes)
         self.run.append((coords, values))
         self.run_bytes += values.nbytes
         if len(self.run) >= WRITE_RUN_BLOCKS or self.run_bytes >= WRITE_RUN_BYTES:
@@ -150,9 +159,31 @@ class _Writes:
         coords, values = [c for c, _ in run], [v for _, v in run]
         self.pending.append((run, self.writer.submit(self.steps.write, coords, values)))
 
+    def _hold(self, nbytes: int) -> None:
+        """Hold a block waiting for its write in the budget: when the budget has no room for
+        it, earlier runs are written first (the open one too); alone, it is refused clearly."""
+        budget = self.steps.budget
+        if budget is None:
+            return
+        while not budget.try_reserve(nbytes, WRITES):
+            if self.pending:
+                self.finish_one()
+            elif self.run:
+                self.submit_now()
+            else:
+                budget.reserve(nbytes, WRITES, "raise memory_budget, or use a smaller block_shape.")
+                return
+
+    def _release(self, run: list[tuple[BlockCoords, np.ndarray]]) -> None:
+        if self.steps.budget is not None:
+            self.steps.budget.release(sum(values.nbytes for _, values in run), WRITES)
+
     def finish_one(self) -> None:
         run, future = self.pending.popleft()
-        future.result()
+        try:
+            future.result()
+        finally:
+            self._release(run)
         for coords, values in run:
             self.written += 1
             self.steps.finished(coords, values)
@@ -169,7 +200,9 @@ class _Writes:
         kept = 0
         self.submit_now()
         for run, future in self.pending:
-            if future.exception() is None:
+            failed = future.exception() is not None  # waits for the write
+            self._release(run)
+            if not failed:
                 for coords, values in run:
                     self.steps.finished(coords, values)
                     kept += 1

@@ -15,8 +15,9 @@ and its blocks come from one product.
   ``FactorReuse.begin_tile`` hint); a block whose rows lie in one of them comes from its strip.
   Other blocks (none declared, rows not aligned to the declared block rows) are computed alone.
 * Memory: one strip per thread is kept, at most :data:`STRIP_MAX_BYTES` (and a quarter of the
-  factor budget): a longer run is cut into strips of whole block rows within that bound. A
-  strip no larger than one block is not worth it, so such runs are computed block by block.
+  factor memo's bound): a longer run is cut into strips of whole block rows within that bound,
+  and a kept strip is held in the memory budget. A strip no larger than one block is not worth
+  it, so such runs are computed block by block.
 * State is per thread (threads of one process computing different tiles do not disturb each
   other) and not pickled: a copy sent to a worker starts with none.
 
@@ -32,10 +33,15 @@ from typing import Any
 
 import torch
 
+from infl_array.engine.budget import Budget
+
 __all__ = ["STRIP_MAX_BYTES", "Strips"]
 
 STRIP_MAX_BYTES = 64 << 20
 """Bytes one strip may take at most (64 MiB)."""
+
+STRIP = "strips of blocks"
+"""What kept strips are held as in the memory budget."""
 
 Product = Callable[[range, range], torch.Tensor]
 """``product(rows, cols)``: the block of ``test[rows] x train[cols]``."""
@@ -47,8 +53,10 @@ class Strips:
     Parameters
     ----------
     budget_bytes : int
-        The factor memo's budget: a strip takes at most a quarter of it (and
+        The factor memo's bound: a strip takes at most a quarter of it (and
         :data:`STRIP_MAX_BYTES`); 0 disables strips.
+    budget : Budget or None
+        The memory budget a kept strip is held in.
 
     Attributes
     ----------
@@ -56,13 +64,14 @@ class Strips:
         Strip products computed so far (all threads).
     """
 
-    def __init__(self, budget_bytes: int) -> None:
+    def __init__(self, budget_bytes: int, budget: Budget | None = None) -> None:
         self.max_bytes = min(STRIP_MAX_BYTES, budget_bytes // 4)
+        self.budget = budget
         self.products = 0
         self._local = threading.local()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"max_bytes": self.max_bytes, "products": 0}
+        return {"max_bytes": self.max_bytes, "budget": self.budget, "products": 0}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -77,7 +86,15 @@ class Strips:
         self._local.runs = list(runs)
         self._local.groups = {cols: members for members in groups or [] for cols in members}
         self._local.block_rows = block_rows
+        self._drop()
+
+    def _drop(self) -> None:
+        """Let this thread's kept strip go (and its bytes in the budget)."""
         self._local.kept = None
+        held = getattr(self._local, "held", 0)
+        if held and self.budget is not None:
+            self.budget.release(held, STRIP)
+        self._local.held = 0
 
     def block(self, rows: range, cols: range, product: Product) -> torch.Tensor | None:
         """Block ``rows x cols`` as a slice of its strip (computed with ``product`` when it is
@@ -87,8 +104,16 @@ class Strips:
             return None
         kept = getattr(self._local, "kept", None)
         if kept is None or kept[0] != strip:
-            self._local.kept = None  # the old strip goes before the new one is made
-            kept = (strip, product(*strip))
+            self._drop()  # the old strip goes before the new one is made
+            nbytes = 8 * len(strip[0]) * len(strip[1])
+            if self.budget is not None and not self.budget.try_reserve(nbytes, STRIP):
+                return None  # no room to keep it: blocks are computed alone
+            self._local.held = nbytes
+            try:
+                kept = (strip, product(*strip))
+            except BaseException:
+                self._drop()
+                raise
             self._local.kept = kept
             self.products += 1
         (top, left), values = (strip[0].start, strip[1].start), kept[1]
