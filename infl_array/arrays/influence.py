@@ -18,7 +18,7 @@ from infl_array.arrays.describe import DescribedMixin
 from infl_array.arrays.front import LazyArray
 from infl_array.arrays.indexing import get_oindex
 from infl_array.arrays.reduce import to_dask, top_k
-from infl_array.arrays.repair import repair_store, store_report
+from infl_array.arrays.repair import IntegrityMixin
 from infl_array.arrays.retest import new_test_source, share_train_factors
 from infl_array.arrays.self_influence import SelfInfluenceArray, open_self_influence
 from infl_array.arrays.staleness import check_same, same_settings
@@ -29,7 +29,6 @@ from infl_array.engine.sources import BlockFunction, BlockSource, FunctionSource
 from infl_array.executors.dispatch import fill_store
 from infl_array.storage.factors import DEFAULT_FACTOR_DISK_BUDGET, FactorStore
 from infl_array.storage.grid import BlockCoords
-from infl_array.storage.integrity import StoreReport
 from infl_array.storage.meta import (
     Compression,
     StoreMeta,
@@ -44,7 +43,7 @@ __all__ = ["InfluenceArray", "open_array"]
 DEFAULT_BLOCK_SHAPE = (256, 4096)
 
 
-class InfluenceArray(AppendMixin, DescribedMixin, LazyArray):
+class InfluenceArray(IntegrityMixin, AppendMixin, DescribedMixin, LazyArray):
     """A lazily computed, cached influence matrix of shape ``(n_test, n_train)``.
 
     Create one with :meth:`create` (from an influence model) or :meth:`from_function`, or
@@ -258,11 +257,6 @@ class InfluenceArray(AppendMixin, DescribedMixin, LazyArray):
         return self._engine.store.meta
 
     @property
-    def can_compute(self) -> bool:
-        """Whether missing blocks can be computed (a model or a function is attached)."""
-        return self._engine.can_compute
-
-    @property
     def oindex(self) -> _OIndex:
         """Outer (orthogonal) selection, as in zarr: ``arr.oindex[rows, cols]``."""
         return _OIndex(self)
@@ -285,7 +279,7 @@ class InfluenceArray(AppendMixin, DescribedMixin, LazyArray):
         """Bytes the matrix's blocks take in the store (0 where the store cannot tell)."""
         return self._engine.grid.stored_bytes()
 
-    # ------------------------------------------------------------------ filling and integrity
+    # ------------------------------------------------------------------ filling
     def fill(self, progress: bool = True, workers: int | None = None, client: Any = None) -> int:
         """Compute every missing block; returns how many were computed.
 
@@ -296,44 +290,6 @@ class InfluenceArray(AppendMixin, DescribedMixin, LazyArray):
         """
         self._check_can_compute("fill")
         return fill_store(self._engine, progress=progress, workers=workers, client=client)
-
-    def verify(self, progress: bool = False) -> list[BlockCoords]:
-        """Matrix blocks whose stored bytes fail their checksum or do not decode, sorted.
-
-        :meth:`store_report` checks every other array of the store too.
-        """
-        return self._engine.verify(progress=progress)
-
-    def store_report(self, progress: bool = False) -> StoreReport:
-        """Check every array of the store: the matrix, the self-influence, the stored test
-        and train factors, and every claim and note object.
-
-        Returns a :class:`~infl_array.storage.integrity.StoreReport`: per array the blocks
-        stored and the damaged ones (``report.damaged``, each naming its array, its block
-        and its key), ``report.ok`` when nothing is damaged, ``report.lines()`` for people
-        (what ``infl-array verify`` prints). A deleted chunk is not damage: it is a block not
-        computed, which the next read or fill computes.
-        """
-        return store_report(self._engine, progress=progress)
-
-    def repair(self, progress: bool = False) -> list[BlockCoords]:
-        """Repair every array of the store; returns the matrix blocks recomputed, which are
-        exactly those :meth:`verify` reports.
-
-        Besides the matrix blocks it recomputes the damaged self-influence blocks, deletes
-        damaged factor chunks (recomputed when next needed) and damaged claim objects
-        (:mod:`infl_array.arrays.repair`); :meth:`store_report` says what it will find.
-        """
-        self._check_can_compute("repair")
-        return repair_store(self._engine, progress=progress)
-
-    def _check_can_compute(self, what: str) -> None:
-        if not self.can_compute:
-            raise ValueError(
-                f"arr.{what}() needs a model or function to compute blocks, but the store "
-                f"{self._engine.store.where} was opened without one. Reopen with "
-                "ia.open(store, model, test=..., train=...) or ia.open(store, fn=...)."
-            )
 
     # ------------------------------------------------------------------ analysis
     def to_dask(self) -> Any:

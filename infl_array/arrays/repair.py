@@ -41,7 +41,66 @@ from infl_array.storage.integrity import (
     mark_damaged_notes,
 )
 
-__all__ = ["repair_store", "store_report"]
+__all__ = ["IntegrityMixin", "repair_store", "store_report"]
+
+
+class IntegrityMixin:
+    """``verify``, ``store_report`` and ``repair`` of an influence array (see the module
+    docstring for what each repair step does).
+
+    Examples
+    --------
+    >>> import numpy as np, infl_array as ia
+    >>> fn = lambda rows, cols: np.add.outer(np.asarray(rows), np.asarray(cols))
+    >>> arr = ia.InfluenceArray.from_function({}, fn, shape=(4, 4), block_shape=(2, 2))
+    >>> arr.fill(progress=False), arr.verify(), arr.store_report().ok, arr.repair()
+    (4, [], True, [])
+    """
+
+    _engine: BlockEngine
+
+    @property
+    def can_compute(self) -> bool:
+        """Whether missing blocks can be computed (a model or a function is attached)."""
+        return self._engine.can_compute
+
+    def verify(self, progress: bool = False) -> list[BlockCoords]:
+        """Matrix blocks whose stored bytes fail their checksum or do not decode, sorted.
+
+        :meth:`store_report` checks every other array of the store too.
+        """
+        return self._engine.verify(progress=progress)
+
+    def store_report(self, progress: bool = False) -> StoreReport:
+        """Check every array of the store: the matrix, the self-influence, the stored test
+        and train factors, and every claim and note object.
+
+        Returns a :class:`~infl_array.storage.integrity.StoreReport`: per array the blocks
+        stored and the damaged ones (``report.damaged``, each naming its array, its block
+        and its key), ``report.ok`` when nothing is damaged, ``report.lines()`` for people
+        (what ``infl-array verify`` prints). A deleted chunk is not damage: it is a block not
+        computed, which the next read or fill computes.
+        """
+        return store_report(self._engine, progress=progress)
+
+    def repair(self, progress: bool = False) -> list[BlockCoords]:
+        """Repair every array of the store; returns the matrix blocks recomputed, which are
+        exactly those :meth:`verify` reports.
+
+        Besides the matrix blocks it recomputes the damaged self-influence blocks, deletes
+        damaged factor chunks (recomputed when next needed) and damaged claim objects
+        (:mod:`infl_array.arrays.repair`); :meth:`store_report` says what it will find.
+        """
+        self._check_can_compute("repair")
+        return repair_store(self._engine, progress=progress)
+
+    def _check_can_compute(self, what: str) -> None:
+        if not self.can_compute:
+            raise ValueError(
+                f"arr.{what}() needs a model or function to compute blocks, but the store "
+                f"{self._engine.store.where} was opened without one. Reopen with "
+                "ia.open(store, model, test=..., train=...) or ia.open(store, fn=...)."
+            )
 
 
 def store_report(matrix: BlockEngine, progress: bool = False) -> StoreReport:
