@@ -62,6 +62,9 @@ train factors of those samples: the EK-FAC eigenvalue pass and the K-FAC covaria
 ``train_factors`` returns the kept row of every sample it is asked about that was fitted on: when
 the train data are the fit data, the train side of a whole fill costs no forward or backward pass.
 ``fisher_type="pydvl"`` fits on pseudo-gradients, not loss gradients, so nothing is kept there.
+With ``"ekfac"`` and ``fisher_type="empirical"``, the covariance pass keeps them and the
+eigenvalue correction is taken from the kept rows (each sample as often as the fit data hold
+it): one pass over the fit data instead of two, the same eigenvalues up to rounding.
 """
 
 from __future__ import annotations
@@ -387,6 +390,12 @@ class ProjectedInfluence(LayerwiseInfluence):
         if n * self.width * self._itemsize > self.memory_budget // 4:
             return None
         return FitRows(n, self.width, flat.theta.new_empty(0, dtype=self.work_dtype))
+
+    def _fit_gradients_are_curvature(self) -> bool:
+        return self.fisher_type == "empirical"
+
+    def _kept_fit_gradients(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return None if self.fit_rows is None else self.fit_rows.weighted()
 
     def _keep_fit_rows(self, x: torch.Tensor, y: torch.Tensor, phi: torch.Tensor) -> None:
         """Keep the projected gradients ``phi`` of the fit batch ``(x, y)`` in :attr:`fit_rows`."""

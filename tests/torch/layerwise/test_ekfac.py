@@ -330,8 +330,11 @@ def test_unfitted_and_bad_factors(setup: dict[str, Any]) -> None:
 
 def test_singular_curvature_needs_regularization(setup: dict[str, Any]) -> None:
     # pyDVL's pseudo-gradients sum to zero over the classes: G of the last layer is singular
-    with pytest.raises(ValueError, match=r"layer '7' is singular.*regularization > 0"):
+    with pytest.raises(ValueError, match=r"layer '7' is singular.*Pass a regularization > "):
         EkfacInfluence(setup["model"]).fit(setup["train"])
+    # positive but below the rounding of the largest eigenvalue: said so, with the size needed
+    with pytest.raises(ValueError, match=r"1e-30 is positive but too small.*regularization > "):
+        EkfacInfluence(setup["model"], regularization=1e-30).fit(setup["train"])
 
 
 def test_values_are_helpful_positive(setup: dict[str, Any]) -> None:
