@@ -237,6 +237,10 @@ class ProjectedInfluence(LayerwiseInfluence):
     strict_coverage : bool
         Raise instead of warning when trainable parameters are left out
         (:class:`~infl_array.torch.layerwise.coverage.PartialCoverageWarning`).
+    relative_regularization : bool
+        Damp each layer by ``regularization`` times the mean eigenvalue of its projected
+        curvature (``"fisher"``: times the mean diagonal of the projected Fisher); see
+        :class:`~infl_array.torch.layerwise.base.LayerwiseInfluence`.
 
     Attributes
     ----------
@@ -276,6 +280,7 @@ class ProjectedInfluence(LayerwiseInfluence):
         progress: bool = False,
         reuse_fit_gradients: bool = True,
         strict_coverage: bool = False,
+        relative_regularization: bool = False,
     ) -> None:
         super().__init__(
             model,
@@ -286,6 +291,7 @@ class ProjectedInfluence(LayerwiseInfluence):
             memory_budget=memory_budget,
             progress=progress,
             strict_coverage=strict_coverage,
+            relative_regularization=relative_regularization,
         )
         if preconditioner not in PRECONDITIONERS:
             raise ValueError(
@@ -412,7 +418,8 @@ class ProjectedInfluence(LayerwiseInfluence):
             total.addmm_(phi.T, phi)
             n += phi.shape[0]
         fisher = total.to(torch.float64) / n
-        fisher.diagonal().add_(self.lam)
+        self.layer_regularization = [self._damping(float(fisher.diagonal().mean()))]
+        fisher.diagonal().add_(self.layer_regularization[0])
         chol, info = torch.linalg.cholesky_ex(fisher)
         if int(info) != 0:
             raise ValueError(
@@ -447,9 +454,11 @@ class ProjectedInfluence(LayerwiseInfluence):
             solved = torch.cholesky_solve(phi.T.to(torch.float64), self._fisher_chol)
             return solved.T.to(phi.dtype)
         out, offset = torch.empty_like(phi), 0
-        for c, (k_out, k_in) in zip(self.curvature, self.projection_shapes, strict=True):
+        for c, (k_out, k_in), lam in zip(
+            self.curvature, self.projection_shapes, self.layer_regularization, strict=True
+        ):
             m = phi[:, offset : offset + k_out * k_in].reshape(-1, k_out, k_in)
-            out[:, offset : offset + k_out * k_in] = c.solve(m, self.lam).flatten(1)
+            out[:, offset : offset + k_out * k_in] = c.solve(m, lam).flatten(1)
             offset += k_out * k_in
         return out
 

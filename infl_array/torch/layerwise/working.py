@@ -33,6 +33,7 @@ class _Layerwise(Protocol):
     layers: list[LayerSpec]
     memory_budget: int
     lam: float
+    layer_regularization: list[float]
 
     @property
     def work_dtype(self) -> torch.dtype: ...
@@ -76,6 +77,8 @@ class _Layerwise(Protocol):
     ) -> None: ...
 
     def _fit_gradients_are_curvature(self) -> bool: ...
+
+    def _damping(self, mean_eigenvalue: float) -> float: ...
 
     def _kept_fit_gradients(self) -> tuple[torch.Tensor, torch.Tensor] | None: ...
 
@@ -230,8 +233,10 @@ class WorkingSpaceMixin:
                 self._moments_from_kept(curv, *kept)
             for c in curv:
                 c.finish_correction()
+        self.layer_regularization = []
         for c in curv:
             assert c.eigenvalues is not None
             check_finite(c.eigenvalues, f"the curvature eigenvalues of layer {c.name!r}")
-            c.check_invertible(self.lam)
+            self.layer_regularization.append(self._damping(float(c.eigenvalues.mean())))
+            c.check_invertible(self.layer_regularization[-1])
         return curv

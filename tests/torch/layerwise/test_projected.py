@@ -342,6 +342,26 @@ def test_fit_rows_with_duplicate_samples(setup: dict[str, Any]) -> None:
     assert len(infl.fit_rows) == 20
 
 
+@pytest.mark.parametrize("preconditioner", ["ekfac", "fisher"])
+def test_relative_regularization(setup: dict[str, Any], preconditioner: str) -> None:
+    """Unprojected with layers damped relative to their curvature: EK-FAC's values (same
+    rule), and the explicit Fisher solve at 0.1 x its mean diagonal."""
+    kw: dict[str, Any] = {"relative_regularization": True, "preconditioner": preconditioner}
+    got = projected(setup, projection_dim=N_PARAMS, **kw)
+    if preconditioner == "ekfac":
+        full = EkfacInfluence(
+            setup["model"], CE, REG, update_diagonal=True, relative_regularization=True
+        )
+        expected = full.fit(setup["train"]).influences(*setup["test"], *setup["train"])
+    else:
+        g = torch.cat(reference_grads(setup["model"], *setup["train"]), dim=1)
+        gt = torch.cat(reference_grads(setup["model"], *setup["test"]), dim=1)
+        fisher = g.T @ g / g.shape[0]
+        damped = fisher + REG * fisher.diagonal().mean() * torch.eye(N_PARAMS, dtype=g.dtype)
+        expected = torch.linalg.solve(damped, gt.T).T @ g.T
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
+
+
 def test_ekfac_fit_in_one_pass(setup: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     """Empirical EK-FAC with kept fit rows: one pass over the fit data, the eigenvalues of two
     (a sample the fit data hold twice counts twice)."""
