@@ -52,7 +52,7 @@ from lm_coverage import coverage
 from lm_prepare import prepare, retrain
 from results_md import RESULTS_DIR, add_output_args, load_now, save_result
 
-from infl_array.quality import lds, lds_bootstrap
+from infl_array.quality import lds, lds_bootstrap, lds_per_test
 
 HERE = Path(__file__).resolve().parent
 SECTION = "## Language models (issue 24)"
@@ -276,8 +276,11 @@ def lds_gap(
     boots = []
     for _ in range(n_boot):
         pick = rng.integers(0, len(masks), size=len(masks))
-        boots.append(lds(ours, masks[pick], outputs[pick]) - lds(peer, masks[pick], outputs[pick]))
-    return float(gap), float(np.std(boots, ddof=1))
+        per = lds_per_test(ours, masks[pick], outputs[pick])
+        per_peer = lds_per_test(peer, masks[pick], outputs[pick])
+        if np.isfinite(per).any() and np.isfinite(per_peer).any():  # else: one subset drawn
+            boots.append(np.nanmean(per) - np.nanmean(per_peer))
+    return float(gap), float(np.std(boots, ddof=1)) if len(boots) > 1 else float("nan")
 
 
 def timed_rounds(
