@@ -44,7 +44,8 @@ Conventions, compared with pyDVL 0.10 and Kronfluence 1.0.1
   With ``fisher_type="auto"`` and the cross-entropy loss, ``g`` are pyDVL's label-free
   pseudo-gradients, so values agree with pyDVL's ``EkfacInfluence`` on Linear-only models.
 * **Damping**: an absolute ``regularization`` (pyDVL's ``hessian_regularization``).
-  Kronfluence's default damping is relative, ``0.1 * mean(Lambda)`` per layer.
+  Kronfluence's heuristic damping is relative, ``0.1 * mean(Lambda)`` per layer:
+  ``relative_regularization=True`` with ``regularization=0.1`` is that rule.
 * **Curvature gradients**: Kronfluence samples labels from the model's predictive
   distribution (an MC estimate of the true Fisher), or uses the true labels with
   ``use_empirical_fisher=True`` (our ``fisher_type="empirical"``); our default for
