@@ -120,7 +120,8 @@ def repeats(s: Mapping[str, Any]) -> str:
 def damping(s: Mapping[str, Any]) -> str:
     """How the preconditioned methods were damped (records before the rule: absolute)."""
     if "damping" not in s:
-        return f"Ours: regularization {s['regularization']} (absolute)."
+        reg = s["regularization"]
+        return f"Damping: ours an absolute regularization of {reg}, peers as noted below."
     return (
         f"Damping, the same rule for every preconditioned method: each layer's curvature "
         f"plus {s['damping']} x its mean eigenvalue (Kronfluence's heuristic; ours "
