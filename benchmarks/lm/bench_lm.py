@@ -52,7 +52,7 @@ from lm_coverage import coverage
 from lm_prepare import prepare, retrain
 from results_md import RESULTS_DIR, add_output_args, load_now, save_result
 
-from infl_array.quality import lds_bootstrap
+from infl_array.quality import lds, lds_bootstrap, lds_per_test
 
 HERE = Path(__file__).resolve().parent
 SECTION = "## Language models (issue 24)"
@@ -74,7 +74,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--retrainings", type=int, default=40)
     p.add_argument("--subset-fraction", type=float, default=0.5)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--regularization", type=float, default=0.1, help="ours (absolute)")
+    p.add_argument(
+        "--damping",
+        type=float,
+        default=0.1,
+        help="every preconditioned method's damping, relative to each layer's mean curvature "
+        "eigenvalue (Kronfluence's heuristic rule; ours relative_regularization=True, dattri's "
+        "damping)",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="timed runs of each method, round-robin (times: the median; matrix: the first)",
+    )
     p.add_argument("--projection-dim", type=int, default=2048, help="width of projected methods")
     p.add_argument("--method-batch", type=int, default=64, help="batch of the attributions")
     p.add_argument("--worker-timeout", type=int, default=1800)
@@ -82,7 +95,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--methods", default="ekfac,projected,bergson,kronfluence,dattri")
     p.add_argument(
         "--after-retraining",
-        default="dattri",
+        default="",
         help="methods run after the retrainings (the slowest, so that a timeout costs no LDS)",
     )
     p.add_argument(
@@ -104,24 +117,24 @@ def methods(a: argparse.Namespace, data: Path, store: Path) -> dict[str, tuple[P
     side = round((a.projection_dim / (4 * a.layers)) ** 0.5)  # bergson: per module
     main_py = Path(sys.executable)
     return {
-        "ekfac": (main_py, {**common, "kind": "ekfac", "regularization": a.regularization}),
+        "ekfac": (main_py, {**common, "kind": "ekfac", "damping": a.damping}),
         "projected": (
             main_py,
             {
                 **common,
                 "kind": "projected",
-                "regularization": a.regularization,
+                "damping": a.damping,
                 "projection_dim": a.projection_dim,
             },
         ),
         "bergson": (VENVS / ".venv-bergson/bin/python", {**common, "projection_dim": side}),
         "kronfluence": (
             VENVS / ".venv-kronfluence-lm/bin/python",
-            {**common, "strategy": "ekfac", "query_batch": a.n_test, "damping": None},
+            {**common, "strategy": "ekfac", "query_batch": a.n_test, "damping": a.damping},
         ),
         "dattri": (
             VENVS / ".venv-dattri/bin/python",
-            {**common, "projection_dim": a.projection_dim, "regularization": a.regularization},
+            {**common, "projection_dim": a.projection_dim, "damping": a.damping},
         ),
     }
 
@@ -136,9 +149,10 @@ SCRIPTS = {
 
 
 def run_worker(
-    name: str, python: Path, args: dict, work: Path, timeout: int
+    name: str, python: Path, args: dict, work: Path, timeout: int, keep_raw: bool = True
 ) -> tuple[dict, np.ndarray | None]:
-    """One method in its own process; its result, or its exact error, and its matrix."""
+    """One method in its own process; its result, or its exact error, and its matrix (raw
+    outputs kept under ``RAW`` when ``keep_raw``)."""
     out = work / f"{name}.json"
     out.unlink(missing_ok=True)
     args = {**args, "store": str(work / f"{name}-store"), "out": str(out)}
@@ -155,13 +169,16 @@ def run_worker(
         log, rc = f"{e.stdout or ''}{e.stderr or ''}\ntimed out after {timeout} s", -9
     wall = time.perf_counter() - start
     RAW.mkdir(parents=True, exist_ok=True)
-    with gzip.open(RAW / f"{name}.log.gz", "wt") as f:
-        f.write(log[-20000:])
+    if keep_raw or rc != 0:
+        with gzip.open(RAW / f"{name}.log.gz", "wt") as f:
+            f.write(log[-20000:])
     if rc != 0 or not out.exists():
         lines = [x for x in log.strip().splitlines() if x.strip()]
         return {"error": lines[-1] if lines else f"exit {rc}", "exit": rc, "wall_s": wall}, None
     result = json.loads(out.read_text())
     result["wall_s"] = wall
+    if not keep_raw:
+        return result, None
     with gzip.open(RAW / f"{name}.json.gz", "wt") as f:
         f.write(json.dumps(result, indent=1))
     scores = np.load(f"{out}.npy")
@@ -182,7 +199,9 @@ NOTES = {
     ),
     "dattri": (
         "dattri 0.3.0's `LoGraAttributor` (its block-projected IF; empirical-Fisher "
-        "preconditioner per layer, its default damping) on its default layers, every "
+        "preconditioner per layer, `damping={damping}`: relative, {damping} x each layer's "
+        "mean eigenvalue, its `stable_inverse`; its default 1e-5 left the preconditioner "
+        "nearly undamped) on its default layers, every "
         "`nn.Linear` (GPT-2's `Conv1D` replaced by `nn.Linear` first, as for Kronfluence); "
         "its `proj_dim` is per layer and a perfect square, so the width is the nearest below "
         "the others'."
@@ -192,9 +211,11 @@ NOTES = {
         "replaced by `nn.Linear` via `replace_conv1d_modules`; its DOCUMENTATION.md: only "
         "`nn.Linear`/`nn.Conv2d` are supported, so embeddings and norms are left out; the tied "
         "`lm_head` counts through its output use only), `FactorArguments(strategy='ekfac')` "
-        "(its default strategy; sampled labels, the true Fisher), damping its heuristic (0.1 x "
-        "mean eigenvalue), all {q} queries in one query batch (`per_device_query_batch_size`, "
-        "the largest there is)."
+        "(its default strategy; sampled labels, the true Fisher), `ScoreArguments("
+        "damping_factor=None)`: its heuristic, {damping} x each module's mean eigenvalue "
+        '(arguments.py: "If `None`, uses a heuristic of 0.1 times the mean eigenvalue"; '
+        "its default 1e-8 is absolute), all {q} queries in one query batch "
+        "(`per_device_query_batch_size`, the largest there is; DOCUMENTATION.md)."
     ),
 }
 
@@ -240,9 +261,61 @@ def one_method(
         side, err = wargs["projection_dim"], results[name]["faiss_error"]
         results[name]["note"] = NOTES[name].format(side=side, err=err)
     if name in NOTES and name != "bergson":
-        results[name]["note"] = NOTES[name].format(q=a.n_test)
+        results[name]["note"] = NOTES[name].format(q=a.n_test, damping=a.damping)
     matrices[name] = scores
     results[name]["duplicate_ranks"] = duplicate_ranks(scores, positions)
+
+
+def lds_gap(
+    ours: np.ndarray, peer: np.ndarray, masks: np.ndarray, outputs: np.ndarray, n_boot: int = 200
+) -> tuple[float, float]:
+    """LDS of ``ours`` minus that of ``peer``, and its spread over the same resamples of the
+    retrained models for both (paired: the subsets' own noise, common to both, cancels)."""
+    gap = lds(ours, masks, outputs) - lds(peer, masks, outputs)
+    rng = np.random.default_rng(0)
+    boots = []
+    for _ in range(n_boot):
+        pick = rng.integers(0, len(masks), size=len(masks))
+        per = lds_per_test(ours, masks[pick], outputs[pick])
+        per_peer = lds_per_test(peer, masks[pick], outputs[pick])
+        if np.isfinite(per).any() and np.isfinite(per_peer).any():  # else: one subset drawn
+            boots.append(np.nanmean(per) - np.nanmean(per_peer))
+    return float(gap), float(np.std(boots, ddof=1)) if len(boots) > 1 else float("nan")
+
+
+def timed_rounds(
+    names: list[str],
+    table: dict[str, tuple[Path, dict]],
+    a: argparse.Namespace,
+    run_first: Any,
+    results: dict[str, Any],
+) -> None:
+    """Run ``names`` ``a.repeats`` times, round-robin (so that a change of the machine's load
+    falls on every method alike); the first round through ``run_first(name)`` (result,
+    matrix, raw outputs), later ones for their times only. A method's ``times`` become the
+    per-phase medians over its rounds, ``rounds`` keeps each round's times."""
+    rounds: dict[str, list[dict[str, float]]] = {n: [] for n in names}
+    for r in range(a.repeats):
+        for name in names:
+            if r == 0:
+                run_first(name)
+                if "error" not in results[name]:
+                    rounds[name].append(results[name]["times"])
+                continue
+            if "error" in results[name]:
+                continue
+            print(f"running {name} (round {r + 1} of {a.repeats}) ...", flush=True)
+            python, wargs = table[name]
+            again, _ = run_worker(name, python, wargs, WORK / "lm", a.worker_timeout, False)
+            if "error" in again:
+                results[name]["round_error"] = again["error"]
+            else:
+                rounds[name].append(again["times"])
+    for name, times in rounds.items():
+        if times:
+            phases = times[0].keys()
+            results[name]["times"] = {p: float(np.median([t[p] for t in times])) for p in phases}
+            results[name]["rounds"] = times
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -266,18 +339,29 @@ def main(argv: list[str] | None = None) -> None:
     table = methods(a, data_path, work)
     late = set(a.after_retraining.split(","))
     names = a.methods.split(",")
-    for name in [n for n in names if n not in late]:
+
+    def run_first(name: str) -> None:
         one_method(name, table[name], a, work, data_path, positions, results, matrices)
+
+    timed_rounds([n for n in names if n not in late], table, a, run_first, results)
     deadline = time.time() + 60 * a.retrain_minutes
     truth = retrain(work, settings, data_path, deadline)
     n_models = len(truth["losses"])
     print(f"retrained {n_models} models", flush=True)
-    for name in [n for n in names if n in late]:
-        one_method(name, table[name], a, work, data_path, positions, results, matrices)
+    timed_rounds([n for n in names if n in late], table, a, run_first, results)
     if n_models >= 3:
         for name, scores in matrices.items():
             value, spread = lds_bootstrap(scores, truth["masks"], -truth["losses"])
             results[name]["lds"], results[name]["lds_std"] = value, spread
+    gap = None
+    scored = [k for k in matrices if "lds" in results[k]]
+    ours = [k for k in scored if k in ("ekfac", "projected")]
+    peers = [k for k in scored if k not in ours]
+    if ours and peers:
+        best = max(ours, key=lambda k: results[k]["lds"])
+        rival = max(peers, key=lambda k: results[k]["lds"])
+        value, spread = lds_gap(matrices[best], matrices[rival], truth["masks"], -truth["losses"])
+        gap = {"ours": best, "peer": rival, "gap": value, "gap_std": spread}
     data = {
         "settings": {k: v for k, v in vars(a).items() if k not in ("no_write", "results")},
         "model": facts,
@@ -285,6 +369,7 @@ def main(argv: list[str] | None = None) -> None:
         "dup_positions": positions.tolist(),
         "methods": results,
         "retrained": {"models": n_models, "seconds_each": truth["seconds_each"]},
+        "lds_gap": gap,
         "coverage": coverage(),
     }
     info = machine_info(["torch", "transformers", "numpy"])

@@ -2,12 +2,14 @@
 
 Runs in ``.venv-dattri`` (``bash benchmarks/peers/peer_envs.sh dattri``). Usage:
 ``python benchmarks/lm/lm_dattri.py '<json>'`` with keys ``data``, ``threads``,
-``projection_dim`` (the total width to match), ``batch``, ``out``.
+``projection_dim`` (the total width to match), ``damping`` (dattri's own, relative: times each
+layer's mean eigenvalue), ``batch``, ``out``.
 
 dattri 0.3's ``LoGraAttributor`` (its block-projected IF: per-layer Kronecker-factored normal
-projections, empirical-Fisher preconditioner per layer, damping its default: ``1e-5`` x the
-mean eigenvalue) on its default layers, every ``nn.Linear`` (GPT-2's ``Conv1D`` replaced by
-``nn.Linear`` first, as Kronfluence's example does, so that the blocks are tracked). Its
+projections, empirical-Fisher preconditioner per layer, damping ``damping`` x the layer's mean
+eigenvalue, its ``stable_inverse``: the rule of the other methods; its default is 1e-5) on
+its default layers, every ``nn.Linear`` (GPT-2's ``Conv1D`` replaced by ``nn.Linear`` first,
+as Kronfluence's example does, so that the blocks are tracked). Its
 ``proj_dim`` is per layer and must be a perfect square: the largest square with ``layers x
 proj_dim <= projection_dim``. The loss is the summed next-token cross entropy of the batch (so
 the captured per-sample gradients are the per-sequence losses'). ``cache`` on the train
@@ -59,7 +61,7 @@ def main() -> None:
     layers = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
     side = math.isqrt(args["projection_dim"] // layers)
     task = AttributionTask(loss_func=loss_func, model=model, checkpoints=model.state_dict())
-    attributor = LoGraAttributor(task, device="cpu", proj_dim=side * side)
+    attributor = LoGraAttributor(task, device="cpu", proj_dim=side * side, damping=args["damping"])
     train = DataLoader(Sequences(blob["train"]), batch_size=args["batch"], shuffle=False)
     test = DataLoader(Sequences(blob["test"]), batch_size=args["batch"], shuffle=False)
     timer = Timer()

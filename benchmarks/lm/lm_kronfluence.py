@@ -2,8 +2,9 @@
 
 Usage: ``python benchmarks/lm/lm_kronfluence.py '<json>'`` with keys ``data``, ``threads``,
 ``strategy`` (``ekfac``, ``kfac``, ...: Kronfluence's factor strategies), ``batch`` (train
-batch), ``query_batch``, ``damping`` (None: Kronfluence's heuristic, 0.1 x the mean eigenvalue),
-``out``.
+batch), ``query_batch``, ``damping`` (relative: each module damped by ``damping`` x its mean
+eigenvalue, Kronfluence's heuristic ``damping_factor=None``, whose scale is its constant
+``HEURISTIC_DAMPING_SCALE``, 0.1; set to ``damping`` when that differs), ``out``.
 
 Configured as Kronfluence's language-model example (``examples/wikitext``: GPT-2 through
 ``replace_conv1d_modules``, since Kronfluence supports only ``nn.Linear`` and ``nn.Conv2d``,
@@ -23,6 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import kronfluence.factor.config as kronfluence_factor_config
 import torch
 import torch.nn.functional as F
 from kronfluence.analyzer import Analyzer, prepare_model
@@ -63,6 +65,7 @@ class LanguageModeling(Task):
 def main() -> None:
     args = worker_args()
     logging.disable(logging.WARNING)
+    kronfluence_factor_config.HEURISTIC_DAMPING_SCALE = args["damping"]  # 0.1: its own
     model, blob = load(args["data"])
     train, test = Sequences(blob["train"]), Sequences(blob["test"])
     replace_conv1d_modules(model)
@@ -91,7 +94,7 @@ def main() -> None:
                 per_device_query_batch_size=args["query_batch"],
                 per_device_train_batch_size=args["batch"],
                 dataloader_kwargs=loader,
-                score_args=ScoreArguments(damping_factor=args["damping"]),
+                score_args=ScoreArguments(damping_factor=None),  # its heuristic
                 overwrite_output_dir=True,
             )
         scores = analyzer.load_pairwise_scores("scores")["all_modules"].numpy()

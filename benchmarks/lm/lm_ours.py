@@ -2,7 +2,8 @@
 
 Usage: ``python benchmarks/lm/lm_ours.py '<json>'`` with keys ``kind`` (``ekfac`` or
 ``projected``), ``data`` (the ``.pt`` file of :func:`lm_common.save`), ``threads``,
-``regularization``, ``projection_dim``, ``batch``, ``store`` and ``out``.
+``damping`` (relative: ``relative_regularization=True``, each layer damped by ``damping``
+times its mean curvature eigenvalue), ``projection_dim``, ``batch``, ``store`` and ``out``.
 
 Through the public array, as a user would: the backend is fitted on the train sequences
 (``fit``), then ``ia.InfluenceArray.create(...)`` + ``fill()`` computes every block of the
@@ -31,14 +32,18 @@ def main() -> None:
     args = worker_args()
     model, blob = load(args["data"])
     train, test = blob["train"], blob["test"]
-    common = {"fisher_type": "empirical", "batch_size": args["batch"]}
+    common = {
+        "fisher_type": "empirical",
+        "batch_size": args["batch"],
+        "relative_regularization": True,
+    }
     if args["kind"] == "ekfac":
         infl = EkfacInfluence(
-            model, causal_lm_loss, args["regularization"], update_diagonal=True, **common
+            model, causal_lm_loss, args["damping"], update_diagonal=True, **common
         )
     elif args["kind"] == "projected":
         infl = ProjectedInfluence(
-            model, causal_lm_loss, args["regularization"], args["projection_dim"], **common
+            model, causal_lm_loss, args["damping"], args["projection_dim"], **common
         )
     else:
         raise SystemExit(f"kind must be 'ekfac' or 'projected'; got {args['kind']!r}")

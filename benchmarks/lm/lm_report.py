@@ -69,7 +69,12 @@ def faster(
     return [f"ours at least as fast as the fastest peer, {what}", measured, yes_no(a >= b)]
 
 
-def targets(methods: Mapping[str, Any], tokens: int, coverage: Mapping[str, Any]) -> list[str]:
+def targets(
+    methods: Mapping[str, Any],
+    tokens: int,
+    coverage: Mapping[str, Any],
+    gap: Mapping[str, Any] | None = None,
+) -> list[str]:
     ok = {k: m for k, m in methods.items() if "error" not in m}
     rows = [
         faster("projected", ("bergson", "dattri"), ok, tokens, "projected (equal width)"),
@@ -80,10 +85,15 @@ def targets(methods: Mapping[str, Any], tokens: int, coverage: Mapping[str, Any]
         lo = max((k for k in with_lds if k in OURS), key=lambda k: ok[k]["lds"])
         hi = max((k for k in with_lds if k not in OURS), key=lambda k: ok[k]["lds"])
         x, y = ok[lo]["lds"], ok[hi]["lds"]
+        paired = (
+            f"; difference {gap['gap']:+.3f} ± {gap['gap_std']:.3f} (paired bootstrap)"
+            if gap
+            else ""
+        )
         rows.append(
             [
                 "ours within 0.02 LDS of the best peer, or better",
-                f"{LABELS[lo]} {x:.3f} vs {LABELS[hi]} {y:.3f}",
+                f"{LABELS[lo]} {x:.3f} vs {LABELS[hi]} {y:.3f}{paired}",
                 yes_no(x >= y - 0.02),
             ]
         )
@@ -98,6 +108,26 @@ def targets(methods: Mapping[str, Any], tokens: int, coverage: Mapping[str, Any]
         ]
     )
     return table(["target", "measured", "met"], [r for r in rows if r is not None])
+
+
+def repeats(s: Mapping[str, Any]) -> str:
+    n = s.get("repeats", 1)
+    if n <= 1:
+        return "one run each"
+    return f"the median of {n} runs of each method, round-robin (the matrix: the first run's)"
+
+
+def damping(s: Mapping[str, Any]) -> str:
+    """How the preconditioned methods were damped (records before the rule: absolute)."""
+    if "damping" not in s:
+        reg = s["regularization"]
+        return f"Damping: ours an absolute regularization of {reg}, peers as noted below."
+    return (
+        f"Damping, the same rule for every preconditioned method: each layer's curvature "
+        f"plus {s['damping']} x its mean eigenvalue (Kronfluence's heuristic; ours "
+        "`relative_regularization=True`; dattri's `damping`); bergson runs without a "
+        "preconditioner."
+    )
 
 
 def sizing(d: Mapping[str, Any]) -> str:
@@ -157,10 +187,11 @@ def render(record: Mapping[str, Any]) -> str:
         f"{model['query_loss_per_token']:.3f} nats. Every method computes the whole "
         f"({s['n_test']} x {s['n_train']:,}) matrix in its own process (its own venv), "
         f"{s['threads']} thread(s); time = fit + the matrix (ours: `fit`, then "
-        "`ia.InfluenceArray.create(...)` + `fill()` + a full read); train tokens/s = "
-        f"{tokens:,} train tokens / that time. Ours: regularization {s['regularization']} "
-        f"(absolute), empirical Fisher, batch {s['method_batch']}; projected width "
-        f"{s['projection_dim']} for ours, bergson and dattri.",
+        "`ia.InfluenceArray.create(...)` + `fill()` + a full read), "
+        f"{repeats(s)}; train tokens/s = "
+        f"{tokens:,} train tokens / that time. {damping(s)} Ours: empirical Fisher, batch "
+        f"{s['method_batch']}; projected width {s['projection_dim']} for ours, bergson and "
+        "dattri.",
         "",
         f"LDS: {d['retrained']['models']} models retrained on random "
         f"{s['subset_fraction']:.0%} subsets of the train sequences (same init and schedule, "
@@ -184,7 +215,7 @@ def render(record: Mapping[str, Any]) -> str:
     ]
     rows = [method_row(k, m, tokens) for k, m in methods.items()]
     lines += table(header, rows, align="llrrrrrrl")
-    lines += ["", "Targets:", "", *targets(methods, tokens, d["coverage"])]
+    lines += ["", "Targets:", "", *targets(methods, tokens, d["coverage"], d.get("lds_gap"))]
     lines += ["", "Coverage of the trainable parameters (small configs, random tokens):", ""]
     lines += coverage_table(d["coverage"])
     lines += ["", *notes(methods)]

@@ -79,8 +79,9 @@ __all__ = [
     "check_budget",
     "check_deterministic",
     "check_mean_reduction",
-    "layer_gradients",
     "keep_mask",
+    "layer_gradients",
+    "layer_norm_gradients",
     "loss_objective",
     "module_gradients",
     "one_hot_rows",
@@ -590,9 +591,12 @@ def module_gradients(
 
     The module is applied to each sample alone (``torch.func.vmap`` of a vector-Jacobian
     product, with the recorded output gradient), so it must treat samples independently (as
-    normalisation layers do).
+    normalisation layers do). An ``nn.LayerNorm`` (the class itself) takes the closed form
+    instead (:func:`layer_norm_gradients`), the same values without re-running the module.
     """
     assert c.g is not None
+    if type(c.module) is nn.LayerNorm:
+        return layer_norm_gradients(c, rows, names, dtype)
     local = [name.rsplit(".", 1)[-1] for name in names]
     params = {k: c.params[k] for k in local}
     args, kwargs = c.rest
@@ -611,6 +615,32 @@ def module_gradients(
     with torch.enable_grad():
         out = vmap(one)(x, g)
     return out.to(dtype)[:, None, :]
+
+
+def layer_norm_gradients(
+    c: Call, rows: slice, names: Sequence[str], dtype: torch.dtype
+) -> torch.Tensor:
+    """Per-sample gradients of an ``nn.LayerNorm``'s parameters, ``(n, 1, n_params)``.
+
+    ``y = x_hat * weight + bias`` with ``x_hat`` the input normalised over the last
+    ``len(normalized_shape)`` dimensions, so sample ``i``'s gradients are
+    ``sum_t g_{i,t} * x_hat_{i,t}`` (weight) and ``sum_t g_{i,t}`` (bias), ``t`` the other
+    dimensions; computed in ``dtype`` (float32 for half-precision models).
+    """
+    assert c.g is not None
+    module = cast(nn.LayerNorm, c.module)
+    shape = tuple(module.normalized_shape)
+    x, g = c.x[rows].to(dtype), c.g[rows].to(dtype)
+    n, lead = x.shape[0], tuple(range(1, x.ndim - len(shape)))
+
+    def over_t(t: torch.Tensor) -> torch.Tensor:
+        return t.sum(lead) if lead else t  # sum(()) would sum every dimension
+
+    local = [name.rsplit(".", 1)[-1] for name in names]  # "weight", "bias"
+    grads = {"bias": lambda: over_t(g)}
+    grads["weight"] = lambda: over_t(g * F.layer_norm(x, shape, None, None, module.eps))
+    parts = [grads[k]().reshape(n, -1) for k in local]
+    return torch.cat(parts, dim=1).to(dtype)[:, None, :]
 
 
 def _expanded(t: torch.Tensor, axis: int, n: int) -> torch.Tensor:

@@ -44,7 +44,8 @@ Conventions, compared with pyDVL 0.10 and Kronfluence 1.0.1
   With ``fisher_type="auto"`` and the cross-entropy loss, ``g`` are pyDVL's label-free
   pseudo-gradients, so values agree with pyDVL's ``EkfacInfluence`` on Linear-only models.
 * **Damping**: an absolute ``regularization`` (pyDVL's ``hessian_regularization``).
-  Kronfluence's default damping is relative, ``0.1 * mean(Lambda)`` per layer.
+  Kronfluence's heuristic damping is relative, ``0.1 * mean(Lambda)`` per layer:
+  ``relative_regularization=True`` with ``regularization=0.1`` is that rule.
 * **Curvature gradients**: Kronfluence samples labels from the model's predictive
   distribution (an MC estimate of the true Fisher), or uses the true labels with
   ``use_empirical_fisher=True`` (our ``fisher_type="empirical"``); our default for
@@ -110,6 +111,9 @@ class EkfacInfluence(EkfacProductsMixin, LayerwiseInfluence):
     strict_coverage : bool
         Raise instead of warning when trainable parameters are left out
         (:class:`~infl_array.torch.layerwise.coverage.PartialCoverageWarning`).
+    relative_regularization : bool
+        Damp each layer by ``regularization`` times its mean eigenvalue (Kronfluence's
+        heuristic at 0.1; see :class:`~infl_array.torch.layerwise.base.LayerwiseInfluence`).
 
     Examples
     --------
@@ -138,6 +142,7 @@ class EkfacInfluence(EkfacProductsMixin, LayerwiseInfluence):
         batch_size: int | None = None,
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
         strict_coverage: bool = False,
+        relative_regularization: bool = False,
     ) -> None:
         if hessian_regularization is not None:
             hessian_regularization = nonnegative(hessian_regularization, "hessian_regularization")
@@ -159,6 +164,7 @@ class EkfacInfluence(EkfacProductsMixin, LayerwiseInfluence):
             memory_budget=memory_budget,
             progress=progress,
             strict_coverage=strict_coverage,
+            relative_regularization=relative_regularization,
         )
         self.update_diagonal = update_diagonal
         self.curvature: list[KroneckerCurvature] = []
@@ -243,10 +249,11 @@ class EkfacInfluence(EkfacProductsMixin, LayerwiseInfluence):
                 curv = self.curvature[i]
                 for rows in self._row_chunks(i, rec):
                     rotated = curv.rotate(*self._working(i, rec, rows))
+                    lam = self.layer_regularization[i]
                     if self._compact[i]:
-                        solved = curv.precondition_rotated(rotated, self.lam)
+                        solved = curv.precondition_rotated(rotated, lam)
                     else:
-                        solved = curv.solve_rotated(rotated, self.lam)
+                        solved = curv.solve_rotated(rotated, lam)
                     block[rows, offset : offset + width] = solved.flatten(1)
                 offset += width
 

@@ -53,6 +53,7 @@ class FitRows:
     def __init__(self, capacity: int, width: int, like: torch.Tensor) -> None:
         self._rows: torch.Tensor | None = like.new_empty((capacity, width))
         self._index: dict[bytes, int] = {}
+        self._counts: list[int] = []  # times each kept sample was added
         self.hits = 0
         """Rows served by :meth:`take` so far."""
 
@@ -79,7 +80,9 @@ class FitRows:
         for k, key in enumerate(keys):
             if key not in self._index:
                 self._index[key] = start + len(fresh)
+                self._counts.append(0)
                 fresh.append(k)
+            self._counts[self._index[key]] += 1
         if len(self._index) > self._rows.shape[0]:
             self.drop()
             return
@@ -89,7 +92,16 @@ class FitRows:
 
     def drop(self) -> None:
         """Release the rows; nothing is kept any more."""
-        self._rows, self._index = None, {}
+        self._rows, self._index, self._counts = None, {}, []
+
+    def weighted(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Every kept row and how many times its sample was added, ``(m, width)`` and
+        ``(m,)`` (a view, not a copy), or None when nothing is kept: a sum over the added
+        samples is the count-weighted sum over the rows."""
+        if self._rows is None or not self._index:
+            return None
+        counts = torch.tensor(self._counts, dtype=self._rows.dtype, device=self._rows.device)
+        return self._rows[: len(self._index)], counts
 
     def take(self, keys: list[bytes]) -> tuple[list[int], torch.Tensor | None]:
         """The positions in ``keys`` with a kept row, and those rows (a copy) in that order."""

@@ -205,6 +205,17 @@ class KroneckerCurvature:
                 self._lambda_sum += self.rotate(acts[rows], grads[rows]).square().sum(0)
         self._lambda_n += acts.shape[0]
 
+    def add_gradient_moments(self, m: torch.Tensor, weights: torch.Tensor) -> None:
+        """Accumulate ``sum_i w_i (Q_G^T M_i Q_A)**2`` from per-sample gradients ``M_i``,
+        ``(n, d_out, d_in)``, each counted ``weights[i]`` times (as
+        :meth:`add_eigenvalue_moments` does from the working tensors of those samples)."""
+        assert self.q_g is not None
+        if self._lambda_sum is None:
+            self._lambda_sum = self.q_g.new_zeros((self.d_out, self.d_in))
+        rotated = self.rotate_in(self.q_g.T @ m).square_()
+        self._lambda_sum += (rotated * weights[:, None, None]).sum(0)
+        self._lambda_n += int(weights.sum())
+
     def finish_correction(self) -> None:
         """Replace the K-FAC eigenvalues by the corrected ones (EK-FAC)."""
         assert self._lambda_sum is not None and self._lambda_n > 0
@@ -213,18 +224,36 @@ class KroneckerCurvature:
 
     # ------------------------------------------------------------------ solve
     def check_invertible(self, regularization: float) -> None:
-        """Refuse ``Lambda + lambda`` that is zero to rounding or negative (singular)."""
+        """Refuse ``Lambda + lambda`` that is zero to rounding or negative (singular).
+
+        "Zero to rounding": not above ``10 * eps * max|Lambda|`` (``eps`` of the working
+        dtype), so a positive ``regularization`` below that is refused too, and the message
+        says how large it must be.
+        """
         assert self.eigenvalues is not None
-        low = float((self.eigenvalues + regularization).min())
+        low_eig = float(self.eigenvalues.min())
+        low = low_eig + regularization
         eps = torch.finfo(self.eigenvalues.dtype).eps
-        tol = 10 * eps * float(self.eigenvalues.abs().max())  # rounding of a zero eigenvalue
-        if not low > tol:
-            raise ValueError(
-                f"the Kronecker-factored curvature of layer {self.name!r} is singular: its "
-                f"smallest eigenvalue plus regularization is {low:.3g} (regularization="
-                f"{regularization}). Pass a regularization > 0, e.g. 1e-3 times the mean "
-                f"eigenvalue ({float(self.eigenvalues.mean()):.3g})."
+        top = float(self.eigenvalues.abs().max())
+        tol = 10 * eps * top  # rounding of a zero eigenvalue
+        if low > tol:
+            return
+        needed = tol - low_eig
+        suggest = max(2 * needed, 1e-3 * float(self.eigenvalues.mean()))
+        head = (
+            f"the Kronecker-factored curvature of layer {self.name!r} is singular: its smallest "
+            f"eigenvalue is {low_eig:.3g}, and with regularization={regularization} it is "
+            f"{low:.3g}, not above {tol:.3g} (10 times the {self.eigenvalues.dtype} rounding of "
+            f"its largest eigenvalue, {top:.3g})"
+        )
+        if regularization > 0:
+            fix = (
+                f". regularization={regularization} is positive but too small for this layer: "
+                f"it needs regularization > {needed:.3g}; pass e.g. {suggest:.3g}"
             )
+        else:
+            fix = f". Pass a regularization > {needed:.3g}, e.g. {suggest:.3g}"
+        raise ValueError(f"{head}{fix} (at least 1e-3 times the mean eigenvalue).")
 
     def rotate(self, acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
         """``Q_G^T M_i Q_A`` of the per-sample gradients ``M_i = sum_t g_t a_t^T``.

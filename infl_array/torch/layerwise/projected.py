@@ -62,6 +62,9 @@ train factors of those samples: the EK-FAC eigenvalue pass and the K-FAC covaria
 ``train_factors`` returns the kept row of every sample it is asked about that was fitted on: when
 the train data are the fit data, the train side of a whole fill costs no forward or backward pass.
 ``fisher_type="pydvl"`` fits on pseudo-gradients, not loss gradients, so nothing is kept there.
+With ``"ekfac"`` and ``fisher_type="empirical"``, the covariance pass keeps them and the
+eigenvalue correction is taken from the kept rows (each sample as often as the fit data hold
+it): one pass over the fit data instead of two, the same eigenvalues up to rounding.
 """
 
 from __future__ import annotations
@@ -247,6 +250,10 @@ class ProjectedInfluence(LayerwiseInfluence):
     strict_coverage : bool
         Raise instead of warning when trainable parameters are left out
         (:class:`~infl_array.torch.layerwise.coverage.PartialCoverageWarning`).
+    relative_regularization : bool
+        Damp each layer by ``regularization`` times the mean eigenvalue of its projected
+        curvature (``"fisher"``: times the mean diagonal of the projected Fisher); see
+        :class:`~infl_array.torch.layerwise.base.LayerwiseInfluence`.
 
     Attributes
     ----------
@@ -286,6 +293,7 @@ class ProjectedInfluence(LayerwiseInfluence):
         progress: bool = False,
         reuse_fit_gradients: bool = True,
         strict_coverage: bool = False,
+        relative_regularization: bool = False,
     ) -> None:
         super().__init__(
             model,
@@ -296,6 +304,7 @@ class ProjectedInfluence(LayerwiseInfluence):
             memory_budget=memory_budget,
             progress=progress,
             strict_coverage=strict_coverage,
+            relative_regularization=relative_regularization,
         )
         if preconditioner not in PRECONDITIONERS:
             raise ValueError(
@@ -412,6 +421,12 @@ class ProjectedInfluence(LayerwiseInfluence):
             return None
         return FitRows(n, self.width, flat.theta.new_empty(0, dtype=self.work_dtype))
 
+    def _fit_gradients_are_curvature(self) -> bool:
+        return self.fisher_type == "empirical"
+
+    def _kept_fit_gradients(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return None if self.fit_rows is None else self.fit_rows.weighted()
+
     def _keep_fit_rows(self, x: torch.Tensor, y: torch.Tensor, phi: torch.Tensor) -> None:
         """Keep the projected gradients ``phi`` of the fit batch ``(x, y)`` in :attr:`fit_rows`."""
         if self.fit_rows is not None:
@@ -434,7 +449,8 @@ class ProjectedInfluence(LayerwiseInfluence):
             lasting=True,
         )
         fisher = total.to(torch.float64) / n
-        fisher.diagonal().add_(self.lam)
+        self.layer_regularization = [self._damping(float(fisher.diagonal().mean()))]
+        fisher.diagonal().add_(self.layer_regularization[0])
         chol, info = torch.linalg.cholesky_ex(fisher)
         if int(info) != 0:
             raise ValueError(
@@ -469,9 +485,11 @@ class ProjectedInfluence(LayerwiseInfluence):
             solved = torch.cholesky_solve(phi.T.to(torch.float64), self._fisher_chol)
             return solved.T.to(phi.dtype)
         out, offset = torch.empty_like(phi), 0
-        for c, (k_out, k_in) in zip(self.curvature, self.projection_shapes, strict=True):
+        for c, (k_out, k_in), lam in zip(
+            self.curvature, self.projection_shapes, self.layer_regularization, strict=True
+        ):
             m = phi[:, offset : offset + k_out * k_in].reshape(-1, k_out, k_in)
-            out[:, offset : offset + k_out * k_in] = c.solve(m, self.lam).flatten(1)
+            out[:, offset : offset + k_out * k_in] = c.solve(m, lam).flatten(1)
             offset += k_out * k_in
         return out
 

@@ -37,6 +37,7 @@ class _Layerwise(Protocol):
     layers: list[LayerSpec]
     budget: Budget
     lam: float
+    layer_regularization: list[float]
 
     @property
     def work_dtype(self) -> torch.dtype: ...
@@ -77,6 +78,16 @@ class _Layerwise(Protocol):
         desc: str,
         use: Callable[[int, torch.Tensor, torch.Tensor], None],
         keep: SampleHook | None = None,
+    ) -> None: ...
+
+    def _fit_gradients_are_curvature(self) -> bool: ...
+
+    def _damping(self, mean_eigenvalue: float) -> float: ...
+
+    def _kept_fit_gradients(self) -> tuple[torch.Tensor, torch.Tensor] | None: ...
+
+    def _moments_from_kept(
+        self, curv: list[KroneckerCurvature], rows: torch.Tensor, weights: torch.Tensor
     ) -> None: ...
 
 
@@ -152,6 +163,29 @@ class WorkingSpaceMixin:
                 if keep is not None and out is not None:
                     keep(x, y, out)
 
+    def _fit_gradients_are_curvature(self: _Layerwise) -> bool:
+        """Whether the curvature passes take the loss gradients (what ``keep`` is given)."""
+        return False
+
+    def _kept_fit_gradients(self: _Layerwise) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The per-sample working-space gradients ``keep`` kept of every fit sample and their
+        multiplicities (see :meth:`_fit_kronecker`), or None when not all were kept."""
+        return None
+
+    def _moments_from_kept(
+        self: _Layerwise, curv: list[KroneckerCurvature], rows: torch.Tensor, weights: torch.Tensor
+    ) -> None:
+        """The EK-FAC eigenvalue moments of every layer from kept per-sample gradients."""
+        dims = [self._dims(i) for i in range(len(curv))]
+        per = self._itemsize * 3 * max(d_out * d_in for d_out, d_in in dims)
+        what = "the kept per-sample gradients of one layer"
+        for chunk in sample_chunks(rows.shape[0], per, self.budget, what):
+            offset = 0
+            for c, (d_out, d_in) in zip(curv, dims, strict=True):
+                m = rows[chunk, offset : offset + d_out * d_in].reshape(-1, d_out, d_in)
+                c.add_gradient_moments(m, weights[chunk])
+                offset += d_out * d_in
+
     def _fit_kronecker(
         self: _Layerwise, correct: bool, keep: SampleHook | None = None
     ) -> list[KroneckerCurvature]:
@@ -161,6 +195,13 @@ class WorkingSpaceMixin:
         eigenvalue pass for EK-FAC) also forms each batch's per-sample working-space gradients
         (:meth:`_working_gradients`) from the working tensors it has anyway, and calls
         ``keep(x, y, gradients)``.
+
+        One pass for EK-FAC: when the curvature gradients are the loss gradients
+        (:meth:`_fit_gradients_are_curvature`) and ``keep`` keeps them, the covariance pass
+        calls ``keep``, and the eigenvalue moments are taken from the kept gradients
+        (:meth:`_kept_fit_gradients`, each sample as often as the fit data hold it) instead
+        of a second pass over the fit data: the same moments, without a forward or backward
+        pass. Where not all were kept, the second pass runs.
         """
         like = self._require_fit().theta.new_empty(0, dtype=self.work_dtype)
         held = sum(
@@ -186,15 +227,22 @@ class WorkingSpaceMixin:
         def moments(i: int, acts: torch.Tensor, grads: torch.Tensor) -> None:
             curv[i].add_eigenvalue_moments(acts, grads, self.budget)
 
-        self._fit_pass("K-FAC factors", covariances, None if correct else keep)
+        one_pass = correct and keep is not None and self._fit_gradients_are_curvature()
+        self._fit_pass("K-FAC factors", covariances, keep if one_pass or not correct else None)
         for c in curv:
             c.eigendecompose()
         if correct:
-            self._fit_pass("EK-FAC eigenvalues", moments, keep)
+            kept = self._kept_fit_gradients() if one_pass else None
+            if kept is None:
+                self._fit_pass("EK-FAC eigenvalues", moments, None if one_pass else keep)
+            else:
+                self._moments_from_kept(curv, *kept)
             for c in curv:
                 c.finish_correction()
+        self.layer_regularization = []
         for c in curv:
             assert c.eigenvalues is not None
             check_finite(c.eigenvalues, f"the curvature eigenvalues of layer {c.name!r}")
-            c.check_invertible(self.lam)
+            self.layer_regularization.append(self._damping(float(c.eigenvalues.mean())))
+            c.check_invertible(self.layer_regularization[-1])
         return curv

@@ -119,6 +119,31 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 # --------------------------------------------------------------------------- tests
 @pytest.mark.parametrize("update_diagonal", [False, True])
+def test_relative_regularization_matches_brute_force(
+    setup: dict[str, Any], update_diagonal: bool
+) -> None:
+    """Each layer damped by 0.1 times its mean curvature eigenvalue (Kronfluence's rule)."""
+    model, train, test = setup["model"], setup["train"], setup["test"]
+    curv = [reference_curvature(s, update_diagonal) for s in per_position(model, *train, "pydvl")]
+    expected = torch.zeros(7, 40, dtype=torch.float64)
+    for h, gt, gr in zip(
+        curv, reference_grads(model, *test), reference_grads(model, *train), strict=True
+    ):
+        reg = 0.1 * float(torch.trace(h)) / h.shape[0]  # 0.1 x the mean eigenvalue
+        expected += (
+            torch.linalg.solve(h + reg * torch.eye(h.shape[0], dtype=h.dtype), gt.T).T @ gr.T
+        )
+    infl = EkfacInfluence(
+        model, CE, 0.1, update_diagonal=update_diagonal, relative_regularization=True
+    ).fit(train)
+    assert rel(infl.influences(*test, *train), expected) < 1e-10
+    means = [float(torch.trace(h)) / h.shape[0] for h in curv]
+    np.testing.assert_allclose(infl.layer_regularization, 0.1 * np.array(means), rtol=1e-10)
+    assert infl.influence_config()["relative_regularization"] is True
+    assert "relative_regularization" not in EkfacInfluence(model, CE, 0.1).influence_config()
+
+
+@pytest.mark.parametrize("update_diagonal", [False, True])
 @pytest.mark.parametrize("fisher_type", ["empirical", "pydvl"])
 def test_matches_brute_force(setup: dict[str, Any], fisher_type: str, update_diagonal: bool):
     model, train, test = setup["model"], setup["train"], setup["test"]
@@ -297,6 +322,7 @@ def test_float32_model_close_to_float64(setup: dict[str, Any]) -> None:
         ({"memory_budget": 0}, ValueError, "memory_budget must be a positive integer"),
         ({"batch_size": 0}, ValueError, "batch_size must be a positive integer"),
         ({"progress": "no"}, TypeError, "progress must be a bool"),
+        ({"relative_regularization": 1}, TypeError, "relative_regularization must be a bool"),
     ],
 )
 def test_bad_arguments(setup: dict[str, Any], kwargs: dict, error: type, match: str) -> None:
@@ -334,8 +360,11 @@ def test_unfitted_and_bad_factors(setup: dict[str, Any]) -> None:
 
 def test_singular_curvature_needs_regularization(setup: dict[str, Any]) -> None:
     # pyDVL's pseudo-gradients sum to zero over the classes: G of the last layer is singular
-    with pytest.raises(ValueError, match=r"layer '7' is singular.*regularization > 0"):
+    with pytest.raises(ValueError, match=r"layer '7' is singular.*Pass a regularization > "):
         EkfacInfluence(setup["model"]).fit(setup["train"])
+    # positive but below the rounding of the largest eigenvalue: said so, with the size needed
+    with pytest.raises(ValueError, match=r"1e-30 is positive but too small.*regularization > "):
+        EkfacInfluence(setup["model"], regularization=1e-30).fit(setup["train"])
 
 
 def test_values_are_helpful_positive(setup: dict[str, Any]) -> None:

@@ -107,6 +107,47 @@ def test_capture_matches_torch_func(make, shape) -> None:
         assert p.grad is None
 
 
+class NormNet(nn.Module):
+    """Two LayerNorms, one without a bias, at positions ``(n, T, d)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, 6)
+        self.norm = nn.LayerNorm(6)
+        self.norm2 = nn.LayerNorm(6, bias=False)
+        self.head = nn.Linear(6, 3)
+        with torch.no_grad():
+            for p in (self.norm.weight, self.norm.bias, self.norm2.weight):
+                p.normal_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm2(torch.tanh(self.norm(self.proj(x)))).mean(dim=1))
+
+
+def test_layer_norm_gradients_match_torch_func() -> None:
+    """``nn.LayerNorm``'s closed-form per-sample gradients (no re-run of the module)."""
+    torch.manual_seed(0)
+    model = NormNet().double()
+    x, y = torch.randn(7, 5, 4, dtype=torch.float64), torch.randint(0, 3, (7,))
+    layers, _ = find_layers(model)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def one(p, xi, yi):
+        return F.cross_entropy(functional_call(model, p, (xi[None],)), yi[None])
+
+    g = vmap(grad(one), in_dims=(None, 0, 0))(params, x, y)
+    got = layer_gradients(model, layers, x, y, F.cross_entropy)
+    offset = 0
+    for spec in layers:
+        if spec.kind == "module":
+            expected = torch.cat([g[name].reshape(7, -1) for name in spec.parameter_names], 1)
+            torch.testing.assert_close(
+                got[:, offset : offset + spec.n_params], expected, rtol=1e-12, atol=1e-14
+            )
+        offset += spec.n_params
+    assert [s.name for s in layers if s.kind == "module"] == ["norm", "norm2"]
+
+
 def test_capture_records_positions_and_calls() -> None:
     torch.manual_seed(0)
     model = ConvNet().double()

@@ -344,6 +344,50 @@ def test_fit_rows_with_duplicate_samples(setup: dict[str, Any]) -> None:
     assert len(infl.fit_rows) == 20
 
 
+@pytest.mark.parametrize("preconditioner", ["ekfac", "fisher"])
+def test_relative_regularization(setup: dict[str, Any], preconditioner: str) -> None:
+    """Unprojected with layers damped relative to their curvature: EK-FAC's values (same
+    rule), and the explicit Fisher solve at 0.1 x its mean diagonal."""
+    kw: dict[str, Any] = {"relative_regularization": True, "preconditioner": preconditioner}
+    got = projected(setup, projection_dim=N_PARAMS, **kw)
+    if preconditioner == "ekfac":
+        full = EkfacInfluence(
+            setup["model"], CE, REG, update_diagonal=True, relative_regularization=True
+        )
+        expected = full.fit(setup["train"]).influences(*setup["test"], *setup["train"])
+    else:
+        g = torch.cat(reference_grads(setup["model"], *setup["train"]), dim=1)
+        gt = torch.cat(reference_grads(setup["model"], *setup["test"]), dim=1)
+        fisher = g.T @ g / g.shape[0]
+        damped = fisher + REG * fisher.diagonal().mean() * torch.eye(N_PARAMS, dtype=g.dtype)
+        expected = torch.linalg.solve(damped, gt.T).T @ g.T
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_ekfac_fit_in_one_pass(setup: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Empirical EK-FAC with kept fit rows: one pass over the fit data, the eigenvalues of two
+    (a sample the fit data hold twice counts twice)."""
+    x, y = setup["train"]
+    twice = (torch.cat([x, x[:10]]), torch.cat([y, y[:10]]))
+    kw: dict[str, Any] = {"projection_dim": 64, "fisher_type": "empirical", "batch_size": 25}
+    two = ProjectedInfluence(setup["model"], CE, REG, reuse_fit_gradients=False, **kw)
+    two.fit(twice)
+    passes = count_passes(monkeypatch)
+    one = ProjectedInfluence(setup["model"], CE, REG, **kw).fit(twice)
+    assert passes == [25, 25]  # the 50 samples once
+    for a, b in zip(one.curvature, two.curvature, strict=True):
+        assert a.eigenvalues is not None and b.eigenvalues is not None
+        torch.testing.assert_close(a.eigenvalues, b.eigenvalues, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(
+        one.test_factors(*setup["test"]), two.test_factors(*setup["test"]), rtol=1e-9, atol=1e-12
+    )
+    # without kept rows (pyDVL's curvature, or over the budget): two passes, as before
+    passes.clear()
+    kw["memory_budget"] = 4 * 50 * 64 * 8 - 1
+    ProjectedInfluence(setup["model"], CE, REG, **kw).fit(twice)
+    assert passes == [25, 25, 25, 25]
+
+
 def test_fit_rows_by_content() -> None:
     from infl_array.torch.layerwise.fitrows import FitRows, sample_keys
 
@@ -358,6 +402,10 @@ def test_fit_rows_by_content() -> None:
     rows.add(keys[:2] + keys[:1], values[[0, 1, 0]])  # a sample twice in one batch: kept once
     rows.add(keys[2:], values[2:])
     assert len(rows) == 4 and rows.nbytes == 4 * 2 * 4
+    weighted = rows.weighted()
+    assert weighted is not None
+    torch.testing.assert_close(weighted[0], values)
+    assert weighted[1].tolist() == [2, 1, 1, 1]  # how many times each sample was added
     found, kept = rows.take([keys[3], b"other", keys[0]])
     assert found == [0, 2] and kept is not None
     torch.testing.assert_close(kept, values[[3, 0]])
@@ -365,3 +413,4 @@ def test_fit_rows_by_content() -> None:
         rows.add(keys[:2], values[:1])
     rows.add([b"new sample"], values[:1])  # over capacity: nothing is kept any more
     assert not rows.active and len(rows) == 0 and rows.take(keys) == ([], None)
+    assert rows.weighted() is None
