@@ -204,12 +204,15 @@ def scan_top_k(
     counts: ScanCounts | None = None,
     skip: bool = False,
     start: int = 0,
+    band: range | None = None,
 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """The top-``k`` along ``axis`` of every row of ``row_blocks``: ``{block: (values, indices)}``.
 
     Only the entries from index ``start`` on along the reduced axis are candidates (a top-k
     row brought up to date after an append scans only the new points,
-    :mod:`infl_array.engine.top_k_bases`); a row with none gets no entry.
+    :mod:`infl_array.engine.top_k_bases`); a row with none gets no entry. ``band`` (block
+    indices along the reduced axis) restricts the scan to those blocks
+    (:mod:`infl_array.engine.top_k_bands`).
 
     Stored blocks are read, missing ones computed in memory (nothing is written); a missing
     block with no source raises :class:`~infl_array.errors.MissingBlockError` naming it. With
@@ -224,7 +227,7 @@ def scan_top_k(
     rows = sorted(set(row_blocks))
     n_inner = engine.grid_shape[axis]
     first_inner = start // engine.block_shape[axis] if start < engine.shape[axis] else n_inner
-    inner = list(range(first_inner, n_inner))
+    inner = [b for b in range(first_inner, n_inner) if band is None or b in band]
     bounds = NormBounds.of(engine, axis, rows, inner) if skip and k > 0 and rows else None
     if bounds is not None:
         inner = bounds.order
