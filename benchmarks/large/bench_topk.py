@@ -405,6 +405,18 @@ def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x"
 
 
+def _fill_stats(d: Mapping[str, Any]) -> str:
+    """How the first answer's fill went (records from before the fill by bands lack it)."""
+    stats = d.get("first_stats")
+    if stats is None:
+        return ""
+    return (
+        f"; its fill went by {stats['bands_computed']} bands, computing "
+        f"{stats['train_factors']} train factor blocks (of {-(-d['n_train'] // d['block'][1])}) "
+        f"and reading {stats['factor_reads']} factor blocks from the store"
+    )
+
+
 def _pct(a: float, b: float) -> str:
     return f"{100 * a / b:.1f}%"
 
@@ -564,11 +576,7 @@ def render(record: Mapping[str, Any]) -> str:
         f"{d['faiss_max_abs_diff']:.2g}: its sums run in another order, and it breaks ties "
         f"its own way); the repeated `top_k` equals the stored top-k array: "
         f"{'yes' if d['query_same'] else '**no**'}. The first answer stored "
-        f"{d['matrix_blocks_stored']} matrix blocks; its fill went by "
-        f"{d['first_stats']['bands_computed']} bands, computing "
-        f"{d['first_stats']['train_factors']} train factor blocks (of "
-        f"{-(-n_train // d['block'][1])}) and reading {d['first_stats']['factor_reads']} "
-        "factor blocks from the store.",
+        f"{d['matrix_blocks_stored']} matrix blocks{_fill_stats(d)}.",
         "",
         "Store bytes:",
         "",
