@@ -163,6 +163,8 @@ class TopKEngine(BlockEngine):
         self._ready: dict[BlockCoords, np.ndarray] = {}
         self.bands_computed = 0
         """Bands this object's fills computed (:mod:`infl_array.engine.top_k_bands`)."""
+        self.band_counts = ScanCounts()
+        """Matrix blocks the bands of this object's fills read, computed and skipped here."""
 
     def tiles(self, blocks: list[BlockCoords]) -> list[list[BlockCoords]]:
         """One tile of every row block asked for (one scan of the matrix for all of them)."""
@@ -199,12 +201,12 @@ class TopKEngine(BlockEngine):
     def top_k_stats(self) -> TopKStats:
         """What this engine computed so far (:class:`TopKStats`)."""
         counts = self.source.counts if self.source is not None else ScanCounts()
-        base = self.stats()
+        bands, base = self.band_counts, self.stats()
         return TopKStats(
             row_blocks_computed=base.blocks_computed,
-            blocks_read=counts.blocks_read,
-            blocks_computed=counts.blocks_computed,
-            blocks_skipped=counts.blocks_skipped,
+            blocks_read=counts.blocks_read + bands.blocks_read,
+            blocks_computed=counts.blocks_computed + bands.blocks_computed,
+            blocks_skipped=counts.blocks_skipped + bands.blocks_skipped,
             test_factors=base.test_factors,
             train_factors=base.train_factors,
             factor_reads=base.factor_reads,
@@ -342,6 +344,10 @@ class TopKArray:
             fill_store(bands, progress=progress, workers=workers, client=client)
             done = bands.stats()
             engine.bands_computed += done.blocks_computed
+            if bands.source is not None:  # what this process scanned (workers count theirs)
+                for field in ("blocks_read", "blocks_computed", "blocks_skipped"):
+                    add = getattr(bands.source.counts, field)
+                    setattr(engine.band_counts, field, getattr(engine.band_counts, field) + add)
             engine.add_worker_stats(
                 {k: v for k, v in bands.worker_counts.items() if k != "blocks_computed"}
             )

@@ -79,13 +79,13 @@ def _key(values: np.ndarray, largest: bool) -> np.ndarray:
 
 
 def worst_kept(best: tuple[np.ndarray, np.ndarray] | None, k: int, largest: bool) -> Any:
-    """The sort key of each row's ``k``-th best entry so far (``(r,)``), or None while the
-    rows hold fewer than ``k`` entries; a NaN key (a row whose best holds NaN) becomes
-    ``inf``, so that nothing is filtered out of that row."""
+    """The sort key of each row's ``k``-th best entry so far (``(r,)``), or None (nothing can
+    be dropped) while the rows hold fewer than ``k`` entries or a row's ``k``-th best is NaN
+    (a NaN of a lower index could still enter)."""
     if best is None or best[0].shape[1] < k or k == 0:
         return None
     kth = _key(best[0][:, k - 1], largest)
-    return np.where(np.isnan(kth), np.inf, kth)
+    return None if np.isnan(kth).any() else kth
 
 
 def block_best(
@@ -124,14 +124,19 @@ def block_best(
     else:
         cols = np.argpartition(key, kk - 1, axis=1)[:, :kk]
         sub = np.take_along_axis(key, cols, axis=1)
-        kth = sub.max(axis=1, keepdims=True)  # the kk-th best of the row
+        kth = sub.max(axis=1, keepdims=True)  # the kk-th best of the row (NaN: sorts last)
         # rows with more entries tied at the boundary than were taken: lowest indices first
-        unsure = (key == kth).sum(axis=1) != (sub == kth).sum(axis=1)
+        unsure = _tied(key, kth).sum(axis=1) != _tied(sub, kth).sum(axis=1)
         if unsure.any():
             cols[unsure] = np.argsort(key[unsure], axis=1, kind="stable")[:, :kk]
             sub[unsure] = np.take_along_axis(key[unsure], cols[unsure], axis=1)
         cols = np.take_along_axis(cols, np.lexsort((cols, sub), axis=-1), axis=1)
     return np.take_along_axis(values, cols, axis=1), cols.astype(np.int64) + first
+
+
+def _tied(key: np.ndarray, kth: np.ndarray) -> np.ndarray:
+    """Entries equal to their row's ``kth``, NaN equal to NaN (NaN ranks last, tied)."""
+    return (key == kth) | (np.isnan(key) & np.isnan(kth))
 
 
 def _kept_candidates(
@@ -141,7 +146,8 @@ def _kept_candidates(
     with their indices (padding: key ``inf``, index ``2**62``); None when more than a quarter
     of a row is kept (the plain sort is then as fast)."""
     r, m = values.shape
-    keep = _key(values, largest) <= worst[:, None]
+    # key <= worst without the negated copy: NaN entries fail both comparisons
+    keep = values >= -worst[:, None] if largest else values <= worst[:, None]
     counts = keep.sum(axis=1)
     c = int(counts.max()) if r else 0
     if 4 * c > m:

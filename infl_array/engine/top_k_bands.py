@@ -43,7 +43,15 @@ import numpy as np
 
 from infl_array.engine.block_engine import BlockEngine
 from infl_array.engine.sources import PlainSource
-from infl_array.engine.top_k import ScanCounts, computes_stored, merge_best, scan_top_k
+from infl_array.engine.top_k import (
+    ScanCounts,
+    block_best,
+    computes_stored,
+    merge_best,
+    scan_top_k,
+    worst_kept,
+)
+from infl_array.engine.validate import checked_block
 from infl_array.storage import layout
 from infl_array.storage.grid import BlockCoords, block_range
 from infl_array.storage.topk import TopKGrid, create_top_k_grid, find_top_k_grid, top_k_dtype
@@ -64,6 +72,13 @@ MAX_BANDS = 64
 little to a kill (a band's work at most), few enough to keep the band array small
 (``MAX_BANDS * n_rows * k`` values and indices while the fill runs: 768 MB for 10,000 rows
 and ``k=100``, deleted when the fill ends)."""
+MIN_BAND_BLOCKS = 8
+"""Fewest blocks of the reduced axis in a band (bar a short axis): after a band's first
+block, entries worse than a row's running ``k``-th are dropped before sorting
+(:func:`~infl_array.engine.top_k.block_best`), which a band of one block never gets to."""
+PRODUCT_VALUES = 1 << 24
+"""Most values (64 MB of float32) one product of a band scan computes: the rows of a band are
+multiplied with a block of the reduced axis this many values at a time."""
 MAX_BAND_CHUNK_BYTES = 256 << 20
 """Largest band chunk (``n_rows * k`` int64 indices) a fill by bands writes; larger top-k
 arrays are filled row block by row block."""
@@ -72,16 +87,17 @@ arrays are filled row block by row block."""
 @dataclass(frozen=True, slots=True)
 class BandPlan:
     """How the reduced axis (``n_inner`` points in blocks of ``inner_block``) is cut into bands
-    of ``blocks_per_band`` whole blocks, each at least ``k`` points long.
+    of ``blocks_per_band`` whole blocks (at least :data:`MIN_BAND_BLOCKS`), each at least ``k``
+    points long.
 
     >>> plan = BandPlan.of(n_inner=100, inner_block=10, k=3)
-    >>> plan.n_bands, plan.blocks_per_band, plan.blocks(1), plan.blocks(6)
-    (10, 1, range(1, 2), range(6, 7))
-    >>> plan = BandPlan.of(n_inner=95, inner_block=4, k=6)
-    >>> plan.n_bands, plan.blocks(11)
-    (12, range(22, 24))
+    >>> plan.n_bands, plan.blocks_per_band, plan.blocks(0), plan.blocks(1)
+    (2, 8, range(0, 8), range(8, 10))
+    >>> plan = BandPlan.of(n_inner=95, inner_block=2, k=7)
+    >>> plan.n_bands, plan.blocks(5)
+    (6, range(40, 48))
     >>> BandPlan.of(n_inner=1_000_000, inner_block=8192, k=100).n_bands
-    62
+    16
     """
 
     n_inner: int
@@ -93,7 +109,7 @@ class BandPlan:
     def of(cls, n_inner: int, inner_block: int, k: int) -> BandPlan:
         """The bands of a reduced axis (see the class docstring)."""
         n_blocks = -(-n_inner // inner_block)
-        per_band = -(-n_blocks // MAX_BANDS)
+        per_band = max(MIN_BAND_BLOCKS, -(-n_blocks // MAX_BANDS))
         while True:
             n_bands = -(-n_blocks // per_band)
             last = n_inner - (n_bands - 1) * per_band * inner_block
@@ -133,17 +149,54 @@ class BandSource(PlainSource):
         return (self.plan.n_bands * self.n_rows, self.where.k)
 
     def scan(self, band: int) -> np.ndarray:
-        """Band ``band`` as one structured array (``"values"``, ``"indices"``), ``(n_rows, k)``."""
+        """Band ``band`` as one structured array (``"values"``, ``"indices"``), ``(n_rows, k)``.
+
+        When none of the band's matrix blocks is stored (a top-k stores none), the rows are
+        multiplied with each block of the band in a few large products (:meth:`_scan_wide`);
+        otherwise block by block (:func:`~infl_array.engine.top_k.scan_top_k`: stored blocks
+        read).
+        """
         k, axis, largest = self.where.k, self.where.axis, self.where.largest
         row_blocks = range(self.matrix.grid_shape[1 - axis])
-        found = scan_top_k(
-            self.matrix, k, axis, largest, row_blocks, self.counts, band=self.plan.blocks(band)
-        )
+        blocks = self.plan.blocks(band)
+        stored = self.matrix.refresh()
+        if not any(c[axis] in blocks for c in stored):
+            return self._scan_wide(blocks)
+        found = scan_top_k(self.matrix, k, axis, largest, row_blocks, self.counts, band=blocks)
         packed = np.empty((self.n_rows, k), dtype=top_k_dtype(self.matrix.dtype))
         per_block = self.matrix.block_shape[1 - axis]
         for b, (values, indices) in found.items():
             packed["values"][b * per_block : b * per_block + len(values)] = values
             packed["indices"][b * per_block : b * per_block + len(values)] = indices
+        return packed
+
+    def _scan_wide(self, blocks: range) -> np.ndarray:
+        """The band of ``blocks`` computed in products of up to :data:`PRODUCT_VALUES` values
+        (rows in runs of whole row blocks), each rounded as the store would hold it."""
+        k, axis, largest = self.where.k, self.where.axis, self.where.largest
+        matrix, source = self.matrix, self.matrix.source
+        assert source is not None
+        per_block, inner_len = matrix.block_shape[1 - axis], matrix.block_shape[axis]
+        run = per_block * max(1, PRODUCT_VALUES // (per_block * inner_len))
+        best: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        compression = matrix.store.meta.compression
+        for b in blocks:
+            inner = block_range(b, inner_len, matrix.shape[axis])
+            for start in range(0, self.n_rows, run):
+                rows = range(start, min(start + run, self.n_rows))
+                test, train = (rows, inner) if axis == 1 else (inner, rows)
+                coords = (start // per_block, b) if axis == 1 else (b, start // per_block)
+                values = checked_block(source.compute_block, coords, test, train, matrix.dtype)
+                values = compression.stored_values(values)
+                values = values if axis == 1 else values.T
+                self.counts.blocks_computed += -(-len(rows) // per_block)
+                found = best.get(start)
+                new = block_best(values, inner.start, k, largest, worst_kept(found, k, largest))
+                best[start] = merge_best(found, new, k, largest)
+        packed = np.empty((self.n_rows, k), dtype=top_k_dtype(matrix.dtype))
+        for start, (values, indices) in best.items():
+            packed["values"][start : start + len(values)] = values
+            packed["indices"][start : start + len(values)] = indices
         return packed
 
     def compute_block(self, rows: range, cols: range) -> Any:

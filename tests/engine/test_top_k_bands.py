@@ -20,7 +20,7 @@ from infl_array.storage import layout
 def test_a_fill_by_bands_equals_the_brute_force_and_leaves_no_bands(
     tmp_path: Path, k: int, axis: int, largest: bool, workers: int | None
 ) -> None:
-    arr, full = model_array(tmp_path / "s", 14, 23, (3, 4))
+    arr, full = model_array(tmp_path / "s", 70, 70, (3, 4))
     tk = arr.top_k_array(k, axis=axis, largest=largest)
     n_blocks = arr.grid_shape[axis]
     plan = BandPlan.of(arr.shape[axis], arr.block_shape[axis], k)
@@ -41,6 +41,17 @@ def test_a_fill_by_bands_equals_the_brute_force_and_leaves_no_bands(
     assert tk.fill(progress=False) == 0
 
 
+def test_bands_with_stored_matrix_blocks_read_them(tmp_path: Path) -> None:
+    arr, full = model_array(tmp_path / "s", 10, 40, (3, 4))
+    arr[:, 4:9]  # stores the matrix blocks of train block 1 and 2 (rounded as stored)
+    stored = arr.computed.copy()
+    tk = arr.top_k_array(3)
+    tk.fill(progress=False)
+    assert tk.stats.blocks_read == int(stored.sum()) and tk.stats.bands_computed == 2
+    np.testing.assert_array_equal(tk.indices[:], brute_top_k(full, 3, 1, True)[1])
+    assert (arr.computed == stored).all()
+
+
 def test_the_factors_of_each_band_are_read_once_by_each_fill(tmp_path: Path) -> None:
     """With the factors stored, a second top-k array's fill reads each train factor block
     once (the rows of every test block at once), whatever the number of row blocks."""
@@ -57,7 +68,7 @@ def test_the_factors_of_each_band_are_read_once_by_each_fill(tmp_path: Path) -> 
 
 
 def test_a_killed_fill_resumes_with_the_bands_not_stored(tmp_path: Path) -> None:
-    arr, full = model_array(tmp_path / "s", 10, 29, (4, 3))
+    arr, full = model_array(tmp_path / "s", 10, 80, (4, 3))
     tk = arr.top_k_array(3, largest=False)
     where = layout.top_k(3, axis=1, largest=False)
     bands = band_engine(arr._engine, where, missing_rows=3)
