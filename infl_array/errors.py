@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "BlockFunctionError",
     "CorruptBlockError",
+    "MemoryBudgetError",
     "MissingBlockError",
     "NotAStoreError",
     "SampleError",
@@ -48,6 +49,31 @@ class MissingBlockError(LookupError):
     def __init__(self, block_coords: tuple[int, int], message: str) -> None:
         super().__init__(message)
         self.block_coords = block_coords
+
+
+class MemoryBudgetError(MemoryError):
+    """Something would take more memory than the ``memory_budget`` has left.
+
+    Raised before allocating (:class:`~infl_array.engine.budget.Budget`). ``what`` names what
+    asked, ``nbytes`` how much, ``budget`` the budget's bytes and ``held`` what held the rest
+    (``{what: bytes}``); the message says the fix. A ``MemoryError``, so ``except MemoryError``
+    keeps working.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        what: str = "",
+        nbytes: int = 0,
+        budget: int = 0,
+        held: dict[str, int] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.what = what
+        self.nbytes = nbytes
+        self.budget = budget
+        self.held = dict(held or {})
 
 
 class StaleCacheError(ValueError):

@@ -33,7 +33,12 @@ Also optional, and used when present: ``check_data(x, y, what=...)`` refuses dat
 cannot take (called on the first samples of each data set by ``create`` and ``open``, before
 anything is written); ``diagnostics()`` returns ``{key: message}`` of what the solves found
 (recorded in the store as notes, :mod:`infl_array.storage.notes`); ``prepare()`` runs deferred
-fitting work (called before the model is sent to worker processes).
+fitting work (called before the model is sent to worker processes); ``budget`` (an
+:class:`~infl_array.engine.budget.Budget`) is the memory budget the backend holds its memory in:
+arrays made from it draw their factor memo, decoded blocks and working space from the same
+budget, so that the backend's ``memory_budget`` bounds them together; ``test_factor_width`` and
+``train_factor_width`` say how many columns the factors have (a new store's default block shape
+is chosen from them and the budget).
 
 This module imports neither torch nor zarr.
 """
@@ -136,6 +141,21 @@ class ParameterFingerprinted(Protocol):
     def changed_parameters(self) -> list[str]:
         """Names of the parameters whose values differ from those at fit (empty if none)."""
         ...
+
+
+@runtime_checkable
+class Budgeted(Protocol):
+    """Optional: the :class:`~infl_array.engine.budget.Budget` the backend holds its memory in."""
+
+    budget: Any
+
+
+@runtime_checkable
+class FactorWidths(Protocol):
+    """Optional: the number of columns of the test and train factors."""
+
+    test_factor_width: Any
+    train_factor_width: Any
 
 
 @runtime_checkable

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -149,10 +151,21 @@ def bounded(fn: Callable[[], Any], seconds: float) -> tuple[Any, float]:
     started = time.monotonic()
     thread.start()
     thread.join(seconds)
-    assert not thread.is_alive(), f"still running after {seconds} s: it hangs"
+    assert not thread.is_alive(), (
+        f"still running after {seconds} s: it hangs; where each thread waits:\n{_stacks()}"
+    )
     if "error" in out:
         raise out["error"]
     return out["value"], time.monotonic() - started
+
+
+def _stacks() -> str:
+    """The stack of every thread of the process (where a hang waits)."""
+    names = {t.ident: t.name for t in threading.enumerate()}
+    return "\n".join(
+        f"--- thread {names.get(ident, ident)}\n" + "".join(traceback.format_stack(frame))
+        for ident, frame in sys._current_frames().items()
+    )
 
 
 class FeatureFactors:

@@ -286,12 +286,16 @@ def run(n: int, work: Path, rng: random.Random, tally: Tally) -> None:
     """``n`` damaged-chunk faults, about half on the model stores."""
     import infl_array.storage.claims as claims
 
+    ttl = claims.CLAIM_TTL_S
     claims.CLAIM_TTL_S = 1.0  # a garbled claim holds its unit one lifetime: keep it short
     t0 = now()
-    bases = [function_base(work), *model_bases(work)]
-    for k in range(n):
-        base = bases[0] if rng.random() < 0.5 else rng.choice(bases[1:])
-        one_fault(base, work, rng, tally)
-        if k % 200 == 199:
-            print(f"  damage {k + 1}/{n}: {dict(tally.outcomes)}", flush=True)
+    try:
+        bases = [function_base(work), *model_bases(work)]
+        for k in range(n):
+            base = bases[0] if rng.random() < 0.5 else rng.choice(bases[1:])
+            one_fault(base, work, rng, tally)
+            if k % 200 == 199:
+                print(f"  damage {k + 1}/{n}: {dict(tally.outcomes)}", flush=True)
+    finally:
+        claims.CLAIM_TTL_S = ttl  # the later kinds run with the package's lifetime
     tally.seconds += now() - t0

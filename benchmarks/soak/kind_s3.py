@@ -3,10 +3,17 @@
 A WSGI middleware in front of moto's app answers a random share of requests with
 ``500 InternalError`` or ``503 SlowDown``, or holds them past the client's read timeout (a
 timeout); each such answer is a fault. Each trial fills a small ``from_function`` store on the
-server (12 x 15, blocks 4 x 5) and reads slices of it while faults are injected (each read must
-be right or raise), then, with injection off, every stored block must decode and equal the
-reference, a new ``fill()`` must compute exactly the missing blocks, and the matrix must equal
-the reference. Every step has a time bound.
+server (12 x 15, blocks 4 x 5) and makes :data:`READS` reads of slices of it, then a ``fill()``,
+while faults are injected (each read must be right or raise a clear error), then, with
+injection off, every stored block must decode and equal the reference, a new ``fill()`` must
+compute exactly the missing blocks, and the matrix must equal the reference. Every step has a
+time bound.
+
+Two clients: the steps under faults use an impatient one (:func:`fault_options`: 0.5 s
+timeouts, one botocore attempt per try of s3fs's own), so faults surface; the store's creation
+and the checks after the faults use a patient one (:data:`CHECK_CONFIG`), since they verify the
+stored data, not the transport. An error escaping creation or a check is a failed check, counted
+as such (its message judged clear or not like any other), never silently as a fault outcome.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import random
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -23,6 +31,16 @@ from soak_common import Hang, Tally, bounded, check_then_refill, clear_error, no
 
 SHAPE, BLOCK = (12, 15), (4, 5)
 READ_TIMEOUT_S = 0.5
+READS = 8
+"""Reads per trial while faults are injected (then one fill)."""
+RATES = (0.05, 0.5)
+"""Each trial's share of failed requests is drawn uniformly from this range."""
+CHECK_CONFIG = {
+    "read_timeout": 10.0,
+    "connect_timeout": 10.0,
+    "retries": {"max_attempts": 5, "mode": "standard"},
+}
+"""botocore settings of the patient client that creates the stores and checks them."""
 
 
 class FaultyS3:
@@ -71,20 +89,50 @@ def start_server(rng: random.Random) -> tuple[FaultyS3, dict[str, Any], Any]:
     faulty = FaultyS3(DomainDispatcherApplication(create_backend_app), rng)
     server = make_server("127.0.0.1", port, faulty, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    opts = {
-        "endpoint_url": f"http://127.0.0.1:{port}",
-        "key": "soak",
-        "secret": "soak",
-        "config_kwargs": {
-            "read_timeout": READ_TIMEOUT_S,
-            "connect_timeout": READ_TIMEOUT_S,
-            "retries": {"max_attempts": 1, "mode": "standard"},
-        },
-    }
+    opts = {"endpoint_url": f"http://127.0.0.1:{port}", "key": "soak", "secret": "soak"}
     import s3fs
 
-    s3fs.S3FileSystem(**opts).mkdir("soak")
+    s3fs.S3FileSystem(**opts, config_kwargs=CHECK_CONFIG).mkdir("soak")
     return faulty, opts, server
+
+
+def fault_options(opts: dict[str, Any]) -> dict[str, Any]:
+    """The impatient client of the steps under faults: 0.5 s timeouts, one botocore attempt
+    per s3fs try (s3fs tries ``S3FileSystem.retries`` times)."""
+    config = {
+        "read_timeout": READ_TIMEOUT_S,
+        "connect_timeout": READ_TIMEOUT_S,
+        "retries": {"max_attempts": 1, "mode": "standard"},
+    }
+    return {**opts, "config_kwargs": config}
+
+
+def check_options(opts: dict[str, Any]) -> dict[str, Any]:
+    """The patient client that creates and checks the stores (:data:`CHECK_CONFIG`)."""
+    return {**opts, "config_kwargs": CHECK_CONFIG}
+
+
+MAX_EXTRA_S = 600.0
+"""Most seconds the faults of one step may add to its bound (the package's longest wait, on a
+claim a live owner holds, ends by 10 claim lifetimes: 600 s)."""
+
+
+def fault_cost_s() -> float:
+    """The most one injected fault can add to a step: the client's timeouts (a held request)
+    and the longest backoff s3fs waits before trying again."""
+    import s3fs
+
+    return 2 * READ_TIMEOUT_S + min(1.7 ** (int(s3fs.S3FileSystem.retries) - 1) * 0.1, 15.0)
+
+
+def request_worst_s() -> float:
+    """The longest one request of the impatient client can take before it raises: each of
+    s3fs's tries times out (connect, then read), with s3fs's backoff between them."""
+    import s3fs
+
+    tries = int(s3fs.S3FileSystem.retries)
+    backoff = sum(min(1.7**i * 0.1, 15.0) for i in range(tries))  # s3fs's _error_wrapper
+    return tries * 2 * READ_TIMEOUT_S + backoff
 
 
 def _zstore(url: str, opts: dict[str, Any]) -> Any:
@@ -98,22 +146,33 @@ def one_trial(n: int, faulty: FaultyS3, opts: dict[str, Any], rng: random.Random
 
     url = f"s3://soak/t{n}"
     expected = reference(SHAPE)
+    patient, impatient = check_options(opts), fault_options(opts)
     bounded(
         lambda: ia.InfluenceArray.from_function(
-            url, values, shape=SHAPE, block_shape=BLOCK, storage_options=opts
+            url, values, shape=SHAPE, block_shape=BLOCK, storage_options=patient
         )
     )
     prefix = f"t{n}"
     with faulty.lock:
         rng_local = random.Random(rng.randrange(1 << 30))
-        faulty.rates[prefix] = rng_local.uniform(0.05, 0.4)
+        faulty.rates[prefix] = rng_local.uniform(*RATES)
     rng = rng_local
+    cost = fault_cost_s()
+
+    def step_extra() -> Callable[[], float]:
+        """The faults injected into this store since the step began, at ``cost`` each."""
+        start = faulty.per_store.get(prefix, 0)
+        return lambda: min(MAX_EXTRA_S, cost * (faulty.per_store.get(prefix, 0) - start))
+
     try:
-        for _ in range(3):
+        for _ in range(READS):
             r0, c0 = rng.randrange(SHAPE[0]), rng.randrange(SHAPE[1])
             sel = (slice(r0, r0 + 5), slice(c0, c0 + 7))
             try:
-                got = bounded(lambda s=sel: ia.open(url, fn=values, storage_options=opts)[s])
+                got = t.timed(
+                    lambda s=sel: ia.open(url, fn=values, storage_options=impatient)[s],
+                    step_extra(),
+                )
                 ok = np.array_equal(got, expected[sel])
                 t.outcomes["read right" if ok else "READ WRONG"] += 1
                 t.blocks_wrong += not ok
@@ -122,24 +181,34 @@ def one_trial(n: int, faulty: FaultyS3, opts: dict[str, Any], rng: random.Random
             except Exception as exc:
                 _classify(exc, "read", t)
         try:
-            bounded(lambda: ia.open(url, fn=values, storage_options=opts).fill(progress=False))
+            t.timed(
+                lambda: ia.open(url, fn=values, storage_options=impatient).fill(progress=False),
+                step_extra(),
+            )
             t.outcomes["fill completed"] += 1
         except Hang:
             raise
         except Exception as exc:
             _classify(exc, "fill", t)
-    except Hang:
+    except Hang as exc:
         t.hangs += 1
-        t.fail(f"s3 trial {n}: hang")
+        t.fail(f"s3 trial {n}: {exc}")
     finally:
         with faulty.lock:
             del faulty.rates[prefix]
             t.faults += faulty.per_store.get(prefix, 0)
-    check_then_refill(_zstore(url, opts), expected, t, f"s3 trial {n}")
+    check_then_refill(_zstore(url, patient), expected, t, f"s3 trial {n}")
+
+
+def _clear(exc: BaseException) -> bool:
+    """An error a user can act on: infl_array's own, or one naming the store's URL or the
+    object's (an ``OSError`` from :func:`infl_array.storage.remote_errors.storage_error` names
+    the store, says the request failed, not the data, and how to retry)."""
+    return clear_error(exc) or "s3://" in str(exc) or "endpoint URL" in str(exc)
 
 
 def _classify(exc: BaseException, op: str, t: Tally) -> None:
-    if clear_error(exc) or "s3://" in str(exc) or "endpoint URL" in str(exc):
+    if _clear(exc):
         t.outcomes[f"{op} raised {type(exc).__name__}"] += 1
     else:
         t.unclear_errors += 1
@@ -168,9 +237,13 @@ def run(
             local = Tally()
             try:
                 one_trial(n, faulty, opts, trial_rng, local)
-            except Exception as exc:
-                local.unclear_errors += 1
-                local.fail(f"s3 trial {n}: {exc!r}"[:300])
+            except Hang as exc:  # creating the store or checking it, with injection off
+                local.hangs += 1
+                local.fail(f"s3 trial {n}, creating or checking: {exc}")
+            except Exception as exc:  # a failed check: the blocks were not all verified
+                local.checks_failed += 1
+                local.unclear_errors += not _clear(exc)
+                local.fail(f"s3 trial {n}, creating or checking: {exc!r}"[:300])
             with lock:
                 t.merge(local)
             if n % 50 == 49:

@@ -11,8 +11,10 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,8 +43,11 @@ class Hang(Exception):
     """A step did not return within its bound."""
 
 
-def bounded(step: Callable[[], Any], bound_s: float = STEP_S) -> Any:
-    """``step()`` in a thread; its result, its exception, or :class:`Hang` after ``bound_s``."""
+def bounded(
+    step: Callable[[], Any], bound_s: float = STEP_S, extra_s: Callable[[], float] | None = None
+) -> Any:
+    """``step()`` in a thread; its result, its exception, or :class:`Hang` after ``bound_s``
+    plus ``extra_s()`` seconds (looked up as the step runs: time its faults may cost)."""
     out: dict[str, Any] = {}
 
     def run() -> None:
@@ -51,14 +56,31 @@ def bounded(step: Callable[[], Any], bound_s: float = STEP_S) -> Any:
         except BaseException as exc:
             out["error"] = exc
 
+    t0 = now()
     thread = threading.Thread(target=run, name="soak-step", daemon=True)
     thread.start()
-    thread.join(bound_s)
+    limit = bound_s
+    while thread.is_alive() and now() - t0 < limit:
+        thread.join(min(1.0, max(0.0, limit - (now() - t0))))
+        limit = bound_s + (extra_s() if extra_s is not None else 0.0)
     if thread.is_alive():
-        raise Hang(f"a step did not return within {bound_s:.0f} s")
+        raise Hang(f"a step did not return within {limit:.0f} s; {stuck_at(thread)}")
     if "error" in out:
         raise out["error"]
     return out.get("value")
+
+
+def stuck_at(thread: threading.Thread, depth: int = 10) -> str:
+    """Where ``thread`` is now, innermost first (a failure line is cut short at its end): the
+    innermost frame, then up to ``depth`` frames of infl_array (function module:line), so that
+    a hang names the wait it is in."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    if frame is None:
+        return "its stack is gone"
+    frames = traceback.extract_stack(frame)[::-1]
+    ours = [f for f in frames[1:] if "infl_array" in f.filename][:depth]
+    shown = (f"{f.name} {Path(f.filename).name}:{f.lineno}" for f in [frames[0], *ours])
+    return "stuck in " + " < ".join(shown)
 
 
 def check_blocks(
@@ -122,6 +144,8 @@ class Tally:
     blocks_wrong: int = 0
     hangs: int = 0
     unclear_errors: int = 0
+    checks_failed: int = 0
+    slowest_step_s: float = 0.0
     outcomes: Counter[str] = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -131,11 +155,21 @@ class Tally:
         if len(self.failures) < 20:
             self.failures.append(what)
 
+    def timed(self, step: Callable[[], Any], extra_s: Callable[[], float] | None = None) -> Any:
+        """:func:`bounded` ``step()``, its time kept in ``slowest_step_s`` when the slowest."""
+        t0 = now()
+        try:
+            return bounded(step, extra_s=extra_s)
+        finally:
+            self.slowest_step_s = max(self.slowest_step_s, now() - t0)
+
     def merge(self, other: Tally) -> None:
         """Add ``other``'s counts to these."""
         for name in ("faults", "blocks_checked", "blocks_lost", "blocks_wrong", "hangs"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.unclear_errors += other.unclear_errors
+        self.checks_failed += other.checks_failed
+        self.slowest_step_s = max(self.slowest_step_s, other.slowest_step_s)
         self.outcomes.update(other.outcomes)
         for f in other.failures:
             self.fail(f)
@@ -148,6 +182,8 @@ class Tally:
             "blocks_wrong": self.blocks_wrong,
             "hangs": self.hangs,
             "unclear_errors": self.unclear_errors,
+            "checks_failed": self.checks_failed,
+            "slowest_step_s": round(self.slowest_step_s, 1),
             "outcomes": dict(sorted(self.outcomes.items())),
             "failures": self.failures,
             "seconds": round(self.seconds, 1),

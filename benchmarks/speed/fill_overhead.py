@@ -6,7 +6,9 @@ side goes first), on fresh local directory stores:
 * ``function``: ``InfluenceArray.from_function`` with a cheap function (one precomputed random
   float32 block, sliced) and ``fill()``, against writing the same chunks of the same values with
   plain zarr (``zarr.open_array`` on a store created the same way, so codecs and chunks are
-  identical, one chunk-aligned assignment per block). Default: 2,000 blocks of 100 x 100.
+  identical, one chunk-aligned assignment per block), and with one assignment per block row
+  (zarr then writes the row's chunks concurrently, as ``fill()`` does with its runs of
+  blocks). Default: 2,000 blocks of 100 x 100.
 * ``model``: the medium case of ``bench_speed.py`` (seeded MLP of 1,539 parameters, 10,000
   train x 2,000 test, ``DirectInfluence``, blocks 100 x 100): ``create`` + ``fill()`` after one
   untimed ``fit``, against (a) writing the same chunks of its values with plain zarr and (b)
@@ -58,14 +60,21 @@ def side_by_side(sides: dict[str, Callable[[], float]], reps: int) -> dict[str, 
     return {name: summary(ts) for name, ts in times.items()}
 
 
-def plain_zarr_writer(work: Path, values_of: Callable[[range, range], Any]) -> float:
-    """Seconds to write every chunk of ``work / 'plain'`` with plain zarr (store made before)."""
+def plain_zarr_writer(
+    work: Path, values_of: Callable[[range, range], Any], by_row: bool = False
+) -> float:
+    """Seconds to write every chunk of ``work / 'plain'`` with plain zarr (store made before):
+    one assignment per chunk, or per block row (``by_row``)."""
     import zarr
 
     array = zarr.open_array(str(work / "plain"), path="influence", mode="r+")
     (n0, n1), (b0, b1) = array.shape, array.chunks
     t = Timer()
     for i in range(0, n0, b0):
+        if by_row:
+            rows = range(i, min(i + b0, n0))
+            array[i : rows.stop, :] = values_of(rows, range(0, n1))
+            continue
         for j in range(0, n1, b1):
             rows, cols = range(i, min(i + b0, n0)), range(j, min(j + b1, n1))
             array[i : rows.stop, j : cols.stop] = values_of(rows, cols)
@@ -79,9 +88,13 @@ def function_case(work: Path, reps: int) -> dict[str, Any]:
     import infl_array as ia
 
     block = np.random.default_rng(0).standard_normal(BLOCK).astype(np.float32)
+    row = np.tile(block, (1, -(-FUNCTION_SHAPE[1] // BLOCK[1])))
 
     def fn(rows: range, cols: range) -> np.ndarray:
         return block[: len(rows), : len(cols)]
+
+    def row_fn(rows: range, cols: range) -> np.ndarray:  # the same chunks, a block row at once
+        return row[: len(rows), : len(cols)]
 
     def fresh(name: str) -> ia.InfluenceArray:
         shutil.rmtree(work / name, ignore_errors=True)
@@ -99,7 +112,12 @@ def function_case(work: Path, reps: int) -> dict[str, Any]:
         fresh("plain")
         return plain_zarr_writer(work, fn)
 
-    out = side_by_side({"ours_fill": ours, "plain_zarr": plain}, reps)
+    def plain_rows() -> float:
+        fresh("plain")
+        return plain_zarr_writer(work, row_fn, by_row=True)
+
+    sides = {"ours_fill": ours, "plain_zarr": plain, "plain_zarr_rows": plain_rows}
+    out = side_by_side(sides, reps)
     out["blocks"] = (FUNCTION_SHAPE[0] // BLOCK[0]) * (FUNCTION_SHAPE[1] // BLOCK[1])
     out |= {"shape": FUNCTION_SHAPE, "block": BLOCK}
     return out

@@ -21,9 +21,10 @@ from infl_array.arrays.reduce import to_dask, top_k
 from infl_array.arrays.repair import repair_store, store_report
 from infl_array.arrays.retest import new_test_source, share_train_factors
 from infl_array.arrays.self_influence import SelfInfluenceArray, open_self_influence
-from infl_array.arrays.staleness import check_same
+from infl_array.arrays.staleness import check_same, same_settings
 from infl_array.arrays.top_k import TopKArray, open_top_k_array
 from infl_array.engine.block_engine import BlockEngine
+from infl_array.engine.budget import default_block_shape
 from infl_array.engine.sources import BlockFunction, BlockSource, FunctionSource, capabilities
 from infl_array.executors.dispatch import fill_store
 from infl_array.storage.factors import DEFAULT_FACTOR_DISK_BUDGET, FactorStore
@@ -112,14 +113,16 @@ class InfluenceArray(AppendMixin, DescribedMixin, LazyArray):
         *,
         test: Any,
         train: Any,
-        block_shape: tuple[int, int] = DEFAULT_BLOCK_SHAPE,
+        block_shape: tuple[int, int] | None = None,
         dtype: str = "float32",
         overwrite: bool = False,
         compression: Compression | None = None,
         factor_compression: Compression | None = None,
-        factor_budget_bytes: int = 1 << 30,
-        factor_disk_budget_bytes: int = DEFAULT_FACTOR_DISK_BUDGET,
+        memory_budget: int | None = None,
+        disk_budget: int | None = None,
         storage_options: dict[str, Any] | None = None,
+        factor_budget_bytes: int | None = None,
+        factor_disk_budget_bytes: int | None = None,
     ) -> InfluenceArray:
         """A new store of the influence of ``train`` on ``test`` under a fitted ``model``.
 
@@ -127,10 +130,16 @@ class InfluenceArray(AppendMixin, DescribedMixin, LazyArray):
         ``InfluenceFunctionModel`` or any object implementing
         :class:`~infl_array.protocol.FactorisedInfluence`. ``test`` and ``train`` are a
         map-style torch ``Dataset``, a tuple ``(x, y)`` of tensors or arrays, or a
-        ``DataLoader`` over a map-style dataset. ``factor_budget_bytes`` bounds the memory
-        used to reuse per-sample factors across blocks; ``factor_disk_budget_bytes`` the bytes
-        each side's factors may take in the store (:mod:`infl_array.storage.factors`; 0 keeps them
-        in memory only); ``storage_options`` the fsspec options of a URL store. Needs the
+        ``DataLoader`` over a map-style dataset.
+
+        Memory: the array's parts (factor memo, decoded blocks, working space, writes in
+        flight) draw from one memory budget (:mod:`infl_array.engine.budget`): the backend's
+        ``memory_budget`` where it has one (the per-layer backends), else ``memory_budget``
+        here (default 4 GiB). ``block_shape=None`` (default) chooses the block shape from what
+        the budget has left and the size of one sample's factors (at most ``(256, 4096)``), so
+        it works for any model size. ``disk_budget`` bounds the bytes each side's factors may
+        take in the store (:mod:`infl_array.storage.factors`; default 8 GiB, 0 keeps them in
+        memory only); ``storage_options`` are the fsspec options of a URL store. Needs the
         ``torch`` extra.
 
         ``factor_compression`` (an :class:`~infl_array.storage.meta.Compression`; None, the
@@ -142,24 +151,29 @@ class InfluenceArray(AppendMixin, DescribedMixin, LazyArray):
         is exact for those (the values the array gives), and each entry is within
         ``(2 * 2 ** -(keepbits + 1) + 2 ** -(2 * keepbits + 2)) * |t| |g|`` of the product of the
         unrounded factors ``t`` and ``g``.
+
+        Older names, kept for compatibility: ``factor_budget_bytes`` (caps the factor memo
+        within the memory budget) and ``factor_disk_budget_bytes`` (``disk_budget``).
         """
-        _as_pair(block_shape, "block_shape")
+        if block_shape is not None:
+            _as_pair(block_shape, "block_shape")
         _dtype_name(dtype)
+        disk = _disk_budget(disk_budget, factor_disk_budget_bytes)
         InfluenceStore.check_creatable(store, overwrite=overwrite, storage_options=storage_options)
-        source = _model_source(model, test, train, factor_budget_bytes)
+        source = _model_source(model, test, train, memory_budget, factor_budget_bytes)
         assert source.shape is not None
         arr = cls._new(
             store,
             source,
             source.shape,
-            block_shape,
+            block_shape or _default_block_shape(source, source.shape),
             dtype,
             overwrite,
             compression,
             storage_options,
             factor_compression,
         )
-        _attach_factor_store(arr._engine, factor_disk_budget_bytes)
+        _attach_factor_store(arr._engine, disk)
         return arr
 
     @classmethod
@@ -378,9 +392,11 @@ def open_array(
     block_shape: tuple[int, int] | None = None,
     dtype: str | None = None,
     factor_compression: Compression | None = None,
-    factor_budget_bytes: int = 1 << 30,
-    factor_disk_budget_bytes: int = DEFAULT_FACTOR_DISK_BUDGET,
+    memory_budget: int | None = None,
+    disk_budget: int | None = None,
     storage_options: dict[str, Any] | None = None,
+    factor_budget_bytes: int | None = None,
+    factor_disk_budget_bytes: int | None = None,
 ) -> InfluenceArray:
     """Open an existing store.
 
@@ -390,9 +406,12 @@ def open_array(
     the store was created with (model parameters, data, backend settings, ``block_shape``,
     ``dtype``, ``factor_compression``), else :class:`~infl_array.errors.StaleCacheError` names
     what differs; the factor compression recorded at ``create`` applies without being given.
-    ``storage_options`` are the fsspec options of a URL store (credentials, endpoint).
+    ``storage_options`` are the fsspec options of a URL store (credentials, endpoint);
+    ``memory_budget``, ``disk_budget`` (and their older names ``factor_budget_bytes``,
+    ``factor_disk_budget_bytes``) are as for :meth:`InfluenceArray.create`.
     """
     _check_open_args(model, test, train, fn)
+    disk = _disk_budget(disk_budget, factor_disk_budget_bytes)
     computing = model is not None or fn is not None
     opened = InfluenceStore.open(store, read_only=not computing, storage_options=storage_options)
     meta = opened.meta
@@ -411,11 +430,12 @@ def open_array(
     kind = meta.computed_by.get("kind", "function")
     source: BlockSource | None = None
     if model is not None:
-        source = _model_source(model, test, train, factor_budget_bytes)
+        source = _model_source(model, test, train, memory_budget, factor_budget_bytes)
         stored = dict(meta.fingerprints)
         for name, value in source.fingerprints().items():
             if name in stored or name in ("model", "backend", "test", "train"):
                 given[name] = (stored.get(name), value)  # what older stores lack is not asked
+        given["backend"] = (same_settings(*given["backend"]), given["backend"][1])
         given["shape"] = (list(meta.shape), list(source.shape or ()))
         check_segments(opened, source, given)
         check_same(opened, given, kind_given="model", kind_stored=kind)
@@ -426,7 +446,7 @@ def open_array(
     else:
         check_same(opened, given, kind_given=None, kind_stored=kind)
     engine = BlockEngine(opened, opened.matrix, source)
-    _attach_factor_store(engine, factor_disk_budget_bytes)
+    _attach_factor_store(engine, disk)
     return InfluenceArray(engine)
 
 
@@ -458,7 +478,34 @@ def _attach_factor_store(engine: BlockEngine, disk_budget: int) -> None:
         reuse.attach(FactorStore(engine.store, disk_budget))
 
 
-def _model_source(model: Any, test: Any, train: Any, factor_budget_bytes: int) -> BlockSource:
+def _disk_budget(disk_budget: int | None, factor_disk_budget_bytes: int | None) -> int:
+    """The factors' disk budget from ``disk_budget`` or its older name (not both)."""
+    if disk_budget is not None and factor_disk_budget_bytes is not None:
+        raise TypeError(
+            "pass disk_budget or its older name factor_disk_budget_bytes, not both (they are "
+            "the same setting)."
+        )
+    given = disk_budget if disk_budget is not None else factor_disk_budget_bytes
+    return DEFAULT_FACTOR_DISK_BUDGET if given is None else given
+
+
+def _default_block_shape(source: BlockSource, shape: tuple[int, int]) -> tuple[int, int]:
+    """A model-backed store's block shape, chosen from its memory budget and factor sizes
+    (:func:`~infl_array.engine.budget.default_block_shape`); :data:`DEFAULT_BLOCK_SHAPE` for
+    a source without factors."""
+    reuse = capabilities(source).factor_reuse
+    if reuse is None:
+        return DEFAULT_BLOCK_SHAPE
+    return default_block_shape(shape, reuse.factor_row_bytes(), reuse.budget, DEFAULT_BLOCK_SHAPE)
+
+
+def _model_source(
+    model: Any,
+    test: Any,
+    train: Any,
+    memory_budget: int | None = None,
+    factor_budget_bytes: int | None = None,
+) -> BlockSource:
     """The block source of an influence model (the ``torch`` extra)."""
     try:
         from infl_array.torch.source.source import make_block_source
@@ -471,7 +518,13 @@ def _model_source(model: Any, test: Any, train: Any, factor_budget_bytes: int) -
             "the CPU build). Opening and reading existing stores works without it.",
             name=exc.name,
         ) from exc
-    return make_block_source(model, test, train, factor_budget_bytes=factor_budget_bytes)
+    return make_block_source(
+        model,
+        test,
+        train,
+        memory_budget=memory_budget,
+        factor_budget_bytes=factor_budget_bytes,
+    )
 
 
 def _as_pair(value: Any, name: str) -> tuple[int, int]:

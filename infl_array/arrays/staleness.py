@@ -8,7 +8,30 @@ from typing import Any
 from infl_array.errors import StaleCacheError
 from infl_array.storage.store import InfluenceStore
 
-__all__ = ["check_same", "describe_difference"]
+__all__ = ["LEGACY_SETTINGS", "check_same", "describe_difference", "same_settings"]
+
+LEGACY_SETTINGS = {"block_structure": "full", "second_order_mode": "hessian"}
+"""Settings older stores of the per-layer backends recorded (unused by them, at these values)
+and their configs no longer carry."""
+
+
+def same_settings(stored: Any, given: Any) -> Any:
+    """``given`` when the recorded backend settings ``stored`` are ``given``'s plus only
+    :data:`LEGACY_SETTINGS` at their values (a store made before they were dropped), else
+    ``stored``: what to compare ``given`` with.
+
+    >>> same_settings('{"a":1,"block_structure":"full"}', '{"a":1}')
+    '{"a":1}'
+    >>> same_settings('{"a":1,"block_structure":"diagonal"}', '{"a":1}')
+    '{"a":1,"block_structure":"diagonal"}'
+    """
+    old, new = _as_json_object(stored), _as_json_object(given)
+    if old is None or new is None:
+        return stored
+    extra = {k: v for k, v in old.items() if k not in new}
+    legacy = all(LEGACY_SETTINGS.get(k) == v for k, v in extra.items())
+    rest = {k: v for k, v in old.items() if k in new}
+    return given if extra and legacy and rest == new else stored
 
 
 def check_same(

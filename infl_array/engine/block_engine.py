@@ -133,7 +133,10 @@ class BlockEngine(MissingBlocksMixin):
         self.grid = grid
         self.source = source
         self.missing_fix = missing_fix
-        self.cache = BlockCache()
+        reuse = capabilities(source).factor_reuse
+        self.budget = reuse.budget if reuse is not None else None
+        """The memory budget the array's parts draw from (a model-backed array's), or None."""
+        self.cache = BlockCache(budget=self.budget)
         self.read_progress = True
         """Whether reads that compute blocks for more than a few seconds show a progress bar."""
         self.blocks_computed = 0
@@ -141,6 +144,9 @@ class BlockEngine(MissingBlocksMixin):
         self.keeper: BlockKeeper[BlockCoords, np.ndarray] = BlockKeeper(GridShelf(grid))
         """Which blocks are stored (the cache machine's presence memo and store steps)."""
         self._noted: dict[str, str] = {}
+        self.column_group = 1
+        """Block columns whose blocks are computed from one product (set by :meth:`tiles`; the
+        same for every compute of this engine, see :mod:`~infl_array.engine.tiling`)."""
         self.task_lock = threading.Lock()
         """Held by a fill task running on this engine (tasks of one worker run one at a time)."""
 
@@ -253,8 +259,11 @@ class BlockEngine(MissingBlocksMixin):
 
     def tiles(self, blocks: list[BlockCoords]) -> list[list[BlockCoords]]:
         """``blocks`` cut into the tiles they are computed in (:mod:`~infl_array.engine.tiling`;
-        a subclass may regroup them, as the top-k arrays do)."""
-        return compute_tiles(blocks, self.grid, capabilities(self.source).factor_reuse)
+        a subclass may regroup them, as the top-k arrays do). Sets :attr:`column_group`."""
+        tiles, self.column_group = compute_tiles(
+            blocks, self.grid, capabilities(self.source).factor_reuse
+        )
+        return tiles
 
     def compute(
         self,
@@ -281,10 +290,11 @@ class BlockEngine(MissingBlocksMixin):
         reuse = capabilities(self.source).factor_reuse
         steps = BlockSteps(
             values=self.block_values,
-            write=self.grid.write_block,
+            write=self.grid.write_run,
             stored=self.grid.has_blocks,
-            prefetch=lambda tile: prefetch_tile(tile, self.grid, reuse),
+            prefetch=lambda tile: prefetch_tile(tile, self.grid, reuse, self.column_group),
             finished=finished,
+            budget=self.budget,
         )
         # an in-process store: no other process can fill it, so nothing to share
         sharing = Sharing.of(self.grid) if share and not self.store.is_process_local else None

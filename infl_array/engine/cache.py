@@ -16,12 +16,14 @@ This module knows numpy only.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any, Generic, TypeVar
 
 import numpy as np
 
+from infl_array.engine.budget import Budget
 from infl_array.engine.plan import ReadPlan
 from infl_array.storage.grid import BlockCoords
 
@@ -41,29 +43,61 @@ V = TypeVar("V")
 class BoundedLru(Generic[K, V]):
     """LRU mapping bounded by the bytes of its values, ``memory_budget`` (0 keeps nothing).
 
-    Thread-safe. A value larger than the budget is not kept; putting one evicts the least
+    Thread-safe. A value larger than the bound is not kept; putting one evicts the least
     recently used values until it fits. ``hits`` and ``misses`` count lookups (:meth:`get`),
     ``evictions`` the values evicted. The one bounded LRU of the package: decoded blocks
     (:class:`BlockCache`) and the factor memo of a model-backed source
     (:class:`~infl_array.torch.source.memo.FactorMemo`).
 
+    With a ``budget`` (:class:`~infl_array.engine.budget.Budget`), the values are also held in
+    it (as ``label``): a value is kept only where the budget has room (older values are evicted
+    to make it), and the cache gives values back, least recently used first, when another
+    holding of the budget needs the bytes (it is the budget's
+    :class:`~infl_array.engine.budget.Elastic` holder). What it holds is given back when the
+    cache goes away.
+
     Parameters
     ----------
     memory_budget : int
-        Bytes the values may hold together.
+        Bytes the values may hold together (the cache's own bound).
     size_of : callable
         ``size_of(value)``: the bytes of one value.
+    budget : Budget or None
+        The memory budget the values are drawn from, if any.
+    label : str
+        What the values are held as in ``budget``.
     """
 
-    def __init__(self, memory_budget: int, size_of: Callable[[V], int]) -> None:
+    def __init__(
+        self,
+        memory_budget: int,
+        size_of: Callable[[V], int],
+        budget: Budget | None = None,
+        label: str = "a cache",
+    ) -> None:
         self.memory_budget = memory_budget
-        self.nbytes = 0
         self.hits = 0
         self.misses = 0
         self.evictions = 0
+        self.budget = budget
+        self.label = label
+        self._held = [0]  # bytes of the values (a list: the finaliser gives them back)
         self._size_of = size_of
         self._items: OrderedDict[K, V] = OrderedDict()
         self._lock = threading.Lock()
+        if budget is not None:
+            budget.add_elastic(self)
+            weakref.finalize(self, _give_back, budget, label, self._held)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the values held now."""
+        return self._held[0]
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes held in the budget (the :class:`~infl_array.engine.budget.Elastic` protocol)."""
+        return self._held[0] if self.budget is not None else 0
 
     def get(self, key: K) -> V | None:
         """The value of ``key`` (now the most recently used), or None."""
@@ -91,20 +125,48 @@ class BoundedLru(Generic[K, V]):
         if size > self.memory_budget:
             return
         with self._lock:
-            old = self._items.pop(key, None)
-            if old is not None:
-                self.nbytes -= self._size_of(old)
-            while self._items and self.nbytes + size > self.memory_budget:
-                _, evicted = self._items.popitem(last=False)
-                self.nbytes -= self._size_of(evicted)
-                self.evictions += 1
+            if key in self._items:
+                self._discard(key)
+            while self._items and self._held[0] + size > self.memory_budget:
+                self._evict_oldest()
+            if self.budget is not None:
+                while not self.budget.try_reserve(size, self.label):
+                    if not self._items:
+                        return  # the budget's other holdings leave no room: not kept
+                    self._evict_oldest()
             self._items[key] = value
-            self.nbytes += size
+            self._held[0] += size
+
+    def discard_where(self, match: Callable[[K], bool]) -> None:
+        """Drop the values whose key ``match`` accepts."""
+        with self._lock:
+            for key in [k for k in self._items if match(k)]:
+                self._discard(key)
+
+    def reclaim(self, nbytes: int) -> int:
+        """Evict least recently used values until ``nbytes`` are given back (or none is
+        left); returns the bytes given back."""
+        with self._lock:
+            before = self._held[0]
+            while self._items and before - self._held[0] < nbytes:
+                self._evict_oldest()
+            return before - self._held[0]
 
     def clear(self) -> None:
         with self._lock:
-            self._items.clear()
-            self.nbytes = 0
+            for key in list(self._items):
+                self._discard(key)
+
+    def _discard(self, key: K) -> None:
+        """Drop one value, giving its bytes back (the lock is held)."""
+        size = self._size_of(self._items.pop(key))
+        self._held[0] -= size
+        if self.budget is not None:
+            self.budget.release(size, self.label)
+
+    def _evict_oldest(self) -> None:
+        self._discard(next(iter(self._items)))
+        self.evictions += 1
 
     def __len__(self) -> int:
         return len(self._items)
@@ -113,18 +175,28 @@ class BoundedLru(Generic[K, V]):
         return key in self._items
 
 
-class BlockCache(BoundedLru[BlockCoords, np.ndarray]):
-    """LRU cache of decoded, read-only blocks, bounded by ``max_bytes`` (0 disables it).
+def _give_back(budget: Budget, label: str, held: list[int]) -> None:
+    """What a cache that went away held, given back to its budget."""
+    budget.release(held[0], label)
+    held[0] = 0
 
-    ``hits`` and ``misses`` count lookups (:meth:`get`) that found, or did not find, a block.
+
+class BlockCache(BoundedLru[BlockCoords, np.ndarray]):
+    """LRU cache of decoded, read-only blocks, bounded by ``memory_budget`` (0 disables it)
+    and drawn from the array's memory ``budget`` where it has one.
+
+    ``max_bytes`` is the bound's older name (``arr.block_cache.max_bytes``), kept for
+    compatibility. ``hits`` and ``misses`` count lookups (:meth:`get`) that found, or did not
+    find, a block.
     """
 
-    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
-        super().__init__(max_bytes, _nbytes)
+    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES, budget: Budget | None = None) -> None:
+        super().__init__(max_bytes, _nbytes, budget, "the decoded-block cache")
 
     @property
     def max_bytes(self) -> int:
-        """The cache's bound in bytes (``arr.block_cache.max_bytes``; its ``memory_budget``)."""
+        """The cache's bound in bytes: :attr:`memory_budget` under its older name (kept for
+        compatibility)."""
         return self.memory_budget
 
     @max_bytes.setter

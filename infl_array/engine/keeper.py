@@ -82,8 +82,9 @@ class Shelf(Protocol[K]):
         """The stored values of ``key``; ``CorruptBlockError`` when its chunk is damaged."""
         ...
 
-    def write(self, key: K, values: np.ndarray) -> bool:
-        """Store ``values`` as block ``key`` (one atomic chunk write); whether it was stored."""
+    def write_many(self, keys: list[K], values: list[np.ndarray]) -> bool:
+        """Store ``values`` as blocks ``keys`` (each with one atomic chunk write; runs of
+        consecutive blocks may share a call); whether they were stored."""
         ...
 
     def claim(self, key: K) -> bool:
@@ -243,8 +244,8 @@ class BlockKeeper(Generic[K, V]):
                 values[key] = value
                 if self.memo is not None:
                     self.memo.put(key, value)
-                if self.shelf.write(key, self.dump(value)):
-                    self.known.add(key)
+            if self.shelf.write_many(keys, [self.dump(v) for v in computed]):
+                self.known.update(keys)
         finally:
             if claimed:
                 for key in keys:
@@ -299,8 +300,9 @@ class GridShelf:
     def read(self, key: BlockCoords) -> np.ndarray:
         return self.grid.read_block(key)
 
-    def write(self, key: BlockCoords, values: np.ndarray) -> bool:
-        self.grid.write_block(key, values)
+    def write_many(self, keys: list[BlockCoords], values: list[np.ndarray]) -> bool:
+        for key, v in zip(keys, values, strict=True):
+            self.grid.write_block(key, v)
         return True
 
     def claim(self, key: BlockCoords) -> bool:

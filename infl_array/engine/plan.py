@@ -48,6 +48,7 @@ __all__ = [
     "plan_budget_tiles",
     "runs",
     "row_runs",
+    "col_runs",
     "CLAIM_UNITS_MIN",
     "CLAIM_UNIT_MAX_BLOCKS",
     "ClaimUnits",
@@ -273,13 +274,14 @@ def plan_budget_tiles(
     block_shape: tuple[int, int],
     row_bytes: float | None,
     memory_budget: int,
+    group: int = 1,
 ) -> list[list[BlockCoords]]:
     """``blocks`` cut into tiles (:func:`plan_tiles`) whose test factors fit a factor memo.
 
     ``row_bytes`` is the size of one test point's factors (None: no factors to reuse, one
     tile); ``memory_budget`` the memo's bound. While a tile is computed the memo holds its test
-    factors and up to two block columns of train factors (counted at ``row_bytes`` a point),
-    so the tile's rows get the budget less those two columns.
+    factors and up to two column groups of ``group`` block columns of train factors (counted
+    at ``row_bytes`` a point), so the tile's rows get the budget less those two groups.
 
     Examples
     --------
@@ -294,7 +296,7 @@ def plan_budget_tiles(
     if row_bytes is None or len(blocks) <= 1:
         return plan_tiles(blocks, None, 0)
     per_point, ((block_rows, block_cols), (n_test, n_train)) = row_bytes, (block_shape, shape)
-    capacity = memory_budget - 2 * int(per_point * min(block_cols, n_train))
+    capacity = memory_budget - 2 * int(per_point * min(group * block_cols, n_train))
 
     def rows_bytes(i: int) -> int:
         return int(per_point * len(block_range(i, block_rows, n_test)))
@@ -317,6 +319,15 @@ def runs(items: Iterable[int]) -> list[tuple[int, int]]:
         else:
             out.append((i, i))
     return out
+
+
+def col_runs(blocks: list[BlockCoords]) -> list[tuple[int, int]]:
+    """Maximal runs ``(first, last)`` of consecutive block columns among ``blocks``.
+
+    >>> col_runs([(0, 0), (1, 1), (3, 3)])
+    [(0, 1), (3, 3)]
+    """
+    return runs(j for _, j in blocks)
 
 
 def row_runs(blocks: list[BlockCoords]) -> list[tuple[int, int]]:

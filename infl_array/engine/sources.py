@@ -5,9 +5,10 @@ everything the engine (:mod:`infl_array.engine.block_engine`) and the array cons
 optional capabilities are declared as properties that are ``None`` when a source lacks them, never
 probed with ``getattr``:
 
-* ``factor_reuse`` (:class:`FactorReuse`): the source keeps per-sample factors in a memo under
-  a byte budget, so blocks are computed in tiles that reuse them (see
-  :func:`infl_array.engine.plan.plan_tiles`);
+* ``factor_reuse`` (:class:`FactorReuse`): the source keeps per-sample factors in a memo drawn
+  from a memory budget (:mod:`infl_array.engine.budget`), so blocks are computed in tiles that
+  reuse them (see :func:`infl_array.engine.plan.plan_tiles`), and the array's other parts
+  (decoded blocks, writes in flight) draw from the same budget;
 * ``diagonal`` (:class:`DiagonalSource`): the source computes the self-influence of train
   points (the diagonal of the train x train influence), served by
   :class:`DiagonalBlocks` as the blocks of a 1-D array;
@@ -38,6 +39,7 @@ import numpy as np
 from infl_array.engine.validate import to_numpy
 
 if TYPE_CHECKING:
+    from infl_array.engine.budget import Budget
     from infl_array.storage.factors import FactorStore
 
 __all__ = [
@@ -64,7 +66,21 @@ class FactorReuse(Protocol):
 
     @property
     def factor_budget_bytes(self) -> int:
-        """Bytes the memo may hold."""
+        """The memo's own bound in bytes."""
+        ...
+
+    @property
+    def budget(self) -> Budget:
+        """The memory budget the source, its model and its array draw from
+        (:mod:`infl_array.engine.budget`)."""
+        ...
+
+    def memo_room(self) -> int:
+        """Bytes the memo may hold now (tiles are sized to it)."""
+        ...
+
+    def factor_row_bytes(self) -> tuple[int, int]:
+        """Bytes of one test point's and one train point's factors."""
         ...
 
     def test_factor_bytes(self, rows: range, cols: range) -> int:
@@ -88,10 +104,14 @@ class FactorReuse(Protocol):
         """Compute and memoise the factors of ``test[rows]`` and ``train[cols]`` now (a hint)."""
         ...
 
-    def begin_tile(self, runs: list[range], block_rows: int) -> None:
+    def begin_tile(
+        self, runs: list[range], block_rows: int, groups: list[list[range]] | None = None
+    ) -> None:
         """The tile the calling thread computes next covers the test rows ``runs`` (runs of
         whole block rows of ``block_rows`` each): a hint that its blocks may be computed from
-        one product per run and block column."""
+        one product per run and block column, or per run and column group (``groups``: lists
+        of consecutive block columns, as train ranges, whose train factors may be computed in
+        one call)."""
         ...
 
 

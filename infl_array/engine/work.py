@@ -2,9 +2,15 @@
 
 :func:`compute_blocks` runs planned tiles (:func:`~infl_array.engine.plan.plan_tiles`) through plain
 callables (:class:`BlockSteps`): it knows nothing of engines, sources or stores. Checked
-blocks go to a writer thread (compression and the atomic chunk write release the GIL), with
-at most :data:`MAX_WRITES_IN_FLIGHT` blocks in flight, so memory stays bounded; a block counts
-as computed once its write has finished.
+blocks go to a writer thread (compression and the atomic chunk writes release the GIL) in
+*runs*: consecutive blocks down a block column or along a block row, as tiles produce them
+(:func:`~infl_array.storage.grid.extends_run`), up to :data:`WRITE_RUN_BLOCKS` blocks or
+:data:`WRITE_RUN_BYTES`, written with one zarr call (zarr encodes and stores a call's chunks
+concurrently, each chunk atomically: a call per block costs several times more for small
+blocks). At most :data:`MAX_RUNS_IN_FLIGHT` runs wait for the writer beside the one being
+gathered (fewer when the memory budget, :mod:`infl_array.engine.budget`, has no room for
+their blocks), so memory stays bounded; a block counts as computed once its run's write has
+finished.
 
 When the work is *shared* (``fill``: other processes or machines may be filling the same
 store), blocks are claimed (:mod:`infl_array.storage.claims`) a unit at a time
@@ -27,15 +33,35 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from infl_array.engine.budget import Budget
 from infl_array.engine.plan import ClaimUnits
 from infl_array.errors import add_note
 from infl_array.storage.claims import ClaimBook
-from infl_array.storage.grid import BlockCoords, BlockGrid, write_error
+from infl_array.storage.grid import (
+    WRITE_RUN_BYTES,
+    BlockCoords,
+    BlockGrid,
+    extends_run,
+    write_error,
+)
 
-__all__ = ["MAX_WRITES_IN_FLIGHT", "POLL_S", "BlockSteps", "Sharing", "compute_blocks"]
+__all__ = [
+    "MAX_RUNS_IN_FLIGHT",
+    "POLL_S",
+    "WRITE_RUN_BLOCKS",
+    "BlockSteps",
+    "Sharing",
+    "compute_blocks",
+]
 
-MAX_WRITES_IN_FLIGHT = 4
-"""Computed blocks waiting for (or in) their write at most."""
+WRITE_RUN_BLOCKS = 64
+"""Blocks written with one zarr call at most (a run: see :func:`compute_blocks`)."""
+
+MAX_RUNS_IN_FLIGHT = 2
+"""Runs handed to the writer and not yet written, at most (beside the open run)."""
+
+WRITES = "blocks waiting for their write"
+"""What blocks in flight are held as in the memory budget."""
 
 POLL_S = (0.05, 1.0)
 """First and longest wait between looks at blocks other fillers hold."""
@@ -50,7 +76,8 @@ class BlockSteps:
     values : callable
         ``values(coords)``: the checked values of one block (nothing written).
     write : callable
-        ``write(coords, values)``: store one block atomically (run on the writer thread).
+        ``write(coords, values)``: store a run of blocks (lists of their coordinates and
+        values), each block atomically (run on the writer thread).
     stored : callable
         ``stored(blocks)``: the subset of ``blocks`` in the store now.
     prefetch : callable
@@ -58,13 +85,16 @@ class BlockSteps:
     finished : callable
         ``finished(coords, values)``: ``coords`` is in the store; ``values`` are what this
         call wrote, or None when another filler wrote it.
+    budget : Budget or None
+        The memory budget blocks waiting for their write are held in.
     """
 
     values: Callable[[BlockCoords], np.ndarray]
-    write: Callable[[BlockCoords, np.ndarray], None]
+    write: Callable[[list[BlockCoords], list[np.ndarray]], None]
     stored: Callable[[list[BlockCoords]], set[BlockCoords]]
     prefetch: Callable[[list[BlockCoords]], None]
     finished: Callable[[BlockCoords, np.ndarray | None], None]
+    budget: Budget | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,38 +123,89 @@ class Sharing:
 
 
 class _Writes:
-    """The writer pipeline of one :func:`compute_blocks` call."""
+    """The writer pipeline of one :func:`compute_blocks` call (see the module docstring)."""
 
     def __init__(self, steps: BlockSteps, writer: ThreadPoolExecutor) -> None:
         self.steps, self.writer = steps, writer
-        self.pending: deque[tuple[BlockCoords, Future[None], np.ndarray]] = deque()
+        self.run: list[tuple[BlockCoords, np.ndarray]] = []  # computed, not yet submitted
+        self.run_bytes = 0
+        self.pending: deque[tuple[list[tuple[BlockCoords, np.ndarray]], Future[None]]] = deque()
         self.written = 0
         self.on_written: Callable[[BlockCoords], None] = lambda coords: None
 
     def compute(self, coords: BlockCoords) -> None:
         values = self.steps.values(coords)
-        self.pending.append((coords, self.writer.submit(self.steps.write, coords, values), values))
-        while len(self.pending) >= MAX_WRITES_IN_FLIGHT:
+        if self.run and not extends_run([c for c, _ in self.run], coords):
+            self.submit()
+        self._hold(values.nbytes)
+        self.run.append((coords, values))
+        self.run_bytes += values.nbytes
+        if len(self.run) >= WRITE_RUN_BLOCKS or self.run_bytes >= WRITE_RUN_BYTES:
+            self.submit()
+
+    def submit(self) -> None:
+        """Hand the open run to the writer, after the oldest runs in flight are written."""
+        if not self.run:
+            return
+        while len(self.pending) >= MAX_RUNS_IN_FLIGHT:
             self.finish_one()
+        self.submit_now()
+
+    def submit_now(self) -> None:
+        """Hand the open run (if any) to the writer."""
+        if not self.run:
+            return
+        run, self.run, self.run_bytes = self.run, [], 0
+        coords, values = [c for c, _ in run], [v for _, v in run]
+        self.pending.append((run, self.writer.submit(self.steps.write, coords, values)))
+
+    def _hold(self, nbytes: int) -> None:
+        """Hold a block waiting for its write in the budget: when the budget has no room for
+        it, earlier runs are written first (the open one too); alone, it is refused clearly."""
+        budget = self.steps.budget
+        if budget is None:
+            return
+        while not budget.try_reserve(nbytes, WRITES):
+            if self.pending:
+                self.finish_one()
+            elif self.run:
+                self.submit_now()
+            else:
+                budget.reserve(nbytes, WRITES, "raise memory_budget, or use a smaller block_shape.")
+                return
+
+    def _release(self, run: list[tuple[BlockCoords, np.ndarray]]) -> None:
+        if self.steps.budget is not None:
+            self.steps.budget.release(sum(values.nbytes for _, values in run), WRITES)
 
     def finish_one(self) -> None:
-        coords, future, values = self.pending.popleft()
-        future.result()
-        self.written += 1
-        self.steps.finished(coords, values)
-        self.on_written(coords)
+        run, future = self.pending.popleft()
+        try:
+            future.result()
+        finally:
+            self._release(run)
+        for coords, values in run:
+            self.written += 1
+            self.steps.finished(coords, values)
+            self.on_written(coords)
 
     def finish_all(self) -> None:
+        self.submit()
         while self.pending:
             self.finish_one()
 
     def abandon(self) -> int:
-        """After an error: let submitted writes complete; count the blocks they stored."""
+        """After an error: write the open run (its blocks are computed and checked), let
+        every write complete; count the blocks they stored."""
         kept = 0
-        for coords, future, values in self.pending:
-            if future.exception() is None:
-                self.steps.finished(coords, values)
-                kept += 1
+        self.submit_now()
+        for run, future in self.pending:
+            failed = future.exception() is not None  # waits for the write
+            self._release(run)
+            if not failed:
+                for coords, values in run:
+                    self.steps.finished(coords, values)
+                    kept += 1
         return kept
 
 

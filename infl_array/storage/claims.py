@@ -15,23 +15,36 @@ claims they hold every ``ttl_s / 4`` from a background thread, so a live filler 
 claims, and a killed one (even with SIGKILL) loses them by expiry: a claim never blocks a unit
 forever. A claim object that does not decode (damaged, or being written on a store without
 atomic writes) holds its unit for one ``ttl_s`` from when a filler first sees it so, then is
-taken over like an expired one. Expiry compares wall clocks, so machines sharing a store need
-clocks within a fraction of ``ttl_s`` of each other (NTP). Claims are released
+taken over like an expired one. A live owner holds a unit for at most ``max_wait_s`` (default
+:data:`MAX_WAIT_TTLS` lifetimes) as seen by one waiting filler: its heartbeat refreshes the
+claim even when its computation is stuck (a request that never ends), so past that the waiter
+warns, naming the owner and the unit, and computes the unit as well (the values are identical
+and writes atomic: only work is doubled). Expiry compares wall clocks, so machines sharing a
+store need clocks within a fraction of ``ttl_s`` of each other (NTP). Claims are released
 (deleted) as soon as their unit is done; a claim left by a killed filler is removed by the
 filler that takes the unit over.
+
+A failed request never makes a claim outlive its use. A release whose delete fails (an S3 500
+or timeout) is not an error of the fill (its unit is done): the claim is no longer refreshed,
+so it expires within ``ttl_s``, and :meth:`ClaimBook.close` tries the delete once more. A claim
+that a failed request may have stored (the server wrote it, the client gave up) is deleted at
+once when possible. Within the process that wrote it, a claim is *abandoned* as soon as no
+open claim book of the process holds (or is claiming) it, and is taken over at once: a fill
+never waits on a claim its own process left behind.
 
 This module knows zarr's store interface only (through :mod:`infl_array.storage.zarr_compat`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
 import threading
 import time
 import uuid
+import warnings
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -48,6 +61,12 @@ __all__ = ["CLAIM_TTL_S", "ClaimBook", "is_claim", "live_owners"]
 CLAIM_TTL_S = 60.0
 """Seconds a claim lives after its owner's last refresh."""
 
+MAX_WAIT_TTLS = 10
+"""Claim lifetimes a filler waits at most on a unit one live owner holds (``max_wait_s``)."""
+
+_OPEN_BOOKS: weakref.WeakValueDictionary[str, ClaimBook] = weakref.WeakValueDictionary()
+"""The claim books of this process, by owner (what tells a held claim from an abandoned one)."""
+
 
 class ClaimBook:
     """The claims one filler holds on units of one store (see the module docstring).
@@ -61,6 +80,9 @@ class ClaimBook:
     ttl_s : float, optional
         Seconds a claim lives after its last refresh (default :data:`CLAIM_TTL_S`, read at
         construction).
+    max_wait_s : float, optional
+        Seconds this filler lets one live owner hold a unit it waits for, at most (default
+        :data:`MAX_WAIT_TTLS` times ``ttl_s``); then it takes the unit over, with a warning.
     clock : callable
         The wall clock claims expire by (``time.time``; tests pass a clock they move).
     """
@@ -71,14 +93,20 @@ class ClaimBook:
         prefix: str,
         ttl_s: float | None = None,
         clock: Callable[[], float] = time.time,
+        max_wait_s: float | None = None,
     ) -> None:
         self._store = zarr_store
         self._prefix = prefix
         self.ttl_s = float(CLAIM_TTL_S if ttl_s is None else ttl_s)
         self._clock = clock
+        self.max_wait_s = float(MAX_WAIT_TTLS * self.ttl_s if max_wait_s is None else max_wait_s)
         self._unreadable: dict[str, float] = {}  # claim name -> when first seen unreadable
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self._waiting: dict[str, tuple[str, float]] = {}  # name -> (live owner, first seen)
+        self.owner = f"{_this_process()}{uuid.uuid4().hex[:12]}"
         self._held: set[str] = set()
+        self._claiming: set[str] = set()  # written, not yet read back
+        self._unreleased: set[str] = set()  # released, but the delete failed
+        _OPEN_BOOKS[self.owner] = self
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
@@ -108,64 +136,98 @@ class ClaimBook:
         that long is damage, and a wait on it ends.
         """
         if found:
-            return not _is_stale(found, self._clock())
+            if _is_stale(found, self._clock()) or _abandoned_here(name, found):
+                return False
+            return not self._waited_out(name, str(found["owner"]))
         first = self._unreadable.setdefault(name, time.monotonic())
         return time.monotonic() - first < self.ttl_s
+
+    def _waited_out(self, name: str, owner: str) -> bool:
+        """Whether this filler has seen ``owner`` hold ``name`` for ``max_wait_s`` (then it
+        warns and takes the unit over: see the module docstring)."""
+        now = time.monotonic()
+        seen = self._waiting.get(name)
+        if seen is None or seen[0] != owner:
+            self._waiting[name] = (owner, now)
+            return False
+        if now - seen[1] < self.max_wait_s:
+            return False
+        del self._waiting[name]
+        warnings.warn(
+            f"infl_array: the claim {self._prefix + name!r} has been held by the live filler "
+            f"{owner!r} for over {self.max_wait_s:g} s (it refreshes its claim, but its unit "
+            "is not done: it may be stuck); this filler computes the unit as well. The values "
+            "are identical and writes atomic: only work is doubled.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return True
 
     def try_claim(self, name: str) -> bool:
         """Claim ``name``; True when this filler now owns it (also when it already did)."""
         if name in self._held:
             return True
         key = self._prefix + name
-        for _ in range(2):
-            content = self._content()
-            try:
-                write_key_if_absent(self._store, key, content)
-            except OSError:
-                self._drop_if_mine(name)  # a failed request may still have stored it
-                raise
-            found = self._read(name)
-            if found is not None and found.get("owner") == self.owner:
-                with self._lock:
-                    self._held.add(name)
-                self._start_heartbeat()
-                return True
-            if found is not None and self._holds(name, found):
-                return False  # a live owner
-            delete_key(self._store, key)  # expired (its owner died), or released meanwhile
-            self._unreadable.pop(name, None)
-        return False
-
-    def _drop_if_mine(self, name: str) -> None:
-        """Delete the claim ``name`` if it is this filler's, as best it can.
-
-        A claim request that failed (a timeout) may have been carried out by the server all
-        the same; left there, the claim of a live process would hold its unit for a whole
-        lifetime, making the next fill in this process wait on itself.
-        """
-        with contextlib.suppress(OSError):
-            found = self._read(name)
-            if found is not None and found.get("owner") == self.owner:
-                delete_key(self._store, self._prefix + name)
+        self._claiming.add(name)
+        try:
+            for _ in range(2):
+                try:
+                    write_key_if_absent(self._store, key, self._content())
+                    found = self._read(name)
+                except OSError:
+                    # the server may have stored it all the same (a timeout after the write):
+                    # delete it, or (that failing too) leave it abandoned, see _abandoned_here
+                    self._delete_if_mine(name)
+                    raise
+                if found is not None and found.get("owner") == self.owner:
+                    with self._lock:
+                        self._held.add(name)
+                    self._start_heartbeat()
+                    return True
+                if found is not None and self._holds(name, found):
+                    return False  # a live owner
+                delete_key(self._store, key)  # expired (its owner died), or released meanwhile
+                self._unreadable.pop(name, None)
+            return False
+        finally:
+            self._claiming.discard(name)
 
     def release(self, name: str) -> None:
-        """Give up ``name``'s claim (its unit is done, or abandoned)."""
+        """Give up ``name``'s claim (its unit is done, or abandoned).
+
+        A failed delete is not raised: the claim is no longer refreshed, so it expires within
+        ``ttl_s`` (at once for this process), and :meth:`close` tries the delete again.
+        """
         with self._lock:  # not while the heartbeat rewrites it: a released claim stays gone
             if name not in self._held:
                 return
             self._held.discard(name)
+            if not self._delete_if_mine(name):
+                self._unreleased.add(name)
+
+    def _delete_if_mine(self, name: str) -> bool:
+        """Delete ``name``'s claim if it is this book's; False when a request failed."""
+        try:
             found = self._read(name)
             if found is not None and found.get("owner") == self.owner:
                 delete_key(self._store, self._prefix + name)
+        except OSError:
+            return False
+        return True
 
     def close(self) -> None:
         """Release every claim held and stop refreshing (the heartbeat thread has ended on
-        return)."""
-        for name in list(self._held):
-            self.release(name)
-        self._stop.set()
-        if self._heartbeat is not None and self._heartbeat is not threading.current_thread():
-            self._heartbeat.join()
+        return, whatever the releases met)."""
+        try:
+            for name in list(self._held):
+                self.release(name)
+            for name in list(self._unreleased):
+                if self._delete_if_mine(name):  # one more try; else it expires
+                    self._unreleased.discard(name)
+        finally:
+            self._stop.set()
+            if self._heartbeat is not None and self._heartbeat is not threading.current_thread():
+                self._heartbeat.join()
 
     def _start_heartbeat(self) -> None:
         if self._heartbeat is not None and self._heartbeat.is_alive():
@@ -212,7 +274,7 @@ def live_owners(zarr_store: Any, prefix: str) -> set[str]:
     """The owners of the live claims under ``prefix`` held by other processes (fillers at work
     on the store now); claims of this process, expired ones and unreadable ones are left out."""
     owners = set()
-    mine = f"{socket.gethostname()}:{os.getpid()}:"
+    mine = _this_process()
     now = time.time()
     for key in list_prefix(zarr_store, prefix):
         try:
@@ -222,6 +284,24 @@ def live_owners(zarr_store: Any, prefix: str) -> set[str]:
         if is_claim(found) and not _is_stale(found, now) and not found["owner"].startswith(mine):
             owners.add(found["owner"])
     return owners
+
+
+def _this_process() -> str:
+    """The prefix of the owners of this process's claims: ``"host:pid:"``."""
+    return f"{socket.gethostname()}:{os.getpid()}:"
+
+
+def _abandoned_here(name: str, claim: dict[str, Any]) -> bool:
+    """Whether ``claim`` on ``name`` was written by this process and no open claim book of it
+    holds or is claiming ``name`` (a request or a release of it failed): taken over at once.
+
+    (Set membership only, no lock: a book adds ``name`` to ``_claiming`` before writing it.)
+    """
+    owner = str(claim.get("owner", ""))
+    if not owner.startswith(_this_process()):
+        return False
+    book = _OPEN_BOOKS.get(owner)
+    return book is None or (name not in book._held and name not in book._claiming)
 
 
 def _is_stale(claim: dict[str, Any], now: float) -> bool:

@@ -51,7 +51,7 @@ import numpy as np
 from infl_array.errors import CorruptBlockError
 from infl_array.storage import layout
 from infl_array.storage.claims import ClaimBook
-from infl_array.storage.grid import BlockGrid, block_range
+from infl_array.storage.grid import WRITE_RUN_BYTES, BlockGrid, block_range
 from infl_array.storage.meta import MAX_CHUNK_BYTES, Compression
 from infl_array.storage.segments import check_not_grown
 from infl_array.storage.store import InfluenceStore
@@ -198,9 +198,35 @@ class FactorSide:
 
     def write(self, b: int, values: np.ndarray) -> bool:
         """Store factor block ``b`` if this side is stored; returns whether it was."""
+        return self.write_many([b], [values])
+
+    def write_many(self, blocks: list[int], values: list[np.ndarray]) -> bool:
+        """Store factor blocks ``blocks`` (their ``values``) if this side is stored; returns
+        whether they were. Runs of consecutive blocks are written with one zarr call each
+        (:meth:`~infl_array.storage.grid.BlockGrid.write_run`, at most
+        :data:`WRITE_RUN_BYTES` a call), every chunk atomically."""
+        if not blocks:
+            return True
+        grid = self._grid_for(values[0])
+        if grid is None:
+            return False
+        run: list[int] = []
+        parts: list[np.ndarray] = []
+        for b, v in zip(blocks, values, strict=True):
+            if run and (b != run[-1] + 1 or sum(p.nbytes for p in parts) >= WRITE_RUN_BYTES):
+                grid.write_run([(i, 0) for i in run], parts)
+                run, parts = [], []
+            run.append(b)
+            parts.append(np.ascontiguousarray(v))
+        grid.write_run([(i, 0) for i in run], parts)
+        return True
+
+    def _grid_for(self, values: np.ndarray) -> BlockGrid | None:
+        """The side's array for blocks like ``values`` (created on first use), or None when
+        the side is not stored; ``ValueError`` when the stored array is another model's."""
         width, itemsize = values.shape[1], values.dtype.itemsize
         if not self.is_stored(width, itemsize):
-            return False
+            return None
         with self._lock:
             grid = self.grid()
             if grid is None:
@@ -218,8 +244,7 @@ class FactorSide:
                 f"width {width} and dtype {values.dtype}; the store belongs to another model. "
                 "Recreate it with overwrite=True."
             )
-        grid.write_block((b, 0), np.ascontiguousarray(values))
-        return True
+        return grid
 
     # ------------------------------------------------------------------ sharing with processes
     def claim(self, b: int) -> bool:

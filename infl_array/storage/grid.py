@@ -41,10 +41,13 @@ from infl_array.storage.zarr_compat import (
 
 __all__ = [
     "PARTIAL_MIN_AGE_S",
+    "WRITE_RUN_BYTES",
     "BlockCoords",
     "BlockGrid",
     "block_range",
     "create_error",
+    "extends_run",
+    "run_region",
     "write_error",
 ]
 
@@ -68,6 +71,45 @@ def block_range(first: int, length: int, n: int, last: int | None = None) -> ran
     stop = first if last is None else last
     return range(first * length, min((stop + 1) * length, n))
 
+
+def extends_run(run: list[BlockCoords], coords: BlockCoords) -> bool:
+    """Whether block ``coords`` continues ``run``: the next block down its block column or
+    along its block row (a run of one block grows either way).
+
+    Examples
+    --------
+    >>> extends_run([(0, 3)], (1, 3)), extends_run([(0, 3), (1, 3)], (1, 4))
+    (True, False)
+    >>> extends_run([(2, 0), (2, 1)], (2, 2)), extends_run([], (0, 0))
+    (True, False)
+    """
+    if not run:
+        return False
+    (i, j), (i0, j0) = run[-1], run[0]
+    down = coords == (i + 1, j) and j0 == j
+    along = coords == (i, j + 1) and i0 == i
+    return down or along
+
+
+def run_region(
+    run: list[BlockCoords], block_shape: tuple[int, int], shape: tuple[int, int]
+) -> tuple[slice, slice, int]:
+    """The rows and columns a run of blocks (:func:`extends_run`) covers, and the axis its
+    blocks are stacked along (0: down a block column, 1: along a block row).
+
+    >>> run_region([(0, 1), (1, 1), (2, 1)], (2, 3), (5, 9))
+    (slice(0, 5, None), slice(3, 6, None), 0)
+    """
+    (i0, j0), (i1, j1) = run[0], run[-1]
+    axis = 0 if j0 == j1 and len(run) > 1 and i1 > i0 else 1
+    rows = block_range(i0, block_shape[0], shape[0], i1)
+    cols = block_range(j0, block_shape[1], shape[1], j1)
+    return slice(rows.start, rows.stop), slice(cols.start, cols.stop), axis
+
+
+WRITE_RUN_BYTES = 8 << 20
+"""A run of blocks written with one zarr call holds about this many bytes at most (8 MiB; one
+block, when a block is larger)."""
 
 PARTIAL_MIN_AGE_S = 3600.0
 """Temporary block files younger than this (by mtime) may belong to a live writer."""
@@ -193,6 +235,33 @@ class BlockGrid:
                     self.array[rows, cols] = values
         except OSError as exc:
             raise write_error(exc, coords, self.where) from exc
+
+    def write_run(self, coords: list[BlockCoords], values: list[np.ndarray]) -> None:
+        """Write a run of whole blocks with one zarr assignment (:func:`run_region`).
+
+        ``coords`` are consecutive blocks of one block row or one block column (as
+        :func:`extends_run` grows them), ``values`` their 2-D values. zarr writes the run's
+        chunks concurrently, each with its own atomic chunk write, so every block is complete
+        in the store or absent, as with :meth:`write_block`. A failed write is retried block by
+        block, so an error names the block that cannot be written (the blocks before it are
+        stored).
+        """
+        if len(coords) == 1:
+            self.write_block(coords[0], values[0])
+            return
+        self.check_writable(coords[0])
+        for c in coords:
+            self._check_edge_current(c)
+        rows, cols, axis = run_region(coords, self.block_shape, self.shape)
+        try:
+            with empty_chunks_kept():
+                if self.ndim == 1:
+                    self.array[cols] = np.concatenate([v[0] for v in values])
+                else:
+                    self.array[rows, cols] = np.concatenate(values, axis=axis)
+        except OSError:
+            for c, v in zip(coords, values, strict=True):  # names the block that fails
+                self.write_block(c, v)
 
     def _check_edge_current(self, coords: BlockCoords) -> None:
         """A partial last block along a data axis is written only while no append has grown

@@ -81,6 +81,11 @@ class TopKGrid(BlockGrid):
         self.indices.write_block(coords, np.ascontiguousarray(values["indices"]))
         super().write_block(coords, np.ascontiguousarray(values["values"]))
 
+    def write_run(self, coords: list[BlockCoords], values: list[np.ndarray]) -> None:
+        """Write row blocks one by one (:meth:`write_block`: each with its indices first)."""
+        for c, v in zip(coords, values, strict=True):
+            self.write_block(c, v)
+
 
 def find_top_k_grid(store: InfluenceStore, where: layout.TopKLayout) -> TopKGrid | None:
     """The stored top-k arrays at ``where``, or None when the store holds none yet."""

@@ -38,9 +38,10 @@ class DictShelf:
             raise CorruptBlockError((key, 0), f"block {key} of the test shelf is damaged")
         return values
 
-    def write(self, key: int, values: np.ndarray) -> bool:
-        self.chunks[key] = values
-        self.writes.append(key)
+    def write_many(self, keys: list[int], values: list[np.ndarray]) -> bool:
+        for key, v in zip(keys, values, strict=True):
+            self.chunks[key] = v
+            self.writes.append(key)
         return True
 
     def claim(self, key: int, owner: str = "me") -> bool:

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import SlowLoggedFn, logged_blocks
+import zarr
+from helpers import CountingFn, SlowLoggedFn, logged_blocks
 
 import infl_array as ia
 from infl_array.engine.plan import ClaimUnits
@@ -104,3 +105,60 @@ def test_a_unit_claimed_by_a_dead_local_filler_is_taken_over_at_once(tmp_path: P
     order = [(r // BLOCK[0], c // BLOCK[1]) for r, c, _ in logged_blocks(str(log))]
     assert order[0] == (0, 0) and len(order) == 400  # not deferred: its owner is gone
     assert not list((tmp_path / "s" / "influence" / "claims").iterdir())
+
+
+# ---------------------------------------------------------------------- runs of writes
+@pytest.fixture
+def recorded_runs(monkeypatch: pytest.MonkeyPatch) -> list[list[tuple[int, int]]]:
+    """The blocks of every BlockGrid.write_run call, in order."""
+    from infl_array.storage.grid import BlockGrid
+
+    runs: list[list[tuple[int, int]]] = []
+    original = BlockGrid.write_run
+
+    def recorded(self: BlockGrid, coords: list[tuple[int, int]], values: list[Any]) -> None:
+        runs.append(list(coords))
+        original(self, coords, values)
+
+    monkeypatch.setattr(BlockGrid, "write_run", recorded)
+    return runs
+
+
+def test_a_fill_writes_runs_of_a_block_row_with_one_call_each(
+    tmp_path: Path, recorded_runs: list[list[tuple[int, int]]]
+) -> None:
+    full = np.random.default_rng(0).standard_normal((12, 50)).astype(np.float32)
+    fn = CountingFn(full)
+    arr = ia.InfluenceArray.from_function(tmp_path / "s", fn, shape=(12, 50), block_shape=(4, 3))
+    assert arr.fill(progress=False) == 3 * 17
+    # a function's blocks are computed row-major: one call per block row (17 blocks each)
+    assert recorded_runs == [[(i, j) for j in range(17)] for i in range(3)]
+    np.testing.assert_array_equal(np.asarray(arr), full)
+    np.testing.assert_array_equal(zarr.open_array(tmp_path / "s" / "influence")[:], full)
+
+
+def test_runs_are_cut_at_gaps_and_at_their_byte_bound(
+    tmp_path: Path, recorded_runs: list[list[tuple[int, int]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("infl_array.engine.work.WRITE_RUN_BYTES", 3 * 4 * 3 * 4)  # 3 blocks
+    full = np.random.default_rng(1).standard_normal((8, 21)).astype(np.float32)
+    arr = ia.InfluenceArray.from_function(
+        tmp_path / "s", CountingFn(full), shape=(8, 21), block_shape=(4, 3)
+    )
+    arr[0:4, 9:12]  # block (0, 3) is stored before the fill
+    recorded_runs.clear()
+    assert arr.fill(progress=False) == 2 * 7 - 1
+    assert recorded_runs == [
+        [(0, 0), (0, 1), (0, 2)], [(0, 4), (0, 5), (0, 6)],
+        [(1, 0), (1, 1), (1, 2)], [(1, 3), (1, 4), (1, 5)], [(1, 6)],
+    ]  # fmt: skip
+    np.testing.assert_array_equal(np.asarray(arr), full)
+
+
+def test_run_bookkeeping() -> None:
+    from infl_array.storage.grid import extends_run, run_region
+
+    assert extends_run([(0, 0), (1, 0)], (2, 0)) and not extends_run([(0, 0), (1, 0)], (1, 1))
+    assert not extends_run([(0, 0)], (0, 2)) and not extends_run([(0, 0)], (1, 1))
+    assert run_region([(1, 2), (1, 3)], (4, 3), (8, 10)) == (slice(4, 8), slice(6, 10), 1)
+    assert run_region([(0, 3)], (4, 3), (8, 10)) == (slice(0, 4), slice(9, 10), 1)

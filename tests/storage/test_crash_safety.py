@@ -124,20 +124,24 @@ def test_sigkill_inside_a_block_write(tmp_path: Path, mode: str, url: bool) -> N
     spec = f"file://{store}" if url else str(store)
     proc = spawn("fill", spec, log, delay=0.0, inject=mode, nth=8)
     assert proc.wait(timeout=TIMEOUT_S) == -signal.SIGKILL, log.read_text()
-    # blocks are filled row-major: 7 complete, the 8th (1, 1) died in the write
-    [partial] = partial_files(store)
-    assert partial.parent.name == "1" and partial.name.startswith("1.")
-    size = partial.stat().st_size
-    full_size = (store / "influence" / "c" / "1" / "0").stat().st_size
-    assert (size < full_size) if mode == "mid-write" else (size > 0)
-    missing = check_store_after_crash(store)
-    assert len(missing) == N_BLOCKS - 7 and (1, 1) in missing
+    # the fill died writing its 8th block file; a run of blocks is written with one zarr
+    # call, its chunks concurrently, so other files of the run may have been open beside it
+    partials = partial_files(store)
+    assert partials
+    sizes = [p.stat().st_size for p in partials]
+    missing = check_store_after_crash(store)  # every stored block is complete and right
+    being_written = {(int(p.parent.name), int(p.name.split(".")[0])) for p in partials}
+    assert being_written <= set(missing)
     # a fresh temporary file may be a live writer's: fill leaves it, never counts it
     refill_computes_exactly(spec, missing)
-    assert partial_files(store) == [partial]
+    assert partial_files(store) == partials
+    full_size = min(f.stat().st_size for f in chunk_files(store))
+    # the killed one is half written (or written whole but not renamed)
+    assert min(sizes) < full_size if mode == "mid-write" else max(sizes) > 0
     # once no writer can be alive it is removed
     claims = claim_partials(store)  # the fill may have been writing a claim when it died
-    assert InfluenceStore.open(store).matrix.clean_partials(min_age_s=0) == 1 + len(claims)
+    removed = InfluenceStore.open(store).matrix.clean_partials(min_age_s=0)
+    assert removed == len(partials) + len(claims)
     assert partial_files(store) == [] and claim_partials(store) == []
     np.testing.assert_array_equal(np.asarray(ia.open(spec)), EXPECTED)
 

@@ -106,3 +106,39 @@ def test_a_claim_stored_by_a_failed_request_does_not_hold_its_unit(tmp_path: Pat
         lambda: ia.open(LateFailingClaims(path), fn=_fn).fill(progress=False), 20
     )
     assert filled == 4 and seconds < 20
+
+
+class FailingClaimDeletes(LocalStore):
+    """A local store whose claim deletes fail while ``failing`` is set: a release whose request
+    an S3 server answered with an error."""
+
+    failing = False
+
+    async def delete(self, key: str) -> None:
+        if FailingClaimDeletes.failing and "/claims/" in key:
+            raise OSError(errno.EREMOTEIO, "Internal Server Error")
+        await super().delete(key)
+
+
+def test_a_failed_claim_release_neither_fails_the_fill_nor_holds_its_unit(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    arr = ia.InfluenceArray.from_function(
+        FailingClaimDeletes(path), _fn, shape=(6, 8), block_shape=(3, 4)
+    )
+    FailingClaimDeletes.failing = True
+    try:  # the blocks are stored: a claim left behind is not the fill's failure
+        assert arr.fill(progress=False) == 4
+    finally:
+        FailingClaimDeletes.failing = False
+    assert list(path.rglob("claims/*"))  # the server kept the claims it failed to delete
+    np.testing.assert_array_equal(np.asarray(ia.open(path)), _fn(range(6), range(8)))
+    # a new fill in this process does not wait on the claims this process abandoned (they are
+    # no longer refreshed, and taken over at once here)
+    for chunk in (path / "influence" / "c").rglob("*"):
+        if chunk.is_file():
+            chunk.unlink()
+    filled, seconds = bounded(
+        lambda: ia.open(FailingClaimDeletes(path), fn=_fn).fill(progress=False), 20
+    )
+    assert filled == 4 and seconds < 20
+    assert not list(path.rglob("claims/*"))

@@ -45,7 +45,7 @@ from infl_array.torch.data.options import (
     parse_hessian_average,
     positive_int,
 )
-from infl_array.torch.full.base import TorchInfluenceBase
+from infl_array.torch.full.base import DEFAULT_MEMORY_BUDGET, TorchInfluenceBase
 from infl_array.torch.full.diagnostics import (
     NOT_CONVERGED,
     NOT_POSITIVE_DEFINITE,
@@ -101,6 +101,10 @@ class ArnoldiInfluence(TorchInfluenceBase):
     batch_size : int or None
         Samples per pass over the data (see
         :class:`~infl_array.torch.full.base.TorchInfluenceBase`).
+    memory_budget : int
+        Bytes the built state, the solves' working space and the arrays made from the backend
+        may hold together (default 4 GiB; see
+        :class:`~infl_array.torch.full.base.TorchInfluenceBase`).
     """
 
     def __init__(
@@ -120,6 +124,7 @@ class ArnoldiInfluence(TorchInfluenceBase):
         seed: int = 0,
         hessian_average: str = "sample",
         batch_size: int | None = None,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
     ) -> None:
         super().__init__(
             model,
@@ -129,6 +134,7 @@ class ArnoldiInfluence(TorchInfluenceBase):
             block_structure=block_structure,
             second_order_mode=second_order_mode,
             positive_regularization=bool(use_woodbury),
+            memory_budget=memory_budget,
         )
         self.rank = positive_int(rank, "rank")
         self.krylov_dimension = optional_positive_int(krylov_dimension, "krylov_dimension")

@@ -47,12 +47,13 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from infl_array.torch.data.options import loss_name, optional_positive_int
+from infl_array.engine.budget import Budget
+from infl_array.torch.data.options import loss_name, optional_positive_int, positive_int
 from infl_array.torch.data.tokens import split_mapping
 from infl_array.torch.data.views import IndexedData, as_indexed
 from infl_array.torch.full.checks import check_sample, model_inputs, require_eval_mode
 from infl_array.torch.full.curvature import CurvatureMixin
-from infl_array.torch.full.deferred import DeferredBuild
+from infl_array.torch.full.deferred import DeferredBuild, held_tensor_bytes
 from infl_array.torch.full.diagnostics import Diagnostics
 from infl_array.torch.full.functional import (
     FlatModel,
@@ -74,7 +75,15 @@ from infl_array.torch.full.param_blocks import (
     resolve_blocks,
 )
 
-__all__ = ["DEFAULT_BATCH_SIZE", "TorchInfluenceBase"]
+__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_MEMORY_BUDGET", "TorchInfluenceBase"]
+
+DEFAULT_MEMORY_BUDGET = 4 << 30
+"""Default memory budget of the backends, in bytes (4 GiB)."""
+
+BUILT = "the built curvature state"
+"""What a backend's built state (Hessian factors, eigenpairs, sketches) is held as."""
+
+SOLVE_FIX = "raise memory_budget, or pass fewer test samples per call (a smaller block_shape)."
 
 _B = TypeVar("_B", bound="TorchInfluenceBase")
 
@@ -93,8 +102,9 @@ class TorchInfluenceBase(GradientsMixin, CurvatureMixin, IdentityMixin, Deferred
         ``{block name: value or None}`` (keys a subset of the block names) sets it per block.
     batch_size : int or None
         Samples per vectorised pass over data (memory control; does not change results up to
-        rounding). ``None``: the larger of 1024 and the fit DataLoader's batch size (small
-        passes cost mostly fixed overhead; lower it if a pass runs out of memory).
+        rounding). ``None``: the larger of 1024 and the fit DataLoader's batch size, and for
+        per-sample gradients as many samples as 32 MiB of gradients hold if that is more
+        (small passes cost mostly fixed overhead; lower it if a pass runs out of memory).
     block_structure : BlockMode or mapping
         Parameter blocks of the block-diagonal curvature (see
         :mod:`~infl_array.torch.full.param_blocks`).
@@ -102,6 +112,9 @@ class TorchInfluenceBase(GradientsMixin, CurvatureMixin, IdentityMixin, Deferred
         ``HESSIAN`` or ``GAUSS_NEWTON``.
     positive_regularization : bool
         Require ``lambda_b > 0`` for every block (subclasses that divide by it).
+    memory_budget : int
+        Bytes the backend's built state, its working space and the arrays made from it may hold
+        together (:attr:`budget`): test factors are solved in chunks of samples that fit.
 
     Notes
     -----
@@ -122,6 +135,7 @@ class TorchInfluenceBase(GradientsMixin, CurvatureMixin, IdentityMixin, Deferred
         block_structure: BlockStructure = BlockMode.FULL,
         second_order_mode: SecondOrderMode = SecondOrderMode.HESSIAN,
         positive_regularization: bool = False,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
@@ -135,6 +149,8 @@ class TorchInfluenceBase(GradientsMixin, CurvatureMixin, IdentityMixin, Deferred
             )
         self.model = model
         self.loss = loss
+        self.budget = Budget(positive_int(memory_budget, "memory_budget"))
+        """What the backend (and arrays made from it) hold (:mod:`infl_array.engine.budget`)."""
         self.block_structure = parse_block_structure(block_structure)
         self.second_order_mode = parse_second_order_mode(second_order_mode)
         self._blocks: ParameterBlocks = resolve_blocks(model, self.block_structure)
@@ -275,6 +291,42 @@ class TorchInfluenceBase(GradientsMixin, CurvatureMixin, IdentityMixin, Deferred
         """Number of parameter entries the influence is taken over (all blocks)."""
         return self._blocks.size
 
+    holds_built_state: bool = True
+    """Whether :meth:`prepare` holds what it built in the budget (subclasses that hold their
+    fitted state themselves say False)."""
+
+    solve_vectors: int = 2
+    """Parameter-sized vectors a solve holds per test sample (beside its gradient and its
+    factors); test factors are solved in chunks of samples whose vectors fit the budget."""
+
+    @property
+    def memory_budget(self) -> int:
+        """The memory budget in bytes (:attr:`budget`'s total; settable)."""
+        return self.budget.total
+
+    @memory_budget.setter
+    def memory_budget(self, value: int) -> None:
+        self.budget.total = positive_int(value, "memory_budget")
+
+    @property
+    def _itemsize(self) -> int:
+        return self._require_fit().theta.element_size()
+
+    def prepare(self: _B) -> _B:
+        """Run the expensive part of the fit now, unless it has run (see
+        :class:`~infl_array.torch.full.deferred.DeferredBuild`); what it built is held in the
+        memory budget for as long as it lives."""
+        built = self._built
+        super().prepare()
+        if not built and self._built and self.holds_built_state:
+            self.budget.release_all(BUILT)
+            try:
+                self.budget.reserve(held_tensor_bytes(self), BUILT, SOLVE_FIX, lasting=True)
+            except MemoryError:
+                self.reset_build()  # refused again by the next call, not used half-held
+                raise
+        return self
+
     @property
     def block_names(self) -> list[str]:
         """Names of the parameter blocks, in order (``[""]`` for ``BlockMode.FULL``)."""
@@ -313,11 +365,21 @@ class TorchInfluenceBase(GradientsMixin, CurvatureMixin, IdentityMixin, Deferred
         torch.Tensor
             One row per sample, on the model's device, in the model's dtype.
         """
-        grads = self.per_sample_grads(x, y)
         self.prepare()
-        if grads.shape[0] == 0:
-            return self._project(grads)
-        return check_finite(self._solve(grads), "test factors")
+        xt, yt = self._prepare(x, y)
+        n = xt.shape[0]
+        if n == 0:
+            return self._project(self.per_sample_grads(xt, yt))
+        # a row's gradient, its solve's working vectors and its factors
+        per_row = self._itemsize * self.n_params * (2 + self.solve_vectors)
+        what = f"{type(self).__name__}'s solve"
+        step = self.budget.count(per_row, n, what, SOLVE_FIX)
+        parts = []
+        for s in range(0, n, step):
+            rows = slice(s, min(s + step, n))
+            with self.budget.hold(per_row * (rows.stop - rows.start), f"{what} of {n} samples"):
+                parts.append(self._solve(self.per_sample_grads(xt[rows], yt[rows])))
+        return check_finite(parts[0] if len(parts) == 1 else torch.cat(parts), "test factors")
 
     def train_factors(self, x: Any, y: Any) -> torch.Tensor:
         """``grad l(z)`` (projected for low-rank backends) for each sample, shape ``(n, k)``.
@@ -332,7 +394,10 @@ class TorchInfluenceBase(GradientsMixin, CurvatureMixin, IdentityMixin, Deferred
         torch.Tensor
             One row per sample, on the model's device, in the model's dtype.
         """
-        return self._project(self.per_sample_grads(x, y))
+        xt, yt = self._prepare(x, y)
+        nbytes = 2 * self._itemsize * self.n_params * xt.shape[0]  # the passes and their rows
+        with self.budget.hold(nbytes, f"{type(self).__name__}'s train gradients", SOLVE_FIX):
+            return self._project(self.per_sample_grads(xt, yt))
 
     def influences(self, x_test: Any, y_test: Any, x_train: Any, y_train: Any) -> torch.Tensor:
         """Influence matrix ``test_factors(test) @ train_factors(train).T``, ``(n_test, n_train)``.

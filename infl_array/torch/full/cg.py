@@ -34,7 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from infl_array.torch.data.options import optional_positive_int, parse_hessian_average
-from infl_array.torch.full.base import TorchInfluenceBase
+from infl_array.torch.full.base import DEFAULT_MEMORY_BUDGET, TorchInfluenceBase
 from infl_array.torch.full.cg_solver import (
     TOL_MODES,
     CgSystems,
@@ -106,6 +106,10 @@ class CgInfluence(TorchInfluenceBase):
     batch_size : int or None
         Samples per pass over the data (see
         :class:`~infl_array.torch.full.base.TorchInfluenceBase`).
+    memory_budget : int
+        Bytes the built state, the solves' working space and the arrays made from the backend
+        may hold together (default 4 GiB; see
+        :class:`~infl_array.torch.full.base.TorchInfluenceBase`).
 
     Examples
     --------
@@ -117,6 +121,8 @@ class CgInfluence(TorchInfluenceBase):
     >>> cg.test_factors(x[:4], y[:4]).shape
     torch.Size([4, 8])
     """
+
+    solve_vectors = 5  # the iterates and their curvature products, per sample
 
     def __init__(
         self,
@@ -137,6 +143,7 @@ class CgInfluence(TorchInfluenceBase):
         tol_mode: str = "pydvl",
         hessian_average: str = "sample",
         batch_size: int | None = None,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
     ) -> None:
         super().__init__(
             model,
@@ -145,6 +152,7 @@ class CgInfluence(TorchInfluenceBase):
             batch_size,
             block_structure=block_structure,
             second_order_mode=second_order_mode,
+            memory_budget=memory_budget,
         )
         self.rtol = nonnegative(rtol, "rtol")
         self.atol = nonnegative(atol, "atol")

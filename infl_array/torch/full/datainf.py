@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from infl_array.torch.full.base import TorchInfluenceBase
+from infl_array.torch.full.base import DEFAULT_MEMORY_BUDGET, TorchInfluenceBase
 from infl_array.torch.full.functional import LossFn
 from infl_array.torch.full.param_blocks import BlockMode, BlockStructure, SecondOrderMode
 
@@ -50,6 +50,10 @@ class InverseHarmonicMeanInfluence(TorchInfluenceBase):
     batch_size : int or None
         Samples per pass over the data (see
         :class:`~infl_array.torch.full.base.TorchInfluenceBase`).
+    memory_budget : int
+        Bytes the built state, the solves' working space and the arrays made from the backend
+        may hold together (default 4 GiB; see
+        :class:`~infl_array.torch.full.base.TorchInfluenceBase`).
 
     Examples
     --------
@@ -71,6 +75,7 @@ class InverseHarmonicMeanInfluence(TorchInfluenceBase):
         block_structure: BlockStructure = BlockMode.FULL,
         *,
         batch_size: int | None = None,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
     ) -> None:
         super().__init__(
             model,
@@ -80,6 +85,7 @@ class InverseHarmonicMeanInfluence(TorchInfluenceBase):
             block_structure=block_structure,
             second_order_mode=SecondOrderMode.GAUSS_NEWTON,  # built from gradient outer products
             positive_regularization=True,
+            memory_budget=memory_budget,
         )
 
     def _solve(self, grads: torch.Tensor) -> torch.Tensor:

@@ -13,11 +13,38 @@ from __future__ import annotations
 import threading
 from typing import Any, TypeVar
 
+import torch
+
 from infl_array.engine.progress import activity
 
-__all__ = ["DeferredBuild"]
+__all__ = ["DeferredBuild", "held_tensor_bytes"]
 
 _D = TypeVar("_D", bound="DeferredBuild")
+
+
+def held_tensor_bytes(obj: object, skip: tuple[str, ...] = ("_flat", "model", "_fit_data")) -> int:
+    """Bytes of the tensors ``obj``'s attributes hold (directly, in lists, tuples and dicts, or
+    one object deep: a preconditioner's), each storage once; ``skip`` names attributes left out
+    (the model and the data are the caller's)."""
+    seen: set[int] = set()
+
+    def walk(value: object, depth: int) -> int:
+        if isinstance(value, torch.Tensor):
+            storage = value.untyped_storage()
+            key = storage.data_ptr()
+            if key in seen or value.device.type == "meta":
+                return 0
+            seen.add(key)
+            return int(storage.nbytes())
+        if isinstance(value, list | tuple):
+            return sum(walk(v, depth) for v in value)
+        if isinstance(value, dict):
+            return sum(walk(v, depth) for v in value.values())
+        if depth > 0 and hasattr(value, "__dict__") and not isinstance(value, torch.nn.Module):
+            return sum(walk(v, depth - 1) for v in vars(value).values())
+        return 0
+
+    return sum(walk(v, 1) for k, v in vars(obj).items() if k not in skip)
 
 
 class DeferredBuild:

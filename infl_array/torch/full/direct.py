@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from infl_array.torch.full.base import TorchInfluenceBase
+from infl_array.torch.full.base import DEFAULT_MEMORY_BUDGET, TorchInfluenceBase
 from infl_array.torch.full.diagnostics import (
     NOT_POSITIVE_DEFINITE,
     IndefiniteHessianWarning,
@@ -60,6 +60,10 @@ class DirectInfluence(TorchInfluenceBase):
     batch_size : int or None
         Samples per pass over the data (see
         :class:`~infl_array.torch.full.base.TorchInfluenceBase`).
+    memory_budget : int
+        Bytes the built state, the solves' working space and the arrays made from the backend
+        may hold together (default 4 GiB; see
+        :class:`~infl_array.torch.full.base.TorchInfluenceBase`).
 
     Examples
     --------
@@ -81,6 +85,7 @@ class DirectInfluence(TorchInfluenceBase):
         second_order_mode: SecondOrderMode = SecondOrderMode.HESSIAN,
         *,
         batch_size: int | None = None,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
     ) -> None:
         super().__init__(
             model,
@@ -89,6 +94,7 @@ class DirectInfluence(TorchInfluenceBase):
             batch_size,
             block_structure=block_structure,
             second_order_mode=second_order_mode,
+            memory_budget=memory_budget,
         )
         self._hessian: torch.Tensor | None = None
         self._factors: list[tuple[str, tuple[torch.Tensor, ...]]] = []

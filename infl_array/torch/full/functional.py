@@ -19,13 +19,23 @@ errors. The results are the same Hessian and products.
 
 The weighting of batches into the Hessian of the mean loss over all fit data is done by the
 callers (:mod:`infl_array.torch.full.base`).
+
+Warnings once per cause: torch warns about every operation ``vmap`` has no batching rule for
+("There is a performance drop because we have not yet implemented the batching rule for
+..."), each time a warnings filter was changed in between (``warnings.catch_warnings``
+resets the per-location record, and CPython's ``"once"`` filter with it), so one ``create``
+printed it 4-12 times. The ``vmap`` passes here run in :func:`warn_once_per_cause`, which shows
+each such warning once per process (other warnings as they come).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import threading
+import warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -34,9 +44,45 @@ from torch.func import grad, jacrev, vjp, vmap
 from infl_array.torch.data.tokens import call_model, model_outputs
 from infl_array.torch.data.views import tensor_bytes
 
-__all__ = ["FlatModel", "LossFn", "model_fingerprint", "parameter_fingerprints"]
+__all__ = [
+    "FlatModel",
+    "LossFn",
+    "model_fingerprint",
+    "parameter_fingerprints",
+    "warn_once_per_cause",
+]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+VMAP_PERFORMANCE_WARNING = "There is a performance drop because we have not yet implemented"
+"""The start of torch's warning about an operation without a batching rule under ``vmap``."""
+
+_SHOWN: set[tuple[type[Warning], str]] = set()
+_ONCE_LOCK = threading.RLock()
+
+
+@contextmanager
+def warn_once_per_cause() -> Iterator[None]:
+    """Run a ``vmap`` pass showing each of torch's performance warnings once per process.
+
+    The pass's warnings are recorded and shown again after it, in order; a warning whose text
+    starts with :data:`VMAP_PERFORMANCE_WARNING` only the first time that text is seen. Passes
+    are serialised by a lock: ``warnings.catch_warnings`` swaps process-wide state, which two
+    threads recording at once would leave swapped.
+    """
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with _ONCE_LOCK, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:
+        for w in caught:
+            text = str(w.message)
+            if text.startswith(VMAP_PERFORMANCE_WARNING):
+                if (w.category, text) in _SHOWN:
+                    continue
+                _SHOWN.add((w.category, text))
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
 
 
 def model_fingerprint(model: nn.Module, *, buffers: bool = False) -> str:
@@ -135,6 +181,26 @@ class FlatModel:
             n: p.detach() for n, p in model.named_parameters() if not p.requires_grad
         }
         self.const.update({n: b.detach() for n, b in model.named_buffers()})
+        self.graph_bytes: int | None = None
+        """Bytes the autograd graph of one sample's loss saves (:meth:`measure_graph`)."""
+
+    def measure_graph(self, x: torch.Tensor, y: torch.Tensor) -> int:
+        """Bytes the autograd graph of the loss of the one-sample batch ``(x, y)`` saves for
+        its backward pass (activations and the like), measured once and kept in
+        :attr:`graph_bytes`: the unit the passes over data are accounted in (the backends'
+        memory budget)."""
+        if self.graph_bytes is None:
+            saved = [0]
+
+            def pack(t: torch.Tensor) -> torch.Tensor:
+                saved[0] += t.numel() * t.element_size()
+                return t
+
+            theta = self.theta.detach().requires_grad_()
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                self.batch_loss(theta, x, y)
+            self.graph_bytes = max(1, saved[0])
+        return self.graph_bytes
 
     @property
     def n_params(self) -> int:
@@ -174,7 +240,8 @@ class FlatModel:
         def sample_loss(theta: torch.Tensor, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
             return self.batch_loss(theta, xi.unsqueeze(0), yi.unsqueeze(0))
 
-        return vmap(grad(sample_loss), in_dims=(None, 0, 0))(self.theta, x, y)
+        with warn_once_per_cause():
+            return vmap(grad(sample_loss), in_dims=(None, 0, 0))(self.theta, x, y)
 
     def batch_hessian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Hessian of the mean batch loss, shape ``(n_params, n_params)``."""
@@ -188,7 +255,8 @@ class FlatModel:
         gradient, then ``vmap`` of its vector-Jacobian product over the columns.
         """
         vjp_fn = vjp(lambda th: grad(self.batch_loss)(th, x, y), self.theta)[1]
-        (hv,) = vmap(vjp_fn, in_dims=1, out_dims=1)(v)
+        with warn_once_per_cause():
+            (hv,) = vmap(vjp_fn, in_dims=1, out_dims=1)(v)
         return hv
 
 

@@ -6,6 +6,14 @@ the model's device and dtype, passes of :attr:`~GradientsMixin.pass_size` sample
 ``torch.func.vmap`` (:class:`~infl_array.torch.full.functional.FlatModel`), the selected
 parameters taken in block order, and each column's regularization. Its methods are those of the
 base class (they read its fitted state); the split keeps each class to one job.
+
+Memory: a pass over data holds its working space in the backend's memory budget
+(:meth:`GradientsMixin._pass_rows`): the samples of a pass are as many as fit what the budget
+has left (at most :attr:`~GradientsMixin.pass_size`), at a cost per sample counted in units of
+the bytes one sample's autograd graph saves
+(:meth:`~infl_array.torch.full.functional.FlatModel.measure_graph`). A per-sample gradient pass
+costs two graphs and the sample's gradient (measured peaks: about 2.3 graphs at 1e5
+parameters); the curvature passes are in :mod:`~infl_array.torch.full.curvature`.
 """
 
 from __future__ import annotations
@@ -15,15 +23,22 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from infl_array.engine.budget import Budget
 from infl_array.torch.data.views import IndexedData
 from infl_array.torch.full.checks import model_inputs, require_eval_mode
 from infl_array.torch.full.functional import FlatModel, check_finite
 from infl_array.torch.full.param_blocks import ParameterBlocks
 
-__all__ = ["DEFAULT_BATCH_SIZE", "GradientsMixin"]
+__all__ = ["DEFAULT_BATCH_SIZE", "GRADIENT_PASS_BYTES", "GradientsMixin"]
 
 DEFAULT_BATCH_SIZE = 1024
 """Samples per pass when neither ``batch_size`` nor the fit DataLoader gives one."""
+
+GRADIENT_PASS_BYTES = 32 << 20
+"""Per-sample gradients one pass may return (32 MiB) when no ``batch_size`` is given."""
+
+PASS_FIX = "raise memory_budget, or pass a smaller batch_size (samples per pass)."
+"""The fix a pass over data names when not even one sample's working space fits."""
 
 
 class _Fitted(Protocol):
@@ -31,6 +46,7 @@ class _Fitted(Protocol):
 
     model: nn.Module
     batch_size: int | None
+    budget: Budget
     _blocks: ParameterBlocks
     _block_reg: list[float]
     _fit_data: IndexedData | None
@@ -41,6 +57,9 @@ class _Fitted(Protocol):
     @property
     def pass_size(self) -> int: ...
 
+    @property
+    def gradient_pass_size(self) -> int: ...
+
     def _require_fit(self) -> FlatModel: ...
 
     def _check_sample(self, flat: FlatModel, x: Any, y: Any, what: str) -> None: ...
@@ -48,6 +67,10 @@ class _Fitted(Protocol):
     def _prepare(self: _Fitted, x: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def _select(self: _Fitted, grads: torch.Tensor) -> torch.Tensor: ...
+
+    def _pass_rows(self, per_sample: int, what: str, most: int | None = None) -> int: ...
+
+    def _graph_bytes(self) -> int: ...
 
 
 class GradientsMixin:
@@ -62,6 +85,31 @@ class GradientsMixin:
         if self._fit_data is not None and self._fit_data.batch_size is not None:
             return max(self._fit_data.batch_size, DEFAULT_BATCH_SIZE)
         return DEFAULT_BATCH_SIZE
+
+    @property
+    def gradient_pass_size(self: _Fitted) -> int:
+        """Samples per vectorised pass of per-sample gradients: ``batch_size`` when given,
+        else :attr:`pass_size` raised to fill :data:`GRADIENT_PASS_BYTES` of gradients (a
+        small model's gradients are computed in few large passes: each pass has a fixed cost)."""
+        if self.batch_size is not None:
+            return self.batch_size
+        row = self.n_params * self._require_fit().dtype.itemsize
+        return max(self.pass_size, GRADIENT_PASS_BYTES // max(1, row))
+
+    def _graph_bytes(self: _Fitted) -> int:
+        """Bytes one fit sample's autograd graph saves (measured once per fit)."""
+        flat = self._require_fit()
+        if flat.graph_bytes is None:
+            assert self._fit_data is not None
+            flat.measure_graph(*self._prepare(*self._fit_data.take(range(1))))
+        assert flat.graph_bytes is not None
+        return flat.graph_bytes
+
+    def _pass_rows(self: _Fitted, per_sample: int, what: str, most: int | None = None) -> int:
+        """Samples per pass whose working space (``per_sample`` bytes each) fits what the
+        budget has left, at most ``most`` (default :attr:`pass_size`); refused (naming
+        ``what``) when not one does."""
+        return self.budget.count(per_sample, most or self.pass_size, what, PASS_FIX)
 
     def _prepare(self: _Fitted, x: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """``x``, ``y`` as tensors on the model's device (floats in the model dtype, integer
@@ -83,15 +131,21 @@ class GradientsMixin:
         n = xt.shape[0]
         if n == 0:
             return torch.zeros((0, self.n_params), dtype=flat.dtype, device=flat.device)
-        size = self.pass_size
+        # two graphs and the gradient of each sample (the rows' concatenation is the caller's)
+        per_sample = 2 * self._graph_bytes() + flat.n_params * flat.theta.element_size()
+        what = f"{type(self).__name__}'s per-sample gradient pass"
+        size = self._pass_rows(per_sample, what, self.gradient_pass_size)
+        parts = []
         try:
-            parts = [
-                flat.per_sample_grads(xt[s : s + size], yt[s : s + size]) for s in range(0, n, size)
-            ]
+            for s in range(0, n, size):
+                rows = slice(s, min(s + size, n))
+                with self.budget.hold(per_sample * (rows.stop - rows.start), what, PASS_FIX):
+                    parts.append(flat.per_sample_grads(xt[rows], yt[rows]))
         except Exception:
             self._check_sample(flat, xt, yt, "input")  # a clear error when it finds the cause
             raise
-        return check_finite(self._select(torch.cat(parts)), "per-sample gradients")
+        grads = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return check_finite(self._select(grads), "per-sample gradients")
 
     def _column_regularization(
         self: _Fitted, col_block: torch.Tensor, dtype: torch.dtype

@@ -33,7 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from infl_array.torch.data.options import positive_int
-from infl_array.torch.full.base import TorchInfluenceBase
+from infl_array.torch.full.base import DEFAULT_MEMORY_BUDGET, TorchInfluenceBase
 from infl_array.torch.full.diagnostics import NOT_CONVERGED, ConvergenceWarning
 from infl_array.torch.full.functional import LossFn, nonnegative
 from infl_array.torch.full.param_blocks import BlockMode, BlockStructure, SecondOrderMode
@@ -76,7 +76,13 @@ class LissaInfluence(TorchInfluenceBase):
     batch_size : int or None
         Samples per pass over the data (see
         :class:`~infl_array.torch.full.base.TorchInfluenceBase`).
+    memory_budget : int
+        Bytes the built state, the solves' working space and the arrays made from the backend
+        may hold together (default 4 GiB; see
+        :class:`~infl_array.torch.full.base.TorchInfluenceBase`).
     """
+
+    solve_vectors = 3  # the iterates and their curvature products, per sample
 
     def __init__(
         self,
@@ -93,6 +99,7 @@ class LissaInfluence(TorchInfluenceBase):
         second_order_mode: SecondOrderMode = SecondOrderMode.HESSIAN,
         *,
         batch_size: int | None = None,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
     ) -> None:
         super().__init__(
             model,
@@ -101,6 +108,7 @@ class LissaInfluence(TorchInfluenceBase):
             batch_size,
             block_structure=block_structure,
             second_order_mode=second_order_mode,
+            memory_budget=memory_budget,
         )
         self.maxiter = positive_int(maxiter, "maxiter")
         self.dampen = nonnegative(dampen, "dampen")

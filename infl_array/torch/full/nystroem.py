@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from infl_array.torch.data.options import check_seed, parse_hessian_average, positive_int
-from infl_array.torch.full.base import TorchInfluenceBase
+from infl_array.torch.full.base import DEFAULT_MEMORY_BUDGET, TorchInfluenceBase
 from infl_array.torch.full.functional import LossFn
 from infl_array.torch.full.lowrank import (
     LowRank,
@@ -68,6 +68,10 @@ class NystroemSketchInfluence(TorchInfluenceBase):
     batch_size : int or None
         Samples per pass over the data (see
         :class:`~infl_array.torch.full.base.TorchInfluenceBase`).
+    memory_budget : int
+        Bytes the built state, the solves' working space and the arrays made from the backend
+        may hold together (default 4 GiB; see
+        :class:`~infl_array.torch.full.base.TorchInfluenceBase`).
 
     Examples
     --------
@@ -93,6 +97,7 @@ class NystroemSketchInfluence(TorchInfluenceBase):
         seed: int | None = None,
         hessian_average: str = "sample",
         batch_size: int | None = None,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
     ) -> None:
         super().__init__(
             model,
@@ -102,6 +107,7 @@ class NystroemSketchInfluence(TorchInfluenceBase):
             block_structure=block_structure,
             second_order_mode=second_order_mode,
             positive_regularization=True,
+            memory_budget=memory_budget,
         )
         self.rank = positive_int(rank, "rank")
         self.seed = check_seed(seed, global_ok=True)

@@ -14,9 +14,12 @@ space (:meth:`LayerwiseInfluence._working`); the base
   loss objective or the curvature objective (``fisher_type``);
 * fits one :class:`~infl_array.torch.layerwise.kronecker.KroneckerCurvature` per layer (K-FAC
   factors, eigenbasis, optionally the EK-FAC eigenvalue correction in a second pass);
-* keeps per-sample temporaries within ``memory_budget`` by splitting batches into chunks of
-  samples, and refuses (:class:`~infl_array.torch.layerwise.capture.MemoryBudgetError`) what cannot
-  fit.
+* accounts what it holds in one :class:`~infl_array.engine.budget.Budget` of ``memory_budget``
+  bytes (:attr:`LayerwiseInfluence.budget`, shared with the arrays made from the backend): the
+  fitted curvature for as long as it lives, and, while a call runs, the captured batch, the
+  per-sample temporaries (batches split into chunks of samples that fit what is left) and the
+  factors being returned; it refuses
+  (:class:`~infl_array.errors.MemoryBudgetError`) what cannot fit.
 
 ``fisher_type`` chooses the gradients the curvature is estimated from: ``"empirical"``, the
 gradients of the training loss with the true targets; ``"pydvl"``, pyDVL 0.10's label-free
@@ -51,7 +54,6 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from infl_array.torch.data.options import positive_int
 from infl_array.torch.data.tokens import HALF, call_model, model_outputs
 from infl_array.torch.full.base import TorchInfluenceBase
 from infl_array.torch.full.functional import FlatModel, LossFn, check_finite
@@ -59,7 +61,6 @@ from infl_array.torch.layerwise.capture import (
     LayerRecord,
     Objective,
     capture,
-    check_budget,
     check_deterministic,
     check_mean_reduction,
     loss_objective,
@@ -77,6 +78,15 @@ __all__ = ["DEFAULT_MEMORY_BUDGET", "FISHER_TYPES", "LayerwiseInfluence"]
 
 DEFAULT_MEMORY_BUDGET = 4 << 30
 """Default memory budget of the per-layer backends, in bytes (4 GiB)."""
+
+CAPTURE_OVERHEAD = 3
+"""A captured batch takes about this many times its records' bytes while it is captured (the
+forward pass's saved activations, the recorded inputs and the output gradients)."""
+
+OUTPUT_FIX = "pass fewer samples per call (a smaller block), or raise memory_budget."
+
+UNUSED_SETTINGS = ("block_structure", "second_order_mode")
+"""Settings of the full-parameter backends the per-layer backends do not use."""
 
 FISHER_TYPES = ("auto", "empirical", "pydvl")
 """Accepted values of ``fisher_type``."""
@@ -109,7 +119,8 @@ class LayerwiseInfluence(WorkingSpaceMixin, TorchInfluenceBase):
     batch_size : int or None
         Samples per forward/backward pass.
     memory_budget : int
-        Bytes that fitted state and per-sample temporaries may take.
+        Bytes that fitted state, per-sample temporaries and returned factors may take together
+        (:attr:`budget`); arrays made from the backend draw from the same budget.
     progress : bool
         Show a progress bar over the fit passes.
     strict_coverage : bool
@@ -124,9 +135,12 @@ class LayerwiseInfluence(WorkingSpaceMixin, TorchInfluenceBase):
         Trainable parameters left out (not in any covered layer).
     covered_parameters : list of str
         Names of the covered parameters (a tied weight once).
+    budget : Budget
+        The memory budget's account: what the backend (and arrays made from it) hold.
     """
 
     strict_coverage: bool = False
+    holds_built_state = False  # the fitted state is held as it is fitted
 
     def __init__(
         self,
@@ -151,12 +165,12 @@ class LayerwiseInfluence(WorkingSpaceMixin, TorchInfluenceBase):
                 f"{type(self).__name__} takes one float regularization for all layers, got "
                 f"{regularization!r}; per-block values are for the full-parameter backends."
             )
-        super().__init__(model, loss, regularization, batch_size)
+        super().__init__(model, loss, regularization, batch_size, memory_budget=memory_budget)
         self.lam = float(self._block_reg[0]) if self._block_reg else 0.0
         """The regularization as a float (per-layer backends take one value)."""
         self.layers, self.excluded_parameters = find_layers(model)
         self.fisher_type = resolve_fisher_type(fisher_type, loss)
-        self.memory_budget = positive_int(memory_budget, "memory_budget")
+        self._capture_bytes = 0  # per sample, measured at fit
         if not isinstance(progress, bool):
             raise TypeError(f"progress must be a bool, got {progress!r}.")
         self.progress = progress
@@ -169,6 +183,16 @@ class LayerwiseInfluence(WorkingSpaceMixin, TorchInfluenceBase):
         self._fitted = False
 
     # ------------------------------------------------------------------ state
+    @property
+    def pass_size(self) -> int:
+        """Samples per capture pass: the base's, fewer when a captured batch of that many
+        would take more than a quarter of the budget left beside the fitted state."""
+        size = super().pass_size
+        if self._capture_bytes <= 0:
+            return size
+        spare = self.budget.total - self.budget.lasting_bytes()
+        return max(1, min(size, spare // (4 * self._capture_bytes)))
+
     @property
     def is_fitted(self) -> bool:
         """Whether :meth:`fit` has completed."""
@@ -195,6 +219,10 @@ class LayerwiseInfluence(WorkingSpaceMixin, TorchInfluenceBase):
         with torch.no_grad():
             check_deterministic(self.model)
             check_mean_reduction(self.loss, self._forward(x), y)
+        self._capture_bytes = 0
+        records = self._records(x, y)
+        self._capture_bytes = CAPTURE_OVERHEAD * -(-sum(r.nbytes for r in records) // x.shape[0])
+        del records
         self._fit_layers()
         self._fitted = True
 
@@ -235,14 +263,18 @@ class LayerwiseInfluence(WorkingSpaceMixin, TorchInfluenceBase):
         """The curvature as ``info`` names it."""
         raise NotImplementedError
 
-    def description(self) -> dict[str, Any]:
-        """The config without the full-parameter settings these backends do not use
-        (``block_structure``, ``second_order_mode``: their config keeps them, so stores
-        made before keep matching), and the curvature they do use."""
-        cfg = self.influence_config()
-        for unused in ("block_structure", "second_order_mode"):
+    def influence_config(self) -> dict[str, Any]:
+        """The base's config without the full-parameter settings these backends do not use
+        (``block_structure``, ``second_order_mode``; stores that recorded them still open:
+        :func:`~infl_array.arrays.staleness.same_settings`)."""
+        cfg = super().influence_config()
+        for unused in UNUSED_SETTINGS:
             cfg.pop(unused, None)
-        return {**cfg, "curvature": self._curvature()}
+        return cfg
+
+    def description(self) -> dict[str, Any]:
+        """The config and the curvature these backends use."""
+        return {**self.influence_config(), "curvature": self._curvature()}
 
     @property
     def _itemsize(self) -> int:
@@ -293,20 +325,35 @@ class LayerwiseInfluence(WorkingSpaceMixin, TorchInfluenceBase):
         assert self._fit_data is not None
         n_batches = -(-len(self._fit_data) // self.pass_size)
         for x, y, _ in tqdm(self._fit_batches(), desc, n_batches, disable=not self.progress):
-            yield x, y, self._records(x, y, kind)
+            with self._capturing(x.shape[0]):
+                yield x, y, self._records(x, y, kind)
+
+    def _capturing(self, n: int) -> Any:
+        """Hold the bytes a captured batch of ``n`` samples takes (a context manager)."""
+        return self.budget.hold(
+            n * self._capture_bytes,
+            f"a captured batch of {n} samples",
+            "pass a smaller batch_size, or raise memory_budget.",
+        )
 
     # ------------------------------------------------------------------ helpers
+    def _output_label(self, n: int, width: int, what: str) -> str:
+        dtype = str(self.work_dtype).replace("torch.", "")
+        return f"{what} of {n} samples ({n} x {width} {dtype})"
+
     def _empty(self, n: int, width: int, what: str) -> torch.Tensor:
-        """An uninitialised ``(n, width)`` output, refused when it exceeds the budget."""
+        """An uninitialised ``(n, width)`` output, refused when the budget has not that much
+        left (the caches give bytes back first)."""
         flat = self._require_fit()
-        dtype = self.work_dtype
-        check_budget(
-            n * width * self._itemsize,
-            self.memory_budget,
-            f"{what} of {n} samples ({n} x {width} {str(dtype).replace('torch.', '')})",
-            "pass fewer samples per call (a smaller block), or raise memory_budget.",
-        )
-        return torch.empty((n, width), dtype=dtype, device=flat.device)
+        nbytes = n * width * self._itemsize
+        with self.budget.hold(nbytes, self._output_label(n, width, what), OUTPUT_FIX):
+            pass  # room made: the caller holds it (see _holding_output)
+        return torch.empty((n, width), dtype=self.work_dtype, device=flat.device)
+
+    def _holding_output(self, n: int, width: int, what: str) -> Any:
+        """Hold an ``(n, width)`` output's bytes while it is filled (a context manager)."""
+        nbytes = n * width * self._itemsize
+        return self.budget.hold(nbytes, self._output_label(n, width, what), OUTPUT_FIX)
 
     def _require_fitted(self) -> None:
         if not self.is_fitted:
@@ -325,11 +372,14 @@ class LayerwiseInfluence(WorkingSpaceMixin, TorchInfluenceBase):
     ) -> torch.Tensor:
         """``(n, width)`` rows of ``(x, y)``: ``fill(records, rows_out)`` per captured batch."""
         xt, yt = self._prepare(x, y)
-        out = self._empty(xt.shape[0], width, what)
-        size = self.pass_size
-        for start in range(0, xt.shape[0], size):
-            batch = slice(start, min(start + size, xt.shape[0]))
-            fill(self._records(xt[batch], yt[batch]), out[batch])
+        n = xt.shape[0]
+        with self._holding_output(n, width, what):
+            out = torch.empty((n, width), dtype=self.work_dtype, device=self._require_fit().device)
+            size = self.pass_size
+            for start in range(0, n, size):
+                batch = slice(start, min(start + size, n))
+                with self._capturing(batch.stop - batch.start):
+                    fill(self._records(xt[batch], yt[batch]), out[batch])
         return check_finite(out, what)
 
     def layer_gradients(self, x: Any, y: Any) -> torch.Tensor:

@@ -45,9 +45,10 @@ and on what this module captures:
 * **Mode.** A model in training mode with dropout or batch normalisation is refused
   (:func:`check_deterministic`): its outputs would be random or depend on the batch, and the
   forward passes would update running statistics. Call ``model.eval()`` first.
-* **Memory.** :class:`MemoryBudgetError` (a ``MemoryError``) is raised, before allocating,
-  when something would exceed the caller's memory budget; :func:`sample_chunks` splits a batch
-  so that per-sample temporaries stay within it.
+* **Memory.** :class:`~infl_array.errors.MemoryBudgetError` (a ``MemoryError``; imported here
+  for compatibility) is raised, before allocating, when something would exceed the caller's
+  memory budget; :func:`sample_chunks` splits a batch so that per-sample temporaries stay
+  within what the budget (:class:`~infl_array.engine.budget.Budget`) has left.
 
 Everything stays on the model's device.
 """
@@ -64,7 +65,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vjp, vmap
 
-from infl_array.errors import format_bytes
+from infl_array.engine.budget import Budget
+from infl_array.errors import MemoryBudgetError, format_bytes
 from infl_array.torch.data.tokens import as_float32_if_half, model_outputs
 
 __all__ = [
@@ -89,43 +91,59 @@ __all__ = [
 Objective = Callable[[Any], torch.Tensor]
 
 
-class MemoryBudgetError(MemoryError):
-    """An allocation the caller asked for would exceed the memory budget."""
-
-
-def check_budget(nbytes: int, budget: int, what: str, fix: str) -> None:
-    """Raise :class:`MemoryBudgetError` when ``nbytes`` exceeds ``budget``.
+def check_budget(nbytes: int, budget: int | Budget, what: str, fix: str) -> None:
+    """Raise :class:`~infl_array.errors.MemoryBudgetError` when ``nbytes`` do not fit.
 
     Parameters
     ----------
     nbytes : int
         Bytes the allocation needs.
-    budget : int
-        The memory budget in bytes.
+    budget : int or Budget
+        The memory budget in bytes, or a :class:`~infl_array.engine.budget.Budget`: then what
+        it has left (its caches give bytes back first).
     what : str
         What would be allocated (with its shape), for the message.
     fix : str
         How to make it fit, for the message.
     """
+    if isinstance(budget, Budget):
+        with budget.hold(nbytes, what, fix):
+            return
     if nbytes > budget:
         raise MemoryBudgetError(
             f"{what} needs {format_bytes(nbytes)}, more than the memory budget of "
-            f"{format_bytes(budget)}; {fix}"
+            f"{format_bytes(budget)}; {fix}",
+            what=what,
+            nbytes=nbytes,
+            budget=budget,
         )
 
 
-def sample_chunks(n: int, bytes_per_sample: int, budget: int, what: str) -> Iterator[slice]:
+CHUNK_FIX = (
+    "raise memory_budget, or leave the largest layers out by freezing them "
+    "(layer.requires_grad_(False))."
+)
+
+
+def sample_chunks(
+    n: int, bytes_per_sample: int, budget: int | Budget, what: str
+) -> Iterator[slice]:
     """Consecutive slices of ``range(n)`` whose temporaries fit ``budget``.
 
-    Raises :class:`MemoryBudgetError` when even one sample does not fit.
+    With a :class:`~infl_array.engine.budget.Budget`, a chunk fits what the budget has left,
+    and its bytes are held while the caller works on it (until the next chunk is asked for).
+    Raises :class:`~infl_array.errors.MemoryBudgetError` when even one sample does not fit.
     """
-    check_budget(
-        bytes_per_sample,
-        budget,
-        f"{what} for one sample",
-        "raise memory_budget, or leave the largest layers out by freezing them "
-        "(layer.requires_grad_(False)).",
-    )
+    if isinstance(budget, Budget):
+        step = budget.count(bytes_per_sample, n, what, CHUNK_FIX)
+        for start in range(0, n, step):
+            stop = min(start + step, n)
+            with budget.hold(
+                (stop - start) * bytes_per_sample, f"{what} for {stop - start} samples"
+            ):
+                yield slice(start, stop)
+        return
+    check_budget(bytes_per_sample, budget, f"{what} for one sample", CHUNK_FIX)
     step = max(1, budget // max(1, bytes_per_sample))
     for start in range(0, n, step):
         yield slice(start, min(start + step, n))
@@ -461,6 +479,15 @@ class LayerRecord:
     def n(self) -> int:
         """Samples in the batch."""
         return int(self.calls[0].x.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the recorded inputs and output gradients."""
+        return sum(
+            c.x.element_size() * c.x.numel()
+            + (0 if c.g is None else c.g.element_size() * c.g.numel())
+            for c in self.calls
+        )
 
     def _cast(self, t: torch.Tensor) -> torch.Tensor:
         return t if self.dtype is None or not t.is_floating_point() else t.to(self.dtype)

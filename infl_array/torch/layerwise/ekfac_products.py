@@ -13,16 +13,21 @@ layout); the split keeps each class to one job.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import Protocol
 
 import torch
 
-from infl_array.torch.layerwise.capture import LayerSpec, check_budget
+from infl_array.engine.budget import Budget
+from infl_array.torch.layerwise.capture import LayerSpec, check_budget, sample_chunks
 from infl_array.torch.layerwise.subnormal import flush_subnormals
 from infl_array.torch.layerwise.underflow import needs_normalizing, normalized_rows
 
-__all__ = ["EkfacProductsMixin"]
+__all__ = ["NORMALIZED", "EkfacProductsMixin"]
+
+NORMALIZED = "normalized test columns"
+"""What the kept normalized test columns are held as in the memory budget."""
 
 
 class _Ekfac(Protocol):
@@ -30,6 +35,7 @@ class _Ekfac(Protocol):
 
     layers: list[LayerSpec]
     memory_budget: int
+    budget: Budget
     _compact: list[bool]
     _token_positions: list[int]
     _normalized: _NormalizedTest
@@ -161,7 +167,7 @@ class EkfacProductsMixin:
         ids, grads = self._split_tokens(i, train)
         check_budget(
             test.numel() * test.element_size(),
-            self.memory_budget,
+            self.budget,
             f"the test columns of embedding {spec.name!r}, transposed",
             "raise memory_budget or pass fewer test rows at a time.",
         )
@@ -207,20 +213,14 @@ class EkfacProductsMixin:
         else:
             long, short, t = g, a, t.transpose(1, 2)  # (n_test, width_in, c) = T^T @ g^T, . a
         per_row = t.shape[0] * t.shape[1] * t.element_size()
-        check_budget(
-            per_row,
-            self.memory_budget,
-            f"one train row of layer {self.layers[i].name!r} against {t.shape[0]} test rows",
-            "raise memory_budget or pass fewer test rows at a time.",
-        )
-        step = max(1, self.memory_budget // per_row)
-        for c in range(0, g.shape[0], step):
-            partial = torch.matmul(t, long[c : c + step].T)  # (n_test, short, chunk)
+        what = f"one train row of layer {self.layers[i].name!r} against {t.shape[0]} test rows"
+        for chunk in sample_chunks(g.shape[0], per_row, self.budget, what):
+            partial = torch.matmul(t, long[chunk].T)  # (n_test, short, chunk)
             # multiply in place and sum: einsum("tsc,cs->tc") took as long as the matmul here
-            part = partial.mul_(short[c : c + step].T).sum(1)
+            part = partial.mul_(short[chunk].T).sum(1)
             if scale is not None:
-                part = part.double().mul_(scale[:, c : c + step]).to(out.dtype)
-            out[:, c : c + step] += part
+                part = part.double().mul_(scale[:, chunk]).to(out.dtype)
+            out[:, chunk] += part
 
     @flush_subnormals
     def factor_diagonal(self: _Ekfac, test_f: torch.Tensor, train_f: torch.Tensor) -> torch.Tensor:
@@ -263,17 +263,20 @@ class _NormalizedTest:
 
     ``factor_product`` is called with the same test factors for every train block of a tile;
     their normalization (:func:`~infl_array.torch.layerwise.underflow.normalized_rows`, one pass
-    over the columns) is kept for the last test factors seen (held by reference, so that their
-    identity cannot be reused; an in-place change is seen through their version counter).
-    Columns whose normalized copy would take more than half of ``memory_budget`` are used as
-    they are.
+    over the columns) is kept for the last test factors seen (known by a weak reference, so
+    that their identity cannot be reused and they are not kept alive here; an in-place change
+    is seen through their version counter). The normalized copies are held in the memory
+    budget (:data:`NORMALIZED`); a copy the budget has no room for is used once and not kept.
+    Columns whose normalized copy would take more than half of ``memory_budget`` (beside the
+    fitted state it holds) are used as they are.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._of: torch.Tensor | None = None
+        self._of: weakref.ref[torch.Tensor] | None = None
         self._version = -1
         self._layers: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._held: tuple[Budget, int] | None = None
 
     def get(
         self, model: _Ekfac, test_f: torch.Tensor, i: int, cols: torch.Tensor
@@ -281,18 +284,38 @@ class _NormalizedTest:
         """Layer ``i``'s test columns ``cols`` (of ``test_f``), normalized where it pays."""
         if not needs_normalizing(cols):
             return cols, None
-        if cols.numel() * cols.element_size() > model.memory_budget // 2:
+        budget = model.budget
+        spare = budget.total - budget.lasting_bytes()  # beside the fitted state
+        if cols.numel() * cols.element_size() > spare // 2:
             return cols, None
         with self._lock:
-            if self._of is not test_f or self._version != test_f._version:
-                self._of, self._version, self._layers = test_f, test_f._version, {}
-            if i not in self._layers:
-                self._layers[i] = normalized_rows(cols)
-            return self._layers[i]
+            of = self._of() if self._of is not None else None
+            if of is not test_f or self._version != test_f._version:
+                self._forget()
+                self._of, self._version = weakref.ref(test_f), test_f._version
+            if i in self._layers:
+                return self._layers[i]
+            normalized = normalized_rows(cols)
+            nbytes = sum(t.numel() * t.element_size() for t in normalized if t is not None)
+            if budget.try_reserve(nbytes, NORMALIZED):
+                held = self._held[1] if self._held is not None else 0
+                self._held = (budget, held + nbytes)
+                self._layers[i] = normalized
+            return normalized
+
+    def _forget(self) -> None:
+        """Drop the kept copies and give their bytes back (the lock is held)."""
+        if self._held is not None:
+            self._held[0].release(self._held[1], NORMALIZED)
+        self._of, self._version, self._layers, self._held = None, -1, {}, None
 
     def clear(self) -> None:
         with self._lock:
-            self._of, self._version, self._layers = None, -1, {}
+            self._forget()
+
+    def __del__(self) -> None:
+        if self._held is not None:
+            self._held[0].release(self._held[1], NORMALIZED)
 
     def __reduce__(self) -> tuple[type[_NormalizedTest], tuple[()]]:
         return (_NormalizedTest, ())  # workers start empty: no tensors, no lock

@@ -27,6 +27,7 @@ import threading
 
 import torch
 
+from infl_array.engine.budget import Budget
 from infl_array.torch.layerwise.capture import sample_chunks
 
 __all__ = ["KroneckerCurvature", "eigh"]
@@ -170,15 +171,17 @@ class KroneckerCurvature:
         self._a_sum = self._g_sum = None
 
     # ------------------------------------------------------------------ EK-FAC correction
-    def add_eigenvalue_moments(self, acts: torch.Tensor, grads: torch.Tensor, budget: int) -> None:
+    def add_eigenvalue_moments(
+        self, acts: torch.Tensor, grads: torch.Tensor, budget: int | Budget
+    ) -> None:
         """Accumulate ``sum_i (Q_G^T M_i Q_A)**2`` over a batch (per-sample gradients ``M_i``).
 
         Parameters
         ----------
         acts, grads : torch.Tensor
             ``(n, T, d_in)`` and ``(n, T, d_out)``, as in :meth:`add_covariances`.
-        budget : int
-            Bytes the per-sample temporaries may take.
+        budget : int or Budget
+            Bytes the per-sample temporaries may take (a budget: what it has left).
         """
         assert self.q_g is not None
         if self._lambda_sum is None:

@@ -74,6 +74,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from infl_array.engine.budget import Budget
 from infl_array.torch.data.options import check_seed
 from infl_array.torch.full.functional import LossFn
 from infl_array.torch.layerwise.base import DEFAULT_MEMORY_BUDGET, LayerwiseInfluence
@@ -173,17 +174,29 @@ def _check_projection_dim(projection_dim: Any, n_layers: int) -> int:
     return int(projection_dim)
 
 
+PROJECTIONS = "the random projection matrices"
+FIT_ROWS = "the projected gradients kept from the fit"
+FISHER = "the projected Fisher's Cholesky factor"
+"""What the fitted state is held as in the memory budget (lasting holdings)."""
+
+
+def _projection_entries(layers: Sequence[LayerSpec], shapes: Sequence[tuple[int, int]]) -> int:
+    """Entries of the projection matrices of ``layers`` projected to ``shapes``."""
+    return sum(
+        k_in * spec.width_in * (k_in < spec.width_in) + k_out * spec.d_out * (k_out < spec.d_out)
+        for spec, (k_out, k_in) in zip(layers, shapes, strict=True)
+    )
+
+
 def _check_projection_budget(
     layers: Sequence[LayerSpec],
     shapes: Sequence[tuple[int, int]],
     preconditioner: str,
-    memory_budget: int,
+    memory_budget: int | Budget,
 ) -> None:
-    """Refuse projection matrices (and a projected Fisher) that ``memory_budget`` cannot hold."""
-    n_proj = sum(
-        k_in * spec.width_in * (k_in < spec.width_in) + k_out * spec.d_out * (k_out < spec.d_out)
-        for spec, (k_out, k_in) in zip(layers, shapes, strict=True)
-    )
+    """Refuse projection matrices (and a projected Fisher) that ``memory_budget`` cannot hold
+    (a :class:`~infl_array.engine.budget.Budget`: what it has left)."""
+    n_proj = _projection_entries(layers, shapes)
     check_budget(
         2 * 8 * n_proj,
         memory_budget,
@@ -355,6 +368,14 @@ class ProjectedInfluence(LayerwiseInfluence):
         flat = self._require_fit()
         gen = torch.Generator().manual_seed(self.seed)
         self._proj = []
+        for held in (PROJECTIONS, FIT_ROWS, FISHER):  # a refit replaces them
+            self.budget.release_all(held)
+        self.budget.reserve(
+            self._itemsize * _projection_entries(self.layers, self.projection_shapes),
+            PROJECTIONS,
+            "lower projection_dim, or raise memory_budget.",
+            lasting=True,
+        )
         for spec, (k_out, k_in) in zip(self.layers, self.projection_shapes, strict=True):
             p_in = _projection(spec.width_in, k_in, gen)
             p_out = _projection(spec.d_out, k_out, gen)
@@ -384,7 +405,10 @@ class ProjectedInfluence(LayerwiseInfluence):
         n = len(self._fit_data)
         if not (self.reuse_fit_gradients and takes_loss_grads):
             return None
-        if n * self.width * self._itemsize > self.memory_budget // 4:
+        nbytes = n * self.width * self._itemsize
+        if nbytes > self.memory_budget // 4:
+            return None
+        if not self.budget.try_reserve(nbytes, FIT_ROWS, lasting=True):
             return None
         return FitRows(n, self.width, flat.theta.new_empty(0, dtype=self.work_dtype))
 
@@ -402,6 +426,13 @@ class ProjectedInfluence(LayerwiseInfluence):
             self._keep_fit_rows(x, y, phi)
             total.addmm_(phi.T, phi)
             n += phi.shape[0]
+        self.budget.reserve(
+            self.width**2 * 8,
+            FISHER,
+            "lower projection_dim, use preconditioner='ekfac' (per-layer factors), or raise "
+            "memory_budget.",
+            lasting=True,
+        )
         fisher = total.to(torch.float64) / n
         fisher.diagonal().add_(self.lam)
         chol, info = torch.linalg.cholesky_ex(fisher)
@@ -461,7 +492,7 @@ class ProjectedInfluence(LayerwiseInfluence):
         xt, yt = self._prepare(x, y)
         check_budget(  # as for rows computed here
             xt.shape[0] * self.width * self._itemsize,
-            self.memory_budget,
+            self.budget,
             f"projected factors of {xt.shape[0]} samples ({xt.shape[0]} x {self.width})",
             "pass fewer samples per call (a smaller block), or raise memory_budget.",
         )

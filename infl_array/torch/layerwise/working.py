@@ -16,12 +16,16 @@ from typing import Protocol
 
 import torch
 
+from infl_array.engine.budget import Budget
 from infl_array.engine.progress import activity
 from infl_array.torch.full.functional import FlatModel, check_finite
-from infl_array.torch.layerwise.capture import LayerRecord, LayerSpec, check_budget, sample_chunks
+from infl_array.torch.layerwise.capture import LayerRecord, LayerSpec, sample_chunks
 from infl_array.torch.layerwise.kronecker import KroneckerCurvature
 
-__all__ = ["SampleHook", "WorkingSpaceMixin"]
+__all__ = ["CURVATURE", "SampleHook", "WorkingSpaceMixin"]
+
+CURVATURE = "the Kronecker factors and eigenbases of all layers"
+"""What the fitted curvature is held as in the memory budget (a lasting holding)."""
 
 SampleHook = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], object]
 """``hook(x, y, gradients)``: a fit batch and its per-sample working-space gradients."""
@@ -31,7 +35,7 @@ class _Layerwise(Protocol):
     """What the mixin's methods use of the base class (its settings and fitted state)."""
 
     layers: list[LayerSpec]
-    memory_budget: int
+    budget: Budget
     lam: float
 
     @property
@@ -104,7 +108,7 @@ class WorkingSpaceMixin:
         d_out, d_in = self._dims(i) if dims is None else dims
         per = self._itemsize * (2 * rec.positions * (d_in + d_out) + 3 * d_out * d_in)
         what = f"the per-sample gradients of layer {self.layers[i].name!r} ({d_out} x {d_in})"
-        return sample_chunks(rec.n, per, self.memory_budget, what)
+        return sample_chunks(rec.n, per, self.budget, what)
 
     def _working_gradients(
         self: _Layerwise,
@@ -120,6 +124,7 @@ class WorkingSpaceMixin:
         dims = [self._dims(i) for i in range(len(records))]
         width = sum(d_out * d_in for d_out, d_in in dims)
         out = self._empty(records[0].n, width, what) if form else None
+        # held by the caller from here on (a fit pass keeps it, a factor call returns it)
         offset = 0
         for i, rec in enumerate(records):
             for rows in self._row_chunks(i, rec):
@@ -162,12 +167,13 @@ class WorkingSpaceMixin:
             KroneckerCurvature.nbytes(*self._dims(i), like.element_size(), self._diagonal_in(i))
             for i in range(len(self.layers))
         )
-        check_budget(
+        self.budget.release_all(CURVATURE)  # a refit replaces the curvature
+        self.budget.reserve(
             held,
-            self.memory_budget,
-            "the Kronecker factors and eigenbases of all layers",
+            CURVATURE,
             "raise memory_budget, use ProjectedInfluence (its factors live in the projected "
             "space), or leave the widest layers out by freezing them.",
+            lasting=True,
         )
         curv = [
             KroneckerCurvature(*self._dims(i), like, spec.name, self._diagonal_in(i))
@@ -178,7 +184,7 @@ class WorkingSpaceMixin:
             curv[i].add_covariances(acts, grads)
 
         def moments(i: int, acts: torch.Tensor, grads: torch.Tensor) -> None:
-            curv[i].add_eigenvalue_moments(acts, grads, self.memory_budget)
+            curv[i].add_eigenvalue_moments(acts, grads, self.budget)
 
         self._fit_pass("K-FAC factors", covariances, None if correct else keep)
         for c in curv:

@@ -14,13 +14,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from infl_array.engine.budget import Budget
 from infl_array.errors import StaleCacheError
 from infl_array.protocol import (
+    Budgeted,
     ChecksData,
     Diagnosed,
     FactorDiagonal,
     FactorisedInfluence,
     FactorProduct,
+    FactorWidths,
     Fingerprinted,
     Fittable,
     ModuleBacked,
@@ -128,6 +131,14 @@ class ModelAdapter:
     def prepare(self) -> None:
         """Run the model's deferred fitting work now (before it is sent to workers)."""
 
+    def budget(self) -> Budget | None:
+        """The memory budget the model holds its memory in, where it has one."""
+        return None
+
+    def test_factor_width(self) -> int | None:
+        """Columns of the test factors, where the model declares them."""
+        return None
+
 
 class ProtocolAdapter(ModelAdapter):
     """Adapter for objects implementing the factorised protocol.
@@ -208,6 +219,15 @@ class ProtocolAdapter(ModelAdapter):
     def prepare(self) -> None:
         if isinstance(self.model, Preparable):
             self.model.prepare()
+
+    def budget(self) -> Budget | None:
+        found = self.model.budget if isinstance(self.model, Budgeted) else None
+        return found if isinstance(found, Budget) else None
+
+    def test_factor_width(self) -> int | None:
+        if isinstance(self.model, FactorWidths):
+            return int(self.model.test_factor_width)
+        return None
 
     def notes(self) -> dict[str, str]:
         if not isinstance(self.model, Diagnosed):

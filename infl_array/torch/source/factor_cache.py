@@ -6,7 +6,8 @@ the samples ``r``.
 
 * Without a factor store, or for a range that is not made of whole factor blocks, or for
   ``"self"``: from the memo (an exact range, or a slice of a memoised range holding it), else
-  computed by the influence model and memoised.
+  computed by the influence model (only past a memoised range holding its start) and
+  memoised.
 * With a factor store (:meth:`FactorCache.attach`), a range of whole blocks of a side goes
   through that side's :class:`~infl_array.engine.keeper.BlockKeeper`, the cache machine every
   stored block goes through: each block from the memo, else from the store, else computed
@@ -18,7 +19,7 @@ the samples ``r``.
   returns is rounded first (:meth:`FactorCache.compute`), so the memo, the store and every
   product see the same rounded values (:mod:`infl_array.storage.factors`).
 
-The memo is an LRU of tensors under a byte budget
+The memo is an LRU of tensors drawn from the memory budget
 (:class:`~infl_array.torch.source.memo.FactorMemo`) keyed by ``(axis, start, stop)``, kept where
 the model returned them (numpy factors become CPU tensors; stored factors are read back to the
 model's device). The blocks of a range fetched together are kept joined, in place of the blocks,
@@ -31,12 +32,16 @@ pickled: a copy sent to a worker starts empty.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
+from infl_array.engine.budget import Budget
 from infl_array.engine.keeper import BlockKeeper
 from infl_array.engine.plan import runs
+from infl_array.errors import MemoryBudgetError
 from infl_array.storage.factors import SIDES, FactorSide, FactorStore
 from infl_array.storage.meta import Compression
 from infl_array.torch.data.views import IndexedData
@@ -77,6 +82,61 @@ class _SideMemo:
         self.cache.memo.put(self._key(b), value)
 
 
+FACTOR_IO = "factor chunks being read or written"
+"""What the buffers of stored factor chunks are held as in the memory budget."""
+
+
+class _HeldShelf:
+    """A side's shelf whose reads and writes hold their buffers in the memory budget: a chunk
+    being encoded or decoded takes about twice its bytes beside the factors themselves. A block
+    the budget has no room to encode is not stored."""
+
+    def __init__(self, side: FactorSide, budget: Budget) -> None:
+        self.side, self.budget = side, budget
+
+    @property
+    def shared(self) -> bool:
+        return self.side.shared
+
+    def listed(self, keys: Sequence[int]) -> set[int]:
+        return self.side.listed(keys)
+
+    def read(self, key: int) -> np.ndarray:
+        grid = self.side.grid()
+        rows, width = (0, 0) if grid is None else (self.side.chunk_rows, grid.shape[1])
+        itemsize = 0 if grid is None else grid.dtype.itemsize
+        with self.budget.hold(2 * rows * width * itemsize, FACTOR_IO):
+            return self.side.read(key)
+
+    def write_many(self, keys: list[int], values: list[np.ndarray]) -> bool:
+        """Store blocks where the budget has room to encode them: all in one call when it has
+        room for all, else one by one (a block without room is kept in memory only, and
+        recomputed when needed again); whether every block was stored."""
+        if self._write_held(keys, values):
+            return True
+        if len(keys) == 1:
+            return False
+        stored = [self._write_held([k], [v]) for k, v in zip(keys, values, strict=True)]
+        return all(stored)
+
+    def _write_held(self, keys: list[int], values: list[np.ndarray]) -> bool:
+        nbytes = 2 * sum(v.nbytes for v in values)
+        try:
+            self.budget.reserve(nbytes, FACTOR_IO)  # the caches give bytes back
+        except MemoryBudgetError:
+            return False
+        try:
+            return self.side.write_many(keys, values)
+        finally:
+            self.budget.release(nbytes, FACTOR_IO)
+
+    def claim(self, key: int) -> bool:
+        return self.side.claim(key)
+
+    def release(self, key: int) -> None:
+        self.side.release(key)
+
+
 class FactorCache:
     """Factors of a model's test and train data (see the module docstring).
 
@@ -87,7 +147,9 @@ class FactorCache:
     test, train : IndexedData
         The data.
     memory_budget : int
-        Byte budget of the memo.
+        The memo's own bound in bytes.
+    budget : Budget or None
+        The memory budget the memo draws from.
 
     Attributes
     ----------
@@ -97,17 +159,23 @@ class FactorCache:
     """
 
     def __init__(
-        self, adapter: ModelAdapter, test: IndexedData, train: IndexedData, memory_budget: int
+        self,
+        adapter: ModelAdapter,
+        test: IndexedData,
+        train: IndexedData,
+        memory_budget: int,
+        budget: Budget | None = None,
     ) -> None:
         self.adapter = adapter
         self.data = {"test": test, "train": train, "self": train}
         self.memory_budget = memory_budget
+        self.budget = budget
         self.stats = dict.fromkeys(STAT_KEYS, 0)
         self.store: FactorStore | None = None
         self._reset()
 
     def _reset(self) -> None:
-        self.memo = FactorMemo(self.memory_budget)
+        self.memo = FactorMemo(self.memory_budget, self.budget)
         self._lock = threading.RLock()
         self.attach(self.store)
 
@@ -136,7 +204,7 @@ class FactorCache:
             self.stats["factor_reads"] += 1
 
         return BlockKeeper(
-            side,
+            side if self.budget is None else _HeldShelf(side, self.budget),
             _SideMemo(self, side),
             compute,
             load=lambda a: torch.from_numpy(a).to(self.adapter.device),
@@ -171,8 +239,13 @@ class FactorCache:
         if hit is not None:
             self.stats["hits"] += 1
             return hit
-        f = self.compute(axis, r)
-        self.memo.put(key, f)
+        head = self.memo.find(lambda k: k[0] == axis and k[1] <= r.start < k[2] < r.stop)
+        if head is None:
+            f = self.compute(axis, r)
+        else:  # a memoised range holds the start of ``r`` (a tile's sizing, say): compute the rest
+            (_, start, stop), known = head
+            f = torch.cat([known[r.start - start :], self.compute(axis, range(stop, r.stop))])
+        self.memo.join(key, f)
         return f
 
     def _compute_blocks(self, axis: str, side: FactorSide, blocks: list[int]) -> list[torch.Tensor]:

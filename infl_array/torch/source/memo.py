@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from infl_array.engine.budget import Budget
 from infl_array.engine.cache import BoundedLru
 
 __all__ = ["FactorMemo", "MemoKey"]
@@ -13,14 +14,15 @@ MemoKey = tuple[str, int, int]
 
 
 class FactorMemo(BoundedLru[MemoKey, torch.Tensor]):
-    """LRU memo of factor tensors keyed by ``(axis, start, stop)``, bounded by ``memory_budget``.
+    """LRU memo of factor tensors keyed by ``(axis, start, stop)``, bounded by ``memory_budget``
+    and drawn from ``budget`` (the backend's or the array's memory budget) where one is given.
 
     A range is found in an exact entry or as a slice of an entry covering it; an entry once
     memoised is kept as it is (a second put of its key does nothing).
     """
 
-    def __init__(self, memory_budget: int) -> None:
-        super().__init__(memory_budget, _tensor_bytes)
+    def __init__(self, memory_budget: int, budget: Budget | None = None) -> None:
+        super().__init__(memory_budget, _tensor_bytes, budget, "the factor memo")
 
     def get(self, key: MemoKey) -> torch.Tensor | None:
         """The factors for ``key``: an exact entry, or a slice of one covering the range."""
@@ -42,11 +44,7 @@ class FactorMemo(BoundedLru[MemoKey, torch.Tensor]):
         """Keep ``value`` under ``key`` in place of the entries it covers (their factors are
         slices of it), so later requests inside ``key`` are served without joining again."""
         axis, start, stop = key
-        with self._lock:
-            for covered in [
-                k for k in self._items if k[0] == axis and start <= k[1] <= k[2] <= stop
-            ]:
-                self.nbytes -= self._size_of(self._items.pop(covered))
+        self.discard_where(lambda k: k[0] == axis and start <= k[1] <= k[2] <= stop)
         self.put(key, value)
 
 

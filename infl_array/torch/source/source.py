@@ -43,6 +43,19 @@ Accepted models
   ``influences_from_factors(..., mode=InfluenceMode.Up)``; pyDVL exposes no train factors, so
   only test factors are memoised for it.
 
+Memory
+------
+One :class:`~infl_array.engine.budget.Budget` accounts what the source holds
+(:attr:`ModelBlockSource.budget`): the model's own (a backend with ``memory_budget``, the
+:class:`~infl_array.protocol.Budgeted` capability), so that the backend's fitted state, its
+working space and the array's factor memo, strips, decoded blocks and writes in flight stay
+within the backend's ``memory_budget`` together; or, for a model without one, a budget of
+``memory_budget`` bytes (default :data:`DEFAULT_MEMORY_BUDGET`, 4 GiB). ``factor_budget_bytes``
+(the older name of the memo's bound, kept for compatibility) caps the memo within it.
+:meth:`ModelBlockSource.factor_row_bytes` gives the bytes of one sample's factors, from which a
+new store's default block shape is chosen
+(:func:`~infl_array.engine.budget.default_block_shape`).
+
 Factors
 -------
 The factors are held by a :class:`~infl_array.torch.source.factor_cache.FactorCache` (memo,
@@ -50,11 +63,12 @@ factor store, claims: the one cache machine, :mod:`infl_array.engine.keeper`); h
 made from them is the adapter's declared pairing (:mod:`infl_array.torch.source.pairing`).
 Test factors per test range and train factors per train range are memoised, keyed by
 ``(axis, start, stop)`` with axis ``"test"``, ``"train"`` or ``"self"`` (test factors of train
-points, for the self-influence), in an LRU memo bounded by ``factor_budget_bytes`` (default
-1 GiB). A request for a range inside a memoised range is served by slicing it. The memo keeps
+points, for the self-influence), in an LRU memo drawn from the memory budget. A request for a
+range inside a memoised range is served by slicing it. The memo keeps
 tensors where the influence model returned them (the model's device; numpy factors become CPU
-tensors), in its dtype. A factor larger than the whole budget is not kept, and older entries are
-evicted by bytes, so a too-small budget only costs recomputation. :attr:`ModelBlockSource.stats`
+tensors), in its dtype. A factor larger than what the budget has left is not kept, and older
+entries are evicted by bytes (and when another part of the budget needs the bytes), so a
+too-small budget only costs recomputation. :attr:`ModelBlockSource.stats`
 counts factor computations, memo hits and evictions. The memo is not pickled: a source sent to
 a worker process starts with an empty memo. Access is serialised by a lock, so concurrent
 threads compute each factor once.
@@ -70,6 +84,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from infl_array.engine.budget import Budget, check_budget_value
+from infl_array.errors import format_bytes
 from infl_array.protocol import FactorisedInfluence
 from infl_array.storage.factors import FactorStore
 from infl_array.torch.data.views import IndexedData, as_indexed
@@ -85,10 +101,19 @@ from infl_array.torch.source.pairing import FactorPairing
 from infl_array.torch.source.pydvl import PyDVLAdapter, is_pydvl_model
 from infl_array.torch.source.strips import Strips
 
-__all__ = ["DEFAULT_FACTOR_BUDGET_BYTES", "ModelBlockSource", "make_block_source"]
+__all__ = [
+    "DEFAULT_FACTOR_BUDGET_BYTES",
+    "DEFAULT_MEMORY_BUDGET",
+    "ModelBlockSource",
+    "make_block_source",
+]
 
 DEFAULT_FACTOR_BUDGET_BYTES = 1 << 30
-"""Default byte budget of the factor memo (1 GiB)."""
+"""The factor memo's bound of older releases (1 GiB); the memo is now bounded by the memory
+budget, and ``factor_budget_bytes`` caps it where it is given."""
+
+DEFAULT_MEMORY_BUDGET = 4 << 30
+"""Memory budget of an array whose model has none (4 GiB, the backends' default)."""
 
 
 def canonical_json(config: Mapping[str, Any], what: str = "influence_config()") -> str:
@@ -145,8 +170,11 @@ class ModelBlockSource(GrowthMixin):
         Adapter around the influence model (built by :func:`make_block_source`).
     test, train : IndexedData
         Test and train data.
-    factor_budget_bytes : int
-        Byte budget of the factor memo.
+    factor_budget_bytes : int or None
+        The factor memo's own bound (older name, kept for compatibility); None: the budget's.
+    budget : Budget or None
+        The memory budget the source draws from (see the module docstring); None: a new one of
+        :data:`DEFAULT_MEMORY_BUDGET`.
 
     Attributes
     ----------
@@ -154,6 +182,8 @@ class ModelBlockSource(GrowthMixin):
         Number of test and train points (the matrix shape).
     factors : FactorCache
         The factors (memo, factor store, claims).
+    budget : Budget
+        What the source, its model and its array hold (see the module docstring).
     """
 
     def __init__(
@@ -161,17 +191,20 @@ class ModelBlockSource(GrowthMixin):
         adapter: ModelAdapter,
         test: IndexedData,
         train: IndexedData,
-        factor_budget_bytes: int = DEFAULT_FACTOR_BUDGET_BYTES,
+        factor_budget_bytes: int | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self.adapter = adapter
         self.test = test
         self.train = train
         self.n_test = len(test)
         self.n_train = len(train)
-        self.factor_budget_bytes = factor_budget_bytes
-        self.factors = FactorCache(adapter, test, train, factor_budget_bytes)
+        self.budget = budget if budget is not None else Budget(DEFAULT_MEMORY_BUDGET)
+        memo_bound = self.budget.total if factor_budget_bytes is None else factor_budget_bytes
+        self.factor_budget_bytes = memo_bound
+        self.factors = FactorCache(adapter, test, train, memo_bound, self.budget)
         self.pairing = adapter.pairing(self.factors, train)
-        self.strips = Strips(factor_budget_bytes)
+        self.strips = Strips(memo_bound, self.budget)
         self._fingerprints: dict[str, str] | None = None
         self._config: dict[str, Any] | None = None
         self._output_float32 = False
@@ -276,7 +309,9 @@ class ModelBlockSource(GrowthMixin):
     def with_test(self, test_data: Any) -> ModelBlockSource:
         """The same model and train data against ``test_data`` (checked as ``create`` does)."""
         test = _check_data(self.adapter, as_indexed(test_data, "test"), "test")
-        return ModelBlockSource(self.adapter, test, self.train, self.factor_budget_bytes)
+        return ModelBlockSource(
+            self.adapter, test, self.train, self.factor_budget_bytes, self.budget
+        )
 
     # -- factors (the FactorReuse capability) ------------------------------------------------
     @property
@@ -308,6 +343,30 @@ class ModelBlockSource(GrowthMixin):
         """The factor store attached with :meth:`attach` (None: factors in memory only)."""
         return self.factors.store
 
+    def memo_room(self) -> int:
+        """Bytes the memo may hold now: its bound, or three quarters of what the budget has
+        left beside the memo's own holdings (the rest is the working space of computing factors
+        and blocks), whichever is less."""
+        memo = self.factors.memo
+        return min(self.factor_budget_bytes, (self.budget.available + memo.held_bytes) * 3 // 4)
+
+    def factor_row_bytes(self) -> tuple[int, int]:
+        """Bytes of one test point's and one train point's factors (a new store's default block
+        shape is chosen from them): measured on the first train point (one gradient), the
+        test side from the model's declared ``test_factor_width`` where the pairing is not a
+        plain product, else measured on the first test point."""
+        if isinstance(self.pairing, FactorPairing):
+            train = self.factors.compute("train", range(min(1, self.n_train)))
+            per_train = int(train.element_size() * train.shape[-1])
+            width = self.adapter.test_factor_width()
+            if self.pairing.same_space:
+                return per_train, per_train
+            if width is not None:
+                return int(train.element_size() * width), per_train
+        test = self.factors.compute("test", range(min(1, self.n_test)))
+        per_test = int(test.element_size() * test.shape[-1])
+        return per_test, per_test
+
     def test_factor_bytes(self, rows: range, cols: range) -> int:
         """Bytes the test factors of ``test[rows]`` take (the engine sizes tiles with it).
 
@@ -332,11 +391,13 @@ class ModelBlockSource(GrowthMixin):
         if cols is not None and len(_check_range(cols, self.n_train, "cols")):
             self.pairing.prefetch_train(cols)
 
-    def begin_tile(self, runs: list[range], block_rows: int) -> None:
+    def begin_tile(
+        self, runs: list[range], block_rows: int, groups: list[list[range]] | None = None
+    ) -> None:
         """The tile this thread computes next covers the test rows ``runs`` (whole block rows
-        of ``block_rows``): its blocks come from one product per strip of rows and block column
-        (:mod:`~infl_array.torch.source.strips`)."""
-        self.strips.begin_tile(runs, block_rows)
+        of ``block_rows``) and the column groups ``groups``: its blocks come from one product
+        per strip of rows and block column or group (:mod:`~infl_array.torch.source.strips`)."""
+        self.strips.begin_tile(runs, block_rows, groups)
 
     # -- blocks -----------------------------------------------------------------------------
     def set_output_dtype(self, dtype: Any) -> None:
@@ -366,10 +427,12 @@ class ModelBlockSource(GrowthMixin):
         cols = _check_range(cols, self.n_train, "cols")
         if len(rows) == 0 or len(cols) == 0:
             return np.zeros((len(rows), len(cols)), dtype=np.float64)
-        block = self.strips.block(rows, cols, self._product)
-        if block is None:
-            block = self._product(rows, cols)
-        return self._to_host(block, (len(rows), len(cols)), "block")
+        # the product (float64) and its host copy
+        with self.budget.hold(2 * 8 * len(rows) * len(cols), "a block being computed"):
+            block = self.strips.block(rows, cols, self._product)
+            if block is None:
+                block = self._product(rows, cols)
+            return self._to_host(block, (len(rows), len(cols)), "block")
 
     def _product(self, rows: range, cols: range) -> torch.Tensor:
         test_f = self.factors.factors("test", rows)
@@ -413,7 +476,8 @@ def make_block_source(
     test: object,
     train: object,
     *,
-    factor_budget_bytes: int = DEFAULT_FACTOR_BUDGET_BYTES,
+    memory_budget: int | None = None,
+    factor_budget_bytes: int | None = None,
 ) -> ModelBlockSource:
     """Build the block function of a model-backed influence array.
 
@@ -424,8 +488,14 @@ def make_block_source(
         pyDVL ``InfluenceFunctionModel``.
     test, train : object
         Test and train data in any form :func:`~infl_array.torch.data.views.as_indexed` accepts.
-    factor_budget_bytes : int
-        Byte budget of the factor memo (default 1 GiB); 0 disables memoisation.
+    memory_budget : int or None
+        Bytes the array's parts may hold together, for a model without a memory budget of its
+        own (default :data:`DEFAULT_MEMORY_BUDGET`); a backend with one (``memory_budget=``
+        of the per-layer backends) bounds its arrays with it, and a different value here is
+        refused.
+    factor_budget_bytes : int or None
+        The factor memo's own bound within the budget (older name, kept for compatibility);
+        0 disables memoisation.
 
     Returns
     -------
@@ -439,7 +509,7 @@ def make_block_source(
     ValueError
         If the model is not fitted, or a data set is empty.
     """
-    if (
+    if factor_budget_bytes is not None and (
         isinstance(factor_budget_bytes, bool)
         or not isinstance(factor_budget_bytes, (int, np.integer))
         or factor_budget_bytes < 0
@@ -449,11 +519,28 @@ def make_block_source(
             "pass e.g. 1 << 30 (1 GiB)."
         )
     adapter = as_adapter(model)
+    budget = _budget_of(adapter, memory_budget)
     test_data = as_indexed(test, "test")
     train_data = as_indexed(train, "train")
     return ModelBlockSource(
         adapter,
         _check_data(adapter, test_data, "test"),
         _check_data(adapter, train_data, "train"),
-        int(factor_budget_bytes),
+        None if factor_budget_bytes is None else int(factor_budget_bytes),
+        budget,
     )
+
+
+def _budget_of(adapter: ModelAdapter, memory_budget: int | None) -> Budget:
+    """The budget an array of ``adapter``'s model draws from (see the module docstring)."""
+    own = adapter.budget()
+    if own is None:
+        return Budget(DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget)
+    if memory_budget is not None and check_budget_value(memory_budget) != own.total:
+        raise ValueError(
+            f"memory_budget={memory_budget} was given, but {adapter.name} holds its memory in "
+            f"its own memory_budget ({format_bytes(own.total)}), which bounds its arrays too; "
+            f"set it on the backend ({adapter.name}(..., memory_budget={memory_budget})) and "
+            "leave memory_budget out here."
+        )
+    return own

@@ -234,6 +234,22 @@ def test_ragged_batches_equal_one_batch(mlp, cls):
     assert _max_rel_err(_infl(ragged, mlp), _infl(one, mlp)) < 1e-8
 
 
+def test_gradient_passes_fill_their_byte_bound_unless_batch_size_is_given(mlp):
+    from infl_array.torch.full.gradients import GRADIENT_PASS_BYTES
+
+    ds = TensorDataset(mlp["x"], mlp["y"])
+    default = DirectInfluence(mlp["model"], F.cross_entropy, mlp["lam"]).fit(DataLoader(ds))
+    row = default.n_params * mlp["x"].element_size()  # 43 float64 parameters
+    assert default.pass_size == 1024 and default.gradient_pass_size == GRADIENT_PASS_BYTES // row
+    given = DirectInfluence(mlp["model"], F.cross_entropy, mlp["lam"], batch_size=7).fit(ds[:])
+    assert given.gradient_pass_size == 7  # an explicit batch_size is kept
+    x = mlp["x"].repeat(3, 1)
+    y = mlp["y"].repeat(3)
+    torch.testing.assert_close(
+        default.per_sample_grads(x, y), given.per_sample_grads(x, y), rtol=1e-12, atol=1e-14
+    )
+
+
 def test_mean_of_batch_hessians_would_differ(mlp):
     """Guard that the ragged test above is sensitive: an unweighted batch mean is different."""
     hs = [

@@ -47,6 +47,7 @@ def test_info_names_the_per_layer_curvature(
     config = json.loads(out[out.index("{") :])["computed_by"]["config"]
     assert curvature in config["curvature"]
     assert "block_structure" not in config and "second_order_mode" not in config
+    assert "block_structure" not in out  # nor in the recorded settings (the fingerprints)
     # the recorded settings still match: the same backend reopens the store
     ia.open(tmp_path / "s", infl, test=xy, train=xy)
 

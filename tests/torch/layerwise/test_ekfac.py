@@ -184,10 +184,12 @@ def test_compact_product_both_orientations_in_chunks(budget: int) -> None:
     ).fit(train)
     assert infl.train_factor_width == (10 + 4) + (3 + 11)
     test_f, train_f = infl.test_factors(*test), infl.train_factors(*train)
-    infl.memory_budget = budget
+    curvature = infl.budget.lasting_bytes()  # the budget holds the fitted curvature
+    infl.memory_budget = curvature + budget
     expected = reference_influence(model, train, test, "empirical", True)
     assert rel(infl.factor_product(test_f, train_f), expected) < 1e-10
-    infl.memory_budget = 6 * 4 * 8 - 1  # one train row of layer 0: 6 test rows x 4 (shorter side)
+    # one train row of layer 0: 6 test rows x 4 (shorter side)
+    infl.memory_budget = curvature + 6 * 4 * 8 - 1
     with pytest.raises(MemoryBudgetError, match=r"one train row of layer '0' against 6 test rows"):
         infl.factor_product(test_f, train_f)
 
@@ -306,7 +308,9 @@ def test_memory_budget_errors(setup: dict[str, Any]) -> None:
     model, train = setup["model"], setup["train"]
     with pytest.raises(MemoryBudgetError, match=r"Kronecker factors.*ProjectedInfluence"):
         EkfacInfluence(model, regularization=REG, memory_budget=1000).fit(train)
-    infl = EkfacInfluence(model, regularization=REG, memory_budget=20_000).fit(train)
+    # the budget holds the curvature (12.2 KiB), a captured batch and the per-sample
+    # gradients of a chunk (9.9 KiB) beside the factors returned
+    infl = EkfacInfluence(model, regularization=REG, memory_budget=40_000).fit(train)
     with pytest.raises(MemoryBudgetError, match=r"test factors of 40 samples.*fewer samples"):
         infl.test_factors(*train)
     infl.test_factors(train[0][:5], train[1][:5])  # a smaller block fits

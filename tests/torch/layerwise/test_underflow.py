@@ -115,7 +115,7 @@ def test_test_side_normalized_once_per_test_factors(
     assert calls.count(n_test) == 6
     # too large for half the memory budget: used as they are
     small = EkfacInfluence(infl.model, CE, REG, memory_budget=200, fisher_type="empirical")
-    small.__dict__.update({k: v for k, v in infl.__dict__.items() if k != "memory_budget"})
+    small.__dict__.update({k: v for k, v in infl.__dict__.items() if k != "budget"})
     small.memory_budget = 200
     small._normalized = ekfac_module._NormalizedTest()
     before = calls.count(n_test)

@@ -242,6 +242,21 @@ def test_memo_computes_each_factor_once(lsq: Any) -> None:
     assert src2.stats["test_factors"] == 1 and src2.stats["train_factors"] == 1
 
 
+def test_a_range_starting_in_a_memoised_one_computes_only_the_rest(lsq: Any) -> None:
+    model, test, train = lsq
+    counting = Counting(model)
+    src = make_block_source(counting, test, train)
+    src.prefetch(cols=range(0, 5))  # a tile sized on its first block column, say
+    src.prefetch(cols=range(0, 20))  # then its column group
+    assert counting.train_calls == [5, 15]
+    reference = make_block_source(model, test, train)
+    np.testing.assert_array_equal(
+        src.compute_block(range(0, 4), range(0, 20)),
+        reference.compute_block(range(0, 4), range(0, 20)),
+    )
+    assert counting.train_calls == [5, 15]  # the joined range is memoised
+
+
 def test_memo_budget_too_small_recomputes(lsq: Any) -> None:
     model, test, train = lsq
     ref = assemble(make_block_source(model, test, train), 4, 5)

@@ -74,7 +74,7 @@ def assert_same_products(batched: np.ndarray, alone: np.ndarray) -> None:
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_a_fill_takes_one_product_per_block_column_of_a_tile(
+def test_a_fill_takes_one_product_per_column_group_of_a_tile(
     tmp_path: Path, data: dict[str, Any], dtype: str
 ) -> None:
     model = CountingProduct()
@@ -83,8 +83,9 @@ def test_a_fill_takes_one_product_per_block_column_of_a_tile(
         dtype=dtype,
     )  # fmt: skip
     arr.fill(progress=False)
-    # one tile (the test factors fit the budget): one product per block column, all 23 rows
-    assert model.shapes == [(23, 10), (23, 10), (23, 10), (23, 1)]
+    # one tile (the test factors fit the budget) and one column group (31 train points): one
+    # product for all 23 rows and all 4 block columns
+    assert model.shapes == [(23, 31)]
     alone = _unbatched(data, (5, 10))
     if dtype == "float64":
         assert_same_products(np.asarray(arr), alone)
@@ -150,3 +151,28 @@ def test_memo_keeps_a_joined_range_in_place_of_its_blocks() -> None:
     assert len(memo) == 2 and memo.nbytes == 15 * 4 * 4
     block = memo.get(("test", 5, 10))
     assert block is not None and block.data_ptr() == memo.get(("test", 0, 10)).data_ptr() + 80
+
+
+def test_a_column_group_is_cut_to_the_strip_bound() -> None:
+    strips = Strips(budget_bytes=4 * 10 * 10 * 8)  # a strip: 10 rows x 10 columns of float64
+    columns = [range(0, 5), range(5, 10), range(10, 15), range(15, 18)]
+    strips.begin_tile([range(0, 10)], block_rows=5, groups=[columns])
+    made: list[tuple[range, range]] = []
+
+    def product(rows: range, cols: range) -> torch.Tensor:
+        made.append((rows, cols))
+        return torch.arange(cols.start, cols.stop, dtype=torch.float64)[None, :].expand(
+            len(rows), -1
+        )
+
+    for cols in columns:  # column-major, as a tile is computed
+        for i in (0, 5):
+            block = strips.block(range(i, i + 5), cols, product)
+            assert block is not None and block.shape == (5, len(cols))
+            assert block[0].tolist() == list(cols) and block.is_contiguous()
+    # the whole run against four columns of five does not fit; against two it does
+    assert made == [(range(0, 10), range(0, 10)), (range(0, 10), range(10, 18))]
+    # a group of one block column is the run's strip of rows, as without groups
+    strips.begin_tile([range(0, 10)], block_rows=5, groups=[[range(0, 5)]])
+    assert strips.block(range(0, 5), range(0, 5), product) is not None
+    assert made[-1] == (range(0, 10), range(0, 5))

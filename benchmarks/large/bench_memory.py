@@ -1,0 +1,280 @@
+"""Peak memory of a fit and a fill against ``memory_budget``, for every backend (issue 21).
+
+Each case runs in a fresh process: import torch and infl_array, build the ladder CNN
+(:mod:`large_common`, about 1e5, 1e6 or 1e7 parameters; untrained: memory does not depend on
+the weights) and synthetic CIFAR-like data (``--n-train`` x ``--n-test``), measure the
+process's resident memory then (the *baseline*: interpreter, torch, the model and the data the
+caller holds), then, through the public array only::
+
+    infl = Backend(model, loss, ..., memory_budget=B).fit((x_train, y_train))
+    arr = ia.InfluenceArray.create(store, infl, test=..., train=...)   # default block shape
+    arr.fill(); arr[:]
+
+and report the peak resident memory of the process (``ru_maxrss``) against ``baseline + B``:
+the promise is that a fit and a fill stay within the budget beyond what the caller holds
+(SPEC "Promises under load and faults"). The bound is stricter than ``B + model + data +
+baseline``: the baseline already holds the model and the data. The budget's own account
+(``infl.budget.high_water``: what the parts reserved together) is reported beside it.
+
+Backends where they apply at a size: the per-layer ones (``EkfacInfluence``,
+``ProjectedInfluence``) everywhere; the full-parameter ones where a case stays short: their
+iterative solves (``CgInfluence``, ``LissaInfluence``) with few iterations (memory, not
+accuracy, is measured), ``ArnoldiInfluence`` and ``NystroemSketchInfluence`` at rank 10;
+``DirectInfluence`` nowhere (its Hessian has ``p**2`` entries: 40 GB at 1e5 parameters).
+
+Run from the repository root (about 15 minutes on 2 cores)::
+
+    PYTHONPATH=$PWD nice -n 10 python benchmarks/large/bench_memory.py
+
+writes ``benchmarks/results/memory.json`` and its section of RESULTS.md (``--no-write``: print
+only); ``--case SIZE BACKEND GIB`` runs one case in this process and prints its JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+
+from harness import machine_info  # noqa: E402
+from results_md import (  # noqa: E402
+    add_output_args,
+    fmt_t,
+    load_now,
+    record_head,
+    save_result,
+    table,
+    yes_no,
+)
+
+SECTION = "## Memory budget (issue 21)"
+GIB = 1 << 30
+
+# (size, backend, budget in GiB)
+CASES: list[tuple[str, str, float]] = [
+    *[(s, b, g) for s in ("1e5",) for b in ("cg", "lissa", "arnoldi", "nystroem") for g in (1,)],
+    *[(s, b, g) for s in ("1e5", "1e6") for b in ("ekfac", "projected") for g in (1, 2)],
+    ("1e6", "nystroem", 1),
+    ("1e7", "ekfac", 2),
+    ("1e7", "projected", 2),
+]
+
+
+def backend(name: str, model: Any, budget: int) -> Any:
+    """The backend ``name`` on ``model`` with ``memory_budget=budget`` (settings of the module
+    docstring)."""
+    import torch
+
+    from infl_array.torch import (
+        ArnoldiInfluence,
+        CgInfluence,
+        EkfacInfluence,
+        LissaInfluence,
+        NystroemSketchInfluence,
+        ProjectedInfluence,
+    )
+
+    loss, reg = torch.nn.functional.cross_entropy, 1e-2
+    kw = {"memory_budget": budget}
+    made = {
+        "cg": lambda: CgInfluence(model, loss, reg, maxiter=5, **kw),
+        "lissa": lambda: LissaInfluence(model, loss, reg, maxiter=5, **kw),
+        "arnoldi": lambda: ArnoldiInfluence(model, loss, reg, rank=10, **kw),
+        "nystroem": lambda: NystroemSketchInfluence(model, loss, reg, rank=10, **kw),
+        "ekfac": lambda: EkfacInfluence(model, loss, reg, **kw),
+        "projected": lambda: ProjectedInfluence(model, loss, reg, projection_dim=1024, **kw),
+    }
+    return made[name]()
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process now (Linux: /proc/self/statm)."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_bytes() -> int:
+    """Peak resident memory of this process so far (ru_maxrss is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run_case(size: str, name: str, gib: float, n_train: int, n_test: int) -> dict[str, Any]:
+    """One case in this process (see the module docstring)."""
+    import numpy as np
+    import torch
+    from large_common import make_cnn, make_data, n_params
+
+    import infl_array as ia
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    model = make_cnn(size).eval()
+    data = make_data(n_train, n_test)
+    test, train = (data["x_test"], data["y_test"]), (data["x_train"], data["y_train"])
+    budget = int(gib * GIB)
+    out: dict[str, Any] = {
+        "size": size,
+        "backend": name,
+        "budget": budget,
+        "params": n_params(model),
+        "model_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
+        "data_bytes": sum(t.numel() * t.element_size() for t in data.values()),
+        "baseline_rss": rss_bytes(),
+        "baseline_peak": peak_bytes(),
+    }
+    started = time.perf_counter()
+    infl = backend(name, model, budget).fit(train)
+    with tempfile.TemporaryDirectory(prefix="bench_memory_") as tmp:
+        arr = ia.InfluenceArray.create(Path(tmp) / "s", infl, test=test, train=train)
+        out["fit_s"] = time.perf_counter() - started
+        out["block_shape"] = list(arr.block_shape)
+        started = time.perf_counter()
+        out["blocks"] = arr.fill(progress=False)
+        values = np.asarray(arr[:])
+        out["fill_s"] = time.perf_counter() - started
+        out["finite"] = bool(np.isfinite(values).all())
+    out["peak_rss"] = peak_bytes()
+    out["budget_high_water"] = infl.budget.high_water
+    out["bound"] = out["baseline_rss"] + budget
+    out["met"] = out["peak_rss"] <= out["bound"]
+    return out
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Every case in a fresh process, one after the other."""
+    cases = []
+    chosen = CASES if not args.only else [(s, b, float(g)) for s, b, g in args.only]
+    for size, name, gib in chosen:
+        command = [sys.executable, __file__, "--case", size, name, str(gib)]
+        command += ["--n-train", str(args.n_train), "--n-test", str(args.n_test)]
+        started = time.perf_counter()
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
+        except subprocess.TimeoutExpired:
+            case = {"size": size, "backend": name, "budget": int(gib * GIB)}
+            case["error"] = f"stopped after the case's {args.timeout:g} s (--timeout)"
+        else:
+            case = _case_of(done, size, name, gib)
+        case["wall_s"] = time.perf_counter() - started
+        print(json.dumps(case), flush=True)
+        cases.append(case)
+    return {"n_train": args.n_train, "n_test": args.n_test, "cases": cases}
+
+
+def _case_of(
+    done: subprocess.CompletedProcess[str], size: str, name: str, gib: float
+) -> dict[str, Any]:
+    """The record of a case from its process: its JSON line, or its last error line."""
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        return {"size": size, "backend": name, "budget": int(gib * GIB), "error": last}
+    case: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return case
+
+
+def _mib(nbytes: float) -> str:
+    return f"{nbytes / 2**20:,.0f}"
+
+
+def render(record: Mapping[str, Any]) -> str:
+    """The section of RESULTS.md from the record alone."""
+    d = record["data"]
+    rows = []
+    for c in d["cases"]:
+        head = [c["size"], c.get("params", ""), c["backend"], f"{c['budget'] / GIB:g}"]
+        if "error" in c:
+            rows.append([*head, "", "", "", "", "", "", f"error: {c['error']}", "", ""])
+            continue
+        rows.append(
+            [
+                *head,
+                "x".join(map(str, c["block_shape"])),
+                _mib(c["baseline_rss"]),
+                _mib(c["model_bytes"]),
+                _mib(c["data_bytes"]),
+                _mib(c["peak_rss"]),
+                _mib(c["bound"]),
+                yes_no(c["met"]),
+                _mib(c["budget_high_water"]),
+                f"{fmt_t(c['fit_s'])} / {fmt_t(c['fill_s'])}",
+            ]
+        )
+    header = [
+        "size",
+        "params",
+        "backend",
+        "budget GiB",
+        "block",
+        "baseline MiB",
+        "model MiB",
+        "data MiB",
+        "peak RSS MiB",
+        "bound MiB",
+        "met",
+        "budget high water MiB",
+        "fit / fill",
+    ]
+    met = [c["met"] for c in d["cases"] if "met" in c]
+    lines = [
+        *record_head(record),
+        "",
+        f"Fit and fill through the public array ({d['n_train']:,} train x {d['n_test']:,} test "
+        "points, default block shape, float32 store), each case in a fresh process. Peak RSS "
+        "is the process's `ru_maxrss`; *baseline* is its resident memory after importing "
+        "torch and building the model and the data (so it holds them), *bound* = baseline + "
+        "budget, *met* = peak RSS <= bound. *Budget high water* is what the parts reserved "
+        "together in the backend's `memory_budget` (the account, not a measurement). CG and "
+        "LiSSA run 5 iterations (memory, not accuracy); DirectInfluence is left out (its "
+        "Hessian has p^2 entries).",
+        "",
+        *table(header, rows, align="lrlrlrrrrrlrl"),
+        "",
+        f"Within the bound: {sum(met)} of {len(met)} cases.",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n-train", type=int, default=1_000)
+    parser.add_argument("--n-test", type=int, default=100)
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per case")
+    parser.add_argument("--case", nargs=3, metavar=("SIZE", "BACKEND", "GIB"))
+    parser.add_argument(
+        "--only", nargs=3, action="append", metavar=("SIZE", "BACKEND", "GIB"),
+        help="run these cases instead of the default list (repeatable)",
+    )  # fmt: skip
+    add_output_args(parser)
+    args = parser.parse_args()
+    if args.case:
+        size, name, gib = args.case
+        print(json.dumps(run_case(size, name, float(gib), args.n_train, args.n_test)))
+        return
+    load_start, started = load_now(), time.perf_counter()
+    data = measure(args)
+    save_result(
+        "memory",
+        SECTION,
+        "large/bench_memory.py:render",
+        data,
+        args,
+        script="large/bench_memory.py",
+        argv=sys.argv[1:],
+        wall_s=time.perf_counter() - started,
+        machine=machine_info(["torch", "zarr", "numpy"]),
+        load_start=load_start,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Passes over the fit data held in the memory budget (issue 21): a curvature pass's samples are
+as many as fit what the budget has left, the values do not change, and a budget without room
+for one sample is refused naming the pass."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from models import cnn_data, small_cnn, trained_cnn
+from torch import nn
+
+from infl_array.torch import CgInfluence, MemoryBudgetError, NystroemSketchInfluence
+
+CE = nn.functional.cross_entropy
+RANK = 4
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def setup() -> dict[str, Any]:
+    train, test = cnn_data(40, 0), cnn_data(5, 1)
+    return {"model": trained_cnn(small_cnn(), *train), "train": train, "test": test}
+
+
+def _nystroem(setup: dict[str, Any], budget: int = 4 << 30) -> NystroemSketchInfluence:
+    return NystroemSketchInfluence(
+        setup["model"], CE, 0.1, rank=RANK, seed=0, memory_budget=budget
+    ).fit(setup["train"])
+
+
+def _pass_bytes(infl: Any, m: int, samples: int) -> tuple[int, int]:
+    """What a curvature pass of ``m`` vectors holds throughout, and for ``samples`` samples."""
+    fixed = 2 * infl.n_params * m * 8  # float64 products and their sum
+    return fixed, samples * infl._matmat_sample_bytes(m)
+
+
+def test_a_curvature_pass_takes_as_many_samples_as_fit_and_gives_the_same_factors(
+    setup: dict[str, Any],
+) -> None:
+    want = _nystroem(setup).test_factors(*setup["test"])
+    graph = _nystroem(setup)._graph_bytes()
+    assert graph > 0 and _nystroem(setup)._matmat_sample_bytes(RANK) == (4 + RANK) * graph // 2
+    fixed, ten = _pass_bytes(_nystroem(setup), RANK, 10)
+    infl = _nystroem(setup, fixed + ten + 64)  # room for 10 of the 40 samples a pass
+    got = infl.test_factors(*setup["test"])
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert fixed + ten <= infl.budget.high_water <= infl.budget.total
+
+
+def test_cg_solves_pass_the_test_vectors_in_passes_that_fit(setup: dict[str, Any]) -> None:
+    def cg(budget: int) -> CgInfluence:
+        return CgInfluence(setup["model"], CE, 0.1, memory_budget=budget).fit(setup["train"])
+
+    want = cg(4 << 30).test_factors(*setup["test"])
+    roomy = cg(4 << 30)
+    solve = roomy._itemsize * roomy.n_params * (2 + roomy.solve_vectors) * 5
+    fixed, some = _pass_bytes(roomy, 5, 8)
+    infl = cg(solve + fixed + some + 64)  # the solve of 5 samples, passes of 8 samples
+    got = infl.test_factors(*setup["test"])  # CG's iterations amplify the sums' rounding
+    torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-9)
+    assert infl.budget.high_water <= infl.budget.total
+
+
+def test_a_budget_without_room_for_one_sample_of_a_pass_is_refused_naming_it(
+    setup: dict[str, Any],
+) -> None:
+    fixed, one = _pass_bytes(_nystroem(setup), RANK, 1)
+    infl = _nystroem(setup, fixed + one // 2)
+    with pytest.raises(MemoryBudgetError, match=f"curvature pass of {RANK} vectors") as info:
+        infl.test_factors(*setup["test"])
+    assert "raise memory_budget" in str(info.value)
