@@ -12,6 +12,11 @@ block written once, atomically, claimed while it is computed so concurrent fille
 work, resumed after a kill. A row block is computed by :func:`~infl_array.engine.top_k.scan_top_k`
 over the matrix's blocks (stored ones read, missing ones computed in memory, none written);
 the row blocks of one tile are scanned together, so each train factor is used once per tile.
+
+A ``fill`` of a model-backed array goes by bands (:mod:`infl_array.engine.top_k_bands`): the
+reduced axis is cut into bands, each band scanned once against every row (each factor block
+read or computed once per fill, whatever the number of workers or fillers; bands claimed,
+stored, resumed after a kill), then every row block is the merge of its rows in the bands.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from infl_array.engine.block_engine import BlockEngine
 from infl_array.engine.plan import AxisSel, plan_outer, plan_points
 from infl_array.engine.sources import PlainSource
 from infl_array.engine.top_k import ScanCounts, check_k
+from infl_array.engine.top_k_bands import band_engine, drop_bands, merge_bands
 from infl_array.engine.top_k_bases import scan_rows
 from infl_array.errors import MissingBlockError
 from infl_array.executors.dispatch import fill_store
@@ -63,7 +69,11 @@ class TopKStats:
     blocks_skipped : int
         Matrix blocks that provably could not enter a row's top-k, never computed.
     test_factors, train_factors : int
-        Factor computations of a model-backed source.
+        Factor computations of a model-backed source (its fills' workers included).
+    factor_reads : int
+        Factor blocks read from the store instead of computed (workers included).
+    bands_computed : int
+        Bands of a fill by bands computed and written (:mod:`infl_array.engine.top_k_bands`).
     """
 
     row_blocks_computed: int = 0
@@ -72,6 +82,8 @@ class TopKStats:
     blocks_skipped: int = 0
     test_factors: int = 0
     train_factors: int = 0
+    factor_reads: int = 0
+    bands_computed: int = 0
 
 
 class TopKSource(PlainSource):
@@ -102,7 +114,9 @@ class TopKSource(PlainSource):
         """``{b: (values, indices)}`` of row blocks ``row_blocks``, in one scan of the matrix (of
         its new points only, for rows kept by an append: :mod:`infl_array.engine.top_k_bases`)."""
         where = layout.top_k(self.k, self.axis, self.largest)
-        rows = scan_rows(self.matrix, where, row_blocks, self.counts)
+        rows = merge_bands(self.matrix, where, sorted(set(row_blocks)))
+        if rows is None:
+            rows = scan_rows(self.matrix, where, row_blocks, self.counts)
         reduced = {layout.FACTOR_SIDES[self.axis]: self.matrix.shape[self.axis]}
         store = self.matrix.store  # rows over fewer points than the store has are not stored
         what = f"the rows of {where.path} computed here"
@@ -147,6 +161,10 @@ class TopKEngine(BlockEngine):
         self.axis = axis
         self._tile_of: dict[BlockCoords, list[BlockCoords]] = {}
         self._ready: dict[BlockCoords, np.ndarray] = {}
+        self.bands_computed = 0
+        """Bands this object's fills computed (:mod:`infl_array.engine.top_k_bands`)."""
+        self.band_counts = ScanCounts()
+        """Matrix blocks the bands of this object's fills read, computed and skipped here."""
 
     def tiles(self, blocks: list[BlockCoords]) -> list[list[BlockCoords]]:
         """One tile of every row block asked for (one scan of the matrix for all of them)."""
@@ -183,14 +201,16 @@ class TopKEngine(BlockEngine):
     def top_k_stats(self) -> TopKStats:
         """What this engine computed so far (:class:`TopKStats`)."""
         counts = self.source.counts if self.source is not None else ScanCounts()
-        base = self.stats()
+        bands, base = self.band_counts, self.stats()
         return TopKStats(
             row_blocks_computed=base.blocks_computed,
-            blocks_read=counts.blocks_read,
-            blocks_computed=counts.blocks_computed,
-            blocks_skipped=counts.blocks_skipped,
+            blocks_read=counts.blocks_read + bands.blocks_read,
+            blocks_computed=counts.blocks_computed + bands.blocks_computed,
+            blocks_skipped=counts.blocks_skipped + bands.blocks_skipped,
             test_factors=base.test_factors,
             train_factors=base.train_factors,
+            factor_reads=base.factor_reads,
+            bands_computed=self.bands_computed,
         )
 
     def __getstate__(self) -> dict[str, Any]:
@@ -306,13 +326,36 @@ class TopKArray:
 
         Resumable and shared like ``InfluenceArray.fill``: every row block is written
         atomically, claimed while computed; ``workers=N`` local processes or a dask ``client``.
+        A model-backed array is filled by bands (:mod:`infl_array.engine.top_k_bands`): the
+        bands are what the workers share; the row blocks are then merged here.
         """
-        if not self._engine.can_compute:
+        engine = self._engine
+        if engine.source is None:
             raise ValueError(
-                f"tk.fill() needs a model or function, but the store {self._engine.store.where} "
+                f"tk.fill() needs a model or function, but the store {engine.store.where} "
                 f"was opened without one. {_MISSING_FIX}"
             )
-        return fill_store(self._engine, progress=progress, workers=workers, client=client)
+        missing = engine.missing()
+        if not missing:
+            return 0
+        where = layout.top_k(self.k, self.axis, self.largest)
+        bands = band_engine(engine.source.matrix, where, len(missing))
+        if bands is not None:
+            fill_store(bands, progress=progress, workers=workers, client=client)
+            done = bands.stats()
+            engine.bands_computed += done.blocks_computed
+            if bands.source is not None:  # what this process scanned (workers count theirs)
+                for field in ("blocks_read", "blocks_computed", "blocks_skipped"):
+                    add = getattr(bands.source.counts, field)
+                    setattr(engine.band_counts, field, getattr(engine.band_counts, field) + add)
+            engine.add_worker_stats(
+                {k: v for k, v in bands.worker_counts.items() if k != "blocks_computed"}
+            )
+            workers = client = None  # the merge reads each band once, here
+        written = fill_store(engine, progress=progress, workers=workers, client=client)
+        if bands is not None and not engine.missing():
+            drop_bands(engine.source.matrix, where)
+        return written
 
     def _facts(self) -> tuple[tuple[str, str], ...]:
         rows = "test" if self.axis == 1 else "train"

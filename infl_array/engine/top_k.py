@@ -39,6 +39,7 @@ __all__ = [
     "merge_best",
     "scan_coords",
     "scan_top_k",
+    "worst_kept",
 ]
 
 
@@ -77,16 +78,42 @@ def _key(values: np.ndarray, largest: bool) -> np.ndarray:
     return -values if largest else values
 
 
+def worst_kept(best: tuple[np.ndarray, np.ndarray] | None, k: int, largest: bool) -> Any:
+    """The sort key of each row's ``k``-th best entry so far (``(r,)``), or None (nothing can
+    be dropped) while the rows hold fewer than ``k`` entries or a row's ``k``-th best is NaN
+    (a NaN of a lower index could still enter)."""
+    if best is None or best[0].shape[1] < k or k == 0:
+        return None
+    kth = _key(best[0][:, k - 1], largest)
+    return None if np.isnan(kth).any() else kth
+
+
 def block_best(
-    values: np.ndarray, first: int, k: int, largest: bool
+    values: np.ndarray, first: int, k: int, largest: bool, worst: Any = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """The best ``min(k, m)`` entries of each row of ``values`` (``(r, m)``, columns
     ``first..first+m``), best first, ties to the lower index; ``(values, indices)``.
 
+    ``worst`` (:func:`worst_kept`, per row): the entries whose key is worse cannot enter a
+    running best that already holds ``k`` entries, so they are dropped before the sort. When
+    few remain (after the first blocks of a scan, almost all rows keep a handful), the rows
+    are padded to the most kept by one row with entries that sort after every real one (key
+    ``inf``, index ``2**62``), which a merge with the full running best never keeps.
+
     >>> v, i = block_best(np.array([[1.0, 3.0, 3.0, 2.0]]), 10, 2, True)
     >>> v.tolist(), i.tolist()
     ([[3.0, 3.0]], [[11, 12]])
+    >>> v, i = block_best(np.array([[1.0, 3.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0]]), 0, 2, True,
+    ...                   worst=np.array([-2.5]))
+    >>> v.tolist(), i.tolist()
+    ([[3.0]], [[1]])
     """
+    if worst is not None:
+        kept = _kept_candidates(values, first, largest, worst)
+        if kept is not None:
+            values, first, cols_of = kept
+            best_v, best_i = block_best(values, 0, k, largest)
+            return best_v, np.take_along_axis(cols_of, best_i, axis=1)
     r, m = values.shape
     kk = min(k, m)
     key = _key(values, largest)
@@ -97,14 +124,42 @@ def block_best(
     else:
         cols = np.argpartition(key, kk - 1, axis=1)[:, :kk]
         sub = np.take_along_axis(key, cols, axis=1)
-        kth = sub.max(axis=1, keepdims=True)  # the kk-th best of the row
+        kth = sub.max(axis=1, keepdims=True)  # the kk-th best of the row (NaN: sorts last)
         # rows with more entries tied at the boundary than were taken: lowest indices first
-        unsure = (key == kth).sum(axis=1) != (sub == kth).sum(axis=1)
+        unsure = _tied(key, kth).sum(axis=1) != _tied(sub, kth).sum(axis=1)
         if unsure.any():
             cols[unsure] = np.argsort(key[unsure], axis=1, kind="stable")[:, :kk]
             sub[unsure] = np.take_along_axis(key[unsure], cols[unsure], axis=1)
         cols = np.take_along_axis(cols, np.lexsort((cols, sub), axis=-1), axis=1)
     return np.take_along_axis(values, cols, axis=1), cols.astype(np.int64) + first
+
+
+def _tied(key: np.ndarray, kth: np.ndarray) -> np.ndarray:
+    """Entries equal to their row's ``kth``, NaN equal to NaN (NaN ranks last, tied)."""
+    return (key == kth) | (np.isnan(key) & np.isnan(kth))
+
+
+def _kept_candidates(
+    values: np.ndarray, first: int, largest: bool, worst: np.ndarray
+) -> tuple[np.ndarray, int, np.ndarray] | None:
+    """The entries of ``values`` not worse than ``worst`` (per row), packed into ``(r, c)``
+    with their indices (padding: key ``inf``, index ``2**62``); None when more than a quarter
+    of a row is kept (the plain sort is then as fast)."""
+    r, m = values.shape
+    # key <= worst without the negated copy: NaN entries fail both comparisons
+    keep = values >= -worst[:, None] if largest else values <= worst[:, None]
+    counts = keep.sum(axis=1)
+    c = int(counts.max()) if r else 0
+    if 4 * c > m:
+        return None
+    rows, cols = np.nonzero(keep)  # row-major: each row's columns in increasing order
+    slot = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+    pad = -np.inf if largest else np.inf
+    packed = np.full((r, c), pad, dtype=values.dtype)
+    packed[rows, slot] = values[rows, cols]
+    cols_of = np.full((r, c), 2**62, dtype=np.int64)
+    cols_of[rows, slot] = cols + first
+    return packed, 0, cols_of
 
 
 def merge_best(
@@ -155,12 +210,15 @@ def scan_top_k(
     counts: ScanCounts | None = None,
     skip: bool = False,
     start: int = 0,
+    band: range | None = None,
 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """The top-``k`` along ``axis`` of every row of ``row_blocks``: ``{block: (values, indices)}``.
 
     Only the entries from index ``start`` on along the reduced axis are candidates (a top-k
     row brought up to date after an append scans only the new points,
-    :mod:`infl_array.engine.top_k_bases`); a row with none gets no entry.
+    :mod:`infl_array.engine.top_k_bases`); a row with none gets no entry. ``band`` (block
+    indices along the reduced axis) restricts the scan to those blocks
+    (:mod:`infl_array.engine.top_k_bands`).
 
     Stored blocks are read, missing ones computed in memory (nothing is written); a missing
     block with no source raises :class:`~infl_array.errors.MissingBlockError` naming it. With
@@ -175,7 +233,7 @@ def scan_top_k(
     rows = sorted(set(row_blocks))
     n_inner = engine.grid_shape[axis]
     first_inner = start // engine.block_shape[axis] if start < engine.shape[axis] else n_inner
-    inner = list(range(first_inner, n_inner))
+    inner = [b for b in range(first_inner, n_inner) if band is None or b in band]
     bounds = NormBounds.of(engine, axis, rows, inner) if skip and k > 0 and rows else None
     if bounds is not None:
         inner = bounds.order
@@ -198,7 +256,8 @@ def scan_top_k(
         values = block if axis == 1 else block.T
         if first < start:  # a block the new points share with old ones: the new ones only
             values, first = values[:, start - first :], start
-        best[r] = merge_best(found, block_best(values, first, k, largest), k, largest)
+        worst = worst_kept(found, k, largest)
+        best[r] = merge_best(found, block_best(values, first, k, largest, worst), k, largest)
     return {r: (np.ascontiguousarray(v), np.ascontiguousarray(i)) for r, (v, i) in best.items()}
 
 

@@ -95,6 +95,7 @@ TOPK_GROUP = "topk"
 
 _CHUNKS = "c"
 _BASE = "upto"
+_BANDS = "bands"
 _CLAIMS = "claims"
 _NOTES = "notes"
 _SEGMENTS = "segments"
@@ -214,29 +215,43 @@ class TopKLayout:
     ('topk/axis1-largest-k10/values', 'topk/axis1-largest-k10/indices/c/2/0')
     >>> tk.base(500).values.path
     'topk/axis1-largest-k10/upto500/values'
+    >>> tk.bands(9000).indices.path, tk.bands(9000).indices.dimension_names
+    ('topk/axis1-largest-k10/bands9000/indices', ('band_test', 'k'))
     """
 
     k: int
     axis: int
     largest: bool
     covered: int | None = None
-    """For a base (:meth:`base`): the length of the reduced axis its rows were computed over."""
+    """For a base (:meth:`base`) or the bands (:meth:`bands`): the length of the reduced axis
+    its rows were computed over."""
+    banded: bool = False
+    """Whether these are the per-band rows of a fill (:meth:`bands`)."""
 
     @property
     def path(self) -> str:
         """The group of the values and indices arrays."""
         order = "largest" if self.largest else "smallest"
         top = f"{TOPK_GROUP}/axis{self.axis}-{order}-k{self.k}"
-        return top if self.covered is None else f"{top}/{_BASE}{int(self.covered)}"
+        if self.covered is None:
+            return top
+        return f"{top}/{_BANDS if self.banded else _BASE}{int(self.covered)}"
 
     def base(self, covered: int) -> TopKLayout:
         """The rows this array held when its reduced axis had ``covered`` points (an append
         keeps them, so a row is brought up to date by scanning only the points after)."""
         return TopKLayout(self.k, self.axis, self.largest, int(covered))
 
+    def bands(self, covered: int) -> TopKLayout:
+        """The best ``k`` of every row within each band of the reduced axis (``covered``
+        points long), one chunk per band, that a fill merges into the rows
+        (:mod:`infl_array.engine.top_k_bands`); its first axis is bands x rows, so it never
+        grows with the matrix."""
+        return TopKLayout(self.k, self.axis, self.largest, int(covered), banded=True)
+
     def _array(self, name: str) -> ArrayLayout:
         rows = FACTOR_SIDES[0] if self.axis == 1 else FACTOR_SIDES[1]
-        return ArrayLayout(f"{self.path}/{name}", (rows, "k"))
+        return ArrayLayout(f"{self.path}/{name}", (f"band_{rows}" if self.banded else rows, "k"))
 
     @property
     def values(self) -> ArrayLayout:
@@ -309,13 +324,16 @@ def top_k_part(path: str) -> tuple[TopKLayout, str] | None:
     ((3, 0, False, 40), 'indices')
     """
     m = re.fullmatch(
-        rf"{TOPK_GROUP}/axis([01])-(largest|smallest)-k(\d+)(?:/{_BASE}(\d+))?/(values|indices)",
+        rf"{TOPK_GROUP}/axis([01])-(largest|smallest)-k(\d+)(?:/({_BASE}|{_BANDS})(\d+))?"
+        r"/(values|indices)",
         path,
     )
     if m is None:
         return None
     tk = top_k(int(m[3]), int(m[1]), m[2] == "largest")
-    return (tk if m[4] is None else tk.base(int(m[4]))), m[5]
+    if m[4] is not None:
+        tk = tk.base(int(m[5])) if m[4] == _BASE else tk.bands(int(m[5]))
+    return tk, m[6]
 
 
 def unit_claim(unit_shape: Sequence[int], unit: Sequence[int]) -> str:

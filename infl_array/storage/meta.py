@@ -19,6 +19,7 @@ from infl_array.version import __version__
 
 __all__ = [
     "MAX_CHUNK_BYTES",
+    "RAW_FACTORS",
     "Compression",
     "StoreMeta",
     "check_chunk_bytes",
@@ -43,6 +44,8 @@ class Compression:
     bit-shuffle. On influence-like float32 data (heavy-tailed, nearly random mantissas) every
     lossless codec measured lands at 1.04-1.16x; lz4 with bit-shuffle is within 1% of zstd's
     ratio and encodes 2-3x faster, so writing keeps up with computing (benchmarks/RESULTS.md).
+    ``cname="none"`` stores the raw values (with the checksum): what lossless factors use
+    (:data:`RAW_FACTORS`).
     An integer ``keepbits`` (1..22 for float32, 1..51 for float64) first rounds each mantissa to
     that many bits (numcodecs BitRound), which bounds the relative error of every value by
     ``2 ** -(keepbits + 1)`` and makes blocks compress much better. A CRC32C checksum is always
@@ -54,14 +57,14 @@ class Compression:
     """
 
     keepbits: int | None = None
-    cname: Literal["lz4", "lz4hc", "zstd", "zlib", "blosclz"] = "lz4"
+    cname: Literal["lz4", "lz4hc", "zstd", "zlib", "blosclz", "none"] = "lz4"
     clevel: int = 5
 
     def __post_init__(self) -> None:
-        if self.cname not in ("lz4", "lz4hc", "zstd", "zlib", "blosclz"):
+        if self.cname not in ("lz4", "lz4hc", "zstd", "zlib", "blosclz", "none"):
             raise ValueError(
-                f"cname must be one of blosc's compressors lz4, lz4hc, zstd, zlib, blosclz; "
-                f"got {self.cname!r}. The default is cname='lz4'."
+                f"cname must be one of blosc's compressors lz4, lz4hc, zstd, zlib, blosclz, or "
+                f"'none' (no compression); got {self.cname!r}. The default is cname='lz4'."
             )
         if self.keepbits is not None and not (
             isinstance(self.keepbits, int) and 1 <= self.keepbits <= 51
@@ -144,10 +147,20 @@ class Compression:
         return [BitRound(keepbits=self.keepbits)]
 
     def compressors(self) -> list[Any]:
+        if self.cname == "none":
+            return [Crc32cCodec()]
         return [
             BloscCodec(cname=self.cname, clevel=self.clevel, shuffle="bitshuffle"),
             Crc32cCodec(),
         ]
+
+
+RAW_FACTORS = Compression(cname="none")
+"""How lossless factors are stored: raw values and a checksum. Per-sample factors (projected
+gradients) are nearly random floats: lz4 with bit-shuffle, the matrix's codec, saved 12% of
+their bytes (1.14x) but took ~0.1-0.2 s to encode and as long to decode per 33 MB block (8192
+x 1016 float32), a third of the time to compute them; ``factor_compression=Compression(
+keepbits=7)`` is the compact choice (2.6x)."""
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from zarr.codecs import BytesCodec
 from infl_array.errors import NotAStoreError
 from infl_array.storage import layout, nodes
 from infl_array.storage.grid import BlockGrid, create_error
-from infl_array.storage.meta import Compression, StoreMeta
+from infl_array.storage.meta import RAW_FACTORS, Compression, StoreMeta
 from infl_array.storage.remote_errors import (
     StorageOptionsError,
     explained_url_errors,
@@ -233,10 +233,11 @@ class InfluenceStore:
         """Create the factor array of ``side`` ("test" or "train"), shape ``(n, width)``.
 
         One chunk per block of rows (test) or columns (train), with the store's
-        ``factor_compression``; without one, lossless (the matrix's codec without rounding).
-        Either way a block computed from stored factors equals one computed directly: lossy
-        factors are rounded before they are used (:mod:`infl_array.storage.factors`). When
-        another process created it first, the existing array is returned.
+        ``factor_compression``; without one, lossless and uncompressed (the raw values and a
+        checksum: :data:`~infl_array.storage.meta.RAW_FACTORS`). Either way a block computed
+        from stored factors equals one computed directly: lossy factors are rounded before they
+        are used (:mod:`infl_array.storage.factors`). When another process created it first,
+        the existing array is returned.
         """
         if layout.FACTORS_GROUP not in self.group:
             try:
@@ -244,9 +245,7 @@ class InfluenceStore:
                     self.group.create_group(layout.FACTORS_GROUP)
             except OSError as exc:
                 raise create_error(exc, layout.FACTORS_GROUP, self.where) from exc
-        codec = self.meta.factor_compression or Compression(
-            cname=self.meta.compression.cname, clevel=self.meta.compression.clevel
-        )
+        codec = self.meta.factor_compression or RAW_FACTORS
         return self._create_grid(
             layout.factors(side).path,
             (n, width),

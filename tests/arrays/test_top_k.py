@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import infl_array as ia
-from infl_array.engine.top_k import ScanCounts, block_best, merge_best, scan_top_k
+from infl_array.engine.top_k import ScanCounts, block_best, merge_best, scan_top_k, worst_kept
 
 
 @settings(max_examples=25, deadline=None)
@@ -75,6 +75,47 @@ def test_one_blocks_best_equals_the_stable_sort(
     expected_values, expected_indices = brute_top_k(values, min(k, m), 1, largest)
     np.testing.assert_array_equal(got_indices, expected_indices + 7)
     np.testing.assert_array_equal(got_values, expected_values)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    r=st.integers(1, 5),
+    n=st.integers(1, 120),
+    k=st.integers(1, 40),
+    width=st.integers(1, 50),
+    spread=st.integers(0, 6),
+    special=st.sampled_from([None, np.nan, -np.inf, np.inf]),
+    largest=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_dropping_entries_worse_than_the_kth_keeps_the_brute_force_answer(
+    r: int,
+    n: int,
+    k: int,
+    width: int,
+    spread: int,
+    special: float | None,
+    largest: bool,
+    seed: int,
+) -> None:
+    """Blocks in any order, each cut to the entries not worse than the running k-th best
+    (packed when few remain): the stable sort's answer, NaN and infinities included."""
+    rng = np.random.default_rng(seed)
+    row = rng.integers(-spread, spread + 1, size=(r, n)) * 0.5
+    if special is not None:
+        row[rng.random((r, n)) < 0.2] = special
+    k = min(k, n)
+    starts = list(range(0, n, width))
+    rng.shuffle(starts)
+    best = None
+    for start in starts:
+        worst = worst_kept(best, k, largest)
+        found = block_best(row[:, start : start + width], start, k, largest, worst)
+        best = merge_best(best, found, k, largest)
+    assert best is not None
+    expected_values, expected_indices = brute_top_k(row, k, 1, largest)
+    np.testing.assert_array_equal(best[1], expected_indices)
+    np.testing.assert_array_equal(best[0], expected_values)
 
 
 def test_ties_go_to_the_lower_index_in_any_visiting_order() -> None:

@@ -16,6 +16,7 @@ from infl_array.engine.top_k import ScanCounts, scan_top_k
 from infl_array.storage.factors import FactorStore
 from infl_array.storage.meta import Compression
 from infl_array.storage.store import InfluenceStore
+from infl_array.storage.zarr_compat import lossy_codec_warning_silenced
 
 
 def features(n: int, width: int, seed: int, scales: Any = 1.0) -> tuple[np.ndarray, np.ndarray]:
@@ -227,3 +228,23 @@ def test_appended_train_points_get_the_recorded_rounding(tmp_path: Path) -> None
     rounded = Compression(keepbits=5).stored_values
     every = np.concatenate([train[0], more[0]])
     np.testing.assert_array_equal(np.asarray(arr), rounded(test[0]) @ rounded(every).T)
+
+
+def test_lossless_factors_are_stored_raw_with_a_checksum(tmp_path: Path) -> None:
+    """Factors barely compress: lossless ones skip blosc (a checksum still guards them);
+    ``keepbits`` ones keep the matrix's codec after rounding."""
+    import zarr
+
+    arr, _, train = lossy_array(tmp_path / "raw", None)
+    arr.fill(progress=False)
+    group = zarr.open_group(tmp_path / "raw", mode="r")
+    names = [type(c).__name__ for c in group["factors/train"].metadata.codecs]
+    assert names == ["BytesCodec", "Crc32cCodec"]
+    np.testing.assert_array_equal(stored_factors(tmp_path / "raw", "train"), train[0])
+    lossy_array(tmp_path / "kb", 7)[0].fill(progress=False)
+    with lossy_codec_warning_silenced():
+        group = zarr.open_group(tmp_path / "kb", mode="r")
+        names = [type(c).__name__ for c in group["factors/train"].metadata.codecs]
+    assert "BloscCodec" in names and names[-1] == "Crc32cCodec"
+    with pytest.raises(ValueError, match="'none'"):
+        Compression(cname="gzip")  # type: ignore[arg-type]
