@@ -236,6 +236,32 @@ def save_result(
     return record
 
 
+def measure_and_save(
+    name: str,
+    section: str,
+    script: str,
+    measure: Callable[[argparse.Namespace], Mapping[str, object]],
+    args: argparse.Namespace,
+    machine: Callable[[], Mapping[str, str]],
+) -> dict[str, object]:
+    """Run ``measure(args)``, timed and with the load before and after, and save its record
+    with :func:`save_result` (the renderer is ``script``'s ``render`` function)."""
+    load_start, started = load_now(), time.perf_counter()
+    data = measure(args)
+    return save_result(
+        name,
+        section,
+        f"{script}:render",
+        data,
+        args,
+        script=script,
+        argv=sys.argv[1:],
+        wall_s=time.perf_counter() - started,
+        machine=machine(),
+        load_start=load_start,
+    )
+
+
 def write_record(record: Mapping[str, object]) -> Path:
     """Write ``record`` to ``RESULTS_DIR/<name>.json`` and return the path."""
     RESULTS_DIR.mkdir(exist_ok=True)

@@ -28,7 +28,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -44,9 +43,8 @@ from harness import machine_info  # noqa: E402
 from results_md import (  # noqa: E402
     add_output_args,
     fmt_t,
-    load_now,
+    measure_and_save,
     record_head,
-    save_result,
     table,
     yes_no,
 )
@@ -162,19 +160,13 @@ def main() -> None:
     add_output_args(parser)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    load_start, started = load_now(), time.perf_counter()
-    data = measure(args)
-    save_result(
+    measure_and_save(
         "append",
         SECTION,
-        "large/bench_append.py:render",
-        data,
+        "large/bench_append.py",
+        measure,
         args,
-        script="large/bench_append.py",
-        argv=sys.argv[1:],
-        wall_s=time.perf_counter() - started,
-        machine=machine_info(["torch", "zarr", "numpy"]),
-        load_start=load_start,
+        lambda: machine_info(["torch", "zarr", "numpy"]),
     )
 
 

@@ -50,9 +50,8 @@ from harness import machine_info  # noqa: E402
 from results_md import (  # noqa: E402
     add_output_args,
     fmt_t,
-    load_now,
+    measure_and_save,
     record_head,
-    save_result,
     table,
     yes_no,
 )
@@ -260,19 +259,13 @@ def main() -> None:
         size, name, gib = args.case
         print(json.dumps(run_case(size, name, float(gib), args.n_train, args.n_test)))
         return
-    load_start, started = load_now(), time.perf_counter()
-    data = measure(args)
-    save_result(
+    measure_and_save(
         "memory",
         SECTION,
-        "large/bench_memory.py:render",
-        data,
+        "large/bench_memory.py",
+        measure,
         args,
-        script="large/bench_memory.py",
-        argv=sys.argv[1:],
-        wall_s=time.perf_counter() - started,
-        machine=machine_info(["torch", "zarr", "numpy"]),
-        load_start=load_start,
+        lambda: machine_info(["torch", "zarr", "numpy"]),
     )
 
 

@@ -177,3 +177,24 @@ def test_every_committed_record_renders_its_section(path: Path) -> None:
     text = results_md.render_record(record)
     assert text.startswith(str(record["section"]) + "\n")
     assert f"`benchmarks/results/{path.stem}.json`" in text
+
+
+def test_measure_and_save_times_the_measurement_and_names_the_renderer(
+    tree: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["bench_reads.py", "--quick"])
+    seen: list[argparse.Namespace] = []
+
+    def measure(args: argparse.Namespace) -> dict[str, Any]:
+        seen.append(args)
+        return reads_data()
+
+    args = argparse.Namespace(no_write=False, results=tree["results"])
+    record = results_md.measure_and_save(
+        "reads", SECTION, "reads/reads_report.py", measure, args, lambda: {"nproc": "2"}
+    )
+    assert seen == [args]
+    assert record["renderer"] == RENDERER and record["machine"] == {"nproc": "2"}
+    assert record["command"] == "python benchmarks/reads/reads_report.py --quick"
+    assert len(record["load"]["start"]) == 3 and record["wall_s"] >= 0
+    assert json.loads((tree["results_dir"] / "reads.json").read_text()) == record
