@@ -60,12 +60,16 @@ def worker_ours(
 
     def fit() -> Any:
         if case == "small":
-            return CgInfluence(model, ce, regularization=reg, **CG_TOL).fit(train_loader).prepare()
+            # block CG, as pyDVL's side is configured (worker_pydvl's ``fit``)
+            cg = CgInfluence(model, ce, regularization=reg, solve_simultaneously=True, **CG_TOL)
+            return cg.fit(train_loader).prepare()
         return DirectInfluence(model, ce, regularization=0.01).fit(train_loader).prepare()
 
     res: dict[str, Any] = {
         k: prob[k] for k in ("n_train", "n_test", "batch", "n_params", "acc")
     } | {"model_sha": model_sha(model), "blocks": blocks, "reg": reg if case == "small" else 0.01}
+    if case == "small":
+        res["solve_simultaneously"] = True
     with scratch_dir(f"bench_speed_{case}") as work, caught_warnings() as w:
         infl = fill_reps(case, reps, fit, prob, blocks, work, save if first else None, res)
         res["cg_iters_last_call"] = getattr(infl, "n_iter_", None)

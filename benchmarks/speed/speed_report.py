@@ -66,13 +66,16 @@ def small_note(small: dict[str, Any], blk: str, tot: list[float], tol: str) -> s
         one = f", sequential one rhs at a time {fmt_t(seconds)} (once; {how})"
     else:
         one = " (one rhs at a time: skipped)"
+    # records before the fix of issue 22 ran ours one CG per right-hand side
+    both = o.get("solve_simultaneously", False)
+    ours_cg = f" (solve_simultaneously={both})"
     vs_one = f", vs one-at-a-time {small['rel_seq_one']:.2e}" if "rel_seq_one" in small else ""
     return (
         f"**small** (MLP 20 -> 32 -> 3, {o['n_params']} params, train/test accuracy "
         f"{o['acc'][0]:.2f}/{o['acc'][1]:.2f}; {o['n_train']} train, {o['n_test']} test, "
         f"loaders of batch {o['batch']}, regularization {o['reg']}; eigenvalues of H in "
         f"[{lo:.3g}, {hi:.3g}]; CG with {tol}; {small['reps']} rounds): ours fit + create + "
-        f"fill {spread(tot)}; pyDVL fit {spread(t['fit'])} (not counted on their side), "
+        f"fill {spread(tot)}{ours_cg}; pyDVL fit {spread(t['fit'])} (not counted on their side), "
         f"in-memory {spread(t['inmem'])} (solve_simultaneously=True), sequential simultaneous "
         f"{spread(t['seq'])}{one}. Our factor computations {o.get('stats')}; our CG iterations "
         f"(last call) {o.get('cg_iters_last_call')}. With our backend, all test factors in one "

@@ -79,10 +79,12 @@ class CgSystems:
         self.iters = torch.zeros_like(self.col_block)
         self.breakdown = torch.zeros_like(self.active)
 
-    def step_done(self, cols: torch.Tensor) -> None:
-        """Count an iteration of ``cols`` and deactivate those converged or at ``maxiter``."""
+    def step_done(self, cols: torch.Tensor, r_cols: torch.Tensor | None = None) -> None:
+        """Count an iteration of ``cols`` and deactivate those converged or at ``maxiter``
+        (``r_cols``: their residuals, when held apart from :attr:`r`)."""
         self.iters[cols] += 1
-        res = torch.linalg.vector_norm(self.r[:, cols], dim=0)
+        r_cols = self.r[:, cols] if r_cols is None else r_cols
+        res = torch.linalg.vector_norm(r_cols, dim=0)
         self.active[cols] = self.rule.unconverged(res, self.tol[cols]) & (
             self.iters[cols] < self.maxiter[cols]
         )
@@ -99,31 +101,41 @@ class CgSystems:
 
 
 def iterate_columns(sys: CgSystems, apply: Apply, precondition: Apply, bar: Any) -> None:
-    """Every system its own CG (own step sizes), all advanced together."""
-    col_block, x, r, active = sys.col_block, sys.x, sys.r, sys.active
-    z = precondition(r, col_block)
+    """Every system its own CG (own step sizes), all advanced together.
+
+    The active systems are held compacted (``x``, ``r``, ``p`` of those columns only, no
+    gather or scatter per iteration); a column is written back to ``sys`` when it stops.
+    """
+    cols = sys.active.nonzero().squeeze(1)
+    blk, x, r = sys.col_block[cols], sys.x[:, cols], sys.r[:, cols]
+    z = precondition(r, blk)
     p = z.clone()
     rz = (r * z).sum(0)
-    while bool(active.any()):
-        cols = active.nonzero().squeeze(1)
-        p_a = p[:, cols]
-        ap = apply(p_a, col_block[cols])
-        curv = (p_a * ap).sum(0)
-        bad = (curv <= 0) | (rz[cols] <= 0)
+    while cols.numel():
+        ap = apply(p, blk)
+        curv = (p * ap).sum(0)
+        bad = (curv <= 0) | (rz <= 0)
         if bool(bad.any()):  # A (or M) not positive definite here: stop those
             sys.break_down(cols[bad])
+            sys.x[:, cols[bad]], sys.r[:, cols[bad]] = x[:, bad], r[:, bad]
             keep = ~bad
-            cols, p_a, ap, curv = cols[keep], p_a[:, keep], ap[:, keep], curv[keep]
-        alpha = rz[cols] / curv
-        x[:, cols] += alpha * p_a
-        r_a = r[:, cols] - alpha * ap
-        z_a = precondition(r_a, col_block[cols])
-        rz_new = (r_a * z_a).sum(0)
-        p[:, cols] = z_a + (rz_new / rz[cols]) * p_a
-        r[:, cols] = r_a
-        rz[cols] = rz_new
-        sys.step_done(cols)
+            cols, blk, x, r, p, rz, ap, curv = (
+                t[..., keep] for t in (cols, blk, x, r, p, rz, ap, curv)
+            )
+        alpha = rz / curv
+        x += alpha * p
+        r -= alpha * ap
+        z = precondition(r, blk)
+        rz_new = (r * z).sum(0)
+        p = z + (rz_new / rz) * p
+        rz = rz_new
+        sys.step_done(cols, r)
         bar.update(1)
+        going = sys.active[cols]
+        if not bool(going.all()):  # write the stopped columns back, keep the rest
+            done = ~going
+            sys.x[:, cols[done]], sys.r[:, cols[done]] = x[:, done], r[:, done]
+            cols, blk, x, r, p, rz = (t[..., going] for t in (cols, blk, x, r, p, rz))
 
 
 def iterate_block(sys: CgSystems, apply: Apply, precondition: Apply, bar: Any) -> None:
