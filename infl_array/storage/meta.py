@@ -8,7 +8,7 @@ stored arrays. This module knows numpy and zarr's codec classes only.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -52,8 +52,9 @@ class Compression:
     added, so corrupt bytes raise instead of decoding to wrong numbers.
 
     The same class describes the stored factors (``create(..., factor_compression=...)``): there
-    ``keepbits`` rounds every factor value, with the same relative bound, before it is used or
-    stored (:mod:`infl_array.storage.factors`).
+    ``keepbits`` rounds every factor value, with the same relative bound, once, before it is
+    used or stored (:mod:`infl_array.storage.factors`); the factor array's codec then only
+    compresses (:meth:`after_rounding`).
     """
 
     keepbits: int | None = None
@@ -92,6 +93,16 @@ class Compression:
 
         rounded = np.asarray(BitRound(keepbits=self.keepbits).encode(np.ascontiguousarray(values)))
         return rounded.view(values.dtype).reshape(values.shape)
+
+    def after_rounding(self) -> Compression:
+        """The codec for values already rounded by :meth:`stored_values`: the same compressor
+        without the rounding filter (rounding again changes nothing and cost ~0.1 s per 33 MB
+        factor block).
+
+        >>> Compression(keepbits=7, cname="zstd").after_rounding()
+        Compression(keepbits=None, cname='zstd', clevel=5)
+        """
+        return replace(self, keepbits=None)
 
     def to_json(self) -> dict[str, Any]:
         return {"keepbits": self.keepbits, "cname": self.cname, "clevel": self.clevel}

@@ -235,9 +235,10 @@ class InfluenceStore:
         One chunk per block of rows (test) or columns (train), with the store's
         ``factor_compression``; without one, lossless and uncompressed (the raw values and a
         checksum: :data:`~infl_array.storage.meta.RAW_FACTORS`). Either way a block computed
-        from stored factors equals one computed directly: lossy factors are rounded before they
-        are used (:mod:`infl_array.storage.factors`). When another process created it first,
-        the existing array is returned.
+        from stored factors equals one computed directly: lossy factors are rounded once, before
+        they are used or stored (:mod:`infl_array.storage.factors`), so the array's codec does
+        not round them again (:meth:`~infl_array.storage.meta.Compression.after_rounding`).
+        When another process created it first, the existing array is returned.
         """
         if layout.FACTORS_GROUP not in self.group:
             try:
@@ -245,7 +246,8 @@ class InfluenceStore:
                     self.group.create_group(layout.FACTORS_GROUP)
             except OSError as exc:
                 raise create_error(exc, layout.FACTORS_GROUP, self.where) from exc
-        codec = self.meta.factor_compression or RAW_FACTORS
+        lossy = self.meta.factor_compression
+        codec = RAW_FACTORS if lossy is None else lossy.after_rounding()
         return self._create_grid(
             layout.factors(side).path,
             (n, width),

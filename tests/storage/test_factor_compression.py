@@ -232,7 +232,7 @@ def test_appended_train_points_get_the_recorded_rounding(tmp_path: Path) -> None
 
 def test_lossless_factors_are_stored_raw_with_a_checksum(tmp_path: Path) -> None:
     """Factors barely compress: lossless ones skip blosc (a checksum still guards them);
-    ``keepbits`` ones keep the matrix's codec after rounding."""
+    ``keepbits`` ones keep the matrix's codec after rounding, without rounding again."""
     import zarr
 
     arr, _, train = lossy_array(tmp_path / "raw", None)
@@ -246,5 +246,8 @@ def test_lossless_factors_are_stored_raw_with_a_checksum(tmp_path: Path) -> None
         group = zarr.open_group(tmp_path / "kb", mode="r")
         names = [type(c).__name__ for c in group["factors/train"].metadata.codecs]
     assert "BloscCodec" in names and names[-1] == "Crc32cCodec"
+    assert "BitRound" not in names  # rounded once, by the factor cache
+    rounded = Compression(keepbits=7).stored_values(train[0])
+    np.testing.assert_array_equal(stored_factors(tmp_path / "kb", "train"), rounded)
     with pytest.raises(ValueError, match="'none'"):
         Compression(cname="gzip")  # type: ignore[arg-type]
