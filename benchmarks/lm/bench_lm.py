@@ -25,8 +25,13 @@ The retrainings are cached one file per model; ``--retrain-helper`` (same argume
 them from the last model down in a second process while the run measures the methods (the
 run then retrains only what is missing).
 
-Raw outputs (each worker's JSON, log tail and matrix) go compressed to
-``benchmarks/results/raw/lm/``.
+Raw outputs (each worker's JSON, log tail and matrix) go compressed to the work folder while
+the run goes, and to ``benchmarks/results/raw/lm/`` after the record is saved (so a run from a
+clean commit records itself clean).
+
+The driver runs with ``--threads`` torch threads too (the base model's training and the
+retrainings): torch's default, one thread per core, crawls on a machine whose cores other
+processes share (the spinning threads wait on each other).
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ from infl_array.quality import lds, lds_bootstrap, lds_per_test
 HERE = Path(__file__).resolve().parent
 SECTION = "## Language models (issue 24)"
 RAW = RESULTS_DIR / "raw" / "lm"
+STAGE = WORK / "lm" / "raw"
 VENVS = Path(os.environ.get("PEER_VENV_DIR", HERE.parents[1]))
 
 
@@ -87,6 +93,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=int,
         default=3,
         help="timed runs of each method, round-robin (times: the median; matrix: the first)",
+    )
+    p.add_argument(
+        "--repeats-reason",
+        default="",
+        help="why fewer than 3 repeats (shown in the section when --repeats < 3)",
     )
     p.add_argument("--projection-dim", type=int, default=2048, help="width of projected methods")
     p.add_argument("--method-batch", type=int, default=64, help="batch of the attributions")
@@ -152,7 +163,7 @@ def run_worker(
     name: str, python: Path, args: dict, work: Path, timeout: int, keep_raw: bool = True
 ) -> tuple[dict, np.ndarray | None]:
     """One method in its own process; its result, or its exact error, and its matrix (raw
-    outputs kept under ``RAW`` when ``keep_raw``)."""
+    outputs kept under ``STAGE`` when ``keep_raw``, :func:`publish_raw` moves them to ``RAW``)."""
     out = work / f"{name}.json"
     out.unlink(missing_ok=True)
     args = {**args, "store": str(work / f"{name}-store"), "out": str(out)}
@@ -168,9 +179,9 @@ def run_worker(
     except subprocess.TimeoutExpired as e:
         log, rc = f"{e.stdout or ''}{e.stderr or ''}\ntimed out after {timeout} s", -9
     wall = time.perf_counter() - start
-    RAW.mkdir(parents=True, exist_ok=True)
+    STAGE.mkdir(parents=True, exist_ok=True)
     if keep_raw or rc != 0:
-        with gzip.open(RAW / f"{name}.log.gz", "wt") as f:
+        with gzip.open(STAGE / f"{name}.log.gz", "wt") as f:
             f.write(log[-20000:])
     if rc != 0 or not out.exists():
         lines = [x for x in log.strip().splitlines() if x.strip()]
@@ -179,12 +190,19 @@ def run_worker(
     result["wall_s"] = wall
     if not keep_raw:
         return result, None
-    with gzip.open(RAW / f"{name}.json.gz", "wt") as f:
+    with gzip.open(STAGE / f"{name}.json.gz", "wt") as f:
         f.write(json.dumps(result, indent=1))
     scores = np.load(f"{out}.npy")
-    with gzip.open(RAW / f"{name}.npy.gz", "wb") as f:
+    with gzip.open(STAGE / f"{name}.npy.gz", "wb") as f:
         np.save(f, scores)
     return result, scores
+
+
+def publish_raw() -> None:
+    """Move the raw outputs of this run from ``STAGE`` to ``RAW`` (after the record)."""
+    RAW.mkdir(parents=True, exist_ok=True)
+    for path in sorted(STAGE.glob("*.gz")):
+        shutil.move(path, RAW / path.name)
 
 
 NOTES = {
@@ -322,8 +340,10 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     a = parse_args(argv)
     start, load_start = time.perf_counter(), load_now()
+    torch.set_num_threads(a.threads)
     work = WORK / "lm"
     work.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(STAGE, ignore_errors=True)
     settings = vars(a) | {"n_train": a.n_train}
     data_path, facts = prepare(work, settings)
     print(f"model: {facts}", flush=True)
@@ -385,6 +405,8 @@ def main(argv: list[str] | None = None) -> None:
         machine=info,
         load_start=load_start,
     )
+    if not a.no_write:
+        publish_raw()
     shutil.rmtree(work / "ekfac-store", ignore_errors=True)
 
 

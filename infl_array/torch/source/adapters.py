@@ -139,6 +139,10 @@ class ModelAdapter:
         """Columns of the test factors, where the model declares them."""
         return None
 
+    def train_factor_width(self) -> int | None:
+        """Columns of the train factors, where the model declares them."""
+        return None
+
 
 class ProtocolAdapter(ModelAdapter):
     """Adapter for objects implementing the factorised protocol.
@@ -227,6 +231,11 @@ class ProtocolAdapter(ModelAdapter):
     def test_factor_width(self) -> int | None:
         if isinstance(self.model, FactorWidths):
             return int(self.model.test_factor_width)
+        return None
+
+    def train_factor_width(self) -> int | None:
+        if isinstance(self.model, FactorWidths):
+            return int(self.model.train_factor_width)
         return None
 
     def notes(self) -> dict[str, str]:

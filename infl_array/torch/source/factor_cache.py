@@ -15,6 +15,11 @@ the samples ``r``.
   claimed first once the side is stored, so processes sharing the store compute each block
   once) and written to the store where its side is kept there. A damaged stored block is
   recomputed, never waited for.
+* A long range of train factors that is neither memoised nor stored and would take more than
+  a quarter of what the memo may hold (:meth:`FactorCache.pieces`) is handed out in pieces of
+  at most :data:`PIECE_BYTES`, each computed, used and dropped: a block's product then holds
+  one piece, not the whole range (the memo could not keep the range anyway, so nothing that
+  would have been reused is recomputed).
 * With a store whose ``factor_compression`` rounds (``keepbits``), every factor the model
   returns is rounded first (:meth:`FactorCache.compute`), so the memo, the store and every
   product see the same rounded values (:mod:`infl_array.storage.factors`).
@@ -32,7 +37,7 @@ pickled: a copy sent to a worker starts empty.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -52,6 +57,12 @@ from infl_array.torch.source.memo import FactorMemo, MemoKey
 __all__ = ["FactorCache"]
 
 STAT_KEYS = ("test_factors", "train_factors", "self_factors", "hits", "factor_reads")
+
+PIECE_BYTES = 128 << 20
+"""Bytes of one piece of a range of train factors handed out piece by piece (128 MiB)."""
+
+PIECE_ALIGN = 64
+"""Pieces are whole multiples of this many samples where they can be (a usual batch size)."""
 
 
 def _whole_blocks(side: FactorSide, r: range) -> list[int] | None:
@@ -172,6 +183,7 @@ class FactorCache:
         self.budget = budget
         self.stats = dict.fromkeys(STAT_KEYS, 0)
         self.store: FactorStore | None = None
+        self._itemsize: dict[str, int] = {}  # of the factors each axis returned so far
         self._reset()
 
     def _reset(self) -> None:
@@ -232,6 +244,42 @@ class FactorCache:
             self.memo.join((axis, r.start, r.stop), joined)
             return joined
 
+    def pieces(self, axis: str, r: range) -> Iterator[torch.Tensor]:
+        """The factors of samples ``r`` of ``axis``, as consecutive pieces whose rows join to
+        :meth:`factors` ``(axis, r)``: that one piece where the range is memoised, stored or
+        small, else pieces of at most :data:`PIECE_BYTES` computed one at a time and not kept
+        (see the module docstring)."""
+        spans = self._piece_spans(axis, r)
+        if spans is None:
+            yield self.factors(axis, r)
+            return
+        for span in spans:
+            with self._lock:
+                piece = self.compute(axis, span)
+            yield piece
+
+    def _piece_spans(self, axis: str, r: range) -> list[range] | None:
+        """The pieces ``r`` is computed in, or None when it is fetched whole."""
+        width = self.adapter.train_factor_width() if axis == "train" else None
+        if width is None or len(r) <= 1:
+            return None
+        with self._lock:
+            if self.memo.get((axis, r.start, r.stop)) is not None:
+                return None
+            side, _ = self._keepers.get(axis, (None, None))
+            itemsize = self._itemsize.get(axis, 4)
+            if side is not None and _whole_blocks(side, r) and side.is_stored(width, itemsize):
+                return None
+            room = self.memory_budget
+            if self.budget is not None:
+                room = min(room, (self.budget.available + self.memo.held_bytes) * 3 // 4)
+        row_bytes = width * itemsize
+        if len(r) * row_bytes <= room // 4:
+            return None
+        rows = max(1, min(PIECE_BYTES, room // 4) // row_bytes)
+        rows = rows // PIECE_ALIGN * PIECE_ALIGN or rows
+        return [range(s, min(s + rows, r.stop)) for s in range(r.start, r.stop, rows)]
+
     def _range(self, axis: str, r: range) -> torch.Tensor:
         """Factors of exactly ``r`` (or a slice of a memoised range holding it)."""
         key = (axis, r.start, r.stop)
@@ -274,6 +322,7 @@ class FactorCache:
                 f"{self.adapter.name} returned {f.shape[0]} rows of {axis} factors for "
                 f"{len(r)} samples; factors need one row per sample."
             )
+        self._itemsize[axis] = f.element_size()
         compression = self._compression(axis)
         if compression is not None and compression.keepbits is not None:
             f = _rounded(f, compression, f"{kind} factors of {self.adapter.name}")

@@ -14,6 +14,7 @@ An adapter (:mod:`infl_array.torch.source.adapters`) declares its pairing with
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Protocol
 
 import torch
@@ -29,6 +30,10 @@ class Factors(Protocol):
 
     def factors(self, axis: str, r: range) -> torch.Tensor:
         """The factors of samples ``r`` of ``axis`` (``"test"``, ``"train"`` or ``"self"``)."""
+        ...
+
+    def pieces(self, axis: str, r: range) -> Iterator[torch.Tensor]:
+        """The factors of samples ``r`` of ``axis`` as consecutive pieces of rows."""
         ...
 
 
@@ -78,15 +83,22 @@ class FactorPairing:
         self.adapter, self.factors, self.same_space = adapter, factors, same_space
 
     def block(self, test_f: torch.Tensor, cols: range, float32: bool) -> torch.Tensor:
-        train_f = self.factors.factors("train", cols)
-        if self.same_space and train_f.shape[1] != test_f.shape[1]:
-            raise ValueError(
-                f"{self.adapter.name}: test factors have {test_f.shape[1]} columns but train "
-                f"factors have {train_f.shape[1]}; both must live in the same space."
-            )
-        single = float32 and test_f.dtype == train_f.dtype == torch.float32
-        dtype = torch.float32 if single else torch.float64
-        return self.adapter.product(test_f.to(dtype), train_f.to(dtype))
+        """The block, column piece by column piece where the train factors come in pieces
+        (:meth:`~infl_array.torch.source.factor_cache.FactorCache.pieces`): each entry is
+        the same product of one test and one train factor row."""
+        parts, left = [], {}
+        for train_f in self.factors.pieces("train", cols):
+            if self.same_space and train_f.shape[1] != test_f.shape[1]:
+                raise ValueError(
+                    f"{self.adapter.name}: test factors have {test_f.shape[1]} columns but "
+                    f"train factors have {train_f.shape[1]}; both must live in the same space."
+                )
+            single = float32 and test_f.dtype == train_f.dtype == torch.float32
+            dtype = torch.float32 if single else torch.float64
+            if dtype not in left:
+                left[dtype] = test_f.to(dtype)
+            parts.append(self.adapter.product(left[dtype], train_f.to(dtype)))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
     def diagonal(self, left: torch.Tensor, cols: range) -> torch.Tensor:
         right = self.factors.factors("train", cols)
