@@ -23,7 +23,8 @@ section of RESULTS.md)::
 
 The retrainings are cached one file per model; ``--retrain-helper`` (same arguments) runs
 them from the last model down in a second process while the run measures the methods (the
-run then retrains only what is missing).
+run then retrains only what is missing); ``--retrain-beside`` makes the run start that
+helper itself once the base model is trained (and the record says so).
 
 Raw outputs (each worker's JSON, log tail and matrix) go compressed to the work folder while
 the run goes, and to ``benchmarks/results/raw/lm/`` after the record is saved (so a run from a
@@ -114,6 +115,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="only retrain, from the last model down, until --retrain-minutes from now, and "
         "exit (no record): a second process that shares the retrainings with a run",
+    )
+    p.add_argument(
+        "--retrain-beside",
+        action="store_true",
+        help="start a --retrain-helper process beside the timed runs (the record says so)",
     )
     p.add_argument(
         "--retrain-from", type=int, default=None, help="the helper's first model (default last)"
@@ -336,10 +342,28 @@ def timed_rounds(
             results[name]["rounds"] = times
 
 
+def start_helper(argv: list[str], work: Path) -> subprocess.Popen:
+    """A ``--retrain-helper`` process with this run's arguments (its output to a log)."""
+    log = (work / "retrain-helper.log").open("w")
+    cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--retrain-helper"]
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+
+
+def stop_helper(helper: subprocess.Popen, work: Path, seconds: float = 300.0) -> float:
+    """Wait for the helper (it stops once every model is cached); kill it after ``seconds``.
+    Returns when it ended (``time.time()``: its log's last write, its exit message)."""
+    try:
+        helper.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        helper.kill()
+        helper.wait()
+    return (work / "retrain-helper.log").stat().st_mtime
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     a = parse_args(argv)
-    start, load_start = time.perf_counter(), load_now()
+    start, started, load_start = time.perf_counter(), time.time(), load_now()
     torch.set_num_threads(a.threads)
     work = WORK / "lm"
     work.mkdir(parents=True, exist_ok=True)
@@ -352,6 +376,7 @@ def main(argv: list[str] | None = None) -> None:
         done = retrain(work, settings, data_path, until, True, a.retrain_from)
         print(f"{len(done['losses'])} retrained models in the cache", flush=True)
         return
+    helper = start_helper(argv, work) if a.retrain_beside else None
     blob = torch.load(data_path, weights_only=True)
     positions = blob["dup_positions"].numpy()
     results: dict[str, Any] = {}
@@ -366,6 +391,10 @@ def main(argv: list[str] | None = None) -> None:
     timed_rounds([n for n in names if n not in late], table, a, run_first, results)
     deadline = time.time() + 60 * a.retrain_minutes
     truth = retrain(work, settings, data_path, deadline)
+    helper_minutes, by_main = None, truth["trained"]
+    if helper is not None:
+        helper_minutes = (stop_helper(helper, work) - started) / 60
+        truth = retrain(work, settings, data_path, deadline)  # the models the helper finished
     n_models = len(truth["losses"])
     print(f"retrained {n_models} models", flush=True)
     timed_rounds([n for n in names if n in late], table, a, run_first, results)
@@ -388,7 +417,12 @@ def main(argv: list[str] | None = None) -> None:
         "tokens_per_sequence": int(blob["train"].shape[1]),
         "dup_positions": positions.tolist(),
         "methods": results,
-        "retrained": {"models": n_models, "seconds_each": truth["seconds_each"]},
+        "retrained": {
+            "models": n_models,
+            "seconds_each": truth["seconds_each"],
+            "helper_minutes": helper_minutes,
+            "by_helper": None if helper is None else n_models - by_main,
+        },
         "lds_gap": gap,
         "coverage": coverage(),
     }

@@ -103,6 +103,7 @@ def retrain(
         "masks": masks[done],
         "losses": np.array([np.load(path_of(data_path, m, s)) for m in done]),
         "seconds_each": float(np.mean(seconds)) if seconds else None,
+        "trained": len(seconds),
     }
 
 

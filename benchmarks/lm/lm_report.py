@@ -118,6 +118,18 @@ def repeats(s: Mapping[str, Any]) -> str:
     return f"the median of {n} runs of each method, round-robin (the matrix: the first run's){why}"
 
 
+def beside(d: Mapping[str, Any]) -> str:
+    """Where the retrainings ran, when a second process ran them beside the timed runs."""
+    minutes, count = d["retrained"].get("helper_minutes"), d["retrained"].get("by_helper")
+    if minutes is None:
+        return ""
+    return (
+        f"; {count} of them by a second process of the driver, beside the methods' timed runs, "
+        f"in the first {minutes:.0f} min of the run (`--retrain-beside`; the load averages "
+        "above include it)"
+    )
+
+
 def damping(s: Mapping[str, Any]) -> str:
     """How the preconditioned methods were damped (records before the rule: absolute)."""
     if "damping" not in s:
@@ -138,12 +150,14 @@ def sizing(d: Mapping[str, Any]) -> str:
     models = d["retrained"]["models"]
     each = d["retrained"]["seconds_each"]
     each_s = f", {fmt_t(each)} each" if each else ""
-    fewer = (
-        f" **Only {models} retrained models** (fewer than the 30 asked): the run stopped "
-        "starting retrainings at its time limit."
-        if models < 30
-        else ""
-    )
+    fewer = ""
+    if models < min(30, s["retrainings"]):
+        fewer = (
+            f" **Only {models} retrained models** (fewer than the 30 asked): the run stopped "
+            "starting retrainings at its time limit."
+        )
+    elif models < 30:
+        fewer = f" **Only {models} retrained models**: the run asked for {s['retrainings']}."
     speed = (
         f"training ran at {tokens / model['train_seconds']:,.0f} tokens/s "
         f"({fmt_t(model['train_seconds'])} for the base model) and every retraining costs "
@@ -207,9 +221,9 @@ def render(record: Mapping[str, Any]) -> str:
         "",
         f"LDS: {d['retrained']['models']} models retrained on random "
         f"{s['subset_fraction']:.0%} subsets of the train sequences (same init and schedule, "
-        "seeded order); output = minus the query's summed loss; ± = bootstrap spread over the "
-        "subsets. Duplicates: how many planted duplicates rank first in their query's row "
-        "(and each one's rank).",
+        f"seeded order{beside(d)}); output = minus the query's summed loss; ± = bootstrap "
+        "spread over the subsets. Duplicates: how many planted duplicates rank first in their "
+        "query's row (and each one's rank).",
         "",
         sizing(d),
         "",
