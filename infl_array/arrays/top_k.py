@@ -21,6 +21,7 @@ stored, resumed after a kill), then every row block is the merge of its rows in 
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -338,6 +339,7 @@ class TopKArray:
         missing = engine.missing()
         if not missing:
             return 0
+        engine.grid.check_writable(missing[0])
         where = layout.top_k(self.k, self.axis, self.largest)
         bands = band_engine(engine.source.matrix, where, len(missing))
         if bands is not None:
@@ -392,6 +394,14 @@ def open_top_k_array(matrix: BlockEngine, k: Any, axis: Any, largest: bool) -> T
                 f"the store {store.where} holds no top-k array {where.path!r} (k={k}, axis={ax}, "
                 f"largest={bool(largest)}), and it was opened without a model or function, so "
                 f"it cannot be computed. {_MISSING_FIX}",
+            )
+        if store.read_only:
+            raise PermissionError(
+                errno.EACCES,
+                f"cannot create the top-k array {where.path!r} (k={k}, axis={ax}, "
+                f"largest={bool(largest)}): the store {store.where} is read-only and does not "
+                "hold it. Nothing was written. Copy the store to a writable location and open "
+                "that to compute it.",
             )
         n_rows, per_block = matrix.shape[1 - ax], matrix.block_shape[1 - ax]
         grid = create_top_k_grid(store, where, n_rows, per_block)

@@ -160,8 +160,9 @@ class FactorSide:
 
     @property
     def shared(self) -> bool:
-        """Whether the side's array exists: then processes claim its blocks before computing."""
-        return self.grid() is not None
+        """Whether the side's array exists and is writable: then processes claim its blocks
+        before computing (a read-only store's missing blocks are computed in memory only)."""
+        return not self.store.read_only and self.grid() is not None
 
     def present(self) -> set[int]:
         """Factor blocks whose chunk exists (one listing)."""
@@ -209,6 +210,8 @@ class FactorSide:
         :data:`WRITE_RUN_BYTES` a call), every chunk atomically."""
         if not blocks:
             return True
+        if self.store.read_only:
+            return False
         grid = self._grid_for(values[0])
         if grid is None:
             return False

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from infl_array.torch.data.tokens import HALF, call_model, model_outputs
+from infl_array.torch.data.tokens import HALF, call_model, causal_lm_loss, model_outputs
 from infl_array.torch.full.base import TorchInfluenceBase
 from infl_array.torch.full.functional import FlatModel, LossFn, check_finite
 from infl_array.torch.layerwise.capture import (
@@ -96,6 +96,12 @@ def resolve_fisher_type(fisher_type: object, loss: object) -> str:
     """``"empirical"`` or ``"pydvl"`` for a ``fisher_type`` argument (see the module docstring)."""
     if fisher_type not in FISHER_TYPES:
         raise ValueError(f"fisher_type must be one of {FISHER_TYPES}, got {fisher_type!r}.")
+    if fisher_type == "pydvl" and loss is causal_lm_loss:
+        raise ValueError(
+            "fisher_type='pydvl' takes the softmax over dim 1, the class axis of "
+            "cross_entropy's (n, C, ...) scores, but causal_lm_loss scores (n, T, vocab) logits "
+            "with the vocabulary last; pass fisher_type='empirical' (or 'auto', which picks it)."
+        )
     if fisher_type != "auto":
         return str(fisher_type)
     is_ce = loss is F.cross_entropy or isinstance(loss, nn.CrossEntropyLoss)

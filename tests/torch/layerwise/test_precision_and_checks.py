@@ -109,3 +109,15 @@ def test_vmap_performance_warning_is_not_a_refusal(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(FlatModel, "per_sample_grads", warns)
     x, y = data()
     CgInfluence(net().double(), F.cross_entropy, 0.01).check_data(x.double(), y)
+
+
+@pytest.mark.parametrize("backend", [EkfacInfluence, ProjectedInfluence])
+def test_pydvl_fisher_is_refused_for_language_model_logits(backend: type) -> None:
+    # pyDVL's pseudo-loss takes the softmax over dim 1 (cross_entropy's class axis); a causal
+    # LM's (n, T, vocab) logits have the vocabulary last, so dim 1 would be the positions.
+    from infl_array.torch import causal_lm_loss
+
+    model = nn.Sequential(nn.Embedding(8, 4), nn.Linear(4, 8))
+    with pytest.raises(ValueError, match="fisher_type='empirical'"):
+        backend(model, causal_lm_loss, fisher_type="pydvl")
+    assert backend(model, causal_lm_loss).fisher_type == "empirical"
