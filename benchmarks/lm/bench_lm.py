@@ -100,6 +100,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default="",
         help="why fewer than 3 repeats (shown in the section when --repeats < 3)",
     )
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=0.0,
+        help="minutes the whole run may take (0: no limit): a timed round starts only if it "
+        "would end (by the last round's time) before the limit less a reserve, and no "
+        "retraining starts past the limit less a reserve; the record says what was run",
+    )
     p.add_argument("--projection-dim", type=int, default=2048, help="width of projected methods")
     p.add_argument("--method-batch", type=int, default=64, help="batch of the attributions")
     p.add_argument("--worker-timeout", type=int, default=1800)
@@ -307,19 +315,32 @@ def lds_gap(
     return float(gap), float(np.std(boots, ddof=1)) if len(boots) > 1 else float("nan")
 
 
+RESERVE_S = 240.0
+"""Seconds kept at the end of a ``--time-limit``: a retraining started just before, the
+coverage check and the record."""
+
+
 def timed_rounds(
     names: list[str],
     table: dict[str, tuple[Path, dict]],
     a: argparse.Namespace,
     run_first: Any,
     results: dict[str, Any],
-) -> None:
+    end: float,
+) -> int:
     """Run ``names`` ``a.repeats`` times, round-robin (so that a change of the machine's load
     falls on every method alike); the first round through ``run_first(name)`` (result,
-    matrix, raw outputs), later ones for their times only. A method's ``times`` become the
-    per-phase medians over its rounds, ``rounds`` keeps each round's times."""
+    matrix, raw outputs), later ones for their times only, each only if it would end (by the
+    last round's time) before ``end`` (``time.time()``) less :data:`RESERVE_S`. A method's
+    ``times`` become the per-phase medians over its rounds, ``rounds`` keeps each round's
+    times. Returns the rounds run."""
     rounds: dict[str, list[dict[str, float]]] = {n: [] for n in names}
+    done, last = 0, 0.0
     for r in range(a.repeats):
+        began = time.time()
+        if r and began + last > end - RESERVE_S:
+            print(f"round {r + 1} would end past the time limit: {r} round(s) run", flush=True)
+            break
         for name in names:
             if r == 0:
                 run_first(name)
@@ -335,11 +356,13 @@ def timed_rounds(
                 results[name]["round_error"] = again["error"]
             else:
                 rounds[name].append(again["times"])
+        done, last = r + 1, time.time() - began
     for name, times in rounds.items():
         if times:
             phases = times[0].keys()
             results[name]["times"] = {p: float(np.median([t[p] for t in times])) for p in phases}
             results[name]["rounds"] = times
+    return done
 
 
 def start_helper(argv: list[str], work: Path) -> subprocess.Popen:
@@ -349,21 +372,23 @@ def start_helper(argv: list[str], work: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
 
-def stop_helper(helper: subprocess.Popen, work: Path, seconds: float = 300.0) -> float:
-    """Wait for the helper (it stops once every model is cached); kill it after ``seconds``.
-    Returns when it ended (``time.time()``: its log's last write, its exit message)."""
+def stop_helper(helper: subprocess.Popen, work: Path, seconds: float) -> float:
+    """Wait for the helper (it stops once every model is cached); kill it after ``seconds``
+    (a retraining it had begun is lost). Returns when it ended (``time.time()``)."""
     try:
-        helper.wait(timeout=seconds)
+        helper.wait(timeout=max(0.0, seconds))
+        return (work / "retrain-helper.log").stat().st_mtime  # its exit message
     except subprocess.TimeoutExpired:
         helper.kill()
         helper.wait()
-    return (work / "retrain-helper.log").stat().st_mtime
+        return time.time()
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     a = parse_args(argv)
     start, started, load_start = time.perf_counter(), time.time(), load_now()
+    end = started + 60 * a.time_limit if a.time_limit > 0 else float("inf")
     torch.set_num_threads(a.threads)
     work = WORK / "lm"
     work.mkdir(parents=True, exist_ok=True)
@@ -372,10 +397,11 @@ def main(argv: list[str] | None = None) -> None:
     data_path, facts = prepare(work, settings)
     print(f"model: {facts}", flush=True)
     if a.retrain_helper:
-        until = time.time() + 60 * a.retrain_minutes
+        until = min(time.time() + 60 * a.retrain_minutes, end - RESERVE_S)
         done = retrain(work, settings, data_path, until, True, a.retrain_from)
         print(f"{len(done['losses'])} retrained models in the cache", flush=True)
         return
+    cached = len(retrain(work, settings, data_path, 0.0)["losses"])  # an earlier run's
     helper = start_helper(argv, work) if a.retrain_beside else None
     blob = torch.load(data_path, weights_only=True)
     positions = blob["dup_positions"].numpy()
@@ -388,16 +414,23 @@ def main(argv: list[str] | None = None) -> None:
     def run_first(name: str) -> None:
         one_method(name, table[name], a, work, data_path, positions, results, matrices)
 
-    timed_rounds([n for n in names if n not in late], table, a, run_first, results)
-    deadline = time.time() + 60 * a.retrain_minutes
+    rounds_run = timed_rounds(
+        [n for n in names if n not in late], table, a, run_first, results, end
+    )
+    deadline = min(time.time() + 60 * a.retrain_minutes, end - RESERVE_S)
     truth = retrain(work, settings, data_path, deadline)
     helper_minutes, by_main = None, truth["trained"]
     if helper is not None:
-        helper_minutes = (stop_helper(helper, work) - started) / 60
+        wait = min(300.0, end - RESERVE_S / 2 - time.time())
+        helper_minutes = (stop_helper(helper, work, wait) - started) / 60
         truth = retrain(work, settings, data_path, deadline)  # the models the helper finished
     n_models = len(truth["losses"])
     print(f"retrained {n_models} models", flush=True)
-    timed_rounds([n for n in names if n in late], table, a, run_first, results)
+    if late & set(names):
+        rounds_run = min(
+            rounds_run,
+            timed_rounds([n for n in names if n in late], table, a, run_first, results, end),
+        )
     if n_models >= 3:
         for name, scores in matrices.items():
             value, spread = lds_bootstrap(scores, truth["masks"], -truth["losses"])
@@ -416,12 +449,14 @@ def main(argv: list[str] | None = None) -> None:
         "model": facts,
         "tokens_per_sequence": int(blob["train"].shape[1]),
         "dup_positions": positions.tolist(),
+        "rounds_run": rounds_run,
         "methods": results,
         "retrained": {
             "models": n_models,
             "seconds_each": truth["seconds_each"],
             "helper_minutes": helper_minutes,
-            "by_helper": None if helper is None else n_models - by_main,
+            "cached": cached,
+            "by_helper": None if helper is None else n_models - by_main - cached,
         },
         "lds_gap": gap,
         "coverage": coverage(),

@@ -110,24 +110,39 @@ def targets(
     return table(["target", "measured", "met"], [r for r in rows if r is not None])
 
 
-def repeats(s: Mapping[str, Any]) -> str:
-    n = s.get("repeats", 1)
-    why = f" ({s['repeats_reason']})" if n < 3 and s.get("repeats_reason") else ""
+def repeats(d: Mapping[str, Any]) -> str:
+    s = d["settings"]
+    n = d.get("rounds_run", s.get("repeats", 1))
+    why = []
+    if n < s.get("repeats", 1):
+        why.append(
+            f"{s['repeats']} asked; round {n + 1} would have ended past the run's time limit "
+            f"(`--time-limit {s['time_limit']:g}` min)"
+        )
+    if n < 3 and s.get("repeats_reason"):
+        why.append(s["repeats_reason"])
+    note = f" ({'; '.join(why)})" if why else ""
     if n <= 1:
-        return f"one run each{why}"
-    return f"the median of {n} runs of each method, round-robin (the matrix: the first run's){why}"
+        return f"one run each{note}"
+    return f"the median of {n} runs of each method, round-robin (the matrix: the first run's){note}"
 
 
 def beside(d: Mapping[str, Any]) -> str:
-    """Where the retrainings ran, when a second process ran them beside the timed runs."""
-    minutes, count = d["retrained"].get("helper_minutes"), d["retrained"].get("by_helper")
-    if minutes is None:
-        return ""
-    return (
-        f"; {count} of them by a second process of the driver, beside the methods' timed runs, "
-        f"in the first {minutes:.0f} min of the run (`--retrain-beside`; the load averages "
-        "above include it)"
-    )
+    """Where the retrainings ran: a second process beside the timed runs, an earlier run."""
+    r = d["retrained"]
+    out = ""
+    if r.get("cached"):
+        out += (
+            f"; {r['cached']} of them from the cache of an earlier, interrupted run of the same "
+            "settings (same models, subsets and training code)"
+        )
+    if r.get("helper_minutes") is not None:
+        out += (
+            f"; {r['by_helper']} of them by a second process of the driver, beside the "
+            f"methods' timed runs, in the first {r['helper_minutes']:.0f} min of the run "
+            "(`--retrain-beside`; the load averages above include it)"
+        )
+    return out
 
 
 def damping(s: Mapping[str, Any]) -> str:
@@ -214,7 +229,7 @@ def render(record: Mapping[str, Any]) -> str:
         f"({s['n_test']} x {s['n_train']:,}) matrix in its own process (its own venv), "
         f"{s['threads']} thread(s); time = fit + the matrix (ours: `fit`, then "
         "`ia.InfluenceArray.create(...)` + `fill()` + a full read), "
-        f"{repeats(s)}; train tokens/s = "
+        f"{repeats(d)}; train tokens/s = "
         f"{tokens:,} train tokens / that time. {damping(s)} Ours: empirical Fisher, batch "
         f"{s['method_batch']}; projected width {s['projection_dim']} for ours, bergson and "
         "dattri.",
