@@ -256,11 +256,25 @@ def render(record: Mapping[str, Any]) -> str:
     ]
     rows = [method_row(k, m, tokens) for k, m in methods.items()]
     lines += table(header, rows, align="llrrrrrrl")
+    lines += lds_caveat(methods)
     lines += ["", "Targets:", "", *targets(methods, tokens, d["coverage"], d.get("lds_gap"))]
     lines += ["", "Coverage of the trainable parameters (small configs, random tokens):", ""]
     lines += coverage_table(d["coverage"])
     lines += ["", *notes(methods)]
     return "\n".join(lines) + "\n"
+
+
+def lds_caveat(methods: Mapping[str, Any]) -> list[str]:
+    """A warning when no method's LDS stands out from zero by its spread."""
+    scored = [m for m in methods.values() if "lds" in m]
+    if not scored or any(abs(m["lds"]) > m["lds_std"] for m in scored):
+        return []
+    return [
+        "",
+        "Every method's LDS is within its ± of 0 here: at this size the retrained models' "
+        "query losses do not follow which half of the train sequences they saw by more than "
+        "the retraining noise, so this LDS does not tell the methods apart.",
+    ]
 
 
 def notes(methods: Mapping[str, Any]) -> list[str]:
