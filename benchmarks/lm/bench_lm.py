@@ -365,6 +365,21 @@ def timed_rounds(
     return done
 
 
+def loss_spread(losses: np.ndarray) -> dict[str, float]:
+    """How the retrained models' query losses ``(models, queries)`` vary: each query's spread
+    over the models (median over queries), the spread of each model's mean over the queries
+    (a shift common to all queries of a model, which no attribution of single train points
+    predicts), and each query's spread once that shift is taken out."""
+    if len(losses) < 2:
+        return {}
+    shifted = losses - losses.mean(1, keepdims=True)
+    return {
+        "per_query_std": float(np.median(losses.std(0))),
+        "model_shift_std": float(losses.mean(1).std()),
+        "per_query_std_shift_removed": float(np.median(shifted.std(0))),
+    }
+
+
 def start_helper(argv: list[str], work: Path) -> subprocess.Popen:
     """A ``--retrain-helper`` process with this run's arguments (its output to a log)."""
     log = (work / "retrain-helper.log").open("w")
@@ -432,9 +447,11 @@ def main(argv: list[str] | None = None) -> None:
             timed_rounds([n for n in names if n in late], table, a, run_first, results, end),
         )
     if n_models >= 3:
+        shifted = truth["losses"] - truth["losses"].mean(1, keepdims=True)
         for name, scores in matrices.items():
             value, spread = lds_bootstrap(scores, truth["masks"], -truth["losses"])
             results[name]["lds"], results[name]["lds_std"] = value, spread
+            results[name]["lds_shift_removed"] = lds(scores, truth["masks"], -shifted)
     gap = None
     scored = [k for k in matrices if "lds" in results[k]]
     ours = [k for k in scored if k in ("ekfac", "projected")]
@@ -457,6 +474,7 @@ def main(argv: list[str] | None = None) -> None:
             "helper_minutes": helper_minutes,
             "cached": cached,
             "by_helper": None if helper is None else n_models - by_main - cached,
+            **loss_spread(truth["losses"]),
         },
         "lds_gap": gap,
         "coverage": coverage(),

@@ -260,6 +260,7 @@ def render(record: Mapping[str, Any]) -> str:
     rows = [method_row(k, m, tokens) for k, m in methods.items()]
     lines += table(header, rows, align="llrrrrrrl")
     lines += lds_caveat(methods)
+    lines += shift_note(d["retrained"], methods)
     lines += ["", "Targets:", "", *targets(methods, tokens, d["coverage"], d.get("lds_gap"))]
     lines += ["", "Coverage of the trainable parameters (small configs, random tokens):", ""]
     lines += coverage_table(d["coverage"])
@@ -283,6 +284,28 @@ def lds_caveat(methods: Mapping[str, Any]) -> list[str]:
         "retrained models' query losses do not follow which half of the train sequences they "
         "saw by more than the retraining noise, so this LDS tells the methods apart in "
         "nothing, and the LDS target below is vacuous (met or not, it says nothing).",
+    ]
+
+
+def shift_note(retrained: Mapping[str, Any], methods: Mapping[str, Any]) -> list[str]:
+    """How much of the retrained query losses is a shift common to a model's queries, and
+    each method's LDS once it is taken out (records that hold it)."""
+    if "model_shift_std" not in retrained:
+        return []
+    without = [
+        f"{LABELS[k]} {m['lds_shift_removed']:.3f}"
+        for k, m in methods.items()
+        if "lds_shift_removed" in m
+    ]
+    return [
+        "",
+        f"Retrained query losses: a query's loss varies by {retrained['per_query_std']:.2f} "
+        "nats (standard deviation over the retrained models, median over the queries); a "
+        f"model's mean loss over all queries varies by {retrained['model_shift_std']:.2f} "
+        "(a shift common to all of its queries: one retraining better than another as a "
+        "whole), and with that shift taken out a query's loss varies by "
+        f"{retrained['per_query_std_shift_removed']:.2f}. LDS against the losses with that "
+        f"shift taken out: {', '.join(without)}.",
     ]
 
 
