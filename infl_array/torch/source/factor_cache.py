@@ -16,10 +16,14 @@ the samples ``r``.
   once) and written to the store where its side is kept there. A damaged stored block is
   recomputed, never waited for.
 * A long range of train factors that is neither memoised nor stored and would take more than
-  a quarter of what the memo may hold (:meth:`FactorCache.pieces`) is handed out in pieces of
-  at most :data:`PIECE_BYTES`, each computed, used and dropped: a block's product then holds
-  one piece, not the whole range (the memo could not keep the range anyway, so nothing that
-  would have been reused is recomputed).
+  a quarter of what the memo may hold (the share a tile plans for its train factors,
+  :mod:`~infl_array.engine.tiling`) is handed out in pieces of at most :data:`PIECE_BYTES`
+  (:meth:`FactorCache.pieces`), each computed, used and dropped: a block's product then holds
+  one piece, not the whole range (EK-FAC train factors of sequence layers are whole gradient
+  matrices, as many numbers per sample as the model has parameters). Each train factor is then
+  computed once per product that needs it: once per tile where the tile's block rows come
+  from one strip (:mod:`~infl_array.torch.source.strips`), as when all test rows fit one
+  block row.
 * With a store whose ``factor_compression`` rounds (``keepbits``), every factor the model
   returns is rounded first (:meth:`FactorCache.compute`), so the memo, the store and every
   product see the same rounded values (:mod:`infl_array.storage.factors`).
