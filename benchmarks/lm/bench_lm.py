@@ -186,7 +186,7 @@ def run_worker(
     cmd = [str(python), str(HERE / SCRIPTS[name]), json.dumps(args)]
     threads = str(args["threads"])
     env = {**os.environ, "PYTHONPATH": str(HERE.parents[1]), "OMP_NUM_THREADS": threads}
-    start = time.perf_counter()
+    start, started_at = time.perf_counter(), time.time()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
         log, rc = proc.stdout + proc.stderr, proc.returncode
@@ -201,7 +201,7 @@ def run_worker(
         lines = [x for x in log.strip().splitlines() if x.strip()]
         return {"error": lines[-1] if lines else f"exit {rc}", "exit": rc, "wall_s": wall}, None
     result = json.loads(out.read_text())
-    result["wall_s"] = wall
+    result["wall_s"], result["started_at"] = wall, started_at
     if not keep_raw:
         return result, None
     with gzip.open(STAGE / f"{name}.json.gz", "wt") as f:
@@ -335,6 +335,7 @@ def timed_rounds(
     ``times`` become the per-phase medians over its rounds, ``rounds`` keeps each round's
     times. Returns the rounds run."""
     rounds: dict[str, list[dict[str, float]]] = {n: [] for n in names}
+    starts: dict[str, list[float]] = {n: [] for n in names}  # time.time() of each timed run
     done, last = 0, 0.0
     for r in range(a.repeats):
         began = time.time()
@@ -346,6 +347,7 @@ def timed_rounds(
                 run_first(name)
                 if "error" not in results[name]:
                     rounds[name].append(results[name]["times"])
+                    starts[name].append(results[name]["started_at"])
                 continue
             if "error" in results[name]:
                 continue
@@ -356,12 +358,14 @@ def timed_rounds(
                 results[name]["round_error"] = again["error"]
             else:
                 rounds[name].append(again["times"])
+                starts[name].append(again["started_at"])
         done, last = r + 1, time.time() - began
     for name, times in rounds.items():
         if times:
             phases = times[0].keys()
             results[name]["times"] = {p: float(np.median([t[p] for t in times])) for p in phases}
             results[name]["rounds"] = times
+            results[name]["round_starts"] = starts[name]
     return done
 
 
@@ -467,6 +471,7 @@ def main(argv: list[str] | None = None) -> None:
         "tokens_per_sequence": int(blob["train"].shape[1]),
         "dup_positions": positions.tolist(),
         "rounds_run": rounds_run,
+        "started_at": started,
         "methods": results,
         "retrained": {
             "models": n_models,

@@ -261,6 +261,7 @@ def render(record: Mapping[str, Any]) -> str:
     lines += table(header, rows, align="llrrrrrrl")
     lines += lds_caveat(methods)
     lines += shift_note(d["retrained"], methods)
+    lines += beside_note(d, methods)
     lines += ["", "Targets:", "", *targets(methods, tokens, d["coverage"], d.get("lds_gap"))]
     lines += ["", "Coverage of the trainable parameters (small configs, random tokens):", ""]
     lines += coverage_table(d["coverage"])
@@ -284,6 +285,26 @@ def lds_caveat(methods: Mapping[str, Any]) -> list[str]:
         "retrained models' query losses do not follow which half of the train sequences they "
         "saw by more than the retraining noise, so this LDS tells the methods apart in "
         "nothing, and the LDS target below is vacuous (met or not, it says nothing).",
+    ]
+
+
+def beside_note(d: Mapping[str, Any], methods: Mapping[str, Any]) -> list[str]:
+    """Which methods' timed runs began while the retraining process still ran (records that
+    keep when each run began): those shared the machine with it, the others did not."""
+    minutes = d["retrained"].get("helper_minutes")
+    if minutes is None or "started_at" not in d:
+        return []
+    end = d["started_at"] + 60 * minutes
+    counts = [
+        (k, sum(t < end for t in m["round_starts"]), len(m["round_starts"]))
+        for k, m in methods.items()
+        if m.get("round_starts")
+    ]
+    parts = [f"{LABELS[k]} {n} of {total}" for k, n, total in counts]
+    return [
+        "",
+        "Timed runs that began while the retraining process still ran (they shared the "
+        f"machine with it; the others did not): {', '.join(parts)}.",
     ]
 
 
