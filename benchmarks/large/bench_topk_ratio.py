@@ -185,6 +185,10 @@ def _spread(values: list[float], fmt: Callable[[float], str]) -> str:
     return f"{median} ({fmt(min(values))} - {fmt(max(values))})"
 
 
+def _signed_s(v: float) -> str:
+    return f"{v:+.2f} s"
+
+
 def _x(v: float) -> str:
     return f"{v:.2f}x"
 
@@ -258,7 +262,7 @@ def _notes(d: Mapping[str, Any]) -> list[str]:
             extra = [a - b for a, b in zip(case["stored_s"], case["unstored_s"], strict=True)]
             text += (
                 f"; storing the train factors wrote {rmd.fmt_mb(written)} and cost "
-                f"{_spread(extra, rmd.fmt_t)} per first answer (stored - unstored, same round)"
+                f"{_spread(extra, _signed_s)} per first answer (stored - unstored, same round)"
             )
         notes.append(f"* {text}.")
     return notes
