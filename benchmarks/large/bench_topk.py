@@ -399,6 +399,12 @@ def main() -> None:
     parser.add_argument("--lds-subsets", type=int, default=20, help="0: no LDS")
     parser.add_argument("--lds-case", default="logreg", help="a case of benchmarks/quality")
     parser.add_argument("--budget-s", type=float, default=3600.0, help="skip the skip scan after")
+    parser.add_argument(
+        "--record",
+        default="topk",
+        help="the record's name (results/NAME.json); another name than topk gets its own "
+        "section, titled with the size",
+    )
     rmd.add_output_args(parser)
     args = parser.parse_args()
     from harness import machine_info
@@ -406,9 +412,10 @@ def main() -> None:
     load_start, start = rmd.load_now(), time.perf_counter()
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
         data = measure(args, Path(tmp), start)
+    sized = f"{SECTION}: {args.n_train:,} x {args.n_test:,}"
     rmd.save_result(
-        name="topk",
-        section=SECTION,
+        name=args.record,
+        section=SECTION if args.record == "topk" else sized,
         renderer="large/bench_topk.py:render",
         data=data,
         args=args,
