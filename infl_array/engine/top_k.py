@@ -95,7 +95,10 @@ def block_best(
     ``first..first+m``), best first, ties to the lower index; ``(values, indices)``.
 
     ``worst`` (:func:`worst_kept`, per row): the entries whose key is worse cannot enter a
-    running best that already holds ``k`` entries, so they are dropped before the sort. When
+    running best that already holds ``k`` entries, so they are dropped before the sort. Without
+    it, a wide block takes the ``k``-th best of its first columns (:func:`_prefix_worst`): at
+    least ``k`` entries of the row are that good, so the worse ones cannot be among its best
+    ``k`` either, and only the few others are sorted. When
     few remain (after the first blocks of a scan, almost all rows keep a handful), the rows
     are padded to the most kept by one row with entries that sort after every real one (key
     ``inf``, index ``2**62``), which a merge with the full running best never keeps.
@@ -108,6 +111,8 @@ def block_best(
     >>> v.tolist(), i.tolist()
     ([[3.0]], [[1]])
     """
+    if worst is None:
+        worst = _prefix_worst(values, k, largest)
     if worst is not None:
         kept = _kept_candidates(values, first, largest, worst)
         if kept is not None:
@@ -139,6 +144,29 @@ def _tied(key: np.ndarray, kth: np.ndarray) -> np.ndarray:
     return (key == kth) | (np.isnan(key) & np.isnan(kth))
 
 
+PREFIX_SHARE = 8
+"""A wide block without a running best is cut by the ``k``-th best of its first
+``1 / PREFIX_SHARE`` columns (:func:`_prefix_worst`). With the flat searches of
+:func:`_kept_candidates`, the selection of a band of eight 2,000 x 8,192 blocks (``k=100``,
+normal values) took about half its time before (1.2-1.9 s against 2.3-4.2 s, alternating runs
+on the shared 2-core machine)."""
+
+
+def _prefix_worst(values: np.ndarray, k: int, largest: bool) -> Any:
+    """The sort key of each row's ``k``-th best entry among its first ``m // PREFIX_SHARE``
+    columns (``(r,)``), or None: a block too narrow for it (fewer than ``2 * k`` such columns),
+    or a row whose ``k``-th best there is NaN (nothing can be dropped by it).
+
+    >>> _prefix_worst(np.arange(32.0).reshape(1, 32), 2, True).tolist()
+    [-2.0]
+    """
+    c = values.shape[1] // PREFIX_SHARE
+    if k == 0 or c < 2 * k:
+        return None
+    kth = np.partition(_key(values[:, :c], largest), k - 1, axis=1)[:, k - 1]
+    return None if np.isnan(kth).any() else kth
+
+
 def _kept_candidates(
     values: np.ndarray, first: int, largest: bool, worst: np.ndarray
 ) -> tuple[np.ndarray, int, np.ndarray] | None:
@@ -152,13 +180,19 @@ def _kept_candidates(
     c = int(counts.max()) if r else 0
     if 4 * c > m:
         return None
-    rows, cols = np.nonzero(keep)  # row-major: each row's columns in increasing order
-    slot = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+    # flat positions, row-major: each row's columns in increasing order (flat searches and
+    # takes: several times faster than their 2-D forms)
+    flat = np.flatnonzero(keep)
+    rows = flat // m
+    to = rows * c + np.arange(len(flat)) - np.repeat(np.cumsum(counts) - counts, counts)
     pad = -np.inf if largest else np.inf
     packed = np.full((r, c), pad, dtype=values.dtype)
-    packed[rows, slot] = values[rows, cols]
+    cols = flat - rows * m
+    packed.reshape(-1)[to] = (
+        values.reshape(-1)[flat] if values.flags.c_contiguous else values[rows, cols]
+    )
     cols_of = np.full((r, c), 2**62, dtype=np.int64)
-    cols_of[rows, slot] = cols + first
+    cols_of.reshape(-1)[to] = cols + first
     return packed, 0, cols_of
 
 

@@ -80,6 +80,39 @@ def test_one_blocks_best_equals_the_stable_sort(
 @settings(max_examples=200, deadline=None)
 @given(
     r=st.integers(1, 5),
+    m=st.integers(16, 400),
+    k=st.integers(1, 12),
+    spread=st.integers(0, 6),
+    special=st.sampled_from([None, np.nan, -np.inf, np.inf]),
+    share=st.floats(0.0, 0.9),
+    largest=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_a_wide_blocks_best_cut_by_its_first_columns_equals_the_stable_sort(
+    r: int,
+    m: int,
+    k: int,
+    spread: int,
+    special: float | None,
+    share: float,
+    largest: bool,
+    seed: int,
+) -> None:
+    """A block with at least 16 columns per ``k`` is cut by the k-th best of its first columns
+    before the sort: the stable sort's answer, with ties, NaN and infinities anywhere."""
+    rng = np.random.default_rng(seed)
+    values = rng.integers(-spread, spread + 1, size=(r, m)) * 0.5
+    if special is not None:
+        values[rng.random((r, m)) < share] = special
+    got_values, got_indices = block_best(values, 3, k, largest)
+    expected_values, expected_indices = brute_top_k(values, k, 1, largest)
+    np.testing.assert_array_equal(got_indices, expected_indices + 3)
+    np.testing.assert_array_equal(got_values, expected_values)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    r=st.integers(1, 5),
     n=st.integers(1, 120),
     k=st.integers(1, 40),
     width=st.integers(1, 50),
