@@ -42,9 +42,11 @@ RESULTS_DIR = HERE / "results"
 def fmt_t(seconds: float) -> str:
     """A duration with a unit that keeps 3-4 significant digits.
 
-    >>> fmt_t(2.5), fmt_t(0.01234), fmt_t(5.6e-5)
-    ('2.50 s', '12.34 ms', '56.0 us')
+    >>> fmt_t(2.5), fmt_t(0.01234), fmt_t(5.6e-5), fmt_t(-3.39)
+    ('2.50 s', '12.34 ms', '56.0 us', '-3.39 s')
     """
+    if seconds < 0:
+        return "-" + fmt_t(-seconds)
     if seconds >= 1.0:
         return f"{seconds:.2f} s"
     if seconds >= 1e-3:
