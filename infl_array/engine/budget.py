@@ -22,6 +22,9 @@ chunk fit), :func:`default_block_shape` (the block shape of a new store).
 :attr:`Budget.high_water` is the most the holdings ever took together (tests instrument it);
 the holdings are an account of what the parts hold, not a measurement of the process.
 
+Making a budget holds glibc's mmap threshold (:mod:`~infl_array.engine.allocator`): without
+it, freed tensors stay resident in malloc's heaps, outside any account.
+
 Nothing here waits: a holding that does not fit is refused, never waited for. The budget's lock
 guards only its own bookkeeping (no call out is made while it is held), and giving bytes back
 never waits for it: :meth:`Budget.release` is called by finalisers (a cache that went away),
@@ -42,6 +45,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
+from infl_array.engine.allocator import hold_mmap_threshold
 from infl_array.errors import MemoryBudgetError, format_bytes
 
 __all__ = [
@@ -117,6 +121,7 @@ class Budget:
     def __init__(self, total: int, name: str = "memory_budget") -> None:
         self.total = check_budget_value(total, name)
         self.name = name
+        hold_mmap_threshold()  # what the parts free leaves the process (allocator module)
         self.high_water = 0
         self._held: dict[str, int] = {}
         self._sum = 0  # of self._held's values
