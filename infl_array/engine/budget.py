@@ -14,6 +14,13 @@ object is shared by every part that holds memory, and each part draws from it:
   what the budget has left, and give bytes back (least recently used first) when a transient or
   lasting holding needs them.
 
+A holding the parts can do without (a cache's value, a kept copy: :meth:`Budget.try_reserve`)
+leaves :attr:`Budget.headroom` free, a thirty-second of the total (:data:`HEADROOM_SHARE`), for
+what no account sees: the interpreter's and the libraries' own objects, buffers the allocator
+keeps. Measured on the 1e6-parameter ladder CNN (``EkfacInfluence``, 1 GiB, ``create`` and
+``fill``), that was 40 to 50 MiB beside an account full to the byte; without the headroom the
+peak went 4 MiB past ``memory_budget`` (benchmarks/RESULTS.md, "Memory budget (issue 21)").
+
 A holding that cannot fit, even after the caches gave back what they hold, raises
 :class:`~infl_array.errors.MemoryBudgetError` naming what asked, how much, what holds the rest,
 and the fix. Sizes are chosen from what is left: :meth:`Budget.count` (how many samples of a
@@ -50,6 +57,7 @@ from infl_array.errors import MemoryBudgetError, format_bytes
 
 __all__ = [
     "DEFAULT_FIX",
+    "HEADROOM_SHARE",
     "Budget",
     "Elastic",
     "check_budget_value",
@@ -58,6 +66,9 @@ __all__ = [
 
 DEFAULT_FIX = "raise memory_budget, or pass fewer samples per call (a smaller block_shape)."
 """The fix a refusal names when its caller names none."""
+
+HEADROOM_SHARE = 32
+"""Holdings the parts can do without leave ``total // HEADROOM_SHARE`` free (module docstring)."""
 
 
 class Elastic(Protocol):
@@ -106,6 +117,8 @@ class Budget:
     ----------
     high_water : int
         The most bytes the holdings took together so far.
+    headroom : int
+        Bytes :meth:`try_reserve` leaves free (see the module docstring).
 
     Examples
     --------
@@ -116,11 +129,14 @@ class Budget:
     >>> b.reserve(300, "curvature", lasting=True)
     >>> b.available, b.high_water, b.holders()
     (700, 600, {'curvature': 300})
+    >>> b.try_reserve(700, "a cache"), b.try_reserve(700 - b.headroom, "a cache")
+    (False, True)
     """
 
     def __init__(self, total: int, name: str = "memory_budget") -> None:
         self.total = check_budget_value(total, name)
         self.name = name
+        self.headroom = self.total // HEADROOM_SHARE
         hold_mmap_threshold()  # what the parts free leaves the process (allocator module)
         self.high_water = 0
         self._held: dict[str, int] = {}
@@ -160,11 +176,16 @@ class Budget:
         )
 
     # ------------------------------------------------------------------ holdings
-    def try_reserve(self, nbytes: int, what: str, *, lasting: bool = False) -> bool:
-        """Hold ``nbytes`` for ``what`` if they are available now (nothing is reclaimed)."""
+    def try_reserve(
+        self, nbytes: int, what: str, *, lasting: bool = False, headroom: bool = True
+    ) -> bool:
+        """Hold ``nbytes`` for ``what`` if they are available now (nothing is reclaimed),
+        leaving :attr:`headroom` free unless ``headroom=False`` (a holding the caller then
+        makes room for, or takes with :meth:`reserve`)."""
         nbytes = max(0, int(nbytes))
+        limit = self.total - (self.headroom if headroom else 0)
         with self._locked():
-            if self._sum + nbytes > self.total:
+            if self._sum + nbytes > limit:
                 return False
             self._take(nbytes, what, lasting)
             return True

@@ -21,8 +21,13 @@ def test_holdings_add_up_and_the_high_water_mark_follows() -> None:
         assert (b.reserved, b.available) == (800, 200)
         assert b.holders() == {"curvature": 300, "a batch": 500}
     assert (b.reserved, b.high_water, b.lasting_bytes()) == (300, 800, 300)
-    assert b.try_reserve(700, "a cache") and not b.try_reserve(1, "a cache")
-    b.release(700, "a cache")
+    assert b.try_reserve(700, "a block", headroom=False)
+    assert not b.try_reserve(1, "a block", headroom=False)
+    b.release(700, "a block")
+    # what a part can do without leaves the headroom free (for what no account sees)
+    assert b.headroom == 1000 // 32 and not b.try_reserve(700, "a cache")
+    assert b.try_reserve(700 - b.headroom, "a cache") and not b.try_reserve(1, "a cache")
+    b.release(700 - b.headroom, "a cache")
     b.release_all("curvature")
     assert b.reserved == 0 and b.holders() == {}
 
@@ -59,7 +64,8 @@ def test_count_fits_what_is_left_and_refuses_a_sample_that_cannot_fit() -> None:
 
 
 def test_caches_draw_from_the_budget_and_give_bytes_back() -> None:
-    b = Budget(1000)
+    b = Budget(1032)  # 1000 for the caches, 32 of headroom
+    assert b.headroom == 32
     cache = BoundedLru[int, bytes](10_000, len, b, "a cache")
     for k in range(5):
         cache.put(k, bytes(200))
@@ -70,7 +76,7 @@ def test_caches_draw_from_the_budget_and_give_bytes_back() -> None:
     with b.hold(600, "a batch"):  # the cache gives back, least recently used first
         assert sorted(cache._items) == [5] and b.holders() == {"a cache": 300, "a batch": 600}
     with pytest.raises(MemoryBudgetError, match="everything needs"):
-        b.reserve(1001, "everything")
+        b.reserve(1033, "everything")
     assert b.reserved == 300  # nothing was given back for a holding that could never fit
     del cache
     gc.collect()

@@ -190,7 +190,7 @@ def test_normalized_test_columns_are_held_before_they_are_made(
     infl._normalized.clear()
     held_then.clear()
     cache = BoundedLru(budget.total, lambda v: int(v), budget, "a cache")
-    cache.put("all", budget.available)
+    cache.put("all", budget.available - budget.headroom)
     got = infl.factor_product(test_f, train_f)
     assert held_then[0] == (0, first) and sum(held_then[1]) == second  # kept where room is back
     assert ekfac_module.NORMALIZED_ONCE not in budget.holders()
