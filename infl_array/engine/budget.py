@@ -16,12 +16,12 @@ object is shared by every part that holds memory, and each part draws from it:
 
 A holding the parts can do without (a cache's value, a kept copy: :meth:`Budget.try_reserve`),
 and working space sized to what is left (:meth:`Budget.count`), leave :attr:`Budget.headroom`
-free, a thirty-second of the total (:data:`HEADROOM_SHARE`), for what no account sees: the
+free, a sixteenth of the total (:data:`HEADROOM_SHARE`), for what no account sees: the
 interpreter's and the libraries' own objects, buffers the allocator keeps. On the
-1e6-parameter ladder CNN (``EkfacInfluence``, 1 GiB, ``create`` and ``fill``) that was 40 to
+1e6-parameter ladder CNN (``EkfacInfluence``, 1 GiB, ``create`` and ``fill``) that was 35 to
 50 MiB; with the account full to the byte the peak went past ``memory_budget`` by 4 MiB
-without the headroom, and by 0.7 MiB with the caches' headroom only (chunks sized to the
-whole budget took it).
+without the headroom, and by 0.7 MiB with a 32nd left by the caches only (chunks sized to
+the whole budget took it).
 
 A holding that cannot fit, even after the caches gave back what they hold, raises
 :class:`~infl_array.errors.MemoryBudgetError` naming what asked, how much, what holds the rest,
@@ -69,7 +69,7 @@ __all__ = [
 DEFAULT_FIX = "raise memory_budget, or pass fewer samples per call (a smaller block_shape)."
 """The fix a refusal names when its caller names none."""
 
-HEADROOM_SHARE = 32
+HEADROOM_SHARE = 16
 """Holdings the parts can do without leave ``total // HEADROOM_SHARE`` free (module docstring)."""
 
 
