@@ -14,12 +14,14 @@ object is shared by every part that holds memory, and each part draws from it:
   what the budget has left, and give bytes back (least recently used first) when a transient or
   lasting holding needs them.
 
-A holding the parts can do without (a cache's value, a kept copy: :meth:`Budget.try_reserve`)
-leaves :attr:`Budget.headroom` free, a thirty-second of the total (:data:`HEADROOM_SHARE`), for
-what no account sees: the interpreter's and the libraries' own objects, buffers the allocator
-keeps. Measured on the 1e6-parameter ladder CNN (``EkfacInfluence``, 1 GiB, ``create`` and
-``fill``), that was 40 to 50 MiB beside an account full to the byte; without the headroom the
-peak went 4 MiB past ``memory_budget`` (benchmarks/RESULTS.md, "Memory budget (issue 21)").
+A holding the parts can do without (a cache's value, a kept copy: :meth:`Budget.try_reserve`),
+and working space sized to what is left (:meth:`Budget.count`), leave :attr:`Budget.headroom`
+free, a sixteenth of the total (:data:`HEADROOM_SHARE`), for what no account sees: the
+interpreter's and the libraries' own objects, buffers the allocator keeps. On the
+1e6-parameter ladder CNN (``EkfacInfluence``, 1 GiB, ``create`` and ``fill``) that was 35 to
+50 MiB; with the account full to the byte the peak went past ``memory_budget`` by 4 MiB
+without the headroom, and by 0.7 MiB with a 32nd left by the caches only (chunks sized to
+the whole budget took it).
 
 A holding that cannot fit, even after the caches gave back what they hold, raises
 :class:`~infl_array.errors.MemoryBudgetError` naming what asked, how much, what holds the rest,
@@ -67,7 +69,7 @@ __all__ = [
 DEFAULT_FIX = "raise memory_budget, or pass fewer samples per call (a smaller block_shape)."
 """The fix a refusal names when its caller names none."""
 
-HEADROOM_SHARE = 32
+HEADROOM_SHARE = 16
 """Holdings the parts can do without leave ``total // HEADROOM_SHARE`` free (module docstring)."""
 
 
@@ -240,14 +242,14 @@ class Budget:
     def count(self, per_item: int, n: int, what: str, fix: str = DEFAULT_FIX) -> int:
         """How many of ``n`` items of ``per_item`` bytes fit now (at least one, at most ``n``).
 
-        Counts what the caches would give back; raises
-        :class:`~infl_array.errors.MemoryBudgetError` when not even one item fits.
+        Counts what the caches would give back, less :attr:`headroom` (one item may take it);
+        raises :class:`~infl_array.errors.MemoryBudgetError` when not even one item fits.
         """
         per_item = max(1, int(per_item))
         room = self.available + self.reclaimable()
         if per_item > room:
             raise self._refusal(per_item, f"{what} for one sample", fix)
-        return max(1, min(int(n), room // per_item))
+        return max(1, min(int(n), (room - self.headroom) // per_item))
 
     # ------------------------------------------------------------------ caches
     def add_elastic(self, holder: Elastic) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from helpers import bounded
 
-from infl_array.engine.budget import Budget, default_block_shape
+from infl_array.engine.budget import HEADROOM_SHARE, Budget, default_block_shape
 from infl_array.engine.cache import BlockCache, BoundedLru
 from infl_array.errors import MemoryBudgetError
 
@@ -25,7 +25,7 @@ def test_holdings_add_up_and_the_high_water_mark_follows() -> None:
     assert not b.try_reserve(1, "a block", headroom=False)
     b.release(700, "a block")
     # what a part can do without leaves the headroom free (for what no account sees)
-    assert b.headroom == 1000 // 32 and not b.try_reserve(700, "a cache")
+    assert b.headroom == 1000 // HEADROOM_SHARE and not b.try_reserve(700, "a cache")
     assert b.try_reserve(700 - b.headroom, "a cache") and not b.try_reserve(1, "a cache")
     b.release(700 - b.headroom, "a cache")
     b.release_all("curvature")
@@ -57,15 +57,16 @@ def test_bad_totals_are_refused(total: object, error: type) -> None:
 def test_count_fits_what_is_left_and_refuses_a_sample_that_cannot_fit() -> None:
     b = Budget(1000)
     b.reserve(400, "held", lasting=True)
-    assert b.count(100, 50, "rows") == 6
+    assert b.count(100, 50, "rows") == 5  # 600 left, less 62 of headroom
     assert b.count(100, 3, "rows") == 3
+    assert b.count(590, 3, "rows") == 1  # one may take the headroom
     with pytest.raises(MemoryBudgetError, match="rows for one sample needs 700 B"):
         b.count(700, 5, "rows")
 
 
 def test_caches_draw_from_the_budget_and_give_bytes_back() -> None:
-    b = Budget(1032)  # 1000 for the caches, 32 of headroom
-    assert b.headroom == 32
+    b = Budget(1067)  # 1001 for the caches, 66 of headroom
+    assert b.headroom == 66
     cache = BoundedLru[int, bytes](10_000, len, b, "a cache")
     for k in range(5):
         cache.put(k, bytes(200))
@@ -76,7 +77,7 @@ def test_caches_draw_from_the_budget_and_give_bytes_back() -> None:
     with b.hold(600, "a batch"):  # the cache gives back, least recently used first
         assert sorted(cache._items) == [5] and b.holders() == {"a cache": 300, "a batch": 600}
     with pytest.raises(MemoryBudgetError, match="everything needs"):
-        b.reserve(1033, "everything")
+        b.reserve(1068, "everything")
     assert b.reserved == 300  # nothing was given back for a holding that could never fit
     del cache
     gc.collect()
