@@ -14,14 +14,17 @@ object is shared by every part that holds memory, and each part draws from it:
   what the budget has left, and give bytes back (least recently used first) when a transient or
   lasting holding needs them.
 
-A holding the parts can do without (a cache's value, a kept copy: :meth:`Budget.try_reserve`),
-and working space sized to what is left (:meth:`Budget.count`), leave :attr:`Budget.headroom`
-free, a sixteenth of the total (:data:`HEADROOM_SHARE`), for what no account sees: the
-interpreter's and the libraries' own objects, buffers the allocator keeps. On the
+The account keeps :attr:`Budget.headroom`, a sixteenth of the total (:data:`HEADROOM_SHARE`),
+free for what no account sees: the interpreter's and the libraries' own objects, buffers the
+allocator keeps. A holding the parts can do without (a cache's value, a kept copy:
+:meth:`Budget.try_reserve`) and working space sized to what is left (:meth:`Budget.count`)
+leave it free, and the caches give back what any other holding would take of it
+(:meth:`Budget.reserve`; it is taken only when they have nothing left). On the
 1e6-parameter ladder CNN (``EkfacInfluence``, 1 GiB, ``create`` and ``fill``) that was 35 to
 50 MiB; with the account full to the byte the peak went past ``memory_budget`` by 4 MiB
-without the headroom, and by 0.7 MiB with a 32nd left by the caches only (chunks sized to
-the whole budget took it).
+without the headroom, by 0.7 MiB with a 32nd left by the caches only (chunks sized to the
+whole budget took it), and by 7 MiB with a 16th left by caches and chunks (the writes' and
+outputs' holdings took it, the caches full).
 
 A holding that cannot fit, even after the caches gave back what they hold, raises
 :class:`~infl_array.errors.MemoryBudgetError` naming what asked, how much, what holds the rest,
@@ -197,9 +200,11 @@ class Budget:
     ) -> None:
         """Hold ``nbytes`` for ``what``, asking the caches to give bytes back when needed.
 
-        Raises :class:`~infl_array.errors.MemoryBudgetError` (naming ``what``, the bytes, what
-        holds the rest and ``fix``) when they do not fit. ``lasting`` holdings are kept when
-        the budget is pickled (fitted state that travels with a backend).
+        The caches give back what would take :attr:`headroom` (a holding takes it only when
+        they have nothing left to give). Raises :class:`~infl_array.errors.MemoryBudgetError`
+        (naming ``what``, the bytes, what holds the rest and ``fix``) when they do not fit.
+        ``lasting`` holdings are kept when the budget is pickled (fitted state that travels with
+        a backend).
         """
         nbytes = max(0, int(nbytes))
         if nbytes > self.total:
@@ -207,11 +212,15 @@ class Budget:
         for _ in range(64):  # caches give back what they hold; a bound against a livelock
             with self._locked():
                 short = self._sum + nbytes - self.total
-                if short <= 0:
+                if short <= 0 and self._sum + nbytes <= self.total - self.headroom:
                     self._take(nbytes, what, lasting)
                     return
-            if self._reclaim(short) <= 0:
+            if self._reclaim(short + self.headroom) <= 0:
                 break
+        with self._locked():  # the caches gave what they could: the headroom may be taken
+            if self._sum + nbytes <= self.total:
+                self._take(nbytes, what, lasting)
+                return
         raise self._refusal(nbytes, what, fix)
 
     def release(self, nbytes: int, what: str) -> None:

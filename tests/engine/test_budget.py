@@ -143,3 +143,15 @@ def test_default_block_shape_follows_the_budget() -> None:
     held.reserve(1000 << 20, "curvature", lasting=True)
     with pytest.raises(MemoryBudgetError, match="one test point and one train point need 46"):
         default_block_shape((1000, 10**5), wide, held)
+
+
+def test_a_holding_has_the_caches_give_back_the_headroom_before_it_takes_it() -> None:
+    b = Budget(1600)  # 100 of headroom
+    cache = BoundedLru[int, bytes](10_000, len, b, "a cache")
+    for k in range(5):
+        cache.put(k, bytes(300))  # 1500: all but the headroom
+    with b.hold(200, "a block"):  # fits the total, but would take the headroom
+        assert b.holders() == {"a cache": 1200, "a block": 200} and b.available == 200
+    cache.clear()
+    with b.hold(1550, "all but 50"):  # nothing left to give back: the headroom is taken
+        assert b.available == 50
