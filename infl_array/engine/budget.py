@@ -73,7 +73,7 @@ DEFAULT_FIX = "raise memory_budget, or pass fewer samples per call (a smaller bl
 """The fix a refusal names when its caller names none."""
 
 HEADROOM_SHARE = 16
-"""Holdings the parts can do without leave ``total // HEADROOM_SHARE`` free (module docstring)."""
+"""The account keeps ``total // HEADROOM_SHARE`` free (see the module docstring)."""
 
 
 class Elastic(Protocol):
@@ -123,7 +123,7 @@ class Budget:
     high_water : int
         The most bytes the holdings took together so far.
     headroom : int
-        Bytes :meth:`try_reserve` leaves free (see the module docstring).
+        Bytes the account keeps free for what it does not see (see the module docstring).
 
     Examples
     --------
