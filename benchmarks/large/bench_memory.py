@@ -19,15 +19,24 @@ baseline``: the baseline already holds the model and the data. The budget's own 
 Backends where they apply at a size: the per-layer ones (``EkfacInfluence``,
 ``ProjectedInfluence``) everywhere; the full-parameter ones where a case stays short: their
 iterative solves (``CgInfluence``, ``LissaInfluence``) with few iterations (memory, not
-accuracy, is measured), ``ArnoldiInfluence`` and ``NystroemSketchInfluence`` at rank 10;
+accuracy, is measured), ``ArnoldiInfluence`` (with a loose ``tol=1e-2``: ARPACK's restarts on
+an untrained model took over 200 s at 1e5 parameters) and ``NystroemSketchInfluence`` at rank 10;
 ``DirectInfluence`` nowhere (its Hessian has ``p**2`` entries: 40 GB at 1e5 parameters).
 
-Run from the repository root (about 15 minutes on 2 cores)::
+Each case has its own data sizes: the iterative and sketched backends, whose compute time
+grows with ``n_test * n_train`` solves or products, run on fewer points (``--only SIZE BACKEND
+GIB N_TRAIN N_TEST``; memory, not accuracy, is measured). Besides the peak of the whole case,
+the peak after the fit is reported (``ru_maxrss`` then).
+
+Run from the repository root (the default cases take about 25 minutes on 2 cores; run them in
+parts with ``--only`` and ``--name``)::
 
     PYTHONPATH=$PWD nice -n 10 python benchmarks/large/bench_memory.py
 
-writes ``benchmarks/results/memory.json`` and its section of RESULTS.md (``--no-write``: print
-only); ``--case SIZE BACKEND GIB`` runs one case in this process and prints its JSON.
+writes ``benchmarks/results/<name>.json`` (``--name``, default ``memory``; another name is
+its own section, ``Memory budget (issue 21): <name>``) and its section of RESULTS.md
+(``--no-write``: print only); ``--case SIZE BACKEND GIB`` runs one case in this process and
+prints its JSON.
 """
 
 from __future__ import annotations
@@ -59,13 +68,22 @@ from results_md import (  # noqa: E402
 SECTION = "## Memory budget (issue 21)"
 GIB = 1 << 30
 
-# (size, backend, budget in GiB)
-CASES: list[tuple[str, str, float]] = [
-    *[(s, b, g) for s in ("1e5",) for b in ("cg", "lissa", "arnoldi", "nystroem") for g in (1,)],
-    *[(s, b, g) for s in ("1e5", "1e6") for b in ("ekfac", "projected") for g in (1, 2)],
-    ("1e6", "nystroem", 1),
-    ("1e7", "ekfac", 2),
-    ("1e7", "projected", 2),
+FEW = (200, 20)
+"""Train and test points of the cases whose compute time grows with both (see the docstring)."""
+
+FEWEST = (50, 5)
+"""Those of the iterative backends at 1e6 parameters (CG took over 200 s at ``FEW``)."""
+
+# (size, backend, budget in GiB, n_train, n_test); n None: --n-train and --n-test
+Case = tuple[str, str, float, "int | None", "int | None"]
+CASES: list[Case] = [
+    *[(s, b, 1, None, None) for s in ("1e5", "1e6") for b in ("ekfac", "projected")],
+    *[(s, b, 2, None, None) for s, b in (("1e5", "ekfac"), ("1e6", "projected"))],
+    ("1e5", "nystroem", 1, None, None),
+    ("1e6", "nystroem", 1, *FEW),
+    *[("1e5", b, 1, *FEW) for b in ("cg", "lissa", "arnoldi")],
+    *[("1e6", b, 1, *FEWEST) for b in ("cg", "lissa", "arnoldi")],
+    *[("1e7", b, g, *FEW) for b, g in (("ekfac", 1), ("projected", 1), ("ekfac", 2))],
 ]
 
 
@@ -88,7 +106,7 @@ def backend(name: str, model: Any, budget: int) -> Any:
     made = {
         "cg": lambda: CgInfluence(model, loss, reg, maxiter=5, **kw),
         "lissa": lambda: LissaInfluence(model, loss, reg, maxiter=5, **kw),
-        "arnoldi": lambda: ArnoldiInfluence(model, loss, reg, rank=10, **kw),
+        "arnoldi": lambda: ArnoldiInfluence(model, loss, reg, rank=10, tol=1e-2, max_iter=3, **kw),
         "nystroem": lambda: NystroemSketchInfluence(model, loss, reg, rank=10, **kw),
         "ekfac": lambda: EkfacInfluence(model, loss, reg, **kw),
         "projected": lambda: ProjectedInfluence(model, loss, reg, projection_dim=1024, **kw),
@@ -128,11 +146,14 @@ def run_case(size: str, name: str, gib: float, n_train: int, n_test: int) -> dic
         "params": n_params(model),
         "model_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
         "data_bytes": sum(t.numel() * t.element_size() for t in data.values()),
+        "n_train": n_train,
+        "n_test": n_test,
         "baseline_rss": rss_bytes(),
         "baseline_peak": peak_bytes(),
     }
     started = time.perf_counter()
     infl = backend(name, model, budget).fit(train)
+    out["fit_peak_rss"] = peak_bytes()
     with tempfile.TemporaryDirectory(prefix="bench_memory_") as tmp:
         arr = ia.InfluenceArray.create(Path(tmp) / "s", infl, test=test, train=train)
         out["fit_s"] = time.perf_counter() - started
@@ -152,10 +173,11 @@ def run_case(size: str, name: str, gib: float, n_train: int, n_test: int) -> dic
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Every case in a fresh process, one after the other."""
     cases = []
-    chosen = CASES if not args.only else [(s, b, float(g)) for s, b, g in args.only]
-    for size, name, gib in chosen:
+    chosen = CASES if not args.only else [_case_arg(values) for values in args.only]
+    for size, name, gib, n_train, n_test in chosen:
+        n_train, n_test = n_train or args.n_train, n_test or args.n_test
         command = [sys.executable, __file__, "--case", size, name, str(gib)]
-        command += ["--n-train", str(args.n_train), "--n-test", str(args.n_test)]
+        command += ["--n-train", str(n_train), "--n-test", str(n_test)]
         started = time.perf_counter()
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
@@ -164,10 +186,24 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             case["error"] = f"stopped after the case's {args.timeout:g} s (--timeout)"
         else:
             case = _case_of(done, size, name, gib)
+        case.setdefault("n_train", n_train)
+        case.setdefault("n_test", n_test)
         case["wall_s"] = time.perf_counter() - started
         print(json.dumps(case), flush=True)
         cases.append(case)
     return {"n_train": args.n_train, "n_test": args.n_test, "cases": cases}
+
+
+def _case_arg(values: list[str]) -> Case:
+    """A case from ``--only SIZE BACKEND GIB [N_TRAIN N_TEST]``."""
+    if len(values) not in (3, 5):
+        raise SystemExit(f"--only takes SIZE BACKEND GIB [N_TRAIN N_TEST]; got {values}")
+    size, name, gib, *n = values
+    return (
+        (size, name, float(gib), *(int(v) for v in n))
+        if n
+        else (size, name, float(gib), None, None)
+    )
 
 
 def _case_of(
@@ -190,10 +226,12 @@ def render(record: Mapping[str, Any]) -> str:
     d = record["data"]
     rows = []
     for c in d["cases"]:
-        head = [c["size"], c.get("params", ""), c["backend"], f"{c['budget'] / GIB:g}"]
+        points = f"{c.get('n_train', d['n_train']):,} x {c.get('n_test', d['n_test']):,}"
+        head = [c["size"], c.get("params", ""), c["backend"], points, f"{c['budget'] / GIB:g}"]
         if "error" in c:
-            rows.append([*head, "", "", "", "", "", "", f"error: {c['error']}", "", ""])
+            rows.append([*head, "", "", "", "", "", "", "", f"error: {c['error']}", "", ""])
             continue
+        fit_peak = c.get("fit_peak_rss")
         rows.append(
             [
                 *head,
@@ -201,6 +239,7 @@ def render(record: Mapping[str, Any]) -> str:
                 _mib(c["baseline_rss"]),
                 _mib(c["model_bytes"]),
                 _mib(c["data_bytes"]),
+                "" if fit_peak is None else _mib(fit_peak),
                 _mib(c["peak_rss"]),
                 _mib(c["bound"]),
                 yes_no(c["met"]),
@@ -212,11 +251,13 @@ def render(record: Mapping[str, Any]) -> str:
         "size",
         "params",
         "backend",
+        "train x test",
         "budget GiB",
         "block",
         "baseline MiB",
         "model MiB",
         "data MiB",
+        "peak after fit MiB",
         "peak RSS MiB",
         "bound MiB",
         "met",
@@ -227,16 +268,17 @@ def render(record: Mapping[str, Any]) -> str:
     lines = [
         *record_head(record),
         "",
-        f"Fit and fill through the public array ({d['n_train']:,} train x {d['n_test']:,} test "
-        "points, default block shape, float32 store), each case in a fresh process. Peak RSS "
-        "is the process's `ru_maxrss`; *baseline* is its resident memory after importing "
+        "Fit and fill through the public array (default block shape, float32 store), each case "
+        "in a fresh process. Peak RSS "
+        "is the process's `ru_maxrss` (*peak after fit*: then); *baseline* is its resident "
+        "memory after importing "
         "torch and building the model and the data (so it holds them), *bound* = baseline + "
         "budget, *met* = peak RSS <= bound. *Budget high water* is what the parts reserved "
         "together in the backend's `memory_budget` (the account, not a measurement). CG and "
-        "LiSSA run 5 iterations (memory, not accuracy); DirectInfluence is left out (its "
-        "Hessian has p^2 entries).",
+        "LiSSA run 5 iterations and Arnoldi has `tol=1e-2` (memory, not accuracy); "
+        "DirectInfluence is left out (its Hessian has p^2 entries).",
         "",
-        *table(header, rows, align="lrlrlrrrrrlrl"),
+        *table(header, rows, align="lrllrlrrrrrrlrl"),
         "",
         f"Within the bound: {sum(met)} of {len(met)} cases.",
     ]
@@ -250,8 +292,13 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per case")
     parser.add_argument("--case", nargs=3, metavar=("SIZE", "BACKEND", "GIB"))
     parser.add_argument(
-        "--only", nargs=3, action="append", metavar=("SIZE", "BACKEND", "GIB"),
-        help="run these cases instead of the default list (repeatable)",
+        "--only", nargs="+", action="append", metavar="SIZE BACKEND GIB [N_TRAIN N_TEST]",
+        help="run this case instead of the default list (repeatable; the points default to "
+        "--n-train and --n-test)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--name", default="memory",
+        help="the record's name (its own section of RESULTS.md unless 'memory')",
     )  # fmt: skip
     add_output_args(parser)
     args = parser.parse_args()
@@ -260,8 +307,8 @@ def main() -> None:
         print(json.dumps(run_case(size, name, float(gib), args.n_train, args.n_test)))
         return
     measure_and_save(
-        "memory",
-        SECTION,
+        args.name,
+        SECTION if args.name == "memory" else f"{SECTION}: {args.name}",
         "large/bench_memory.py",
         measure,
         args,

@@ -7,7 +7,9 @@ blocks and the package's one bounded LRU (:mod:`~infl_array.engine.cache`), the 
 machine every stored block goes through, matrix and factor blocks alike (memo -> store -> claim
 -> compute: :mod:`~infl_array.engine.keeper`), computing missing blocks once
 (:mod:`~infl_array.engine.work`), checks of computed blocks (:mod:`~infl_array.engine.validate`),
-the error for blocks nothing can compute (:mod:`~infl_array.engine.missing`), progress bars
+the error for blocks nothing can compute (:mod:`~infl_array.engine.missing`), the memory
+budget and the allocator setting that lets it bound the process
+(:mod:`~infl_array.engine.budget`, :mod:`~infl_array.engine.allocator`), progress bars
 (:mod:`~infl_array.engine.progress`), streaming top-k and top-k rows brought up to date after
 an append (:mod:`~infl_array.engine.top_k`, :mod:`~infl_array.engine.top_k_bases`) and the
 block-source contract and its

@@ -165,7 +165,7 @@ class _Writes:
         budget = self.steps.budget
         if budget is None:
             return
-        while not budget.try_reserve(nbytes, WRITES):
+        while not budget.try_reserve(nbytes, WRITES, headroom=False):
             if self.pending:
                 self.finish_one()
             elif self.run:

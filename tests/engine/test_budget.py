@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from helpers import bounded
 
-from infl_array.engine.budget import Budget, default_block_shape
+from infl_array.engine.budget import HEADROOM_SHARE, Budget, default_block_shape
 from infl_array.engine.cache import BlockCache, BoundedLru
 from infl_array.errors import MemoryBudgetError
 
@@ -21,8 +21,13 @@ def test_holdings_add_up_and_the_high_water_mark_follows() -> None:
         assert (b.reserved, b.available) == (800, 200)
         assert b.holders() == {"curvature": 300, "a batch": 500}
     assert (b.reserved, b.high_water, b.lasting_bytes()) == (300, 800, 300)
-    assert b.try_reserve(700, "a cache") and not b.try_reserve(1, "a cache")
-    b.release(700, "a cache")
+    assert b.try_reserve(700, "a block", headroom=False)
+    assert not b.try_reserve(1, "a block", headroom=False)
+    b.release(700, "a block")
+    # what a part can do without leaves the headroom free (for what no account sees)
+    assert b.headroom == 1000 // HEADROOM_SHARE and not b.try_reserve(700, "a cache")
+    assert b.try_reserve(700 - b.headroom, "a cache") and not b.try_reserve(1, "a cache")
+    b.release(700 - b.headroom, "a cache")
     b.release_all("curvature")
     assert b.reserved == 0 and b.holders() == {}
 
@@ -52,14 +57,16 @@ def test_bad_totals_are_refused(total: object, error: type) -> None:
 def test_count_fits_what_is_left_and_refuses_a_sample_that_cannot_fit() -> None:
     b = Budget(1000)
     b.reserve(400, "held", lasting=True)
-    assert b.count(100, 50, "rows") == 6
+    assert b.count(100, 50, "rows") == 5  # 600 left, less 62 of headroom
     assert b.count(100, 3, "rows") == 3
+    assert b.count(590, 3, "rows") == 1  # one may take the headroom
     with pytest.raises(MemoryBudgetError, match="rows for one sample needs 700 B"):
         b.count(700, 5, "rows")
 
 
 def test_caches_draw_from_the_budget_and_give_bytes_back() -> None:
-    b = Budget(1000)
+    b = Budget(1067)  # 1001 for the caches, 66 of headroom
+    assert b.headroom == 66
     cache = BoundedLru[int, bytes](10_000, len, b, "a cache")
     for k in range(5):
         cache.put(k, bytes(200))
@@ -70,7 +77,7 @@ def test_caches_draw_from_the_budget_and_give_bytes_back() -> None:
     with b.hold(600, "a batch"):  # the cache gives back, least recently used first
         assert sorted(cache._items) == [5] and b.holders() == {"a cache": 300, "a batch": 600}
     with pytest.raises(MemoryBudgetError, match="everything needs"):
-        b.reserve(1001, "everything")
+        b.reserve(1068, "everything")
     assert b.reserved == 300  # nothing was given back for a holding that could never fit
     del cache
     gc.collect()
@@ -136,3 +143,15 @@ def test_default_block_shape_follows_the_budget() -> None:
     held.reserve(1000 << 20, "curvature", lasting=True)
     with pytest.raises(MemoryBudgetError, match="one test point and one train point need 46"):
         default_block_shape((1000, 10**5), wide, held)
+
+
+def test_a_holding_has_the_caches_give_back_the_headroom_before_it_takes_it() -> None:
+    b = Budget(1600)  # 100 of headroom
+    cache = BoundedLru[int, bytes](10_000, len, b, "a cache")
+    for k in range(5):
+        cache.put(k, bytes(300))  # 1500: all but the headroom
+    with b.hold(200, "a block"):  # fits the total, but would take the headroom
+        assert b.holders() == {"a cache": 1200, "a block": 200} and b.available == 200
+    cache.clear()
+    with b.hold(1550, "all but 50"):  # nothing left to give back: the headroom is taken
+        assert b.available == 50

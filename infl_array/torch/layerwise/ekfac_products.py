@@ -15,19 +15,24 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Protocol
 
 import torch
 
 from infl_array.engine.budget import Budget
+from infl_array.errors import MemoryBudgetError
 from infl_array.torch.layerwise.capture import LayerSpec, check_budget, sample_chunks
 from infl_array.torch.layerwise.subnormal import flush_subnormals
 from infl_array.torch.layerwise.underflow import needs_normalizing, normalized_rows
 
-__all__ = ["NORMALIZED", "EkfacProductsMixin"]
+__all__ = ["NORMALIZED", "NORMALIZED_ONCE", "EkfacProductsMixin"]
 
 NORMALIZED = "normalized test columns"
 """What the kept normalized test columns are held as in the memory budget."""
+
+NORMALIZED_ONCE = "normalized test columns of one product"
+"""What normalized test columns made for one product (no room to keep them) are held as."""
 
 
 class _Ekfac(Protocol):
@@ -142,7 +147,8 @@ class EkfacProductsMixin:
             if not self._compact[i]:
                 out.addmm_(test, train.T)
                 continue
-            self._compact_product(i, self._normalized.get(self, test_f, i, test), train, out)
+            with self._normalized.columns(self, test_f, i, test) as columns:
+                self._compact_product(i, columns, train, out)
         return out
 
     def _split_tokens(
@@ -266,9 +272,12 @@ class _NormalizedTest:
     over the columns) is kept for the last test factors seen (known by a weak reference, so
     that their identity cannot be reused and they are not kept alive here; an in-place change
     is seen through their version counter). The normalized copies are held in the memory
-    budget (:data:`NORMALIZED`); a copy the budget has no room for is used once and not kept.
-    Columns whose normalized copy would take more than half of ``memory_budget`` (beside the
-    fitted state it holds) are used as they are.
+    budget (:data:`NORMALIZED`) before they are made, where it has room for them without
+    evicting anything (the memo holds the test factors in use: an eviction would free
+    nothing); otherwise a copy is made for one product and held while it runs
+    (:data:`NORMALIZED_ONCE`; until issue 21 it was made outside the account), and columns
+    the budget has no room for at all, or whose normalized copy would take more than half of
+    ``memory_budget`` (beside the fitted state it holds), are used as they are.
     """
 
     def __init__(self) -> None:
@@ -278,30 +287,55 @@ class _NormalizedTest:
         self._layers: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._held: tuple[Budget, int] | None = None
 
-    def get(
+    @contextmanager
+    def columns(
         self, model: _Ekfac, test_f: torch.Tensor, i: int, cols: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Layer ``i``'s test columns ``cols`` (of ``test_f``), normalized where it pays."""
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Layer ``i``'s test columns ``cols`` (of ``test_f``), normalized where it pays, for
+        the ``with`` block: kept where the budget has room now, else made for the block and
+        held in the budget while it runs (the caches give bytes back), else as they are."""
         if not needs_normalizing(cols):
-            return cols, None
+            yield cols, None
+            return
         budget = model.budget
         spare = budget.total - budget.lasting_bytes()  # beside the fitted state
         if cols.numel() * cols.element_size() > spare // 2:
-            return cols, None
+            yield cols, None
+            return
+        nbytes = cols.numel() * cols.element_size() + 4 * cols.shape[0]  # g and its scales
         with self._lock:
-            of = self._of() if self._of is not None else None
-            if of is not test_f or self._version != test_f._version:
-                self._forget()
-                self._of, self._version = weakref.ref(test_f), test_f._version
-            if i in self._layers:
-                return self._layers[i]
-            normalized = normalized_rows(cols)
-            nbytes = sum(t.numel() * t.element_size() for t in normalized if t is not None)
-            if budget.try_reserve(nbytes, NORMALIZED):
-                held = self._held[1] if self._held is not None else 0
-                self._held = (budget, held + nbytes)
-                self._layers[i] = normalized
-            return normalized
+            kept = self._kept(budget, test_f, i, cols, nbytes)
+        if kept is not None:
+            yield kept
+            return
+        try:
+            budget.reserve(nbytes, NORMALIZED_ONCE)
+        except MemoryBudgetError:
+            yield cols, None
+            return
+        try:
+            yield normalized_rows(cols)
+        finally:
+            budget.release(nbytes, NORMALIZED_ONCE)
+
+    def _kept(
+        self, budget: Budget, test_f: torch.Tensor, i: int, cols: torch.Tensor, nbytes: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """The kept normalized columns of layer ``i``, made now if the budget has room for
+        them without evicting anything (the memo holds the factors in use), else None (the
+        lock is held)."""
+        of = self._of() if self._of is not None else None
+        if of is not test_f or self._version != test_f._version:
+            self._forget()
+            self._of, self._version = weakref.ref(test_f), test_f._version
+        if i in self._layers:
+            return self._layers[i]
+        if not budget.try_reserve(nbytes, NORMALIZED):
+            return None
+        held = self._held[1] if self._held is not None else 0
+        self._held = (budget, held + nbytes)
+        self._layers[i] = normalized_rows(cols)
+        return self._layers[i]
 
     def _forget(self) -> None:
         """Drop the kept copies and give their bytes back (the lock is held)."""

@@ -11,6 +11,7 @@ import torch
 from models import cnn_data, small_cnn, trained_cnn
 from torch import nn
 
+from infl_array.engine.budget import HEADROOM_SHARE
 from infl_array.torch import CgInfluence, MemoryBudgetError, NystroemSketchInfluence
 
 CE = nn.functional.cross_entropy
@@ -31,6 +32,11 @@ def _nystroem(setup: dict[str, Any], budget: int = 4 << 30) -> NystroemSketchInf
     ).fit(setup["train"])
 
 
+def _headroom_added(nbytes: int) -> int:
+    """A total whose part beside the budget's headroom (a 32nd) is at least ``nbytes``."""
+    return nbytes + nbytes // (HEADROOM_SHARE - 1) + 1
+
+
 def _pass_bytes(infl: Any, m: int, samples: int) -> tuple[int, int]:
     """What a curvature pass of ``m`` vectors holds throughout, and for ``samples`` samples."""
     fixed = 2 * infl.n_params * m * 8  # float64 products and their sum
@@ -44,7 +50,7 @@ def test_a_curvature_pass_takes_as_many_samples_as_fit_and_gives_the_same_factor
     graph = _nystroem(setup)._graph_bytes()
     assert graph > 0 and _nystroem(setup)._matmat_sample_bytes(RANK) == (4 + RANK) * graph // 2
     fixed, ten = _pass_bytes(_nystroem(setup), RANK, 10)
-    infl = _nystroem(setup, fixed + ten + 64)  # room for 10 of the 40 samples a pass
+    infl = _nystroem(setup, _headroom_added(fixed + ten + 64))  # 10 of the 40 samples a pass
     got = infl.test_factors(*setup["test"])
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
     assert fixed + ten <= infl.budget.high_water <= infl.budget.total
@@ -58,7 +64,7 @@ def test_cg_solves_pass_the_test_vectors_in_passes_that_fit(setup: dict[str, Any
     roomy = cg(4 << 30)
     solve = roomy._itemsize * roomy.n_params * (2 + roomy.solve_vectors) * 5
     fixed, some = _pass_bytes(roomy, 5, 8)
-    infl = cg(solve + fixed + some + 64)  # the solve of 5 samples, passes of 8 samples
+    infl = cg(_headroom_added(solve + fixed + some + 64))  # solves of 5 samples, passes of 8
     got = infl.test_factors(*setup["test"])  # CG's iterations amplify the sums' rounding
     torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-9)
     assert infl.budget.high_water <= infl.budget.total

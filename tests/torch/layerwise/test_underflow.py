@@ -9,6 +9,11 @@ factors.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,12 +21,15 @@ import torch
 from models import CE, REG, cnn_data, small_cnn, trained_cnn
 
 import infl_array.torch.layerwise.ekfac_products as ekfac_module
+import infl_array.torch.layerwise.underflow as underflow
+from infl_array.engine.cache import BoundedLru
 from infl_array.torch import EkfacInfluence
 from infl_array.torch.layerwise.underflow import TRIM_BITS, normalized_rows
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 F32 = torch.float32  # explicit: another test module sets torch's default dtype to float64
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_normalized_rows() -> None:
@@ -48,6 +56,39 @@ def test_normalized_rows() -> None:
     with pytest.raises(TypeError, match="float32 or bfloat16"):
         normalized_rows(f.double())
     assert normalized_rows(torch.zeros(3, 0, dtype=F32))[1].tolist() == [1.0, 1.0, 1.0]
+
+
+NORMALIZE = """
+import json, resource, torch
+from infl_array.torch.layerwise.underflow import normalized_rows
+from infl_array.engine.allocator import hold_mmap_threshold
+hold_mmap_threshold()
+f = torch.empty(64, 1 << 18).normal_().mul_(1e-20)  # 64 MiB, no temporary copy
+peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+before = peak()
+g, scale = normalized_rows(f[:, : (1 << 18) - 1])  # a column slice, as a layer's columns are
+print(json.dumps({"grown": peak() - before, "out": g.numel() * g.element_size()}))
+"""
+
+
+def test_normalizing_rows_takes_its_result_and_chunks_only() -> None:
+    environ = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", NORMALIZE], capture_output=True, text=True, env=environ, check=True
+    )
+    grown, out = json.loads(done.stdout).values()
+    # the result (64 MiB) and a chunk's temporaries (8 MiB rows: an abs and a mask); the whole
+    # matrix at once took three more copies (about 256 MiB)
+    assert grown <= out + (24 << 20), (grown >> 20, out >> 20)
+
+
+def test_normalized_rows_is_the_same_in_chunks_of_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    gen = torch.Generator().manual_seed(1)
+    f = torch.randn(7, 40, generator=gen, dtype=F32) * 1e-25
+    whole = normalized_rows(f[:, 1:])
+    monkeypatch.setattr(underflow, "CHUNK_BYTES", 3 * 39 * 4)  # three rows at a time
+    chunked = normalized_rows(f[:, 1:])
+    assert all(torch.equal(a, b) for a, b in zip(whole, chunked, strict=True))
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +162,45 @@ def test_test_side_normalized_once_per_test_factors(
     before = calls.count(n_test)
     small.factor_product(test_f, train_f[:1])
     assert calls.count(n_test) == before
+
+
+def test_normalized_test_columns_are_held_before_they_are_made(
+    single: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    infl, test_f, train_f = single["infl"], single["test"].clone(), single["train"]
+    budget = infl.budget
+    held_then: list[tuple[int, int]] = []
+    original = ekfac_module.normalized_rows
+
+    def watching(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if f.shape[0] == test_f.shape[0]:
+            held = budget.holders()
+            held_then.append(
+                (held.get(ekfac_module.NORMALIZED, 0), held.get(ekfac_module.NORMALIZED_ONCE, 0))
+            )
+        return original(f)
+
+    monkeypatch.setattr(ekfac_module, "normalized_rows", watching)
+    infl._normalized.clear()
+    expected = infl.factor_product(test_f, train_f)
+    n, widths = test_f.shape[0], [infl.layers[i].n_params for i in (-2, -1)]
+    first, second = (n * (w + 1) * 4 for w in widths)  # the columns and their scales
+    assert held_then == [(first, 0), (first + second, 0)]  # kept, held before they were made
+    # no room to keep them: a cache gives bytes back for a copy held while the product runs
+    infl._normalized.clear()
+    held_then.clear()
+    cache = BoundedLru(budget.total, lambda v: int(v), budget, "a cache")
+    cache.put("all", budget.available - budget.headroom)
+    got = infl.factor_product(test_f, train_f)
+    assert held_then[0] == (0, first) and sum(held_then[1]) == second  # kept where room is back
+    assert ekfac_module.NORMALIZED_ONCE not in budget.holders()
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    # no room at all (200 B left for the product's working space): used as they are, no copy
+    infl._normalized.clear()
+    held_then.clear()
+    with budget.hold(budget.available + cache.held_bytes - 200, "everything else"):
+        infl.factor_product(test_f, train_f)
+    assert held_then == []
 
 
 def test_pickled_model_starts_without_the_cache(single: dict[str, Any]) -> None:
