@@ -378,6 +378,7 @@ def save(
         "kronfluence_query_batch": a.kronfluence_query_batch,
         "trak_checkpoints": a.trak_checkpoints,
         "trak_batch": a.trak_batch,
+        "trak_finalize_once": True,
         "planned_sizes": a.sizes,
     }
     data = {"settings": settings, "models": info, "sizes": sizes}

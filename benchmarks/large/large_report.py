@@ -23,6 +23,13 @@ KRONFLUENCE_DOC = (
 )
 
 
+TRAK_ONCE = (
+    " (one `lambda_reg` for the ensemble, the mean of the checkpoints' matched values: "
+    "`finalize_features()` is called once for all checkpoints, as in its Quickstart)."
+)
+"""How the TRAK worker finalizes its features, where the record says so."""
+
+
 def peer_configs(size: str, n_test: int, dim: int, query_batch: int) -> dict[str, dict[str, Any]]:
     """How each peer is configured at a size (the driver runs it so; the section says so)."""
     return {"kronfluence": {"query_batch": min(query_batch, n_test)}, "trak": {"proj_dim": dim}}
@@ -166,6 +173,10 @@ def _note(name: str, runs: Sequence[Mapping[str, Any]], settings: Mapping[str, A
     if name == "trak":
         lams = ", ".join(f"{x:.3g}" for x in r.get("lambda_reg", []))
         rel = ", ".join(f"{x:.3g}" for x in r.get("relative_damping", []))
+        each = r.get("lambda_reg_per_checkpoint")
+        if each:  # one finalize_features for the ensemble: one lambda_reg
+            per = ", ".join(f"{x:.3g}" for x in each)
+            lams += f" (the mean of the checkpoints' matched values {per})"
         return (
             f"fit = featurize + finalize_features, matrix = score; proj_dim {r.get('dim')}, "
             f"{r.get('checkpoints')} independently trained checkpoint(s), batch {r.get('batch')}; "
@@ -281,7 +292,8 @@ def render(record: Mapping[str, Any]) -> str:
         "gradients, whose scale is not our Fisher's: it is set so that `lambda_reg` divided by "
         "the mean eigenvalue of its `X^T X` equals our damping divided by the mean eigenvalue "
         "of our Fisher (measured in its worker), so the damping is chosen the same way for "
-        'both. TRAK\'s docs ("Quickstart") train three independent models and say that '
+        f"both{TRAK_ONCE if st.get('trak_finalize_once') else '.'} "
+        'TRAK\'s docs ("Quickstart") train three independent models and say that '
         "multiple checkpoints significantly improve TRAK; here "
         f"{st.get('trak_checkpoints')} independently trained models (seeds 0, 1, ...; seed 0 "
         "is the model every method explains). Its CPU projector (`BasicProjector`) draws its "

@@ -18,10 +18,13 @@ the curvature's mean eigenvalue: ``lambda_reg / (tr(X^T X) / proj_dim) = reg / (
 n_params)`` with ``tr(F)`` the mean squared norm of the per-sample loss gradients (computed
 here). (``lambda_reg = n_train * reg``, used before, converts the sum to a mean only.)
 
-Featurizes all train points for every checkpoint, then sets ``lambda_reg`` and finalizes the
-features per checkpoint (``featurize``), then scores the first ``rows`` test points
-(``score``). Writes timings, the dampings and peak RSS to ``out`` and the ``(rows, n_train)``
-scores next to it.
+As its Quickstart does: featurizes all train points for every checkpoint, then
+``finalize_features()`` once for all of them (``featurize``; TRAK's score computer takes one
+``lambda_reg``, so the ensemble's is the mean of the checkpoints' matched values, which differ by
+about 1%), then scores the first ``rows`` test points (``score``). Its CPU projector is used as
+TRAK sets it up (``finalize_features`` frees the projector's matrix and scoring redraws it;
+nothing of the projector is touched here). Writes timings, the dampings and peak RSS to ``out``
+and the ``(rows, n_train)`` scores next to it.
 """
 
 from __future__ import annotations
@@ -89,20 +92,15 @@ def main() -> None:
                     traker.featurize(
                         batch=[x[s : s + bs], y[s : s + bs]], num_samples=len(x[s : s + bs])
                     )
-            for mid, ckpt in enumerate(ckpts):
+            for mid, ckpt in enumerate(ckpts):  # each checkpoint's matched damping
                 model.load_state_dict(ckpt)
                 rel = args["reg"] / fisher_mean_eigenvalue(model, x, y)
                 traker.saver.load_current_store(mid)
                 feats = torch.as_tensor(traker.saver.current_store["grads"])
-                lam = rel * float((feats.double() ** 2).sum()) / args["dim"]
-                traker.score_computer.lambda_reg = lam
-                if not hasattr(traker.projector, "proj_matrix"):
-                    # traker 0.3.2's finalize_features starts with projector.free_memory(),
-                    # which deletes proj_matrix and fails when called a second time
-                    traker.projector.proj_matrix = None
-                traker.finalize_features(model_ids=[mid])
-                lambdas.append(lam)
+                lambdas.append(rel * float((feats.double() ** 2).sum()) / args["dim"])
                 relative.append(rel)
+            traker.score_computer.lambda_reg = sum(lambdas) / len(lambdas)
+            traker.finalize_features()  # once, for every checkpoint (its Quickstart)
         with timer("score"):
             for mid, ckpt in enumerate(ckpts):
                 traker.start_scoring_checkpoint(
@@ -119,7 +117,8 @@ def main() -> None:
         "dim": args["dim"],
         "checkpoints": len(ckpts),
         "batch": bs,
-        "lambda_reg": lambdas,
+        "lambda_reg": [traker.score_computer.lambda_reg],
+        "lambda_reg_per_checkpoint": lambdas,
         "relative_damping": relative,
     }
     write_result(args["out"], result, scores.T)

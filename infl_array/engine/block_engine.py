@@ -292,7 +292,9 @@ class BlockEngine(MissingBlocksMixin):
             values=self.block_values,
             write=self.grid.write_run,
             stored=self.grid.has_blocks,
-            prefetch=lambda tile: prefetch_tile(tile, self.grid, reuse, self.column_group),
+            prefetch=lambda tile: prefetch_tile(
+                tile, self.grid, reuse, self.column_group, blocks_kept=cache_values
+            ),
             finished=finished,
             budget=self.budget,
         )

@@ -105,13 +105,18 @@ class FactorReuse(Protocol):
         ...
 
     def begin_tile(
-        self, runs: list[range], block_rows: int, groups: list[list[range]] | None = None
+        self,
+        runs: list[range],
+        block_rows: int,
+        groups: list[list[range]] | None = None,
+        blocks_kept: bool = True,
     ) -> None:
         """The tile the calling thread computes next covers the test rows ``runs`` (runs of
         whole block rows of ``block_rows`` each): a hint that its blocks may be computed from
         one product per run and block column, or per run and column group (``groups``: lists
         of consecutive block columns, as train ranges, whose train factors may be computed in
-        one call)."""
+        one call). ``blocks_kept`` false (a fill) says the tile's blocks are only written,
+        never kept after their write: a block may then be a view of a larger buffer."""
         ...
 
 

@@ -58,12 +58,17 @@ def compute_tiles(
 
 
 def prefetch_tile(
-    tile: list[BlockCoords], grid: BlockGrid, reuse: FactorReuse | None, group: int = 1
+    tile: list[BlockCoords],
+    grid: BlockGrid,
+    reuse: FactorReuse | None,
+    group: int = 1,
+    blocks_kept: bool = True,
 ) -> None:
     """Declare a tile's runs of block rows and, for a tile of one run, its column groups of
     ``group`` block columns to the source (one product per run and group:
-    :meth:`~infl_array.engine.sources.FactorReuse.begin_tile`), and compute its test factors
-    in one call per run (one batched solve)."""
+    :meth:`~infl_array.engine.sources.FactorReuse.begin_tile`; ``blocks_kept`` false: its
+    blocks are only written), and compute its test factors in one call per run (one batched
+    solve)."""
     if reuse is None:
         return
     (block_rows, block_cols), (n_test, n_train) = grid.block_shape, grid.shape
@@ -74,7 +79,7 @@ def prefetch_tile(
         for first, last in col_runs(tile):
             columns = [block_range(j, block_cols, n_train) for j in range(first, last + 1)]
             groups += [columns[k : k + group] for k in range(0, len(columns), group)]
-    reuse.begin_tile(runs, block_rows, groups)
+    reuse.begin_tile(runs, block_rows, groups, blocks_kept)
     for run, (first, last) in zip(runs, spans, strict=True):
         if last > first:
             reuse.prefetch(rows=run)

@@ -7,10 +7,11 @@ blocks go to a writer thread (compression and the atomic chunk writes release th
 (:func:`~infl_array.storage.grid.extends_run`), up to :data:`WRITE_RUN_BLOCKS` blocks or
 :data:`WRITE_RUN_BYTES`, written with one zarr call (zarr encodes and stores a call's chunks
 concurrently, each chunk atomically: a call per block costs several times more for small
-blocks). At most :data:`MAX_RUNS_IN_FLIGHT` runs wait for the writer beside the one being
-gathered (fewer when the memory budget, :mod:`infl_array.engine.budget`, has no room for
-their blocks), so memory stays bounded; a block counts as computed once its run's write has
-finished.
+blocks). A block of :data:`WRITE_ALONE_BYTES` or more is written alone: a run of it would
+save little of a call's cost and copy every block into the run's buffer. At most
+:data:`MAX_RUNS_IN_FLIGHT` runs wait for the writer beside the one being gathered (fewer
+when the memory budget, :mod:`infl_array.engine.budget`, has no room for their blocks), so
+memory stays bounded; a block counts as computed once its run's write has finished.
 
 When the work is *shared* (``fill``: other processes or machines may be filling the same
 store), blocks are claimed (:mod:`infl_array.storage.claims`) a unit at a time
@@ -48,6 +49,7 @@ from infl_array.storage.grid import (
 __all__ = [
     "MAX_RUNS_IN_FLIGHT",
     "POLL_S",
+    "WRITE_ALONE_BYTES",
     "WRITE_RUN_BLOCKS",
     "BlockSteps",
     "Sharing",
@@ -56,6 +58,10 @@ __all__ = [
 
 WRITE_RUN_BLOCKS = 64
 """Blocks written with one zarr call at most (a run: see :func:`compute_blocks`)."""
+
+WRITE_ALONE_BYTES = 2 << 20
+"""A block of this many bytes or more is written alone, not in a run (2 MiB: a run would hold
+fewer than four such blocks, and copying them into it costs more than the calls it saves)."""
 
 MAX_RUNS_IN_FLIGHT = 2
 """Runs handed to the writer and not yet written, at most (beside the open run)."""
@@ -135,12 +141,13 @@ class _Writes:
 
     def compute(self, coords: BlockCoords) -> None:
         values = self.steps.values(coords)
-        if self.run and not extends_run([c for c, _ in self.run], coords):
+        alone = values.nbytes >= WRITE_ALONE_BYTES
+        if self.run and (alone or not extends_run([c for c, _ in self.run], coords)):
             self.submit()
         self._hold(values.nbytes)
         self.run.append((coords, values))
         self.run_bytes += values.nbytes
-        if len(self.run) >= WRITE_RUN_BLOCKS or self.run_bytes >= WRITE_RUN_BYTES:
+        if alone or len(self.run) >= WRITE_RUN_BLOCKS or self.run_bytes >= WRITE_RUN_BYTES:
             self.submit()
 
     def submit(self) -> None:

@@ -155,6 +155,21 @@ def test_runs_are_cut_at_gaps_and_at_their_byte_bound(
     np.testing.assert_array_equal(np.asarray(arr), full)
 
 
+def test_blocks_of_write_alone_bytes_are_written_alone(
+    tmp_path: Path, recorded_runs: list[list[tuple[int, int]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # blocks of 4 x 3 float32 values (48 bytes): at the bound, each is written with its own
+    # call (a run would copy them into its buffer); the edge blocks (4 x 2, 32 bytes) below it
+    monkeypatch.setattr("infl_array.engine.work.WRITE_ALONE_BYTES", 4 * 3 * 4)
+    full = np.random.default_rng(2).standard_normal((8, 8)).astype(np.float32)
+    arr = ia.InfluenceArray.from_function(
+        tmp_path / "s", CountingFn(full), shape=(8, 8), block_shape=(4, 3)
+    )
+    assert arr.fill(progress=False) == 2 * 3
+    assert recorded_runs == [[(0, 0)], [(0, 1)], [(0, 2)], [(1, 0)], [(1, 1)], [(1, 2)]]
+    np.testing.assert_array_equal(np.asarray(arr), full)
+
+
 def test_run_bookkeeping() -> None:
     from infl_array.storage.grid import extends_run, run_region
 

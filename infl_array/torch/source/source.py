@@ -392,12 +392,17 @@ class ModelBlockSource(GrowthMixin):
             self.pairing.prefetch_train(cols)
 
     def begin_tile(
-        self, runs: list[range], block_rows: int, groups: list[list[range]] | None = None
+        self,
+        runs: list[range],
+        block_rows: int,
+        groups: list[list[range]] | None = None,
+        blocks_kept: bool = True,
     ) -> None:
         """The tile this thread computes next covers the test rows ``runs`` (whole block rows
         of ``block_rows``) and the column groups ``groups``: its blocks come from one product
-        per strip of rows and block column or group (:mod:`~infl_array.torch.source.strips`)."""
-        self.strips.begin_tile(runs, block_rows, groups)
+        per strip of rows and block column or group (:mod:`~infl_array.torch.source.strips`;
+        views of it where ``blocks_kept`` is false: a fill only writes them)."""
+        self.strips.begin_tile(runs, block_rows, groups, blocks_kept)
 
     # -- blocks -----------------------------------------------------------------------------
     def set_output_dtype(self, dtype: Any) -> None:

@@ -18,6 +18,12 @@ and its blocks come from one product.
   factor memo's bound): a longer run is cut into strips of whole block rows within that bound,
   and a kept strip is held in the memory budget. A strip no larger than one block is not worth
   it, so such runs are computed block by block.
+* A block handed out is a copy of its part of the strip, so that a block kept afterwards (a
+  read's decoded-block cache) does not keep the whole strip alive. A tile declared with
+  ``blocks_kept=False`` (a fill: its blocks are only written) hands out views instead: a
+  strip's memory then lives until its last block is written (the blocks waiting for their
+  write are held in the budget), and copying every block (a second pass over the matrix's
+  bytes, each into fresh memory) is saved.
 * State is per thread (threads of one process computing different tiles do not disturb each
   other) and not pickled: a copy sent to a worker starts with none.
 
@@ -78,14 +84,21 @@ class Strips:
         self._local = threading.local()
 
     def begin_tile(
-        self, runs: list[range], block_rows: int, groups: list[list[range]] | None = None
+        self,
+        runs: list[range],
+        block_rows: int,
+        groups: list[list[range]] | None = None,
+        blocks_kept: bool = True,
     ) -> None:
         """The tile this thread computes next covers the test rows ``runs`` (whole block rows
         of ``block_rows`` each, the last of the matrix possibly shorter) and the column groups
-        ``groups`` (lists of consecutive block columns as train ranges); the kept strip goes."""
+        ``groups`` (lists of consecutive block columns as train ranges); the kept strip goes.
+        ``blocks_kept``: whether its blocks may be kept after their write (else they are
+        handed out as views of their strip: see the module docstring)."""
         self._local.runs = list(runs)
         self._local.groups = {cols: members for members in groups or [] for cols in members}
         self._local.block_rows = block_rows
+        self._local.copies = blocks_kept
         self._drop()
 
     def _drop(self) -> None:
@@ -117,10 +130,9 @@ class Strips:
             self._local.kept = kept
             self.products += 1
         (top, left), values = (strip[0].start, strip[1].start), kept[1]
-        # a copy: a block handed out must not keep the whole strip alive (nor share it)
-        return values[
-            rows.start - top : rows.stop - top, cols.start - left : cols.stop - left
-        ].clone()
+        part = values[rows.start - top : rows.stop - top, cols.start - left : cols.stop - left]
+        # a block that may be kept must not keep the whole strip alive (nor share it)
+        return part.clone() if getattr(self._local, "copies", True) else part
 
     def _strip_of(self, rows: range, cols: range) -> tuple[range, range] | None:
         """The strip ``(rows, cols)`` holding the block ``rows x cols``, or None.

@@ -176,3 +176,48 @@ def test_a_column_group_is_cut_to_the_strip_bound() -> None:
     strips.begin_tile([range(0, 10)], block_rows=5, groups=[[range(0, 5)]])
     assert strips.block(range(0, 5), range(0, 5), product) is not None
     assert made[-1] == (range(0, 10), range(0, 5))
+
+
+def test_blocks_are_copies_unless_the_tile_only_writes_them() -> None:
+    strips = Strips(budget_bytes=4 * 10 * 10 * 8)
+    made: list[torch.Tensor] = []
+
+    def product(rows: range, cols: range) -> torch.Tensor:
+        made.append(torch.arange(len(rows) * len(cols), dtype=torch.float64).reshape(10, 10))
+        return made[-1]
+
+    def shares_strip(block: torch.Tensor) -> bool:
+        strip = made[-1].untyped_storage()
+        return block.untyped_storage().data_ptr() == strip.data_ptr()
+
+    strips.begin_tile([range(0, 10)], block_rows=5)  # blocks may be kept (a read caches them)
+    kept = [strips.block(range(i, i + 5), range(0, 10), product) for i in (0, 5)]
+    assert all(b is not None and not shares_strip(b) for b in kept)
+    strips.begin_tile([range(0, 10)], block_rows=5, blocks_kept=False)  # a fill's tile
+    written = [strips.block(range(i, i + 5), range(0, 10), product) for i in (0, 5)]
+    assert all(b is not None and shares_strip(b) and b.is_contiguous() for b in written)
+    for k, w in zip(kept, written, strict=True):
+        assert w is not None and torch.equal(k, w)
+
+
+def test_a_fill_declares_its_blocks_written_only_and_a_read_kept(
+    tmp_path: Path, data: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    declared: list[bool] = []
+    original = Strips.begin_tile
+
+    def recorded(self: Strips, *args: Any, **kwargs: Any) -> None:
+        declared.append(kwargs.get("blocks_kept", args[3] if len(args) > 3 else True))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Strips, "begin_tile", recorded)
+    arr = ia.InfluenceArray.create(
+        tmp_path / "s", CountingProduct(), test=data["test"], train=data["train"],
+        block_shape=(5, 10), dtype="float64",
+    )  # fmt: skip
+    arr[0:10, 0:20]  # a read computes its missing blocks and caches them
+    assert declared and all(declared)
+    declared.clear()
+    arr.fill(progress=False)
+    assert declared and not any(declared)
+    assert_same_products(np.asarray(arr), _unbatched(data, (5, 10)))
