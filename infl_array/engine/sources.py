@@ -344,7 +344,13 @@ class FunctionSource(PlainSource):
         return None
 
     def compute_block(self, rows: range, cols: range) -> Any:
-        return self.fn(rows, cols)
+        """``fn``'s values for the block, in memory of their own: an array or tensor it returns
+        may be (a view of) the caller's, which the caller may change later, while the engine
+        keeps decoded blocks for later reads."""
+        raw = self.fn(rows, cols)
+        if isinstance(raw, np.ndarray) or hasattr(raw, "detach"):
+            return np.array(to_numpy(raw), copy=True)
+        return raw
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "function", "name": qualname(self.fn)}

@@ -459,3 +459,23 @@ def test_compression_choices(store: Path, full: np.ndarray) -> None:
     assert ia.open(store).meta.compression.cname == "zstd"
     with pytest.raises(ValueError, match="cname"):
         ia.Compression(cname="brotli")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_values_of_the_callers_memory_are_copied_not_kept(tmp_path: Path, as_tensor: bool) -> None:
+    # fn returns views of the caller's own array (a tensor shares it too); the caller changes
+    # it later: reads keep giving the stored values, and the caller's array stays writable
+    import torch
+
+    mine = np.arange(40, dtype=np.float32).reshape(4, 10)
+
+    def fn(rows: range, cols: range) -> object:
+        view = mine[rows.start : rows.stop]  # all columns: a contiguous view, no copy
+        return torch.from_numpy(view) if as_tensor else view
+
+    arr = ia.InfluenceArray.from_function(tmp_path / "s", fn, shape=(4, 10), block_shape=(2, 10))
+    first = arr[:]
+    mine[:] = -1.0  # the caller reuses its buffer
+    np.testing.assert_array_equal(arr[:], first)
+    np.testing.assert_array_equal(ia.open(tmp_path / "s")[:], first)
+    assert first[0, 1] == 1.0 and mine.flags.writeable
