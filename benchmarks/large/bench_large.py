@@ -52,6 +52,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -258,19 +259,7 @@ def jobs(size: str, a: argparse.Namespace) -> dict[str, tuple[Path | str, str, d
                 "query_batch": cfg["kronfluence"]["query_batch"],
             },
         )
-    if "trak" in a.peers and size in a.trak_sizes:
-        out["trak"] = (
-            VENV["trak"],
-            "peers/trak_scores.py",
-            {
-                **common,
-                "rows": a.n_test,
-                "dim": a.dim,
-                "reg": a.reg,
-                "batch": a.trak_batch[size],
-                "checkpoints": a.trak_checkpoints,
-            },
-        )
+    # pyDVL (time-limited) before TRAK (the slow one): a cut-off run loses less
     if "pydvl" in a.peers and size in a.pydvl_sizes:
         out["pydvl"] = (
             VENV["pydvl"],
@@ -284,18 +273,39 @@ def jobs(size: str, a: argparse.Namespace) -> dict[str, tuple[Path | str, str, d
                 "budget_s": a.pydvl_budget,
             },
         )
+    if "trak" in a.peers and size in a.trak_sizes:
+        out["trak"] = (
+            VENV["trak"],
+            "peers/trak_scores.py",
+            {
+                **common,
+                "rows": a.n_test,
+                "dim": a.dim,
+                "reg": a.reg,
+                "batch": a.trak_batch[size],
+                "checkpoints": a.trak_checkpoints,
+            },
+        )
     return out
 
 
-def bench_size(size: str, a: argparse.Namespace, raw: dict[str, Any]) -> dict[str, Any]:
+def bench_size(
+    size: str,
+    a: argparse.Namespace,
+    raw: dict[str, Any],
+    saved: Callable[[dict[str, Any]], None],
+) -> dict[str, Any]:
     """Every repetition of the repeated methods at ``size``, interleaved (each repetition runs
-    them back to back), then the methods run once; Spearman against EK-FAC's rows."""
+    them back to back), then the methods run once; Spearman against EK-FAC's rows. After each
+    run, ``saved`` gets the size's result so far (``complete`` False until the last run), so a
+    run cut off keeps every method run it finished."""
     todo = jobs(size, a)
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in todo}
     scores: dict[str, np.ndarray] = {}
     order = [(rep, m) for rep in range(a.repeats[size]) for m in todo if m not in a.once]
     order += [(0, m) for m in todo if m in a.once]
-    for _, method in order:
+    result: dict[str, Any] = {}
+    for i, (_, method) in enumerate(order):
         if method == "trak":  # TRAK's ensemble: further independently trained models
             data = torch.load(data_path(a.n_train, a.n_test))
             for seed in range(1, a.trak_checkpoints):
@@ -307,6 +317,20 @@ def bench_size(size: str, a: argparse.Namespace, raw: dict[str, Any]) -> dict[st
         if s is not None:
             scores.setdefault(method, s)
         runs[method].append(r)
+        result = size_result(size, a, runs, scores, raw, complete=i == len(order) - 1)
+        saved(result)
+    return result
+
+
+def size_result(
+    size: str,
+    a: argparse.Namespace,
+    runs: dict[str, list[dict[str, Any]]],
+    scores: dict[str, np.ndarray],
+    raw: dict[str, Any],
+    complete: bool,
+) -> dict[str, Any]:
+    """A size's runs so far, with Spearman against EK-FAC's rows (per-row values into ``raw``)."""
     reference = scores.get("ekfac")
     spearman: dict[str, Any] = {}
     raw_rows: dict[str, list[float]] = {}
@@ -317,8 +341,12 @@ def bench_size(size: str, a: argparse.Namespace, raw: dict[str, Any]) -> dict[st
         rho = spearman_rows(s[:n], reference[:n])
         spearman[method] = {"mean": float(rho.mean()), "min": float(rho.min()), "rows": n}
         raw_rows[method] = [round(float(x), 6) for x in rho]
-    raw[size] = {"per_row_spearman_vs_ekfac": raw_rows, "runs": runs}
-    return {"runs": runs, "spearman": spearman, "repeats": a.repeats[size]}
+    done = {m: rs for m, rs in runs.items() if rs}
+    raw[size] = {"per_row_spearman_vs_ekfac": raw_rows, "runs": done}
+    out = {"runs": done, "spearman": spearman, "repeats": a.repeats[size], "complete": complete}
+    if not complete:
+        out["not_yet_run"] = [m for m, rs in runs.items() if not rs]
+    return out
 
 
 def write_raw(raw: dict[str, Any]) -> Path:
@@ -423,9 +451,16 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(info, indent=1), flush=True)
     raw: dict[str, Any] = {}
     sizes: dict[str, Any] = {}
-    for size in a.sizes:  # the record is saved after each size: a cut-off run keeps those done
-        sizes[size] = bench_size(size, a, raw)
-        save(a, argv, info, sizes, raw, load_start, time.perf_counter() - start)
+
+    def saved(size: str) -> Callable[[dict[str, Any]], None]:
+        def keep(result: dict[str, Any]) -> None:
+            sizes[size] = result
+            save(a, argv, info, sizes, raw, load_start, time.perf_counter() - start)
+
+        return keep
+
+    for size in a.sizes:  # saved after each method run: a cut-off run keeps the runs done
+        bench_size(size, a, raw, saved(size))
 
 
 def save(

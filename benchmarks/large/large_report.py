@@ -303,6 +303,11 @@ def pydvl_limit(st: Mapping[str, Any]) -> str:
     )
 
 
+def ladder_order(sizes: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """The sizes smallest first (``"1e5"`` before ``"1e6"``), whatever order they ran in."""
+    return sorted(sizes.items(), key=lambda item: float(item[0]))
+
+
 def render(record: Mapping[str, Any]) -> str:
     """The whole section, from the record ``large``."""
     d = record["data"]
@@ -363,7 +368,7 @@ def render(record: Mapping[str, Any]) -> str:
             "stopped before them, so this record holds the sizes it finished).",
             "",
         ]
-    for size, res in d["sizes"].items():
+    for size, res in ladder_order(d["sizes"]):
         info = d["models"][size]
         runs = res["runs"]
         s = {m: with_values(m, rs, n_test) for m, rs in runs.items()}
@@ -373,6 +378,13 @@ def render(record: Mapping[str, Any]) -> str:
             f"after {info['epochs']} epoch(s)); {reps} repetition(s)",
             "",
         ]
+        if res.get("complete") is False:
+            lines += [
+                "The run stopped (or was stopped) before this size finished: the table holds "
+                "the method runs it finished; not run: "
+                f"{', '.join(res.get('not_yet_run', [])) or 'none'}.",
+                "",
+            ]
         rows = []
         for m, rs in runs.items():
             sm = s[m]
@@ -420,7 +432,7 @@ def readme(record: Mapping[str, Any]) -> str:
         "trak": "TRAK",
     }
     rows = []
-    for size, res in d["sizes"].items():
+    for size, res in ladder_order(d["sizes"]):
         cells = []
         for m in names:
             rs = res["runs"].get(m)

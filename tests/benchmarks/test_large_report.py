@@ -164,3 +164,15 @@ def test_ekfac_block_shape_says_how_it_was_chosen_and_not_run_sizes_say_why() ->
     assert "block shape (64, 90) (chosen by `create` with no `block_shape` named" in row
     assert "`memory_budget` (4 GiB)" in row
     assert "Not run: 1e6: does not fit the time this run had" in text
+
+
+def test_sizes_render_smallest_first_and_a_cut_off_size_says_what_did_not_run() -> None:
+    rec = sample_record()
+    sizes = rec["data"]["sizes"]
+    sizes["1e7"].update(complete=False, not_yet_run=["kronfluence", "trak"])
+    rec["data"]["sizes"] = {"1e7": sizes["1e7"], "1e5": sizes["1e5"]}  # 1e7 ran first
+    text = render_record(rec)
+    assert text.index("### 105,506 parameters") < text.index("### 9,984,650 parameters")
+    assert "not run: kronfluence, trak." in text
+    table = large_report.readme(rec)
+    assert table.index("| 105,506 |") < table.index("| 9,984,650 |")
