@@ -61,6 +61,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: harness, results_md
+import results_md
 from harness import machine_info
 from large_common import (
     LADDER,
@@ -446,6 +447,11 @@ def main(argv: list[str] | None = None) -> None:
                 env={**os.environ, "PEER_VENV_DIR": str(PEER_VENVS)},
             )
     torch.set_num_threads(a.threads)
+    # the commit and dirtiness of the code that runs, taken now: the record is saved after
+    # every method run, and each save's own outputs (this record, RESULTS.md, the raw file)
+    # must not mark the later saves dirty
+    at_start = results_md.git_commit()
+    results_md.git_commit = lambda: at_start
     load_start, start = load_now(), time.perf_counter()
     info = prepare(a)
     print(json.dumps(info, indent=1), flush=True)
