@@ -469,7 +469,9 @@ def main() -> None:
     load_start, start = rmd.load_now(), time.perf_counter()
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
         data = measure(args, Path(tmp), start)
-    sized = f"{SECTION}: {args.n_train:,} x {args.n_test:,}"
+    sized = f"{SECTION}: {args.n_train:,} x {args.n_test:,}" + (
+        f", append_train of {args.append_frac:.0%}" if args.append_frac else ""
+    )
     rmd.save_result(
         name=args.record,
         section=SECTION if args.record == "topk" else sized,
