@@ -37,10 +37,15 @@ def throughput(m: Mapping[str, Any], tokens: int) -> float:
 
 def method_row(name: str, m: Mapping[str, Any], tokens: int) -> list[str]:
     if "error" in m:
-        return [LABELS[name], "", "", "", "", "", "", "", "failed (below)"]
+        return [LABELS[name], "", "", "", "", "", "", "", "", "failed (below)"]
     width = f"{m['width']:,}" if m.get("width") else "full"
     covered = f"{m['covered']:.1%}" if m.get("covered") is not None else "?"
     lds = f"{m['lds']:.3f} ± {m['lds_std']:.3f}" if "lds" in m else "n/a"
+    shifted = (
+        f"{m['lds_shift_removed']:.3f} ± {m['lds_shift_removed_std']:.3f}"
+        if "lds_shift_removed_std" in m
+        else "n/a"
+    )
     ranks = m.get("duplicate_ranks", [])
     dup = f"{sum(r == 1 for r in ranks)}/{len(ranks)} (ranks {', '.join(map(str, ranks))})"
     return [
@@ -52,6 +57,7 @@ def method_row(name: str, m: Mapping[str, Any], tokens: int) -> list[str]:
         f"{throughput(m, tokens):,.0f}",
         fmt_mb(m["peak_rss"]),
         lds,
+        shifted,
         dup,
     ]
 
@@ -161,6 +167,46 @@ def damping(s: Mapping[str, Any]) -> str:
     )
 
 
+def training(d: Mapping[str, Any]) -> str:
+    """How the model was trained, on which sequences, and its losses."""
+    s, model = d["settings"], d["model"]
+    data = (
+        f"{s['n_train']:,} train sequences of {d['tokens_per_sequence']} byte tokens of the "
+        "standard library's `.py` sources"
+    )
+    fit = f"AdamW, one-cycle lr {s['lr']}, batch {s['batch']}"
+    losses = (
+        f"Loss per token: train {model['train_loss_per_token']:.3f}, queries "
+        f"{model['query_loss_per_token']:.3f} nats"
+    )
+    if not s.get("pretrain"):  # records before the pretrained start
+        return (
+            f"random init, trained here for {s['epochs']} epoch(s) ({fit}) on {data} (first "
+            f"files in sorted order); {s['n_test']} query sequences from later files, "
+            f"{s['dups']} of them planted in the train set. {losses}"
+        )
+    return (
+        f"pretrained here from a random init on {s['pretrain']:,} sequences of later files "
+        f"({s['pretrain_epochs']} epoch(s), one-cycle lr {s['pretrain_lr']}; "
+        f"{fmt_t(model['pretrain_seconds'])}; query loss then "
+        f"{model['pretrained_query_loss_per_token']:.3f} nats per token), then trained from "
+        f"there for {s['epochs']} epoch(s) ({fit}) on {data} (the first files in sorted "
+        f"order); {s['n_test']} query sequences drawn at random among the same files' "
+        "sequences (a query's neighbours in its file are train sequences), "
+        f"{s['dups']} of them planted in the train set. {losses}"
+    )
+
+
+def retrained_how(s: Mapping[str, Any]) -> str:
+    """How each retraining was trained."""
+    if not s.get("pretrain"):
+        return "same init and schedule, seeded order"
+    return (
+        "each trained as the base model: from the same pretrained start, same schedule, the "
+        "full training's order less the left-out sequences"
+    )
+
+
 def sizing(d: Mapping[str, Any]) -> str:
     """What was run against what issue 24 asks, with the machine's training speed."""
     s, model = d["settings"], d["model"]
@@ -222,13 +268,8 @@ def render(record: Mapping[str, Any]) -> str:
         "",
         f"Model: GPT-2 config from `transformers` ({cfg['n_layer']} layers, width "
         f"{cfg['n_embd']}, {cfg['n_head']} heads, byte vocabulary {cfg['vocab_size']}, "
-        f"tied embedding/output; {model['parameters']:,} parameters), random init, trained "
-        f"here for {s['epochs']} epoch(s) (AdamW, one-cycle lr {s['lr']}, batch {s['batch']}) on "
-        f"{s['n_train']:,} train sequences of {d['tokens_per_sequence']} byte tokens of the "
-        "standard library's `.py` sources (first files in sorted order); "
-        f"{s['n_test']} query sequences from later files, {s['dups']} of them planted in the "
-        f"train set. Loss per token: train {model['train_loss_per_token']:.3f}, queries "
-        f"{model['query_loss_per_token']:.3f} nats. Every method computes the whole "
+        f"tied embedding/output; {model['parameters']:,} parameters), {training(d)}. Every "
+        "method computes the whole "
         f"({s['n_test']} x {s['n_train']:,}) matrix in its own process (its own venv), "
         f"{s['threads']} thread(s); time = fit + the matrix (ours: `fit`, then "
         "`ia.InfluenceArray.create(...)` + `fill()` + a full read), "
@@ -238,8 +279,8 @@ def render(record: Mapping[str, Any]) -> str:
         "dattri.",
         "",
         f"LDS: {d['retrained']['models']} models retrained on random "
-        f"{s['subset_fraction']:.0%} subsets of the train sequences (same init and schedule, "
-        f"seeded order{beside(d)}); output = minus the query's summed loss; ± = bootstrap "
+        f"{s['subset_fraction']:.0%} subsets of the train sequences ({retrained_how(s)}"
+        f"{beside(d)}); output = minus the query's summed loss; ± = bootstrap "
         "spread over the subsets. Duplicates: how many planted duplicates rank first in their "
         "query's row (and each one's rank).",
         "",
@@ -255,12 +296,13 @@ def render(record: Mapping[str, Any]) -> str:
         "train tok/s",
         "peak RSS",
         "LDS",
+        "LDS, model shift out",
         "duplicate first",
     ]
     rows = [method_row(k, m, tokens) for k, m in methods.items()]
-    lines += table(header, rows, align="llrrrrrrl")
+    lines += table(header, rows, align="llrrrrrrrl")
     lines += lds_caveat(methods)
-    lines += shift_note(d["retrained"], methods)
+    lines += shift_note(d["retrained"])
     lines += beside_note(d, methods)
     lines += ["", "Targets:", "", *targets(methods, tokens, d["coverage"], d.get("lds_gap"))]
     lines += ["", "Coverage of the trainable parameters (small configs, random tokens):", ""]
@@ -308,16 +350,11 @@ def beside_note(d: Mapping[str, Any], methods: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def shift_note(retrained: Mapping[str, Any], methods: Mapping[str, Any]) -> list[str]:
-    """How much of the retrained query losses is a shift common to a model's queries, and
-    each method's LDS once it is taken out (records that hold it)."""
+def shift_note(retrained: Mapping[str, Any]) -> list[str]:
+    """How much of the retrained query losses is a shift common to a model's queries (records
+    that hold it)."""
     if "model_shift_std" not in retrained:
         return []
-    without = [
-        f"{LABELS[k]} {m['lds_shift_removed']:.3f}"
-        for k, m in methods.items()
-        if "lds_shift_removed" in m
-    ]
     return [
         "",
         f"Retrained query losses: a query's loss varies by {retrained['per_query_std']:.2f} "
@@ -325,8 +362,8 @@ def shift_note(retrained: Mapping[str, Any], methods: Mapping[str, Any]) -> list
         f"model's mean loss over all queries varies by {retrained['model_shift_std']:.2f} "
         "(a shift common to all of its queries: one retraining better than another as a "
         "whole), and with that shift taken out a query's loss varies by "
-        f"{retrained['per_query_std_shift_removed']:.2f}. LDS against the losses with that "
-        f"shift taken out: {', '.join(without)}.",
+        f'{retrained["per_query_std_shift_removed"]:.2f}. Column "LDS, model shift out": '
+        "the LDS against the losses less each model's mean over the queries.",
     ]
 
 
