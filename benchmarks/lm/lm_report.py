@@ -145,8 +145,9 @@ def beside(d: Mapping[str, Any]) -> str:
     out = ""
     if r.get("cached"):
         out += (
-            f"; {r['cached']} of them from the cache of an earlier, interrupted run of the same "
-            "settings (same models, subsets and training code)"
+            f"; {r['cached']} of them from the cache of earlier runs of the driver with the "
+            "same settings (`--retrain-helper` runs, or a run cut short; same models, subsets "
+            "and training code)"
         )
     if r.get("helper_minutes") is not None:
         out += (
