@@ -5,8 +5,11 @@ Runs in the main environment and in every peer's venv: standard library, numpy, 
 
 - The corpus: the text of the Python standard library's own ``.py`` sources (the interpreter
   that prepares the data), byte-level tokens (vocabulary 256), cut into sequences of ``length``
-  tokens; train sequences from the first files, queries from later ones, ``dups`` queries
-  planted in the train set (at known positions).
+  tokens. The first ``n_train + 4 n_test`` sequences hold the train sequences and the queries:
+  queries drawn at random among them (so a query's neighbours in its file, which share its
+  names and structure, are train sequences), the rest train sequences in file order, ``dups``
+  queries planted in the train set (at known positions); the ``pretrain`` sequences after them
+  (later files) pretrain the model that every training starts from.
 - The model: a 2-layer GPT-2 config from ``transformers`` (random init, no download), trained
   here by :func:`train`; its ``state_dict``, config and the data go to one ``.pt`` file that
   every worker loads (:func:`load`).
@@ -48,21 +51,27 @@ def corpus_bytes(limit: int) -> bytes:
     return bytes(out[:limit])
 
 
-def make_data(n_train: int, n_test: int, dups: int, length: int = LENGTH) -> dict[str, Any]:
-    """Train and query sequences of ``length`` byte tokens; ``dups`` queries copied into train.
-
-    Queries come from the corpus after the train part (other files). The first ``dups`` queries
-    replace the train sequences at ``dup_positions`` (spread over the train set).
-    """
-    n_queries_pool = 4 * n_test
-    raw = corpus_bytes((n_train + n_queries_pool) * length)
+def make_data(
+    n_train: int, n_test: int, dups: int, pretrain: int = 0, length: int = LENGTH
+) -> dict[str, Any]:
+    """Train, query and pretraining sequences of ``length`` byte tokens (see the module
+    docstring); the first ``dups`` queries replace the train sequences at ``dup_positions``
+    (spread over the train set)."""
+    n_pool = n_train + 4 * n_test
+    raw = corpus_bytes((n_pool + pretrain) * length)
     tokens = torch.tensor(list(raw), dtype=torch.long).view(-1, length)
-    train, pool = tokens[:n_train].clone(), tokens[n_train:]
     gen = torch.Generator().manual_seed(0)
-    test = pool[torch.randperm(len(pool), generator=gen)[:n_test]].clone()
+    drawn = torch.randperm(n_pool, generator=gen)
+    test = tokens[drawn[:n_test]].clone()
+    train = tokens[drawn[n_test : n_test + n_train].sort().values].clone()
     positions = torch.linspace(0, n_train - 1, dups + 2)[1:-1].long() if dups else torch.zeros(0)
     train[positions.long()] = test[:dups]
-    return {"train": train, "test": test, "dup_positions": positions.long()}
+    return {
+        "train": train,
+        "test": test,
+        "dup_positions": positions.long(),
+        "pretrain": tokens[n_pool:].clone(),
+    }
 
 
 def gpt2_config(width: int, layers: int, heads: int, length: int = LENGTH) -> dict[str, Any]:
@@ -105,16 +114,28 @@ def logits_of(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def train(
-    model: torch.nn.Module, x: torch.Tensor, epochs: int, lr: float, batch: int, seed: int = 0
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    epochs: int,
+    lr: float,
+    batch: int,
+    keep: torch.Tensor | None = None,
 ) -> torch.nn.Module:
-    """AdamW on the mean per-sequence loss, ``epochs`` passes in a seeded order."""
-    gen = torch.Generator().manual_seed(seed)
+    """AdamW on the mean per-sequence loss over the sequences ``x[keep]`` (all by default).
+
+    Every training takes the same order: epoch ``e`` visits ``x`` in one permutation seeded by
+    ``e``, skipping the sequences not kept, so a model retrained on a subset sees its
+    sequences in the order, and from the start, that the full training does; only the left-out
+    sequences differ (and the batches they shift).
+    """
+    keep = torch.ones(len(x), dtype=torch.bool) if keep is None else keep
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    steps = epochs * -(-len(x) // batch)
+    steps = epochs * -(-int(keep.sum()) // batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.1)
     model.train()
-    for _ in range(epochs):
-        for idx in torch.randperm(len(x), generator=gen).split(batch):
+    for epoch in range(epochs):
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(epoch))
+        for idx in order[keep[order]].split(batch):
             opt.zero_grad()
             lm_loss(logits_of(model, x[idx]), x[idx]).backward()
             opt.step()
@@ -178,6 +199,7 @@ class Sequences(torch.utils.data.Dataset):
 
 
 def save(path: Path, model: torch.nn.Module, config: dict[str, Any], data: dict) -> None:
+    """The model's ``state_dict``, its config and ``data`` (tensors, state dicts) to ``path``."""
     torch.save({"state_dict": model.state_dict(), "config": config, **data}, path)
 
 

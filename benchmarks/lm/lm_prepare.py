@@ -1,9 +1,11 @@
 """The language-model benchmark's model, data and retrained models (issue 24).
 
-:func:`prepare` trains the base model on the train sequences and saves it with the data
-(:func:`lm_common.save`); :func:`retrain` trains one model per random half of the train set
-(same init, same schedule, seeded order) and records each model's loss on every query, the
-ground truth of the LDS. Both are cached in the work folder by their settings, so a rerun of the
+:func:`prepare` pretrains a model on the pretraining sequences (when ``pretrain`` > 0: the
+model every training starts from), trains the base model from it on the train sequences and
+saves both with the data (:func:`lm_common.save`); :func:`retrain` trains one model per random
+half of the train set the same way (same start, same schedule, the full training's order less
+the left-out sequences: :func:`lm_common.train`) and records each model's loss on every query,
+the ground truth of the LDS. Both are cached in the work folder by their settings, so a rerun of the
 driver with the same settings reuses them.
 """
 
@@ -27,20 +29,29 @@ def settings_key(settings: dict[str, Any]) -> str:
 def prepare(work: Path, s: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
     """The data file of settings ``s`` (trained model + data) and facts about the model."""
     keys = ("n_train", "n_test", "dups", "width", "layers", "heads", "epochs", "lr", "batch")
+    keys += ("pretrain", "pretrain_epochs", "pretrain_lr")
     mine = {k: s[k] for k in keys}
     path = work / f"lm-{settings_key(mine)}.pt"
     facts_path = path.with_suffix(".json")
     if path.exists() and facts_path.exists():
         return path, json.loads(facts_path.read_text())
-    data = make_data(s["n_train"], s["n_test"], s["dups"])
+    data = make_data(s["n_train"], s["n_test"], s["dups"], s["pretrain"])
     config = gpt2_config(s["width"], s["layers"], s["heads"])
     model = build_model(config)
     start = time.perf_counter()
+    if s["pretrain"]:
+        train(model, data["pretrain"], s["pretrain_epochs"], s["pretrain_lr"], s["batch"])
+    pretrained = time.perf_counter()
+    start_state = {k: v.clone() for k, v in model.state_dict().items()}
+    start_loss = float(sequence_losses(model, data["test"]).mean() / 63)
     train(model, data["train"], s["epochs"], s["lr"], s["batch"])
-    seconds = time.perf_counter() - start
-    save(path, model, config, data)
+    seconds = time.perf_counter() - pretrained
+    del data["pretrain"]  # the workers need the train sequences and queries only
+    save(path, model, config, {**data, "start_state": start_state})
     facts = {
         "parameters": sum(p.numel() for p in model.parameters()),
+        "pretrain_seconds": pretrained - start,
+        "pretrained_query_loss_per_token": start_loss,
         "train_seconds": seconds,
         "train_loss_per_token": float(sequence_losses(model, data["train"]).mean() / 63),
         "query_loss_per_token": float(sequence_losses(model, data["test"]).mean() / 63),
@@ -55,7 +66,9 @@ def retrain_one(data_path: Path, blob: dict, mask: np.ndarray, m: int, s: dict) 
     one = path_of(data_path, m, s)
     if not one.exists():
         model = build_model(blob["config"])
-        train(model, blob["train"][torch.from_numpy(mask)], s["epochs"], s["lr"], s["batch"], m)
+        model.load_state_dict(blob["start_state"])
+        keep = torch.from_numpy(mask)
+        train(model, blob["train"], s["epochs"], s["lr"], s["batch"], keep)
         tmp = one.with_suffix(".tmp.npy")
         np.save(tmp, sequence_losses(model, blob["test"]))
         tmp.replace(one)  # whole files only: another process may be retraining too

@@ -19,11 +19,14 @@ from results_md import fmt_mb, fmt_t, record_head, table, yes_no
 LABELS = {
     "ekfac": "ours: `EkfacInfluence`",
     "projected": "ours: `ProjectedInfluence`",
+    "projected_mmap32": "ours: `ProjectedInfluence`, `MALLOC_MMAP_THRESHOLD_=32 MiB`",
     "bergson": "bergson (gradient store + FAISS)",
     "kronfluence": "Kronfluence 1.0.1 (EK-FAC)",
     "dattri": "dattri (projected IF)",
 }
 OURS = ("ekfac", "projected")
+VARIANT = "projected_mmap32"
+"""Ours with glibc's mmap threshold at 32 MiB (not the default; no target counts it)."""
 
 
 def seconds(m: Mapping[str, Any]) -> float:
@@ -37,10 +40,15 @@ def throughput(m: Mapping[str, Any], tokens: int) -> float:
 
 def method_row(name: str, m: Mapping[str, Any], tokens: int) -> list[str]:
     if "error" in m:
-        return [LABELS[name], "", "", "", "", "", "", "", "failed (below)"]
+        return [LABELS[name], "", "", "", "", "", "", "", "", "failed (below)"]
     width = f"{m['width']:,}" if m.get("width") else "full"
     covered = f"{m['covered']:.1%}" if m.get("covered") is not None else "?"
     lds = f"{m['lds']:.3f} ± {m['lds_std']:.3f}" if "lds" in m else "n/a"
+    shifted = (
+        f"{m['lds_shift_removed']:.3f} ± {m['lds_shift_removed_std']:.3f}"
+        if "lds_shift_removed_std" in m
+        else "n/a"
+    )
     ranks = m.get("duplicate_ranks", [])
     dup = f"{sum(r == 1 for r in ranks)}/{len(ranks)} (ranks {', '.join(map(str, ranks))})"
     return [
@@ -52,6 +60,7 @@ def method_row(name: str, m: Mapping[str, Any], tokens: int) -> list[str]:
         f"{throughput(m, tokens):,.0f}",
         fmt_mb(m["peak_rss"]),
         lds,
+        shifted,
         dup,
     ]
 
@@ -75,7 +84,7 @@ def targets(
     coverage: Mapping[str, Any],
     gap: Mapping[str, Any] | None = None,
 ) -> list[str]:
-    ok = {k: m for k, m in methods.items() if "error" not in m}
+    ok = {k: m for k, m in methods.items() if "error" not in m and k != VARIANT}
     rows = [
         faster("projected", ("bergson", "dattri"), ok, tokens, "projected (equal width)"),
         faster("ekfac", ("kronfluence",), ok, tokens, "unprojected EK-FAC"),
@@ -136,8 +145,9 @@ def beside(d: Mapping[str, Any]) -> str:
     out = ""
     if r.get("cached"):
         out += (
-            f"; {r['cached']} of them from the cache of an earlier, interrupted run of the same "
-            "settings (same models, subsets and training code)"
+            f"; {r['cached']} of them from the cache of earlier runs of the driver with the "
+            "same settings (`--retrain-helper` runs, or a run cut short; same models, subsets "
+            "and training code)"
         )
     if r.get("helper_minutes") is not None:
         out += (
@@ -158,6 +168,46 @@ def damping(s: Mapping[str, Any]) -> str:
         f"plus {s['damping']} x its mean eigenvalue (Kronfluence's heuristic; ours "
         "`relative_regularization=True`; dattri's `damping`); bergson runs without a "
         "preconditioner."
+    )
+
+
+def training(d: Mapping[str, Any]) -> str:
+    """How the model was trained, on which sequences, and its losses."""
+    s, model = d["settings"], d["model"]
+    data = (
+        f"{s['n_train']:,} train sequences of {d['tokens_per_sequence']} byte tokens of the "
+        "standard library's `.py` sources"
+    )
+    fit = f"AdamW, one-cycle lr {s['lr']}, batch {s['batch']}"
+    losses = (
+        f"Loss per token: train {model['train_loss_per_token']:.3f}, queries "
+        f"{model['query_loss_per_token']:.3f} nats"
+    )
+    if not s.get("pretrain"):  # records before the pretrained start
+        return (
+            f"random init, trained here for {s['epochs']} epoch(s) ({fit}) on {data} (first "
+            f"files in sorted order); {s['n_test']} query sequences from later files, "
+            f"{s['dups']} of them planted in the train set. {losses}"
+        )
+    return (
+        f"pretrained here from a random init on {s['pretrain']:,} sequences of later files "
+        f"({s['pretrain_epochs']} epoch(s), one-cycle lr {s['pretrain_lr']}; "
+        f"{fmt_t(model['pretrain_seconds'])}; query loss then "
+        f"{model['pretrained_query_loss_per_token']:.3f} nats per token), then trained from "
+        f"there for {s['epochs']} epoch(s) ({fit}) on {data} (the first files in sorted "
+        f"order); {s['n_test']} query sequences drawn at random among the same files' "
+        "sequences (a query's neighbours in its file are train sequences), "
+        f"{s['dups']} of them planted in the train set. {losses}"
+    )
+
+
+def retrained_how(s: Mapping[str, Any]) -> str:
+    """How each retraining was trained."""
+    if not s.get("pretrain"):
+        return "same init and schedule, seeded order"
+    return (
+        "each trained as the base model: from the same pretrained start, same schedule, the "
+        "full training's order less the left-out sequences"
     )
 
 
@@ -222,13 +272,8 @@ def render(record: Mapping[str, Any]) -> str:
         "",
         f"Model: GPT-2 config from `transformers` ({cfg['n_layer']} layers, width "
         f"{cfg['n_embd']}, {cfg['n_head']} heads, byte vocabulary {cfg['vocab_size']}, "
-        f"tied embedding/output; {model['parameters']:,} parameters), random init, trained "
-        f"here for {s['epochs']} epoch(s) (AdamW, one-cycle lr {s['lr']}, batch {s['batch']}) on "
-        f"{s['n_train']:,} train sequences of {d['tokens_per_sequence']} byte tokens of the "
-        "standard library's `.py` sources (first files in sorted order); "
-        f"{s['n_test']} query sequences from later files, {s['dups']} of them planted in the "
-        f"train set. Loss per token: train {model['train_loss_per_token']:.3f}, queries "
-        f"{model['query_loss_per_token']:.3f} nats. Every method computes the whole "
+        f"tied embedding/output; {model['parameters']:,} parameters), {training(d)}. Every "
+        "method computes the whole "
         f"({s['n_test']} x {s['n_train']:,}) matrix in its own process (its own venv), "
         f"{s['threads']} thread(s); time = fit + the matrix (ours: `fit`, then "
         "`ia.InfluenceArray.create(...)` + `fill()` + a full read), "
@@ -238,8 +283,8 @@ def render(record: Mapping[str, Any]) -> str:
         "dattri.",
         "",
         f"LDS: {d['retrained']['models']} models retrained on random "
-        f"{s['subset_fraction']:.0%} subsets of the train sequences (same init and schedule, "
-        f"seeded order{beside(d)}); output = minus the query's summed loss; ± = bootstrap "
+        f"{s['subset_fraction']:.0%} subsets of the train sequences ({retrained_how(s)}"
+        f"{beside(d)}); output = minus the query's summed loss; ± = bootstrap "
         "spread over the subsets. Duplicates: how many planted duplicates rank first in their "
         "query's row (and each one's rank).",
         "",
@@ -255,12 +300,14 @@ def render(record: Mapping[str, Any]) -> str:
         "train tok/s",
         "peak RSS",
         "LDS",
+        "LDS, model shift out",
         "duplicate first",
     ]
     rows = [method_row(k, m, tokens) for k, m in methods.items()]
-    lines += table(header, rows, align="llrrrrrrl")
+    lines += table(header, rows, align="llrrrrrrrl")
     lines += lds_caveat(methods)
-    lines += shift_note(d["retrained"], methods)
+    lines += shift_note(d["retrained"])
+    lines += variant_note(methods, tokens)
     lines += beside_note(d, methods)
     lines += ["", "Targets:", "", *targets(methods, tokens, d["coverage"], d.get("lds_gap"))]
     lines += ["", "Coverage of the trainable parameters (small configs, random tokens):", ""]
@@ -308,16 +355,11 @@ def beside_note(d: Mapping[str, Any], methods: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def shift_note(retrained: Mapping[str, Any], methods: Mapping[str, Any]) -> list[str]:
-    """How much of the retrained query losses is a shift common to a model's queries, and
-    each method's LDS once it is taken out (records that hold it)."""
+def shift_note(retrained: Mapping[str, Any]) -> list[str]:
+    """How much of the retrained query losses is a shift common to a model's queries (records
+    that hold it)."""
     if "model_shift_std" not in retrained:
         return []
-    without = [
-        f"{LABELS[k]} {m['lds_shift_removed']:.3f}"
-        for k, m in methods.items()
-        if "lds_shift_removed" in m
-    ]
     return [
         "",
         f"Retrained query losses: a query's loss varies by {retrained['per_query_std']:.2f} "
@@ -325,8 +367,27 @@ def shift_note(retrained: Mapping[str, Any], methods: Mapping[str, Any]) -> list
         f"model's mean loss over all queries varies by {retrained['model_shift_std']:.2f} "
         "(a shift common to all of its queries: one retraining better than another as a "
         "whole), and with that shift taken out a query's loss varies by "
-        f"{retrained['per_query_std_shift_removed']:.2f}. LDS against the losses with that "
-        f"shift taken out: {', '.join(without)}.",
+        f'{retrained["per_query_std_shift_removed"]:.2f}. Column "LDS, model shift out": '
+        "the LDS against the losses less each model's mean over the queries.",
+    ]
+
+
+def variant_note(methods: Mapping[str, Any], tokens: int) -> list[str]:
+    """What the 1 MiB mmap threshold costs ours' projected run (records that ran the variant)."""
+    ok = {k: m for k, m in methods.items() if "error" not in m}
+    if VARIANT not in ok or "projected" not in ok:
+        return []
+    default, held = seconds(ok["projected"]), seconds(ok[VARIANT])
+    return [
+        "",
+        f"{LABELS[VARIANT]}: the same worker with glibc's mmap threshold at 32 MiB "
+        "(`MALLOC_MMAP_THRESHOLD_=33554432`, a threshold the user chose, which "
+        "`infl_array.engine.allocator` leaves alone) instead of the 1 MiB it holds once a "
+        "memory budget is made (issue 21: freed memory leaves the process). With 1 MiB every "
+        "tensor of 1 MiB or more of the model's forward and backward passes is a fresh "
+        f"mapping: fit + matrix {fmt_t(default)} at 1 MiB (the default, the row above) vs "
+        f"{fmt_t(held)} at 32 MiB ({default / held:.2f}x; "
+        f"{throughput(ok[VARIANT], tokens):,.0f} train tok/s). No target counts this row.",
     ]
 
 
