@@ -25,8 +25,8 @@ saved to ``ab_fill_problems.pt`` in the scratch folder for every worker; delete 
 changing :mod:`speed_models`. The driver also takes the CPU time of each whole worker process
 (``getrusage`` of children). It prints, per measurement and side, the median over processes
 of each process's best repetition, and per pair the ratio of the second side to the first;
-``--out`` keeps every figure (a scratch comparison, not a record: records come from
-``bench_speed.py``).
+``--out`` keeps every figure, rewritten after each pair (a scratch comparison, not a record:
+records come from ``bench_speed.py``).
 """
 
 from __future__ import annotations
@@ -235,10 +235,15 @@ def drive(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(HERE))
     save_problems(args.scratch)
     runs: dict[str, list[dict[str, Any]]] = {s: [] for s in order}
+    summary: dict[str, Any] = {}
     for p in range(args.pairs):
         for s in order if p % 2 == 0 else order[::-1]:
             runs[s].append(one_process(f"pair {p + 1}/{args.pairs} {s}", trees[s], args))
-    summary = summarize(runs, order)
+        # after every pair, so that a run stopped early (a timeout) keeps its complete pairs
+        summary = summarize(runs, order)
+        if args.out:
+            record = {"trees": trees, "pairs": p + 1, "summary": summary, "runs": runs}
+            Path(args.out).write_text(json.dumps(record, indent=1))
     for key, row in summary.items():
         for clock, v in row.items():
             a, b = order
@@ -246,10 +251,6 @@ def drive(args: argparse.Namespace) -> None:
                 f"{key:28s} {clock:4s} {a} {v[a]:.3f} s  {b} {v[b]:.3f} s  "
                 f"{b}/{a} {v[f'{b}/{a} median']:.3f} ({b} faster in {v[f'{b} faster in']})"
             )
-    if args.out:
-        Path(args.out).write_text(
-            json.dumps({"trees": trees, "summary": summary, "runs": runs}, indent=1)
-        )
 
 
 def main() -> None:
