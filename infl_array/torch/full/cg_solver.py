@@ -191,9 +191,22 @@ def _block_step(
 
 
 def orthonormal(z: torch.Tensor) -> torch.Tensor:
-    """An orthonormal basis of the columns of ``z`` (numerically dependent ones dropped)."""
+    """An orthonormal basis of the columns of ``z`` (numerically dependent ones dropped).
+
+    The columns are scaled to unit norm first (zero columns dropped), so that the rank is
+    decided by directions, not magnitudes: the residuals of systems close to convergence are
+    orders of magnitude smaller than the others', and unscaled their directions fell under the
+    rank threshold and were dropped, which slowed block CG down (13 iterations instead of 6
+    for 200 right-hand sides in 771 float32 parameters; pyDVL, keeping every direction, took
+    5). Scaling also magnifies the rounding noise of a small column, so a direction is kept
+    only above ``sqrt(eps)`` of the largest singular value (and the usual ``eps * max(shape)``).
+    """
+    norms = torch.linalg.vector_norm(z, dim=0)
+    nonzero = norms > 0
+    z = z[:, nonzero] / norms[nonzero]
     u, sv, _ = torch.linalg.svd(z, full_matrices=False)
     if not sv.numel() or float(sv[0]) == 0.0:
         return u[:, :0]
-    keep = sv > sv[0] * torch.finfo(z.dtype).eps * max(z.shape)
+    eps = torch.finfo(z.dtype).eps
+    keep = sv > sv[0] * max(eps * max(z.shape), eps**0.5)
     return u[:, keep]
