@@ -95,7 +95,9 @@ def backend(name: str, model: Any, budget: int) -> Any:
     from infl_array.torch import (
         ArnoldiInfluence,
         CgInfluence,
+        DirectInfluence,
         EkfacInfluence,
+        InverseHarmonicMeanInfluence,
         LissaInfluence,
         NystroemSketchInfluence,
         ProjectedInfluence,
@@ -104,6 +106,8 @@ def backend(name: str, model: Any, budget: int) -> Any:
     loss, reg = torch.nn.functional.cross_entropy, 1e-2
     kw = {"memory_budget": budget}
     made = {
+        "direct": lambda: DirectInfluence(model, loss, reg, **kw),
+        "ihm": lambda: InverseHarmonicMeanInfluence(model, loss, reg, **kw),
         "cg": lambda: CgInfluence(model, loss, reg, maxiter=5, **kw),
         "lissa": lambda: LissaInfluence(model, loss, reg, maxiter=5, **kw),
         "arnoldi": lambda: ArnoldiInfluence(model, loss, reg, rank=10, tol=1e-2, max_iter=3, **kw),

@@ -317,7 +317,12 @@ class TorchInfluenceBase(GradientsMixin, CurvatureMixin, IdentityMixin, Deferred
         :class:`~infl_array.torch.full.deferred.DeferredBuild`); what it built is held in the
         memory budget for as long as it lives."""
         built = self._built
-        super().prepare()
+        need = 0 if built or not self.is_fitted else self._build_bytes()
+        if need:
+            with self.budget.hold(need, f"{type(self).__name__}'s {self._build_what()}", SOLVE_FIX):
+                super().prepare()
+        else:
+            super().prepare()
         if not built and self._built and self.holds_built_state:
             self.budget.release_all(BUILT)
             try:
@@ -334,6 +339,15 @@ class TorchInfluenceBase(GradientsMixin, CurvatureMixin, IdentityMixin, Deferred
 
     def _fit(self) -> None:
         """Subclass hook run at the end of :meth:`fit` (cheap work only)."""
+
+    def _build_bytes(self) -> int:
+        """Hook: bytes the build holds at its peak, reserved in the budget while it runs
+        (0: the build reserves what it holds itself)."""
+        return 0
+
+    def _build_what(self) -> str:
+        """Hook: what the build makes, in a refusal's words."""
+        return "build"
 
     def _require_fit(self) -> FlatModel:
         if self._flat is None or self._fit_data is None:
