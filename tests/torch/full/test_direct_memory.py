@@ -14,6 +14,7 @@ from torch import nn
 
 import infl_array as ia
 from infl_array.torch import DirectInfluence, MemoryBudgetError
+from infl_array.torch.full.base import SNAPSHOT
 from infl_array.torch.full.param_blocks import BlockMode
 
 CE = nn.functional.cross_entropy
@@ -62,5 +63,5 @@ def test_a_model_too_large_for_the_budget_is_refused_before_anything_is_built(
     assert f"{p:,} x {p:,}" in message and "CgInfluence" in message
     assert "memory_budget" in message
     assert not infl.is_prepared and infl._hessian is None
-    assert infl.budget.reserved == 0
+    assert set(infl.budget.holders()) == {SNAPSHOT}  # the fitted parameters only
     assert not arr.computed.any()
