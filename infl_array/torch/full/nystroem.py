@@ -149,7 +149,8 @@ class NystroemSketchInfluence(TorchInfluenceBase):
         sizes = self._blocks.sizes
         self.budget.reserve(sum(map(self._sketch_bytes, sizes)), SKETCH, SOLVE_FIX, lasting=True)
         try:
-            with self.budget.hold(2 * max(map(self._sketch_bytes, sizes)), DRAW, SOLVE_FIX):
+            # the normal draw while its Q factor (the sketch, held above) is made from it
+            with self.budget.hold(max(map(self._sketch_bytes, sizes)), DRAW, SOLVE_FIX):
                 for size in sizes:
                     omega, sketch = nystroem_sketch(
                         size, self.rank, dtype=flat.dtype, device=flat.device, generator=gen
