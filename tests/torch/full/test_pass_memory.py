@@ -13,6 +13,7 @@ from torch import nn
 
 from infl_array.engine.budget import HEADROOM_SHARE
 from infl_array.torch import (
+    ArnoldiInfluence,
     CgInfluence,
     InverseHarmonicMeanInfluence,
     MemoryBudgetError,
@@ -130,3 +131,25 @@ def test_a_sketch_larger_than_the_budget_is_refused_at_fit(setup: dict[str, Any]
     sketch = _nystroem(setup)._sketch_bytes(_nystroem(setup).n_params)
     with pytest.raises(MemoryBudgetError, match="NystroemSketchInfluence's sketch"):
         _nystroem(setup, sketch // 2)
+
+
+def _arnoldi(setup: dict[str, Any], budget: int = 4 << 30) -> ArnoldiInfluence:
+    made = ArnoldiInfluence(setup["model"], CE, 0.1, rank=RANK, memory_budget=budget)
+    return made.fit(setup["train"])
+
+
+def test_the_lanczos_iteration_holds_arpacks_basis(setup: dict[str, Any]) -> None:
+    """ARPACK's basis and vectors were held outside the budget (3.4 GB RSS at 1e7 parameters
+    under a 1 GiB budget); a budget without room for them is refused naming them."""
+    roomy = _arnoldi(setup)
+    want = roomy.test_factors(*setup["test"])
+    need = roomy._lanczos_bytes(roomy.n_params, RANK)
+    assert need >= 8 * roomy.n_params * (roomy._ncv(roomy.n_params, RANK) + RANK)
+    assert roomy.budget.high_water >= need
+    peak = roomy.budget.high_water
+    tight = _arnoldi(setup, peak + peak // 8)
+    torch.testing.assert_close(tight.test_factors(*setup["test"]), want, rtol=0, atol=0)
+    small = _arnoldi(setup, need // 2)
+    with pytest.raises(MemoryBudgetError, match="Lanczos iteration") as info:
+        small.test_factors(*setup["test"])
+    assert "krylov_dimension" in str(info.value)
