@@ -224,9 +224,12 @@ def _save(out: dict[str, Any], stage: str) -> None:
     PARTIAL.write_text(json.dumps(out, default=float))
 
 
-def fitted(args: argparse.Namespace, n_train: int, n_test: int) -> tuple[Any, Any, Any, dict]:
-    """The trained MLP's ``ProjectedInfluence`` (fit), its train and test data, and what the
-    records say of them (settings, accuracy, width, times to train and fit)."""
+def fitted(
+    args: argparse.Namespace, n_train: int, n_test: int, fit_rows: int | None = None
+) -> tuple[Any, Any, Any, dict]:
+    """The trained MLP's ``ProjectedInfluence`` (fit on the first ``fit_rows`` train points,
+    default all), its train and test data, and what the records say of them (settings,
+    accuracy, width, times to train and fit)."""
     import torch
     from torch import nn
 
@@ -241,15 +244,17 @@ def fitted(args: argparse.Namespace, n_train: int, n_test: int) -> tuple[Any, An
         "hidden": args.hidden,
         "projection_dim": args.projection_dim,
     }
+    n_fit = min(args.train_points, n_train if fit_rows is None else fit_rows)
     (model, train, test, acc), out["train_model_s"] = timed(
-        lambda: trained_mlp(n_train, n_test, args.dim, args.hidden, args.train_points)
+        lambda: trained_mlp(n_train, n_test, args.dim, args.hidden, n_fit)
     )
-    out["train_points"] = min(args.train_points, n_train)
+    out["train_points"] = n_fit
     out["test_accuracy"] = acc
     infl = ProjectedInfluence(
         model, nn.functional.cross_entropy, 1e-3, args.projection_dim, "identity", batch_size=4096
     )
-    _, out["fit_s"] = timed(lambda: infl.fit(train))
+    fit_on = train if fit_rows is None else (train[0][:fit_rows], train[1][:fit_rows])
+    _, out["fit_s"] = timed(lambda: infl.fit(fit_on))
     out["width"] = int(infl.width)
     return infl, train, test, out
 
@@ -257,8 +262,10 @@ def fitted(args: argparse.Namespace, n_train: int, n_test: int) -> tuple[Any, An
 def measure(args: argparse.Namespace, tmp: Path, started: float) -> dict[str, Any]:
     import infl_array as ia
 
-    infl, train, test, fit = fitted(args, args.n_train, args.n_test)
-    out: dict[str, Any] = {"n_train": args.n_train, "n_test": args.n_test}
+    n_new = round(args.n_train * args.append_frac)
+    infl, train_all, test, fit = fitted(args, args.n_train + n_new, args.n_test, args.n_train)
+    train = (train_all[0][: args.n_train], train_all[1][: args.n_train])
+    out: dict[str, Any] = {"n_train": args.n_train, "n_test": args.n_test, "n_new": n_new}
     out.update(fit, keepbits=args.keepbits)
     _save(out, "fit")
 
@@ -316,10 +323,51 @@ def measure(args: argparse.Namespace, tmp: Path, started: float) -> dict[str, An
         out.update(keepbits_store(infl, train, test, tmp / "lossy", args, (ours_v, ours_i)))
         _save(out, "keepbits")
 
-    # exact skipping by factor norms: last, and only when the budget leaves time for a scan
-    if args.skip and time.perf_counter() - started + 1.5 * out["query_s"] < args.budget_s:
+    # exact skipping by factor norms: only when the budget leaves time for a scan and the append
+    reserve = 1.2 * out["first_s"] * (1 + 2 * args.append_frac) if n_new else 0.0
+    if args.skip and time.perf_counter() - started + 1.5 * out["query_s"] + reserve < args.budget_s:
         out.update(skipping(arr, args.k, ours_i))
         _save(out, "skip")
+
+    # append_train of --append-frac more points to the lossless store, against a rebuild: last,
+    # as it grows the store the stages above read
+    if n_new:
+        new = (train_all[0][args.n_train :], train_all[1][args.n_train :])
+        out.update(appended(arr, new, infl, train_all, test, tmp / "rebuild", args))
+        _save(out, "append")
+    return out
+
+
+def appended(
+    arr: Any, new: Any, infl: Any, train_all: Any, test: Any, path: Path, args: Any
+) -> dict[str, Any]:
+    """``arr.append_train(new)`` and its top-k array brought up to date, against a rebuild (a
+    new store over every train point, the same fit, its top-k array filled): times, what the
+    append computed, and whether the answers are equal."""
+    import infl_array as ia
+
+    out: dict[str, Any] = {}
+
+    def append() -> Any:
+        arr.append_train(new)
+        grown = arr.top_k_array(args.k)
+        grown.fill(progress=False)
+        return grown
+
+    grown, out["append_s"] = timed(append)
+    out["append_stats"] = dataclasses.asdict(grown.stats)
+
+    def rebuild() -> Any:
+        again = ia.InfluenceArray.create(
+            path, infl, test=test, train=train_all, block_shape=tuple(args.block)
+        ).top_k_array(args.k)
+        again.fill(progress=False)
+        return again
+
+    again, out["rebuild_s"] = timed(rebuild)
+    out["rebuild_stats"] = dataclasses.asdict(again.stats)
+    out["append_same_indices"] = bool(np.array_equal(grown.indices[:], again.indices[:]))
+    out["append_same_values"] = bool(np.array_equal(grown.values[:], again.values[:]))
     return out
 
 
@@ -400,6 +448,13 @@ def main() -> None:
     parser.add_argument("--lds-case", default="logreg", help="a case of benchmarks/quality")
     parser.add_argument("--budget-s", type=float, default=3600.0, help="skip the skip scan after")
     parser.add_argument(
+        "--append-frac",
+        type=float,
+        default=0.0,
+        help="append_train this share of n_train more points at the end, against a rebuild "
+        "(0: no append)",
+    )
+    parser.add_argument(
         "--record",
         default="topk",
         help="the record's name (results/NAME.json); another name than topk gets its own "
@@ -407,12 +462,16 @@ def main() -> None:
     )
     rmd.add_output_args(parser)
     args = parser.parse_args()
+    if not 0 <= args.append_frac <= 1:
+        parser.error(f"--append-frac must be in 0..1 (a share of n_train); got {args.append_frac}")
     from harness import machine_info
 
     load_start, start = rmd.load_now(), time.perf_counter()
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
         data = measure(args, Path(tmp), start)
-    sized = f"{SECTION}: {args.n_train:,} x {args.n_test:,}"
+    sized = f"{SECTION}: {args.n_train:,} x {args.n_test:,}" + (
+        f", append_train of {args.append_frac:.0%}" if args.append_frac else ""
+    )
     rmd.save_result(
         name=args.record,
         section=SECTION if args.record == "topk" else sized,
@@ -527,6 +586,32 @@ def _size_note(d: Mapping[str, Any]) -> str:
         + ("." if n_test == 10_000 else " (bytes that scale with n_test are projected below).")
         + width
     )
+
+
+APPEND_TARGET = 0.15
+"""``append_train`` of 10% more points: at most this share of a rebuild's time."""
+
+
+def _append_rows(d: Mapping[str, Any]) -> list[list[str]]:
+    """The append row (records without an append: none)."""
+    if "append_s" not in d:
+        return []
+    same = d["append_same_indices"] and d["append_same_values"]
+    stats, ratio = d["append_stats"], d["append_s"] / d["rebuild_s"]
+    return [
+        [
+            f"`arr.append_train` of {d['n_new']:,} more train points "
+            f"({d['n_new'] / d['n_train']:.0%}) + `top_k_array(k).fill()` brought up to date",
+            rmd.fmt_t(d["append_s"]),
+            f"{ratio:.1%} of a rebuild over all {d['n_train'] + d['n_new']:,} train points "
+            f"(same fit, new store, top-k filled: {rmd.fmt_t(d['rebuild_s'])}); the append "
+            f"computed {stats['train_factors']} train factor blocks (the rebuild "
+            f"{d['rebuild_stats']['train_factors']}); updated top-k equal to the rebuilt one: "
+            + ("yes" if same else "**no**"),
+            f"<= {APPEND_TARGET:.0%}",
+            rmd.yes_no(ratio <= APPEND_TARGET),
+        ]
+    ]
 
 
 def _keepbits_lines(d: Mapping[str, Any]) -> list[str]:
@@ -698,6 +783,7 @@ def render(record: Mapping[str, Any]) -> str:
                 "",
             ]
         )
+    rows += _append_rows(d)
     lines += rmd.table(["what", "time", "compared", "target", "met"], rows, align="lrlll")
     lines += [
         "",

@@ -210,8 +210,13 @@ def render(record: Mapping[str, Any]) -> str:
         "",
         "- **stored** (the first answer): `arr.top_k_array(k).fill()` on a new store: train "
         "factors computed, stored and scanned.",
-        "- **unstored**: the same with `factor_disk_budget_bytes=0` (factors in memory only, "
-        "nothing written but the top-k arrays): the share of storing the factors.",
+    ]
+    if any("unstored_s" in case for case in d["cases"]):
+        lines.append(
+            "- **unstored**: the same with `factor_disk_budget_bytes=0` (factors in memory only, "
+            "nothing written but the top-k arrays): the share of storing the factors."
+        )
+    lines += [
         "- **floor**: per train chunk its factors, one product with the test factors, "
         "`torch.topk`, merged; nothing stored.",
         "",

@@ -16,12 +16,15 @@ batch, out`` (and ``store`` for ``projected``). Each writes its timings and peak
   factors would cost (``bf16``: max error relative to the largest value, per-row Spearman);
   then fit and fill again with ``reuse_fit_gradients=False`` (``no_reuse``: the fill passes
   over the train data itself instead of taking the projected gradients the fit computed).
-* ``ekfac``: ``EkfacInfluence(update_diagonal=True)`` fit, then the matrix THROUGH THE ARRAY:
-  ``InfluenceArray.create(store, infl, ..., block_shape)`` (``block_shape`` from the JSON, else
-  the library's default) and ``fill()`` when ``rows >= n_test``; otherwise the first two block
-  rows are read (``arr[:b]``, ``arr[b:2b]``, each timed: the driver estimates the whole matrix
-  as the first plus ``n_test / b - 1`` times the second, labelled as an estimate), with the
-  array's work counts (``stats``).
+* ``ekfac``: ``EkfacInfluence(update_diagonal=True)`` fit, then the matrix THROUGH THE ARRAY
+  (never the backend's factor functions): ``InfluenceArray.create(store, infl, ...,
+  block_shape)`` and ``fill()`` when ``rows >= n_test``. ``block_shape`` from the JSON, or
+  None: ``create`` chooses it, as it does for a user who names none, from the backend's
+  ``memory_budget`` (``memory_budget`` in the JSON, else the library's default) and the bytes
+  of one sample's factors; the shape used and how it was chosen are written out. With
+  ``rows < n_test`` the first two block rows are read (``arr[:b]``, ``arr[b:2b]``, each timed:
+  the driver estimates the whole matrix as the first plus ``n_test / b - 1`` times the second,
+  labelled as an estimate). Also the array's work counts (``stats``).
 """
 
 from __future__ import annotations
@@ -39,7 +42,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from large_common import Timer, load, make_data, spearman_rows, worker_args, write_result
 
 import infl_array as ia
-from infl_array.arrays.influence import DEFAULT_BLOCK_SHAPE
 from infl_array.torch import EkfacInfluence, ProjectedInfluence
 
 CE = F.cross_entropy
@@ -141,18 +143,26 @@ def ekfac(args: dict, model: torch.nn.Module, data: dict) -> tuple[dict, np.ndar
     """``EkfacInfluence`` through the array: fit, then ``create`` and ``fill`` (or reads)."""
     timer = Timer()
     train, test = (data["x_train"], data["y_train"]), (data["x_test"], data["y_test"])
+    budget = {"memory_budget": args["memory_budget"]} if args.get("memory_budget") else {}
     infl = EkfacInfluence(
-        model, CE, args["reg"], update_diagonal=True, fisher_type="empirical", batch_size=256
+        model,
+        CE,
+        args["reg"],
+        update_diagonal=True,
+        fisher_type="empirical",
+        batch_size=256,
+        **budget,
     )
     with timer("fit"):
         infl.fit(train)
     store = Path(args["store"])
     shutil.rmtree(store, ignore_errors=True)
-    block = tuple(args["block_shape"]) if args.get("block_shape") else DEFAULT_BLOCK_SHAPE
+    named = tuple(args["block_shape"]) if args.get("block_shape") else None
     with timer("create"):
         arr = ia.InfluenceArray.create(
-            store, infl, test=test, train=train, block_shape=block, dtype="float32"
+            store, infl, test=test, train=train, block_shape=named, dtype="float32"
         )
+    block = tuple(arr.block_shape)
     rows = args["rows"]
     if rows >= args["n_test"]:
         with timer("fill"):
@@ -168,6 +178,8 @@ def ekfac(args: dict, model: torch.nn.Module, data: dict) -> tuple[dict, np.ndar
     stats = dataclasses.asdict(arr.stats)
     shutil.rmtree(store, ignore_errors=True)
     result = {"times": timer.times, "widths": widths, "rows": rows, "block_shape": list(block)}
+    result["block_chosen_by"] = "caller" if named else "create"
+    result["memory_budget"] = infl.memory_budget
     return {**result, "stats": stats}, out[: min(rows, len(out))]
 
 

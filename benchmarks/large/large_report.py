@@ -71,6 +71,16 @@ def method_times(name: str, r: Mapping[str, Any], n_test: int) -> dict[str, Any]
         fit, matrix = t.get("featurize"), t.get("score")
     elif name == "pydvl":
         fit = t.get("fit")
+        solves = r.get("solve_rows") or []
+        if solves and "products" in t:  # the time-limited worker: rows one at a time
+            per_row = sum(solves) / len(solves)
+            matrix = per_row * n_test + t["products"]
+            basis = (
+                f"CG solves of {len(solves)} test row(s), mean {fmt(per_row)} s each, x "
+                f"{n_test} rows (pyDVL solves one row after another) + the one products pass "
+                f"over the train data measured; CG stops at maxiter {r.get('maxiter')} (not "
+                "converged), so a converged run costs more"
+            )
     total = None if matrix is None else (fit or 0.0) + matrix
     return {"fit": fit, "matrix": matrix, "total": total, "basis": basis}
 
@@ -157,12 +167,11 @@ def _note(name: str, runs: Sequence[Mapping[str, Any]], settings: Mapping[str, A
             if "fill" in t
             else f"`create(...)`, reads `arr[:{r['rows']}]`, `arr[{r['rows']}:{2 * r['rows']}]`"
         )
-        block = "library default" if r.get("rows") == settings["n_test"] else "explicit"
         st = r.get("stats", {})
         return (
             f"through the array: {how}, block shape {tuple(r.get('block_shape', []))} "
-            f"({block}); factor widths {r.get('widths')}; train factor computations "
-            f"{st.get('train_factors')}, blocks computed {st.get('blocks_computed')}"
+            f"({block_reason(r, settings)}); factor widths {r.get('widths')}; train factor "
+            f"computations {st.get('train_factors')}, blocks computed {st.get('blocks_computed')}"
         )
     if name == "kronfluence":
         return (
@@ -184,13 +193,40 @@ def _note(name: str, runs: Sequence[Mapping[str, Any]], settings: Mapping[str, A
             f"(our damping relative to our Fisher's mean eigenvalue: {rel})"
         )
     if name == "pydvl":
+        limit = (
+            f" (rows one at a time until {fmt(r['budget_s'])} s had passed, at most "
+            f"{r.get('rows_wanted')})"
+            if "budget_s" in r
+            else ""
+        )
         return (
-            f"`CgInfluence` (maxiter {r.get('maxiter')}, not converged: a lower bound) through "
-            f"`SequentialInfluenceCalculator`, {r.get('rows')} test rows x all train: "
+            f"`CgInfluence` (maxiter {r.get('maxiter')}, not converged) through "
+            f"`SequentialInfluenceCalculator`, {r.get('rows')} test rows x all train{limit}: "
             f"factors {fmt(t.get('solve'))} s + products {fmt(t.get('products'))} s; "
             f"`EkfacInfluence` on the CNN: {str(r.get('ekfac'))[:100]}"
         )
     return ""
+
+
+def block_reason(r: Mapping[str, Any], settings: Mapping[str, Any]) -> str:
+    """How EK-FAC's block shape was chosen, from its run (older records: from the settings)."""
+    by = r.get("block_chosen_by")
+    if by == "create":
+        return (
+            "chosen by `create` with no `block_shape` named, as a user gets it: from the "
+            f"backend's `memory_budget` ({r['memory_budget'] / (1 << 30):g} GiB) and the bytes "
+            "of one sample's factors"
+        )
+    if by == "caller":
+        return "named by the benchmark (`--ekfac-block`)"
+    return "library default" if r.get("rows") == settings["n_test"] else "explicit"
+
+
+def batches(value: int | Mapping[str, int]) -> str:
+    """TRAK's batch as the record holds it: one number, or one per size."""
+    if isinstance(value, Mapping):
+        return ", ".join(f"{v} at {k}" for k, v in value.items())
+    return str(value)
 
 
 # ---------------------------------------------------------------------- ratios
@@ -255,6 +291,23 @@ def target_lines(s: Mapping[str, Mapping[str, Any]], runs: Mapping[str, Any]) ->
 
 
 # ---------------------------------------------------------------------- the section
+def pydvl_limit(st: Mapping[str, Any]) -> str:
+    """The time limit on pyDVL's run, where the record has one."""
+    if "pydvl_budget_s" not in st:
+        return ""
+    return (
+        f"; a time limit keeps it from eating the run: test rows are solved one at a time and "
+        f"none starts after {fmt(st['pydvl_budget_s'])} s (hard timeout "
+        f"{fmt(st['pydvl_timeout_s'])} s); its matrix is extrapolated from the rows done, "
+        "labelled (est.)"
+    )
+
+
+def ladder_order(sizes: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """The sizes smallest first (``"1e5"`` before ``"1e6"``), whatever order they ran in."""
+    return sorted(sizes.items(), key=lambda item: float(item[0]))
+
+
 def render(record: Mapping[str, Any]) -> str:
     """The whole section, from the record ``large``."""
     d = record["data"]
@@ -297,15 +350,17 @@ def render(record: Mapping[str, Any]) -> str:
         "multiple checkpoints significantly improve TRAK; here "
         f"{st.get('trak_checkpoints')} independently trained models (seeds 0, 1, ...; seed 0 "
         "is the model every method explains). Its CPU projector (`BasicProjector`) draws its "
-        "random matrix again for every batch, so it runs with a large batch, "
-        f"{st.get('trak_batch')}.",
+        "random matrix again for every batch, so it runs with a large batch (a batch holds its "
+        f"per-sample gradients): {batches(st.get('trak_batch', {}))}.",
         "- pyDVL 0.10: its batched calculator (`SequentialInfluenceCalculator`; pyDVL's "
         "influence-function docs describe these calculators for data processed in batches): "
         "influence factors of the test rows, then influences against the train loader in "
         "batches, not `influences()` on all points in memory; `CgInfluence` with maxiter "
-        f"{st['cg_maxiter']}.",
+        f"{st['cg_maxiter']}{pydvl_limit(st)}.",
         "",
     ]
+    for size, why in st.get("not_run", {}).items():
+        lines += [f"Not run: {size}: {why}", ""]
     missing = [z for z in st.get("planned_sizes", []) if z not in d["sizes"]]
     if missing:
         lines += [
@@ -313,7 +368,7 @@ def render(record: Mapping[str, Any]) -> str:
             "stopped before them, so this record holds the sizes it finished).",
             "",
         ]
-    for size, res in d["sizes"].items():
+    for size, res in ladder_order(d["sizes"]):
         info = d["models"][size]
         runs = res["runs"]
         s = {m: with_values(m, rs, n_test) for m, rs in runs.items()}
@@ -323,6 +378,13 @@ def render(record: Mapping[str, Any]) -> str:
             f"after {info['epochs']} epoch(s)); {reps} repetition(s)",
             "",
         ]
+        if res.get("complete") is False:
+            lines += [
+                "The run stopped (or was stopped) before this size finished: the table holds "
+                "the method runs it finished; not run: "
+                f"{', '.join(res.get('not_yet_run', [])) or 'none'}.",
+                "",
+            ]
         rows = []
         for m, rs in runs.items():
             sm = s[m]
@@ -370,7 +432,7 @@ def readme(record: Mapping[str, Any]) -> str:
         "trak": "TRAK",
     }
     rows = []
-    for size, res in d["sizes"].items():
+    for size, res in ladder_order(d["sizes"]):
         cells = []
         for m in names:
             rs = res["runs"].get(m)

@@ -23,7 +23,12 @@ As its Quickstart does: featurizes all train points for every checkpoint, then
 ``lambda_reg``, so the ensemble's is the mean of the checkpoints' matched values, which differ by
 about 1%), then scores the first ``rows`` test points (``score``). Its CPU projector is used as
 TRAK sets it up (``finalize_features`` frees the projector's matrix and scoring redraws it;
-nothing of the projector is touched here). Writes timings, the dampings and peak RSS to ``out``
+nothing of the projector is touched here). Calling ``finalize_features`` once matters with
+this projector: traker 0.3.2's ``finalize_features`` starts with ``projector.free_memory()``,
+whose ``del self.proj_matrix`` does not check ``proj_matrix_available``, so a second call with
+no projection in between (an earlier version of this worker finalized each checkpoint
+separately after featurizing all of them) raises ``AttributeError: 'BasicProjector' object has
+no attribute 'proj_matrix'``. Writes timings, the dampings and peak RSS to ``out``
 and the ``(rows, n_train)`` scores next to it.
 """
 

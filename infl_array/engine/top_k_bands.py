@@ -36,6 +36,8 @@ This module knows numpy, the engine and the storage, not torch.
 from __future__ import annotations
 
 import contextlib
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +81,12 @@ block, entries worse than a row's running ``k``-th are dropped before sorting
 PRODUCT_VALUES = 1 << 24
 """Most values (64 MB of float32) one product of a band scan computes: the rows of a band are
 multiplied with a block of the reduced axis this many values at a time."""
+SELECT_THREADS = max(1, min(4, os.cpu_count() or 1))
+"""Threads that select the best entries of one product of a band scan, each over its own rows
+(:func:`select_rows`): the product runs on every core (torch), and so does the selection,
+as ``torch.topk`` would (numpy releases the GIL in its comparisons, partitions and sorts)."""
+MIN_SELECT_ROWS = 128
+"""Fewest rows one selection thread takes (fewer rows: fewer threads)."""
 MAX_BAND_CHUNK_BYTES = 256 << 20
 """Largest band chunk (``n_rows * k`` int64 indices) a fill by bands writes; larger top-k
 arrays are filled row block by row block."""
@@ -180,19 +188,18 @@ class BandSource(PlainSource):
         run = per_block * max(1, PRODUCT_VALUES // (per_block * inner_len))
         best: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         compression = matrix.store.meta.compression
-        for b in blocks:
-            inner = block_range(b, inner_len, matrix.shape[axis])
-            for start in range(0, self.n_rows, run):
-                rows = range(start, min(start + run, self.n_rows))
-                test, train = (rows, inner) if axis == 1 else (inner, rows)
-                coords = (start // per_block, b) if axis == 1 else (b, start // per_block)
-                values = checked_block(source.compute_block, coords, test, train, matrix.dtype)
-                values = compression.stored_values(values)
-                values = values if axis == 1 else values.T
-                self.counts.blocks_computed += -(-len(rows) // per_block)
-                found = best.get(start)
-                new = block_best(values, inner.start, k, largest, worst_kept(found, k, largest))
-                best[start] = merge_best(found, new, k, largest)
+        with ThreadPoolExecutor(SELECT_THREADS) as pool:
+            for b in blocks:
+                inner = block_range(b, inner_len, matrix.shape[axis])
+                for start in range(0, self.n_rows, run):
+                    rows = range(start, min(start + run, self.n_rows))
+                    test, train = (rows, inner) if axis == 1 else (inner, rows)
+                    coords = (start // per_block, b) if axis == 1 else (b, start // per_block)
+                    values = checked_block(source.compute_block, coords, test, train, matrix.dtype)
+                    values = compression.stored_values(values)
+                    values = values if axis == 1 else values.T
+                    self.counts.blocks_computed += -(-len(rows) // per_block)
+                    select_rows(pool, best, values, start, inner.start, k, largest)
         packed = np.empty((self.n_rows, k), dtype=top_k_dtype(matrix.dtype))
         for start, (values, indices) in best.items():
             packed["values"][start : start + len(values)] = values
@@ -209,6 +216,39 @@ class BandSource(PlainSource):
     @property
     def stats(self) -> Any:
         return self.matrix.source.stats if self.matrix.source is not None else {}
+
+
+def select_rows(
+    pool: ThreadPoolExecutor,
+    best: dict[int, tuple[np.ndarray, np.ndarray]],
+    values: np.ndarray,
+    start: int,
+    first: int,
+    k: int,
+    largest: bool,
+) -> None:
+    """Merge the best ``k`` of each row of ``values`` (rows ``start..``, columns ``first..``)
+    into ``best`` (keyed by each part's first row), the rows cut into parts of at least
+    :data:`MIN_SELECT_ROWS` selected by ``pool``'s threads: rows are independent, so the
+    answer is the same however they are cut, as long as every call cuts alike.
+
+    >>> best = {}
+    >>> with ThreadPoolExecutor(2) as pool:
+    ...     select_rows(pool, best, np.array([[1.0, 3.0, 2.0]]), 0, 10, 2, True)
+    >>> [x.tolist() for x in best[0]]
+    [[[3.0, 2.0]], [[11, 12]]]
+    """
+    n = len(values)
+    parts = max(1, min(SELECT_THREADS, n // MIN_SELECT_ROWS))
+    cuts = [n * p // parts for p in range(parts + 1)]
+
+    def select(p: int) -> None:
+        lo, hi = cuts[p], cuts[p + 1]
+        found = best.get(start + lo)
+        new = block_best(values[lo:hi], first, k, largest, worst_kept(found, k, largest))
+        best[start + lo] = merge_best(found, new, k, largest)
+
+    list(pool.map(select, range(parts)))
 
 
 class BandEngine(BlockEngine):

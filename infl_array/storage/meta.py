@@ -19,7 +19,7 @@ from infl_array.version import __version__
 
 __all__ = [
     "MAX_CHUNK_BYTES",
-    "RAW_FACTORS",
+    "LOSSLESS_FACTORS",
     "Compression",
     "StoreMeta",
     "check_chunk_bytes",
@@ -44,8 +44,8 @@ class Compression:
     bit-shuffle. On influence-like float32 data (heavy-tailed, nearly random mantissas) every
     lossless codec measured lands at 1.04-1.16x; lz4 with bit-shuffle is within 1% of zstd's
     ratio and encodes 2-3x faster, so writing keeps up with computing (benchmarks/RESULTS.md).
-    ``cname="none"`` stores the raw values (with the checksum): what lossless factors use
-    (:data:`RAW_FACTORS`).
+    ``cname="none"`` stores the raw values (with the checksum); lossless factors use
+    :data:`LOSSLESS_FACTORS`.
     An integer ``keepbits`` (1..22 for float32, 1..51 for float64) first rounds each mantissa to
     that many bits (numcodecs BitRound), which bounds the relative error of every value by
     ``2 ** -(keepbits + 1)`` and makes blocks compress much better. A CRC32C checksum is always
@@ -166,12 +166,16 @@ class Compression:
         ]
 
 
-RAW_FACTORS = Compression(cname="none")
-"""How lossless factors are stored: raw values and a checksum. Per-sample factors (projected
-gradients) are nearly random floats: lz4 with bit-shuffle, the matrix's codec, saved 12% of
-their bytes (1.14x) but took ~0.1-0.2 s to encode and as long to decode per 33 MB block (8192
-x 1016 float32), a third of the time to compute them; ``factor_compression=Compression(
-keepbits=7)`` is the compact choice (2.6x)."""
+LOSSLESS_FACTORS = Compression(cname="lz4", clevel=9)
+"""How lossless factors are stored: blosc lz4 at level 9 with bit-shuffle, and a checksum.
+Per-sample factors (projected gradients) are nearly random floats; only their sign and
+exponent bits compress. ``benchmarks/large/bench_topk_codec.py`` measures the codecs on stored
+factors of a trained model (section "Top-k at scale: factor codecs" of benchmarks/RESULTS.md):
+this one saves about an eighth of the raw bytes, which brings the factors of a top-k store
+under 5% of the dense matrix, at a few ms per 16 MB block to encode and to decode.
+``factor_compression=Compression(keepbits=7)`` is the compact choice (about 2.6x). Stores
+written before keep their factor arrays' codec (zarr records it per array): raw values and a
+checksum (``cname="none"``)."""
 
 
 @dataclass(frozen=True)

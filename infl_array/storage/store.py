@@ -35,7 +35,7 @@ from zarr.codecs import BytesCodec
 from infl_array.errors import NotAStoreError
 from infl_array.storage import layout, nodes
 from infl_array.storage.grid import BlockGrid, create_error
-from infl_array.storage.meta import RAW_FACTORS, Compression, StoreMeta
+from infl_array.storage.meta import LOSSLESS_FACTORS, Compression, StoreMeta
 from infl_array.storage.remote_errors import (
     StorageOptionsError,
     explained_url_errors,
@@ -233,11 +233,12 @@ class InfluenceStore:
         """Create the factor array of ``side`` ("test" or "train"), shape ``(n, width)``.
 
         One chunk per block of rows (test) or columns (train), with the store's
-        ``factor_compression``; without one, lossless and uncompressed (the raw values and a
-        checksum: :data:`~infl_array.storage.meta.RAW_FACTORS`). Either way a block computed
-        from stored factors equals one computed directly: lossy factors are rounded once, before
-        they are used or stored (:mod:`infl_array.storage.factors`), so the array's codec does
-        not round them again (:meth:`~infl_array.storage.meta.Compression.after_rounding`).
+        ``factor_compression``; without one, lossless
+        (:data:`~infl_array.storage.meta.LOSSLESS_FACTORS`, with a checksum). Either way a block
+        computed from stored factors equals one computed directly: lossy factors are rounded
+        once, before they are used or stored (:mod:`infl_array.storage.factors`), so the
+        array's codec does not round them again
+        (:meth:`~infl_array.storage.meta.Compression.after_rounding`).
         When another process created it first, the existing array is returned.
         """
         if layout.FACTORS_GROUP not in self.group:
@@ -247,7 +248,7 @@ class InfluenceStore:
             except OSError as exc:
                 raise create_error(exc, layout.FACTORS_GROUP, self.where) from exc
         lossy = self.meta.factor_compression
-        codec = RAW_FACTORS if lossy is None else lossy.after_rounding()
+        codec = LOSSLESS_FACTORS if lossy is None else lossy.after_rounding()
         return self._create_grid(
             layout.factors(side).path,
             (n, width),

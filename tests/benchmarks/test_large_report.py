@@ -121,3 +121,58 @@ def test_a_shared_machine_is_said_and_failures_keep_the_table_intact() -> None:
     assert "the load average reached 4 on its 2 cores" in text
     row = next(line for line in text.splitlines() if line.startswith("| trak"))
     assert row.count("|") == 9 and "failed: a / b" in row
+
+
+def test_pydvl_matrix_is_extrapolated_from_its_rows_and_labelled() -> None:
+    rec = sample_record()
+    rec["data"]["settings"].update(pydvl_budget_s=300.0, pydvl_timeout_s=1200.0)
+    pydvl = _run(
+        {"fit": 1.0, "solve": 30.0, "products": 5.0},
+        solve_rows=[10.0, 20.0],
+        rows=2,
+        rows_wanted=200,
+        maxiter=10,
+        budget_s=300.0,
+        ekfac="NotImplementedLayerRepresentationException: Conv2d",
+    )
+    rec["data"]["sizes"]["1e5"]["runs"]["pydvl"] = [pydvl]
+    text = render_record(rec)
+    row = next(line for line in text.splitlines() if line.startswith("| pydvl"))
+    # mean 15 s per row x 1,000 test rows + one 5 s products pass = 15,005 s; fit 1 s
+    assert "| pydvl | 1/1 | 1.0 | 15,005 (est.) | 15,006 (est.) |" in row
+    assert "CG solves of 2 test row(s), mean 15.0 s each, x 1000 rows" in row
+    assert "not converged" in row and "rows one at a time until 300 s had passed" in row
+    assert "none starts after 300 s (hard timeout 1,200 s)" in text
+
+
+def test_ekfac_block_shape_says_how_it_was_chosen_and_not_run_sizes_say_why() -> None:
+    rec = sample_record()
+    ekfac = _run(
+        {"fit": 2.0, "create": 0.5, "fill": 4.0},
+        rows=1000,
+        block_shape=[64, 90],
+        block_chosen_by="create",
+        memory_budget=4 << 30,
+        widths={},
+        stats={},
+    )
+    rec["data"]["sizes"]["1e5"]["runs"]["ekfac"] = [ekfac]
+    rec["data"]["settings"]["not_run"] = {"1e6": "does not fit the time this run had"}
+    text = render_record(rec)
+    row = next(line for line in text.splitlines() if line.startswith("| ekfac"))
+    assert "| ekfac | 1/1 | 2.0 | 4.5 | 6.5 |" in row
+    assert "block shape (64, 90) (chosen by `create` with no `block_shape` named" in row
+    assert "`memory_budget` (4 GiB)" in row
+    assert "Not run: 1e6: does not fit the time this run had" in text
+
+
+def test_sizes_render_smallest_first_and_a_cut_off_size_says_what_did_not_run() -> None:
+    rec = sample_record()
+    sizes = rec["data"]["sizes"]
+    sizes["1e7"].update(complete=False, not_yet_run=["kronfluence", "trak"])
+    rec["data"]["sizes"] = {"1e7": sizes["1e7"], "1e5": sizes["1e5"]}  # 1e7 ran first
+    text = render_record(rec)
+    assert text.index("### 105,506 parameters") < text.index("### 9,984,650 parameters")
+    assert "not run: kronfluence, trak." in text
+    table = large_report.readme(rec)
+    assert table.index("| 105,506 |") < table.index("| 9,984,650 |")

@@ -70,6 +70,16 @@ def test_the_section_shows_medians_ranges_and_the_cost_of_storing() -> None:
     assert "| 0.50x |" in single and single.endswith("| yes |")  # one round: no range
     # stored - unstored per round: +6, +1, -2 seconds; 800 MiB written
     assert "wrote 800 MiB and cost +1.00 s (-2.00 s - +6.00 s)" in text
+    assert "- **unstored**:" in text
+
+
+def test_the_unstored_variant_is_described_only_where_a_case_ran_it() -> None:
+    data = sample()
+    data["cases"] = data["cases"][1:]
+    record = sample_record("topk_ratio", bench.SECTION, "large/bench_topk_ratio.py:render", data)
+    text = bench.render(record)
+    assert "- **stored**" in text and "- **floor**" in text
+    assert "**unstored**" not in text
 
 
 @pytest.mark.parametrize("bad", ["200000", "x500", "200000x0", "ax5"])

@@ -101,3 +101,33 @@ def test_a_band_is_at_least_k_points_long() -> None:
     assert sum(lengths) == 41 and min(lengths) >= 5
     assert plan.blocks(plan.n_bands - 1).stop == n_blocks
     assert BandPlan.of(n_inner=7, inner_block=4, k=7).n_bands == 1
+
+
+@pytest.mark.parametrize(("largest", "threads"), [(True, 3), (False, 2), (True, 1)])
+def test_rows_selected_by_several_threads_equal_the_brute_force(
+    monkeypatch: pytest.MonkeyPatch, largest: bool, threads: int
+) -> None:
+    """A band's products are selected by threads, each over its own rows: with many ties (small
+    integers) and blocks of every width, the merged answer is the brute force, ties to the lower
+    index, however the rows are cut."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from infl_array.engine import top_k_bands
+
+    monkeypatch.setattr(top_k_bands, "SELECT_THREADS", threads)
+    rng = np.random.default_rng(threads)
+    n_rows, widths, k = 3 * top_k_bands.MIN_SELECT_ROWS + 5, [40, 7, 300, 1, 64], 9
+    full = rng.integers(-3, 4, size=(n_rows, sum(widths))).astype(np.float32)
+    best: dict = {}
+    with ThreadPoolExecutor(threads) as pool:
+        first = 0
+        for width in widths:
+            part = np.ascontiguousarray(full[:, first : first + width])
+            top_k_bands.select_rows(pool, best, part, 0, first, k, largest)
+            first += width
+    assert len(best) == min(threads, n_rows // top_k_bands.MIN_SELECT_ROWS)
+    values = np.concatenate([best[s][0] for s in sorted(best)])
+    indices = np.concatenate([best[s][1] for s in sorted(best)])
+    want_v, want_i = brute_top_k(full, k, 1, largest)
+    np.testing.assert_array_equal(indices, want_i)
+    np.testing.assert_array_equal(values, want_v)

@@ -230,24 +230,58 @@ def test_appended_train_points_get_the_recorded_rounding(tmp_path: Path) -> None
     np.testing.assert_array_equal(np.asarray(arr), rounded(test[0]) @ rounded(every).T)
 
 
-def test_lossless_factors_are_stored_raw_with_a_checksum(tmp_path: Path) -> None:
-    """Factors barely compress: lossless ones skip blosc (a checksum still guards them);
-    ``keepbits`` ones keep the matrix's codec after rounding, without rounding again."""
+def factor_codecs(path: Path, side: str = "train") -> list[Any]:
+    """The codecs zarr records for the stored factor array of ``side``."""
     import zarr
 
-    arr, _, train = lossy_array(tmp_path / "raw", None)
-    arr.fill(progress=False)
-    group = zarr.open_group(tmp_path / "raw", mode="r")
-    names = [type(c).__name__ for c in group["factors/train"].metadata.codecs]
-    assert names == ["BytesCodec", "Crc32cCodec"]
-    np.testing.assert_array_equal(stored_factors(tmp_path / "raw", "train"), train[0])
-    lossy_array(tmp_path / "kb", 7)[0].fill(progress=False)
     with lossy_codec_warning_silenced():
-        group = zarr.open_group(tmp_path / "kb", mode="r")
-        names = [type(c).__name__ for c in group["factors/train"].metadata.codecs]
+        return list(zarr.open_group(path, mode="r")[f"factors/{side}"].metadata.codecs)
+
+
+def test_lossless_factors_are_bit_shuffled_lz4_with_a_checksum(tmp_path: Path) -> None:
+    """Lossless factors: blosc lz4 (level 9) after a bit-shuffle, then a checksum; ``keepbits``
+    ones keep the matrix's codec after rounding, without rounding again."""
+    arr, _, train = lossy_array(tmp_path / "lossless", None)
+    arr.fill(progress=False)
+    codecs = factor_codecs(tmp_path / "lossless")
+    assert [type(c).__name__ for c in codecs] == ["BytesCodec", "BloscCodec", "Crc32cCodec"]
+    blosc = codecs[1]
+    assert (blosc.cname.value, blosc.clevel, blosc.shuffle.value) == ("lz4", 9, "bitshuffle")
+    np.testing.assert_array_equal(stored_factors(tmp_path / "lossless", "train"), train[0])
+    lossy_array(tmp_path / "kb", 7)[0].fill(progress=False)
+    names = [type(c).__name__ for c in factor_codecs(tmp_path / "kb")]
     assert "BloscCodec" in names and names[-1] == "Crc32cCodec"
     assert "BitRound" not in names  # rounded once, by the factor cache
     rounded = Compression(keepbits=7).stored_values(train[0])
     np.testing.assert_array_equal(stored_factors(tmp_path / "kb", "train"), rounded)
     with pytest.raises(ValueError, match="'none'"):
         Compression(cname="gzip")  # type: ignore[arg-type]
+
+
+def test_stores_with_raw_factors_keep_opening_and_reading_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store written when lossless factors were stored raw (``cname="none"``): its factor
+    arrays keep their recorded codec; a reopened array reads them (nothing recomputed), and a
+    damaged raw chunk still fails its checksum."""
+    import infl_array.storage.store as store_module
+
+    monkeypatch.setattr(store_module, "LOSSLESS_FACTORS", Compression(cname="none"))
+    arr, test, train = lossy_array(tmp_path / "old", None, dtype="float64")
+    arr.top_k_array(3).fill(progress=False)  # every factor stored, no matrix block
+    monkeypatch.undo()
+    codecs = factor_codecs(tmp_path / "old")
+    assert [type(c).__name__ for c in codecs] == ["BytesCodec", "Crc32cCodec"]
+    reopened = ia.open(tmp_path / "old", FeatureFactors(), test=test, train=train)
+    values, indices = reopened.top_k(2)
+    expected = brute_top_k(test[0] @ train[0].T, 2, 1, True)
+    np.testing.assert_array_equal(indices, expected[1])
+    np.testing.assert_allclose(values, expected[0], rtol=1e-12)
+    assert reopened.stats.train_factors == 0 and reopened.stats.test_factors == 0
+    np.testing.assert_array_equal(stored_factors(tmp_path / "old", "train"), train[0])
+    chunk = tmp_path / "old" / "factors" / "train" / "c" / "1" / "0"
+    damaged = bytearray(chunk.read_bytes())
+    damaged[3] ^= 0x10
+    chunk.write_bytes(bytes(damaged))
+    with pytest.raises(ia.CorruptBlockError, match="factor block 1"):
+        FactorStore(InfluenceStore.open(tmp_path / "old"), 0).side("train").read(1)
