@@ -199,8 +199,6 @@ class TorchInfluenceBase(GradientsMixin, CurvatureMixin, IdentityMixin, Deferred
         first = data.take(range(min(2, len(data))))  # sets the keys of mapping samples
         flat = FlatModel(self.model, self.loss, data.input_keys)
         self.budget.release_all(SNAPSHOT)  # a refit replaces the snapshot
-        nbytes = flat.theta.numel() * flat.theta.element_size()
-        self.budget.reserve(nbytes, SNAPSHOT, "raise memory_budget.", lasting=True)
         self._check_sample(flat, *first, "train")
         blocks = resolve_blocks(self.model, self.block_structure)
         with self._build_lock:
@@ -211,7 +209,9 @@ class TorchInfluenceBase(GradientsMixin, CurvatureMixin, IdentityMixin, Deferred
             self.reset_build()
             self._diagnostics.clear()
             try:
-                self._fit()
+                self._fit()  # its own refusals first: they name the backend's fix
+                nbytes = flat.theta.numel() * flat.theta.element_size()
+                self.budget.reserve(nbytes, SNAPSHOT, "raise memory_budget.", lasting=True)
             except BaseException:
                 self._flat = self._fit_data = None
                 self._fit_fingerprint = self._model_fingerprint = None
