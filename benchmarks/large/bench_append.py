@@ -77,7 +77,8 @@ def append_and_fill(arr: Any, new: Any, k: int) -> Any:
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Build, append, rebuild; the timings, bytes and the comparison of the answers."""
     n_new = round(args.n_train * args.frac)
-    model, train_all, test = trained_mlp(args.n_train + n_new, args.n_test, args.dim)
+    n_all = args.n_train + n_new
+    model, train_all, test, _ = trained_mlp(n_all, args.n_test, args.dim, args.hidden, n_all)
     old = tuple(t[: args.n_train] for t in train_all)
     new = tuple(t[args.n_train :] for t in train_all)
     infl = ProjectedInfluence(
@@ -155,6 +156,7 @@ def main() -> None:
     parser.add_argument("--frac", type=float, default=0.1, help="appended / n_train")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--dim", type=int, default=32)
+    parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--projection-dim", type=int, default=256)
     parser.add_argument("--block", type=int, nargs=2, default=(500, 4096))
     add_output_args(parser)

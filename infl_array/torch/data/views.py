@@ -65,6 +65,7 @@ __all__ = [
     "TensorData",
     "as_indexed",
     "items_fingerprint",
+    "tensor_buffer",
     "tensor_bytes",
 ]
 
@@ -77,8 +78,14 @@ SAMPLE_ROWS = 64
 
 def tensor_bytes(t: torch.Tensor) -> bytes:
     """Raw bytes of a tensor's values in C order, on the CPU (any dtype, including bfloat16)."""
+    return tensor_buffer(t).tobytes()
+
+
+def tensor_buffer(t: torch.Tensor) -> memoryview:
+    """The bytes of :func:`tensor_bytes` as a buffer, sharing the tensor's memory where
+    it is a contiguous CPU tensor (for hashing without a copy of a large tensor)."""
     flat = t.detach().cpu().contiguous().reshape(-1)
-    return flat.view(torch.uint8).numpy().tobytes()
+    return flat.view(torch.uint8).numpy().data
 
 
 def sample_indices(n: int, k: int = SAMPLE_ROWS) -> np.ndarray:

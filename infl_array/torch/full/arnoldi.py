@@ -253,7 +253,7 @@ class ArnoldiInfluence(TorchInfluenceBase):
     def _eigsh(
         self, b: int, size: int, k: int, deflate: np.ndarray | None, round_: int
     ) -> tuple[np.ndarray, np.ndarray]:
-        ncv = min(size, self.krylov_dimension or max(2 * k + 1, 20))
+        ncv = self._ncv(size, k)
         v0 = np.random.default_rng([self.seed, b, round_]).standard_normal(size)
         if deflate is not None:
             v0 = v0 - deflate @ (deflate.T @ v0)
@@ -272,8 +272,30 @@ class ArnoldiInfluence(TorchInfluenceBase):
             )
             return err.eigenvalues, err.eigenvectors
 
+    def _ncv(self, size: int, k: int) -> int:
+        """ARPACK's Lanczos basis size (pyDVL's ``krylov_dimension``, scipy's default)."""
+        return min(size, self.krylov_dimension or max(2 * k + 1, 20))
+
+    def _lanczos_bytes(self, size: int, k: int) -> int:
+        """What the eigen-solve of one block holds at its peak, in float64 vectors of ``size``:
+        ARPACK's basis (``ncv``), its work vectors and start (5), the operator's conversions and
+        deflated copies (4), the eigenvectors found, their orthonormal basis and a deflation
+        round's (``3 k``); the curvature passes hold their own."""
+        return 8 * size * (self._ncv(size, k) + 9 + 3 * k)
+
     def _lanczos(self, b: int, size: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-``k`` eigenpairs of block ``b`` by ``eigsh``, checked for missed copies."""
+        """Top-``k`` eigenpairs of block ``b`` by ``eigsh``, checked for missed copies, the
+        iteration's working space held in the memory budget."""
+        what = (
+            f"{type(self).__name__}'s Lanczos iteration (ARPACK's basis of "
+            f"{self._ncv(size, k)} float64 vectors of {size:,})"
+        )
+        fix = "raise memory_budget, or lower rank or krylov_dimension."
+        with self.budget.hold(self._lanczos_bytes(size, k), what, fix):
+            return self._lanczos_held(b, size, k)
+
+    def _lanczos_held(self, b: int, size: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`_lanczos` once its working space is held."""
         flat = self._require_fit()
         vals, vecs = self._eigsh(b, size, k, None, 0)
         if vals.size == 0:

@@ -81,6 +81,7 @@ DEFAULT_MEMORY_BUDGET = 4 << 30
 """Default memory budget of the backends, in bytes (4 GiB)."""
 
 BUILT = "the built curvature state"
+SNAPSHOT = "the fitted parameters' snapshot"
 """What a backend's built state (Hessian factors, eigenpairs, sketches) is held as."""
 
 SOLVE_FIX = "raise memory_budget, or pass fewer test samples per call (a smaller block_shape)."
@@ -197,6 +198,7 @@ class TorchInfluenceBase(GradientsMixin, CurvatureMixin, IdentityMixin, Deferred
         require_eval_mode(self.model, type(self).__name__)
         first = data.take(range(min(2, len(data))))  # sets the keys of mapping samples
         flat = FlatModel(self.model, self.loss, data.input_keys)
+        self.budget.release_all(SNAPSHOT)  # a refit replaces the snapshot
         self._check_sample(flat, *first, "train")
         blocks = resolve_blocks(self.model, self.block_structure)
         with self._build_lock:
@@ -207,7 +209,9 @@ class TorchInfluenceBase(GradientsMixin, CurvatureMixin, IdentityMixin, Deferred
             self.reset_build()
             self._diagnostics.clear()
             try:
-                self._fit()
+                self._fit()  # its own refusals first: they name the backend's fix
+                nbytes = flat.theta.numel() * flat.theta.element_size()
+                self.budget.reserve(nbytes, SNAPSHOT, "raise memory_budget.", lasting=True)
             except BaseException:
                 self._flat = self._fit_data = None
                 self._fit_fingerprint = self._model_fingerprint = None
@@ -317,7 +321,12 @@ class TorchInfluenceBase(GradientsMixin, CurvatureMixin, IdentityMixin, Deferred
         :class:`~infl_array.torch.full.deferred.DeferredBuild`); what it built is held in the
         memory budget for as long as it lives."""
         built = self._built
-        super().prepare()
+        need = 0 if built or not self.is_fitted else self._build_bytes()
+        if need:
+            with self.budget.hold(need, f"{type(self).__name__}'s {self._build_what()}", SOLVE_FIX):
+                super().prepare()
+        else:
+            super().prepare()
         if not built and self._built and self.holds_built_state:
             self.budget.release_all(BUILT)
             try:
@@ -334,6 +343,27 @@ class TorchInfluenceBase(GradientsMixin, CurvatureMixin, IdentityMixin, Deferred
 
     def _fit(self) -> None:
         """Subclass hook run at the end of :meth:`fit` (cheap work only)."""
+
+    solve_passes: bool = False
+    """Whether a solve makes curvature passes (iterative solvers): test factors are then solved
+    in chunks that leave room for a pass of one column per sample."""
+
+    def _solve_pass_bytes(self) -> int:
+        """Room a solve leaves per sample for its curvature passes (0 without passes): the
+        pass's products and their sum, and one sample's working space (:meth:`curvature_matmat`
+        holds them itself while it runs)."""
+        if not self.solve_passes:
+            return 0
+        return 2 * self.n_params * self._itemsize + self._matmat_sample_bytes(1)
+
+    def _build_bytes(self) -> int:
+        """Hook: bytes the build holds at its peak, reserved in the budget while it runs
+        (0: the build reserves what it holds itself)."""
+        return 0
+
+    def _build_what(self) -> str:
+        """Hook: what the build makes, in a refusal's words."""
+        return "build"
 
     def _require_fit(self) -> FlatModel:
         if self._flat is None or self._fit_data is None:
@@ -370,10 +400,11 @@ class TorchInfluenceBase(GradientsMixin, CurvatureMixin, IdentityMixin, Deferred
         n = xt.shape[0]
         if n == 0:
             return self._project(self.per_sample_grads(xt, yt))
-        # a row's gradient, its solve's working vectors and its factors
+        # a row's gradient, its solve's working vectors and its factors; counted with room
+        # for the curvature passes the solve makes (they hold their own working space)
         per_row = self._itemsize * self.n_params * (2 + self.solve_vectors)
         what = f"{type(self).__name__}'s solve"
-        step = self.budget.count(per_row, n, what, SOLVE_FIX)
+        step = self.budget.count(per_row + self._solve_pass_bytes(), n, what, SOLVE_FIX)
         parts = []
         for s in range(0, n, step):
             rows = slice(s, min(s + step, n))

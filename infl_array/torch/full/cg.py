@@ -123,6 +123,7 @@ class CgInfluence(TorchInfluenceBase):
     """
 
     solve_vectors = 5  # the iterates and their curvature products, per sample
+    solve_passes = True
 
     def __init__(
         self,
@@ -221,10 +222,8 @@ class CgInfluence(TorchInfluenceBase):
 
     def _apply(self, v: torch.Tensor, col_block: torch.Tensor) -> torch.Tensor:
         """``(C_bb + lambda_b*Id) v`` for each column ``v`` of block ``b = col_block[c]``."""
-        return (
-            self.curvature_matmat(v, col_block)
-            + self._column_regularization(col_block, v.dtype) * v
-        )
+        out = self.curvature_matmat(v, col_block)
+        return out.addcmul_(v, self._column_regularization(col_block, v.dtype))
 
     def _solve(self, grads: torch.Tensor) -> torch.Tensor:
         b, col_block = self._blocks.split_columns(grads)  # (p, m): one column per (block, sample)

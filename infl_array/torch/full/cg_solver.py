@@ -107,13 +107,16 @@ def iterate_columns(sys: CgSystems, apply: Apply, precondition: Apply, bar: Any)
     gather or scatter per iteration); a column is written back to ``sys`` when it stops.
     """
     cols = sys.active.nonzero().squeeze(1)
-    blk, x, r = sys.col_block[cols], sys.x[:, cols], sys.r[:, cols]
+    if cols.numel() == sys.x.shape[1]:  # all active: iterate on sys's own columns, no copies
+        blk, x, r = sys.col_block, sys.x, sys.r
+    else:
+        blk, x, r = sys.col_block[cols], sys.x[:, cols], sys.r[:, cols]
     z = precondition(r, blk)
     p = z.clone()
-    rz = (r * z).sum(0)
+    rz = column_dots(r, z)
     while cols.numel():
         ap = apply(p, blk)
-        curv = (p * ap).sum(0)
+        curv = column_dots(p, ap)
         bad = (curv <= 0) | (rz <= 0)
         if bool(bad.any()):  # A (or M) not positive definite here: stop those
             sys.break_down(cols[bad])
@@ -123,11 +126,12 @@ def iterate_columns(sys: CgSystems, apply: Apply, precondition: Apply, bar: Any)
                 t[..., keep] for t in (cols, blk, x, r, p, rz, ap, curv)
             )
         alpha = rz / curv
-        x += alpha * p
-        r -= alpha * ap
+        x.addcmul_(p, alpha)  # in place: no (p, m) temporaries beside the iterates
+        r.addcmul_(ap, alpha, value=-1)
+        del ap
         z = precondition(r, blk)
-        rz_new = (r * z).sum(0)
-        p = z + (rz_new / rz) * p
+        rz_new = column_dots(r, z)
+        p.mul_(rz_new / rz).add_(z)
         rz = rz_new
         sys.step_done(cols, r)
         bar.update(1)
@@ -136,6 +140,22 @@ def iterate_columns(sys: CgSystems, apply: Apply, precondition: Apply, bar: Any)
             done = ~going
             sys.x[:, cols[done]], sys.r[:, cols[done]] = x[:, done], r[:, done]
             cols, blk, x, r, p, rz = (t[..., going] for t in (cols, blk, x, r, p, rz))
+
+
+DOT_ROWS = 1 << 16
+"""Rows per piece of :func:`column_dots` (its temporary is at most this many rows)."""
+
+
+def column_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(a * b).sum(0)``, the dot product of each column pair, without an ``a``-sized
+    temporary (pieces of :data:`DOT_ROWS` rows: the iterates of a large model are hundreds of
+    MB each)."""
+    if a.shape[0] <= DOT_ROWS:
+        return (a * b).sum(0)
+    out = torch.zeros(a.shape[1:], dtype=torch.promote_types(a.dtype, b.dtype), device=a.device)
+    for s in range(0, a.shape[0], DOT_ROWS):
+        out += (a[s : s + DOT_ROWS] * b[s : s + DOT_ROWS]).sum(0)
+    return out
 
 
 def iterate_block(sys: CgSystems, apply: Apply, precondition: Apply, bar: Any) -> None:

@@ -119,7 +119,7 @@ class CurvatureMixin:
         for x, y, w in self._fit_batches(rows):
             with self.budget.hold(per_sample * x.shape[0], what, PASS_FIX):
                 part = fn(x, y) * w
-            total = part if total is None else total + part
+            total = part if total is None else total.add_(part)
         assert total is not None  # fit data is never empty
         return total
 

@@ -88,9 +88,22 @@ class InverseHarmonicMeanInfluence(TorchInfluenceBase):
             memory_budget=memory_budget,
         )
 
+    solve_vectors = 4  # the correction, its batch term and running sum, the result
+    solve_passes = True
+
+    def _solve_pass_bytes(self) -> int:
+        return self._term_sample_bytes()
+
+    def _term_sample_bytes(self) -> int:
+        """Working space per fit sample of the correction's pass: the sample's gradient pass
+        (two graphs and its gradient), its selected copy and its squares (``gb * gb``)."""
+        row = self.n_params * self._itemsize
+        return 2 * self._graph_bytes() + row * (2 if self._blocks.is_identity else 3)
+
     def _solve(self, grads: torch.Tensor) -> torch.Tensor:
         flat = self._require_fit()
         slices = self._blocks.slices
+        what = f"{type(self).__name__}'s pass over the fit data"
 
         def batch_term(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             g = self._select(flat.per_sample_grads(x, y))
@@ -101,7 +114,7 @@ class InverseHarmonicMeanInfluence(TorchInfluenceBase):
                 out[:, sl] = coef @ gb / x.shape[0]
             return out
 
-        correction = self._mean_over_fit(batch_term)
+        correction = self._mean_over_fit(batch_term, self._term_sample_bytes(), what)
         reg = torch.cat(
             [
                 torch.full((sl.stop - sl.start,), r, dtype=grads.dtype, device=grads.device)

@@ -106,17 +106,37 @@ class DirectInfluence(TorchInfluenceBase):
         hessian: torch.Tensor | None = self._fitted_state("_hessian", None)
         return hessian
 
+    def _build_bytes(self) -> int:
+        """Peak bytes of :meth:`_build`: the ``p x p`` curvature, one regularised block and its
+        factor (``3 p^2``), and with several blocks the block-diagonal copy and the working
+        matrices of the explicit products (``2`` more of the largest block's)."""
+        p, itemsize = self.n_params, self._itemsize
+        sizes = self._blocks.sizes
+        extra = 2 * max(sizes) ** 2 if len(sizes) > 1 else 0
+        return itemsize * (3 * p * p + extra)
+
+    def _build_what(self) -> str:
+        p = self.n_params
+        return (
+            f"explicit curvature ({p:,} x {p:,} entries: DirectInfluence holds the whole "
+            "Hessian and its factorisation; for a model this size use a matrix-free backend "
+            "such as CgInfluence, ArnoldiInfluence, EkfacInfluence or ProjectedInfluence)"
+        )
+
     def _build(self) -> None:
         mats = self.curvature_blocks()
-        self._hessian = torch.block_diag(*mats)
+        self._hessian = mats[0] if len(mats) == 1 else torch.block_diag(*mats)
         factors: list[tuple[str, tuple[torch.Tensor, ...]]] = []
         indefinite: list[str] = []
         for name, h, reg in zip(self._blocks.names, mats, self._block_reg, strict=True):
-            a = h + reg * torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+            a = h.clone()
+            a.diagonal().add_(reg)
             chol, info = torch.linalg.cholesky_ex(a)
             if int(info) == 0:
                 factors.append(("chol", (chol,)))
+                del a
                 continue
+            del chol
             where = f" of block {name!r}" if len(mats) > 1 else ""
             lu, pivots, info = torch.linalg.lu_factor_ex(a)
             if int(info) != 0:

@@ -42,7 +42,7 @@ from torch import nn
 from torch.func import grad, jacrev, vjp, vmap
 
 from infl_array.torch.data.tokens import call_model, model_outputs
-from infl_array.torch.data.views import tensor_bytes
+from infl_array.torch.data.views import tensor_buffer
 
 __all__ = [
     "FlatModel",
@@ -110,7 +110,7 @@ def model_fingerprint(model: nn.Module, *, buffers: bool = False) -> str:
     for kind, named in tensors:
         for name, t in named:
             h.update(f"{kind}{name};{tuple(t.shape)};{t.dtype};".encode())
-            h.update(tensor_bytes(t))
+            h.update(tensor_buffer(t))
     return h.hexdigest()
 
 
@@ -131,7 +131,7 @@ def parameter_fingerprints(model: nn.Module) -> dict[str, str]:
     out = {}
     for name, p in model.named_parameters():
         h = hashlib.sha256(f"{tuple(p.shape)};{p.dtype};".encode())
-        h.update(tensor_bytes(p))
+        h.update(tensor_buffer(p))
         out[name] = h.hexdigest()[:16]
     return out
 

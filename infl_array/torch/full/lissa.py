@@ -83,6 +83,7 @@ class LissaInfluence(TorchInfluenceBase):
     """
 
     solve_vectors = 3  # the iterates and their curvature products, per sample
+    solve_passes = True
 
     def __init__(
         self,
@@ -141,15 +142,17 @@ class LissaInfluence(TorchInfluenceBase):
         it = 0
         bar = tqdm(total=self.maxiter, disable=not self.progress, desc="LiSSA")
         while it < self.maxiter:
-            ch = self.curvature_matmat(h, col_block) + lam * h
-            h_new = g + (1.0 - self.dampen) * h - ch / self.scale
-            diff = torch.linalg.vector_norm(h_new - h, dim=0)
-            norm = torch.linalg.vector_norm(h_new, dim=0).clamp(min=tiny)
-            change = float((diff / norm).max())
+            # h_new = g + (1 - dampen) h - (C h + lam h) / scale, in place: the iterates of a
+            # large model are hundreds of MB each (held: g, h and the product)
+            h_new = self.curvature_matmat(h, col_block).addcmul_(h, lam)
+            h_new.mul_(-1.0 / self.scale).add_(g).add_(h, alpha=1.0 - self.dampen)
+            norm = torch.linalg.vector_norm(h_new, dim=0)
+            diff = torch.linalg.vector_norm(h.sub_(h_new), dim=0)
+            change = float((diff / norm.clamp(min=tiny)).max())
             h = h_new
             it += 1
             bar.update(1)
-            if not torch.isfinite(h).all():
+            if not bool(torch.isfinite(norm).all()) and not bool(torch.isfinite(h).all()):
                 raise FloatingPointError(
                     f"LissaInfluence diverged after {it} iterations (scale={self.scale}); "
                     "pass a scale larger than the largest eigenvalue of H + regularization*Id."

@@ -26,11 +26,12 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
 
-from infl_array.torch.data.views import tensor_bytes
+from infl_array.torch.data.views import tensor_buffer
 
 __all__ = [
     "LowRank",
@@ -111,10 +112,19 @@ def nystroem_sketch(
     """
     omega = gaussian_matrix(size, rank, dtype=dtype, device=device, generator=generator)
     omega, _ = torch.linalg.qr(omega)
-    return omega, hashlib.sha256(tensor_bytes(omega)).hexdigest()
+    return omega, hashlib.sha256(tensor_buffer(omega)).hexdigest()
 
 
-def nystroem_from_sketch(matmat: MatMat, omega: torch.Tensor) -> LowRank:
+AFTER_PRODUCT = 4
+"""Matrices of the sketch's size :func:`nystroem_from_sketch` holds after its product (the
+product, the triangular solve's result, the SVD's factor and its workspace)."""
+
+
+def nystroem_from_sketch(
+    matmat: MatMat,
+    omega: torch.Tensor,
+    hold: Callable[[int], AbstractContextManager[None]] | None = None,
+) -> LowRank:
     """Randomised Nystroem approximation of a symmetric positive semi-definite operator.
 
     Parameters
@@ -123,16 +133,26 @@ def nystroem_from_sketch(matmat: MatMat, omega: torch.Tensor) -> LowRank:
         ``V (size, m) -> C V`` (one call, with ``Omega``).
     omega : torch.Tensor
         The sketch of :func:`nystroem_sketch`.
+    hold : callable, optional
+        ``hold(nbytes)``, a context manager holding the working space after the product
+        (:data:`AFTER_PRODUCT` matrices of the sketch's size) in a memory budget.
 
     Returns
     -------
     LowRank
         ``U diag(s) U^T ~ C`` (see the module docstring).
     """
-    size, dtype = omega.shape[0], omega.dtype
     sketch = matmat(omega)
+    held = AFTER_PRODUCT * sketch.numel() * sketch.element_size()
+    with nullcontext() if hold is None else hold(held):
+        return _from_product(omega, sketch)
+
+
+def _from_product(omega: torch.Tensor, sketch: torch.Tensor) -> LowRank:
+    """:func:`nystroem_from_sketch` once the product ``sketch = C Omega`` is made."""
+    size, dtype = omega.shape[0], omega.dtype
     shift = math.sqrt(size) * torch.finfo(dtype).eps * torch.linalg.norm(sketch)
-    sketch = sketch + shift * omega
+    sketch.add_(omega, alpha=float(shift))
     core = omega.T @ sketch
     chol, info = torch.linalg.cholesky_ex(core)
     if int(info) != 0:  # pyDVL's fallback: lift the spectrum by its most negative eigenvalue

@@ -21,6 +21,7 @@ values of two sketches.
 from __future__ import annotations
 
 import hashlib
+from contextlib import AbstractContextManager
 from functools import partial
 from typing import Any
 
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 
 from infl_array.torch.data.options import check_seed, parse_hessian_average, positive_int
-from infl_array.torch.full.base import DEFAULT_MEMORY_BUDGET, TorchInfluenceBase
+from infl_array.torch.full.base import DEFAULT_MEMORY_BUDGET, SOLVE_FIX, TorchInfluenceBase
 from infl_array.torch.full.functional import LossFn
 from infl_array.torch.full.lowrank import (
     LowRank,
@@ -39,6 +40,9 @@ from infl_array.torch.full.lowrank import (
 from infl_array.torch.full.param_blocks import BlockMode, BlockStructure, SecondOrderMode
 
 __all__ = ["NystroemSketchInfluence"]
+
+SKETCH = "NystroemSketchInfluence's sketch"
+DRAW = "NystroemSketchInfluence's sketch being drawn (its QR)"
 
 
 class NystroemSketchInfluence(TorchInfluenceBase):
@@ -129,26 +133,47 @@ class NystroemSketchInfluence(TorchInfluenceBase):
         """The approximation of every block (``[]`` before fit; computed on first use)."""
         return list(self._fitted_state("_low_rank", []))
 
+    def _sketch_bytes(self, size: int) -> int:
+        """Bytes of one block's sketch, ``(size, min(rank, size))``."""
+        return size * min(self.rank, size) * self._itemsize
+
     def _fit(self) -> None:
-        """Draw the sketch of every block now (cheap; the products wait for ``_build``)."""
+        """Draw the sketch of every block now (cheap; the products wait for ``_build``), held
+        in the memory budget until the build has used it (its QR's working space while it is
+        drawn)."""
         flat = self._require_fit()
         gen = make_generator(self.seed, flat.device)
         digest = hashlib.sha256()
         self._omegas = []
-        for size in self._blocks.sizes:
-            omega, sketch = nystroem_sketch(
-                size, self.rank, dtype=flat.dtype, device=flat.device, generator=gen
-            )
-            self._omegas.append(omega)
-            digest.update(sketch.encode())
+        self.budget.release_all(SKETCH)
+        sizes = self._blocks.sizes
+        self.budget.reserve(sum(map(self._sketch_bytes, sizes)), SKETCH, SOLVE_FIX, lasting=True)
+        try:
+            # the normal draw while its Q factor (the sketch, held above) is made from it
+            with self.budget.hold(max(map(self._sketch_bytes, sizes)), DRAW, SOLVE_FIX):
+                for size in sizes:
+                    omega, sketch = nystroem_sketch(
+                        size, self.rank, dtype=flat.dtype, device=flat.device, generator=gen
+                    )
+                    self._omegas.append(omega)
+                    digest.update(sketch.encode())
+        except BaseException:
+            self._omegas = []
+            self.budget.release_all(SKETCH)
+            raise
         self._sketch = digest.hexdigest()
+
+    def _hold(self, nbytes: int) -> AbstractContextManager[None]:
+        """The working space of a block's approximation after its product, in the budget."""
+        return self.budget.hold(nbytes, f"Nystroem approximation of rank {self.rank}", SOLVE_FIX)
 
     def _build(self) -> None:
         self._low_rank = [
-            nystroem_from_sketch(partial(self.block_matmat, b), omega)
+            nystroem_from_sketch(partial(self.block_matmat, b), omega, self._hold)
             for b, omega in enumerate(self._omegas)
         ]
         self._omegas = []
+        self.budget.release_all(SKETCH)
 
     def _solve(self, grads: torch.Tensor) -> torch.Tensor:
         return torch.cat(

@@ -141,9 +141,10 @@ class ParameterBlocks:
         Parameter names of each block.
     sizes : tuple of int
         Number of parameter entries of each block.
-    index : torch.Tensor
-        ``(n_selected,)`` long tensor: position in the flat trainable vector of each selected
-        entry, blocks concatenated in order.
+    spans : tuple of (int, int)
+        ``(start, size)`` in the flat trainable vector of each selected parameter, blocks
+        concatenated in order (:attr:`index` spelled out; kept as spans so that a large
+        model's selection costs no ``n_params``-long index until one is needed).
     is_identity : bool
         True when the selection is the whole flat vector in order with a single block (then no
         gathering or masking is needed).
@@ -152,8 +153,16 @@ class ParameterBlocks:
     names: tuple[str, ...]
     params: tuple[tuple[str, ...], ...]
     sizes: tuple[int, ...]
-    index: torch.Tensor
+    spans: tuple[tuple[int, int], ...]
     is_identity: bool
+
+    @property
+    def index(self) -> torch.Tensor:
+        """``(n_selected,)`` long tensor: position in the flat trainable vector of each selected
+        entry, blocks concatenated in order (made on each call)."""
+        if not self.spans:
+            return torch.zeros(0, dtype=torch.long)
+        return torch.cat([torch.arange(s, s + k) for s, k in self.spans])
 
     @property
     def size(self) -> int:
@@ -274,23 +283,23 @@ def _blocks_of(
 ) -> ParameterBlocks:
     """The blocks ``spec`` names, over a flat vector of ``total`` entries where parameter
     ``name`` holds ``offsets[name] = (start, size)``."""
-    parts, sizes = [], []
+    spans, sizes = [], []
     for names in spec.values():
         size = 0
         for name in names:
             s, k = offsets[name]
-            parts.append(torch.arange(s, s + k))
+            spans.append((s, k))
             size += k
         sizes.append(size)
-    index = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
-    identity = (
-        len(sizes) == 1 and index.numel() == total and bool(torch.equal(index, torch.arange(total)))
-    )
+    ends = [s + k for s, k in spans]
+    in_order = all(s == e for (s, _), e in zip(spans[1:], ends, strict=False))
+    identity = len(sizes) == 1 and in_order and (not spans or spans[0][0] == 0)
+    identity = identity and sum(sizes) == total
     return ParameterBlocks(
         names=tuple(spec),
         params=tuple(spec.values()),
         sizes=tuple(sizes),
-        index=index,
+        spans=tuple(spans),
         is_identity=identity,
     )
 
