@@ -21,6 +21,12 @@ On the 1e6-parameter ladder CNN (``EkfacInfluence``, ``memory_budget`` 1 GiB, ``
 machine. The peaks before and after are in benchmarks/RESULTS.md, "Memory budget (issue 21)"
 (``benchmarks/large/bench_memory.py``).
 
+The threshold has a cost where a model's passes allocate many tensors of 1-32 MiB: each one
+is then a fresh mapping, faulted in page by page (system time). On the language-model benchmark
+(benchmarks/RESULTS.md, "Language models", row ``projected_mmap32``) ours'
+``ProjectedInfluence`` fit + matrix took 84 s at 1 MiB and 46 s with the threshold at 32 MiB;
+a user who prefers speed to the bound sets ``MALLOC_MMAP_THRESHOLD_`` (respected, see below).
+
 :func:`hold_mmap_threshold` sets the threshold once, for the process, to :data:`MMAP_THRESHOLD`
 (setting it also stops its adjustment), so pieces of 1 MiB or more go back to the system when
 freed. It is called when a budget is made. It leaves a threshold the user chose alone (the
