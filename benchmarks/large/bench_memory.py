@@ -189,6 +189,7 @@ def run_case(size: str, name: str, gib: float, n_train: int, n_test: int) -> dic
     }
     started = time.perf_counter()
     infl = backend(name, model, budget)
+    stage = "fit"
     try:  # a backend that cannot fit its budget must say so: then the bound held if RSS did
         infl.fit(train)
         out["fit_peak_rss"] = peak_bytes()
@@ -197,14 +198,13 @@ def run_case(size: str, name: str, gib: float, n_train: int, n_test: int) -> dic
             out["fit_s"] = time.perf_counter() - started
             out["block_shape"] = list(arr.block_shape)
             started = time.perf_counter()
-            out["refused_at"] = "the first read"
+            stage = "the first read"
             out["blocks"] = arr.fill(progress=False)
             values = np.asarray(arr[:])
             out["finite"] = bool(np.isfinite(values).all())
-            out.pop("refused_at")
             out["fill_s"] = time.perf_counter() - started
     except MemoryBudgetError as exc:
-        out.setdefault("refused_at", "fit")
+        out["refused_at"] = stage
         out["refused"] = f"{type(exc).__name__}: {str(exc).rsplit('); ', 1)[0]})"
     out["peak_rss"] = peak_bytes()
     out["budget_high_water"] = infl.budget.high_water
